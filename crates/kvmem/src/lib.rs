@@ -1,0 +1,54 @@
+//! # kvmem
+//!
+//! One memory model for the KV caches of LLM inference engines: GPU memory, pinned and plain host
+//! memory, local disk and remote nodes described by one trait, [`MemoryDescriptor`], registered
+//! once with NVIDIA's NIXL transfer library and moved between tiers as fast as the links allow.
+//!
+//! The crate is organised by concept:
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`kind`] | [`StorageKind`], the tier a region lives in |
+//! | [`descriptor`] | the [`MemoryDescriptor`] trait and the type-erased [`Buffer`] handle |
+//! | [`nixl`] | NIXL's types ([`nixl::MemType`], [`nixl::NixlDescriptor`], [`nixl::NixlCompatible`]) and loading the NIXL runtime |
+//! | [`storage`] | storages that own or wrap memory: [`SystemStorage`], [`DiskStorage`], external memory |
+//! | [`host`] | safe byte access to host-accessible storage ([`HostMemory`]) |
+//! | [`view`] | checked sub-ranges of a buffer ([`OffsetBuffer`]) |
+//! | [`arena`] | sub-allocation of one storage into many buffers ([`ArenaAllocator`]) |
+//! | [`tensor`] | shape/stride descriptions of tensors laid over a buffer ([`TensorDescriptor`]) |
+//! | [`error`] | the crate's one error type, [`Error`] |
+//!
+//! ```
+//! use kvmem::{Buffer, MemoryDescriptor, OffsetBuffer, StorageKind, SystemStorage};
+//!
+//! let storage = SystemStorage::new(1 << 20)?;
+//! assert_eq!(storage.storage_kind(), StorageKind::System);
+//! let buffer = Buffer::new(storage);
+//! let view = OffsetBuffer::new(buffer.clone(), 4096, 8192)?;
+//! assert_eq!(view.addr(), buffer.addr() + 4096);
+//! # Ok::<(), kvmem::Error>(())
+//! ```
+#![deny(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod arena;
+pub mod descriptor;
+pub mod error;
+pub mod host;
+pub mod kind;
+pub mod nixl;
+pub mod storage;
+pub mod tensor;
+pub mod view;
+
+pub use arena::{ArenaAllocator, ArenaBuffer};
+pub use descriptor::{Buffer, MemoryDescriptor, Storage};
+pub use error::{Error, Result};
+pub use host::HostMemory;
+pub use kind::StorageKind;
+pub use storage::{DiskStorage, ExternalDeviceMemory, ExternalHostMemory, SystemStorage};
+pub use tensor::TensorDescriptor;
+pub use view::OffsetBuffer;
+
+/// The page size kvmem aligns host allocations, arena slots and `O_DIRECT` I/O to.
+pub const PAGE_SIZE: usize = 4096;

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Idempotent setup on a fresh Debian machine: a project-local venv holding the NIXL runtime
+# (PyPI nixl-cu12==1.5.1, installed --no-deps) and libclang for bindgen. Re-running is cheap.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="$root/.venv"
+NIXL_WHEEL="nixl-cu12==1.5.1"
+LIBCLANG_WHEEL="libclang==18.1.1"
+
+if [ ! -x "$venv/bin/python" ]; then
+    echo "setup: creating $venv"
+    python3 -m venv "$venv"
+fi
+have() { "$venv/bin/python" -m pip show -q "$1" >/dev/null 2>&1; }
+if ! have nixl-cu12 || ! have libclang; then
+    echo "setup: installing $NIXL_WHEEL and $LIBCLANG_WHEEL into $venv"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps "$NIXL_WHEEL" "$LIBCLANG_WHEEL"
+fi
+command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust (rustup.rs)" >&2; exit 1; }
+command -v gcc >/dev/null || { echo "setup: gcc not found; apt-get install build-essential" >&2; exit 1; }
