@@ -52,3 +52,8 @@ pub use view::OffsetBuffer;
 
 /// The page size kvmem aligns host allocations, arena slots and `O_DIRECT` I/O to.
 pub const PAGE_SIZE: usize = 4096;
+
+/// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
