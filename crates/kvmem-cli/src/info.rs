@@ -18,6 +18,7 @@ struct Info {
     version: &'static str,
     cuda_driver: Probe,
     nixl: Nixl,
+    topology: kvmem::topology::Topology,
 }
 
 #[derive(Debug, Serialize)]
@@ -84,6 +85,7 @@ pub fn run(args: &InfoArgs) -> Result<()> {
         version: env!("CARGO_PKG_VERSION"),
         cuda_driver: probe_cuda_driver(),
         nixl: probe_nixl(),
+        topology: kvmem::topology::Topology::detect(),
     };
     let mut out = std::io::stdout().lock();
     if args.json {
@@ -111,6 +113,65 @@ pub fn run(args: &InfoArgs) -> Result<()> {
     }
     if let Some(e) = &info.nixl.error {
         writeln!(out, "  error:       {e}")?;
+    }
+    write_topology(&mut out, &info.topology)?;
+    Ok(())
+}
+
+fn write_topology(out: &mut impl Write, t: &kvmem::topology::Topology) -> std::io::Result<()> {
+    use kvmem::topology::format_cpu_list;
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    writeln!(out, "GPUs (PCI):    {}", t.gpus.len())?;
+    for g in &t.gpus {
+        let node = g
+            .numa_node
+            .map_or_else(|| "unknown".into(), |n| n.to_string());
+        let link = match (&g.link.speed, g.link.width) {
+            (Some(s), Some(w)) => format!("{s} x{w}"),
+            _ => "link unknown".into(),
+        };
+        writeln!(out, "  {}  NUMA node {node}  {link}", g.pci_address)?;
+    }
+    writeln!(out, "NUMA nodes:    {}", t.numa_nodes.len())?;
+    for n in &t.numa_nodes {
+        let mem = n
+            .memory_bytes
+            .map_or_else(|| "?".into(), |b| format!("{:.1} GiB", gib(b)));
+        writeln!(
+            out,
+            "  node {}: cpus {}  memory {mem}",
+            n.id,
+            format_cpu_list(&n.cpus)
+        )?;
+    }
+    for p in &t.hugepages {
+        writeln!(
+            out,
+            "hugepages {} KiB: {} reserved, {} free",
+            p.page_size / 1024,
+            p.total,
+            p.free
+        )?;
+    }
+    if let Some(thp) = t.thp {
+        writeln!(out, "THP:           {thp:?}")?;
+    }
+    let cg = &t.cgroup;
+    let cpus = cg
+        .cpu_quota
+        .map_or_else(|| "unlimited".into(), |q| format!("{:.2} CPUs", q.cores()));
+    let mem = cg
+        .memory_max
+        .map_or_else(|| "unlimited".into(), |m| format!("{:.1} GiB", gib(m)));
+    let version = cg
+        .version
+        .map_or_else(|| "none".into(), |v| format!("v{v}"));
+    writeln!(out, "cgroup:        {version}, cpu {cpus}, memory {mem}")?;
+    if let Some(set) = &cg.cpuset {
+        writeln!(out, "  cpuset:      {}", format_cpu_list(set))?;
+    }
+    for w in &t.warnings {
+        writeln!(out, "  warning:     {w}")?;
     }
     Ok(())
 }

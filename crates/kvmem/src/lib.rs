@@ -16,6 +16,7 @@
 //! | [`view`] | checked sub-ranges of a buffer ([`OffsetBuffer`]) |
 //! | [`arena`] | sub-allocation of one storage into many buffers ([`ArenaAllocator`]) |
 //! | [`tensor`] | shape/stride descriptions of tensors laid over a buffer ([`TensorDescriptor`]) |
+//! | [`topology`] | GPUs, NUMA nodes, hugepages, THP and cgroup limits read from sysfs ([`topology::Topology`]) |
 //! | [`error`] | the crate's one error type, [`Error`] |
 //!
 //! ```
@@ -39,6 +40,7 @@ pub mod kind;
 pub mod nixl;
 pub mod storage;
 pub mod tensor;
+pub mod topology;
 pub mod view;
 
 pub use arena::{ArenaAllocator, ArenaBuffer};
