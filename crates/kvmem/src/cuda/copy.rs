@@ -107,7 +107,12 @@ fn same_size(op: &'static str, src: usize, dst: usize) -> Result<()> {
 
 /// Checks with the driver that `addr..addr + size` is device memory of `device`, inside one
 /// allocation.
-fn check_device_range(op: &'static str, device: &CudaDevice, addr: usize, size: usize) -> Result<()> {
+fn check_device_range(
+    op: &'static str,
+    device: &CudaDevice,
+    addr: usize,
+    size: usize,
+) -> Result<()> {
     let not_device = |reason: String| Error::NotDeviceMemory {
         op,
         addr,
@@ -143,11 +148,15 @@ fn check_device_range(op: &'static str, device: &CudaDevice, addr: usize, size: 
         let status = unsafe { sys::cuPointerGetAttribute(out, attribute, ptr) };
         if let Err(e) = status.result() {
             let (name, _) = driver::names(e);
-            return Err(not_device(format!("the driver does not know the address: {name}")));
+            return Err(not_device(format!(
+                "the driver does not know the address: {name}"
+            )));
         }
     }
     if memory_type != sys::CUmemorytype::CU_MEMORYTYPE_DEVICE as u32 {
-        return Err(not_device(format!("memory type {memory_type} is not device memory")));
+        return Err(not_device(format!(
+            "memory type {memory_type} is not device memory"
+        )));
     }
     if usize::try_from(ordinal).ok() != Some(device.ordinal()) {
         return Err(not_device(format!(
@@ -169,6 +178,5 @@ fn check_device_range(op: &'static str, device: &CudaDevice, addr: usize, size: 
 /// (pageable host to device, device to device).
 fn finish(op: &'static str) -> Result<()> {
     // SAFETY: the null stream of the current context always exists.
-    unsafe { result::stream::synchronize(result::stream::null()) }
-        .map_err(|e| driver::error(op, e))
+    unsafe { result::stream::synchronize(result::stream::null()) }.map_err(|e| driver::error(op, e))
 }

@@ -138,8 +138,8 @@ impl CudaDevice {
                 .map_err(|e| driver::error("query a device attribute", e))
         };
         use sys::CUdevice_attribute as A;
-        let name = result::device::get_name(dev)
-            .map_err(|e| driver::error("query the device name", e))?;
+        let name =
+            result::device::get_name(dev).map_err(|e| driver::error("query the device name", e))?;
         let memory = self.memory_info()?;
         let pci_bus_id = format!(
             "{:04x}:{:02x}:{:02x}.0",

@@ -124,8 +124,7 @@ impl HostRegistration {
         for (start, _) in std::mem::take(&mut self.chunks) {
             // SAFETY: `start` was registered by `new` and has not been unregistered since.
             let status = unsafe { sys::cuMemHostUnregister(start as *mut std::ffi::c_void) };
-            if let Err(e) = driver::check("unregister host memory (cuMemHostUnregister)", status)
-            {
+            if let Err(e) = driver::check("unregister host memory (cuMemHostUnregister)", status) {
                 first_error.get_or_insert(e);
             }
         }

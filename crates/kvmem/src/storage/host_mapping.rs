@@ -32,7 +32,11 @@ impl fmt::Display for PageTier {
         match self {
             Self::HugeTlb { page_size } => write!(f, "hugetlb ({} KiB pages)", page_size >> 10),
             Self::Transparent { huge_bytes } => {
-                write!(f, "transparent huge pages ({} MiB in 2 MiB pages)", huge_bytes >> 20)
+                write!(
+                    f,
+                    "transparent huge pages ({} MiB in 2 MiB pages)",
+                    huge_bytes >> 20
+                )
             }
             Self::Base => f.write_str("base pages (4 KiB)"),
         }
@@ -329,7 +333,10 @@ mod tests {
             PageTier::HugeTlb { page_size } => assert!(page_size >= 2 << 20),
             PageTier::Transparent { huge_bytes } => {
                 assert!(huge_bytes > 0 && huge_bytes <= len);
-                assert_eq!(anon_huge_bytes(m.as_ptr() as usize).unwrap().min(len), huge_bytes);
+                assert_eq!(
+                    anon_huge_bytes(m.as_ptr() as usize).unwrap().min(len),
+                    huge_bytes
+                );
             }
             PageTier::Base => {
                 assert_eq!(anon_huge_bytes(m.as_ptr() as usize).unwrap_or(0), 0);

@@ -24,9 +24,9 @@ mod pinned;
 mod pool;
 mod system;
 
+pub use device::DeviceStorage;
 pub use disk::{DISK_DIR_ENV, DiskStorage};
 pub use external::{ExternalDeviceMemory, ExternalHostMemory};
-pub use device::DeviceStorage;
 pub use external_pinned::ExternalPinnedMemory;
 pub use host_mapping::PageTier;
 pub use mapped_pinned::{MappedPinnedOptions, MappedPinnedStorage, PinnedAllocationReport};

@@ -107,16 +107,15 @@ impl DevicePool {
         let inner = &self.inner;
         inner.device.bind()?;
         // SAFETY: pool and stream are valid; the memory is owned by the value built below.
-        let ptr = unsafe {
-            result::mem_pool::alloc_async(inner.pool, size, inner.stream.cu_stream())
-        }
-        .map_err(|e| {
-            if driver::is_out_of_memory(&e) {
-                inner.device.out_of_memory(size)
-            } else {
-                driver::error("allocate from the device pool (cuMemAllocFromPoolAsync)", e)
-            }
-        })?;
+        let ptr =
+            unsafe { result::mem_pool::alloc_async(inner.pool, size, inner.stream.cu_stream()) }
+                .map_err(|e| {
+                    if driver::is_out_of_memory(&e) {
+                        inner.device.out_of_memory(size)
+                    } else {
+                        driver::error("allocate from the device pool (cuMemAllocFromPoolAsync)", e)
+                    }
+                })?;
         let storage = PooledDeviceStorage {
             ptr,
             size,
