@@ -3,9 +3,18 @@
 //! fast for DMA (host-to-device copy bandwidth).
 //!
 //! ```text
-//! cargo bench -p kvmem --bench cuda_pinned_alloc -- [--sizes-gib 1,8] [--reps 2]
-//!     [--copy-gib 1] [--copies 10] [--json PATH]
+//! cargo bench -p kvmem --bench cuda_pinned_alloc -- [--sizes-gib 1,8] [--reps 3]
+//!     [--settle-ms 1000] [--copy-gib 1] [--copies 10] [--json PATH]
 //! ```
+//!
+//! Methods timed, each allocation followed by its free, in alternating order, with a pause of
+//! `--settle-ms` before each so that deferred work of the previous free is not counted:
+//! - `cuMemHostAlloc`: the driver call alone (portable + device-mapped), the baseline;
+//! - `PinnedStorage::new`: the same plus kvmem's parallel zero-fill;
+//! - `MappedPinnedStorage (THP)`: the fast path with hugetlb off, as on a machine with no
+//!   hugetlb pool (the goal is measured on this row);
+//! - `MappedPinnedStorage (hugetlb)`: the fast path from a reserved hugetlb pool, only when the
+//!   pool has room for the size.
 //!
 //! Prints a table and, last, one JSON object (also written to `--json PATH`). Needs a CUDA GPU.
 
@@ -24,6 +33,7 @@ const GIB: usize = 1 << 30;
 struct Args {
     sizes_gib: Vec<usize>,
     reps: usize,
+    settle_ms: u64,
     copy_gib: usize,
     copies: usize,
     json: Option<String>,
@@ -32,7 +42,8 @@ struct Args {
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         sizes_gib: vec![1, 8],
-        reps: 2,
+        reps: 3,
+        settle_ms: 1000,
         copy_gib: 1,
         copies: 10,
         json: None,
@@ -49,6 +60,7 @@ fn parse_args() -> Result<Args, String> {
                     .collect::<Result<_, _>>()?
             }
             "--reps" => args.reps = number(value()?)?.max(1),
+            "--settle-ms" => args.settle_ms = number(value()?)? as u64,
             "--copy-gib" => args.copy_gib = number(value()?)?.max(1),
             "--copies" => args.copies = number(value()?)?.max(1),
             "--json" => args.json = Some(value()?),
@@ -67,6 +79,9 @@ struct AllocSample {
     rep: usize,
     alloc_s: f64,
     free_s: f64,
+    /// Fast path only: mapping and first touch, and `cuMemHostRegister`.
+    map_touch_s: Option<f64>,
+    register_s: Option<f64>,
     detail: String,
 }
 
@@ -75,8 +90,11 @@ struct AllocSummary {
     size: usize,
     host_alloc_median_s: f64,
     pinned_storage_median_s: f64,
+    /// The THP fast path.
     fast_path_median_s: f64,
-    /// fast path / raw cuMemHostAlloc; the goal is <= 0.15 at 8 GiB.
+    /// The hugetlb fast path, when a pool had room.
+    hugetlb_median_s: Option<f64>,
+    /// THP fast path / raw cuMemHostAlloc; the goal is <= 0.15 at 8 GiB.
     ratio: f64,
 }
 
@@ -167,6 +185,14 @@ fn warm_up(bytes: usize) -> Result<Duration, String> {
     Ok(t.elapsed())
 }
 
+/// Free bytes in the 2 MiB hugetlb pool.
+fn hugetlb_free_bytes() -> usize {
+    std::fs::read_to_string("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages")
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .map_or(0, |pages| pages * (2 << 20))
+}
+
 fn gbps(bytes: usize, d: Duration) -> f64 {
     bytes as f64 / d.as_secs_f64() / 1e9
 }
@@ -242,14 +268,23 @@ fn run(args: &Args) -> Result<Report, String> {
         secs(warm)
     );
 
+    let thp = fast.clone().hugetlb(false);
     let mut alloc = Vec::new();
     let mut alloc_summary = Vec::new();
     for &gib in &args.sizes_gib {
         let size = gib * GIB;
+        let hugetlb_room = hugetlb_free_bytes() >= size;
         for rep in 0..args.reps {
-            // Alternate the order so that neither method always runs on freshly freed memory.
-            let order: [u8; 3] = if rep % 2 == 0 { [0, 1, 2] } else { [2, 1, 0] };
+            // Alternate the order so that no method always follows the same one.
+            let mut order = vec![0u8, 1, 2];
+            if hugetlb_room {
+                order.push(3);
+            }
+            if rep % 2 == 1 {
+                order.reverse();
+            }
             for m in order {
+                std::thread::sleep(Duration::from_millis(args.settle_ms));
                 let sample = match m {
                     0 => {
                         let (a, f) = time_host_alloc(&device, size)?;
@@ -259,6 +294,8 @@ fn run(args: &Args) -> Result<Report, String> {
                             rep,
                             alloc_s: secs(a),
                             free_s: secs(f),
+                            map_touch_s: None,
+                            register_s: None,
                             detail: "driver call only".into(),
                         }
                     }
@@ -274,23 +311,32 @@ fn run(args: &Args) -> Result<Report, String> {
                             rep,
                             alloc_s: secs(a),
                             free_s: secs(t.elapsed()),
+                            map_touch_s: None,
+                            register_s: None,
                             detail: "cuMemHostAlloc + parallel zero-fill".into(),
                         }
                     }
                     _ => {
+                        let (method, options) = if m == 2 {
+                            ("MappedPinnedStorage (THP)", &thp)
+                        } else {
+                            ("MappedPinnedStorage (hugetlb)", &fast)
+                        };
                         let t = Instant::now();
                         let s =
-                            MappedPinnedStorage::with_options(&device, size, &fast).map_err(e)?;
+                            MappedPinnedStorage::with_options(&device, size, options).map_err(e)?;
                         let a = t.elapsed();
                         let r = s.report().clone();
                         let t = Instant::now();
                         drop(s);
                         AllocSample {
-                            method: "MappedPinnedStorage",
+                            method,
                             size,
                             rep,
                             alloc_s: secs(a),
                             free_s: secs(t.elapsed()),
+                            map_touch_s: Some(secs(r.map_and_touch)),
+                            register_s: Some(secs(r.register)),
                             detail: format!(
                                 "{}; map+touch {:.3} s on {} threads, register {:.3} s in {} call(s)",
                                 r.tier,
@@ -303,7 +349,7 @@ fn run(args: &Args) -> Result<Report, String> {
                     }
                 };
                 eprintln!(
-                    "{:>3} GiB rep {rep} {:<20} alloc {:>7.3} s  free {:>6.3} s  {}",
+                    "{:>3} GiB rep {rep} {:<30} alloc {:>7.3} s  free {:>6.3} s  {}",
                     gib, sample.method, sample.alloc_s, sample.free_s, sample.detail
                 );
                 alloc.push(sample);
@@ -319,12 +365,13 @@ fn run(args: &Args) -> Result<Report, String> {
             )
         };
         let host = med("cuMemHostAlloc");
-        let fast_s = med("MappedPinnedStorage");
+        let fast_s = med("MappedPinnedStorage (THP)");
         alloc_summary.push(AllocSummary {
             size,
             host_alloc_median_s: host,
             pinned_storage_median_s: med("PinnedStorage::new"),
             fast_path_median_s: fast_s,
+            hugetlb_median_s: hugetlb_room.then(|| med("MappedPinnedStorage (hugetlb)")),
             ratio: fast_s / host,
         });
     }
@@ -344,9 +391,9 @@ fn run(args: &Args) -> Result<Report, String> {
         )?);
     }
     {
-        let mut host = MappedPinnedStorage::with_options(&device, copy_size, &fast).map_err(e)?;
+        let mut host = MappedPinnedStorage::with_options(&device, copy_size, &thp).map_err(e)?;
         copy.push(measure_copies(
-            "MappedPinnedStorage",
+            "MappedPinnedStorage (THP)",
             &mut host,
             &dev,
             &mut check,
@@ -391,16 +438,25 @@ fn print_table(r: &Report) {
         r.device.name, r.driver_cuda_version.0, r.driver_cuda_version.1
     );
     println!(
-        "{:>8} | {:>15} | {:>18} | {:>20} | {:>16}",
-        "size", "cuMemHostAlloc", "PinnedStorage::new", "MappedPinnedStorage", "fast / HostAlloc"
+        "{:>8} | {:>14} | {:>18} | {:>15} | {:>15} | {:>14}",
+        "size",
+        "cuMemHostAlloc",
+        "PinnedStorage::new",
+        "fast path (THP)",
+        "fast (hugetlb)",
+        "THP / HostAlloc"
     );
     for s in &r.alloc_summary {
+        let hugetlb = s
+            .hugetlb_median_s
+            .map_or_else(|| "not reserved".to_string(), |v| format!("{v:.3}"));
         println!(
-            "{:>4} GiB | {:>15.3} | {:>18.3} | {:>20.3} | {:>15.3}x",
+            "{:>4} GiB | {:>14.3} | {:>18.3} | {:>15.3} | {:>15} | {:>14.3}x",
             s.size / GIB,
             s.host_alloc_median_s,
             s.pinned_storage_median_s,
             s.fast_path_median_s,
+            hugetlb,
             s.ratio
         );
     }
@@ -419,10 +475,10 @@ fn print_table(r: &Report) {
     println!();
     match r.goal_alloc_met {
         Some(met) => println!(
-            "goal: fast path <= 0.15x cuMemHostAlloc at 8 GiB: {}",
+            "goal: fast path (THP) <= 0.15x cuMemHostAlloc at 8 GiB: {}",
             if met { "MET" } else { "NOT MET" }
         ),
-        None => println!("goal: fast path <= 0.15x cuMemHostAlloc at 8 GiB: not measured"),
+        None => println!("goal: fast path (THP) <= 0.15x cuMemHostAlloc at 8 GiB: not measured"),
     }
     println!(
         "goal: fast-path H2D >= 0.95x cuMemHostAlloc H2D: {} ({:.3}x)",

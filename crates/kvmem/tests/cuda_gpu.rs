@@ -153,6 +153,11 @@ fn mapped_pinned_storage_round_trips_across_registration_chunks() {
     let report = host.report().clone();
     println!("GPU NUMA node {node:?}; {report:?}");
     assert_eq!(report.registration_chunks, 7);
+    let ranges = host.registered_ranges();
+    assert_eq!(ranges.len(), 7);
+    assert_eq!(ranges[0].start, host.addr());
+    assert_eq!(ranges[6].end, host.end_addr().unwrap());
+    assert!(ranges.windows(2).all(|w| w[0].end == w[1].start));
     assert_eq!(report.touch_threads, 4);
     assert_eq!(report.numa_node, node);
     if let Some(node) = node {
@@ -472,4 +477,31 @@ fn hugetlb_pages_are_used_when_reserved() {
     )
     .unwrap();
     assert!(!matches!(plain.page_tier(), PageTier::HugeTlb { .. }));
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn error_one_copy_cannot_span_two_registrations() {
+    // Why the copy helpers split at registration boundaries: the driver refuses one copy that
+    // crosses from one `cuMemHostRegister` range into the next. If a driver ever accepts it, this
+    // test fails and the splitting can go.
+    use cuda::cudarc::driver::result;
+    let device = gpu();
+    let options = MappedPinnedOptions::default().registration_chunk(MIB);
+    let mut host = MappedPinnedStorage::with_options(&device, 2 * MIB, &options).unwrap();
+    randomize(&mut host);
+    let dev = DeviceStorage::new(&device, 2 * MIB).unwrap();
+    device.bind().unwrap();
+    // SAFETY: `dev` is a live 2 MiB device allocation; `host` is borrowed for the copy.
+    let whole = unsafe { result::memcpy_htod_sync(dev.device_ptr(), host.as_slice()) };
+    assert!(
+        whole.is_err(),
+        "the driver accepted a copy across two registrations"
+    );
+    // Split at the boundary, as the helpers do, it works.
+    cuda::copy_host_to_device(&host, &dev).unwrap();
+    let mut back = SystemStorage::new(2 * MIB).unwrap();
+    poison(&mut back);
+    cuda::copy_device_to_host(&dev, &mut back).unwrap();
+    assert!(host.as_slice() == back.as_slice());
 }

@@ -1,7 +1,8 @@
 //! Whole-region copies between host and device memory, for verification and set-up.
 //!
 //! Each helper copies one whole region into another of the same size and returns when the copy
-//! is complete. Device regions are checked with the driver before anything moves: the range
+//! is complete. Host regions page-locked in several registrations are copied one registration at
+//! a time (see [`MAX_HOST_REGISTRATION`](super::MAX_HOST_REGISTRATION)). Device regions are checked with the driver before anything moves: the range
 //! must lie inside one device allocation of the device its [`StorageKind`] names. The block
 //! transfer engine, not these helpers, is how KV blocks move in production.
 
@@ -10,7 +11,9 @@ use crate::descriptor::MemoryDescriptor;
 use crate::error::{Error, Result};
 use crate::host::HostMemory;
 use crate::kind::StorageKind;
+use crate::storage::{ExternalPinnedMemory, MappedPinnedStorage};
 use cudarc::driver::{result, sys};
+use std::ops::Range;
 
 /// Copies all of host region `src` into device region `dst`.
 ///
@@ -28,10 +31,13 @@ where
     let bytes = src.as_slice();
     same_size(OP, bytes.len(), dst.size())?;
     check_device_range(OP, &device, dst.addr(), dst.size())?;
-    // SAFETY: `dst` was checked to lie inside one allocation of this device; `bytes` is a live
-    // borrow of the source for the whole (synchronous) copy.
-    unsafe { result::memcpy_htod_sync(dst.addr() as sys::CUdeviceptr, bytes) }
-        .map_err(|e| driver::error(OP, e))?;
+    for piece in pieces(src) {
+        let dst_ptr = (dst.addr() + piece.start) as sys::CUdeviceptr;
+        // SAFETY: `dst` was checked to lie inside one allocation of this device and `piece` lies
+        // inside it; `bytes` is a live borrow of the source for the whole (synchronous) copy.
+        unsafe { result::memcpy_htod_sync(dst_ptr, &bytes[piece]) }
+            .map_err(|e| driver::error(OP, e))?;
+    }
     finish(OP)
 }
 
@@ -47,13 +53,18 @@ where
     const OP: &str = "copy device to host";
     let device = device_of(OP, src)?;
     let (addr, size) = (src.addr(), src.size());
-    let bytes = dst.as_mut_slice();
-    same_size(OP, size, bytes.len())?;
+    same_size(OP, size, dst.size())?;
     check_device_range(OP, &device, addr, size)?;
-    // SAFETY: `src` was checked to lie inside one allocation of this device; `bytes` is an
-    // exclusive borrow of the destination for the whole (synchronous) copy.
-    unsafe { result::memcpy_dtoh_sync(bytes, addr as sys::CUdeviceptr) }
-        .map_err(|e| driver::error(OP, e))?;
+    let pieces = pieces(dst);
+    let bytes = dst.as_mut_slice();
+    for piece in pieces {
+        let src_ptr = (addr + piece.start) as sys::CUdeviceptr;
+        // SAFETY: `src` was checked to lie inside one allocation of this device and `piece` lies
+        // inside it; `bytes` is an exclusive borrow of the destination for the whole
+        // (synchronous) copy.
+        unsafe { result::memcpy_dtoh_sync(&mut bytes[piece], src_ptr) }
+            .map_err(|e| driver::error(OP, e))?;
+    }
     finish(OP)
 }
 
@@ -83,6 +94,28 @@ where
     }
     .map_err(|e| driver::error(OP, e))?;
     finish(OP)
+}
+
+/// The offset ranges of `host` that one CUDA copy each may cover: one per page-lock registration
+/// for kvmem's registered storages (a copy must not cross from one registration into the next),
+/// the whole region otherwise.
+fn pieces<H: HostMemory + ?Sized>(host: &H) -> Vec<Range<usize>> {
+    let any = host.as_any();
+    let registered = any
+        .downcast_ref::<MappedPinnedStorage>()
+        .map(MappedPinnedStorage::registered_ranges)
+        .or_else(|| {
+            any.downcast_ref::<ExternalPinnedMemory>()
+                .map(ExternalPinnedMemory::registered_ranges)
+        });
+    let base = host.addr();
+    match registered {
+        Some(ranges) if ranges.len() > 1 => ranges
+            .into_iter()
+            .map(|r| r.start - base..r.end - base)
+            .collect(),
+        _ => std::iter::once(0..host.size()).collect(),
+    }
 }
 
 /// The device a region names, opened (and bound to this thread).

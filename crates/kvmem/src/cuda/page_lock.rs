@@ -8,6 +8,11 @@ use std::time::{Duration, Instant};
 
 /// The largest range kvmem page-locks with one `cuMemHostRegister` call: 64 GiB. Drivers from
 /// R580 refuse single registrations of 512 GiB or more; larger regions are registered in chunks.
+///
+/// One CUDA copy must not cross from one registration into the next: the driver refuses it with
+/// `CUDA_ERROR_INVALID_VALUE` (seen with driver 580 on an H100). kvmem's copy helpers split at
+/// the boundaries; other code that moves data out of a large pinned region should use the
+/// storage's `registered_ranges()` to do the same.
 pub const MAX_HOST_REGISTRATION: usize = 64 << 30;
 
 /// Flags for every registration kvmem makes: usable from every context, and mapped into the
@@ -99,6 +104,14 @@ impl HostRegistration {
     /// Number of `cuMemHostRegister` calls the range took.
     pub(crate) fn chunk_count(&self) -> usize {
         self.chunks.len()
+    }
+
+    /// The registered ranges, as absolute addresses, in address order.
+    pub(crate) fn ranges(&self) -> Vec<std::ops::Range<usize>> {
+        self.chunks
+            .iter()
+            .map(|&(start, len)| start..start + len)
+            .collect()
     }
 
     /// How long registering took.

@@ -56,6 +56,13 @@ impl ExternalPinnedMemory {
         &self.device
     }
 
+    /// The ranges (absolute addresses) page-locked by one `cuMemHostRegister` call each, in
+    /// address order. A single CUDA copy must stay inside one of them (see
+    /// [`MAX_HOST_REGISTRATION`]).
+    pub fn registered_ranges(&self) -> Vec<std::ops::Range<usize>> {
+        self.registration.ranges()
+    }
+
     /// The address under which device kernels can read and write this memory directly.
     ///
     /// # Errors
