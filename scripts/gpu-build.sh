@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the GPU tests and the pinned-allocation benchmark here (release mode, line tables only)
+# Builds the GPU tests, the pinned-allocation benchmark and the kvmem CLI here (release mode, line tables only)
 # and stages them, with the runner scripts/gpu-run.sh as run.sh, in a git-ignored folder that is
 # carried to the GPU machine. There, `bash .gpu/run.sh` runs everything and writes logs to $OUT.
 #
@@ -28,6 +28,7 @@ list=$( {
     cargo test --release -p kvmem --locked --no-run --message-format=json \
         --test cuda_gpu --test cuda_no_driver
     cargo bench -p kvmem --locked --no-run --message-format=json --bench cuda_pinned_alloc
+    cargo build --release -p kvmem-cli --locked --message-format=json --bin kvmem
 } 2>"$log" | artifacts) || { cat "$log" >&2; exit 1; }
 [ -n "$list" ] || { cat "$log" >&2; echo "gpu-build.sh: no binaries built" >&2; exit 1; }
 
@@ -36,7 +37,7 @@ mkdir -p "$stage/bin"
 while read -r name exe; do
     cp "$exe" "$stage/bin/$name"
 done <<<"$list"
-for want in cuda_gpu cuda_no_driver cuda_pinned_alloc; do
+for want in cuda_gpu cuda_no_driver cuda_pinned_alloc kvmem; do
     [ -x "$stage/bin/$want" ] || { echo "gpu-build.sh: $want was not built" >&2; exit 1; }
 done
 cp scripts/gpu-run.sh "$stage/run.sh"

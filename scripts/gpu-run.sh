@@ -41,6 +41,8 @@ step() {
     grep -E 'MemTotal|MemAvailable|HugePages_|Hugepagesize' /proc/meminfo
     echo "NUMA nodes: $(ls -d /sys/devices/system/node/node* 2>/dev/null | xargs -n1 basename | tr '\n' ' ')"
     echo "memlock limit: $(ulimit -l)"
+    echo "== kvmem info"
+    "$bin/kvmem" info
 } >"$out/machine.txt" 2>&1
 cat "$out/machine.txt"
 

@@ -239,10 +239,7 @@ fn run(args: &Args) -> Result<Report, String> {
     let device = CudaDevice::new(0).map_err(e)?;
     let info = device.info().map_err(e)?;
     let driver = *cuda::load_driver().map_err(e)?;
-    let topology = kvmem::topology::Topology::detect();
-    let node = topology
-        .gpu_numa_node(&info.pci_bus_id)
-        .or(info.host_numa_node);
+    let node = device.numa_node().map_err(e)?;
     let thp_mode = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
         .unwrap_or_default()
         .trim()

@@ -139,11 +139,8 @@ fn pinned_storage_round_trips() {
 #[ignore = "needs a CUDA GPU"]
 fn mapped_pinned_storage_round_trips_across_registration_chunks() {
     let device = gpu();
-    let info = device.info().unwrap();
     // The GPU's NUMA node from sysfs, else from the driver; none on machines that have none.
-    let node = kvmem::topology::Topology::detect()
-        .gpu_numa_node(&info.pci_bus_id)
-        .or(info.host_numa_node);
+    let node = device.numa_node().unwrap();
     let size = 24 * MIB + 4096;
     let options = MappedPinnedOptions::default()
         .numa_node(node)

@@ -163,6 +163,20 @@ impl CudaDevice {
         })
     }
 
+    /// The host NUMA node nearest the device: from sysfs (the PCI device's `numa_node`) when it
+    /// names one, else from the driver (`CU_DEVICE_ATTRIBUTE_HOST_NUMA_ID`); `None` when neither
+    /// knows. Pass it to [`MappedPinnedOptions::numa_node`](crate::MappedPinnedOptions::numa_node)
+    /// to place pinned memory next to the GPU.
+    ///
+    /// # Errors
+    /// [`Error::Cuda`] if the driver cannot be queried.
+    pub fn numa_node(&self) -> Result<Option<u32>> {
+        let info = self.info()?;
+        Ok(crate::topology::Topology::detect()
+            .gpu_numa_node(&info.pci_bus_id)
+            .or(info.host_numa_node))
+    }
+
     /// The cudarc context, for calling CUDA beyond what kvmem wraps (launching kernels, say).
     pub fn context(&self) -> &Arc<CudaContext> {
         &self.ctx
