@@ -35,7 +35,8 @@ list=$( {
 rm -rf "$stage"
 mkdir -p "$stage/bin"
 while read -r name exe; do
-    cp "$exe" "$stage/bin/$name"
+    # Keep the line tables (for backtraces) but compress them: the carry limit is tight.
+    objcopy --compress-debug-sections=zlib "$exe" "$stage/bin/$name"
 done <<<"$list"
 for want in cuda_gpu cuda_no_driver cuda_pinned_alloc kvmem; do
     [ -x "$stage/bin/$want" ] || { echo "gpu-build.sh: $want was not built" >&2; exit 1; }
