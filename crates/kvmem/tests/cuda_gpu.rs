@@ -384,8 +384,16 @@ fn error_device_out_of_memory_names_the_numbers() {
         other => panic!("expected DeviceOutOfMemory, got {other:?}"),
     };
     check(DeviceStorage::new(&device, requested).unwrap_err());
+    let free_before = device.memory_info().unwrap().free;
     let pool = DevicePool::new(&device, 0).unwrap();
     check(pool.alloc(requested).unwrap_err());
+    // The failed attempt must not leave the device's memory held by the pool.
+    assert_eq!(pool.reserved_bytes().unwrap(), 0);
+    let free_after = device.memory_info().unwrap().free;
+    assert!(
+        free_after + 64 * MIB >= free_before,
+        "free memory fell from {free_before} to {free_after} bytes"
+    );
     // The device still works afterwards.
     round_trip(&DeviceStorage::new(&device, MIB).unwrap());
 }

@@ -107,15 +107,27 @@ impl DevicePool {
         let inner = &self.inner;
         inner.device.bind()?;
         // SAFETY: pool and stream are valid; the memory is owned by the value built below.
-        let ptr =
-            unsafe { result::mem_pool::alloc_async(inner.pool, size, inner.stream.cu_stream()) }
-                .map_err(|e| {
-                    if driver::is_out_of_memory(&e) {
-                        inner.device.out_of_memory(size)
-                    } else {
-                        driver::error("allocate from the device pool (cuMemAllocFromPoolAsync)", e)
-                    }
-                })?;
+        let attempt =
+            unsafe { result::mem_pool::alloc_async(inner.pool, size, inner.stream.cu_stream()) };
+        let ptr = match attempt {
+            Ok(ptr) => ptr,
+            Err(e) if driver::is_out_of_memory(&e) => {
+                // A failed allocation can leave the pool holding nearly all of the device's free
+                // memory until its next synchronize (seen on an H100, driver 580); give back what
+                // exceeds the threshold now, so other users (and the error's numbers) see it.
+                let keep = usize::try_from(inner.release_threshold).unwrap_or(usize::MAX);
+                if let Err(trim) = self.trim_to(keep) {
+                    tracing::warn!(error = %trim, "could not trim the pool after a failed allocation");
+                }
+                return Err(inner.device.out_of_memory(size));
+            }
+            Err(e) => {
+                return Err(driver::error(
+                    "allocate from the device pool (cuMemAllocFromPoolAsync)",
+                    e,
+                ));
+            }
+        };
         let storage = PooledDeviceStorage {
             ptr,
             size,
