@@ -118,6 +118,13 @@ pub enum Error {
     #[error("invalid topology data: {0}")]
     InvalidTopology(String),
 
+    /// A feature this machine, driver or build does not offer was asked for explicitly.
+    #[error("not available here: {what}")]
+    Unsupported {
+        /// What is missing and why.
+        what: String,
+    },
+
     /// The NIXL runtime library cannot be loaded.
     #[error(
         "the NIXL runtime (libnixl_capi.so) is not available ({searched}). Install it with \

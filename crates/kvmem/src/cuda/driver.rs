@@ -53,6 +53,17 @@ const REQUIRED_SYMBOLS: &[&str] = &[
     "cuMemPoolTrimTo",
     "cuMemAllocFromPoolAsync",
     "cuMemFreeAsync",
+    "cuEventCreate",
+    "cuEventRecord",
+    "cuEventQuery",
+    "cuEventSynchronize",
+    "cuEventDestroy_v2",
+    "cuMemcpyAsync",
+    "cuMemcpyHtoDAsync_v2",
+    "cuModuleLoadData",
+    "cuModuleGetFunction",
+    "cuModuleUnload",
+    "cuLaunchKernel",
 ];
 
 /// The CUDA driver this process loaded.
@@ -121,6 +132,21 @@ fn probe() -> std::result::Result<DriverInfo, String> {
     };
     tracing::debug!(?info, "CUDA driver loaded");
     Ok(info)
+}
+
+/// True when the loaded driver exports `name` (for optional functions such as
+/// `cuMemcpyBatchAsync_v2`, which older drivers lack). False without a driver.
+pub(crate) fn has_symbol(name: &str) -> bool {
+    if load().is_err() {
+        return false;
+    }
+    // SAFETY: `load` succeeded, so the library is present and `culib` returns it without
+    // panicking; the lookup only resolves the symbol, it never calls it.
+    unsafe {
+        sys::culib()
+            .get::<unsafe extern "C" fn()>(name.as_bytes())
+            .is_ok()
+    }
 }
 
 /// `NAME (code): message` for a driver status.

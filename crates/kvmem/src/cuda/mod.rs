@@ -23,6 +23,7 @@
 //! # Ok::<(), kvmem::Error>(())
 //! ```
 
+pub mod batch;
 mod copy;
 pub mod driver;
 pub(crate) mod page_lock;
@@ -81,6 +82,11 @@ impl CudaDevice {
     /// The CUDA ordinal.
     pub fn ordinal(&self) -> usize {
         self.ctx.ordinal()
+    }
+
+    /// The driver's handle of the device.
+    pub(crate) fn cu_device(&self) -> sys::CUdevice {
+        self.ctx.cu_device()
     }
 
     /// The ordinal as a [`StorageKind::Device`](crate::StorageKind::Device) carries it.

@@ -25,7 +25,7 @@ mod pool;
 mod system;
 
 pub use device::DeviceStorage;
-pub use disk::{DISK_DIR_ENV, DiskStorage};
+pub use disk::{DIRECT_IO_ALIGN, DISK_DIR_ENV, DiskStorage};
 pub use external::{ExternalDeviceMemory, ExternalHostMemory};
 pub use external_pinned::ExternalPinnedMemory;
 pub use host_mapping::PageTier;
