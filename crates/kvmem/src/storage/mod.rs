@@ -11,6 +11,6 @@ mod disk;
 mod external;
 mod system;
 
-pub use disk::{DISK_DIR_ENV, DiskStorage};
+pub use disk::{DIRECT_IO_ALIGN, DISK_DIR_ENV, DiskStorage};
 pub use external::{ExternalDeviceMemory, ExternalHostMemory};
 pub use system::SystemStorage;
