@@ -12,7 +12,7 @@
 //!
 //! | path | executor here | notes |
 //! |---|---|---|
-//! | host ↔ host (system or pinned) | `memcpy` on a rayon pool, split by bytes when large | |
+//! | host ↔ host (system or pinned) | CPU copies on a rayon pool, split by bytes and with streaming stores when large | |
 //! | host ↔ disk | [`DiskBackend::IoUring`]: `O_DIRECT` at a fixed queue depth | NIXL's POSIX backend plugs in as a second [`DiskBackend`] |
 //! | anything with device memory, disk ↔ disk | none yet: [`Error::UnsupportedTransfer`] | the CUDA executors consume the same [`CopyBatch`] lists |
 //!
@@ -67,6 +67,9 @@ pub struct EngineConfig {
     pub host_threads: usize,
     /// Host transfers of at least this many bytes are split over the threads (default 1 MiB).
     pub parallel_threshold: usize,
+    /// Host transfers of at least this many bytes use non-temporal (cache-bypassing) stores
+    /// (default 8 MiB; `usize::MAX` never streams).
+    pub streaming_threshold: usize,
     /// How host ↔ disk transfers are executed.
     pub disk_backend: DiskBackend,
     /// Disk requests kept in flight (default 32).
@@ -82,6 +85,7 @@ impl Default for EngineConfig {
                 .map(|n| n.get())
                 .unwrap_or(1),
             parallel_threshold: 1 << 20,
+            streaming_threshold: 8 << 20,
             disk_backend: DiskBackend::IoUring,
             queue_depth: 32,
             max_io_bytes: 1 << 20,
@@ -121,7 +125,11 @@ impl TransferEngine {
     /// # Errors
     /// [`Error::HostAlloc`] when the copy threads cannot be started.
     pub fn new(config: EngineConfig) -> Result<Self> {
-        let host = HostExecutor::new(config.host_threads.max(1), config.parallel_threshold)?;
+        let host = HostExecutor::new(host::Tuning {
+            threads: config.host_threads,
+            parallel_threshold: config.parallel_threshold,
+            streaming_threshold: config.streaming_threshold,
+        })?;
         Ok(Self {
             config,
             host,
