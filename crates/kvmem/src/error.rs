@@ -114,6 +114,10 @@ pub enum Error {
     #[error("invalid tensor descriptor: {0}")]
     InvalidTensor(String),
 
+    /// A topology file (sysfs, procfs) holds something that cannot be parsed.
+    #[error("invalid topology data: {0}")]
+    InvalidTopology(String),
+
     /// The NIXL runtime library cannot be loaded.
     #[error(
         "the NIXL runtime (libnixl_capi.so) is not available ({searched}). Install it with \

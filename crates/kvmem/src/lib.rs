@@ -18,6 +18,7 @@
 //! | [`layout`] | KV-cache block layouts over any storage ([`layout::BlockLayout`]) |
 //! | [`transfer`] | planning and executing block copies between layouts and tiers ([`transfer::TransferEngine`]) |
 //! | [`tensor`] | shape/stride descriptions of tensors laid over a buffer ([`TensorDescriptor`]) |
+//! | [`topology`] | GPUs, NUMA nodes, hugepages, THP and cgroup limits read from sysfs ([`topology::Topology`]) |
 //! | [`error`] | the crate's one error type, [`Error`] |
 //!
 //! ```
@@ -42,6 +43,7 @@ pub mod layout;
 pub mod nixl;
 pub mod storage;
 pub mod tensor;
+pub mod topology;
 pub mod transfer;
 pub mod view;
 
@@ -56,3 +58,8 @@ pub use view::OffsetBuffer;
 
 /// The page size kvmem aligns host allocations, arena slots and `O_DIRECT` I/O to.
 pub const PAGE_SIZE: usize = 4096;
+
+/// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
