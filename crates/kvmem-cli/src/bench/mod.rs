@@ -72,6 +72,10 @@ pub struct BenchArgs {
     /// Disk requests in flight, for kvmem and fio alike.
     #[arg(long, default_value_t = 32)]
     pub queue_depth: u32,
+    /// Largest single disk request; longer runs of merged blocks are split (default: the
+    /// engine's).
+    #[arg(long, value_parser = parse_size)]
+    pub max_io: Option<usize>,
     /// Host copy threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,

@@ -54,6 +54,9 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
         queue_depth: args.queue_depth.max(1),
         ..EngineConfig::default()
     };
+    if let Some(m) = args.max_io {
+        config.max_io_bytes = m;
+    }
     if let Some(t) = args.threads {
         config.host_threads = t.max(1);
     }

@@ -22,20 +22,36 @@ pub(crate) struct UringExecutor {
 }
 
 impl UringExecutor {
-    /// Creates the ring (so that a kernel without `io_uring` is reported here, as
-    /// [`Error::DiskBackendUnavailable`]) and starts the worker.
+    /// Starts the worker, which creates the ring on its own thread (so that the ring can be
+    /// single-issuer) and reports whether that worked; a kernel without `io_uring` is reported
+    /// here, as [`Error::DiskBackendUnavailable`].
     pub(crate) fn start(config: UringConfig) -> Result<Self> {
         let unavailable = |source| Error::DiskBackendUnavailable {
             backend: "io_uring",
             source,
         };
-        let ring = IoUring::new(config.queue_depth.next_power_of_two()).map_err(unavailable)?;
         let (tx, rx) = mpsc::channel::<Work>();
+        let (ready_tx, ready_rx) = mpsc::sync_channel::<std::io::Result<()>>(1);
         std::thread::Builder::new()
             .name("kvmem-io-uring".into())
-            .spawn(move || worker(ring, rx, config))
+            .spawn(move || match new_ring(config.queue_depth) {
+                Ok(ring) => {
+                    // The receiver waits for this message; if it is gone, nobody will submit.
+                    let _ = ready_tx.send(Ok(()));
+                    worker(ring, rx, config);
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            })
             .map_err(unavailable)?;
-        Ok(Self { tx })
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(Self { tx }),
+            Ok(Err(e)) => Err(unavailable(e)),
+            Err(_) => Err(unavailable(std::io::Error::other(
+                "the io_uring worker stopped while starting",
+            ))),
+        }
     }
 
     /// Queues `work`; if the worker is gone, the returned work's completion reports
@@ -46,6 +62,19 @@ impl UringExecutor {
             drop(work);
         }
     }
+}
+
+/// A ring for one submitting thread: single issuer with deferred task work (completions are run
+/// when this thread asks for them, not by interrupting it) where the kernel has them (6.1+),
+/// else cooperative task work (5.19+), else a plain ring.
+fn new_ring(queue_depth: u32) -> std::io::Result<IoUring> {
+    let entries = queue_depth.max(1).next_power_of_two();
+    IoUring::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .build(entries)
+        .or_else(|_| IoUring::builder().setup_coop_taskrun().build(entries))
+        .or_else(|_| IoUring::new(entries))
 }
 
 fn worker(mut ring: IoUring, rx: mpsc::Receiver<Work>, config: UringConfig) {
@@ -62,7 +91,7 @@ fn worker(mut ring: IoUring, rx: mpsc::Receiver<Work>, config: UringConfig) {
                 tracing::error!(error = %fatal, "io_uring failed with I/O in flight; leaking the transfer's buffers");
                 std::mem::forget(plan);
                 completion.complete(Err(fatal));
-                match IoUring::new(config.queue_depth.next_power_of_two()) {
+                match new_ring(config.queue_depth) {
                     Ok(fresh) => ring = fresh,
                     Err(e) => {
                         tracing::error!(error = %e, "cannot recreate the io_uring; disk worker stops");
