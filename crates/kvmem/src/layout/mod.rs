@@ -63,6 +63,7 @@ pub struct BlockLayout {
     regions: Vec<Buffer>,
     alignment: usize,
     chunk_bytes: usize,
+    region_bytes: usize,
     /// Byte strides inside a region; `layer_stride` is 0 for layer-separate layouts, whose layers
     /// are separate regions.
     block_stride: usize,
@@ -165,6 +166,7 @@ impl BlockLayout {
             regions,
             alignment,
             chunk_bytes,
+            region_bytes,
             block_stride,
             layer_stride,
             outer_stride,
@@ -280,6 +282,11 @@ impl BlockLayout {
     /// Bytes per chunk.
     pub fn chunk_bytes(&self) -> usize {
         self.chunk_bytes
+    }
+
+    /// Bytes the layout uses in each region (a region may be larger).
+    pub fn region_bytes(&self) -> usize {
+        self.region_bytes
     }
 
     /// Blocks in the layout.

@@ -121,6 +121,9 @@ fn copy_task(task: &[CopyOp], streaming: bool, completion: &Completion, done: &A
     } else {
         cached_copy as CopyFn
     };
+    // Counted locally and published once: a shared counter bumped per copy would bounce its
+    // cache line between the copying cores.
+    let mut copied = 0;
     for op in task {
         let mut off = 0;
         while off < op.len {
@@ -141,9 +144,10 @@ fn copy_task(task: &[CopyOp], streaming: bool, completion: &Completion, done: &A
                 copy(src, dst, n);
             }
             off += n;
-            done.fetch_add(n, Ordering::Relaxed);
+            copied += n;
         }
     }
+    done.fetch_add(copied, Ordering::Relaxed);
     if streaming {
         store_fence();
     }

@@ -169,10 +169,10 @@ impl TransferPlan {
         for &id in src_ids {
             src.check_block("source", id)?;
         }
-        let mut seen = HashSet::with_capacity(dst_ids.len());
+        let mut seen = vec![false; dst.num_blocks()];
         for &id in dst_ids {
             dst.check_block("destination", id)?;
-            if !seen.insert(id) {
+            if std::mem::replace(&mut seen[id], true) {
                 return Err(Error::DuplicateBlock { block: id });
             }
         }
@@ -216,6 +216,15 @@ impl TransferPlan {
             .ok_or(Error::Overflow {
                 what: "transfer size",
             })?;
+        // Chunks of distinct blocks never overlap inside one layout region; only regions that
+        // overlap each other (or a copy within one layout) need the per-copy check.
+        let used = |l: &BlockLayout| -> Vec<Extent> {
+            l.regions()
+                .iter()
+                .map(|r| (space(r.storage_kind()), r.addr(), l.region_bytes()))
+                .collect()
+        };
+        let per_op_check = !regions_disjoint(&used(src), &used(dst));
         let mut keep_alive = src.regions().to_vec();
         keep_alive.extend_from_slice(dst.regions());
         Self::finish(
@@ -223,6 +232,7 @@ impl TransferPlan {
             batches,
             bytes,
             keep_alive,
+            per_op_check,
         )
     }
 
@@ -258,6 +268,7 @@ impl TransferPlan {
             batches,
             src.size(),
             vec![src.clone(), dst.clone()],
+            true,
         )
     }
 
@@ -266,13 +277,16 @@ impl TransferPlan {
         mut batches: Vec<CopyBatch>,
         bytes: usize,
         keep_alive: Vec<Buffer>,
+        per_op_check: bool,
     ) -> Result<Self> {
         for batch in &mut batches {
             merge(&mut batch.ops);
         }
         batches.retain(|b| !b.ops.is_empty());
         let path = TransferPath::select(src_kind, dst_kind);
-        check_disjoint(&batches)?;
+        if per_op_check {
+            check_disjoint(&batches)?;
+        }
         if path.touches_disk() {
             check_direct_io_alignment(&batches)?;
         }
@@ -318,14 +332,21 @@ impl TransferPlan {
     }
 }
 
-/// Sorts by source address and merges copies contiguous in both source and destination.
+/// Merges copies contiguous in both source and destination, and sorts them by source address.
 ///
-/// After sorting, a copy that continues another's source run directly follows it (source ranges
-/// of distinct chunks are disjoint), so one pass finds every merge.
+/// A first pass merges neighbours in request order (cheap, and all that sequential block ids
+/// need); then, if the rest is out of order, a sort by source address brings every copy that
+/// continues another's source run directly after it (source ranges of distinct chunks are
+/// disjoint), and a second pass finds the remaining merges.
 fn merge(ops: &mut Vec<CopyOp>) {
+    merge_neighbours(ops);
     if !ops.is_sorted_by_key(|o| o.src) {
-        ops.sort_unstable_by_key(|o| (o.src, o.dst));
+        ops.sort_unstable_by_key(|o| o.src);
+        merge_neighbours(ops);
     }
+}
+
+fn merge_neighbours(ops: &mut Vec<CopyOp>) {
     let mut out = 0;
     for i in 0..ops.len() {
         let op = ops[i];
@@ -354,10 +375,24 @@ fn space(kind: StorageKind) -> (u8, u64) {
     }
 }
 
+/// A range in an address space: `(space, start, length)`.
+type Extent = ((u8, u64), usize, usize);
+
+fn overlap(a: &Extent, b: &Extent) -> bool {
+    a.0 == b.0 && a.1 < b.1.saturating_add(b.2) && b.1 < a.1.saturating_add(a.2)
+}
+
+/// True when no destination region overlaps another destination region or a source region.
+fn regions_disjoint(src: &[Extent], dst: &[Extent]) -> bool {
+    dst.iter().enumerate().all(|(i, d)| {
+        dst[i + 1..].iter().all(|e| !overlap(d, e)) && src.iter().all(|s| !overlap(d, s))
+    })
+}
+
 /// Destination ranges must not overlap each other, nor any source range in the same space.
 fn check_disjoint(batches: &[CopyBatch]) -> Result<()> {
-    let mut dst: Vec<((u8, u64), usize, usize)> = Vec::new();
-    let mut src: Vec<((u8, u64), usize, usize)> = Vec::new();
+    let mut dst: Vec<Extent> = Vec::new();
+    let mut src: Vec<Extent> = Vec::new();
     for b in batches {
         let (ds, ss) = (space(b.dst_kind), space(b.src_kind));
         dst.extend(b.ops.iter().map(|o| (ds, o.dst, o.len)));
