@@ -1,7 +1,7 @@
 //! Running `fio` as the disk paths' outside yardstick.
 
 use super::report::Percentiles;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 /// fio's `--version`, or `None` when fio is not on `PATH`.
@@ -10,37 +10,6 @@ pub fn version() -> Option<String> {
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-/// fio's file: created next to kvmem's disk file, filled with written data (so that reads hit
-/// the device, not holes), and removed on drop.
-pub struct FioFile {
-    file: tempfile::NamedTempFile,
-}
-
-impl FioFile {
-    /// Creates and fills a `size`-byte file in `dir` with a sequential fio write.
-    pub fn create(dir: &Path, size: usize, queue_depth: u32) -> Result<Self, String> {
-        let file = tempfile::Builder::new()
-            .prefix("kvmem-fio-")
-            .suffix(".dat")
-            .tempfile_in(dir)
-            .map_err(|e| format!("cannot create fio's file in {}: {e}", dir.display()))?;
-        let me = Self { file };
-        run(&FioJob {
-            file: me.path().to_path_buf(),
-            size,
-            block: 1 << 20,
-            write: true,
-            random: false,
-            queue_depth,
-        })?;
-        Ok(me)
-    }
-
-    pub fn path(&self) -> &Path {
-        self.file.path()
-    }
 }
 
 /// One fio run: a single job over the first `size` bytes of `file`.

@@ -224,7 +224,7 @@ pub fn table(r: &Report) -> String {
     let _ = writeln!(out, "fio: {}", r.fio);
     let _ = writeln!(
         out,
-        "{:<11} {:<10} {:>6} {:>6} {:>6} {:>8} {:>8} {:>6} {:>9} {:>9} {:>9} {:>8} {:>7}",
+        "{:<11} {:<10} {:>6} {:>6} {:>6} {:>8} {:>8} {:>6} {:>9} {:>9} {:>9} {:>8} {:>9} {:>7}",
         "path",
         "pattern",
         "block",
@@ -236,8 +236,9 @@ pub fn table(r: &Report) -> String {
         "p50 ms",
         "p90 ms",
         "p99 ms",
-        "fio GiB/s",
-        "vs fio"
+        "baseline",
+        "GiB/s",
+        "vs it"
     );
     for p in &r.points {
         let (base, base_bw, base_ratio) = match (&p.fio, &p.memcpy) {

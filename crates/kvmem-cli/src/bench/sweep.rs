@@ -98,26 +98,25 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
     } else {
         fio::version()
     };
-    let mut fio_note = match (&fio_version, args.no_fio, wants_disk) {
+    let fio_note = match (&fio_version, args.no_fio, wants_disk) {
         (_, _, false) => "no disk paths in this sweep".to_string(),
         (_, true, _) => "skipped (--no-fio)".to_string(),
-        (Some(v), _, _) => format!("{v}, O_DIRECT, io_uring, iodepth {}", config.queue_depth),
+        (Some(v), _, _) => format!(
+            "{v}, O_DIRECT, io_uring, iodepth {}, on kvmem's disk file",
+            config.queue_depth
+        ),
         (None, _, _) => {
             "fio NOT FOUND on PATH: disk points have no fio comparison (apt-get install fio)"
                 .to_string()
         }
     };
-    let fio_file = match (&fio_version, &disk_dir) {
-        (Some(_), Some(dir)) => match fio::FioFile::create(dir, disk_bytes, config.queue_depth) {
-            Ok(f) => Some(f),
-            Err(e) => {
-                fio_note = format!("fio FAILED, no comparison: {e}");
-                None
-            }
-        },
+    // fio runs on kvmem's own disk file: the same file system, and the same file, so that
+    // neither side is favoured by where its blocks happen to lie or what a virtual disk's host
+    // has cached.
+    let fio_file = match (&fio_version, &buffers.disk) {
+        (Some(_), Some((_, path, _))) => Some(path.clone()),
         _ => None,
     };
-
     // Fill the disk file (and warm the disk path) so that reads read written data.
     if let Some((disk, _, _)) = &buffers.disk {
         let src = view(&buffers.host_src, disk_bytes)?;
@@ -162,7 +161,7 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
         bar.set_message(format!("{} {:?} {}", path_name(path), pattern, human(size)));
         let fio_job = match (&fio_file, path) {
             (Some(f), BenchPath::DiskWrite | BenchPath::DiskRead) => Some(FioJob {
-                file: f.path().to_path_buf(),
+                file: f.clone(),
                 size: blocks * size,
                 block: size,
                 write: path == BenchPath::DiskWrite,
