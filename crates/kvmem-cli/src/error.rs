@@ -12,6 +12,9 @@ pub enum CliError {
     /// JSON encoding failed.
     #[error("could not encode JSON: {0}")]
     Json(#[from] serde_json::Error),
+    /// `kvmem bench` was given settings it cannot run, or could not write its output.
+    #[error("bench: {0}")]
+    Bench(String),
     /// A check the demo makes failed: the library returned wrong data.
     #[error("demo check failed: {0}")]
     Check(String),

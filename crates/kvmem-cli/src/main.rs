@@ -1,6 +1,7 @@
 //! `kvmem`: the command line of the kvmem library.
 #![deny(missing_docs)]
 
+mod bench;
 mod demo;
 mod error;
 mod info;
@@ -25,6 +26,8 @@ enum Command {
     Info(info::InfoArgs),
     /// A host-only walk through the memory model: storages, views, arena, disk round trip.
     Demo(demo::DemoArgs),
+    /// Sweep the transfer paths over block sizes against same-run references (and fio).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +41,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Info(args) => info::run(&args),
         Command::Demo(args) => demo::run(&args),
+        Command::Bench(args) => bench::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

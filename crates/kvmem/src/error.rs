@@ -136,6 +136,146 @@ pub enum Error {
         searched: String,
     },
 
+    /// A block layout's description or regions are inconsistent.
+    #[error("invalid block layout: {0}")]
+    InvalidLayout(String),
+
+    /// A region handed to a block layout is smaller than the layout needs.
+    #[error(
+        "layout region {region} holds {size} bytes but the layout needs {needed}; allocate \
+         at least {needed} bytes or describe fewer blocks"
+    )]
+    RegionTooSmall {
+        /// Index of the region (0 for a fully contiguous layout, the layer for a layer-separate one).
+        region: usize,
+        /// Bytes the layout needs in that region.
+        needed: usize,
+        /// Bytes the region has.
+        size: usize,
+    },
+
+    /// A block id does not exist in the layout it names.
+    #[error(
+        "{side} block id {block} is out of range: the layout has {num_blocks} blocks (ids 0..{num_blocks})"
+    )]
+    BlockOutOfRange {
+        /// `source` or `destination`.
+        side: &'static str,
+        /// The offending id.
+        block: usize,
+        /// Blocks in the layout.
+        num_blocks: usize,
+    },
+
+    /// Source and destination block lists differ in length.
+    #[error(
+        "{src} source block ids but {dst} destination block ids; pass one destination per source"
+    )]
+    BlockCountMismatch {
+        /// Number of source ids.
+        src: usize,
+        /// Number of destination ids.
+        dst: usize,
+    },
+
+    /// The same destination block is named twice, so two copies would write one place.
+    #[error(
+        "destination block {block} appears more than once; each destination may be written once per transfer"
+    )]
+    DuplicateBlock {
+        /// The repeated id.
+        block: usize,
+    },
+
+    /// Two layouts cannot be copied block for block because their shapes differ.
+    #[error(
+        "layouts differ in {what}: source has {src}, destination has {dst}; copy between layouts of the same chunk size, layer count and k/v dimension"
+    )]
+    LayoutMismatch {
+        /// The differing property (`chunk size`, `layers`, `outer dimension`).
+        what: &'static str,
+        /// Source value.
+        src: usize,
+        /// Destination value.
+        dst: usize,
+    },
+
+    /// The destination of a region copy is smaller than its source.
+    #[error(
+        "destination holds {dst} bytes but the source has {src}; give a destination of at least {src} bytes"
+    )]
+    DestinationTooSmall {
+        /// Source bytes.
+        src: usize,
+        /// Destination bytes.
+        dst: usize,
+    },
+
+    /// Ranges of one transfer overlap, which would make the copy's result depend on its order.
+    #[error(
+        "{what} overlap at address {addr:#x}; source and destination ranges of one transfer must be disjoint"
+    )]
+    OverlappingCopy {
+        /// Which ranges overlap (`destination ranges`, `source and destination ranges`).
+        what: &'static str,
+        /// An address inside the overlap.
+        addr: usize,
+    },
+
+    /// No executor in this build can move bytes between these two kinds of storage.
+    #[error("transfers from {src} to {dst} memory are not supported: {reason}")]
+    UnsupportedTransfer {
+        /// Source kind.
+        src: crate::StorageKind,
+        /// Destination kind.
+        dst: crate::StorageKind,
+        /// Why, and what to use instead.
+        reason: &'static str,
+    },
+
+    /// The disk I/O backend could not be started.
+    #[error(
+        "the {backend} disk backend is unavailable: {source}; check that the kernel allows it (e.g. /proc/sys/kernel/io_uring_disabled)"
+    )]
+    DiskBackendUnavailable {
+        /// The backend.
+        backend: &'static str,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A read or write of a transfer failed.
+    #[error("transfer {op} of {len} bytes at file offset {offset} (fd {fd}) failed: {source}")]
+    TransferIo {
+        /// `read` or `write`.
+        op: &'static str,
+        /// The file descriptor.
+        fd: i32,
+        /// Offset in the file.
+        offset: u64,
+        /// Bytes asked for.
+        len: usize,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A transfer was cancelled before it finished; the destination may be partly written.
+    #[error("transfer cancelled after {done} of {total} bytes; the destination is partly written")]
+    TransferCancelled {
+        /// Bytes known to be copied.
+        done: usize,
+        /// Bytes the transfer would have copied.
+        total: usize,
+    },
+
+    /// A transfer worker stopped without reporting a result.
+    #[error(
+        "the transfer worker stopped before finishing (it panicked or was shut down); the destination is undefined"
+    )]
+    TransferAborted,
+
     /// A NIXL call failed.
     #[error("NIXL failed to {op}: {source}")]
     Nixl {

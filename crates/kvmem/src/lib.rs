@@ -16,6 +16,8 @@
 //! | [`host`] | safe byte access to host-accessible storage ([`HostMemory`]) |
 //! | [`view`] | checked sub-ranges of a buffer ([`OffsetBuffer`]) |
 //! | [`arena`] | sub-allocation of one storage into many buffers ([`ArenaAllocator`]) |
+//! | [`layout`] | KV-cache block layouts over any storage ([`layout::BlockLayout`]) |
+//! | [`transfer`] | planning and executing block copies between layouts and tiers ([`transfer::TransferEngine`]) |
 //! | [`tensor`] | shape/stride descriptions of tensors laid over a buffer ([`TensorDescriptor`]) |
 //! | [`topology`] | GPUs, NUMA nodes, hugepages, THP and cgroup limits read from sysfs ([`topology::Topology`]) |
 //! | [`error`] | the crate's one error type, [`Error`] |
@@ -39,10 +41,12 @@ pub mod descriptor;
 pub mod error;
 pub mod host;
 pub mod kind;
+pub mod layout;
 pub mod nixl;
 pub mod storage;
 pub mod tensor;
 pub mod topology;
+pub mod transfer;
 pub mod view;
 
 pub use arena::{ArenaAllocator, ArenaBuffer};

@@ -1,0 +1,88 @@
+//! Helpers shared by the transfer tests: regions filled with random bytes, and reading any
+//! region back, both independent of the code under test (plain slices and `pread`).
+#![allow(dead_code)]
+
+use kvmem::{Buffer, DiskStorage, HostMemory, MemoryDescriptor, OffsetBuffer, SystemStorage};
+use rand::Rng;
+use rand::rngs::StdRng;
+use std::path::Path;
+
+/// Where a test region lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    Host,
+    Disk,
+}
+
+/// A region of `len` bytes filled with random bytes, returned with a copy of its contents.
+/// With `offset > 0` the region is a view `offset` bytes into a larger storage (also random).
+pub fn random_region(
+    tier: Tier,
+    len: usize,
+    offset: usize,
+    dir: &Path,
+    rng: &mut StdRng,
+) -> (Buffer, Vec<u8>) {
+    let total = offset + len;
+    let mut image = random_bytes(total, rng.random());
+    let base = match tier {
+        Tier::Host => {
+            let mut s = SystemStorage::new(total).unwrap();
+            s.as_mut_slice().copy_from_slice(&image);
+            Buffer::new(s)
+        }
+        Tier::Disk => {
+            let d = DiskStorage::new_in(dir, total).unwrap();
+            let mut staging = SystemStorage::new(total.next_multiple_of(4096)).unwrap();
+            staging.as_mut_slice()[..total].copy_from_slice(&image);
+            d.write_at(0, &staging.as_slice()[..total]).unwrap();
+            Buffer::new(d)
+        }
+    };
+    let region = if offset == 0 {
+        base
+    } else {
+        Buffer::new(OffsetBuffer::new(base, offset, len).unwrap())
+    };
+    (region, image.split_off(offset))
+}
+
+/// `len` random bytes from `seed` (SplitMix64: fast even in unoptimized test builds).
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed;
+    let mut next = || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let mut v = vec![0u8; len];
+    let mut words = v.chunks_exact_mut(8);
+    for w in &mut words {
+        w.copy_from_slice(&next().to_le_bytes());
+    }
+    let tail = words.into_remainder();
+    let last = next().to_le_bytes();
+    tail.copy_from_slice(&last[..tail.len()]);
+    v
+}
+
+/// The current bytes of a region made by [`random_region`], read without kvmem's transfer code.
+pub fn read_region(region: &Buffer) -> Vec<u8> {
+    let (base, offset) = match region.downcast_ref::<OffsetBuffer>() {
+        Some(view) => (view.base().clone(), view.offset()),
+        None => (region.clone(), 0),
+    };
+    let len = region.size();
+    if let Some(s) = base.downcast_ref::<SystemStorage>() {
+        return s.as_slice()[offset..offset + len].to_vec();
+    }
+    let d = base
+        .downcast_ref::<DiskStorage>()
+        .expect("test regions are system or disk storage");
+    let total = base.size();
+    let mut staging = SystemStorage::new(total.next_multiple_of(4096)).unwrap();
+    d.read_at(0, &mut staging.as_mut_slice()[..total]).unwrap();
+    staging.as_slice()[offset..offset + len].to_vec()
+}
