@@ -2,7 +2,13 @@
 //! region back, both independent of the code under test (plain slices and `pread`).
 #![allow(dead_code)]
 
-use kvmem::{Buffer, DiskStorage, HostMemory, MemoryDescriptor, OffsetBuffer, SystemStorage};
+pub mod cases;
+
+use kvmem::cuda::{self, CudaDevice};
+use kvmem::{
+    Buffer, DeviceStorage, DiskStorage, HostMemory, MemoryDescriptor, OffsetBuffer, PinnedStorage,
+    SystemStorage,
+};
 use rand::Rng;
 use rand::rngs::StdRng;
 use std::path::Path;
@@ -12,6 +18,15 @@ use std::path::Path;
 pub enum Tier {
     Host,
     Disk,
+    /// Pinned host memory (needs a GPU).
+    Pinned,
+    /// Device memory of GPU 0 (needs a GPU).
+    Device,
+}
+
+/// GPU 0; only the GPU tests ask for it.
+pub fn gpu() -> CudaDevice {
+    CudaDevice::new(0).expect("CUDA device 0 must be usable on the GPU machine")
 }
 
 /// A region of `len` bytes filled with random bytes, returned with a copy of its contents.
@@ -36,6 +51,18 @@ pub fn random_region(
             let mut staging = SystemStorage::new(total.next_multiple_of(4096)).unwrap();
             staging.as_mut_slice()[..total].copy_from_slice(&image);
             d.write_at(0, &staging.as_slice()[..total]).unwrap();
+            Buffer::new(d)
+        }
+        Tier::Pinned => {
+            let mut s = PinnedStorage::new(&gpu(), total).unwrap();
+            s.as_mut_slice().copy_from_slice(&image);
+            Buffer::new(s)
+        }
+        Tier::Device => {
+            let d = DeviceStorage::new(&gpu(), total).unwrap();
+            let mut staging = SystemStorage::new(total).unwrap();
+            staging.as_mut_slice().copy_from_slice(&image);
+            cuda::copy_host_to_device(&staging, &d).unwrap();
             Buffer::new(d)
         }
     };
@@ -78,9 +105,17 @@ pub fn read_region(region: &Buffer) -> Vec<u8> {
     if let Some(s) = base.downcast_ref::<SystemStorage>() {
         return s.as_slice()[offset..offset + len].to_vec();
     }
+    if let Some(s) = base.downcast_ref::<PinnedStorage>() {
+        return s.as_slice()[offset..offset + len].to_vec();
+    }
+    if let Some(d) = base.downcast_ref::<DeviceStorage>() {
+        let mut staging = SystemStorage::new(base.size()).unwrap();
+        cuda::copy_device_to_host(d, &mut staging).unwrap();
+        return staging.as_slice()[offset..offset + len].to_vec();
+    }
     let d = base
         .downcast_ref::<DiskStorage>()
-        .expect("test regions are system or disk storage");
+        .expect("test regions are system, pinned, device or disk storage");
     let total = base.size();
     let mut staging = SystemStorage::new(total.next_multiple_of(4096)).unwrap();
     d.read_at(0, &mut staging.as_mut_slice()[..total]).unwrap();
