@@ -3,7 +3,12 @@
 #   1. the GPU tests (`--ignored`) and the no-driver test (driver present there);
 #   2. the GPU tests again under compute-sanitizer memcheck (zero errors required);
 #   3. the hugetlb test, with 2 MiB pages reserved for it and released afterwards;
-#   4. the pinned-allocation benchmark (with 2 MiB hugetlb pages reserved for its hugetlb row).
+#   4. the pinned-allocation benchmark (with 2 MiB hugetlb pages reserved for its hugetlb row),
+#      unless KVMEM_SKIP_ALLOC_BENCH=1;
+#   5. `kvmem bench` over every path (GPU ones included) with the default (auto) GPU method, and
+#      the GPU paths again with each method forced, for the method comparison.
+# The device tool brings back at most 8 files: the bench outputs beyond the main JSON, plot and
+# table are packed into kvbench.tgz.
 # Logs go to $OUT (the device tool's output folder), else to .gpu/out. Exits non-zero if any
 # step failed; summary.txt lists each step's outcome.
 set -uo pipefail
@@ -52,6 +57,8 @@ sanitizer="$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-san
 # figures are only meaningful without neighbours. (Threads are exercised by the tests themselves.)
 step "GPU tests" "$out/tests.log" "$bin/cuda_gpu" --ignored --skip hugetlb_ --test-threads=1
 step "no-driver test (driver present)" "$out/tests.log" "$bin/cuda_no_driver"
+step "copy-stream GPU tests" "$out/tests.log" "$bin/cuda_batch_gpu" --ignored --test-threads=1
+step "transfer-engine GPU tests" "$out/tests.log" "$bin/cuda_transfer_gpu" --ignored --test-threads=1
 
 if [ -n "$sanitizer" ]; then
     step "memcheck: GPU tests" "$out/sanitizer.log" "$sanitizer" --tool memcheck --leak-check full \
@@ -59,6 +66,12 @@ if [ -n "$sanitizer" ]; then
     # These tests provoke driver errors on purpose; memcheck still checks memory, not API errors.
     step "memcheck: error tests" "$out/sanitizer.log" "$sanitizer" --tool memcheck --leak-check full \
         --report-api-errors no --error-exitcode 99 "$bin/cuda_gpu" --ignored error_ --test-threads=1
+    step "memcheck: copy-stream tests" "$out/sanitizer.log" timeout 300 "$sanitizer" --tool memcheck \
+        --leak-check full --error-exitcode 99 "$bin/cuda_batch_gpu" --ignored --skip error_ --test-threads=1
+    step "memcheck: copy-stream error tests" "$out/sanitizer.log" timeout 120 "$sanitizer" --tool memcheck \
+        --leak-check full --report-api-errors no --error-exitcode 99 "$bin/cuda_batch_gpu" --ignored error_ --test-threads=1
+    step "memcheck: transfer-engine tests" "$out/sanitizer.log" timeout 400 "$sanitizer" --tool memcheck \
+        --leak-check full --error-exitcode 99 "$bin/cuda_transfer_gpu" --ignored every_layout_pair_over_gpu_tiers_auto --test-threads=1
     grep -E "ERROR SUMMARY" "$out/sanitizer.log" | tee -a "$summary"
 else
     echo "memcheck: NOT RUN (compute-sanitizer not found)" | tee -a "$summary"
@@ -76,6 +89,7 @@ else
     failed=1
 fi
 
+if [ "${KVMEM_SKIP_ALLOC_BENCH:-0}" != 1 ]; then
 # The benchmark measures the fast path on THP (the machine as found) and, with 2 MiB hugetlb
 # pages reserved for it here (enough for its largest size), on hugetlb too; released afterwards.
 reserve="${KVMEM_BENCH_HUGEPAGES:-4200}"
@@ -86,6 +100,24 @@ echo "hugetlb pages for the benchmark: $(awk '/HugePages_Free/ {print $2}' /proc
 step "benchmark" "$out/bench.log" "$bin/cuda_pinned_alloc" --json "$out/bench.json"
 echo "$before" >"$pages" 2>/dev/null
 sed -n '/^Pinned allocation/,/^goal: fast-path/p' "$out/bench.log"
+fi
+
+# kvmem bench: every path this machine has, auto GPU method; then the GPU paths per method.
+kv="$here/kvbench"
+rm -rf "$kv"
+mkdir -p "$kv"
+step "kvmem bench (all paths)" "$out/kvbench.log" "$bin/kvmem" bench --out-dir "$kv/auto" --disk-dir /tmp
+for m in batched kernel per-copy; do
+    step "kvmem bench (gpu, $m)" "$out/kvbench.log" "$bin/kvmem" bench --paths h2d,d2h,d2d,layers-d2h \
+        --gpu-method "$m" --out-dir "$kv/$m"
+done
+cp "$kv/auto/bench.json" "$out/kvbench.json" 2>/dev/null
+cp "$kv/auto/bench.svg" "$out/kvbench.svg" 2>/dev/null
+for m in auto batched kernel per-copy; do
+    echo "== $m" >>"$out/kvbench.log"
+    cat "$kv/$m/table.txt" >>"$out/kvbench.log" 2>/dev/null
+done
+tar -czf "$out/kvbench.tgz" -C "$here" kvbench
 
 echo "== summary"
 cat "$summary"

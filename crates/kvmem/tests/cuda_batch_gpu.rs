@@ -169,7 +169,7 @@ fn scattered_copies_host_device_and_back_by_every_method() {
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
-fn auto_picks_the_kernel_for_small_chunks_and_batches_for_large() {
+fn auto_picks_the_kernel_for_small_chunks_and_batches_for_large_ones() {
     let gpu = gpu();
     let stream = CopyStream::new(&gpu).unwrap();
     let small = [DeviceCopy {
@@ -220,22 +220,4 @@ fn error_empty_and_zero_length_copy_lists_are_refused() {
             Err(Error::ZeroSize { .. })
         ));
     }
-    // A copy from an address that is no allocation fails with a driver error, never success.
-    let dev = DeviceStorage::new(&gpu, 1 << 20).unwrap();
-    let bad = [DeviceCopy {
-        src: 0x10,
-        dst: dev.device_ptr(),
-        len: 4096,
-    }];
-    // SAFETY: deliberately invalid source; the driver must reject it (PerCopy validates per call).
-    let r = unsafe {
-        stream.copy_async(
-            &bad,
-            CopyMethod::PerCopy,
-            Location::Device(0),
-            Location::Device(0),
-        )
-    }
-    .and_then(|c| c.wait());
-    assert!(r.is_err(), "a copy from address 0x10 reported success");
 }

@@ -27,9 +27,14 @@ const KERNEL_NAME: &std::ffi::CStr = c"kvmem_copy_chunks";
 const KERNEL_THREADS: u32 = 256;
 /// Blocks per multiprocessor the kernel is launched with (when there are enough copies).
 const KERNEL_BLOCKS_PER_SM: u32 = 8;
-/// Default for [`CopyStream::kernel_max_avg_len`]: copies averaging at most this many bytes go to
-/// the kernel under [`CopyMethod::Auto`]. Chosen from the H100 measurements in PERFORMANCE.md.
-pub const DEFAULT_KERNEL_MAX_AVG_LEN: usize = 256 * 1024;
+/// Default for [`CopyStream::kernel_max_avg_len`]: copies to or from host memory averaging at
+/// most this many bytes go to the kernel under [`CopyMethod::Auto`], larger ones to the copy
+/// engines (`cuMemcpyBatchAsync`); device-to-device copies use the kernel up to four times this.
+/// Chosen from the H100 measurements in PERFORMANCE.md.
+pub const DEFAULT_KERNEL_MAX_AVG_LEN: usize = 1 << 20;
+/// The kernel splits longer copies into pieces of this many bytes, so that one large copy is
+/// spread over many thread blocks instead of occupying one.
+const KERNEL_PIECE: u64 = 256 * 1024;
 
 /// One copy of `len` bytes between two device-accessible addresses (device memory, or pinned
 /// host memory, whose host address is also its device address under unified addressing).
@@ -365,6 +370,26 @@ impl CopyStream {
             return Err(Error::Unsupported {
                 what: "the copy kernel did not load".into(),
             });
+        };
+        // Split long copies so they spread over thread blocks.
+        let pieces: Vec<DeviceCopy>;
+        let copies = if copies.iter().any(|c| c.len > KERNEL_PIECE) {
+            pieces = copies
+                .iter()
+                .flat_map(|c| {
+                    (0..c.len.div_ceil(KERNEL_PIECE)).map(move |i| {
+                        let off = i * KERNEL_PIECE;
+                        DeviceCopy {
+                            src: c.src + off,
+                            dst: c.dst + off,
+                            len: (c.len - off).min(KERNEL_PIECE),
+                        }
+                    })
+                })
+                .collect();
+            &pieces[..]
+        } else {
+            copies
         };
         let descs = self.take_descs(copies.len())?;
         // SAFETY: `descs.host` is a pinned allocation of `capacity >= copies.len()` entries that

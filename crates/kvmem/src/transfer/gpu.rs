@@ -7,8 +7,9 @@
 //!   pipelined — while the GPU moves one buffer, the CPU (memcpy) or the disk (`pread`/`pwrite`)
 //!   works on the other.
 //!
-//! Copies are enqueued from the waiter thread, in submission order, so a failure is reported
-//! through the handle and nothing ever reports success for bytes that did not move.
+//! Direct copies are enqueued at submission, on the caller's thread, so the GPU starts at once;
+//! a worker thread waits for them (and runs staged transfers) in submission order, reports every
+//! failure through the handle, and releases a transfer's memory only after its copies finished.
 
 use super::handle::Work;
 use super::plan::{CopyOp, TransferPath};
@@ -34,14 +35,45 @@ enum Staged {
     File(i32),
 }
 
-struct Device {
-    stream: CopyStream,
-    bounce: Option<[PinnedStorage; 2]>,
+/// What the worker thread does with a transfer.
+enum Task {
+    /// Copies already enqueued on their streams (by `submit`, on the caller's thread): wait for
+    /// them, then complete. On an enqueue error, `error` is set and the completions hold what was
+    /// enqueued before it.
+    Enqueued {
+        work: Work,
+        completions: Vec<CopyCompletion>,
+        error: Option<Error>,
+    },
+    /// Copies staged through bounce buffers: run them on the worker.
+    Staged(Work),
 }
 
-/// Runs GPU transfers on a worker thread.
+/// One copy stream per device, shared by `submit` (direct paths) and the worker.
+#[derive(Default)]
+struct Streams {
+    by_device: std::sync::Mutex<HashMap<u32, CopyStream>>,
+}
+
+impl Streams {
+    fn get(&self, ordinal: u32) -> Result<CopyStream> {
+        let mut map = self.by_device.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = map.get(&ordinal) {
+            return Ok(s.clone());
+        }
+        let gpu = CudaDevice::new(ordinal as usize)?;
+        let stream = CopyStream::new(&gpu)?;
+        map.insert(ordinal, stream.clone());
+        Ok(stream)
+    }
+}
+
+/// Runs GPU transfers: direct ones are enqueued at submission, staged ones on a worker thread,
+/// which also waits for completions and reports them, in submission order.
 pub(crate) struct GpuExecutor {
-    tx: Option<mpsc::Sender<Work>>,
+    streams: std::sync::Arc<Streams>,
+    method: CopyMethod,
+    tx: Option<mpsc::Sender<Task>>,
     worker: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -49,19 +81,42 @@ impl GpuExecutor {
     pub(crate) fn start(method: CopyMethod, bounce_bytes: usize) -> Result<Self> {
         // Fail before any transfer is accepted when there is no driver.
         crate::cuda::load_driver()?;
-        let (tx, rx) = mpsc::channel::<Work>();
+        let streams = std::sync::Arc::new(Streams::default());
+        let (tx, rx) = mpsc::channel::<Task>();
+        let shared = std::sync::Arc::clone(&streams);
         let worker = std::thread::Builder::new()
             .name("kvmem-gpu".into())
             .spawn(move || {
-                let mut devices: HashMap<u32, Device> = HashMap::new();
-                for work in rx {
-                    let result = if work.completion.cancelled() {
-                        Err(Error::TransferCancelled {
-                            done: 0,
-                            total: work.plan.total_bytes(),
-                        })
-                    } else {
-                        run(&mut devices, &work, method, bounce_bytes)
+                let mut bounce: HashMap<u32, [PinnedStorage; 2]> = HashMap::new();
+                for task in rx {
+                    let (work, result) = match task {
+                        Task::Enqueued {
+                            work,
+                            completions,
+                            error,
+                        } => {
+                            // Wait for everything enqueued, even after an error: the memory must
+                            // not be released while the GPU still uses it.
+                            let mut result = error.map_or(Ok(()), Err);
+                            for c in completions {
+                                let r = c.wait();
+                                if result.is_ok() {
+                                    result = r;
+                                }
+                            }
+                            (work, result)
+                        }
+                        Task::Staged(work) => {
+                            let result = if work.completion.cancelled() {
+                                Err(Error::TransferCancelled {
+                                    done: 0,
+                                    total: work.plan.total_bytes(),
+                                })
+                            } else {
+                                run_staged(&shared, &mut bounce, &work, method, bounce_bytes)
+                            };
+                            (work, result)
+                        }
                     };
                     let Work { plan, completion } = work;
                     drop(plan);
@@ -70,17 +125,58 @@ impl GpuExecutor {
             })
             .map_err(|source| Error::HostAlloc { size: 0, source })?;
         Ok(Self {
+            streams,
+            method,
             tx: Some(tx),
             worker: Some(worker),
         })
     }
 
     pub(crate) fn submit(&self, work: Work) {
+        let direct = work
+            .plan
+            .batches()
+            .iter()
+            .all(|b| !needs_staging(b.src_kind) && !needs_staging(b.dst_kind));
+        let task = if direct {
+            let mut completions = Vec::new();
+            let mut error = None;
+            for batch in work.plan.batches() {
+                match self.enqueue_direct(batch.src_kind, batch.dst_kind, &batch.ops) {
+                    Ok(c) => completions.push(c),
+                    Err(e) => {
+                        error = Some(e);
+                        break;
+                    }
+                }
+            }
+            Task::Enqueued {
+                work,
+                completions,
+                error,
+            }
+        } else {
+            Task::Staged(work)
+        };
         if let Some(tx) = &self.tx {
-            // A send fails only if the worker died; the returned Work then drops its
-            // completion, which reports `TransferAborted`.
-            let _ = tx.send(work);
+            // A send fails only if the worker died; the returned task then drops its
+            // completions (which wait) and its Work (which reports `TransferAborted`).
+            let _ = tx.send(task);
         }
+    }
+
+    fn enqueue_direct(
+        &self,
+        src: StorageKind,
+        dst: StorageKind,
+        ops: &[CopyOp],
+    ) -> Result<CopyCompletion> {
+        let stream = self.streams.get(device_of(src, dst)?)?;
+        let copies: Vec<DeviceCopy> = ops.iter().map(device_copy).collect();
+        // SAFETY: the plan validated every range against the buffers it keeps alive; the plan
+        // travels with the completion to the worker, which drops it only after waiting; pinned
+        // memory is device-mapped; destinations are pairwise disjoint and disjoint from sources.
+        unsafe { stream.copy_async(&copies, self.method, location(src), location(dst)) }
     }
 }
 
@@ -93,6 +189,11 @@ impl Drop for GpuExecutor {
             let _ = w.join();
         }
     }
+}
+
+/// True for the kinds that cannot be reached by the GPU directly: pageable memory and files.
+fn needs_staging(kind: StorageKind) -> bool {
+    matches!(kind, StorageKind::System | StorageKind::Disk(_))
 }
 
 fn location(kind: StorageKind) -> Location {
@@ -112,23 +213,9 @@ fn device_of(src: StorageKind, dst: StorageKind) -> Result<u32> {
         })
 }
 
-fn device_entry(devices: &mut HashMap<u32, Device>, ordinal: u32) -> Result<&mut Device> {
-    use std::collections::hash_map::Entry;
-    match devices.entry(ordinal) {
-        Entry::Occupied(e) => Ok(e.into_mut()),
-        Entry::Vacant(e) => {
-            let gpu = CudaDevice::new(ordinal as usize)?;
-            let stream = CopyStream::new(&gpu)?;
-            Ok(e.insert(Device {
-                stream,
-                bounce: None,
-            }))
-        }
-    }
-}
-
-fn run(
-    devices: &mut HashMap<u32, Device>,
+fn run_staged(
+    streams: &Streams,
+    bounce: &mut HashMap<u32, [PinnedStorage; 2]>,
     work: &Work,
     method: CopyMethod,
     bounce_bytes: usize,
@@ -136,38 +223,49 @@ fn run(
     for batch in work.plan.batches() {
         let (src, dst) = (batch.src_kind, batch.dst_kind);
         let ordinal = device_of(src, dst)?;
-        let dev = device_entry(devices, ordinal)?;
+        let stream = streams.get(ordinal)?;
+        let bufs = match bounce.entry(ordinal) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let gpu = stream.device().clone();
+                e.insert([
+                    PinnedStorage::new(&gpu, bounce_bytes)?,
+                    PinnedStorage::new(&gpu, bounce_bytes)?,
+                ])
+            }
+        };
+        let staged = |kind: StorageKind| -> Result<Staged> {
+            match kind {
+                StorageKind::Disk(fd) => Ok(Staged::File(raw_fd(fd)?)),
+                _ => Ok(Staged::Memory),
+            }
+        };
         match (src, dst) {
-            (StorageKind::System, StorageKind::Device(_)) => {
-                staged_to_device(dev, &batch.ops, Staged::Memory, method, bounce_bytes)?
+            (StorageKind::System | StorageKind::Disk(_), StorageKind::Device(_)) => {
+                staged_to_device(
+                    &stream,
+                    bufs,
+                    &batch.ops,
+                    staged(src)?,
+                    method,
+                    bounce_bytes,
+                )?
             }
-            (StorageKind::Disk(fd), StorageKind::Device(_)) => staged_to_device(
-                dev,
-                &batch.ops,
-                Staged::File(raw_fd(fd)?),
-                method,
-                bounce_bytes,
-            )?,
-            (StorageKind::Device(_), StorageKind::System) => {
-                staged_from_device(dev, &batch.ops, Staged::Memory, method, bounce_bytes)?
+            (StorageKind::Device(_), StorageKind::System | StorageKind::Disk(_)) => {
+                staged_from_device(
+                    &stream,
+                    bufs,
+                    &batch.ops,
+                    staged(dst)?,
+                    method,
+                    bounce_bytes,
+                )?
             }
-            (StorageKind::Device(_), StorageKind::Disk(fd)) => staged_from_device(
-                dev,
-                &batch.ops,
-                Staged::File(raw_fd(fd)?),
-                method,
-                bounce_bytes,
-            )?,
             _ => {
                 let copies: Vec<DeviceCopy> = batch.ops.iter().map(device_copy).collect();
-                // SAFETY: the plan validated every range against the buffers it keeps alive
-                // (`work.plan` outlives the wait below); destinations are pairwise disjoint and
-                // disjoint from sources; pinned memory is device-mapped; the completion is waited
-                // for before this function returns.
-                let c = unsafe {
-                    dev.stream
-                        .copy_async(&copies, method, location(src), location(dst))?
-                };
+                // SAFETY: as in `GpuExecutor::enqueue_direct`; waited for right here.
+                let c =
+                    unsafe { stream.copy_async(&copies, method, location(src), location(dst))? };
                 c.wait()?;
             }
         }
@@ -218,17 +316,6 @@ fn slabs(ops: &[CopyOp], max: usize) -> Vec<Vec<CopyOp>> {
         out.push(cur);
     }
     out
-}
-
-fn bounce(dev: &mut Device, bytes: usize) -> Result<&mut [PinnedStorage; 2]> {
-    if dev.bounce.is_none() {
-        let gpu = dev.stream.device().clone();
-        dev.bounce = Some([
-            PinnedStorage::new(&gpu, bytes)?,
-            PinnedStorage::new(&gpu, bytes)?,
-        ]);
-    }
-    dev.bounce.as_mut().ok_or(Error::TransferAborted)
 }
 
 /// Fills `buf` from the staged side of `slab`, packed in order.
@@ -356,14 +443,13 @@ fn bounce_copies(slab: &[CopyOp], base: u64, to_device: bool) -> Vec<DeviceCopy>
 /// Host or disk → device through the two bounce buffers: the CPU fills one while the GPU drains
 /// the other.
 fn staged_to_device(
-    dev: &mut Device,
+    stream: &CopyStream,
+    bufs: &mut [PinnedStorage; 2],
     ops: &[CopyOp],
     from: Staged,
     method: CopyMethod,
     bounce_bytes: usize,
 ) -> Result<()> {
-    let stream = dev.stream.clone();
-    let bufs = bounce(dev, bounce_bytes)?;
     let ordinal = stream.device().ordinal() as u32;
     let mut pending: [Option<CopyCompletion>; 2] = [None, None];
     for (i, slab) in slabs(ops, bounce_bytes).iter().enumerate() {
@@ -389,14 +475,13 @@ fn staged_to_device(
 /// Device → host or disk through the two bounce buffers: the GPU fills one while the CPU empties
 /// the other.
 fn staged_from_device(
-    dev: &mut Device,
+    stream: &CopyStream,
+    bufs: &mut [PinnedStorage; 2],
     ops: &[CopyOp],
     to: Staged,
     method: CopyMethod,
     bounce_bytes: usize,
 ) -> Result<()> {
-    let stream = dev.stream.clone();
-    let bufs = bounce(dev, bounce_bytes)?;
     let ordinal = stream.device().ordinal() as u32;
     let all = slabs(ops, bounce_bytes);
     let mut prev: Option<(usize, CopyCompletion)> = None;

@@ -59,11 +59,14 @@ pub fn random_region(
             Buffer::new(s)
         }
         Tier::Device => {
-            let d = DeviceStorage::new(&gpu(), total).unwrap();
-            let mut staging = SystemStorage::new(total).unwrap();
-            staging.as_mut_slice().copy_from_slice(&image);
+            // cuMemAlloc aligns small allocations to 512 bytes only: pad to a 4 KiB boundary,
+            // which O_DIRECT paths (disk <-> device) need.
+            let d = DeviceStorage::new(&gpu(), total + 4096).unwrap();
+            let pad = d.addr().next_multiple_of(4096) - d.addr();
+            let mut staging = SystemStorage::new(total + 4096).unwrap();
+            staging.as_mut_slice()[pad..pad + total].copy_from_slice(&image);
             cuda::copy_host_to_device(&staging, &d).unwrap();
-            Buffer::new(d)
+            Buffer::new(OffsetBuffer::new(Buffer::new(d), pad, total).unwrap())
         }
     };
     let region = if offset == 0 {
@@ -97,10 +100,13 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
 
 /// The current bytes of a region made by [`random_region`], read without kvmem's transfer code.
 pub fn read_region(region: &Buffer) -> Vec<u8> {
-    let (base, offset) = match region.downcast_ref::<OffsetBuffer>() {
-        Some(view) => (view.base().clone(), view.offset()),
-        None => (region.clone(), 0),
-    };
+    // Unwrap (possibly nested) views down to the storage.
+    let (mut base, mut offset) = (region.clone(), 0);
+    while let Some(view) = base.downcast_ref::<OffsetBuffer>() {
+        offset += view.offset();
+        let next = view.base().clone();
+        base = next;
+    }
     let len = region.size();
     if let Some(s) = base.downcast_ref::<SystemStorage>() {
         return s.as_slice()[offset..offset + len].to_vec();
