@@ -140,6 +140,10 @@ pub struct Point {
     pub reference_gib_s: f64,
     /// Block transfer over reference (medians).
     pub ratio: f64,
+    /// Median time spent planning (validating, building and merging the copy list), in ms.
+    pub plan_ms: f64,
+    /// Reference over the block transfer's execution alone (planning excluded), medians.
+    pub exec_ratio: f64,
     /// Per-transfer latency of the block transfer.
     pub latency_ms: Percentiles,
     pub reference_latency_ms: Percentiles,
@@ -224,7 +228,7 @@ pub fn table(r: &Report) -> String {
     let _ = writeln!(out, "fio: {}", r.fio);
     let _ = writeln!(
         out,
-        "{:<11} {:<10} {:>6} {:>6} {:>6} {:>8} {:>8} {:>6} {:>9} {:>9} {:>9} {:>8} {:>9} {:>7}",
+        "{:<11} {:<10} {:>6} {:>6} {:>6} {:>8} {:>8} {:>6} {:>8} {:>6} {:>9} {:>9} {:>9} {:>8} {:>9} {:>7}",
         "path",
         "pattern",
         "block",
@@ -233,6 +237,8 @@ pub fn table(r: &Report) -> String {
         "GiB/s",
         "ref GiB/s",
         "ratio",
+        "plan ms",
+        "exec",
         "p50 ms",
         "p90 ms",
         "p99 ms",
@@ -255,7 +261,7 @@ pub fn table(r: &Report) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<11} {:<10} {:>6} {:>6} {:>6} {:>8.3} {:>9.3} {:>5.2}x {:>9.3} {:>9.3} {:>9.3} {:>8} {:>9} {:>7}",
+            "{:<11} {:<10} {:>6} {:>6} {:>6} {:>8.3} {:>9.3} {:>5.2}x {:>8.3} {:>5.2}x {:>9.3} {:>9.3} {:>9.3} {:>8} {:>9} {:>7}",
             p.path,
             format!("{:?}", p.pattern).to_lowercase(),
             human(p.block_bytes),
@@ -264,6 +270,8 @@ pub fn table(r: &Report) -> String {
             p.gib_s,
             p.reference_gib_s,
             p.ratio,
+            p.plan_ms,
+            p.exec_ratio,
             p.latency_ms.p50,
             p.latency_ms.p90,
             p.latency_ms.p99,
@@ -285,7 +293,8 @@ pub fn table(r: &Report) -> String {
     }
     let _ = writeln!(
         out,
-        "ratio: block transfer / reference (one copy of the same bytes over the same path), medians; \
+        "ratio: block transfer (planning included) / reference (one copy of the same bytes over the same path), medians; \
+         plan ms: planning time within the transfer; exec: the ratio with planning excluded; \
          baseline: fio (disk, same block size, pattern and queue depth) or one single-threaded memcpy \
          (host); latency per transfer; {:.0} s in all; load average {} -> {}",
         r.duration_s,

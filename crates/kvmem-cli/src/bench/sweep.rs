@@ -8,7 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use kvmem::cuda::CudaDevice;
 use kvmem::layout::BlockDim;
 use kvmem::layout::{BlockLayout, LayoutConfig, LayoutKind};
-use kvmem::transfer::{EngineConfig, TransferEngine};
+use kvmem::transfer::{EngineConfig, TransferEngine, TransferPlan};
 use kvmem::{Buffer, DiskStorage, HostMemory, OffsetBuffer, SystemStorage};
 use kvmem::{DeviceStorage, PinnedStorage};
 use rand::SeedableRng;
@@ -378,12 +378,13 @@ fn measure(
     };
     let (src_ref, dst_ref) = (view(&src, bytes)?, view(&dst, bytes)?);
 
-    let transfer = || -> Result<(f64, usize)> {
+    // `copy_blocks` is `TransferPlan::blocks` + `submit`; timed in its two halves.
+    let transfer = || -> Result<(f64, usize, f64)> {
         let t = Instant::now();
-        let stats = engine
-            .copy_blocks(&src_layout, &src_ids, &dst_layout, &dst_ids)?
-            .wait()?;
-        Ok((t.elapsed().as_secs_f64(), stats.ops))
+        let plan = TransferPlan::blocks(&src_layout, &src_ids, &dst_layout, &dst_ids)?;
+        let planned = t.elapsed().as_secs_f64();
+        let stats = engine.submit(plan)?.wait()?;
+        Ok((t.elapsed().as_secs_f64(), stats.ops, planned))
     };
     let reference = || -> Result<f64> {
         let t = Instant::now();
@@ -401,7 +402,7 @@ fn measure(
         Some(t.elapsed().as_secs_f64())
     };
     // Warm-up, untimed.
-    let (_, copies) = transfer()?;
+    let (_, copies, _) = transfer()?;
     reference()?;
     let has_memcpy = memcpy_run().is_some();
     bar.inc(1);
@@ -421,6 +422,7 @@ fn measure(
         order.push(Run::Fio);
     }
     let mut times = Vec::with_capacity(args.iterations);
+    let mut plan_times = Vec::with_capacity(args.iterations);
     let mut ref_times = Vec::with_capacity(args.iterations);
     let mut memcpy_times = Vec::new();
     let mut fio_runs = Vec::new();
@@ -432,7 +434,11 @@ fn measure(
         }
         for run in &order {
             match run {
-                Run::Transfer => times.push(transfer()?.0),
+                Run::Transfer => {
+                    let (t, _, p) = transfer()?;
+                    times.push(t);
+                    plan_times.push(p);
+                }
                 Run::Reference => ref_times.push(reference()?),
                 Run::Memcpy => memcpy_times.extend(memcpy_run()),
                 Run::Fio => {
@@ -475,6 +481,16 @@ fn measure(
         gib_s: gib(median_time),
         reference_gib_s: gib(median_ref),
         ratio: median_ref / median_time,
+        plan_ms: Percentiles::of(&plan_times).p50 * 1e3,
+        exec_ratio: median_ref
+            / Percentiles::of(
+                &times
+                    .iter()
+                    .zip(&plan_times)
+                    .map(|(t, p)| t - p)
+                    .collect::<Vec<_>>(),
+            )
+            .p50,
         latency_ms: Percentiles::of(&times).scaled(1e3),
         reference_latency_ms: Percentiles::of(&ref_times).scaled(1e3),
         fio,
