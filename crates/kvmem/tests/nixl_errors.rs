@@ -378,7 +378,13 @@ fn etcd_without_endpoints_and_bad_listener_addresses() {
         a.connect_listener("x", v6, Duration::from_millis(10)),
         Err(Error::Config { .. })
     ));
+    // Without a listener of its own, the agent cannot exchange socket metadata at all.
+    assert!(matches!(
+        a.connect_listener("x", loopback(free_port()), Duration::from_millis(10)),
+        Err(Error::Config { .. })
+    ));
     // Nobody listens there: a timeout, not a hang.
+    let a = listening_agent("lsn-timeout");
     let start = std::time::Instant::now();
     let err = a
         .connect_listener("x", loopback(free_port()), Duration::from_millis(300))

@@ -362,11 +362,12 @@ impl Agent {
     /// Fetches the metadata of the peer named `peer` from its listener socket at `addr` (an
     /// IPv4 address) and waits until NIXL has loaded it.
     ///
-    /// The peer must run with `listen = true` on that port. NIXL's listener thread polls every
+    /// The peer must run with `listen = true` on that port, and so must this agent: NIXL sends
+    /// and receives socket metadata on its listener thread. That thread polls every
     /// `listener_delay_us`, so a fetch takes at least that long.
     ///
     /// # Errors
-    /// [`Error::Config`] for an IPv6 address; [`Error::Timeout`] when the metadata of an agent
+    /// [`Error::Config`] for an IPv6 address or an agent without a listener; [`Error::Timeout`] when the metadata of an agent
     /// named `peer` did not arrive within `timeout` (wrong address, no listener, or another
     /// agent listening there); [`Error::Nixl`] when NIXL refuses the request.
     pub fn connect_listener(
@@ -381,13 +382,22 @@ impl Agent {
                 message: format!("{addr}: NIXL's listener protocol takes IPv4 addresses only"),
             });
         };
+        self.require_comm_thread("connect_listener")?;
         self.forget_if_known(peer)?;
         let args = socket_args(v4)?;
-        self.nixl()
-            .fetch_remote_md(peer, Some(&args))
-            .map_err(|e| Error::nixl("request metadata from a listener", e))?;
-        self.wait_loaded(peer, timeout, || {
-            format!("metadata of '{peer}' from listener {addr}")
+        // NIXL drops a request whose cached connection turns out dead (a restarted peer on the
+        // same port, say) and reconnects on the next one: ask again until the deadline.
+        self.fetch_until_loaded(peer, timeout, Duration::from_millis(500), || {
+            self.nixl()
+                .fetch_remote_md(peer, Some(&args))
+                .map_err(|e| Error::nixl("request metadata from a listener", e))
+        })
+        .map_err(|e| match e {
+            Error::Timeout { waited, .. } => Error::Timeout {
+                what: format!("metadata of '{peer}' from listener {addr}"),
+                waited,
+            },
+            e => e,
         })?;
         Ok(lock(&self.shared.peers).insert(peer, None, PeerSource::Listener(addr)))
     }
@@ -405,6 +415,7 @@ impl Agent {
                 message: format!("{addr}: NIXL's listener protocol takes IPv4 addresses only"),
             });
         };
+        self.require_comm_thread("publish_to_listener")?;
         let args = socket_args(v4)?;
         self.nixl()
             .send_local_md(Some(&args))
@@ -444,27 +455,19 @@ impl Agent {
     pub fn connect_etcd(&self, peer: &str, timeout: Duration) -> Result<Peer> {
         self.require_etcd()?;
         self.forget_if_known(peer)?;
-        let deadline = Instant::now() + timeout;
         // NIXL watches for a missing key only for a few seconds; ask again until the deadline.
-        loop {
+        self.fetch_until_loaded(peer, timeout, Duration::from_secs(4), || {
             self.nixl()
                 .fetch_remote_md(peer, None)
-                .map_err(|e| Error::nixl("request metadata from etcd", e))?;
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.wait_loaded(peer, left.min(Duration::from_secs(6)), || {
-                format!("metadata of '{peer}' from etcd")
-            }) {
-                Ok(()) => break,
-                Err(Error::Timeout { .. }) if Instant::now() < deadline => continue,
-                Err(Error::Timeout { what, .. }) => {
-                    return Err(Error::Timeout {
-                        what,
-                        waited: timeout,
-                    });
-                }
-                Err(e) => return Err(e),
-            }
-        }
+                .map_err(|e| Error::nixl("request metadata from etcd", e))
+        })
+        .map_err(|e| match e {
+            Error::Timeout { waited, .. } => Error::Timeout {
+                what: format!("metadata of '{peer}' from etcd"),
+                waited,
+            },
+            e => e,
+        })?;
         Ok(lock(&self.shared.peers).insert(peer, None, PeerSource::Etcd))
     }
 
@@ -582,6 +585,23 @@ impl Agent {
         }
     }
 
+    /// NIXL runs socket metadata exchange on its listener thread, which it only starts for
+    /// agents with a listener (or etcd).
+    fn require_comm_thread(&self, op: &str) -> Result<()> {
+        if self.shared.config.listen || self.uses_etcd() {
+            Ok(())
+        } else {
+            Err(Error::Config {
+                origin: op.to_owned(),
+                message: format!(
+                    "agent '{}' has no listener; NIXL exchanges socket metadata on the listener \
+                     thread, so start the agent with `listen = true` and a free `listen_port`",
+                    self.name()
+                ),
+            })
+        }
+    }
+
     fn require_etcd(&self) -> Result<()> {
         if self.uses_etcd() {
             Ok(())
@@ -616,16 +636,29 @@ impl Agent {
         }
     }
 
-    fn wait_loaded(&self, peer: &str, timeout: Duration, what: impl Fn() -> String) -> Result<()> {
+    /// Issues `fetch` (again every `retry`) until NIXL holds `peer`'s metadata or `timeout`.
+    fn fetch_until_loaded(
+        &self,
+        peer: &str,
+        timeout: Duration,
+        retry: Duration,
+        fetch: impl Fn() -> Result<()>,
+    ) -> Result<()> {
         let start = Instant::now();
+        let mut asked = None::<Instant>;
         loop {
+            if asked.is_none_or(|t| t.elapsed() >= retry) {
+                fetch()?;
+                asked = Some(Instant::now());
+            }
             if self.nixl().check_remote_metadata(peer, None) {
                 return Ok(());
             }
-            if start.elapsed() >= timeout {
+            let waited = start.elapsed();
+            if waited >= timeout {
                 return Err(Error::Timeout {
-                    what: what(),
-                    waited: timeout,
+                    what: format!("metadata of '{peer}'"),
+                    waited,
                 });
             }
             std::thread::sleep(Duration::from_millis(2));

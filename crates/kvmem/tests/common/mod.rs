@@ -31,6 +31,11 @@ pub fn agent(prefix: &str) -> Agent {
     Agent::new(config(prefix)).expect("start a UCX agent")
 }
 
+/// A UCX agent with a listener on a free port (needed to fetch metadata from listeners too).
+pub fn listening_agent(prefix: &str) -> Agent {
+    Agent::new(config(prefix).with_listener(free_port())).expect("start a listening UCX agent")
+}
+
 pub fn config(prefix: &str) -> AgentConfig {
     AgentConfig::new(unique(prefix)).with_listener_delay_us(2_000)
 }
