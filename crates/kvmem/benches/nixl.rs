@@ -2,8 +2,10 @@
 //! process over UCX loopback:
 //!
 //! * `write_64MiB`: one 64 MiB WRITE, posted and waited for;
-//! * `small_10k/*`: 10 000 blocks of 256 bytes (with gaps, so NIXL cannot merge them) built and
-//!   posted as fresh lists, or posted from prepared lists reused every time.
+//! * `small_10k_*`: 10 000 blocks of 256 bytes (with gaps, so NIXL cannot merge them) built and
+//!   posted as fresh lists, or posted from prepared lists reused every time; between two agents
+//!   (UCX moves each block with a `process_vm_writev` call, which dominates), and within one
+//!   agent (UCX's self transport, a memcpy, so that descriptor handling dominates).
 //!
 //! Both sides use identical agent settings (UCX, progress thread, RW thread sync) and the same
 //! kind of memory. Each path's data is verified once before it is measured.
@@ -50,8 +52,14 @@ impl nixl_sys::NixlDescriptor for RawRegion {
     }
 }
 
+/// The configuration both paths use: kvmem's defaults (UCX, progress thread with a 100 µs delay,
+/// RW thread sync).
+fn bench_config(name: &str) -> AgentConfig {
+    AgentConfig::new(name)
+}
+
 fn raw_agent(name: &str) -> nixl_sys::Agent {
-    let cfg = kvmem::nixl::AgentConfig::new(name);
+    let cfg = bench_config(name);
     // The same settings kvmem's default configuration gives its agents.
     assert_eq!(cfg.thread_sync, kvmem::nixl::ThreadSync::Rw);
     let raw_cfg = nixl_sys::AgentConfig {
@@ -119,6 +127,45 @@ impl Raw {
 
     /// Polls like `kvmem::nixl::Transfer::wait` does (yield for 2 ms, then 50 µs sleeps), so that
     /// the comparison measures kvmem's code, not a different waiting strategy.
+    /// One agent holding both buffers: NIXL copies within the agent (UCX's self transport), so
+    /// the per-descriptor cost of the transport is small and the descriptor handling shows.
+    fn one_agent(tag: &str, len: usize, seed: u8) -> Raw {
+        let a = raw_agent(&format!("raw-one-{tag}"));
+        let mut src = SystemStorage::new(len).unwrap();
+        for (i, x) in src.as_mut_slice().iter_mut().enumerate() {
+            *x = (i as u8).wrapping_mul(31).wrapping_add(seed);
+        }
+        let mut dst = SystemStorage::new(len).unwrap();
+        dst.memset(0xA5);
+        let regs = vec![
+            a.register_memory(
+                &RawRegion {
+                    addr: src.addr(),
+                    len,
+                },
+                None,
+            )
+            .unwrap(),
+            a.register_memory(
+                &RawRegion {
+                    addr: dst.addr(),
+                    len,
+                },
+                None,
+            )
+            .unwrap(),
+        ];
+        let b_name = a.name();
+        Raw {
+            _b: a.clone(),
+            a,
+            b_name,
+            src,
+            dst,
+            _regs: regs,
+        }
+    }
+
     fn wait(&self, req: &nixl_sys::XferRequest) {
         let start = std::time::Instant::now();
         while self.a.get_xfer_status(req).unwrap() == XferStatus::InProgress {
@@ -192,13 +239,14 @@ struct Kv {
     b: Agent,
     src: Buffer,
     dst: Buffer,
-    peer: kvmem::nixl::Peer,
+    /// None: one agent holds both buffers.
+    peer: Option<kvmem::nixl::Peer>,
 }
 
 impl Kv {
     fn new(tag: &str, len: usize, seed: u8) -> Kv {
-        let a = Agent::new(AgentConfig::new(format!("kv-a-{tag}"))).unwrap();
-        let b = Agent::new(AgentConfig::new(format!("kv-b-{tag}"))).unwrap();
+        let a = Agent::new(bench_config(&format!("kv-a-{tag}"))).unwrap();
+        let b = Agent::new(bench_config(&format!("kv-b-{tag}"))).unwrap();
         let mut s = SystemStorage::new(len).unwrap();
         for (i, x) in s.as_mut_slice().iter_mut().enumerate() {
             *x = (i as u8).wrapping_mul(31).wrapping_add(seed);
@@ -207,7 +255,7 @@ impl Kv {
         let mut d = SystemStorage::new(len).unwrap();
         d.memset(0xA5);
         let dst = Buffer::new(b.register(d).unwrap());
-        let peer = a.load_peer(&b.local_metadata().unwrap()).unwrap();
+        let peer = Some(a.load_peer(&b.local_metadata().unwrap()).unwrap());
         Kv {
             a,
             b,
@@ -217,13 +265,44 @@ impl Kv {
         }
     }
 
+    fn one_agent(tag: &str, len: usize, seed: u8) -> Kv {
+        let a = Agent::new(bench_config(&format!("kv-one-{tag}"))).unwrap();
+        let mut s = SystemStorage::new(len).unwrap();
+        for (i, x) in s.as_mut_slice().iter_mut().enumerate() {
+            *x = (i as u8).wrapping_mul(31).wrapping_add(seed);
+        }
+        let src = Buffer::new(a.register(s).unwrap());
+        let mut d = SystemStorage::new(len).unwrap();
+        d.memset(0xA5);
+        let dst = Buffer::new(a.register(d).unwrap());
+        Kv {
+            b: a.clone(),
+            a,
+            src,
+            dst,
+            peer: None,
+        }
+    }
+
     fn blocks(&self, blocks: &[(usize, usize)]) -> (LocalBlocks, RemoteBlocks) {
+        let peer = self.peer.as_ref().unwrap();
         let mut l = LocalBlocks::with_capacity(blocks.len());
-        let mut r = RemoteBlocks::with_capacity(&self.peer, blocks.len());
+        let mut r = RemoteBlocks::with_capacity(peer, blocks.len());
         for &(off, len) in blocks {
             l.push_range(&self.src, off, len).unwrap();
             r.push(RemoteBlock::dram((self.dst.addr() + off) as u64, len))
                 .unwrap();
+        }
+        (l, r)
+    }
+
+    /// Both sides as local blocks, for one-agent transfers.
+    fn local_blocks(&self, blocks: &[(usize, usize)]) -> (LocalBlocks, LocalBlocks) {
+        let mut l = LocalBlocks::with_capacity(blocks.len());
+        let mut r = LocalBlocks::with_capacity(blocks.len());
+        for &(off, len) in blocks {
+            l.push_range(&self.src, off, len).unwrap();
+            r.push_range(&self.dst, off, len).unwrap();
         }
         (l, r)
     }
@@ -291,7 +370,7 @@ fn bench_write_64m(c: &mut Criterion) {
     drop(kv.b);
 }
 
-fn bench_small(c: &mut Criterion) {
+fn bench_small_two_agents(c: &mut Criterion) {
     kvmem::nixl::ensure_loaded().unwrap();
     let len = SMALL_N * SMALL_STRIDE;
     let blocks = small_blocks();
@@ -315,8 +394,8 @@ fn bench_small(c: &mut Criterion) {
         .wait(WAIT)
         .unwrap();
 
-    let mut g = c.benchmark_group("small_10k");
-    g.sample_size(40).measurement_time(Duration::from_secs(10));
+    let mut g = c.benchmark_group("small_10k_two_agents");
+    g.sample_size(30).measurement_time(Duration::from_secs(12));
     g.throughput(criterion::Throughput::Elements(SMALL_N as u64));
     g.bench_function("fresh/raw_nixl_sys", |bench| {
         bench.iter(|| raw.post_fresh(black_box(&blocks)))
@@ -342,5 +421,88 @@ fn bench_small(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_write_64m, bench_small);
+fn bench_small_one_agent(c: &mut Criterion) {
+    kvmem::nixl::ensure_loaded().unwrap();
+    let len = SMALL_N * SMALL_STRIDE;
+    let blocks = small_blocks();
+    let mut raw = Raw::one_agent("small", len, 3);
+    let kv = Kv::one_agent("small", len, 3);
+
+    raw.post_fresh(&blocks);
+    check_blocks(raw.dst.as_slice(), raw.src.as_slice(), &blocks);
+    raw.reset_dst();
+    let (rlh, rrh, ridx) = raw.prepare(&blocks);
+    raw.post_prepared(&rlh, &rrh, &ridx);
+    check_blocks(raw.dst.as_slice(), raw.src.as_slice(), &blocks);
+    let (l, r) = kv.local_blocks(&blocks);
+    kv.a.write_to_file(&l, &r).unwrap().wait(WAIT).unwrap();
+    check_blocks(kv.dst_bytes(), kv.src_bytes(), &blocks);
+    let pl = kv.a.prepare_local(&l).unwrap();
+    let pr = kv.a.prepare_file(&r).unwrap();
+    kv.a.post_prepared(TransferOp::Write, &pl, &pr, None)
+        .unwrap()
+        .wait(WAIT)
+        .unwrap();
+
+    let mut g = c.benchmark_group("small_10k_one_agent");
+    g.sample_size(40).measurement_time(Duration::from_secs(10));
+    g.throughput(criterion::Throughput::Elements(SMALL_N as u64));
+    g.bench_function("fresh/raw_nixl_sys", |bench| {
+        bench.iter(|| raw.post_fresh(black_box(&blocks)))
+    });
+    g.bench_function("fresh/kvmem", |bench| {
+        bench.iter(|| {
+            let (l, r) = kv.local_blocks(black_box(&blocks));
+            kv.a.write_to_file(&l, &r).unwrap().wait(WAIT).unwrap()
+        })
+    });
+    g.bench_function("prepared/raw_nixl_sys", |bench| {
+        bench.iter(|| raw.post_prepared(&rlh, &rrh, black_box(&ridx)))
+    });
+    g.bench_function("prepared/kvmem", |bench| {
+        bench.iter(|| {
+            kv.a.post_prepared(TransferOp::Write, black_box(&pl), black_box(&pr), None)
+                .unwrap()
+                .wait(WAIT)
+                .unwrap()
+        })
+    });
+    g.finish();
+}
+
+/// Only the list building: what kvmem's fresh path does on top of the raw calls (it then fills
+/// NIXL's lists itself, exactly like the raw path).
+fn bench_build(c: &mut Criterion) {
+    kvmem::nixl::ensure_loaded().unwrap();
+    let len = SMALL_N * SMALL_STRIDE;
+    let blocks = small_blocks();
+    let raw = Raw::one_agent("build", len, 4);
+    let kv = Kv::new("build", len, 4);
+    let mut g = c.benchmark_group("build_10k");
+    g.sample_size(100);
+    g.throughput(criterion::Throughput::Elements(SMALL_N as u64));
+    g.bench_function("nixl_lists/raw_nixl_sys", |bench| {
+        bench.iter(|| {
+            let mut l = XferDescList::new(MemType::Dram).unwrap();
+            let mut r = XferDescList::new(MemType::Dram).unwrap();
+            for &(off, len) in black_box(&blocks) {
+                l.add_desc(raw.src.addr() + off, len, 0);
+                r.add_desc(raw.dst.addr() + off, len, 0);
+            }
+            (l, r)
+        })
+    });
+    g.bench_function("blocks/kvmem", |bench| {
+        bench.iter(|| kv.blocks(black_box(&blocks)))
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    bench_write_64m,
+    bench_small_two_agents,
+    bench_small_one_agent,
+    bench_build
+);
 criterion_main!(benches);

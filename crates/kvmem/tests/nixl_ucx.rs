@@ -324,3 +324,29 @@ fn dropping_transfers_is_safe_and_the_agent_keeps_working() {
     b.wait_for_message(a.name(), b"last", WAIT).unwrap();
     assert_same(bytes(&dst), &data, "after dropped transfers");
 }
+
+#[test]
+fn agents_without_progress_thread_move_data_through_polling() {
+    let a = Agent::new(config("nopt-a").with_progress_thread(false)).unwrap();
+    let b = Agent::new(config("nopt-b").with_progress_thread(false)).unwrap();
+    let data = random_bytes(8, 16 << 20);
+    let src = filled(&a, &data);
+    let dst = poisoned(&b, 16 << 20);
+    let peer = a.load_peer(&b.local_metadata().unwrap()).unwrap();
+    // Without progress threads both sides must be driven by calls into NIXL: b waits for the
+    // notification (polling its worker) while a waits for the transfer.
+    let receiver = {
+        let (b, a_name) = (b.clone(), a.name().to_owned());
+        std::thread::spawn(move || b.wait_for_message(&a_name, b"polled", WAIT))
+    };
+    a.write(
+        &LocalBlocks::whole(&src).unwrap(),
+        &remote_whole(&peer, &dst),
+        Some(b"polled"),
+    )
+    .unwrap()
+    .wait(WAIT)
+    .unwrap();
+    receiver.join().unwrap().unwrap();
+    assert_same(bytes(&dst), &data, "WRITE without progress threads");
+}

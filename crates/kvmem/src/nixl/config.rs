@@ -118,7 +118,8 @@ pub struct AgentConfig {
     /// Parameters per backend, on top of the plugin's defaults.
     #[serde(deserialize_with = "deserialize_params")]
     pub backend_params: BTreeMap<String, BTreeMap<String, String>>,
-    /// Run NIXL's progress thread.
+    /// Run NIXL's progress thread. Without it, data only moves while this process calls into
+    /// NIXL (waiting on a transfer, polling notifications), on both sides of a transfer.
     pub progress_thread: bool,
     /// Delay between progress-thread iterations, in microseconds (default
     /// [`DEFAULT_PROGRESS_DELAY_US`]; 0 busy-polls).
