@@ -18,6 +18,7 @@
 //!
 //! [`DiskStorage`]: crate::DiskStorage
 //! [`OffsetBuffer`]: crate::OffsetBuffer
+//! [`Buffer`]: crate::Buffer
 
 use super::agent::{Agent, lock};
 use super::peer::ManifestRegion;
