@@ -14,8 +14,9 @@
 //! A posted transfer is a [`Transfer`]: poll it, or wait for it with a timeout. Dropping a
 //! transfer that is still running cancels it (NIXL releases the request, so nothing leaks
 //! inside NIXL); its local buffers are then deliberately leaked, because a backend may still
-//! touch them after cancellation and a leak is safe where a use-after-free is not. Wait for
-//! transfers to finish to avoid that.
+//! touch them after cancellation and a leak is safe where a use-after-free is not. The same
+//! holds for a transfer whose peer was invalidated while it ran (NIXL then stops tracking it).
+//! Wait for transfers to finish before dropping them or invalidating their peer to avoid that.
 //!
 //! For blocks transferred again and again, prepare them once ([`Agent::prepare_local`],
 //! [`Agent::prepare_remote`], [`Agent::prepare_file`]) and post with
@@ -542,6 +543,7 @@ impl Agent {
             op,
             target,
             state: State::InFlight,
+            unsettled: false,
         };
         let Some(request) = transfer.request.as_ref() else {
             return Err(mismatch("internal: transfer without request"));
@@ -713,6 +715,8 @@ pub struct Transfer {
     op: TransferOp,
     target: String,
     state: State,
+    /// Failed in a way that leaves it unknown whether the backend still uses the memory.
+    unsettled: bool,
 }
 
 impl Transfer {
@@ -744,6 +748,9 @@ impl Transfer {
             }
             Ok(XferStatus::InProgress) => Ok(false),
             Err(source) => {
+                // NOT_FOUND: the peer was invalidated under the transfer; NIXL stopped tracking
+                // it without saying whether the backend is done with the memory.
+                self.unsettled = matches!(source, NixlError::NotFound);
                 self.state = State::Failed(clone_nixl_error(&source));
                 Err(Error::TransferFailed {
                     op: self.op.name(),
@@ -814,13 +821,14 @@ impl std::fmt::Debug for Transfer {
 
 impl Drop for Transfer {
     fn drop(&mut self) {
-        let running = matches!(self.state, State::InFlight)
-            && self.request.as_ref().is_some_and(|r| {
-                matches!(
-                    self.agent.nixl().get_xfer_status(r),
-                    Ok(XferStatus::InProgress)
-                )
-            });
+        let running = self.unsettled
+            || matches!(self.state, State::InFlight)
+                && self.request.as_ref().is_some_and(|r| {
+                    matches!(
+                        self.agent.nixl().get_xfer_status(r),
+                        Ok(XferStatus::InProgress) | Err(NixlError::NotFound)
+                    )
+                });
         // Releasing a running request cancels it.
         drop(self.request.take());
         if running {
