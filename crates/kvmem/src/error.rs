@@ -388,9 +388,189 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+
+    /// A NIXL agent configuration (from code, a TOML file or the environment) is invalid.
+    #[error("invalid NIXL agent configuration ({origin}): {message}")]
+    Config {
+        /// Where the configuration came from: `code`, a file path, or an environment variable.
+        origin: String,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+
+    /// A configured NIXL backend has no plugin on this machine.
+    #[error(
+        "NIXL backend '{backend}' is not installed (installed plugins: {installed}); check the \
+         spelling or install the plugin into NIXL's plugin directory"
+    )]
+    UnknownBackend {
+        /// The backend that was asked for.
+        backend: String,
+        /// The plugins NIXL can load here, comma-separated.
+        installed: String,
+    },
+
+    /// An agent does not run a backend an operation needs.
+    #[error(
+        "agent '{agent}' has no running '{backend}' backend (running: {running}{failed}); add it \
+         to the agent's backends (config `backends`, or KVMEM_NIXL_BACKENDS)"
+    )]
+    BackendUnavailable {
+        /// The agent's name.
+        agent: String,
+        /// The backend that was asked for.
+        backend: String,
+        /// The backends that did start, comma-separated.
+        running: String,
+        /// Backends that were configured but failed to start, with their errors.
+        failed: String,
+    },
+
+    /// A range overlaps memory the agent already registered.
+    #[error(
+        "{mem_type:?} range {addr:#x}+{len} (device {device_id}) overlaps {existing_addr:#x}+\
+         {existing_len}, which agent '{agent}' already registered; register each range once and \
+         share the registered value (for example through a Buffer)"
+    )]
+    AlreadyRegistered {
+        /// The agent's name.
+        agent: String,
+        /// NIXL memory type of the range.
+        mem_type: nixl_sys::MemType,
+        /// Device id (CUDA ordinal, file descriptor, or 0).
+        device_id: u64,
+        /// Start of the refused range.
+        addr: u64,
+        /// Length of the refused range.
+        len: usize,
+        /// Start of the registration it overlaps.
+        existing_addr: u64,
+        /// Length of the registration it overlaps.
+        existing_len: usize,
+    },
+
+    /// Memory given to a transfer is not registered with NIXL.
+    #[error(
+        "{what} is not registered with a NIXL agent; register it (kvmem::nixl::register) and \
+         use the registered value, or a view of it, in transfers"
+    )]
+    NotRegistered {
+        /// What was not registered.
+        what: String,
+    },
+
+    /// A peer name the agent has no metadata for.
+    #[error(
+        "agent '{agent}' knows no peer named '{peer}' (known: {known}); load its metadata first \
+         (load_peer, connect_listener or connect_etcd)"
+    )]
+    UnknownPeer {
+        /// The local agent's name.
+        agent: String,
+        /// The unknown peer.
+        peer: String,
+        /// The peers the agent does know, comma-separated.
+        known: String,
+    },
+
+    /// A peer was invalidated and has not been reconnected.
+    #[error(
+        "peer '{peer}' was invalidated on agent '{agent}'; reconnect to it (Agent::reconnect, or \
+         load its metadata again) and prepare its lists again before transferring"
+    )]
+    PeerInvalidated {
+        /// The local agent's name.
+        agent: String,
+        /// The invalidated peer.
+        peer: String,
+    },
+
+    /// NIXL dropped a peer's metadata on its own (the peer disconnected or withdrew it).
+    #[error(
+        "NIXL on agent '{agent}' no longer holds metadata for peer '{peer}' (it disconnected, \
+         exited or withdrew its metadata); reconnect to it"
+    )]
+    PeerUnavailable {
+        /// The local agent's name.
+        agent: String,
+        /// The peer.
+        peer: String,
+    },
+
+    /// A remote block does not lie inside memory the peer registered.
+    #[error(
+        "remote block {index} ({addr:#x}+{len}, {mem_type:?}, device {device_id}) is not inside \
+         one region peer '{peer}' registered; use addresses inside the peer's registered regions"
+    )]
+    RemoteOutOfBounds {
+        /// The peer.
+        peer: String,
+        /// Index of the block in its list.
+        index: usize,
+        /// Start of the block.
+        addr: u64,
+        /// Length of the block.
+        len: usize,
+        /// NIXL memory type of the block.
+        mem_type: nixl_sys::MemType,
+        /// Device id of the block.
+        device_id: u64,
+    },
+
+    /// Peer metadata could not be parsed or loaded.
+    #[error("malformed NIXL peer metadata: {reason}")]
+    MalformedMetadata {
+        /// What was wrong with it.
+        reason: String,
+        /// NIXL's error, when NIXL refused it.
+        #[source]
+        source: Option<nixl_sys::NixlError>,
+    },
+
+    /// The two sides of a transfer do not fit together.
+    #[error("transfer lists do not fit together: {reason}")]
+    TransferMismatch {
+        /// What does not fit.
+        reason: String,
+    },
+
+    /// A transfer failed after it was posted.
+    #[error("{op} with '{peer}' failed: {source}; the data it moved is incomplete")]
+    TransferFailed {
+        /// `READ` or `WRITE`.
+        op: &'static str,
+        /// The peer (or the agent itself, for files).
+        peer: String,
+        /// NIXL's error.
+        #[source]
+        source: nixl_sys::NixlError,
+    },
+
+    /// A wait ran out of time.
+    #[error("timed out after {waited:?} waiting for {what}")]
+    Timeout {
+        /// What was waited for.
+        what: String,
+        /// How long.
+        waited: std::time::Duration,
+    },
+
+    /// etcd metadata exchange without etcd configured.
+    #[error(
+        "agent '{agent}' cannot use etcd: NIXL_ETCD_ENDPOINTS was not set in the environment when \
+         the agent was created; export it (e.g. http://127.0.0.1:2379) before starting the process"
+    )]
+    EtcdNotConfigured {
+        /// The agent's name.
+        agent: String,
+    },
 }
 
 impl Error {
+    pub(crate) fn nixl(op: &'static str, source: nixl_sys::NixlError) -> Self {
+        Error::Nixl { op, source }
+    }
+
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             op,

@@ -1,0 +1,556 @@
+//! kvmem's NIXL path against raw `nixl-sys` calls, on the real runtime, two agents in one
+//! process over UCX loopback:
+//!
+//! * `write_64MiB`: one 64 MiB WRITE, posted and waited for;
+//! * `small_10k_*`: 10 000 blocks of 256 bytes (with gaps, so NIXL cannot merge them) built and
+//!   posted as fresh lists, or posted from prepared lists reused every time; between two agents
+//!   (UCX moves each block with a `process_vm_writev` call, which dominates), and within one
+//!   agent (UCX's self transport, a memcpy, so that descriptor handling dominates).
+//!
+//! Both sides use identical agent settings (UCX, progress thread, RW thread sync) and the same
+//! kind of memory. Each path's data is verified once before it is measured.
+//!
+//! Run: `cargo bench -p kvmem --bench nixl`
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use kvmem::nixl::{Agent, AgentConfig, LocalBlocks, RemoteBlock, RemoteBlocks, TransferOp};
+use kvmem::{Buffer, HostMemory, MemoryDescriptor, SystemStorage};
+use nixl_sys::{MemType, XferDescList, XferOp, XferStatus};
+use std::hint::black_box;
+use std::time::Duration;
+
+const BIG: usize = 64 << 20;
+const SMALL_N: usize = 10_000;
+const SMALL_LEN: usize = 256;
+const SMALL_STRIDE: usize = 512;
+const WAIT: Duration = Duration::from_secs(60);
+
+// ------------------------------------------------------------------------------------------
+// Raw nixl-sys.
+
+#[derive(Debug)]
+struct RawRegion {
+    addr: usize,
+    len: usize,
+}
+
+impl nixl_sys::MemoryRegion for RawRegion {
+    unsafe fn as_ptr(&self) -> *const u8 {
+        self.addr as *const u8
+    }
+    fn size(&self) -> usize {
+        self.len
+    }
+}
+
+impl nixl_sys::NixlDescriptor for RawRegion {
+    fn mem_type(&self) -> MemType {
+        MemType::Dram
+    }
+    fn device_id(&self) -> u64 {
+        0
+    }
+}
+
+/// The configuration both paths use: kvmem's defaults (UCX, progress thread with a 100 µs delay,
+/// RW thread sync).
+fn bench_config(name: &str) -> AgentConfig {
+    AgentConfig::new(name)
+}
+
+fn raw_agent(name: &str) -> nixl_sys::Agent {
+    let cfg = bench_config(name);
+    // The same settings kvmem's default configuration gives its agents.
+    assert_eq!(cfg.thread_sync, kvmem::nixl::ThreadSync::Rw);
+    let raw_cfg = nixl_sys::AgentConfig {
+        enable_prog_thread: cfg.progress_thread,
+        pthr_delay_us: cfg.progress_delay_us,
+        enable_listen_thread: cfg.listen,
+        lthr_delay_us: cfg.listener_delay_us,
+        thread_sync: nixl_sys::ThreadSync::Rw,
+        ..nixl_sys::AgentConfig::default()
+    };
+    let agent = nixl_sys::Agent::new_configured(name, &raw_cfg).unwrap();
+    let (_mems, params) = agent.get_plugin_params("UCX").unwrap();
+    agent.create_backend("UCX", &params).unwrap();
+    agent
+}
+
+/// Two raw agents, `a` holding `src`, `b` holding `dst`, and the registrations.
+struct Raw {
+    a: nixl_sys::Agent,
+    b_name: String,
+    src: SystemStorage,
+    dst: SystemStorage,
+    _regs: Vec<nixl_sys::RegistrationHandle>,
+    _b: nixl_sys::Agent,
+}
+
+impl Raw {
+    fn new(tag: &str, len: usize, seed: u8) -> Raw {
+        let a = raw_agent(&format!("raw-a-{tag}"));
+        let b = raw_agent(&format!("raw-b-{tag}"));
+        let mut src = SystemStorage::new(len).unwrap();
+        for (i, x) in src.as_mut_slice().iter_mut().enumerate() {
+            *x = (i as u8).wrapping_mul(31).wrapping_add(seed);
+        }
+        let mut dst = SystemStorage::new(len).unwrap();
+        dst.memset(0xA5);
+        let regs = vec![
+            a.register_memory(
+                &RawRegion {
+                    addr: src.addr(),
+                    len,
+                },
+                None,
+            )
+            .unwrap(),
+            b.register_memory(
+                &RawRegion {
+                    addr: dst.addr(),
+                    len,
+                },
+                None,
+            )
+            .unwrap(),
+        ];
+        let b_name = a.load_remote_md(&b.get_local_md().unwrap()).unwrap();
+        Raw {
+            a,
+            b_name,
+            src,
+            dst,
+            _regs: regs,
+            _b: b,
+        }
+    }
+
+    /// Polls like `kvmem::nixl::Transfer::wait` does (yield for 2 ms, then 50 µs sleeps), so that
+    /// the comparison measures kvmem's code, not a different waiting strategy.
+    /// One agent holding both buffers: NIXL copies within the agent (UCX's self transport), so
+    /// the per-descriptor cost of the transport is small and the descriptor handling shows.
+    fn one_agent(tag: &str, len: usize, seed: u8) -> Raw {
+        let a = raw_agent(&format!("raw-one-{tag}"));
+        let mut src = SystemStorage::new(len).unwrap();
+        for (i, x) in src.as_mut_slice().iter_mut().enumerate() {
+            *x = (i as u8).wrapping_mul(31).wrapping_add(seed);
+        }
+        let mut dst = SystemStorage::new(len).unwrap();
+        dst.memset(0xA5);
+        let regs = vec![
+            a.register_memory(
+                &RawRegion {
+                    addr: src.addr(),
+                    len,
+                },
+                None,
+            )
+            .unwrap(),
+            a.register_memory(
+                &RawRegion {
+                    addr: dst.addr(),
+                    len,
+                },
+                None,
+            )
+            .unwrap(),
+        ];
+        let b_name = a.name();
+        Raw {
+            _b: a.clone(),
+            a,
+            b_name,
+            src,
+            dst,
+            _regs: regs,
+        }
+    }
+
+    fn wait(&self, req: &nixl_sys::XferRequest) {
+        let start = std::time::Instant::now();
+        while self.a.get_xfer_status(req).unwrap() == XferStatus::InProgress {
+            if start.elapsed() < Duration::from_millis(2) {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        }
+    }
+
+    /// Builds both lists from (offset, len) pairs, creates, posts and waits.
+    fn post_fresh(&self, blocks: &[(usize, usize)]) {
+        let mut l = XferDescList::new(MemType::Dram).unwrap();
+        let mut r = XferDescList::new(MemType::Dram).unwrap();
+        for &(off, len) in blocks {
+            l.add_desc(self.src.addr() + off, len, 0);
+            r.add_desc(self.dst.addr() + off, len, 0);
+        }
+        let req = self
+            .a
+            .create_xfer_req(XferOp::Write, &l, &r, &self.b_name, None)
+            .unwrap();
+        self.a.post_xfer_req(&req, None).unwrap();
+        self.wait(&req);
+    }
+
+    fn prepare(
+        &self,
+        blocks: &[(usize, usize)],
+    ) -> (
+        nixl_sys::XferDlistHandle,
+        nixl_sys::XferDlistHandle,
+        Vec<i32>,
+    ) {
+        let mut l = XferDescList::new(MemType::Dram).unwrap();
+        let mut r = XferDescList::new(MemType::Dram).unwrap();
+        for &(off, len) in blocks {
+            l.add_desc(self.src.addr() + off, len, 0);
+            r.add_desc(self.dst.addr() + off, len, 0);
+        }
+        let lh = self.a.prepare_xfer_dlist("", &l, None).unwrap();
+        let rh = self.a.prepare_xfer_dlist(&self.b_name, &r, None).unwrap();
+        (lh, rh, (0..blocks.len() as i32).collect())
+    }
+
+    fn post_prepared(
+        &self,
+        lh: &nixl_sys::XferDlistHandle,
+        rh: &nixl_sys::XferDlistHandle,
+        idx: &[i32],
+    ) {
+        let req = self
+            .a
+            .make_xfer_req(XferOp::Write, lh, idx, rh, idx, None)
+            .unwrap();
+        self.a.post_xfer_req(&req, None).unwrap();
+        self.wait(&req);
+    }
+
+    fn reset_dst(&mut self) {
+        self.dst.memset(0xA5);
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// kvmem.
+
+struct Kv {
+    a: Agent,
+    b: Agent,
+    src: Buffer,
+    dst: Buffer,
+    /// None: one agent holds both buffers.
+    peer: Option<kvmem::nixl::Peer>,
+}
+
+impl Kv {
+    fn new(tag: &str, len: usize, seed: u8) -> Kv {
+        let a = Agent::new(bench_config(&format!("kv-a-{tag}"))).unwrap();
+        let b = Agent::new(bench_config(&format!("kv-b-{tag}"))).unwrap();
+        let mut s = SystemStorage::new(len).unwrap();
+        for (i, x) in s.as_mut_slice().iter_mut().enumerate() {
+            *x = (i as u8).wrapping_mul(31).wrapping_add(seed);
+        }
+        let src = Buffer::new(a.register(s).unwrap());
+        let mut d = SystemStorage::new(len).unwrap();
+        d.memset(0xA5);
+        let dst = Buffer::new(b.register(d).unwrap());
+        let peer = Some(a.load_peer(&b.local_metadata().unwrap()).unwrap());
+        Kv {
+            a,
+            b,
+            src,
+            dst,
+            peer,
+        }
+    }
+
+    fn one_agent(tag: &str, len: usize, seed: u8) -> Kv {
+        let a = Agent::new(bench_config(&format!("kv-one-{tag}"))).unwrap();
+        let mut s = SystemStorage::new(len).unwrap();
+        for (i, x) in s.as_mut_slice().iter_mut().enumerate() {
+            *x = (i as u8).wrapping_mul(31).wrapping_add(seed);
+        }
+        let src = Buffer::new(a.register(s).unwrap());
+        let mut d = SystemStorage::new(len).unwrap();
+        d.memset(0xA5);
+        let dst = Buffer::new(a.register(d).unwrap());
+        Kv {
+            b: a.clone(),
+            a,
+            src,
+            dst,
+            peer: None,
+        }
+    }
+
+    fn blocks(&self, blocks: &[(usize, usize)]) -> (LocalBlocks, RemoteBlocks) {
+        let peer = self.peer.as_ref().unwrap();
+        let mut l = LocalBlocks::with_capacity(blocks.len());
+        let mut r = RemoteBlocks::with_capacity(peer, blocks.len());
+        for &(off, len) in blocks {
+            l.push_range(&self.src, off, len).unwrap();
+            r.push(RemoteBlock::dram((self.dst.addr() + off) as u64, len))
+                .unwrap();
+        }
+        (l, r)
+    }
+
+    /// Both sides as local blocks, for one-agent transfers.
+    fn local_blocks(&self, blocks: &[(usize, usize)]) -> (LocalBlocks, LocalBlocks) {
+        let mut l = LocalBlocks::with_capacity(blocks.len());
+        let mut r = LocalBlocks::with_capacity(blocks.len());
+        for &(off, len) in blocks {
+            l.push_range(&self.src, off, len).unwrap();
+            r.push_range(&self.dst, off, len).unwrap();
+        }
+        (l, r)
+    }
+
+    fn dst_bytes(&self) -> &[u8] {
+        self.dst
+            .downcast_ref::<kvmem::nixl::Registered<SystemStorage>>()
+            .unwrap()
+            .as_slice()
+    }
+
+    fn src_bytes(&self) -> &[u8] {
+        self.src
+            .downcast_ref::<kvmem::nixl::Registered<SystemStorage>>()
+            .unwrap()
+            .as_slice()
+    }
+}
+
+fn small_blocks() -> Vec<(usize, usize)> {
+    blocks_with_stride(SMALL_STRIDE)
+}
+
+fn blocks_with_stride(stride: usize) -> Vec<(usize, usize)> {
+    (0..SMALL_N).map(|i| (i * stride, SMALL_LEN)).collect()
+}
+
+fn check_blocks(dst: &[u8], src: &[u8], blocks: &[(usize, usize)]) {
+    for &(off, len) in blocks {
+        assert_eq!(&dst[off..off + len], &src[off..off + len], "block at {off}");
+    }
+    // Gaps, where there are any, stay poisoned: only the blocks moved.
+    if blocks.len() > 1 && blocks[1].0 > SMALL_LEN {
+        assert_eq!(dst[SMALL_LEN], 0xA5);
+    }
+}
+
+fn bench_write_64m(c: &mut Criterion) {
+    kvmem::nixl::ensure_loaded().unwrap();
+    let mut raw = Raw::new("big", BIG, 1);
+    let kv = Kv::new("big", BIG, 1);
+    let whole = [(0usize, BIG)];
+    raw.post_fresh(&whole);
+    assert_eq!(
+        raw.dst.as_slice(),
+        raw.src.as_slice(),
+        "raw WRITE moved the data"
+    );
+    raw.reset_dst();
+    let (l, r) = kv.blocks(&whole);
+    kv.a.write(&l, &r, None).unwrap().wait(WAIT).unwrap();
+    assert_eq!(kv.dst_bytes(), kv.src_bytes(), "kvmem WRITE moved the data");
+
+    let mut g = c.benchmark_group("write_64MiB");
+    g.sample_size(30).measurement_time(Duration::from_secs(15));
+    g.throughput(criterion::Throughput::Bytes(BIG as u64));
+    g.bench_function("raw_nixl_sys", |bench| {
+        bench.iter(|| raw.post_fresh(black_box(&whole)))
+    });
+    g.bench_function("kvmem", |bench| {
+        bench.iter(|| {
+            kv.a.write(black_box(&l), black_box(&r), None)
+                .unwrap()
+                .wait(WAIT)
+                .unwrap()
+        })
+    });
+    g.finish();
+    drop(kv.b);
+}
+
+fn bench_small_two_agents(c: &mut Criterion) {
+    kvmem::nixl::ensure_loaded().unwrap();
+    let len = SMALL_N * SMALL_STRIDE;
+    let blocks = small_blocks();
+    let mut raw = Raw::new("small", len, 2);
+    let kv = Kv::new("small", len, 2);
+
+    // Verify every path once.
+    raw.post_fresh(&blocks);
+    check_blocks(raw.dst.as_slice(), raw.src.as_slice(), &blocks);
+    raw.reset_dst();
+    let (rlh, rrh, ridx) = raw.prepare(&blocks);
+    raw.post_prepared(&rlh, &rrh, &ridx);
+    check_blocks(raw.dst.as_slice(), raw.src.as_slice(), &blocks);
+    let (l, r) = kv.blocks(&blocks);
+    kv.a.write(&l, &r, None).unwrap().wait(WAIT).unwrap();
+    check_blocks(kv.dst_bytes(), kv.src_bytes(), &blocks);
+    let pl = kv.a.prepare_local(&l).unwrap();
+    let pr = kv.a.prepare_remote(&r).unwrap();
+    kv.a.post_prepared(TransferOp::Write, &pl, &pr, None)
+        .unwrap()
+        .wait(WAIT)
+        .unwrap();
+
+    let mut g = c.benchmark_group("small_10k_two_agents");
+    g.sample_size(30).measurement_time(Duration::from_secs(12));
+    g.throughput(criterion::Throughput::Elements(SMALL_N as u64));
+    g.bench_function("fresh/raw_nixl_sys", |bench| {
+        bench.iter(|| raw.post_fresh(black_box(&blocks)))
+    });
+    g.bench_function("fresh/kvmem", |bench| {
+        bench.iter(|| {
+            // Building the lists is part of the fresh path, as for the raw calls.
+            let (l, r) = kv.blocks(black_box(&blocks));
+            kv.a.write(&l, &r, None).unwrap().wait(WAIT).unwrap()
+        })
+    });
+    g.bench_function("prepared/raw_nixl_sys", |bench| {
+        bench.iter(|| raw.post_prepared(&rlh, &rrh, black_box(&ridx)))
+    });
+    g.bench_function("prepared/kvmem", |bench| {
+        bench.iter(|| {
+            kv.a.post_prepared(TransferOp::Write, black_box(&pl), black_box(&pr), None)
+                .unwrap()
+                .wait(WAIT)
+                .unwrap()
+        })
+    });
+    g.finish();
+}
+
+fn small_one_agent(c: &mut Criterion, group: &str, stride: usize) {
+    kvmem::nixl::ensure_loaded().unwrap();
+    let len = SMALL_N * stride;
+    let blocks = blocks_with_stride(stride);
+    let mut raw = Raw::one_agent(group, len, 3);
+    let kv = Kv::one_agent(group, len, 3);
+
+    raw.post_fresh(&blocks);
+    check_blocks(raw.dst.as_slice(), raw.src.as_slice(), &blocks);
+    raw.reset_dst();
+    let (rlh, rrh, ridx) = raw.prepare(&blocks);
+    raw.post_prepared(&rlh, &rrh, &ridx);
+    check_blocks(raw.dst.as_slice(), raw.src.as_slice(), &blocks);
+    let (l, r) = kv.local_blocks(&blocks);
+    kv.a.write_to_file(&l, &r).unwrap().wait(WAIT).unwrap();
+    check_blocks(kv.dst_bytes(), kv.src_bytes(), &blocks);
+    let pl = kv.a.prepare_local(&l).unwrap();
+    let pr = kv.a.prepare_file(&r).unwrap();
+    kv.a.post_prepared(TransferOp::Write, &pl, &pr, None)
+        .unwrap()
+        .wait(WAIT)
+        .unwrap();
+
+    let mut g = c.benchmark_group(group);
+    g.sample_size(40).measurement_time(Duration::from_secs(10));
+    g.throughput(criterion::Throughput::Elements(SMALL_N as u64));
+    g.bench_function("fresh/raw_nixl_sys", |bench| {
+        bench.iter(|| raw.post_fresh(black_box(&blocks)))
+    });
+    g.bench_function("fresh/kvmem", |bench| {
+        bench.iter(|| {
+            let (l, r) = kv.local_blocks(black_box(&blocks));
+            kv.a.write_to_file(&l, &r).unwrap().wait(WAIT).unwrap()
+        })
+    });
+    g.bench_function("prepared/raw_nixl_sys", |bench| {
+        bench.iter(|| raw.post_prepared(&rlh, &rrh, black_box(&ridx)))
+    });
+    g.bench_function("prepared/kvmem", |bench| {
+        bench.iter(|| {
+            kv.a.post_prepared(TransferOp::Write, black_box(&pl), black_box(&pr), None)
+                .unwrap()
+                .wait(WAIT)
+                .unwrap()
+        })
+    });
+    g.finish();
+}
+
+fn bench_small_one_agent(c: &mut Criterion) {
+    small_one_agent(c, "small_10k_one_agent", SMALL_STRIDE);
+}
+
+/// Dense blocks (no gaps): NIXL merges runs of prepared blocks into one descriptor.
+fn bench_small_one_agent_dense(c: &mut Criterion) {
+    small_one_agent(c, "small_10k_one_agent_dense", SMALL_LEN);
+}
+
+/// NIXL's request building alone (no post): what a prepared list saves per transfer.
+fn bench_request_only(c: &mut Criterion) {
+    kvmem::nixl::ensure_loaded().unwrap();
+    let len = SMALL_N * SMALL_STRIDE;
+    let blocks = small_blocks();
+    let raw = Raw::new("req", len, 5);
+    let (lh, rh, idx) = raw.prepare(&blocks);
+    let mut g = c.benchmark_group("request_10k_no_post");
+    g.sample_size(50);
+    g.throughput(criterion::Throughput::Elements(SMALL_N as u64));
+    g.bench_function("create_from_fresh_lists/raw_nixl_sys", |bench| {
+        bench.iter(|| {
+            let mut l = XferDescList::new(MemType::Dram).unwrap();
+            let mut r = XferDescList::new(MemType::Dram).unwrap();
+            for &(off, len) in black_box(&blocks) {
+                l.add_desc(raw.src.addr() + off, len, 0);
+                r.add_desc(raw.dst.addr() + off, len, 0);
+            }
+            raw.a
+                .create_xfer_req(XferOp::Write, &l, &r, &raw.b_name, None)
+                .unwrap()
+        })
+    });
+    g.bench_function("make_from_prepared_lists/raw_nixl_sys", |bench| {
+        bench.iter(|| {
+            raw.a
+                .make_xfer_req(XferOp::Write, &lh, black_box(&idx), &rh, &idx, None)
+                .unwrap()
+        })
+    });
+    g.finish();
+}
+
+/// Only the list building: what kvmem's fresh path does on top of the raw calls (it then fills
+/// NIXL's lists itself, exactly like the raw path).
+fn bench_build(c: &mut Criterion) {
+    kvmem::nixl::ensure_loaded().unwrap();
+    let len = SMALL_N * SMALL_STRIDE;
+    let blocks = small_blocks();
+    let raw = Raw::one_agent("build", len, 4);
+    let kv = Kv::new("build", len, 4);
+    let mut g = c.benchmark_group("build_10k");
+    g.sample_size(100);
+    g.throughput(criterion::Throughput::Elements(SMALL_N as u64));
+    g.bench_function("nixl_lists/raw_nixl_sys", |bench| {
+        bench.iter(|| {
+            let mut l = XferDescList::new(MemType::Dram).unwrap();
+            let mut r = XferDescList::new(MemType::Dram).unwrap();
+            for &(off, len) in black_box(&blocks) {
+                l.add_desc(raw.src.addr() + off, len, 0);
+                r.add_desc(raw.dst.addr() + off, len, 0);
+            }
+            (l, r)
+        })
+    });
+    g.bench_function("blocks/kvmem", |bench| {
+        bench.iter(|| kv.blocks(black_box(&blocks)))
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    bench_write_64m,
+    bench_small_two_agents,
+    bench_small_one_agent,
+    bench_small_one_agent_dense,
+    bench_request_only,
+    bench_build
+);
+criterion_main!(benches);

@@ -1,0 +1,620 @@
+//! Registering memory with a NIXL agent, so that the registration can never outlive the memory.
+//!
+//! [`register`] takes ownership of a storage and returns a [`Registered`] value that owns both the
+//! storage and its NIXL registration. Dropping it deregisters first and frees the memory second:
+//! the registration is a field declared before the storage, and Rust drops fields in declaration
+//! order. On failure the storage comes back to the caller in [`RegisterError`], together with the
+//! cause.
+//!
+//! Every storage kind works: host and pinned memory, device memory, files ([`DiskStorage`]
+//! registers `(offset 0, length, fd)` with NIXL's file backends), type-erased [`Buffer`]s and
+//! views ([`OffsetBuffer`] registers just its range), and foreign types such as a framework's
+//! `ExternalDeviceMemory` through [`Storage`].
+//!
+//! A region larger than the agent's `registration_chunk` (64 GiB by default) is registered as
+//! several consecutive registrations; transfers split blocks that cross a chunk boundary
+//! on their own. Registering a range that overlaps one the agent already registered is refused
+//! with [`Error::AlreadyRegistered`].
+//!
+//! [`DiskStorage`]: crate::DiskStorage
+//! [`OffsetBuffer`]: crate::OffsetBuffer
+//! [`Buffer`]: crate::Buffer
+
+use super::agent::{Agent, lock};
+use super::peer::ManifestRegion;
+use super::{MemType, NixlCompatible, NixlDescriptor};
+use crate::descriptor::{MemoryDescriptor, Storage};
+use crate::error::{Error, Result};
+use crate::host::HostMemory;
+use crate::kind::StorageKind;
+use std::any::Any;
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Registers `storage` with `agent`. See [`Agent::register`].
+///
+/// # Errors
+/// As for [`Agent::register`].
+pub fn register<S: Storage>(
+    storage: S,
+    agent: &Agent,
+) -> std::result::Result<Registered<S>, RegisterError<S>> {
+    agent.register(storage)
+}
+
+impl Agent {
+    /// Registers `storage` with this agent's backends and returns it wrapped in a [`Registered`]
+    /// that deregisters before the memory is freed.
+    ///
+    /// ```no_run
+    /// use kvmem::nixl::{Agent, AgentConfig};
+    /// use kvmem::{Buffer, SystemStorage};
+    /// let agent = Agent::new(AgentConfig::new("a"))?;
+    /// let registered = agent.register(SystemStorage::new(1 << 20)?)?; // `?` drops the storage on error
+    /// let shared = Buffer::new(registered); // a registered, shareable region for transfers
+    /// # Ok::<(), kvmem::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// The storage is handed back in [`RegisterError`] with: [`Error::ZeroSize`] for an empty
+    /// region; [`Error::Overflow`] for a range that wraps the address space;
+    /// [`Error::AlreadyRegistered`] when it overlaps memory this agent registered;
+    /// [`Error::Nixl`] when NIXL refuses (for example when no running backend supports the
+    /// memory type).
+    pub fn register<S: Storage>(
+        &self,
+        storage: S,
+    ) -> std::result::Result<Registered<S>, RegisterError<S>> {
+        // Boxed first so that the address NIXL registers stays put when the value moves.
+        let storage = Box::new(storage);
+        match self.register_boxed(&*storage) {
+            Ok(registration) => Ok(Registered {
+                registration,
+                storage,
+            }),
+            Err(error) => Err(RegisterError {
+                storage: *storage,
+                error,
+            }),
+        }
+    }
+
+    fn register_boxed<S: Storage>(&self, storage: &S) -> Result<Registration> {
+        let (ptr, len, mem_type, device_id) = storage.nixl_params();
+        if len == 0 {
+            return Err(Error::ZeroSize {
+                what: "memory to register",
+            });
+        }
+        let start = ptr as u64;
+        let len64 = u64::try_from(len).map_err(|_| Error::Overflow {
+            what: "registration length",
+        })?;
+        start.checked_add(len64).ok_or(Error::Overflow {
+            what: "registered range",
+        })?;
+        let chunk = self.shared.config.registration_chunk;
+        let space = Space::new(mem_type, device_id);
+
+        // The registry lock is held across the NIXL calls so that two overlapping registrations
+        // cannot both pass the check.
+        let mut registry = lock(&self.shared.registry);
+        let id = registry.reserve(space, start, len64, chunk).map_err(
+            |(existing_addr, existing_len)| Error::AlreadyRegistered {
+                agent: self.shared.name.clone(),
+                mem_type,
+                device_id,
+                addr: start,
+                len,
+                existing_addr,
+                existing_len: usize::try_from(existing_len).unwrap_or(usize::MAX),
+            },
+        )?;
+        let mut handles = Vec::new();
+        let mut offset = 0u64;
+        while offset < len64 {
+            let piece = (len64 - offset).min(chunk);
+            let desc = Chunk {
+                addr: (start + offset) as usize,
+                len: piece as usize,
+                mem_type,
+                device_id,
+            };
+            match self.nixl().register_memory(&desc, None) {
+                Ok(h) => handles.push(h),
+                Err(source) => {
+                    // Undo what was done: deregister the chunks that did register.
+                    drop(handles);
+                    registry.release(space, start, id);
+                    return Err(Error::nixl(
+                        "register memory (does a running backend support this memory type?)",
+                        source,
+                    ));
+                }
+            }
+            offset += piece;
+        }
+        drop(registry);
+        tracing::debug!(agent = %self.shared.name, addr = %format_args!("{start:#x}"), len, ?mem_type, device_id, chunks = handles.len(), "registered");
+        Ok(Registration {
+            handles,
+            agent: self.clone(),
+            space,
+            start,
+            id,
+            descriptor: NixlDescriptor {
+                addr: start,
+                size: len,
+                mem_type,
+                device_id,
+            },
+        })
+    }
+
+    /// True when this agent has `len` bytes at `addr` of this memory type and device registered
+    /// (inside one registration).
+    pub fn is_registered(&self, mem_type: MemType, device_id: u64, addr: u64, len: usize) -> bool {
+        lock(&self.shared.registry)
+            .covering(Space::new(mem_type, device_id), addr, len as u64)
+            .is_some()
+    }
+}
+
+/// A storage registered with a NIXL agent: owns the storage and its registration, and drops the
+/// registration first.
+///
+/// It is itself a [`Storage`]: wrap it in a [`Buffer`](crate::Buffer) to share it with transfers,
+/// or take [`OffsetBuffer`](crate::OffsetBuffer) views of that buffer; both report
+/// [`nixl_descriptor`](MemoryDescriptor::nixl_descriptor) `= Some(..)`.
+pub struct Registered<S: Storage> {
+    // Declared before `storage`: fields drop in declaration order, so the registration is always
+    // gone before the memory it covers is freed.
+    registration: Registration,
+    storage: Box<S>,
+}
+
+impl<S: Storage> Registered<S> {
+    /// The registered storage.
+    pub fn storage(&self) -> &S {
+        &self.storage
+    }
+
+    /// The agent the storage is registered with.
+    pub fn agent(&self) -> &Agent {
+        &self.registration.agent
+    }
+
+    /// How many NIXL registrations cover the region (more than one when it is larger than the
+    /// agent's `registration_chunk`).
+    pub fn chunks(&self) -> usize {
+        self.registration.handles.len()
+    }
+
+    /// Deregisters and gives the storage back.
+    pub fn deregister(self) -> S {
+        let Registered {
+            registration,
+            storage,
+        } = self;
+        drop(registration);
+        *storage
+    }
+}
+
+impl<S: Storage> fmt::Debug for Registered<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registered")
+            .field("agent", &self.registration.agent.name())
+            .field("descriptor", &self.registration.descriptor)
+            .field("chunks", &self.registration.handles.len())
+            .field("storage", &self.storage)
+            .finish()
+    }
+}
+
+impl<S: Storage> MemoryDescriptor for Registered<S> {
+    fn addr(&self) -> usize {
+        self.storage.addr()
+    }
+    fn size(&self) -> usize {
+        self.storage.size()
+    }
+    fn storage_kind(&self) -> StorageKind {
+        self.storage.storage_kind()
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn nixl_descriptor(&self) -> Option<NixlDescriptor> {
+        Some(self.registration.descriptor)
+    }
+}
+
+impl<S: Storage> NixlCompatible for Registered<S> {
+    fn nixl_params(&self) -> (*const u8, usize, MemType, u64) {
+        self.storage.nixl_params()
+    }
+}
+
+impl<S: Storage + HostMemory> HostMemory for Registered<S> {
+    fn as_slice(&self) -> &[u8] {
+        self.storage.as_slice()
+    }
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        self.storage.as_mut_slice()
+    }
+}
+
+/// A failed registration: the storage, given back, and why.
+///
+/// Converts into [`Error`] (dropping the storage), so `?` works in functions returning
+/// [`kvmem::Result`](crate::Result).
+pub struct RegisterError<S> {
+    /// The storage that was to be registered, untouched.
+    pub storage: S,
+    /// Why it was not registered.
+    pub error: Error,
+}
+
+impl<S> RegisterError<S> {
+    /// The storage and the cause.
+    pub fn into_parts(self) -> (S, Error) {
+        (self.storage, self.error)
+    }
+}
+
+impl<S> fmt::Debug for RegisterError<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegisterError")
+            .field("error", &self.error)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> fmt::Display for RegisterError<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "registration failed: {}", self.error)
+    }
+}
+
+impl<S> std::error::Error for RegisterError<S> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+impl<S> From<RegisterError<S>> for Error {
+    fn from(e: RegisterError<S>) -> Self {
+        e.error
+    }
+}
+
+/// The NIXL side of a [`Registered`]: its registration handles, deregistered on drop.
+struct Registration {
+    handles: Vec<nixl_sys::RegistrationHandle>,
+    agent: Agent,
+    space: Space,
+    start: u64,
+    id: u64,
+    descriptor: NixlDescriptor,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        for mut handle in self.handles.drain(..) {
+            if let Err(e) = handle.deregister() {
+                tracing::warn!(agent = %self.agent.name(), error = %e, "NIXL deregistration failed");
+            }
+        }
+        // Only now may another registration of this range pass the overlap check.
+        lock(&self.agent.shared.registry).release(self.space, self.start, self.id);
+        tracing::debug!(agent = %self.agent.name(), addr = %format_args!("{:#x}", self.start), "deregistered");
+    }
+}
+
+/// One NIXL registration: a chunk of a registered region.
+#[derive(Debug)]
+struct Chunk {
+    addr: usize,
+    len: usize,
+    mem_type: MemType,
+    device_id: u64,
+}
+
+impl nixl_sys::MemoryRegion for Chunk {
+    unsafe fn as_ptr(&self) -> *const u8 {
+        // An address only, never dereferenced here: NIXL's registration reads it as a number.
+        self.addr as *const u8
+    }
+    fn size(&self) -> usize {
+        self.len
+    }
+}
+
+impl nixl_sys::NixlDescriptor for Chunk {
+    fn mem_type(&self) -> MemType {
+        self.mem_type
+    }
+    fn device_id(&self) -> u64 {
+        self.device_id
+    }
+}
+
+/// An address space: memory type and device (CUDA ordinal, file descriptor, or 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct Space {
+    mem: u8,
+    pub(crate) device_id: u64,
+}
+
+impl Space {
+    pub(crate) fn new(mem_type: MemType, device_id: u64) -> Self {
+        let mem = match mem_type {
+            MemType::Dram => 0,
+            MemType::Vram => 1,
+            MemType::Block => 2,
+            MemType::Object => 3,
+            MemType::File => 4,
+            MemType::Unknown => 5,
+        };
+        Self { mem, device_id }
+    }
+
+    pub(crate) fn mem_type(&self) -> MemType {
+        match self.mem {
+            0 => MemType::Dram,
+            1 => MemType::Vram,
+            2 => MemType::Block,
+            3 => MemType::Object,
+            4 => MemType::File,
+            _ => MemType::Unknown,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    end: u64,
+    id: u64,
+    chunk: u64,
+}
+
+/// The ranges an agent has registered, per address space: for the overlap check, for splitting
+/// transfer blocks at chunk boundaries, and for the manifest peers receive.
+#[derive(Debug, Default)]
+pub(crate) struct Registry {
+    spaces: BTreeMap<Space, BTreeMap<u64, Entry>>,
+    next_id: u64,
+    /// Registrations made of more than one chunk.
+    chunked: usize,
+}
+
+impl Registry {
+    /// Records `start..start+len`, or returns the registration it overlaps.
+    fn reserve(
+        &mut self,
+        space: Space,
+        start: u64,
+        len: u64,
+        chunk: u64,
+    ) -> std::result::Result<u64, (u64, u64)> {
+        let end = start + len;
+        let ranges = self.spaces.entry(space).or_default();
+        if let Some((&s, e)) = ranges.range(..end).next_back()
+            && e.end > start
+        {
+            return Err((s, e.end - s));
+        }
+        self.next_id += 1;
+        let id = self.next_id;
+        ranges.insert(start, Entry { end, id, chunk });
+        if len > chunk {
+            self.chunked += 1;
+        }
+        Ok(id)
+    }
+
+    fn release(&mut self, space: Space, start: u64, id: u64) {
+        let Some(ranges) = self.spaces.get_mut(&space) else {
+            return;
+        };
+        if ranges.get(&start).is_some_and(|e| e.id == id)
+            && let Some(e) = ranges.remove(&start)
+            && e.end - start > e.chunk
+        {
+            self.chunked -= 1;
+        }
+        if ranges.is_empty() {
+            self.spaces.remove(&space);
+        }
+    }
+
+    /// The registration holding all of `addr..addr+len`: `(start, end, chunk)`.
+    pub(crate) fn covering(&self, space: Space, addr: u64, len: u64) -> Option<(u64, u64, u64)> {
+        let end = addr.checked_add(len)?;
+        let (&s, e) = self.spaces.get(&space)?.range(..=addr).next_back()?;
+        (end <= e.end).then_some((s, e.end, e.chunk))
+    }
+
+    /// True when some registration is made of several chunks.
+    pub(crate) fn has_chunked(&self) -> bool {
+        self.chunked > 0
+    }
+
+    /// The chunk boundaries strictly inside `addr..addr+len`, for a range inside one
+    /// registration (none when it is not registered or not chunked).
+    pub(crate) fn chunk_cuts(&self, space: Space, addr: u64, len: u64) -> Vec<u64> {
+        let Some((start, _, chunk)) = self.covering(space, addr, len) else {
+            return Vec::new();
+        };
+        let end = addr + len;
+        let first = start + ((addr - start) / chunk + 1) * chunk;
+        (0..)
+            .map(|i| first + i * chunk)
+            .take_while(|&cut| cut < end)
+            .collect()
+    }
+
+    /// Every registration, for a peer manifest.
+    pub(crate) fn regions(&self) -> Vec<ManifestRegion> {
+        self.spaces
+            .iter()
+            .flat_map(|(space, ranges)| {
+                ranges.iter().map(move |(&start, e)| ManifestRegion {
+                    addr: start,
+                    len: e.end - start,
+                    mem_type: space.mem_type(),
+                    device_id: space.device_id,
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nixl::AgentConfig;
+    use crate::{Buffer, HostMemory, OffsetBuffer, SystemStorage};
+    use std::sync::{Arc, Mutex};
+
+    #[test]
+    fn registry_refuses_overlaps_and_finds_cuts() {
+        let mut r = Registry::default();
+        let s = Space::new(MemType::Dram, 0);
+        let id = r.reserve(s, 1000, 100, 40).unwrap();
+        assert_eq!(r.reserve(s, 1099, 10, 40), Err((1000, 100)));
+        assert_eq!(r.reserve(s, 990, 11, 40), Err((1000, 100)));
+        assert!(r.reserve(s, 1100, 10, 40).is_ok());
+        assert!(r.reserve(s, 990, 10, 40).is_ok());
+        let vram = Space::new(MemType::Vram, 0);
+        let vid = r.reserve(vram, 1000, 100, 40).unwrap();
+        assert!(r.has_chunked());
+        assert_eq!(r.covering(s, 1010, 90), Some((1000, 1100, 40)));
+        assert_eq!(r.covering(s, 1010, 91), None);
+        assert_eq!(r.chunk_cuts(s, 1010, 80), vec![1040, 1080]);
+        assert_eq!(r.chunk_cuts(s, 1040, 40), Vec::<u64>::new());
+        r.release(s, 1000, id);
+        assert!(r.has_chunked(), "the VRAM registration is still chunked");
+        r.release(vram, 1000, vid + 1); // a stale id releases nothing
+        assert!(r.has_chunked());
+        r.release(vram, 1000, vid);
+        assert!(!r.has_chunked());
+        assert!(r.reserve(s, 1000, 100, 400).is_ok());
+        assert_eq!(r.regions().len(), 3);
+    }
+
+    /// A storage that, when it frees its memory, records whether NIXL still had it registered.
+    #[derive(Debug)]
+    struct Probe {
+        inner: SystemStorage,
+        agent: Agent,
+        log: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl MemoryDescriptor for Probe {
+        fn addr(&self) -> usize {
+            self.inner.addr()
+        }
+        fn size(&self) -> usize {
+            self.inner.size()
+        }
+        fn storage_kind(&self) -> StorageKind {
+            StorageKind::System
+        }
+        fn as_any(&self) -> &dyn Any {
+            self
+        }
+        fn nixl_descriptor(&self) -> Option<NixlDescriptor> {
+            None
+        }
+    }
+
+    impl NixlCompatible for Probe {
+        fn nixl_params(&self) -> (*const u8, usize, MemType, u64) {
+            self.inner.nixl_params()
+        }
+    }
+
+    impl Drop for Probe {
+        fn drop(&mut self) {
+            let (addr, len) = (self.inner.addr(), self.inner.size());
+            // kvmem's record and NIXL's own view: preparing a local list over the range only
+            // succeeds while NIXL has it registered.
+            let ours = self.agent.is_registered(MemType::Dram, 0, addr as u64, len);
+            let mut list = nixl_sys::XferDescList::new(MemType::Dram).unwrap();
+            list.add_desc(addr, len, 0);
+            let nixls = self
+                .agent
+                .nixl()
+                .prepare_xfer_dlist("", &list, None)
+                .is_ok();
+            self.log.lock().unwrap().push(format!(
+                "memory freed (kvmem registered: {ours}, NIXL registered: {nixls})"
+            ));
+        }
+    }
+
+    #[test]
+    fn registration_is_dropped_before_the_memory() {
+        let agent =
+            Agent::new(AgentConfig::new("reg-order").with_backends(["POSIX", "UCX"])).unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let probe = Probe {
+            inner: SystemStorage::new(1 << 16).unwrap(),
+            agent: agent.clone(),
+            log: log.clone(),
+        };
+        let (addr, len) = (probe.addr(), probe.size());
+        let reg = agent.register(probe).unwrap();
+        // While registered, both views agree that it is.
+        assert!(agent.is_registered(MemType::Dram, 0, addr as u64, len));
+        let mut list = nixl_sys::XferDescList::new(MemType::Dram).unwrap();
+        list.add_desc(addr, len, 0);
+        assert!(agent.nixl().prepare_xfer_dlist("", &list, None).is_ok());
+        drop(reg);
+        assert_eq!(
+            log.lock().unwrap().as_slice(),
+            ["memory freed (kvmem registered: false, NIXL registered: false)"]
+        );
+        // Also through a shared Buffer: the last clone frees it in the same order.
+        let probe = Probe {
+            inner: SystemStorage::new(1 << 16).unwrap(),
+            agent: agent.clone(),
+            log: log.clone(),
+        };
+        let buffer = Buffer::new(agent.register(probe).unwrap());
+        let view = OffsetBuffer::new(buffer.clone(), 4096, 4096).unwrap();
+        drop(buffer);
+        assert_eq!(
+            log.lock().unwrap().len(),
+            1,
+            "a view keeps the region alive"
+        );
+        drop(view);
+        assert_eq!(
+            log.lock().unwrap()[1],
+            "memory freed (kvmem registered: false, NIXL registered: false)"
+        );
+    }
+
+    #[test]
+    fn registered_region_reports_its_descriptor_and_bytes() {
+        let agent = Agent::new(AgentConfig::new("reg-desc")).unwrap();
+        let mut s = SystemStorage::new(8192).unwrap();
+        s.memset(7);
+        let addr = s.addr();
+        let mut reg = agent.register(s).unwrap();
+        let d = reg.nixl_descriptor().unwrap();
+        assert_eq!(
+            (d.addr, d.size, d.mem_type, d.device_id),
+            (addr as u64, 8192, MemType::Dram, 0)
+        );
+        reg.as_mut_slice()[0] = 9;
+        assert_eq!(&reg.as_slice()[..2], &[9, 7]);
+        assert_eq!(reg.chunks(), 1);
+        let back = reg.deregister();
+        assert!(!agent.is_registered(MemType::Dram, 0, addr as u64, 8192));
+        assert_eq!(back.as_slice()[0], 9);
+    }
+}

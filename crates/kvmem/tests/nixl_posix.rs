@@ -1,0 +1,154 @@
+//! File I/O through NIXL's POSIX backend (the real runtime): DRAM -> file -> DRAM.
+
+#[path = "nixl_common/mod.rs"]
+mod common;
+
+use common::*;
+use kvmem::nixl::{Agent, LocalBlocks, Registered, TransferOp};
+use kvmem::{Buffer, DiskStorage, HostMemory, OffsetBuffer, SystemStorage};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(120);
+const SIZE: usize = 64 << 20;
+
+fn posix_agent(prefix: &str) -> Agent {
+    Agent::new(config(prefix).with_backends(["POSIX"])).expect("start a POSIX agent")
+}
+
+/// The file's bytes, read with plain `pread` (not through NIXL).
+fn file_bytes(file: &Buffer) -> Vec<u8> {
+    let disk = file
+        .downcast_ref::<Registered<DiskStorage>>()
+        .expect("a registered DiskStorage")
+        .storage();
+    // Page-aligned, so that it also works when the file is open with O_DIRECT.
+    let mut buf = SystemStorage::new(disk_len(file)).unwrap();
+    disk.read_at(0, buf.as_mut_slice()).unwrap();
+    buf.as_slice().to_vec()
+}
+
+fn disk_len(file: &Buffer) -> usize {
+    kvmem::MemoryDescriptor::size(file)
+}
+
+#[test]
+fn dram_to_file_to_dram_64m() {
+    let agent = posix_agent("posix");
+    agent.require_backend("posix").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = random_bytes(11, SIZE);
+    let src = filled(&agent, &data);
+    let file = Buffer::new(
+        agent
+            .register(DiskStorage::new_in(dir.path(), SIZE).unwrap())
+            .unwrap(),
+    );
+    let path = file
+        .downcast_ref::<Registered<DiskStorage>>()
+        .unwrap()
+        .storage()
+        .path()
+        .to_path_buf();
+
+    agent
+        .write_to_file(
+            &LocalBlocks::whole(&src).unwrap(),
+            &LocalBlocks::whole(&file).unwrap(),
+        )
+        .unwrap()
+        .wait(WAIT)
+        .unwrap();
+    assert_same(&file_bytes(&file), &data, "file after NIXL write");
+
+    let back = poisoned(&agent, SIZE);
+    agent
+        .read_from_file(
+            &LocalBlocks::whole(&back).unwrap(),
+            &LocalBlocks::whole(&file).unwrap(),
+        )
+        .unwrap()
+        .wait(WAIT)
+        .unwrap();
+    assert_same(bytes(&back), &data, "memory after NIXL read");
+
+    // Dropping the last handle deregisters the file and then removes it.
+    assert!(path.exists());
+    drop(file);
+    assert!(!path.exists(), "the file is removed once deregistered");
+}
+
+#[test]
+fn file_blocks_at_offsets_and_prepared_file_lists() {
+    const BLOCK: usize = 1 << 20;
+    const N: usize = 8;
+    let agent = posix_agent("posix-blocks");
+    let dir = tempfile::tempdir().unwrap();
+    let data = random_bytes(12, N * BLOCK);
+    let src = filled(&agent, &data);
+    let file = Buffer::new(
+        agent
+            .register(DiskStorage::new_in(dir.path(), N * BLOCK).unwrap())
+            .unwrap(),
+    );
+
+    // Memory block i goes to file block N-1-i, through prepared lists.
+    let mut mem = LocalBlocks::new();
+    let mut blocks = LocalBlocks::new();
+    for i in 0..N {
+        mem.push(&OffsetBuffer::new(src.clone(), i * BLOCK, BLOCK).unwrap())
+            .unwrap();
+        blocks
+            .push(&OffsetBuffer::new(file.clone(), i * BLOCK, BLOCK).unwrap())
+            .unwrap();
+    }
+    let pm = agent.prepare_local(&mem).unwrap();
+    let pf = agent.prepare_file(&blocks).unwrap();
+    assert_eq!(pf.target(), agent.name());
+    let li: Vec<usize> = (0..N).collect();
+    let ri: Vec<usize> = (0..N).rev().collect();
+    agent
+        .post_prepared_selected(TransferOp::Write, &pm, &li, &pf, &ri, None)
+        .unwrap()
+        .wait(WAIT)
+        .unwrap();
+    let on_disk = file_bytes(&file);
+    for i in 0..N {
+        let j = N - 1 - i;
+        assert_same(
+            &on_disk[j * BLOCK..(j + 1) * BLOCK],
+            &data[i * BLOCK..(i + 1) * BLOCK],
+            "file block",
+        );
+    }
+
+    // Read file blocks 2..4 back into a poisoned buffer with a fresh (unprepared) list.
+    let back = poisoned(&agent, 2 * BLOCK);
+    agent
+        .read_from_file(
+            &LocalBlocks::whole(&back).unwrap(),
+            &LocalBlocks::whole(&OffsetBuffer::new(file.clone(), 2 * BLOCK, 2 * BLOCK).unwrap())
+                .unwrap(),
+        )
+        .unwrap()
+        .wait(WAIT)
+        .unwrap();
+    assert_same(
+        bytes(&back),
+        &on_disk[2 * BLOCK..4 * BLOCK],
+        "file range read back",
+    );
+    // The prepared lists can be used again: read everything back in order.
+    let all_back = poisoned(&agent, N * BLOCK);
+    let mut dst = LocalBlocks::new();
+    for i in 0..N {
+        dst.push(&OffsetBuffer::new(all_back.clone(), i * BLOCK, BLOCK).unwrap())
+            .unwrap();
+    }
+    let pd = agent.prepare_local(&dst).unwrap();
+    agent
+        .post_prepared(TransferOp::Read, &pd, &pf, None)
+        .unwrap()
+        .wait(WAIT)
+        .unwrap();
+    assert_same(bytes(&all_back), &on_disk, "prepared file READ");
+}

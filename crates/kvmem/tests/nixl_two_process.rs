@@ -1,0 +1,249 @@
+//! Two processes over loopback with UCX (the real runtime): the test binary re-executes itself as
+//! a target process, fetches its metadata from NIXL's listener socket, writes 64 MiB with a
+//! notification, and shuts both sides down in order. Then: a peer killed in the middle of a
+//! stream of transfers, 20 times; and a process without the NIXL runtime.
+
+#[path = "nixl_common/mod.rs"]
+mod common;
+
+use common::*;
+use kvmem::Error;
+use kvmem::nixl::{Agent, LocalBlocks, RemoteBlock, RemoteBlocks};
+use libtest_mimic::{Arguments, Failed, Trial};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const SIZE: usize = 64 << 20;
+const WAIT: Duration = Duration::from_secs(60);
+const NO_RUNTIME_ROLE: &str = "no-runtime";
+
+fn main() {
+    run_target_if_requested();
+    if std::env::var(ROLE_ENV).as_deref() == Ok(NO_RUNTIME_ROLE) {
+        no_runtime_role();
+    }
+    let mut args = Arguments::from_args();
+    // The kill test measures how fast a failure shows up: keep the machine to one test at a time.
+    args.test_threads.get_or_insert(1);
+    let trials = vec![
+        Trial::test(
+            "listener_write_64m_notification_shutdown_restart",
+            listener_round_trip,
+        ),
+        Trial::test("peer_killed_mid_stream_20_times", killed_peer),
+        Trial::test("missing_runtime_is_a_typed_error", missing_runtime),
+    ];
+    libtest_mimic::run(&args, trials).exit();
+}
+
+fn remote_of(agent: &Agent, target: &TargetProcess, port: u16) -> Result<RemoteBlocks, Failed> {
+    let peer = agent.connect_listener(&target.name, loopback(port), Duration::from_secs(20))?;
+    assert!(
+        peer.manifest().is_none(),
+        "the listener carries NIXL metadata only"
+    );
+    let mut remote = RemoteBlocks::new(&peer);
+    remote.push(RemoteBlock::dram(target.addr, target.len))?;
+    Ok(remote)
+}
+
+/// Writes `seed`'s data to the target with a notification and has the target check it.
+fn write_and_verify(
+    agent: &Agent,
+    local: &LocalBlocks,
+    remote: &RemoteBlocks,
+    target: &mut TargetProcess,
+    seed: u64,
+    note: &str,
+) -> Result<(), Failed> {
+    // The target starts waiting for the notification first, then the data goes out.
+    target.send(&format!("VERIFY {} {note} {seed}", agent.name()));
+    agent
+        .write(local, remote, Some(note.as_bytes()))?
+        .wait(WAIT)?;
+    let answer = target.expect_line(WAIT);
+    assert_eq!(answer, "VERIFIED", "the target compared its bytes");
+    Ok(())
+}
+
+fn listener_round_trip() -> Result<(), Failed> {
+    let agent = listening_agent("lsn-init");
+    let data = random_bytes(31, SIZE);
+    let src = filled(&agent, &data);
+    let local = LocalBlocks::whole(&src)?;
+    let name = unique("lsn-target");
+    let port = free_port();
+
+    let mut target = TargetProcess::spawn(&name, SIZE, Publish::Listener(port));
+    let remote = remote_of(&agent, &target, port)?;
+    // A transfer dropped right after posting is cancelled (or released, if already done); the
+    // next transfer is unaffected and verified by the peer.
+    let dropped = agent.write(&local, &remote, None)?;
+    eprintln!(
+        "dropped a 64 MiB WRITE that was done: {}",
+        dropped.is_done()
+    );
+    drop(dropped);
+    write_and_verify(&agent, &local, &remote, &mut target, 31, "first")?;
+    eprintln!("first transfer verified");
+
+    // Coordinated shutdown: this side lets go of the peer first, then the peer exits cleanly.
+    agent.invalidate_peer(&name)?;
+    let status = target.exit(Duration::from_secs(20));
+    assert!(status.success(), "target exit status {status}");
+
+    // The peer restarts under the same name on the same port (new memory, new process).
+    let mut target = TargetProcess::spawn(&name, SIZE, Publish::Listener(port));
+    let peer = agent.reconnect(&name, Duration::from_secs(20))?;
+    // Lists of the old connection are refused, not sent to stale addresses.
+    let err = agent.write(&local, &remote, None).unwrap_err();
+    assert!(matches!(err, Error::PeerInvalidated { .. }), "{err}");
+    let mut remote = RemoteBlocks::new(&peer);
+    remote.push(RemoteBlock::dram(target.addr, target.len))?;
+    write_and_verify(&agent, &local, &remote, &mut target, 31, "after-restart")?;
+    agent.invalidate_peer(&name)?;
+    let status = target.exit(Duration::from_secs(20));
+    assert!(status.success(), "target exit status {status}");
+    assert_same(bytes(&src), &data, "source after both transfers");
+    Ok(())
+}
+
+const KILL_ROUNDS: usize = 20;
+const STREAM_BLOCK: usize = 8 << 20;
+/// How quickly the survivor must see an error after the kill.
+const DETECT: Duration = Duration::from_secs(5);
+
+fn killed_peer() -> Result<(), Failed> {
+    let survivor = listening_agent("kill-survivor");
+    let data = random_bytes(41, STREAM_BLOCK);
+    let src = filled(&survivor, &data);
+    let local = LocalBlocks::whole(&src)?;
+
+    // The other peer, alive for the whole test.
+    let other_name = unique("kill-other");
+    let other_port = free_port();
+    let mut other = TargetProcess::spawn(&other_name, STREAM_BLOCK, Publish::Listener(other_port));
+    let other_remote = remote_of(&survivor, &other, other_port)?;
+
+    let mut detect_times = Vec::new();
+    let mut hangs = 0;
+    for round in 0..KILL_ROUNDS {
+        let name = unique("kill-victim");
+        let port = free_port();
+        let victim = TargetProcess::spawn(&name, STREAM_BLOCK, Publish::Listener(port));
+        let remote = remote_of(&survivor, &victim, port)?;
+        // Kill it from another thread after a short, varying delay, while this thread streams.
+        let delay = Duration::from_millis(20 + 13 * round as u64);
+        let kill_time = Arc::new(Mutex::new(None::<Instant>));
+        let killer = {
+            let kill_time = kill_time.clone();
+            std::thread::spawn(move || {
+                let mut victim = victim;
+                std::thread::sleep(delay);
+                victim.kill();
+                *kill_time.lock().unwrap() = Some(Instant::now());
+                victim.wait(Duration::from_secs(10));
+            })
+        };
+        let mut completed = 0u32;
+        let failure = loop {
+            match survivor.write(&local, &remote, None) {
+                Err(e) => break (Instant::now(), e),
+                Ok(mut t) => match t.wait(DETECT * 2) {
+                    Ok(()) => completed += 1,
+                    Err(e) => break (Instant::now(), e),
+                },
+            }
+            // Transfers still succeed long after the kill: that is a hang too.
+            if kill_time
+                .lock()
+                .unwrap()
+                .is_some_and(|k| k.elapsed() > DETECT * 2)
+            {
+                break (
+                    Instant::now(),
+                    Error::Timeout {
+                        what: "an error after the peer was killed".into(),
+                        waited: DETECT * 2,
+                    },
+                );
+            }
+        };
+        killer.join().expect("killer thread");
+        let killed_at = kill_time.lock().unwrap().expect("the victim was killed");
+        let (failed_at, error) = failure;
+        let detected = failed_at.saturating_duration_since(killed_at);
+        eprintln!("round {round}: {completed} transfers done, then after {detected:?}: {error}");
+        if matches!(error, Error::Timeout { .. }) || detected > DETECT {
+            hangs += 1;
+        }
+        detect_times.push(detected);
+        assert!(
+            matches!(
+                error,
+                Error::TransferFailed { .. }
+                    | Error::PeerUnavailable { .. }
+                    | Error::Timeout { .. }
+            ),
+            "round {round}: unexpected error kind: {error}"
+        );
+        // The survivor's own memory is intact...
+        assert_same(bytes(&src), &data, "survivor source after the peer died");
+        // ...and it still moves data with the other peer (verified there).
+        write_and_verify(
+            &survivor,
+            &local,
+            &other_remote,
+            &mut other,
+            41,
+            &format!("round-{round}"),
+        )?;
+        // Forget the dead peer (NIXL may have dropped it already).
+        let _ = survivor.invalidate_peer(&name);
+    }
+    detect_times.sort();
+    eprintln!(
+        "detection after kill over {KILL_ROUNDS} rounds: min {:?}, median {:?}, max {:?}",
+        detect_times[0],
+        detect_times[KILL_ROUNDS / 2],
+        detect_times[KILL_ROUNDS - 1]
+    );
+    assert_eq!(hangs, 0, "rounds where no error came within {DETECT:?}");
+    survivor.invalidate_peer(&other_name)?;
+    let status = other.exit(Duration::from_secs(20));
+    assert!(status.success(), "other peer exit status {status}");
+    Ok(())
+}
+
+/// Child: no NIXL runtime where it is told to look. Creating an agent must fail with
+/// NixlUnavailable instead of aborting the process.
+fn no_runtime_role() -> ! {
+    match Agent::new(kvmem::nixl::AgentConfig::new("no-runtime")) {
+        Err(Error::NixlUnavailable { searched }) => {
+            println!("UNAVAILABLE {searched}");
+            std::process::exit(0)
+        }
+        Err(e) => {
+            println!("OTHER {e}");
+            std::process::exit(2)
+        }
+        Ok(_) => {
+            println!("STARTED");
+            std::process::exit(3)
+        }
+    }
+}
+
+fn missing_runtime() -> Result<(), Failed> {
+    let out = std::process::Command::new(std::env::current_exe()?)
+        .env(ROLE_ENV, NO_RUNTIME_ROLE)
+        .env("KVMEM_NIXL_LIB_DIR", "/nonexistent/kvmem-no-nixl-here")
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "child: {} / {stdout}", out.status);
+    assert!(
+        stdout.starts_with("UNAVAILABLE") && stdout.contains("/nonexistent/kvmem-no-nixl-here"),
+        "{stdout}"
+    );
+    Ok(())
+}
