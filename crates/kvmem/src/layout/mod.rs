@@ -242,6 +242,12 @@ impl BlockLayout {
         }
     }
 
+    /// Byte offset of chunk (block, layer, outer) inside its region, for ids already checked.
+    #[inline]
+    pub(crate) fn chunk_offset_unchecked(&self, block: usize, layer: usize, outer: usize) -> usize {
+        block * self.block_stride + layer * self.layer_stride + outer * self.outer_stride
+    }
+
     /// Checks a block id, naming `side` (`source` or `destination`) in the error.
     pub(crate) fn check_block(&self, side: &'static str, block: usize) -> Result<()> {
         if block >= self.config.num_blocks {

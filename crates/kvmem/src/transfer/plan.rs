@@ -199,11 +199,17 @@ impl TransferPlan {
             };
             let ops = &mut batches[batch].ops;
             ops.reserve(src_ids.len() * sc.outer_dim);
+            // Region base addresses are fixed per layer: read them once, not per chunk (each is a
+            // call through the buffer's trait object).
+            let (s_base, d_base) = (
+                src.chunk_unchecked(0, layer, 0).addr - src.chunk_offset_unchecked(0, layer, 0),
+                dst.chunk_unchecked(0, layer, 0).addr - dst.chunk_offset_unchecked(0, layer, 0),
+            );
             for (&s, &d) in src_ids.iter().zip(dst_ids) {
                 for outer in 0..sc.outer_dim {
                     ops.push(CopyOp {
-                        src: src.chunk_unchecked(s, layer, outer).addr,
-                        dst: dst.chunk_unchecked(d, layer, outer).addr,
+                        src: s_base + src.chunk_offset_unchecked(s, layer, outer),
+                        dst: d_base + dst.chunk_offset_unchecked(d, layer, outer),
                         len: chunk,
                     });
                 }
