@@ -8,9 +8,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use kvmem::layout::{BlockLayout, LayoutConfig, LayoutKind};
 use kvmem::transfer::{EngineConfig, TransferEngine};
 use kvmem::{Buffer, DiskStorage, HostMemory, OffsetBuffer, SystemStorage};
-use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
+use rand::{RngCore, SeedableRng};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -65,8 +65,8 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
     let host_len = host_bytes.max(if wants_disk { disk_bytes } else { 0 });
     let wants_host = args.paths.contains(&BenchPath::Host);
     let mut buffers = Buffers {
-        host_src: filled_host(host_len, 0x5a)?,
-        host_dst: filled_host(host_len, 0xa5)?,
+        host_src: filled_host(host_len, args.seed)?,
+        host_dst: filled_host(host_len, !args.seed)?,
         disk: if wants_disk {
             let d = match &args.disk_dir {
                 Some(dir) => DiskStorage::new_in(dir, disk_bytes)?,
@@ -79,7 +79,7 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
         },
         memcpy: if wants_host {
             let mut a = SystemStorage::new(host_bytes)?;
-            a.memset(0x3c);
+            StdRng::seed_from_u64(args.seed ^ 1).fill_bytes(a.as_mut_slice());
             let mut b = SystemStorage::new(host_bytes)?;
             b.memset(0xc3);
             Some((a, b))
@@ -212,10 +212,12 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
     })
 }
 
-fn filled_host(len: usize, value: u8) -> Result<Buffer> {
+/// Host memory full of random bytes: every page is touched (no page faults are timed), and the
+/// data is what a KV cache holds, incompressible. (A virtual disk can be much slower or faster
+/// with constant data: fio with `--zero_buffers` wrote at half the speed of random buffers here.)
+fn filled_host(len: usize, seed: u64) -> Result<Buffer> {
     let mut s = SystemStorage::new(len)?;
-    // Touch every page so that page faults are not timed, and never copy zeros.
-    s.memset(value);
+    StdRng::seed_from_u64(seed).fill_bytes(s.as_mut_slice());
     Ok(Buffer::new(s))
 }
 
