@@ -1,6 +1,7 @@
 //! The sweep: buffers, points, interleaved timing of transfer, reference and fio.
 
 use super::fio::{self, FioJob};
+use super::memory::random_host;
 use super::report::{FioPoint, Machine, MemcpyPoint, Percentiles, Point, Report, Settings};
 use super::{BenchArgs, BenchPath, Pattern};
 use crate::error::{CliError, Result};
@@ -65,8 +66,8 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
     let host_len = host_bytes.max(if wants_disk { disk_bytes } else { 0 });
     let wants_host = args.paths.contains(&BenchPath::Host);
     let mut buffers = Buffers {
-        host_src: filled_host(host_len, args.seed)?,
-        host_dst: filled_host(host_len, !args.seed)?,
+        host_src: random_host(host_len, args.seed, args.small_pages)?,
+        host_dst: random_host(host_len, !args.seed, args.small_pages)?,
         disk: if wants_disk {
             let d = match &args.disk_dir {
                 Some(dir) => DiskStorage::new_in(dir, disk_bytes)?,
@@ -203,6 +204,7 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
             iterations: args.iterations,
             disk_dir: disk_dir.map(|d| d.display().to_string()),
             direct_io,
+            small_pages: args.small_pages,
             seed: args.seed,
         },
         fio: fio_note,
@@ -210,15 +212,6 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
         points,
         skipped,
     })
-}
-
-/// Host memory full of random bytes: every page is touched (no page faults are timed), and the
-/// data is what a KV cache holds, incompressible. (A virtual disk can be much slower or faster
-/// with constant data: fio with `--zero_buffers` wrote at half the speed of random buffers here.)
-fn filled_host(len: usize, seed: u64) -> Result<Buffer> {
-    let mut s = SystemStorage::new(len)?;
-    StdRng::seed_from_u64(seed).fill_bytes(s.as_mut_slice());
-    Ok(Buffer::new(s))
 }
 
 fn view(base: &Buffer, len: usize) -> Result<Buffer> {
