@@ -8,8 +8,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/env.sh
 command -v valgrind >/dev/null || { echo "valgrind not found: apt-get install -y valgrind" >&2; exit 1; }
 
-# The library's unit tests and the host-only integration tests. None of them loads NIXL or CUDA.
-targets=(--lib --test host_disk --test host_props --test spec_external)
+# The library's unit tests and the host-only integration tests. None of them loads NIXL; cuda_no_driver
+# checks that CUDA entry points fail cleanly where libcuda is missing.
+targets=(--lib --test host_disk --test host_props --test spec_external --test cuda_no_driver)
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 bins=$(cargo test -p kvmem --locked --no-run --message-format=json "${targets[@]}" 2>"$log" |

@@ -17,6 +17,7 @@ pub struct InfoArgs {
 struct Info {
     version: &'static str,
     cuda_driver: Probe,
+    cuda_devices: Vec<CudaDevice>,
     nixl: Nixl,
     topology: kvmem::topology::Topology,
 }
@@ -28,6 +29,14 @@ struct Probe {
 }
 
 #[derive(Debug, Serialize)]
+struct CudaDevice {
+    #[serde(flatten)]
+    info: kvmem::cuda::DeviceInfo,
+    /// The current PCIe link, from sysfs.
+    pcie_link: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
 struct Nixl {
     available: bool,
     library: Option<String>,
@@ -36,17 +45,51 @@ struct Nixl {
     error: Option<String>,
 }
 
-fn probe_cuda_driver() -> Probe {
-    // SAFETY: loading libcuda runs the driver's initialisers only; no symbol is called here.
-    match unsafe { libloading::Library::new("libcuda.so.1") } {
-        Ok(_) => Probe {
-            available: true,
-            detail: "libcuda.so.1 loads".into(),
-        },
-        Err(e) => Probe {
-            available: false,
-            detail: format!("libcuda.so.1 cannot be loaded: {e}"),
-        },
+fn probe_cuda(topology: &kvmem::topology::Topology) -> (Probe, Vec<CudaDevice>) {
+    let driver = match kvmem::cuda::load_driver() {
+        Ok(d) => d,
+        Err(e) => {
+            return (
+                Probe {
+                    available: false,
+                    detail: e.to_string(),
+                },
+                Vec::new(),
+            );
+        }
+    };
+    let (major, minor) = driver.cuda_version;
+    match kvmem::cuda::devices() {
+        Ok(infos) => {
+            let devices: Vec<CudaDevice> = infos
+                .into_iter()
+                .map(|info| {
+                    let pcie_link = topology
+                        .gpus
+                        .iter()
+                        .find(|g| g.pci_address.eq_ignore_ascii_case(&info.pci_bus_id))
+                        .and_then(|g| match (&g.link.speed, g.link.width) {
+                            (Some(s), Some(w)) => Some(format!("{s} x{w}")),
+                            _ => None,
+                        });
+                    CudaDevice { info, pcie_link }
+                })
+                .collect();
+            (
+                Probe {
+                    available: true,
+                    detail: format!("CUDA {major}.{minor} driver, {} device(s)", devices.len()),
+                },
+                devices,
+            )
+        }
+        Err(e) => (
+            Probe {
+                available: true,
+                detail: format!("CUDA {major}.{minor} driver, but listing devices failed: {e}"),
+            },
+            Vec::new(),
+        ),
     }
 }
 
@@ -81,11 +124,14 @@ fn probe_nixl() -> Nixl {
 
 /// Runs `kvmem info`.
 pub fn run(args: &InfoArgs) -> Result<()> {
+    let topology = kvmem::topology::Topology::detect();
+    let (cuda_driver, cuda_devices) = probe_cuda(&topology);
     let info = Info {
         version: env!("CARGO_PKG_VERSION"),
-        cuda_driver: probe_cuda_driver(),
+        cuda_driver,
+        cuda_devices,
         nixl: probe_nixl(),
-        topology: kvmem::topology::Topology::detect(),
+        topology,
     };
     let mut out = std::io::stdout().lock();
     if args.json {
@@ -101,6 +147,22 @@ pub fn run(args: &InfoArgs) -> Result<()> {
         yes_no(info.cuda_driver.available),
         info.cuda_driver.detail
     )?;
+    let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
+    for d in &info.cuda_devices {
+        let i = &d.info;
+        writeln!(
+            out,
+            "  {}: {}  {:.1} GiB ({:.1} free)  sm_{}{}  {}  {}",
+            i.ordinal,
+            i.name,
+            gib(i.total_memory),
+            gib(i.free_memory),
+            i.compute_capability.0,
+            i.compute_capability.1,
+            i.pci_bus_id,
+            d.pcie_link.as_deref().unwrap_or("link unknown")
+        )?;
+    }
     writeln!(out, "NIXL runtime:  {}", yes_no(info.nixl.available))?;
     if let Some(lib) = &info.nixl.library {
         writeln!(out, "  library:     {lib}")?;

@@ -37,6 +37,9 @@ fn info_reports_the_installed_nixl_runtime_and_its_plugins() {
     let has_cuda = std::path::Path::new("/dev/nvidiactl").exists();
     if !has_cuda {
         assert_eq!(v["cuda_driver"]["available"], false);
+        assert_eq!(v["cuda_devices"].as_array().unwrap().len(), 0);
+    } else {
+        assert!(!v["cuda_devices"].as_array().unwrap().is_empty(), "{v}");
     }
 }
 

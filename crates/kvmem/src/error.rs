@@ -118,6 +118,13 @@ pub enum Error {
     #[error("invalid topology data: {0}")]
     InvalidTopology(String),
 
+    /// A feature this machine, driver or build does not offer was asked for explicitly.
+    #[error("not available here: {what}")]
+    Unsupported {
+        /// What is missing and why.
+        what: String,
+    },
+
     /// The NIXL runtime library cannot be loaded.
     #[error(
         "the NIXL runtime (libnixl_capi.so) is not available ({searched}). Install it with \
@@ -277,6 +284,109 @@ pub enum Error {
         /// NIXL's error.
         #[source]
         source: nixl_sys::NixlError,
+    },
+
+    /// CUDA cannot be used in this process: no driver library, a driver too old, or no device.
+    #[error(
+        "CUDA is not available: {reason}. Install the NVIDIA driver (it provides libcuda.so.1) \
+         and check that `nvidia-smi` lists a GPU"
+    )]
+    CudaUnavailable {
+        /// What is missing.
+        reason: String,
+    },
+
+    /// A CUDA device ordinal beyond the devices present.
+    #[error(
+        "CUDA device {ordinal} does not exist: this machine has {count} device(s); use an \
+         ordinal below {count} (CUDA_VISIBLE_DEVICES may hide some)"
+    )]
+    CudaDeviceNotFound {
+        /// The ordinal asked for.
+        ordinal: usize,
+        /// Devices present.
+        count: usize,
+    },
+
+    /// A device allocation did not fit in the GPU's free memory.
+    #[error(
+        "out of memory on CUDA device {device}: {requested} bytes requested, {free} of {total} \
+         bytes free; free device buffers or ask for less"
+    )]
+    DeviceOutOfMemory {
+        /// CUDA ordinal.
+        device: u32,
+        /// Requested size in bytes.
+        requested: usize,
+        /// Free device memory in bytes when the allocation failed.
+        free: usize,
+        /// Total device memory in bytes.
+        total: usize,
+    },
+
+    /// Page-locked host memory could not be allocated or locked.
+    #[error(
+        "could not page-lock {requested} bytes of host memory ({available} bytes available \
+         according to /proc/meminfo); free memory, ask for less, or raise RLIMIT_MEMLOCK"
+    )]
+    PinnedOutOfMemory {
+        /// Requested size in bytes.
+        requested: usize,
+        /// `MemAvailable` in bytes when the allocation failed (0 when unknown).
+        available: u64,
+    },
+
+    /// A CUDA driver call failed.
+    #[error("CUDA failed to {op}: {name} (error {code}): {message}")]
+    Cuda {
+        /// The operation.
+        op: &'static str,
+        /// The `CUresult` value.
+        code: u32,
+        /// The `CUresult` name, e.g. `CUDA_ERROR_INVALID_VALUE`.
+        name: String,
+        /// The driver's description.
+        message: String,
+    },
+
+    /// Two regions that must be the same size are not.
+    #[error("{op} needs regions of equal size, got {src} bytes to copy into {dst} bytes")]
+    SizeMismatch {
+        /// The operation.
+        op: &'static str,
+        /// Source size in bytes.
+        src: usize,
+        /// Destination size in bytes.
+        dst: usize,
+    },
+
+    /// An address range is not device memory the CUDA driver knows.
+    #[error(
+        "{op}: {size} bytes at {addr:#x} are not inside one device allocation ({reason}); pass \
+         memory allocated on a CUDA device"
+    )]
+    NotDeviceMemory {
+        /// The operation.
+        op: &'static str,
+        /// Start of the range.
+        addr: usize,
+        /// Length of the range.
+        size: usize,
+        /// What the driver said about it.
+        reason: String,
+    },
+
+    /// Memory could not be placed on the requested NUMA node.
+    #[error(
+        "could not place memory on NUMA node {node}: {source}; pass a node that exists \
+         (see /sys/devices/system/node) or none"
+    )]
+    NumaPlacement {
+        /// The node asked for.
+        node: u32,
+        /// What the kernel said.
+        #[source]
+        source: std::io::Error,
     },
 }
 

@@ -11,7 +11,8 @@
 //! | [`kind`] | [`StorageKind`], the tier a region lives in |
 //! | [`descriptor`] | the [`MemoryDescriptor`] trait and the type-erased [`Buffer`] handle |
 //! | [`nixl`] | NIXL's types ([`nixl::MemType`], [`nixl::NixlDescriptor`], [`nixl::NixlCompatible`]) and loading the NIXL runtime |
-//! | [`storage`] | storages that own or wrap memory: [`SystemStorage`], [`DiskStorage`], external memory |
+//! | [`storage`] | storages that own or wrap memory: [`SystemStorage`], [`DiskStorage`], external memory, and on CUDA [`DeviceStorage`], [`PinnedStorage`], [`MappedPinnedStorage`], [`DevicePool`] |
+//! | [`cuda`] | the CUDA driver: loading it, devices and their contexts, page-locking, copy helpers |
 //! | [`host`] | safe byte access to host-accessible storage ([`HostMemory`]) |
 //! | [`view`] | checked sub-ranges of a buffer ([`OffsetBuffer`]) |
 //! | [`arena`] | sub-allocation of one storage into many buffers ([`ArenaAllocator`]) |
@@ -35,6 +36,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod arena;
+pub mod cuda;
 pub mod descriptor;
 pub mod error;
 pub mod host;
@@ -52,7 +54,11 @@ pub use descriptor::{Buffer, MemoryDescriptor, Storage};
 pub use error::{Error, Result};
 pub use host::HostMemory;
 pub use kind::StorageKind;
-pub use storage::{DiskStorage, ExternalDeviceMemory, ExternalHostMemory, SystemStorage};
+pub use storage::{
+    DevicePool, DeviceStorage, DiskStorage, ExternalDeviceMemory, ExternalHostMemory,
+    ExternalPinnedMemory, MappedPinnedOptions, MappedPinnedStorage, PageTier, PinnedStorage,
+    PooledDeviceStorage, SystemStorage,
+};
 pub use tensor::TensorDescriptor;
 pub use view::OffsetBuffer;
 

@@ -28,11 +28,59 @@ pub enum BenchPath {
     DiskWrite,
     /// A file to host memory (`O_DIRECT` reads).
     DiskRead,
+    /// Pinned host memory to GPU memory.
+    H2d,
+    /// GPU memory to pinned host memory.
+    D2h,
+    /// GPU memory to GPU memory.
+    D2d,
+    /// A layer-separate GPU layout (32 layers, k/v, vLLM's block-second order) to a fully
+    /// contiguous pinned layout; the block size is the chunk size.
+    LayersD2h,
 }
 
 impl BenchPath {
     fn touches_disk(self) -> bool {
         matches!(self, Self::DiskWrite | Self::DiskRead)
+    }
+
+    fn needs_gpu(self) -> bool {
+        matches!(self, Self::H2d | Self::D2h | Self::D2d | Self::LayersD2h)
+    }
+
+    /// The paths swept by default: the host and disk paths, plus the GPU paths where a CUDA
+    /// device is present.
+    fn defaults() -> Vec<Self> {
+        let mut paths = vec![Self::Host, Self::DiskWrite, Self::DiskRead];
+        if kvmem::cuda::device_count().is_ok_and(|n| n > 0) {
+            paths.extend([Self::H2d, Self::D2h, Self::D2d, Self::LayersD2h]);
+        }
+        paths
+    }
+}
+
+/// How GPU copy lists are executed (see `kvmem::cuda::batch`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GpuMethod {
+    /// Chosen by copy size.
+    Auto,
+    /// `cuMemcpyBatchAsync`.
+    Batched,
+    /// kvmem's PTX copy kernel.
+    Kernel,
+    /// One `cuMemcpyAsync` per copy.
+    PerCopy,
+}
+
+impl From<GpuMethod> for kvmem::transfer::CopyMethod {
+    fn from(m: GpuMethod) -> Self {
+        match m {
+            GpuMethod::Auto => Self::Auto,
+            GpuMethod::Batched => Self::Batched,
+            GpuMethod::Kernel => Self::Kernel,
+            GpuMethod::PerCopy => Self::PerCopy,
+        }
     }
 }
 
@@ -49,11 +97,21 @@ pub enum Pattern {
 /// Arguments of `kvmem bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Paths to sweep (comma-separated). Pinned and device paths come with the CUDA executors.
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [BenchPath::Host, BenchPath::DiskWrite, BenchPath::DiskRead])]
-    pub paths: Vec<BenchPath>,
+    /// Paths to sweep (comma-separated). Default: host and disk, plus the GPU paths when a CUDA
+    /// device is present.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub paths: Option<Vec<BenchPath>>,
+    /// Bytes moved per GPU transfer (pinned/device paths).
+    #[arg(long, value_parser = parse_size, default_value = "64M")]
+    pub gpu_bytes: usize,
+    /// Bytes moved per layer-separate transfer at most; the block count is capped at 1024.
+    #[arg(long, value_parser = parse_size, default_value = "1G")]
+    pub layers_bytes: usize,
+    /// How GPU copy lists are executed.
+    #[arg(long, value_enum, default_value_t = GpuMethod::Auto)]
+    pub gpu_method: GpuMethod,
     /// Block sizes (comma-separated; K/M/G suffixes are powers of 1024).
-    #[arg(long, value_delimiter = ',', value_parser = parse_size, default_value = "4K,16K,64K,256K,1M,4M,16M")]
+    #[arg(long, value_delimiter = ',', value_parser = parse_size, default_value = "4K,16K,64K,256K,1M,2M,4M,16M")]
     pub sizes: Vec<usize>,
     /// Block-id patterns (comma-separated).
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Pattern::Sequential, Pattern::Scattered])]

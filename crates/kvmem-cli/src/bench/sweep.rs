@@ -6,9 +6,12 @@ use super::report::{FioPoint, Machine, MemcpyPoint, Percentiles, Point, Report, 
 use super::{BenchArgs, BenchPath, Pattern};
 use crate::error::{CliError, Result};
 use indicatif::{ProgressBar, ProgressStyle};
+use kvmem::cuda::CudaDevice;
+use kvmem::layout::BlockDim;
 use kvmem::layout::{BlockLayout, LayoutConfig, LayoutKind};
 use kvmem::transfer::{EngineConfig, TransferEngine};
 use kvmem::{Buffer, DiskStorage, HostMemory, OffsetBuffer, SystemStorage};
+use kvmem::{DeviceStorage, PinnedStorage};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{RngCore, SeedableRng};
@@ -22,16 +25,56 @@ struct Buffers {
     disk: Option<(Buffer, PathBuf, bool)>,
     /// Plain storages for the host path's second yardstick, one `memcpy` on one thread.
     memcpy: Option<(SystemStorage, SystemStorage)>,
+    /// Pinned and device memory for the GPU paths.
+    gpu: Option<GpuBuffers>,
 }
 
+struct GpuBuffers {
+    pinned_src: Buffer,
+    pinned_dst: Buffer,
+    dev_src: Buffer,
+    dev_dst: Buffer,
+}
+
+impl GpuBuffers {
+    fn new(len: usize) -> Result<Self> {
+        let gpu = CudaDevice::new(0)?;
+        let mut src = PinnedStorage::new(&gpu, len)?;
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for b in src.as_mut_slice() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+        let mut dst = PinnedStorage::new(&gpu, len)?;
+        dst.memset(0xa5);
+        let dev_src = DeviceStorage::new(&gpu, len)?;
+        let dev_dst = DeviceStorage::new(&gpu, len)?;
+        kvmem::cuda::copy_host_to_device(&src, &dev_src)?;
+        kvmem::cuda::copy_host_to_device(&dst, &dev_dst)?;
+        Ok(Self {
+            pinned_src: Buffer::new(src),
+            pinned_dst: Buffer::new(dst),
+            dev_src: Buffer::new(dev_src),
+            dev_dst: Buffer::new(dev_dst),
+        })
+    }
+}
+
+/// Layers and k/v of the layer-separate point.
+const LAYERS: usize = 32;
+const KV: usize = 2;
+
 pub fn run(args: &BenchArgs) -> Result<Report> {
+    let paths = args.paths.clone().unwrap_or_else(BenchPath::defaults);
     if args.iterations == 0 {
         return Err(CliError::Bench("--iterations must be at least 1".into()));
     }
     let mut sizes = args.sizes.clone();
     sizes.sort_unstable();
     sizes.dedup();
-    let wants_disk = args.paths.iter().any(|p| p.touches_disk());
+    let wants_disk = paths.iter().any(|p| p.touches_disk());
     if wants_disk && let Some(bad) = sizes.iter().find(|s| *s % kvmem::PAGE_SIZE != 0) {
         return Err(CliError::Bench(format!(
             "disk paths use O_DIRECT, so block sizes must be multiples of {} bytes; {bad} is not",
@@ -53,6 +96,7 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
 
     let mut config = EngineConfig {
         queue_depth: args.queue_depth.max(1),
+        gpu_method: args.gpu_method.into(),
         ..EngineConfig::default()
     };
     if let Some(m) = args.max_io {
@@ -64,7 +108,7 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
     let engine = TransferEngine::new(config)?;
 
     let host_len = host_bytes.max(if wants_disk { disk_bytes } else { 0 });
-    let wants_host = args.paths.contains(&BenchPath::Host);
+    let wants_host = paths.contains(&BenchPath::Host);
     let mut buffers = Buffers {
         host_src: random_host(host_len, args.seed, args.small_pages)?,
         host_dst: random_host(host_len, !args.seed, args.small_pages)?,
@@ -75,6 +119,11 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
             };
             let (path, direct) = (d.path().to_path_buf(), d.is_direct());
             Some((Buffer::new(d), path, direct))
+        } else {
+            None
+        },
+        gpu: if paths.iter().any(|p| p.needs_gpu()) {
+            Some(GpuBuffers::new(args.gpu_bytes.max(args.layers_bytes))?)
         } else {
             None
         },
@@ -125,7 +174,7 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
     }
 
     let mut plan = Vec::new();
-    for &path in &args.paths {
+    for &path in &paths {
         for &pattern in &args.patterns {
             for &size in &sizes {
                 plan.push((path, pattern, size));
@@ -142,12 +191,16 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
     let mut points = Vec::new();
     let mut skipped = Vec::new();
     for (path, pattern, size) in plan {
-        let total = if path.touches_disk() {
-            disk_bytes
-        } else {
-            host_bytes
+        let total = match path {
+            p if p.touches_disk() => disk_bytes,
+            BenchPath::LayersD2h => args.layers_bytes / (LAYERS * KV),
+            p if p.needs_gpu() => args.gpu_bytes,
+            _ => host_bytes,
         };
-        let blocks = args.blocks.unwrap_or(total / size);
+        let blocks = args.blocks.unwrap_or(match path {
+            BenchPath::LayersD2h => (total / size).min(1024),
+            _ => total / size,
+        });
         if blocks == 0 {
             skipped.push(format!(
                 "{} {:?} {}: block larger than the {} bytes per transfer",
@@ -223,6 +276,10 @@ pub fn path_name(path: BenchPath) -> &'static str {
         BenchPath::Host => "host->host",
         BenchPath::DiskWrite => "host->disk",
         BenchPath::DiskRead => "disk->host",
+        BenchPath::H2d => "pinned->device",
+        BenchPath::D2h => "device->pinned",
+        BenchPath::D2d => "device->device",
+        BenchPath::LayersD2h => "layers(device)->contiguous(pinned)",
     }
 }
 
@@ -255,21 +312,52 @@ fn measure(
             .map(|(b, _, _)| b.clone())
             .ok_or_else(|| CliError::Bench("disk path without a disk file".into()))
     };
+    let gpu = || {
+        buffers
+            .gpu
+            .as_ref()
+            .ok_or_else(|| CliError::Bench("GPU path without GPU buffers".into()))
+    };
     let (src, dst) = match path {
         BenchPath::Host => (buffers.host_src.clone(), buffers.host_dst.clone()),
         BenchPath::DiskWrite => (buffers.host_src.clone(), disk()?),
         BenchPath::DiskRead => (disk()?, buffers.host_dst.clone()),
+        BenchPath::H2d => (gpu()?.pinned_src.clone(), gpu()?.dev_dst.clone()),
+        BenchPath::D2h | BenchPath::LayersD2h => {
+            (gpu()?.dev_src.clone(), gpu()?.pinned_dst.clone())
+        }
+        BenchPath::D2d => (gpu()?.dev_src.clone(), gpu()?.dev_dst.clone()),
+    };
+    let (layers, outer) = match path {
+        BenchPath::LayersD2h => (LAYERS, KV),
+        _ => (1, 1),
     };
     let config = LayoutConfig {
         num_blocks: blocks,
-        num_layers: 1,
-        outer_dim: 1,
+        num_layers: layers,
+        outer_dim: outer,
         page_size: 1,
         inner_dim: size,
         dtype_bytes: 1,
     };
-    let src_layout =
-        BlockLayout::new(config, LayoutKind::FullyContiguous, vec![src.clone()], 4096)?;
+    let bytes = bytes * layers * outer;
+    let src_layout = if path == BenchPath::LayersD2h {
+        // One region per layer, each `blocks * k/v * size` bytes, in vLLM's block-second order.
+        let kind = LayoutKind::LayerSeparate(BlockDim::Second);
+        let (count, region) = config.regions(kind)?;
+        let regions = (0..count)
+            .map(|l| {
+                Ok(Buffer::new(OffsetBuffer::new(
+                    src.clone(),
+                    l * region,
+                    region,
+                )?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        BlockLayout::new(config, kind, regions, 4096)?
+    } else {
+        BlockLayout::new(config, LayoutKind::FullyContiguous, vec![src.clone()], 4096)?
+    };
     let dst_layout =
         BlockLayout::new(config, LayoutKind::FullyContiguous, vec![dst.clone()], 4096)?;
     let (src_ids, dst_ids): (Vec<usize>, Vec<usize>) = match pattern {

@@ -14,7 +14,9 @@
 //! |---|---|---|
 //! | host ↔ host (system or pinned) | CPU copies on a rayon pool, split by bytes and with streaming stores when large | |
 //! | host ↔ disk | [`DiskBackend::IoUring`]: `O_DIRECT` at a fixed queue depth | NIXL's POSIX backend plugs in as a second [`DiskBackend`] |
-//! | anything with device memory, disk ↔ disk | none yet: [`Error::UnsupportedTransfer`] | the CUDA executors consume the same [`CopyBatch`] lists |
+//! | pinned ↔ device, device ↔ device | a CUDA copy stream: `cuMemcpyBatchAsync` or kvmem's PTX copy kernel, chosen by copy size ([`CopyMethod`]) | needs the CUDA driver |
+//! | pageable host ↔ device, disk ↔ device | the same, through two pinned bounce buffers, pipelined | |
+//! | disk ↔ disk | none: [`Error::UnsupportedTransfer`] | stage through host memory |
 //!
 //! # Memory safety
 //! Executors write through raw addresses, so a transfer must be the only writer of its
@@ -25,6 +27,7 @@
 //! half: every buffer a transfer touches stays allocated until the transfer has stopped, even if
 //! the handle is dropped.
 
+mod gpu;
 mod handle;
 mod host;
 mod plan;
@@ -33,9 +36,12 @@ mod uring;
 pub use handle::{TransferHandle, TransferStats};
 pub use plan::{CopyBatch, CopyOp, TransferPath, TransferPlan};
 
+pub use crate::cuda::batch::CopyMethod;
 use crate::descriptor::Buffer;
 use crate::error::{Error, Result};
 use crate::layout::BlockLayout;
+pub use gpu::DEFAULT_BOUNCE_BYTES;
+use gpu::GpuExecutor;
 use host::HostExecutor;
 use std::sync::Mutex;
 use uring::{UringConfig, UringExecutor};
@@ -76,6 +82,11 @@ pub struct EngineConfig {
     pub queue_depth: u32,
     /// Largest single disk request in bytes; longer copies are split (default 1 MiB).
     pub max_io_bytes: usize,
+    /// How GPU copy lists are executed (default: chosen by copy size).
+    pub gpu_method: CopyMethod,
+    /// Size of each of the two pinned bounce buffers per device, for pageable host and disk
+    /// ↔ device transfers (default 16 MiB; a multiple of 4 KiB keeps `O_DIRECT` alignment).
+    pub bounce_bytes: usize,
 }
 
 impl Default for EngineConfig {
@@ -89,6 +100,8 @@ impl Default for EngineConfig {
             disk_backend: DiskBackend::IoUring,
             queue_depth: 32,
             max_io_bytes: 1 << 20,
+            gpu_method: CopyMethod::Auto,
+            bounce_bytes: DEFAULT_BOUNCE_BYTES,
         }
     }
 }
@@ -117,6 +130,7 @@ pub struct TransferEngine {
     config: EngineConfig,
     host: HostExecutor,
     disk: Mutex<Option<UringExecutor>>,
+    gpu: Mutex<Option<GpuExecutor>>,
 }
 
 impl TransferEngine {
@@ -134,6 +148,7 @@ impl TransferEngine {
             config,
             host,
             disk: Mutex::new(None),
+            gpu: Mutex::new(None),
         })
     }
 
@@ -177,11 +192,20 @@ impl TransferEngine {
             TransferPath::DiskToDisk => {
                 "no executor copies file to file; stage through a host layout"
             }
-            TransferPath::HostToDevice
-            | TransferPath::DeviceToHost
-            | TransferPath::DeviceToDevice
-            | TransferPath::DeviceToDisk
-            | TransferPath::DiskToDevice => "the CUDA executors are not part of this build yet",
+            path if gpu::handles(path) => {
+                if self.config.bounce_bytes == 0 || self.config.bounce_bytes % crate::PAGE_SIZE != 0
+                {
+                    return Err(Error::Misaligned {
+                        what: "EngineConfig::bounce_bytes",
+                        value: self.config.bounce_bytes as u64,
+                        align: crate::PAGE_SIZE as u64,
+                    });
+                }
+                // Fails with `CudaUnavailable` (and what to do) on machines without a driver.
+                crate::cuda::load_driver()?;
+                return Ok(());
+            }
+            _ => "no executor handles this pair of storage kinds",
         };
         let (src, dst) = plan.kinds();
         Err(Error::UnsupportedTransfer { src, dst, reason })
@@ -196,6 +220,19 @@ impl TransferEngine {
     pub fn submit(&self, plan: TransferPlan) -> Result<TransferHandle> {
         self.check_supported(&plan)?;
         let path = plan.path();
+        if gpu::handles(path) {
+            let mut gpu = self.gpu.lock().unwrap_or_else(|e| e.into_inner());
+            let executor = match &mut *gpu {
+                Some(executor) => executor,
+                empty => empty.insert(GpuExecutor::start(
+                    self.config.gpu_method,
+                    self.config.bounce_bytes,
+                )?),
+            };
+            let (handle, work) = TransferHandle::new(plan);
+            executor.submit(work);
+            return Ok(handle);
+        }
         if path == TransferPath::HostToHost {
             let (handle, work) = TransferHandle::new(plan);
             self.host.submit(work);

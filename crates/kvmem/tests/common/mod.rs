@@ -2,7 +2,13 @@
 //! region back, both independent of the code under test (plain slices and `pread`).
 #![allow(dead_code)]
 
-use kvmem::{Buffer, DiskStorage, HostMemory, MemoryDescriptor, OffsetBuffer, SystemStorage};
+pub mod cases;
+
+use kvmem::cuda::{self, CudaDevice};
+use kvmem::{
+    Buffer, DeviceStorage, DiskStorage, HostMemory, MemoryDescriptor, OffsetBuffer, PinnedStorage,
+    SystemStorage,
+};
 use rand::Rng;
 use rand::rngs::StdRng;
 use std::path::Path;
@@ -12,6 +18,15 @@ use std::path::Path;
 pub enum Tier {
     Host,
     Disk,
+    /// Pinned host memory (needs a GPU).
+    Pinned,
+    /// Device memory of GPU 0 (needs a GPU).
+    Device,
+}
+
+/// GPU 0; only the GPU tests ask for it.
+pub fn gpu() -> CudaDevice {
+    CudaDevice::new(0).expect("CUDA device 0 must be usable on the GPU machine")
 }
 
 /// A region of `len` bytes filled with random bytes, returned with a copy of its contents.
@@ -37,6 +52,21 @@ pub fn random_region(
             staging.as_mut_slice()[..total].copy_from_slice(&image);
             d.write_at(0, &staging.as_slice()[..total]).unwrap();
             Buffer::new(d)
+        }
+        Tier::Pinned => {
+            let mut s = PinnedStorage::new(&gpu(), total).unwrap();
+            s.as_mut_slice().copy_from_slice(&image);
+            Buffer::new(s)
+        }
+        Tier::Device => {
+            // cuMemAlloc aligns small allocations to 512 bytes only: pad to a 4 KiB boundary,
+            // which O_DIRECT paths (disk <-> device) need.
+            let d = DeviceStorage::new(&gpu(), total + 4096).unwrap();
+            let pad = d.addr().next_multiple_of(4096) - d.addr();
+            let mut staging = SystemStorage::new(total + 4096).unwrap();
+            staging.as_mut_slice()[pad..pad + total].copy_from_slice(&image);
+            cuda::copy_host_to_device(&staging, &d).unwrap();
+            Buffer::new(OffsetBuffer::new(Buffer::new(d), pad, total).unwrap())
         }
     };
     let region = if offset == 0 {
@@ -70,17 +100,28 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
 
 /// The current bytes of a region made by [`random_region`], read without kvmem's transfer code.
 pub fn read_region(region: &Buffer) -> Vec<u8> {
-    let (base, offset) = match region.downcast_ref::<OffsetBuffer>() {
-        Some(view) => (view.base().clone(), view.offset()),
-        None => (region.clone(), 0),
-    };
+    // Unwrap (possibly nested) views down to the storage.
+    let (mut base, mut offset) = (region.clone(), 0);
+    while let Some(view) = base.downcast_ref::<OffsetBuffer>() {
+        offset += view.offset();
+        let next = view.base().clone();
+        base = next;
+    }
     let len = region.size();
     if let Some(s) = base.downcast_ref::<SystemStorage>() {
         return s.as_slice()[offset..offset + len].to_vec();
     }
+    if let Some(s) = base.downcast_ref::<PinnedStorage>() {
+        return s.as_slice()[offset..offset + len].to_vec();
+    }
+    if let Some(d) = base.downcast_ref::<DeviceStorage>() {
+        let mut staging = SystemStorage::new(base.size()).unwrap();
+        cuda::copy_device_to_host(d, &mut staging).unwrap();
+        return staging.as_slice()[offset..offset + len].to_vec();
+    }
     let d = base
         .downcast_ref::<DiskStorage>()
-        .expect("test regions are system or disk storage");
+        .expect("test regions are system, pinned, device or disk storage");
     let total = base.size();
     let mut staging = SystemStorage::new(total.next_multiple_of(4096)).unwrap();
     d.read_at(0, &mut staging.as_mut_slice()[..total]).unwrap();
