@@ -37,12 +37,14 @@ fn every_layout_pair_over_host_and_disk_tiers() {
 
 #[test]
 fn large_host_transfers_split_over_threads_are_exact() {
-    // Above the parallel threshold, with a tiny threshold and small pieces too.
+    // Above the parallel threshold; then with tiny parallel and streaming thresholds, so that
+    // small pieces and the non-temporal copy path are checked too.
     for config in [
         EngineConfig::default(),
         EngineConfig {
             host_threads: 3,
             parallel_threshold: 1,
+            streaming_threshold: 1,
             ..EngineConfig::default()
         },
     ] {

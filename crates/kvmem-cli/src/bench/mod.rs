@@ -9,6 +9,7 @@
 //! interleaved loop when `fio` is on `PATH`.
 
 mod fio;
+mod memory;
 mod plot;
 mod report;
 mod sweep;
@@ -149,6 +150,10 @@ pub struct BenchArgs {
     /// Skip the fio comparison even when fio is installed.
     #[arg(long)]
     pub no_fio: bool,
+    /// Host buffers in 4 KiB pages (`MADV_NOHUGEPAGE`), as `fio` and `malloc` get them, instead
+    /// of kvmem's `SystemStorage` with transparent huge pages.
+    #[arg(long)]
+    pub small_pages: bool,
     /// Seed of the scattered block orders.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,

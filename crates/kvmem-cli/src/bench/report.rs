@@ -75,6 +75,8 @@ pub struct Settings {
     pub disk_dir: Option<String>,
     /// Whether the disk file is open with O_DIRECT (false: the file system refused it).
     pub direct_io: Option<bool>,
+    /// Host buffers in 4 KiB pages (`--small-pages`) rather than kvmem's huge-page-backed ones.
+    pub small_pages: bool,
     pub seed: u64,
 }
 
@@ -210,7 +212,7 @@ pub fn table(r: &Report) -> String {
     let s = &r.settings;
     let _ = writeln!(
         out,
-        "kvmem bench {} on {} ({} cpus, Linux {}); {} host threads, disk: {} queue depth {}{}, {} runs per point",
+        "kvmem bench {} on {} ({} cpus, Linux {}); {} host threads, disk: {} queue depth {}{}, {} runs per point, host buffers in {} pages",
         r.kvmem_version,
         r.machine.cpu,
         r.machine.cpus,
@@ -223,7 +225,12 @@ pub fn table(r: &Report) -> String {
             Some(false) => ", BUFFERED (file system refused O_DIRECT)".to_string(),
             None => String::new(),
         },
-        s.iterations
+        s.iterations,
+        if s.small_pages {
+            "4 KiB"
+        } else {
+            "huge (THP, where allowed)"
+        }
     );
     let _ = writeln!(out, "fio: {}", r.fio);
     let _ = writeln!(

@@ -1,6 +1,7 @@
 //! The sweep: buffers, points, interleaved timing of transfer, reference and fio.
 
 use super::fio::{self, FioJob};
+use super::memory::random_host;
 use super::report::{FioPoint, Machine, MemcpyPoint, Percentiles, Point, Report, Settings};
 use super::{BenchArgs, BenchPath, Pattern};
 use crate::error::{CliError, Result};
@@ -11,9 +12,9 @@ use kvmem::layout::{BlockLayout, LayoutConfig, LayoutKind};
 use kvmem::transfer::{EngineConfig, TransferEngine, TransferPlan};
 use kvmem::{Buffer, DiskStorage, HostMemory, OffsetBuffer, SystemStorage};
 use kvmem::{DeviceStorage, PinnedStorage};
-use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
+use rand::{RngCore, SeedableRng};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -109,8 +110,8 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
     let host_len = host_bytes.max(if wants_disk { disk_bytes } else { 0 });
     let wants_host = paths.contains(&BenchPath::Host);
     let mut buffers = Buffers {
-        host_src: filled_host(host_len, 0x5a)?,
-        host_dst: filled_host(host_len, 0xa5)?,
+        host_src: random_host(host_len, args.seed, args.small_pages)?,
+        host_dst: random_host(host_len, !args.seed, args.small_pages)?,
         disk: if wants_disk {
             let d = match &args.disk_dir {
                 Some(dir) => DiskStorage::new_in(dir, disk_bytes)?,
@@ -128,7 +129,7 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
         },
         memcpy: if wants_host {
             let mut a = SystemStorage::new(host_bytes)?;
-            a.memset(0x3c);
+            StdRng::seed_from_u64(args.seed ^ 1).fill_bytes(a.as_mut_slice());
             let mut b = SystemStorage::new(host_bytes)?;
             b.memset(0xc3);
             Some((a, b))
@@ -256,6 +257,7 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
             iterations: args.iterations,
             disk_dir: disk_dir.map(|d| d.display().to_string()),
             direct_io,
+            small_pages: args.small_pages,
             seed: args.seed,
         },
         fio: fio_note,
@@ -263,13 +265,6 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
         points,
         skipped,
     })
-}
-
-fn filled_host(len: usize, value: u8) -> Result<Buffer> {
-    let mut s = SystemStorage::new(len)?;
-    // Touch every page so that page faults are not timed, and never copy zeros.
-    s.memset(value);
-    Ok(Buffer::new(s))
 }
 
 fn view(base: &Buffer, len: usize) -> Result<Buffer> {

@@ -7,8 +7,11 @@ use memmap2::MmapMut;
 use std::any::Any;
 use std::fmt;
 
+/// Size of a transparent huge page on x86_64 and most aarch64 kernels.
+const HUGE_PAGE: usize = 2 << 20;
+
 /// Pageable host memory: a private anonymous mapping, page-aligned (ready for `O_DIRECT`),
-/// zero-filled, and unmapped on drop.
+/// zero-filled, unmapped on drop, and from 2 MiB on advised to use transparent huge pages.
 pub struct SystemStorage {
     map: MmapMut,
 }
@@ -25,6 +28,17 @@ impl SystemStorage {
             });
         }
         let map = MmapMut::map_anon(size).map_err(|source| Error::HostAlloc { size, source })?;
+        // Ask for transparent huge pages where the system leaves it to the program
+        // (`/sys/kernel/mm/transparent_hugepage/enabled` = madvise). Physically contiguous 2 MiB
+        // pages make O_DIRECT I/O much cheaper (measured on a virtio disk: 1 MiB writes from
+        // 4 KiB pages at 0.4-0.6 GiB/s, from huge pages at 1.4-2.6 GiB/s) and cut TLB misses of
+        // large copies. Advisory only: a refusal changes nothing else.
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        if size >= HUGE_PAGE {
+            if let Err(e) = map.advise(memmap2::Advice::HugePage) {
+                tracing::debug!(size, error = %e, "madvise(MADV_HUGEPAGE) refused");
+            }
+        }
         Ok(Self { map })
     }
 }
