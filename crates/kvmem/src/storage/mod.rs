@@ -32,4 +32,4 @@ pub use host_mapping::PageTier;
 pub use mapped_pinned::{MappedPinnedOptions, MappedPinnedStorage, PinnedAllocationReport};
 pub use pinned::PinnedStorage;
 pub use pool::{DevicePool, PooledDeviceStorage};
-pub use system::SystemStorage;
+pub use system::{HostPages, SystemStorage};
