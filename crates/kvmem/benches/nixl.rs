@@ -373,7 +373,7 @@ fn bench_write_64m(c: &mut Criterion) {
     let mut g = c.benchmark_group("write_64MiB");
     g.sample_size(20).measurement_time(Duration::from_secs(10));
     g.throughput(criterion::Throughput::Bytes(BIG as u64));
-    paired(&mut g, "", &|| raw.post_fresh(black_box(&whole)), &|| {
+    pair(&mut g, "", &|| raw.post_fresh(black_box(&whole)), &|| {
         kv.a.write(black_box(&l), black_box(&r), None)
             .unwrap()
             .wait(WAIT)
