@@ -114,6 +114,17 @@ pub enum Error {
     #[error("invalid tensor descriptor: {0}")]
     InvalidTensor(String),
 
+    /// A topology file (sysfs, procfs) holds something that cannot be parsed.
+    #[error("invalid topology data: {0}")]
+    InvalidTopology(String),
+
+    /// A feature this machine, driver or build does not offer was asked for explicitly.
+    #[error("not available here: {what}")]
+    Unsupported {
+        /// What is missing and why.
+        what: String,
+    },
+
     /// The NIXL runtime library cannot be loaded.
     #[error(
         "the NIXL runtime (libnixl_capi.so) is not available ({searched}). Install it with \
@@ -125,6 +136,146 @@ pub enum Error {
         searched: String,
     },
 
+    /// A block layout's description or regions are inconsistent.
+    #[error("invalid block layout: {0}")]
+    InvalidLayout(String),
+
+    /// A region handed to a block layout is smaller than the layout needs.
+    #[error(
+        "layout region {region} holds {size} bytes but the layout needs {needed}; allocate \
+         at least {needed} bytes or describe fewer blocks"
+    )]
+    RegionTooSmall {
+        /// Index of the region (0 for a fully contiguous layout, the layer for a layer-separate one).
+        region: usize,
+        /// Bytes the layout needs in that region.
+        needed: usize,
+        /// Bytes the region has.
+        size: usize,
+    },
+
+    /// A block id does not exist in the layout it names.
+    #[error(
+        "{side} block id {block} is out of range: the layout has {num_blocks} blocks (ids 0..{num_blocks})"
+    )]
+    BlockOutOfRange {
+        /// `source` or `destination`.
+        side: &'static str,
+        /// The offending id.
+        block: usize,
+        /// Blocks in the layout.
+        num_blocks: usize,
+    },
+
+    /// Source and destination block lists differ in length.
+    #[error(
+        "{src} source block ids but {dst} destination block ids; pass one destination per source"
+    )]
+    BlockCountMismatch {
+        /// Number of source ids.
+        src: usize,
+        /// Number of destination ids.
+        dst: usize,
+    },
+
+    /// The same destination block is named twice, so two copies would write one place.
+    #[error(
+        "destination block {block} appears more than once; each destination may be written once per transfer"
+    )]
+    DuplicateBlock {
+        /// The repeated id.
+        block: usize,
+    },
+
+    /// Two layouts cannot be copied block for block because their shapes differ.
+    #[error(
+        "layouts differ in {what}: source has {src}, destination has {dst}; copy between layouts of the same chunk size, layer count and k/v dimension"
+    )]
+    LayoutMismatch {
+        /// The differing property (`chunk size`, `layers`, `outer dimension`).
+        what: &'static str,
+        /// Source value.
+        src: usize,
+        /// Destination value.
+        dst: usize,
+    },
+
+    /// The destination of a region copy is smaller than its source.
+    #[error(
+        "destination holds {dst} bytes but the source has {src}; give a destination of at least {src} bytes"
+    )]
+    DestinationTooSmall {
+        /// Source bytes.
+        src: usize,
+        /// Destination bytes.
+        dst: usize,
+    },
+
+    /// Ranges of one transfer overlap, which would make the copy's result depend on its order.
+    #[error(
+        "{what} overlap at address {addr:#x}; source and destination ranges of one transfer must be disjoint"
+    )]
+    OverlappingCopy {
+        /// Which ranges overlap (`destination ranges`, `source and destination ranges`).
+        what: &'static str,
+        /// An address inside the overlap.
+        addr: usize,
+    },
+
+    /// No executor in this build can move bytes between these two kinds of storage.
+    #[error("transfers from {src} to {dst} memory are not supported: {reason}")]
+    UnsupportedTransfer {
+        /// Source kind.
+        src: crate::StorageKind,
+        /// Destination kind.
+        dst: crate::StorageKind,
+        /// Why, and what to use instead.
+        reason: &'static str,
+    },
+
+    /// The disk I/O backend could not be started.
+    #[error(
+        "the {backend} disk backend is unavailable: {source}; check that the kernel allows it (e.g. /proc/sys/kernel/io_uring_disabled)"
+    )]
+    DiskBackendUnavailable {
+        /// The backend.
+        backend: &'static str,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A read or write of a transfer failed.
+    #[error("transfer {op} of {len} bytes at file offset {offset} (fd {fd}) failed: {source}")]
+    TransferIo {
+        /// `read` or `write`.
+        op: &'static str,
+        /// The file descriptor.
+        fd: i32,
+        /// Offset in the file.
+        offset: u64,
+        /// Bytes asked for.
+        len: usize,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A transfer was cancelled before it finished; the destination may be partly written.
+    #[error("transfer cancelled after {done} of {total} bytes; the destination is partly written")]
+    TransferCancelled {
+        /// Bytes known to be copied.
+        done: usize,
+        /// Bytes the transfer would have copied.
+        total: usize,
+    },
+
+    /// A transfer worker stopped without reporting a result.
+    #[error(
+        "the transfer worker stopped before finishing (it panicked or was shut down); the destination is undefined"
+    )]
+    TransferAborted,
+
     /// A NIXL call failed.
     #[error("NIXL failed to {op}: {source}")]
     Nixl {
@@ -133,6 +284,109 @@ pub enum Error {
         /// NIXL's error.
         #[source]
         source: nixl_sys::NixlError,
+    },
+
+    /// CUDA cannot be used in this process: no driver library, a driver too old, or no device.
+    #[error(
+        "CUDA is not available: {reason}. Install the NVIDIA driver (it provides libcuda.so.1) \
+         and check that `nvidia-smi` lists a GPU"
+    )]
+    CudaUnavailable {
+        /// What is missing.
+        reason: String,
+    },
+
+    /// A CUDA device ordinal beyond the devices present.
+    #[error(
+        "CUDA device {ordinal} does not exist: this machine has {count} device(s); use an \
+         ordinal below {count} (CUDA_VISIBLE_DEVICES may hide some)"
+    )]
+    CudaDeviceNotFound {
+        /// The ordinal asked for.
+        ordinal: usize,
+        /// Devices present.
+        count: usize,
+    },
+
+    /// A device allocation did not fit in the GPU's free memory.
+    #[error(
+        "out of memory on CUDA device {device}: {requested} bytes requested, {free} of {total} \
+         bytes free; free device buffers or ask for less"
+    )]
+    DeviceOutOfMemory {
+        /// CUDA ordinal.
+        device: u32,
+        /// Requested size in bytes.
+        requested: usize,
+        /// Free device memory in bytes when the allocation failed.
+        free: usize,
+        /// Total device memory in bytes.
+        total: usize,
+    },
+
+    /// Page-locked host memory could not be allocated or locked.
+    #[error(
+        "could not page-lock {requested} bytes of host memory ({available} bytes available \
+         according to /proc/meminfo); free memory, ask for less, or raise RLIMIT_MEMLOCK"
+    )]
+    PinnedOutOfMemory {
+        /// Requested size in bytes.
+        requested: usize,
+        /// `MemAvailable` in bytes when the allocation failed (0 when unknown).
+        available: u64,
+    },
+
+    /// A CUDA driver call failed.
+    #[error("CUDA failed to {op}: {name} (error {code}): {message}")]
+    Cuda {
+        /// The operation.
+        op: &'static str,
+        /// The `CUresult` value.
+        code: u32,
+        /// The `CUresult` name, e.g. `CUDA_ERROR_INVALID_VALUE`.
+        name: String,
+        /// The driver's description.
+        message: String,
+    },
+
+    /// Two regions that must be the same size are not.
+    #[error("{op} needs regions of equal size, got {src} bytes to copy into {dst} bytes")]
+    SizeMismatch {
+        /// The operation.
+        op: &'static str,
+        /// Source size in bytes.
+        src: usize,
+        /// Destination size in bytes.
+        dst: usize,
+    },
+
+    /// An address range is not device memory the CUDA driver knows.
+    #[error(
+        "{op}: {size} bytes at {addr:#x} are not inside one device allocation ({reason}); pass \
+         memory allocated on a CUDA device"
+    )]
+    NotDeviceMemory {
+        /// The operation.
+        op: &'static str,
+        /// Start of the range.
+        addr: usize,
+        /// Length of the range.
+        size: usize,
+        /// What the driver said about it.
+        reason: String,
+    },
+
+    /// Memory could not be placed on the requested NUMA node.
+    #[error(
+        "could not place memory on NUMA node {node}: {source}; pass a node that exists \
+         (see /sys/devices/system/node) or none"
+    )]
+    NumaPlacement {
+        /// The node asked for.
+        node: u32,
+        /// What the kernel said.
+        #[source]
+        source: std::io::Error,
     },
 
     /// A NIXL agent configuration (from code, a TOML file or the environment) is invalid.

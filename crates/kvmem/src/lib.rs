@@ -11,11 +11,15 @@
 //! | [`kind`] | [`StorageKind`], the tier a region lives in |
 //! | [`descriptor`] | the [`MemoryDescriptor`] trait and the type-erased [`Buffer`] handle |
 //! | [`nixl`] | NIXL's types ([`nixl::MemType`], [`nixl::NixlDescriptor`], [`nixl::NixlCompatible`]) and loading the NIXL runtime |
-//! | [`storage`] | storages that own or wrap memory: [`SystemStorage`], [`DiskStorage`], external memory |
+//! | [`storage`] | storages that own or wrap memory: [`SystemStorage`], [`DiskStorage`], external memory, and on CUDA [`DeviceStorage`], [`PinnedStorage`], [`MappedPinnedStorage`], [`DevicePool`] |
+//! | [`cuda`] | the CUDA driver: loading it, devices and their contexts, page-locking, copy helpers |
 //! | [`host`] | safe byte access to host-accessible storage ([`HostMemory`]) |
 //! | [`view`] | checked sub-ranges of a buffer ([`OffsetBuffer`]) |
 //! | [`arena`] | sub-allocation of one storage into many buffers ([`ArenaAllocator`]) |
+//! | [`layout`] | KV-cache block layouts over any storage ([`layout::BlockLayout`]) |
+//! | [`transfer`] | planning and executing block copies between layouts and tiers ([`transfer::TransferEngine`]) |
 //! | [`tensor`] | shape/stride descriptions of tensors laid over a buffer ([`TensorDescriptor`]) |
+//! | [`topology`] | GPUs, NUMA nodes, hugepages, THP and cgroup limits read from sysfs ([`topology::Topology`]) |
 //! | [`error`] | the crate's one error type, [`Error`] |
 //!
 //! ```
@@ -32,13 +36,17 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod arena;
+pub mod cuda;
 pub mod descriptor;
 pub mod error;
 pub mod host;
 pub mod kind;
+pub mod layout;
 pub mod nixl;
 pub mod storage;
 pub mod tensor;
+pub mod topology;
+pub mod transfer;
 pub mod view;
 
 pub use arena::{ArenaAllocator, ArenaBuffer};
@@ -46,9 +54,18 @@ pub use descriptor::{Buffer, MemoryDescriptor, Storage};
 pub use error::{Error, Result};
 pub use host::HostMemory;
 pub use kind::StorageKind;
-pub use storage::{DiskStorage, ExternalDeviceMemory, ExternalHostMemory, SystemStorage};
+pub use storage::{
+    DevicePool, DeviceStorage, DiskStorage, ExternalDeviceMemory, ExternalHostMemory,
+    ExternalPinnedMemory, MappedPinnedOptions, MappedPinnedStorage, PageTier, PinnedStorage,
+    PooledDeviceStorage, SystemStorage,
+};
 pub use tensor::TensorDescriptor;
 pub use view::OffsetBuffer;
 
 /// The page size kvmem aligns host allocations, arena slots and `O_DIRECT` I/O to.
 pub const PAGE_SIZE: usize = 4096;
+
+/// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;

@@ -1,6 +1,7 @@
 //! Bad input to the NIXL layer: each case is a typed error, never a panic or a backend failure
 //! in disguise (real runtime).
 
+#[path = "nixl_common/mod.rs"]
 mod common;
 
 use common::*;

@@ -6,6 +6,7 @@
 //! Needs an `etcd` binary (Debian package `etcd-server`, installed by scripts/setup-etcd.sh):
 //! without one the test fails and says so.
 
+#[path = "nixl_common/mod.rs"]
 mod common;
 
 use common::*;

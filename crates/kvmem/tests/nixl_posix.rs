@@ -1,5 +1,6 @@
 //! File I/O through NIXL's POSIX backend (the real runtime): DRAM -> file -> DRAM.
 
+#[path = "nixl_common/mod.rs"]
 mod common;
 
 use common::*;

@@ -3,6 +3,7 @@
 //! notification, and shuts both sides down in order. Then: a peer killed in the middle of a
 //! stream of transfers, 20 times; and a process without the NIXL runtime.
 
+#[path = "nixl_common/mod.rs"]
 mod common;
 
 use common::*;

@@ -1,6 +1,7 @@
 //! Two kvmem agents in one process over NIXL's UCX backend (the real runtime): WRITE and READ of
 //! random data, notifications, views, prepared lists, chunked registrations.
 
+#[path = "nixl_common/mod.rs"]
 mod common;
 
 use common::*;

@@ -211,11 +211,12 @@ mod tests {
     #[test]
     fn external_host_memory_reads_and_writes_the_owners_bytes() {
         let mut owner = vec![1u8; 64];
-        // SAFETY: `owner` outlives `ext` and is not touched while `ext` is used.
-        let mut ext = unsafe { ExternalHostMemory::new(owner.as_mut_ptr(), 64) }.unwrap();
-        assert_eq!(ext.storage_kind(), StorageKind::System);
-        ext.copy_from(8, &[9, 9]).unwrap();
-        drop(ext);
+        {
+            // SAFETY: `owner` outlives `ext` and is not touched while `ext` is used.
+            let mut ext = unsafe { ExternalHostMemory::new(owner.as_mut_ptr(), 64) }.unwrap();
+            assert_eq!(ext.storage_kind(), StorageKind::System);
+            ext.copy_from(8, &[9, 9]).unwrap();
+        }
         assert_eq!(&owner[7..11], &[1, 9, 9, 1]);
     }
 

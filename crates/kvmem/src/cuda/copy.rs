@@ -1,0 +1,215 @@
+//! Whole-region copies between host and device memory, for verification and set-up.
+//!
+//! Each helper copies one whole region into another of the same size and returns when the copy
+//! is complete. Host regions page-locked in several registrations are copied one registration at
+//! a time (see [`MAX_HOST_REGISTRATION`](super::MAX_HOST_REGISTRATION)). Device regions are checked with the driver before anything moves: the range
+//! must lie inside one device allocation of the device its [`StorageKind`] names. The block
+//! transfer engine, not these helpers, is how KV blocks move in production.
+
+use super::{CudaDevice, driver};
+use crate::descriptor::MemoryDescriptor;
+use crate::error::{Error, Result};
+use crate::host::HostMemory;
+use crate::kind::StorageKind;
+use crate::storage::{ExternalPinnedMemory, MappedPinnedStorage};
+use cudarc::driver::{result, sys};
+use std::ops::Range;
+
+/// Copies all of host region `src` into device region `dst`.
+///
+/// # Errors
+/// [`Error::WrongStorageKind`] when `dst` is not device memory, [`Error::SizeMismatch`] when the
+/// sizes differ, [`Error::NotDeviceMemory`] when the driver does not know `dst`'s range,
+/// [`Error::CudaUnavailable`]/[`Error::Cuda`] from the driver.
+pub fn copy_host_to_device<S, D>(src: &S, dst: &D) -> Result<()>
+where
+    S: HostMemory + ?Sized,
+    D: MemoryDescriptor + ?Sized,
+{
+    const OP: &str = "copy host to device";
+    let device = device_of(OP, dst)?;
+    let bytes = src.as_slice();
+    same_size(OP, bytes.len(), dst.size())?;
+    check_device_range(OP, &device, dst.addr(), dst.size())?;
+    for piece in pieces(src) {
+        let dst_ptr = (dst.addr() + piece.start) as sys::CUdeviceptr;
+        // SAFETY: `dst` was checked to lie inside one allocation of this device and `piece` lies
+        // inside it; `bytes` is a live borrow of the source for the whole (synchronous) copy.
+        unsafe { result::memcpy_htod_sync(dst_ptr, &bytes[piece]) }
+            .map_err(|e| driver::error(OP, e))?;
+    }
+    finish(OP)
+}
+
+/// Copies all of device region `src` into host region `dst`.
+///
+/// # Errors
+/// As for [`copy_host_to_device`], with the roles swapped.
+pub fn copy_device_to_host<S, D>(src: &S, dst: &mut D) -> Result<()>
+where
+    S: MemoryDescriptor + ?Sized,
+    D: HostMemory + ?Sized,
+{
+    const OP: &str = "copy device to host";
+    let device = device_of(OP, src)?;
+    let (addr, size) = (src.addr(), src.size());
+    same_size(OP, size, dst.size())?;
+    check_device_range(OP, &device, addr, size)?;
+    let pieces = pieces(dst);
+    let bytes = dst.as_mut_slice();
+    for piece in pieces {
+        let src_ptr = (addr + piece.start) as sys::CUdeviceptr;
+        // SAFETY: `src` was checked to lie inside one allocation of this device and `piece` lies
+        // inside it; `bytes` is an exclusive borrow of the destination for the whole
+        // (synchronous) copy.
+        unsafe { result::memcpy_dtoh_sync(&mut bytes[piece], src_ptr) }
+            .map_err(|e| driver::error(OP, e))?;
+    }
+    finish(OP)
+}
+
+/// Copies all of device region `src` into device region `dst` (same or different devices).
+///
+/// # Errors
+/// As for [`copy_host_to_device`], for both regions.
+pub fn copy_device_to_device<S, D>(src: &S, dst: &D) -> Result<()>
+where
+    S: MemoryDescriptor + ?Sized,
+    D: MemoryDescriptor + ?Sized,
+{
+    const OP: &str = "copy device to device";
+    let src_device = device_of(OP, src)?;
+    let dst_device = device_of(OP, dst)?;
+    same_size(OP, src.size(), dst.size())?;
+    check_device_range(OP, &src_device, src.addr(), src.size())?;
+    check_device_range(OP, &dst_device, dst.addr(), dst.size())?;
+    dst_device.bind()?;
+    // SAFETY: both ranges were checked to lie inside device allocations the driver knows.
+    unsafe {
+        result::memcpy_dtod_sync(
+            dst.addr() as sys::CUdeviceptr,
+            src.addr() as sys::CUdeviceptr,
+            src.size(),
+        )
+    }
+    .map_err(|e| driver::error(OP, e))?;
+    finish(OP)
+}
+
+/// The offset ranges of `host` that one CUDA copy each may cover: one per page-lock registration
+/// for kvmem's registered storages (a copy must not cross from one registration into the next),
+/// the whole region otherwise.
+fn pieces<H: HostMemory + ?Sized>(host: &H) -> Vec<Range<usize>> {
+    let any = host.as_any();
+    let registered = any
+        .downcast_ref::<MappedPinnedStorage>()
+        .map(MappedPinnedStorage::registered_ranges)
+        .or_else(|| {
+            any.downcast_ref::<ExternalPinnedMemory>()
+                .map(ExternalPinnedMemory::registered_ranges)
+        });
+    let base = host.addr();
+    match registered {
+        Some(ranges) if ranges.len() > 1 => ranges
+            .into_iter()
+            .map(|r| r.start - base..r.end - base)
+            .collect(),
+        _ => std::iter::once(0..host.size()).collect(),
+    }
+}
+
+/// The device a region names, opened (and bound to this thread).
+fn device_of<R: MemoryDescriptor + ?Sized>(op: &'static str, region: &R) -> Result<CudaDevice> {
+    match region.storage_kind() {
+        StorageKind::Device(id) => CudaDevice::new(id as usize),
+        actual => Err(Error::WrongStorageKind {
+            op,
+            expected: "device",
+            actual,
+        }),
+    }
+}
+
+fn same_size(op: &'static str, src: usize, dst: usize) -> Result<()> {
+    if src == dst {
+        Ok(())
+    } else {
+        Err(Error::SizeMismatch { op, src, dst })
+    }
+}
+
+/// Checks with the driver that `addr..addr + size` is device memory of `device`, inside one
+/// allocation.
+fn check_device_range(
+    op: &'static str,
+    device: &CudaDevice,
+    addr: usize,
+    size: usize,
+) -> Result<()> {
+    let not_device = |reason: String| Error::NotDeviceMemory {
+        op,
+        addr,
+        size,
+        reason,
+    };
+    let ptr = addr as sys::CUdeviceptr;
+    let mut memory_type: u32 = 0;
+    let mut ordinal: i32 = -1;
+    let mut start: sys::CUdeviceptr = 0;
+    let mut range: usize = 0;
+    let queries: [(sys::CUpointer_attribute, *mut std::ffi::c_void); 4] = [
+        (
+            sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_MEMORY_TYPE,
+            (&raw mut memory_type).cast(),
+        ),
+        (
+            sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL,
+            (&raw mut ordinal).cast(),
+        ),
+        (
+            sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_RANGE_START_ADDR,
+            (&raw mut start).cast(),
+        ),
+        (
+            sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_RANGE_SIZE,
+            (&raw mut range).cast(),
+        ),
+    ];
+    for (attribute, out) in queries {
+        // SAFETY: each `out` points to a live local of the type the attribute writes (an
+        // unsigned int, an int, a CUdeviceptr and a size_t); the driver only reads its tables.
+        let status = unsafe { sys::cuPointerGetAttribute(out, attribute, ptr) };
+        if let Err(e) = status.result() {
+            let (name, _) = driver::names(e);
+            return Err(not_device(format!(
+                "the driver does not know the address: {name}"
+            )));
+        }
+    }
+    if memory_type != sys::CUmemorytype::CU_MEMORYTYPE_DEVICE as u32 {
+        return Err(not_device(format!(
+            "memory type {memory_type} is not device memory"
+        )));
+    }
+    if usize::try_from(ordinal).ok() != Some(device.ordinal()) {
+        return Err(not_device(format!(
+            "it belongs to device {ordinal}, not device {}",
+            device.ordinal()
+        )));
+    }
+    let end = addr.checked_add(size);
+    let alloc_end = (start as usize).checked_add(range);
+    match (end, alloc_end) {
+        (Some(end), Some(alloc_end)) if addr >= start as usize && end <= alloc_end => Ok(()),
+        _ => Err(not_device(format!(
+            "the allocation there spans {range} bytes from {start:#x}"
+        ))),
+    }
+}
+
+/// Waits for the copy to land: synchronous driver copies may return before the DMA completes
+/// (pageable host to device, device to device).
+fn finish(op: &'static str) -> Result<()> {
+    // SAFETY: the null stream of the current context always exists.
+    unsafe { result::stream::synchronize(result::stream::null()) }.map_err(|e| driver::error(op, e))
+}

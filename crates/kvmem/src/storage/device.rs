@@ -1,0 +1,109 @@
+use crate::cuda::{CudaDevice, driver};
+use crate::descriptor::MemoryDescriptor;
+use crate::error::{Error, Result};
+use crate::kind::StorageKind;
+use crate::nixl::{MemType, NixlCompatible, NixlDescriptor};
+use cudarc::driver::{result, sys};
+use std::any::Any;
+use std::fmt;
+
+/// Memory of one CUDA device (`cuMemAlloc`), freed on drop with the device's context bound.
+///
+/// The CPU cannot read it directly; move data in and out with the
+/// [`cuda`](crate::cuda) copy helpers or a transfer engine. Its contents start undefined.
+pub struct DeviceStorage {
+    ptr: sys::CUdeviceptr,
+    size: usize,
+    device: CudaDevice,
+}
+
+impl DeviceStorage {
+    /// Allocates `size` bytes on `device`.
+    ///
+    /// # Errors
+    /// [`Error::ZeroSize`] for `size == 0`, [`Error::DeviceOutOfMemory`] (with the device's free
+    /// and total memory) when it does not fit, [`Error::Cuda`] for other driver failures.
+    pub fn new(device: &CudaDevice, size: usize) -> Result<Self> {
+        if size == 0 {
+            return Err(Error::ZeroSize {
+                what: "device storage",
+            });
+        }
+        device.bind()?;
+        // SAFETY: a plain allocation call; the memory is owned by the value built below.
+        let ptr = unsafe { result::malloc_sync(size) }.map_err(|e| {
+            if driver::is_out_of_memory(&e) {
+                device.out_of_memory(size)
+            } else {
+                driver::error("allocate device memory (cuMemAlloc)", e)
+            }
+        })?;
+        Ok(Self {
+            ptr,
+            size,
+            device: device.clone(),
+        })
+    }
+
+    /// The device the memory lives on.
+    pub fn device(&self) -> &CudaDevice {
+        &self.device
+    }
+
+    /// The device address.
+    pub fn device_ptr(&self) -> u64 {
+        self.ptr
+    }
+}
+
+impl Drop for DeviceStorage {
+    fn drop(&mut self) {
+        let freed = self.device.bind().and_then(|()| {
+            // SAFETY: `ptr` came from cuMemAlloc and is freed exactly once, here.
+            unsafe { result::free_sync(self.ptr) }
+                .map_err(|e| driver::error("free device memory (cuMemFree)", e))
+        });
+        if let Err(e) = freed {
+            tracing::error!(error = %e, size = self.size, "could not free device memory");
+        }
+    }
+}
+
+impl fmt::Debug for DeviceStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeviceStorage")
+            .field("ptr", &format_args!("{:#x}", self.ptr))
+            .field("size", &self.size)
+            .field("device", &self.device.ordinal())
+            .finish()
+    }
+}
+
+impl MemoryDescriptor for DeviceStorage {
+    fn addr(&self) -> usize {
+        self.ptr as usize
+    }
+    fn size(&self) -> usize {
+        self.size
+    }
+    fn storage_kind(&self) -> StorageKind {
+        StorageKind::Device(self.device.kind_id())
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn nixl_descriptor(&self) -> Option<NixlDescriptor> {
+        None
+    }
+}
+
+impl NixlCompatible for DeviceStorage {
+    fn nixl_params(&self) -> (*const u8, usize, MemType, u64) {
+        (
+            self.ptr as usize as *const u8,
+            self.size,
+            MemType::Vram,
+            self.device.ordinal() as u64,
+        )
+    }
+}

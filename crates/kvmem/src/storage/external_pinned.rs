@@ -1,0 +1,117 @@
+use super::ExternalHostMemory;
+use crate::cuda::page_lock::{HostRegistration, mapped_device_pointer};
+use crate::cuda::{CudaDevice, MAX_HOST_REGISTRATION};
+use crate::descriptor::MemoryDescriptor;
+use crate::error::Result;
+use crate::host::HostMemory;
+use crate::kind::StorageKind;
+use crate::nixl::{MemType, NixlCompatible, NixlDescriptor};
+use std::any::Any;
+use std::fmt;
+
+/// Host memory someone else allocated, page-locked by kvmem (`cuMemHostRegister`, portable and
+/// device-mapped) for as long as this value lives, and unregistered on drop.
+///
+/// Use it to make a framework's buffer or a shared-memory segment DMA-capable without copying.
+/// For memory that is already pinned by its owner, describe it with
+/// [`ExternalHostMemory::new_pinned`] instead.
+pub struct ExternalPinnedMemory {
+    // Dropped first: the registration ends before the owner can free the memory.
+    registration: HostRegistration,
+    host: ExternalHostMemory,
+    device: CudaDevice,
+}
+
+impl ExternalPinnedMemory {
+    /// Page-locks `size` bytes at `ptr` through `device`'s context.
+    ///
+    /// # Safety
+    /// `ptr..ptr + size` must be readable and writable host memory, not already page-locked,
+    /// that stays mapped while this value exists; nothing else may read or write it while a
+    /// slice obtained through [`HostMemory`] is alive.
+    ///
+    /// # Errors
+    /// [`Error::ZeroSize`](crate::Error::ZeroSize) / [`Error::Overflow`](crate::Error::Overflow)
+    /// for a bad range; [`Error::PinnedOutOfMemory`](crate::Error::PinnedOutOfMemory) or
+    /// [`Error::Cuda`](crate::Error::Cuda) when the driver refuses (for example
+    /// `CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED`).
+    pub unsafe fn new(device: &CudaDevice, ptr: *mut u8, size: usize) -> Result<Self> {
+        // SAFETY: the caller's contract covers ExternalHostMemory's (valid, exclusive range).
+        let host = unsafe { ExternalHostMemory::new_pinned(ptr, size) }?;
+        // SAFETY: the caller keeps the range mapped while this value (and so the registration)
+        // exists. A failed registration is undone before returning; if even that fails, the
+        // range stays registered, which is harmless to the owner's memory.
+        let registration =
+            unsafe { HostRegistration::new(device, ptr, size, MAX_HOST_REGISTRATION) }
+                .map_err(|failure| failure.error)?;
+        Ok(Self {
+            registration,
+            host,
+            device: device.clone(),
+        })
+    }
+
+    /// The device whose context page-locked the memory.
+    pub fn device(&self) -> &CudaDevice {
+        &self.device
+    }
+
+    /// The ranges (absolute addresses) page-locked by one `cuMemHostRegister` call each, in
+    /// address order. A single CUDA copy must stay inside one of them (see
+    /// [`MAX_HOST_REGISTRATION`]).
+    pub fn registered_ranges(&self) -> Vec<std::ops::Range<usize>> {
+        self.registration.ranges()
+    }
+
+    /// The address under which device kernels can read and write this memory directly.
+    ///
+    /// # Errors
+    /// [`Error::Cuda`](crate::Error::Cuda) if the driver does not know the registration.
+    pub fn device_pointer(&self) -> Result<u64> {
+        mapped_device_pointer(&self.device, self.host.addr() as *const u8)
+    }
+}
+
+impl fmt::Debug for ExternalPinnedMemory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExternalPinnedMemory")
+            .field("addr", &format_args!("{:#x}", self.host.addr()))
+            .field("size", &self.host.size())
+            .field("device", &self.device.ordinal())
+            .field("chunks", &self.registration.chunk_count())
+            .finish()
+    }
+}
+
+impl MemoryDescriptor for ExternalPinnedMemory {
+    fn addr(&self) -> usize {
+        self.host.addr()
+    }
+    fn size(&self) -> usize {
+        self.host.size()
+    }
+    fn storage_kind(&self) -> StorageKind {
+        StorageKind::Pinned
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn nixl_descriptor(&self) -> Option<NixlDescriptor> {
+        None
+    }
+}
+
+impl NixlCompatible for ExternalPinnedMemory {
+    fn nixl_params(&self) -> (*const u8, usize, MemType, u64) {
+        self.host.nixl_params()
+    }
+}
+
+impl HostMemory for ExternalPinnedMemory {
+    fn as_slice(&self) -> &[u8] {
+        self.host.as_slice()
+    }
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        self.host.as_mut_slice()
+    }
+}

@@ -1,0 +1,271 @@
+use super::host_mapping::{HostMapping, MappingOptions, PageTier};
+use crate::cuda::page_lock::{HostRegistration, mapped_device_pointer};
+use crate::cuda::{CudaDevice, MAX_HOST_REGISTRATION};
+use crate::descriptor::MemoryDescriptor;
+use crate::error::{Error, Result};
+use crate::host::HostMemory;
+use crate::kind::StorageKind;
+use crate::nixl::{MemType, NixlCompatible, NixlDescriptor};
+use serde::Serialize;
+use std::any::Any;
+use std::fmt;
+use std::mem::ManuallyDrop;
+use std::time::{Duration, Instant};
+
+/// How [`MappedPinnedStorage`] gets its memory. The defaults suit large KV-cache pools.
+#[derive(Debug, Clone)]
+pub struct MappedPinnedOptions {
+    numa_node: Option<u32>,
+    threads: Option<usize>,
+    hugetlb: bool,
+    transparent_huge_pages: bool,
+    registration_chunk: usize,
+}
+
+impl Default for MappedPinnedOptions {
+    fn default() -> Self {
+        Self {
+            numa_node: None,
+            threads: None,
+            hugetlb: true,
+            transparent_huge_pages: true,
+            registration_chunk: MAX_HOST_REGISTRATION,
+        }
+    }
+}
+
+impl MappedPinnedOptions {
+    /// Places the pages on this NUMA node (the GPU's, ideally) when `Some`; by default the kernel
+    /// decides. The policy is "preferred": a full node spills to others rather than failing.
+    pub fn numa_node(mut self, node: Option<u32>) -> Self {
+        self.numa_node = node;
+        self
+    }
+
+    /// Threads that first-touch the pages. Default: one per available CPU, at most one per
+    /// 64 MiB.
+    pub fn threads(mut self, threads: usize) -> Self {
+        self.threads = Some(threads.max(1));
+        self
+    }
+
+    /// Whether to use reserved hugetlb pages when a pool has room (default: yes).
+    pub fn hugetlb(mut self, enabled: bool) -> Self {
+        self.hugetlb = enabled;
+        self
+    }
+
+    /// Whether to ask for transparent huge pages (`MADV_HUGEPAGE`) when hugetlb pages are not
+    /// used (default: yes).
+    pub fn transparent_huge_pages(mut self, enabled: bool) -> Self {
+        self.transparent_huge_pages = enabled;
+        self
+    }
+
+    /// Bytes per `cuMemHostRegister` call; clamped to 4 KiB..=[`MAX_HOST_REGISTRATION`] and
+    /// rounded down to whole pages. Default: [`MAX_HOST_REGISTRATION`].
+    pub fn registration_chunk(mut self, bytes: usize) -> Self {
+        self.registration_chunk = bytes;
+        self
+    }
+}
+
+/// What [`MappedPinnedStorage`] got, and where the time went.
+#[derive(Debug, Clone, Serialize)]
+pub struct PinnedAllocationReport {
+    /// The pages backing the memory.
+    pub tier: PageTier,
+    /// The NUMA node the pages were placed on, when one was asked for.
+    pub numa_node: Option<u32>,
+    /// Threads that first-touched the pages.
+    pub touch_threads: usize,
+    /// `cuMemHostRegister` calls made.
+    pub registration_chunks: usize,
+    /// Time to map and first-touch the memory.
+    pub map_and_touch: Duration,
+    /// Time to page-lock it with the driver.
+    pub register: Duration,
+}
+
+/// Page-locked host memory, allocated fast: an anonymous mapping backed by huge pages, touched by
+/// several threads at once, then registered with the driver (`cuMemHostRegister`, portable and
+/// device-mapped, in chunks of at most [`MAX_HOST_REGISTRATION`]).
+///
+/// Allocating large pools this way takes a fraction of the time `cuMemHostAlloc` takes (see
+/// `docs/PERFORMANCE.md`), and the memory is as fast for DMA. The memory starts zeroed. On drop
+/// the memory is unregistered and then unmapped; if the driver refuses to unregister it, the
+/// mapping is leaked rather than unmapped under the driver's feet.
+pub struct MappedPinnedStorage {
+    // Field order matters only for the explicit Drop below, which releases them in order.
+    registration: ManuallyDrop<HostRegistration>,
+    mapping: ManuallyDrop<HostMapping>,
+    device: CudaDevice,
+    report: PinnedAllocationReport,
+}
+
+impl MappedPinnedStorage {
+    /// Allocates `size` bytes with the default options.
+    ///
+    /// # Errors
+    /// As for [`with_options`](Self::with_options).
+    pub fn new(device: &CudaDevice, size: usize) -> Result<Self> {
+        Self::with_options(device, size, &MappedPinnedOptions::default())
+    }
+
+    /// Allocates `size` bytes pinned for (and from the context of) `device`.
+    ///
+    /// # Errors
+    /// [`Error::ZeroSize`] for `size == 0`; [`Error::HostAlloc`] when the OS refuses the mapping;
+    /// [`Error::NumaPlacement`] for a NUMA node that does not exist; [`Error::PinnedOutOfMemory`]
+    /// or [`Error::Cuda`] when the driver cannot page-lock it. Nothing is left mapped or
+    /// registered on error.
+    pub fn with_options(
+        device: &CudaDevice,
+        size: usize,
+        options: &MappedPinnedOptions,
+    ) -> Result<Self> {
+        if size == 0 {
+            return Err(Error::ZeroSize {
+                what: "mapped pinned storage",
+            });
+        }
+        let started = Instant::now();
+        let mut mapping = HostMapping::new(
+            size,
+            &MappingOptions {
+                hugetlb: options.hugetlb,
+                transparent: options.transparent_huge_pages,
+                numa_node: options.numa_node,
+                threads: options.threads,
+            },
+        )?;
+        let map_and_touch = started.elapsed();
+        // SAFETY: the range is the mapping's, which this value keeps mapped until the
+        // registration is gone (see Drop); on error it is unmapped only if nothing of it is
+        // still registered.
+        let registration = match unsafe {
+            HostRegistration::new(
+                device,
+                mapping.as_mut_ptr(),
+                mapping.len(),
+                options.registration_chunk,
+            )
+        } {
+            Ok(registration) => registration,
+            Err(failure) => {
+                if failure.still_registered {
+                    mapping.leak();
+                }
+                return Err(failure.error);
+            }
+        };
+        let report = PinnedAllocationReport {
+            tier: mapping.tier(),
+            numa_node: options.numa_node,
+            touch_threads: mapping.threads(),
+            registration_chunks: registration.chunk_count(),
+            map_and_touch,
+            register: registration.elapsed(),
+        };
+        tracing::debug!(size, ?report, "mapped pinned storage allocated");
+        Ok(Self {
+            registration: ManuallyDrop::new(registration),
+            mapping: ManuallyDrop::new(mapping),
+            device: device.clone(),
+            report,
+        })
+    }
+
+    /// What the allocation got (page tier, NUMA node) and how long its steps took.
+    pub fn report(&self) -> &PinnedAllocationReport {
+        &self.report
+    }
+
+    /// The pages backing the memory.
+    pub fn page_tier(&self) -> PageTier {
+        self.report.tier
+    }
+
+    /// The device the memory was pinned through.
+    pub fn device(&self) -> &CudaDevice {
+        &self.device
+    }
+
+    /// The ranges (absolute addresses) page-locked by one `cuMemHostRegister` call each, in
+    /// address order. A single CUDA copy must stay inside one of them (see
+    /// [`MAX_HOST_REGISTRATION`]).
+    pub fn registered_ranges(&self) -> Vec<std::ops::Range<usize>> {
+        self.registration.ranges()
+    }
+
+    /// The address under which device kernels can read and write this memory directly.
+    ///
+    /// # Errors
+    /// [`Error::Cuda`] if the driver does not know the mapping.
+    pub fn device_pointer(&self) -> Result<u64> {
+        mapped_device_pointer(&self.device, self.mapping.as_ptr())
+    }
+}
+
+impl Drop for MappedPinnedStorage {
+    fn drop(&mut self) {
+        // SAFETY: both fields are taken exactly once, here, and never used again.
+        let (registration, mapping) = unsafe {
+            (
+                ManuallyDrop::take(&mut self.registration),
+                ManuallyDrop::take(&mut self.mapping),
+            )
+        };
+        match registration.unregister() {
+            Ok(()) => drop(mapping),
+            Err(e) => {
+                tracing::error!(error = %e, "could not unregister pinned memory; leaking its mapping");
+                mapping.leak();
+            }
+        }
+    }
+}
+
+impl fmt::Debug for MappedPinnedStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MappedPinnedStorage")
+            .field("addr", &format_args!("{:#x}", self.addr()))
+            .field("size", &self.size())
+            .field("device", &self.device.ordinal())
+            .field("tier", &self.report.tier)
+            .finish()
+    }
+}
+
+impl MemoryDescriptor for MappedPinnedStorage {
+    fn addr(&self) -> usize {
+        self.mapping.as_ptr() as usize
+    }
+    fn size(&self) -> usize {
+        self.mapping.len()
+    }
+    fn storage_kind(&self) -> StorageKind {
+        StorageKind::Pinned
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn nixl_descriptor(&self) -> Option<NixlDescriptor> {
+        None
+    }
+}
+
+impl NixlCompatible for MappedPinnedStorage {
+    fn nixl_params(&self) -> (*const u8, usize, MemType, u64) {
+        (self.mapping.as_ptr(), self.mapping.len(), MemType::Dram, 0)
+    }
+}
+
+impl HostMemory for MappedPinnedStorage {
+    fn as_slice(&self) -> &[u8] {
+        self.mapping.as_slice()
+    }
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        self.mapping.as_mut_slice()
+    }
+}

@@ -1,0 +1,149 @@
+use super::host_mapping::{parallel_chunks, worker_threads};
+use crate::cuda::page_lock::mapped_device_pointer;
+use crate::cuda::{CudaDevice, driver};
+use crate::descriptor::MemoryDescriptor;
+use crate::error::{Error, Result};
+use crate::host::HostMemory;
+use crate::kind::StorageKind;
+use crate::nixl::{MemType, NixlCompatible, NixlDescriptor};
+use cudarc::driver::{result, sys};
+use std::any::Any;
+use std::fmt;
+use std::ptr::NonNull;
+
+/// Page-locked host memory from the driver's own allocator (`cuMemHostAlloc`, portable and
+/// device-mapped), zero-filled, freed on drop with the device's context bound.
+///
+/// This is the classic way to get pinned memory and the baseline the faster
+/// [`MappedPinnedStorage`](super::MappedPinnedStorage) is measured against; prefer that one for
+/// pools of many GiB.
+pub struct PinnedStorage {
+    ptr: NonNull<u8>,
+    size: usize,
+    device: CudaDevice,
+}
+
+// SAFETY: the allocation is owned exclusively by this value and is valid host memory from any
+// thread; access goes through `&self`/`&mut self` borrows as for a `Vec<u8>`, and the free in
+// `Drop` binds the context on whichever thread runs it.
+unsafe impl Send for PinnedStorage {}
+// SAFETY: shared access only hands out `&[u8]`.
+unsafe impl Sync for PinnedStorage {}
+
+impl PinnedStorage {
+    /// Allocates `size` bytes of pinned memory through `device`'s context.
+    ///
+    /// # Errors
+    /// [`Error::ZeroSize`] for `size == 0`, [`Error::PinnedOutOfMemory`] when the driver cannot
+    /// lock that much memory, [`Error::Cuda`] for other driver failures.
+    pub fn new(device: &CudaDevice, size: usize) -> Result<Self> {
+        if size == 0 {
+            return Err(Error::ZeroSize {
+                what: "pinned storage",
+            });
+        }
+        device.bind()?;
+        let flags = sys::CU_MEMHOSTALLOC_PORTABLE | sys::CU_MEMHOSTALLOC_DEVICEMAP;
+        // SAFETY: a plain allocation call; the returned memory is owned by the value built below.
+        let raw = unsafe { result::malloc_host(size, flags) }.map_err(|e| {
+            if driver::is_out_of_memory(&e) {
+                Error::PinnedOutOfMemory {
+                    requested: size,
+                    available: driver::host_memory_available(),
+                }
+            } else {
+                driver::error("allocate pinned host memory (cuMemHostAlloc)", e)
+            }
+        })?;
+        let ptr = NonNull::new(raw.cast::<u8>()).ok_or_else(|| Error::Cuda {
+            op: "allocate pinned host memory (cuMemHostAlloc)",
+            code: 0,
+            name: "CUDA_SUCCESS".into(),
+            message: "the driver returned a null pointer".into(),
+        })?;
+        let storage = Self {
+            ptr,
+            size,
+            device: device.clone(),
+        };
+        // The driver does not promise zeroed memory; make it so (in parallel: this is GiBs).
+        let base = ptr.as_ptr() as usize;
+        parallel_chunks(size, crate::PAGE_SIZE, worker_threads(size, None), |r| {
+            // SAFETY: `r` lies inside the allocation, which is alive and exclusively ours for the
+            // whole call; the ranges of different threads are disjoint.
+            unsafe { std::ptr::write_bytes((base + r.start) as *mut u8, 0, r.len()) };
+        });
+        Ok(storage)
+    }
+
+    /// The device whose context allocated the memory.
+    pub fn device(&self) -> &CudaDevice {
+        &self.device
+    }
+
+    /// The address under which device kernels can read and write this memory directly.
+    ///
+    /// # Errors
+    /// [`Error::Cuda`] if the driver does not know the allocation.
+    pub fn device_pointer(&self) -> Result<u64> {
+        mapped_device_pointer(&self.device, self.ptr.as_ptr())
+    }
+}
+
+impl Drop for PinnedStorage {
+    fn drop(&mut self) {
+        let freed = self.device.bind().and_then(|()| {
+            // SAFETY: `ptr` came from cuMemHostAlloc and is freed exactly once, here.
+            unsafe { result::free_host(self.ptr.as_ptr().cast()) }
+                .map_err(|e| driver::error("free pinned host memory (cuMemFreeHost)", e))
+        });
+        if let Err(e) = freed {
+            tracing::error!(error = %e, size = self.size, "could not free pinned host memory");
+        }
+    }
+}
+
+impl fmt::Debug for PinnedStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PinnedStorage")
+            .field("addr", &self.ptr)
+            .field("size", &self.size)
+            .field("device", &self.device.ordinal())
+            .finish()
+    }
+}
+
+impl MemoryDescriptor for PinnedStorage {
+    fn addr(&self) -> usize {
+        self.ptr.as_ptr() as usize
+    }
+    fn size(&self) -> usize {
+        self.size
+    }
+    fn storage_kind(&self) -> StorageKind {
+        StorageKind::Pinned
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn nixl_descriptor(&self) -> Option<NixlDescriptor> {
+        None
+    }
+}
+
+impl NixlCompatible for PinnedStorage {
+    fn nixl_params(&self) -> (*const u8, usize, MemType, u64) {
+        (self.ptr.as_ptr(), self.size, MemType::Dram, 0)
+    }
+}
+
+impl HostMemory for PinnedStorage {
+    fn as_slice(&self) -> &[u8] {
+        // SAFETY: `ptr..ptr+size` is a live allocation owned by `self`, zero-initialised in `new`.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.size) }
+    }
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as above, and `&mut self` makes this the only live slice.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.size) }
+    }
+}

@@ -1,0 +1,210 @@
+//! The handle a submitted transfer returns, and the executor's side of it.
+
+use super::plan::{TransferPath, TransferPlan};
+use crate::error::{Error, Result};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// What a finished transfer did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransferStats {
+    /// The path it crossed.
+    pub path: TransferPath,
+    /// Bytes copied.
+    pub bytes: usize,
+    /// Copies after merging.
+    pub ops: usize,
+    /// From submission to completion.
+    pub elapsed: Duration,
+}
+
+enum State {
+    Running { detached: bool },
+    Done(Result<TransferStats>),
+    Taken,
+}
+
+/// State shared by a [`TransferHandle`] and the executor running its transfer.
+pub(crate) struct Job {
+    state: Mutex<State>,
+    done: Condvar,
+    cancel: AtomicBool,
+    path: TransferPath,
+    bytes: usize,
+    ops: usize,
+    submitted: Instant,
+}
+
+impl Job {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The state is a plain enum updated in single assignments; a poisoned lock holds a
+        // consistent value.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// True once [`TransferHandle::cancel`] was called.
+    pub(crate) fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+    }
+
+    fn finish(&self, result: Result<()>) {
+        let result = result.map(|()| TransferStats {
+            path: self.path,
+            bytes: self.bytes,
+            ops: self.ops,
+            elapsed: self.submitted.elapsed(),
+        });
+        let mut state = self.lock();
+        if let State::Running { detached: true } = *state
+            && let Err(e) = &result
+        {
+            tracing::warn!(path = %self.path, error = %e, "a transfer whose handle was dropped failed");
+        }
+        *state = State::Done(result);
+        drop(state);
+        self.done.notify_all();
+    }
+}
+
+/// A transfer handed to an executor: the plan (which keeps the memory alive) and the
+/// completion to report through.
+pub(crate) struct Work {
+    /// What to copy; the executor drops it once no copy or I/O into it can still be running.
+    pub(crate) plan: TransferPlan,
+    /// Where the outcome goes.
+    pub(crate) completion: Completion,
+}
+
+/// The executor's side of a [`TransferHandle`]. Dropping it without
+/// [`complete`](Self::complete) (an executor that panicked or was shut down) reports
+/// [`Error::TransferAborted`].
+pub(crate) struct Completion {
+    job: Arc<Job>,
+    reported: bool,
+}
+
+impl Completion {
+    /// True once the handle asked the transfer to stop.
+    pub(crate) fn cancelled(&self) -> bool {
+        self.job.cancelled()
+    }
+
+    /// Reports the outcome. Drop the plan before calling this, so that a caller who waits and
+    /// then drops its own references sees the memory and files freed.
+    pub(crate) fn complete(mut self, result: Result<()>) {
+        self.reported = true;
+        self.job.finish(result);
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        if !self.reported {
+            self.job.finish(Err(Error::TransferAborted));
+        }
+    }
+}
+
+/// A submitted transfer: wait for it (optionally with a timeout), poll it, or cancel it.
+///
+/// Dropping the handle does not stop the transfer: it runs to completion in the background, and
+/// the executor keeps every source and destination buffer alive until then, so no copy ever runs
+/// into freed memory. A failure nobody waits for is logged with `tracing`.
+#[must_use = "a transfer's result is only known by waiting on its handle"]
+pub struct TransferHandle {
+    job: Arc<Job>,
+}
+
+impl TransferHandle {
+    /// A handle and the executor's side for `plan`.
+    pub(crate) fn new(plan: TransferPlan) -> (Self, Work) {
+        let job = Arc::new(Job {
+            state: Mutex::new(State::Running { detached: false }),
+            done: Condvar::new(),
+            cancel: AtomicBool::new(false),
+            path: plan.path(),
+            bytes: plan.total_bytes(),
+            ops: plan.op_count(),
+            submitted: Instant::now(),
+        });
+        let work = Work {
+            plan,
+            completion: Completion {
+                job: Arc::clone(&job),
+                reported: false,
+            },
+        };
+        (Self { job }, work)
+    }
+
+    /// The path the transfer crosses.
+    pub fn path(&self) -> TransferPath {
+        self.job.path
+    }
+
+    /// Bytes the transfer moves.
+    pub fn bytes(&self) -> usize {
+        self.job.bytes
+    }
+
+    /// True once the transfer has finished, successfully or not.
+    pub fn is_finished(&self) -> bool {
+        !matches!(*self.job.lock(), State::Running { .. })
+    }
+
+    /// Waits up to `timeout` for the transfer to finish; true if it has.
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        let state = self.job.lock();
+        let (state, _) = self
+            .job
+            .done
+            .wait_timeout_while(state, timeout, |s| matches!(s, State::Running { .. }))
+            .unwrap_or_else(|e| e.into_inner());
+        !matches!(*state, State::Running { .. })
+    }
+
+    /// Waits for the transfer to finish and returns its outcome.
+    ///
+    /// # Errors
+    /// What the transfer failed with: [`Error::TransferIo`], [`Error::ShortIo`],
+    /// [`Error::TransferCancelled`], [`Error::TransferAborted`].
+    pub fn wait(self) -> Result<TransferStats> {
+        let state = self.job.lock();
+        let mut state = self
+            .job
+            .done
+            .wait_while(state, |s| matches!(s, State::Running { .. }))
+            .unwrap_or_else(|e| e.into_inner());
+        match std::mem::replace(&mut *state, State::Taken) {
+            State::Done(result) => result,
+            // `wait` consumes the only handle, so the result cannot have been taken before.
+            State::Taken | State::Running { .. } => Err(Error::TransferAborted),
+        }
+    }
+
+    /// Asks the transfer to stop early. Copies already running finish (for disk, the I/O in
+    /// flight completes); the rest are skipped and the transfer reports
+    /// [`Error::TransferCancelled`] unless it had already finished.
+    pub fn cancel(&self) {
+        self.job.cancel.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Drop for TransferHandle {
+    fn drop(&mut self) {
+        if let State::Running { detached } = &mut *self.job.lock() {
+            *detached = true;
+        }
+    }
+}
+
+impl std::fmt::Debug for TransferHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransferHandle")
+            .field("path", &self.job.path)
+            .field("bytes", &self.job.bytes)
+            .field("finished", &self.is_finished())
+            .finish()
+    }
+}

@@ -1,0 +1,263 @@
+//! The transfer engine: copy blocks of one [`BlockLayout`] to blocks of another, across tiers.
+//!
+//! A request goes through three steps:
+//!
+//! 1. **Plan** ([`TransferPlan`]): validate (block ids, counts, layout shapes, overlaps,
+//!    alignment), turn every (block, layer, outer) chunk pair into a `(src, dst, len)`
+//!    [`CopyOp`], merge chunks contiguous on both sides, and pick the [`TransferPath`] from the
+//!    two storage kinds. Nothing has moved yet; every bad input fails here with a typed error.
+//! 2. **Route**: [`TransferEngine::submit`] finds the executor for the path, or fails with
+//!    [`Error::UnsupportedTransfer`] — still before any byte moves.
+//! 3. **Execute** in the background; the returned [`TransferHandle`] waits, polls or cancels.
+//!
+//! | path | executor here | notes |
+//! |---|---|---|
+//! | host ↔ host (system or pinned) | CPU copies on a rayon pool, split by bytes and with streaming stores when large | |
+//! | host ↔ disk | [`DiskBackend::IoUring`]: `O_DIRECT` at a fixed queue depth | NIXL's POSIX backend plugs in as a second [`DiskBackend`] |
+//! | pinned ↔ device, device ↔ device | a CUDA copy stream: `cuMemcpyBatchAsync` or kvmem's PTX copy kernel, chosen by copy size ([`CopyMethod`]) | needs the CUDA driver |
+//! | pageable host ↔ device, disk ↔ device | the same, through two pinned bounce buffers, pipelined | |
+//! | disk ↔ disk | none: [`Error::UnsupportedTransfer`] | stage through host memory |
+//!
+//! # Memory safety
+//! Executors write through raw addresses, so a transfer must be the only writer of its
+//! destination, and nothing may write its source, while it runs. The planner enforces this
+//! within a transfer (destination ranges pairwise disjoint and disjoint from sources); across
+//! transfers and other code it is the caller's contract: do not read a destination, or write a
+//! source or destination, until the handle reports completion. The engine guarantees the other
+//! half: every buffer a transfer touches stays allocated until the transfer has stopped, even if
+//! the handle is dropped.
+
+mod gpu;
+mod handle;
+mod host;
+mod plan;
+mod uring;
+
+pub use handle::{TransferHandle, TransferStats};
+pub use plan::{CopyBatch, CopyOp, TransferPath, TransferPlan};
+
+pub use crate::cuda::batch::CopyMethod;
+use crate::descriptor::Buffer;
+use crate::error::{Error, Result};
+use crate::layout::BlockLayout;
+pub use gpu::DEFAULT_BOUNCE_BYTES;
+use gpu::GpuExecutor;
+use host::HostExecutor;
+use std::sync::Mutex;
+use uring::{UringConfig, UringExecutor};
+
+/// How host ↔ disk transfers reach the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum DiskBackend {
+    /// Linux `io_uring` with `O_DIRECT`, one worker thread per engine.
+    #[default]
+    IoUring,
+    // NixlPosix: NIXL's POSIX backend, once the NIXL transfer layer lands; it will read the
+    // same `CopyBatch` lists, with the file descriptor from `StorageKind::Disk`.
+}
+
+impl DiskBackend {
+    /// The backend's name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::IoUring => "io_uring",
+        }
+    }
+}
+
+/// Tuning of a [`TransferEngine`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// Threads copying host memory (default: the machine's available parallelism).
+    pub host_threads: usize,
+    /// Host transfers of at least this many bytes are split over the threads (default 1 MiB).
+    pub parallel_threshold: usize,
+    /// Host transfers of at least this many bytes use non-temporal (cache-bypassing) stores
+    /// (default 8 MiB; `usize::MAX` never streams).
+    pub streaming_threshold: usize,
+    /// How host ↔ disk transfers are executed.
+    pub disk_backend: DiskBackend,
+    /// Disk requests kept in flight (default 32).
+    pub queue_depth: u32,
+    /// Largest single disk request in bytes; longer copies are split (default 1 MiB).
+    pub max_io_bytes: usize,
+    /// How GPU copy lists are executed (default: chosen by copy size).
+    pub gpu_method: CopyMethod,
+    /// Size of each of the two pinned bounce buffers per device, for pageable host and disk
+    /// ↔ device transfers (default 16 MiB; a multiple of 4 KiB keeps `O_DIRECT` alignment).
+    pub bounce_bytes: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            host_threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            parallel_threshold: 1 << 20,
+            streaming_threshold: 8 << 20,
+            disk_backend: DiskBackend::IoUring,
+            queue_depth: 32,
+            max_io_bytes: 1 << 20,
+            gpu_method: CopyMethod::Auto,
+            bounce_bytes: DEFAULT_BOUNCE_BYTES,
+        }
+    }
+}
+
+/// Moves blocks between layouts in any supported pair of tiers. Shareable between threads.
+///
+/// ```
+/// use kvmem::layout::{BlockDim, BlockLayout, LayoutConfig, LayoutKind};
+/// use kvmem::transfer::TransferEngine;
+/// use kvmem::{Buffer, SystemStorage};
+///
+/// let config = LayoutConfig {
+///     num_blocks: 16, num_layers: 2, outer_dim: 2, page_size: 16, inner_dim: 64, dtype_bytes: 2,
+/// };
+/// let host = |bytes| Ok(Buffer::new(SystemStorage::new(bytes)?));
+/// let src = BlockLayout::allocate(config, LayoutKind::FullyContiguous, 64, host)?;
+/// let dst = BlockLayout::allocate(config, LayoutKind::LayerSeparate(BlockDim::Second), 64, host)?;
+///
+/// let engine = TransferEngine::new(Default::default())?;
+/// let handle = engine.copy_blocks(&src, &[3, 7, 8], &dst, &[0, 1, 2])?;
+/// let stats = handle.wait()?;
+/// assert_eq!(stats.bytes, 3 * 2 * 2 * 16 * 64 * 2);
+/// # Ok::<(), kvmem::Error>(())
+/// ```
+pub struct TransferEngine {
+    config: EngineConfig,
+    host: HostExecutor,
+    disk: Mutex<Option<UringExecutor>>,
+    gpu: Mutex<Option<GpuExecutor>>,
+}
+
+impl TransferEngine {
+    /// An engine with `config`. The disk backend starts on the first disk transfer.
+    ///
+    /// # Errors
+    /// [`Error::HostAlloc`] when the copy threads cannot be started.
+    pub fn new(config: EngineConfig) -> Result<Self> {
+        let host = HostExecutor::new(host::Tuning {
+            threads: config.host_threads,
+            parallel_threshold: config.parallel_threshold,
+            streaming_threshold: config.streaming_threshold,
+        })?;
+        Ok(Self {
+            config,
+            host,
+            disk: Mutex::new(None),
+            gpu: Mutex::new(None),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Copies blocks `src_ids[i]` of `src` to blocks `dst_ids[i]` of `dst`.
+    ///
+    /// # Errors
+    /// Everything [`TransferPlan::blocks`] and [`submit`](Self::submit) return, before any
+    /// byte moves.
+    pub fn copy_blocks(
+        &self,
+        src: &BlockLayout,
+        src_ids: &[usize],
+        dst: &BlockLayout,
+        dst_ids: &[usize],
+    ) -> Result<TransferHandle> {
+        self.submit(TransferPlan::blocks(src, src_ids, dst, dst_ids)?)
+    }
+
+    /// Copies all of `src` to the start of `dst` as one copy.
+    ///
+    /// # Errors
+    /// Everything [`TransferPlan::region`] and [`submit`](Self::submit) return.
+    pub fn copy_region(&self, src: &Buffer, dst: &Buffer) -> Result<TransferHandle> {
+        self.submit(TransferPlan::region(src, dst)?)
+    }
+
+    /// Checks that this engine can execute `path`.
+    ///
+    /// # Errors
+    /// [`Error::UnsupportedTransfer`] naming the path's kinds and what is missing.
+    pub fn check_supported(&self, plan: &TransferPlan) -> Result<()> {
+        let reason = match plan.path() {
+            TransferPath::HostToHost | TransferPath::HostToDisk | TransferPath::DiskToHost => {
+                return Ok(());
+            }
+            TransferPath::DiskToDisk => {
+                "no executor copies file to file; stage through a host layout"
+            }
+            path if gpu::handles(path) => {
+                if self.config.bounce_bytes == 0 || self.config.bounce_bytes % crate::PAGE_SIZE != 0
+                {
+                    return Err(Error::Misaligned {
+                        what: "EngineConfig::bounce_bytes",
+                        value: self.config.bounce_bytes as u64,
+                        align: crate::PAGE_SIZE as u64,
+                    });
+                }
+                // Fails with `CudaUnavailable` (and what to do) on machines without a driver.
+                crate::cuda::load_driver()?;
+                return Ok(());
+            }
+            _ => "no executor handles this pair of storage kinds",
+        };
+        let (src, dst) = plan.kinds();
+        Err(Error::UnsupportedTransfer { src, dst, reason })
+    }
+
+    /// Starts executing a plan.
+    ///
+    /// # Errors
+    /// [`Error::UnsupportedTransfer`] for a path without an executor;
+    /// [`Error::DiskBackendUnavailable`] when the disk backend cannot start. Nothing has been
+    /// copied when this returns an error.
+    pub fn submit(&self, plan: TransferPlan) -> Result<TransferHandle> {
+        self.check_supported(&plan)?;
+        let path = plan.path();
+        if gpu::handles(path) {
+            let mut gpu = self.gpu.lock().unwrap_or_else(|e| e.into_inner());
+            let executor = match &mut *gpu {
+                Some(executor) => executor,
+                empty => empty.insert(GpuExecutor::start(
+                    self.config.gpu_method,
+                    self.config.bounce_bytes,
+                )?),
+            };
+            let (handle, work) = TransferHandle::new(plan);
+            executor.submit(work);
+            return Ok(handle);
+        }
+        if path == TransferPath::HostToHost {
+            let (handle, work) = TransferHandle::new(plan);
+            self.host.submit(work);
+            return Ok(handle);
+        }
+        let mut disk = self.disk.lock().unwrap_or_else(|e| e.into_inner());
+        let executor = match &mut *disk {
+            Some(executor) => executor,
+            empty => empty.insert(match self.config.disk_backend {
+                DiskBackend::IoUring => UringExecutor::start(UringConfig {
+                    queue_depth: self.config.queue_depth,
+                    max_io_bytes: self.config.max_io_bytes,
+                })?,
+            }),
+        };
+        let (handle, work) = TransferHandle::new(plan);
+        executor.submit(work);
+        Ok(handle)
+    }
+}
+
+impl std::fmt::Debug for TransferEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransferEngine")
+            .field("config", &self.config)
+            .finish()
+    }
+}

@@ -1,0 +1,315 @@
+//! Host ↔ disk transfers through `io_uring`: `O_DIRECT` reads and writes kept at a fixed queue
+//! depth by one worker thread that owns the ring.
+
+use super::handle::Work;
+use super::plan::{TransferPath, TransferPlan};
+use crate::error::{Error, Result};
+use io_uring::{IoUring, opcode, types};
+use rustix::io::Errno;
+use std::sync::mpsc;
+
+/// Settings of the `io_uring` disk backend.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct UringConfig {
+    pub(crate) queue_depth: u32,
+    pub(crate) max_io_bytes: usize,
+}
+
+/// The worker thread and the queue feeding it. Transfers run one after another, each at the
+/// full queue depth.
+pub(crate) struct UringExecutor {
+    tx: mpsc::Sender<Work>,
+}
+
+impl UringExecutor {
+    /// Starts the worker, which creates the ring on its own thread (so that the ring can be
+    /// single-issuer) and reports whether that worked; a kernel without `io_uring` is reported
+    /// here, as [`Error::DiskBackendUnavailable`].
+    pub(crate) fn start(config: UringConfig) -> Result<Self> {
+        let unavailable = |source| Error::DiskBackendUnavailable {
+            backend: "io_uring",
+            source,
+        };
+        let (tx, rx) = mpsc::channel::<Work>();
+        let (ready_tx, ready_rx) = mpsc::sync_channel::<std::io::Result<()>>(1);
+        std::thread::Builder::new()
+            .name("kvmem-io-uring".into())
+            .spawn(move || match new_ring(config.queue_depth) {
+                Ok(ring) => {
+                    // The receiver waits for this message; if it is gone, nobody will submit.
+                    let _ = ready_tx.send(Ok(()));
+                    worker(ring, rx, config);
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            })
+            .map_err(unavailable)?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(Self { tx }),
+            Ok(Err(e)) => Err(unavailable(e)),
+            Err(_) => Err(unavailable(std::io::Error::other(
+                "the io_uring worker stopped while starting",
+            ))),
+        }
+    }
+
+    /// Queues `work`; if the worker is gone, the returned work's completion reports
+    /// [`Error::TransferAborted`] when dropped.
+    pub(crate) fn submit(&self, work: Work) {
+        if let Err(mpsc::SendError(work)) = self.tx.send(work) {
+            tracing::error!("io_uring worker has stopped; failing the transfer");
+            drop(work);
+        }
+    }
+}
+
+/// A ring for one submitting thread: single issuer with deferred task work (completions are run
+/// when this thread asks for them, not by interrupting it) where the kernel has them (6.1+),
+/// else cooperative task work (5.19+), else a plain ring.
+fn new_ring(queue_depth: u32) -> std::io::Result<IoUring> {
+    let entries = queue_depth.max(1).next_power_of_two();
+    IoUring::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .build(entries)
+        .or_else(|_| IoUring::builder().setup_coop_taskrun().build(entries))
+        .or_else(|_| IoUring::new(entries))
+}
+
+fn worker(mut ring: IoUring, rx: mpsc::Receiver<Work>, config: UringConfig) {
+    while let Ok(Work { plan, completion }) = rx.recv() {
+        let cancelled = || completion.cancelled();
+        match run(&mut ring, &plan, config, &cancelled) {
+            Ok(result) => {
+                drop(plan);
+                completion.complete(result);
+            }
+            Err(fatal) => {
+                // The ring failed with I/O possibly still in flight into the plan's buffers:
+                // never free them, and start over with a fresh ring.
+                tracing::error!(error = %fatal, "io_uring failed with I/O in flight; leaking the transfer's buffers");
+                std::mem::forget(plan);
+                completion.complete(Err(fatal));
+                match new_ring(config.queue_depth) {
+                    Ok(fresh) => ring = fresh,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot recreate the io_uring; disk worker stops");
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Errors after which the same request is simply tried again.
+fn transient(errno: i32) -> bool {
+    let e = Errno::from_raw_os_error(errno);
+    e == Errno::INTR || e == Errno::AGAIN
+}
+
+/// One read or write of a file range into or out of host memory.
+#[derive(Debug, Clone, Copy)]
+struct Io {
+    fd: i32,
+    mem: usize,
+    offset: u64,
+    len: usize,
+    write: bool,
+}
+
+impl Io {
+    fn advance(self, n: usize) -> Self {
+        Self {
+            mem: self.mem + n,
+            offset: self.offset + n as u64,
+            len: self.len - n,
+            ..self
+        }
+    }
+
+    fn op(&self) -> &'static str {
+        if self.write { "write" } else { "read" }
+    }
+}
+
+/// The I/O requests of a plan, each at most `max` bytes.
+fn requests(plan: &TransferPlan, max: usize) -> Result<Vec<Io>> {
+    let write = match plan.path() {
+        TransferPath::HostToDisk => true,
+        TransferPath::DiskToHost => false,
+        other => {
+            return Err(Error::InvalidLayout(format!(
+                "the io_uring executor runs host<->disk plans, not {other}"
+            )));
+        }
+    };
+    let mut out = Vec::new();
+    for batch in plan.batches() {
+        let file = if write {
+            batch.dst_kind
+        } else {
+            batch.src_kind
+        };
+        let crate::StorageKind::Disk(fd) = file else {
+            return Err(Error::InvalidLayout(format!(
+                "disk side of a {} batch is {file} memory",
+                plan.path()
+            )));
+        };
+        let fd = i32::try_from(fd).map_err(|_| Error::Overflow {
+            what: "file descriptor",
+        })?;
+        for op in &batch.ops {
+            let (mem, offset) = if write {
+                (op.src, op.dst)
+            } else {
+                (op.dst, op.src)
+            };
+            let mut io = Io {
+                fd,
+                mem,
+                offset: offset as u64,
+                len: op.len,
+                write,
+            };
+            while io.len > 0 {
+                let n = io.len.min(max);
+                out.push(Io { len: n, ..io });
+                io = io.advance(n);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Runs a plan's I/O at the configured queue depth.
+///
+/// The outer `Err` is fatal: the ring failed and I/O may still be in flight, so the caller must
+/// not free the plan's buffers. The inner result is the transfer's outcome; every path to it has
+/// waited for all submitted I/O to complete.
+fn run(
+    ring: &mut IoUring,
+    plan: &TransferPlan,
+    config: UringConfig,
+    cancelled: &dyn Fn() -> bool,
+) -> std::result::Result<Result<()>, Error> {
+    let max = config.max_io_bytes.clamp(crate::PAGE_SIZE, 1 << 30);
+    let reqs = match requests(plan, max) {
+        Ok(r) => r,
+        Err(e) => return Ok(Err(e)),
+    };
+    let total = plan.total_bytes();
+    let depth = (config.queue_depth.max(1) as usize).min(ring.params().sq_entries() as usize);
+    let mut slots: Vec<Option<Io>> = vec![None; depth];
+    let mut free: Vec<usize> = (0..depth).rev().collect();
+    let mut next = reqs.into_iter();
+    let mut retry: Vec<Io> = Vec::new();
+    let mut inflight = 0usize;
+    let mut done = 0usize;
+    let mut failure: Option<Error> = None;
+    loop {
+        if failure.is_none() && !cancelled() {
+            let mut sq = ring.submission();
+            while let Some(&slot) = free.last() {
+                let Some(io) = retry.pop().or_else(|| next.next()) else {
+                    break;
+                };
+                // Lengths are at most 1 GiB (clamped above), so they fit in u32.
+                let entry = if io.write {
+                    opcode::Write::new(
+                        types::Fd(io.fd),
+                        std::ptr::with_exposed_provenance::<u8>(io.mem),
+                        io.len as u32,
+                    )
+                    .offset(io.offset)
+                    .build()
+                } else {
+                    opcode::Read::new(
+                        types::Fd(io.fd),
+                        std::ptr::with_exposed_provenance_mut::<u8>(io.mem),
+                        io.len as u32,
+                    )
+                    .offset(io.offset)
+                    .build()
+                }
+                .user_data(slot as u64);
+                // SAFETY: the entry names host memory and a file range that the validated plan
+                // covers: the plan keeps both buffers (and the file descriptor's storage) alive,
+                // and this function does not return normally until every submitted entry has
+                // completed (the fatal path makes the caller leak the plan instead). Ranges of one
+                // transfer are disjoint, so no two in-flight requests write the same bytes, and
+                // the CPU does not touch them meanwhile.
+                if unsafe { sq.push(&entry) }.is_err() {
+                    retry.push(io);
+                    break;
+                }
+                free.pop();
+                slots[slot] = Some(io);
+                inflight += 1;
+            }
+        }
+        if inflight == 0 {
+            break;
+        }
+        if let Err(e) = ring.submit_and_wait(1) {
+            // Interrupted, or the completion queue is full: reap below and go on.
+            if !e
+                .raw_os_error()
+                .is_some_and(|n| transient(n) || n == Errno::BUSY.raw_os_error())
+            {
+                return Err(Error::DiskBackendUnavailable {
+                    backend: "io_uring",
+                    source: e,
+                });
+            }
+        }
+        for cqe in ring.completion() {
+            let slot = cqe.user_data() as usize;
+            let Some(io) = slots.get_mut(slot).and_then(Option::take) else {
+                tracing::error!(slot, "io_uring completion for an unknown request");
+                continue;
+            };
+            inflight -= 1;
+            free.push(slot);
+            let res = cqe.result();
+            if res < 0 {
+                let errno = -res;
+                if transient(errno) {
+                    retry.push(io);
+                } else if failure.is_none() {
+                    failure = Some(Error::TransferIo {
+                        op: io.op(),
+                        fd: io.fd,
+                        offset: io.offset,
+                        len: io.len,
+                        source: std::io::Error::from_raw_os_error(errno),
+                    });
+                }
+            } else if res == 0 {
+                if failure.is_none() {
+                    failure = Some(Error::ShortIo {
+                        op: io.op(),
+                        offset: io.offset,
+                        expected: io.len,
+                        actual: 0,
+                    });
+                }
+            } else {
+                let n = (res as usize).min(io.len);
+                done += n;
+                if n < io.len {
+                    retry.push(io.advance(n));
+                }
+            }
+        }
+    }
+    if let Some(e) = failure {
+        return Ok(Err(e));
+    }
+    if done < total {
+        return Ok(Err(Error::TransferCancelled { done, total }));
+    }
+    Ok(Ok(()))
+}

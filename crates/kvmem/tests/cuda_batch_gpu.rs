@@ -1,0 +1,223 @@
+//! Many scattered copies through a CUDA copy stream, by every method, in every direction between
+//! pinned host and device memory, checked byte for byte on random data. Run on the GPU machine
+//! with `--ignored` (scripts/gpu-build.sh).
+
+use kvmem::cuda::batch::{CopyMethod, CopyStream, DeviceCopy, Location};
+use kvmem::cuda::{self, CudaDevice};
+use kvmem::{DeviceStorage, Error, HostMemory, MemoryDescriptor, PinnedStorage};
+
+fn gpu() -> CudaDevice {
+    CudaDevice::new(0).expect("CUDA device 0 must be usable on the GPU machine")
+}
+
+/// A copy list moving `n` chunks of `chunk` bytes from shuffled slots of `src` to shuffled slots
+/// of `dst` (slots are `stride` bytes apart), with the expected result computed on the host.
+fn scattered(
+    n: usize,
+    chunk: usize,
+    stride: usize,
+    src: u64,
+    dst: u64,
+    rng: &mut fastrand::Rng,
+) -> (Vec<DeviceCopy>, Vec<(usize, usize)>) {
+    let mut from: Vec<usize> = (0..n).collect();
+    let mut to: Vec<usize> = (0..n).collect();
+    rng.shuffle(&mut from);
+    rng.shuffle(&mut to);
+    let pairs: Vec<(usize, usize)> = from.iter().zip(&to).map(|(a, b)| (*a, *b)).collect();
+    let copies = pairs
+        .iter()
+        .map(|&(a, b)| DeviceCopy {
+            src: src + (a * stride) as u64,
+            dst: dst + (b * stride) as u64,
+            len: chunk as u64,
+        })
+        .collect();
+    (copies, pairs)
+}
+
+fn expected(
+    src: &[u8],
+    dst_before: &[u8],
+    pairs: &[(usize, usize)],
+    chunk: usize,
+    stride: usize,
+) -> Vec<u8> {
+    let mut out = dst_before.to_vec();
+    for &(a, b) in pairs {
+        out[b * stride..b * stride + chunk].copy_from_slice(&src[a * stride..a * stride + chunk]);
+    }
+    out
+}
+
+fn methods(stream: &CopyStream) -> Vec<CopyMethod> {
+    assert!(
+        stream.batch_supported(),
+        "driver 580 has cuMemcpyBatchAsync"
+    );
+    assert!(
+        stream.kernel_loaded(),
+        "the PTX copy kernel must load on the H100"
+    );
+    vec![
+        CopyMethod::Auto,
+        CopyMethod::Batched,
+        CopyMethod::Kernel,
+        CopyMethod::PerCopy,
+    ]
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn scattered_copies_host_device_and_back_by_every_method() {
+    let gpu = gpu();
+    let stream = CopyStream::new(&gpu).unwrap();
+    let seed = fastrand::u64(..);
+    println!("seed {seed:#x}");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    // Aligned 16 KiB chunks (vector path) and odd 1000-byte chunks at odd offsets (byte path).
+    for (chunk, stride, n) in [
+        (16 << 10, 16 << 10, 512),
+        (1000, 1003, 300),
+        (2 << 20, 2 << 20, 8),
+    ] {
+        let size = n * stride;
+        for method in methods(&stream) {
+            let mut host = PinnedStorage::new(&gpu, size).unwrap();
+            rng.fill(host.as_mut_slice());
+            let dev = DeviceStorage::new(&gpu, size).unwrap();
+            // Poison the device side through a host copy.
+            let mut poison = PinnedStorage::new(&gpu, size).unwrap();
+            poison.memset(0x5a);
+            cuda::copy_host_to_device(&poison, &dev).unwrap();
+
+            // H2D
+            let (copies, pairs) = scattered(
+                n,
+                chunk,
+                stride,
+                host.addr() as u64,
+                dev.device_ptr(),
+                &mut rng,
+            );
+            // SAFETY: all ranges lie inside `host` (pinned, device-mapped) and `dev`, which outlive
+            // the completion waited on right here; destinations are distinct slots.
+            let c =
+                unsafe { stream.copy_async(&copies, method, Location::Host, Location::Device(0)) }
+                    .unwrap();
+            let used = c.method();
+            c.wait().unwrap();
+            let mut back = PinnedStorage::new(&gpu, size).unwrap();
+            back.memset(0xee);
+            cuda::copy_device_to_host(&dev, &mut back).unwrap();
+            let want = expected(host.as_slice(), poison.as_slice(), &pairs, chunk, stride);
+            assert!(
+                back.as_slice() == want.as_slice(),
+                "H2D {method:?} (ran as {used:?}) chunk {chunk}"
+            );
+
+            // D2H into a poisoned pinned buffer.
+            let mut out = PinnedStorage::new(&gpu, size).unwrap();
+            out.memset(0x33);
+            let before = out.as_slice().to_vec();
+            let (copies, pairs) = scattered(
+                n,
+                chunk,
+                stride,
+                dev.device_ptr(),
+                out.addr() as u64,
+                &mut rng,
+            );
+            // SAFETY: as above.
+            let c =
+                unsafe { stream.copy_async(&copies, method, Location::Device(0), Location::Host) }
+                    .unwrap();
+            c.wait().unwrap();
+            let want = expected(back.as_slice(), &before, &pairs, chunk, stride);
+            assert!(
+                out.as_slice() == want.as_slice(),
+                "D2H {method:?} chunk {chunk}"
+            );
+
+            // D2D
+            let dev2 = DeviceStorage::new(&gpu, size).unwrap();
+            cuda::copy_host_to_device(&poison, &dev2).unwrap();
+            let (copies, pairs) = scattered(
+                n,
+                chunk,
+                stride,
+                dev.device_ptr(),
+                dev2.device_ptr(),
+                &mut rng,
+            );
+            // SAFETY: as above.
+            let mut c = unsafe {
+                stream.copy_async(&copies, method, Location::Device(0), Location::Device(0))
+            }
+            .unwrap();
+            assert!(c.wait_timeout(std::time::Duration::from_secs(10)).unwrap());
+            let mut back2 = PinnedStorage::new(&gpu, size).unwrap();
+            cuda::copy_device_to_host(&dev2, &mut back2).unwrap();
+            let want = expected(back.as_slice(), poison.as_slice(), &pairs, chunk, stride);
+            assert!(
+                back2.as_slice() == want.as_slice(),
+                "D2D {method:?} chunk {chunk}"
+            );
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn auto_picks_the_kernel_for_small_chunks_and_batches_for_large_ones() {
+    let gpu = gpu();
+    let stream = CopyStream::new(&gpu).unwrap();
+    let small = [DeviceCopy {
+        src: 0x1000,
+        dst: 0x2000,
+        len: 16 << 10,
+    }];
+    let large = [DeviceCopy {
+        src: 0x1000,
+        dst: 0x2000,
+        len: 8 << 20,
+    }];
+    let h = Location::Host;
+    let d = Location::Device(0);
+    assert_eq!(
+        stream.resolve(CopyMethod::Auto, &small, h, d).unwrap(),
+        CopyMethod::Kernel
+    );
+    assert_eq!(
+        stream.resolve(CopyMethod::Auto, &large, h, d).unwrap(),
+        CopyMethod::Batched
+    );
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn error_empty_and_zero_length_copy_lists_are_refused() {
+    let gpu = gpu();
+    let stream = CopyStream::new(&gpu).unwrap();
+    // SAFETY: both calls are refused before anything is enqueued.
+    unsafe {
+        assert!(matches!(
+            stream.copy_async(&[], CopyMethod::Auto, Location::Host, Location::Device(0)),
+            Err(Error::ZeroSize { .. })
+        ));
+        let zero = [DeviceCopy {
+            src: 0x1000,
+            dst: 0x2000,
+            len: 0,
+        }];
+        assert!(matches!(
+            stream.copy_async(
+                &zero,
+                CopyMethod::Batched,
+                Location::Host,
+                Location::Device(0)
+            ),
+            Err(Error::ZeroSize { .. })
+        ));
+    }
+}

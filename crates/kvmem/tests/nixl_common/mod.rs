@@ -1,0 +1,390 @@
+//! Helpers shared by the NIXL integration tests: agents, random and poisoned registered buffers,
+//! a peer process the tests spawn (the test binary re-executed in a "target" role), and a
+//! throw-away etcd server on loopback.
+#![allow(dead_code)]
+
+use kvmem::nixl::{Agent, AgentConfig, Registered};
+use kvmem::{Buffer, HostMemory, MemoryDescriptor, SystemStorage};
+use rand::rngs::SmallRng;
+use rand::{RngCore, SeedableRng};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::time::{Duration, Instant};
+
+/// A name unique in this run (process id and a counter), so that tests running in parallel and
+/// agents in etcd never collide.
+pub fn unique(prefix: &str) -> String {
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A UCX agent with a fast listener/etcd thread.
+pub fn agent(prefix: &str) -> Agent {
+    Agent::new(config(prefix)).expect("start a UCX agent")
+}
+
+/// A UCX agent with a listener on a free port (needed to fetch metadata from listeners too).
+pub fn listening_agent(prefix: &str) -> Agent {
+    Agent::new(config(prefix).with_listener(free_port())).expect("start a listening UCX agent")
+}
+
+pub fn config(prefix: &str) -> AgentConfig {
+    AgentConfig::new(unique(prefix)).with_listener_delay_us(2_000)
+}
+
+/// `len` random bytes; the same seed gives the same bytes (in every process).
+pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    SmallRng::seed_from_u64(seed).fill_bytes(&mut v);
+    v
+}
+
+/// The byte destinations are poisoned with before a copy: never what a copy writes by accident.
+pub const POISON: u8 = 0xA5;
+
+/// A registered host buffer holding `data`.
+pub fn filled(agent: &Agent, data: &[u8]) -> Buffer {
+    let mut s = SystemStorage::new(data.len()).expect("allocate");
+    s.copy_from(0, data).expect("fill");
+    Buffer::new(agent.register(s).expect("register"))
+}
+
+/// A registered host buffer of `len` poisoned bytes.
+pub fn poisoned(agent: &Agent, len: usize) -> Buffer {
+    let mut s = SystemStorage::new(len).expect("allocate");
+    s.memset(POISON);
+    Buffer::new(agent.register(s).expect("register"))
+}
+
+/// The bytes of a buffer made by [`filled`] or [`poisoned`].
+pub fn bytes(buffer: &Buffer) -> &[u8] {
+    buffer
+        .downcast_ref::<Registered<SystemStorage>>()
+        .expect("a registered SystemStorage")
+        .as_slice()
+}
+
+/// Asserts two byte slices are equal without printing megabytes on failure.
+#[track_caller]
+pub fn assert_same(actual: &[u8], expected: &[u8], what: &str) {
+    assert_eq!(actual.len(), expected.len(), "{what}: lengths differ");
+    if let Some(i) = actual.iter().zip(expected).position(|(a, e)| a != e) {
+        panic!(
+            "{what}: first difference at byte {i} of {}: got {:#04x}, expected {:#04x}",
+            actual.len(),
+            actual[i],
+            expected[i]
+        );
+    }
+}
+
+/// A TCP port that was free a moment ago on loopback.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("find a free port")
+}
+
+pub fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The target process.
+
+/// Environment of the target role (deliberately not `KVMEM_NIXL_*`, which configures agents).
+pub const ROLE_ENV: &str = "KVMEM_TEST_ROLE";
+const NAME_ENV: &str = "KVMEM_TEST_NAME";
+const PORT_ENV: &str = "KVMEM_TEST_PORT";
+const LEN_ENV: &str = "KVMEM_TEST_LEN";
+const SEED_ENV: &str = "KVMEM_TEST_SEED";
+const ETCD_ENV: &str = "KVMEM_TEST_ETCD";
+
+/// How the target publishes its metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Publish {
+    /// NIXL's listener socket on this port.
+    Listener(u16),
+    /// etcd (NIXL_ETCD_ENDPOINTS must be in the environment).
+    Etcd,
+}
+
+/// Runs the target role when this process was started as one; returns false otherwise.
+///
+/// The target registers `len` poisoned bytes, publishes its metadata, prints
+/// `READY <addr> <len>` and then obeys commands on stdin, one per line:
+/// * `VERIFY <peer> <message> <seed>`: wait for `message` from `peer`, compare the buffer with
+///   `random_bytes(seed, len)` and print `VERIFIED` or `MISMATCH <details>`;
+/// * `EXIT`: withdraw the metadata (etcd), drop the agent and exit 0.
+pub fn run_target_if_requested() -> bool {
+    if std::env::var(ROLE_ENV).as_deref() != Ok("target") {
+        return false;
+    }
+    let code = match target_main() {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("target failed: {e}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn target_main() -> Result<(), Box<dyn std::error::Error>> {
+    let name = std::env::var(NAME_ENV)?;
+    let len: usize = std::env::var(LEN_ENV)?.parse()?;
+    let etcd = std::env::var(ETCD_ENV).is_ok();
+    let mut cfg = AgentConfig::new(name).with_listener_delay_us(2_000);
+    if !etcd {
+        cfg = cfg.with_listener(std::env::var(PORT_ENV)?.parse()?);
+    }
+    let agent = Agent::new(cfg)?;
+    let dst = poisoned(&agent, len);
+    if etcd {
+        agent.publish_etcd()?;
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "READY {} {}", dst.addr(), dst.size())?;
+    out.flush()?;
+    for line in std::io::stdin().lock().lines() {
+        let line = line?;
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["VERIFY", peer, message, seed] => {
+                agent.wait_for_message(peer, message.as_bytes(), Duration::from_secs(60))?;
+                let expected = random_bytes(seed.parse()?, len);
+                match bytes(&dst).iter().zip(&expected).position(|(a, b)| a != b) {
+                    None => writeln!(out, "VERIFIED")?,
+                    Some(i) => writeln!(out, "MISMATCH at byte {i}")?,
+                }
+                out.flush()?;
+            }
+            ["EXIT"] => {
+                if etcd {
+                    agent.withdraw_etcd()?;
+                    // NIXL withdraws in its background thread; give it a moment to reach etcd.
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+                drop(dst);
+                drop(agent);
+                return Ok(());
+            }
+            other => return Err(format!("unknown command {other:?}").into()),
+        }
+    }
+    Err("stdin closed before EXIT".into())
+}
+
+/// A spawned target process, controlled through its stdin/stdout.
+pub struct TargetProcess {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+    pub name: String,
+    pub addr: u64,
+    pub len: usize,
+}
+
+impl TargetProcess {
+    /// Starts the test binary itself as a target named `name` and waits for `READY`.
+    pub fn spawn(name: &str, len: usize, publish: Publish) -> TargetProcess {
+        let exe = std::env::current_exe().expect("own executable");
+        let mut cmd = Command::new(exe);
+        cmd.env(ROLE_ENV, "target")
+            .env(NAME_ENV, name)
+            .env(LEN_ENV, len.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        match publish {
+            Publish::Listener(port) => cmd.env(PORT_ENV, port.to_string()),
+            Publish::Etcd => cmd.env(ETCD_ENV, "1"),
+        };
+        let mut child = cmd.spawn().expect("spawn the target process");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stdin = child.stdin.take();
+        let mut target = TargetProcess {
+            child,
+            stdin,
+            lines: rx,
+            name: name.to_owned(),
+            addr: 0,
+            len: 0,
+        };
+        let ready = target.expect_line(Duration::from_secs(30));
+        let words: Vec<&str> = ready.split_whitespace().collect();
+        let ["READY", addr, len] = words.as_slice() else {
+            panic!("target {name} said {ready:?} instead of READY");
+        };
+        target.addr = addr.parse().expect("address");
+        target.len = len.parse().expect("length");
+        target
+    }
+
+    /// The next line the target prints.
+    pub fn expect_line(&mut self, timeout: Duration) -> String {
+        match self.lines.recv_timeout(timeout) {
+            Ok(line) => line,
+            Err(RecvTimeoutError::Timeout) => {
+                panic!("target {} printed nothing for {timeout:?}", self.name)
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                let status = self.child.wait().ok();
+                panic!(
+                    "target {} closed its output (exit status {status:?})",
+                    self.name
+                )
+            }
+        }
+    }
+
+    pub fn send(&mut self, command: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        writeln!(stdin, "{command}").expect("write a command to the target");
+        stdin.flush().expect("flush");
+    }
+
+    /// Asks the target to exit cleanly and waits for it.
+    pub fn exit(mut self, timeout: Duration) -> ExitStatus {
+        self.send("EXIT");
+        self.wait(timeout)
+    }
+
+    /// Waits for the process to end (it must, within `timeout`).
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll the target") {
+                return status;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "target {} did not exit within {timeout:?}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGKILL: the target dies without any cleanup.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("kill the target");
+    }
+}
+
+impl Drop for TargetProcess {
+    fn drop(&mut self) {
+        // Never leave a target behind, whatever happened in the test.
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// etcd.
+
+/// A throw-away etcd server on loopback with its own data directory and free ports.
+pub struct Etcd {
+    child: Child,
+    _dir: tempfile::TempDir,
+    pub endpoint: String,
+}
+
+impl Etcd {
+    /// Starts etcd and waits until it answers.
+    ///
+    /// # Errors
+    /// A message saying what is missing when there is no `etcd` binary or it does not start.
+    pub fn start() -> Result<Etcd, String> {
+        let binary = find_etcd().ok_or_else(|| {
+            "no `etcd` binary on PATH or in /usr/bin: install it with scripts/setup-etcd.sh \
+             (Debian package etcd-server)"
+                .to_owned()
+        })?;
+        let dir = tempfile::tempdir().map_err(|e| format!("temp dir for etcd: {e}"))?;
+        let (client, peer) = (free_port(), free_port());
+        let endpoint = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let log = std::fs::File::create(dir.path().join("etcd.log")).map_err(|e| e.to_string())?;
+        let child = Command::new(&binary)
+            .arg("--name=kvmem-test")
+            .arg(format!("--data-dir={}", dir.path().join("data").display()))
+            .arg(format!("--listen-client-urls={endpoint}"))
+            .arg(format!("--advertise-client-urls={endpoint}"))
+            .arg(format!("--listen-peer-urls={peer_url}"))
+            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+            .arg(format!("--initial-cluster=kvmem-test={peer_url}"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
+        let mut etcd = Etcd {
+            child,
+            _dir: dir,
+            endpoint,
+        };
+        let start = Instant::now();
+        while !etcd.healthy(client) {
+            if let Ok(Some(status)) = etcd.child.try_wait() {
+                let log =
+                    std::fs::read_to_string(etcd._dir.path().join("etcd.log")).unwrap_or_default();
+                return Err(format!("etcd exited with {status}: {log}"));
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                return Err("etcd did not become healthy within 20 s".to_owned());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(etcd)
+    }
+
+    fn healthy(&self, port: u16) -> bool {
+        let Ok(mut s) = TcpStream::connect_timeout(&loopback(port), Duration::from_millis(200))
+        else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+        if s.write_all(b"GET /health HTTP/1.0\r\n\r\n").is_err() {
+            return false;
+        }
+        let mut reply = String::new();
+        let _ = std::io::Read::read_to_string(&mut s, &mut reply);
+        reply.contains("\"health\":\"true\"") || reply.contains("\"health\": \"true\"")
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn find_etcd() -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/local/bin")])
+        .map(|d| d.join("etcd"))
+        .find(|p| p.is_file())
+}

@@ -1,0 +1,274 @@
+//! Bad transfer requests fail with typed errors before any byte moves: each test poisons the
+//! destination, makes a bad request, and checks both the error and that the poison is intact.
+
+mod common;
+
+use common::{Tier, random_region, read_region};
+use kvmem::layout::{BlockDim, BlockLayout, LayoutConfig, LayoutKind};
+use kvmem::transfer::{EngineConfig, TransferEngine};
+use kvmem::{Buffer, Error, ExternalDeviceMemory, StorageKind};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+const CONFIG: LayoutConfig = LayoutConfig {
+    num_blocks: 8,
+    num_layers: 2,
+    outer_dim: 2,
+    page_size: 1,
+    inner_dim: 1024,
+    dtype_bytes: 4,
+};
+
+struct Fixture {
+    engine: TransferEngine,
+    rng: StdRng,
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        Self {
+            engine: TransferEngine::new(EngineConfig::default()).unwrap(),
+            rng: StdRng::seed_from_u64(5),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// A layout over random (poisoned) regions, with the regions' initial contents.
+    fn layout(
+        &mut self,
+        tier: Tier,
+        kind: LayoutKind,
+        config: LayoutConfig,
+        align: usize,
+    ) -> (BlockLayout, Vec<Vec<u8>>) {
+        let (count, bytes) = config.regions(kind).unwrap();
+        let (regions, images): (Vec<Buffer>, Vec<Vec<u8>>) = (0..count)
+            .map(|_| random_region(tier, bytes, 0, self.dir.path(), &mut self.rng))
+            .unzip();
+        (
+            BlockLayout::new(config, kind, regions, align).unwrap(),
+            images,
+        )
+    }
+}
+
+fn assert_untouched(layout: &BlockLayout, images: &[Vec<u8>]) {
+    for (region, image) in layout.regions().iter().zip(images) {
+        assert!(
+            read_region(region) == *image,
+            "destination was written by a refused request"
+        );
+    }
+}
+
+#[test]
+fn bad_block_lists_are_refused() {
+    let mut f = Fixture::new();
+    let (src, _) = f.layout(Tier::Host, LayoutKind::FullyContiguous, CONFIG, 4096);
+    for dst_tier in [Tier::Host, Tier::Disk] {
+        let (dst, poison) = f.layout(
+            dst_tier,
+            LayoutKind::LayerSeparate(BlockDim::Second),
+            CONFIG,
+            4096,
+        );
+        let e = &f.engine;
+        assert!(matches!(
+            e.copy_blocks(&src, &[0, 8], &dst, &[0, 1]),
+            Err(Error::BlockOutOfRange {
+                side: "source",
+                block: 8,
+                num_blocks: 8
+            })
+        ));
+        assert!(matches!(
+            e.copy_blocks(&src, &[0, 1], &dst, &[0, usize::MAX]),
+            Err(Error::BlockOutOfRange {
+                side: "destination",
+                ..
+            })
+        ));
+        assert!(matches!(
+            e.copy_blocks(&src, &[0, 1, 2], &dst, &[0, 1]),
+            Err(Error::BlockCountMismatch { src: 3, dst: 2 })
+        ));
+        assert!(matches!(
+            e.copy_blocks(&src, &[0, 1], &dst, &[4, 4]),
+            Err(Error::DuplicateBlock { block: 4 })
+        ));
+        assert_untouched(&dst, &poison);
+    }
+}
+
+#[test]
+fn mismatched_layouts_and_small_destinations_are_refused() {
+    let mut f = Fixture::new();
+    let (src, _) = f.layout(Tier::Host, LayoutKind::FullyContiguous, CONFIG, 4096);
+    let half_chunks = LayoutConfig {
+        inner_dim: 512,
+        ..CONFIG
+    };
+    let (dst, poison) = f.layout(Tier::Host, LayoutKind::FullyContiguous, half_chunks, 1024);
+    assert!(matches!(
+        f.engine.copy_blocks(&src, &[0], &dst, &[0]),
+        Err(Error::LayoutMismatch {
+            what: "chunk size",
+            src: 4096,
+            dst: 2048
+        })
+    ));
+    assert_untouched(&dst, &poison);
+    let fewer_layers = LayoutConfig {
+        num_layers: 1,
+        ..CONFIG
+    };
+    let (dst, poison) = f.layout(Tier::Disk, LayoutKind::FullyContiguous, fewer_layers, 4096);
+    assert!(matches!(
+        f.engine.copy_blocks(&src, &[0], &dst, &[0]),
+        Err(Error::LayoutMismatch { what: "layers", .. })
+    ));
+    assert_untouched(&dst, &poison);
+    let one_part = LayoutConfig {
+        outer_dim: 1,
+        ..CONFIG
+    };
+    let (dst, poison) = f.layout(
+        Tier::Host,
+        LayoutKind::LayerSeparate(BlockDim::First),
+        one_part,
+        4096,
+    );
+    assert!(matches!(
+        f.engine.copy_blocks(&src, &[0], &dst, &[0]),
+        Err(Error::LayoutMismatch {
+            what: "outer dimension",
+            ..
+        })
+    ));
+    assert_untouched(&dst, &poison);
+
+    // A region copy into a smaller destination.
+    let (big, _) = random_region(Tier::Host, 8192, 0, f.dir.path(), &mut f.rng);
+    for tier in [Tier::Host, Tier::Disk] {
+        let (small, poison) = random_region(tier, 4096, 0, f.dir.path(), &mut f.rng);
+        assert!(matches!(
+            f.engine.copy_region(&big, &small),
+            Err(Error::DestinationTooSmall {
+                src: 8192,
+                dst: 4096
+            })
+        ));
+        assert!(read_region(&small) == poison);
+    }
+}
+
+#[test]
+fn overlapping_copies_are_refused() {
+    let mut f = Fixture::new();
+    let (layout, poison) = f.layout(Tier::Host, LayoutKind::FullyContiguous, CONFIG, 1);
+    // Within one layout: disjoint blocks are fine, a block onto itself or a neighbour in the same
+    // request is not.
+    assert!(matches!(
+        f.engine.copy_blocks(&layout, &[1, 2], &layout, &[2, 3]),
+        Err(Error::OverlappingCopy { .. })
+    ));
+    assert_untouched(&layout, &poison);
+    // Two layer regions that are the same memory: destination chunks alias.
+    let c = LayoutConfig {
+        num_layers: 2,
+        ..CONFIG
+    };
+    let (_, bytes) = c
+        .regions(LayoutKind::LayerSeparate(BlockDim::First))
+        .unwrap();
+    let (shared, shared_image) = random_region(Tier::Host, bytes, 0, f.dir.path(), &mut f.rng);
+    let aliased = BlockLayout::new(
+        c,
+        LayoutKind::LayerSeparate(BlockDim::First),
+        vec![shared.clone(), shared.clone()],
+        1,
+    )
+    .unwrap();
+    let (src, _) = f.layout(Tier::Host, LayoutKind::FullyContiguous, c, 1);
+    assert!(matches!(
+        f.engine.copy_blocks(&src, &[0], &aliased, &[0]),
+        Err(Error::OverlappingCopy {
+            what: "destination ranges",
+            ..
+        })
+    ));
+    assert!(read_region(&shared) == shared_image);
+    let done = f
+        .engine
+        .copy_blocks(&layout, &[1, 2], &layout, &[5, 6])
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert_eq!(done.bytes, 2 * CONFIG.block_bytes().unwrap());
+}
+
+#[test]
+fn unaligned_disk_transfers_are_refused() {
+    let mut f = Fixture::new();
+    // A host layout with byte alignment, placed 64 bytes into its storage: fine for host copies,
+    // not for O_DIRECT.
+    let (_, bytes) = CONFIG.regions(LayoutKind::FullyContiguous).unwrap();
+    let (host, _) = random_region(Tier::Host, bytes, 64, f.dir.path(), &mut f.rng);
+    let host = BlockLayout::new(CONFIG, LayoutKind::FullyContiguous, vec![host], 64).unwrap();
+    let (disk, poison) = f.layout(Tier::Disk, LayoutKind::FullyContiguous, CONFIG, 4096);
+    assert!(matches!(
+        f.engine.copy_blocks(&host, &[0], &disk, &[0]),
+        Err(Error::Misaligned { align: 4096, .. })
+    ));
+    assert_untouched(&disk, &poison);
+}
+
+#[test]
+fn unsupported_paths_are_refused_before_anything_moves() {
+    let mut f = Fixture::new();
+    let (a, _) = f.layout(Tier::Disk, LayoutKind::FullyContiguous, CONFIG, 4096);
+    let (b, poison) = f.layout(Tier::Disk, LayoutKind::FullyContiguous, CONFIG, 4096);
+    let err = f.engine.copy_blocks(&a, &[0], &b, &[0]).unwrap_err();
+    assert!(matches!(
+        err,
+        Error::UnsupportedTransfer {
+            src: StorageKind::Disk(_),
+            dst: StorageKind::Disk(_),
+            ..
+        }
+    ));
+    assert!(err.to_string().contains("not supported"), "{err}");
+    assert_untouched(&b, &poison);
+
+    // Device memory without a CUDA driver (CI): refused with what to do, before anything moves.
+    // (With a driver the device paths are executed; tests/cuda_transfer_gpu.rs covers them.)
+    if kvmem::cuda::load_driver().is_ok() {
+        return;
+    }
+    let (_, bytes) = CONFIG.regions(LayoutKind::FullyContiguous).unwrap();
+    // SAFETY: the address is never dereferenced: without a driver the engine refuses device
+    // paths before executing anything, and the layout only computes addresses.
+    let device =
+        unsafe { ExternalDeviceMemory::new(0x7000_0000_0000 as *const u8, bytes, 0) }.unwrap();
+    let device = BlockLayout::new(
+        CONFIG,
+        LayoutKind::FullyContiguous,
+        vec![Buffer::new(device)],
+        4096,
+    )
+    .unwrap();
+    let (host, host_poison) = f.layout(Tier::Host, LayoutKind::FullyContiguous, CONFIG, 4096);
+    for (src, dst) in [
+        (&host, &device),
+        (&device, &host),
+        (&device, &device),
+        (&device, &b),
+    ] {
+        let err = f.engine.copy_blocks(src, &[0], dst, &[1]).unwrap_err();
+        assert!(matches!(err, Error::CudaUnavailable { .. }), "{err}");
+        assert!(err.to_string().contains("libcuda"), "{err}");
+    }
+    assert_untouched(&host, &host_poison);
+    assert_untouched(&b, &poison);
+}

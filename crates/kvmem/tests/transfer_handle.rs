@@ -1,0 +1,225 @@
+//! Transfer handles: waiting, polling, cancelling, and dropping the handle (or the engine)
+//! while the transfer runs — which must never free memory the transfer still uses.
+
+mod common;
+
+use common::{Tier, random_bytes, random_region, read_region};
+use kvmem::nixl::{MemType, NixlCompatible, NixlDescriptor};
+use kvmem::transfer::{EngineConfig, TransferEngine};
+use kvmem::{Buffer, DiskStorage, Error, HostMemory, MemoryDescriptor, StorageKind, SystemStorage};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Test double over host memory that, when freed, records whether it then held `expected`: a
+/// destination freed before its copy finished records `false`.
+#[derive(Debug)]
+struct Watched {
+    inner: SystemStorage,
+    expected: Vec<u8>,
+    report: Arc<Mutex<Option<bool>>>,
+}
+
+impl MemoryDescriptor for Watched {
+    fn addr(&self) -> usize {
+        self.inner.addr()
+    }
+    fn size(&self) -> usize {
+        self.inner.size()
+    }
+    fn storage_kind(&self) -> StorageKind {
+        StorageKind::System
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+    fn nixl_descriptor(&self) -> Option<NixlDescriptor> {
+        None
+    }
+}
+
+impl NixlCompatible for Watched {
+    fn nixl_params(&self) -> (*const u8, usize, MemType, u64) {
+        self.inner.nixl_params()
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        *self.report.lock().unwrap() = Some(self.inner.as_slice() == &self.expected[..]);
+    }
+}
+
+fn host_with(bytes: &[u8]) -> SystemStorage {
+    let mut s = SystemStorage::new(bytes.len()).unwrap();
+    s.as_mut_slice().copy_from_slice(bytes);
+    s
+}
+
+fn wait_for(report: &Mutex<Option<bool>>) -> bool {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = *report.lock().unwrap() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "buffer never freed"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+const BIG: usize = 32 << 20;
+
+#[test]
+fn dropping_the_handle_keeps_a_host_copy_s_memory_alive_until_it_is_done() {
+    let engine = TransferEngine::new(EngineConfig {
+        host_threads: 1,
+        ..Default::default()
+    })
+    .unwrap();
+    let data = random_bytes(BIG, 1);
+    let report = Arc::new(Mutex::new(None));
+    let src = Buffer::new(host_with(&data));
+    let dst = Buffer::new(Watched {
+        inner: host_with(&random_bytes(BIG, 2)),
+        expected: data,
+        report: Arc::clone(&report),
+    });
+    let handle = engine.copy_region(&src, &dst).unwrap();
+    drop((handle, src, dst));
+    assert!(
+        wait_for(&report),
+        "destination freed before the copy completed"
+    );
+}
+
+#[test]
+fn dropping_the_handle_keeps_disk_transfers_alive_until_done() {
+    let engine = TransferEngine::new(EngineConfig::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+
+    // host -> disk: the file ends up with the source's bytes, which stayed allocated meanwhile.
+    let path = dir.path().join("dst.kvd");
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(BIG as u64)
+        .unwrap();
+    let data = random_bytes(BIG, 3);
+    let report = Arc::new(Mutex::new(None));
+    let src = Buffer::new(Watched {
+        inner: host_with(&data),
+        expected: data.clone(),
+        report: Arc::clone(&report),
+    });
+    let dst = Buffer::new(DiskStorage::open_existing(&path).unwrap());
+    let handle = engine.copy_region(&src, &dst).unwrap();
+    drop((handle, src, dst));
+    assert!(wait_for(&report));
+    assert!(
+        std::fs::read(&path).unwrap() == data,
+        "file does not hold the source bytes"
+    );
+
+    // disk -> host: the destination is complete when freed.
+    let mut rng = StdRng::seed_from_u64(4);
+    let (file, image) = random_region(Tier::Disk, BIG, 0, dir.path(), &mut rng);
+    let report = Arc::new(Mutex::new(None));
+    let dst = Buffer::new(Watched {
+        inner: host_with(&random_bytes(BIG, 5)),
+        expected: image,
+        report: Arc::clone(&report),
+    });
+    let handle = engine.copy_region(&file, &dst).unwrap();
+    drop((handle, file, dst));
+    assert!(wait_for(&report));
+}
+
+#[test]
+fn dropping_the_engine_lets_submitted_transfers_finish() {
+    let data = random_bytes(BIG, 6);
+    let src = Buffer::new(host_with(&data));
+    let dst = Buffer::new(SystemStorage::new(BIG).unwrap());
+    let engine = TransferEngine::new(EngineConfig {
+        host_threads: 1,
+        ..Default::default()
+    })
+    .unwrap();
+    let handle = engine.copy_region(&src, &dst).unwrap();
+    drop(engine);
+    assert!(
+        handle.wait_timeout(Duration::from_secs(60)),
+        "transfer never finished"
+    );
+    assert!(handle.is_finished());
+    handle.wait().unwrap();
+    assert!(read_region(&dst) == data);
+}
+
+#[test]
+fn cancelled_transfers_report_cancellation_and_others_complete() {
+    let engine = TransferEngine::new(EngineConfig {
+        host_threads: 1,
+        ..Default::default()
+    })
+    .unwrap();
+    let size = 128 << 20;
+    let data = random_bytes(size, 7);
+    let a_src = Buffer::new(host_with(&data));
+    let a_dst = Buffer::new(SystemStorage::new(size).unwrap());
+    let b_src = Buffer::new(SystemStorage::new(size).unwrap());
+    let b_dst = Buffer::new(SystemStorage::new(size).unwrap());
+    // On one copy thread, `b` waits behind `a` (or is stopped within one 4 MiB piece).
+    let a = engine.copy_region(&a_src, &a_dst).unwrap();
+    let b = engine.copy_region(&b_src, &b_dst).unwrap();
+    b.cancel();
+    match b.wait() {
+        Err(Error::TransferCancelled { done, total }) => {
+            assert!(done < total);
+            assert_eq!(total, size);
+        }
+        other => panic!("expected a cancelled transfer, got {other:?}"),
+    }
+    assert_eq!(a.wait().unwrap().bytes, size);
+    assert!(read_region(&a_dst) == data);
+
+    // Disk: cancelling drains the I/O in flight, then reports.
+    let dir = tempfile::tempdir().unwrap();
+    let file = Buffer::new(DiskStorage::new_in(dir.path(), size).unwrap());
+    let w = engine.copy_region(&a_src, &file).unwrap();
+    w.cancel();
+    match w.wait() {
+        Err(Error::TransferCancelled { done, total }) => assert!(done < total),
+        other => panic!("expected a cancelled transfer, got {other:?}"),
+    }
+}
+
+#[test]
+fn empty_transfers_complete_and_handles_poll() {
+    use kvmem::layout::{BlockLayout, LayoutConfig, LayoutKind};
+    let engine = TransferEngine::new(EngineConfig::default()).unwrap();
+    let c = LayoutConfig {
+        num_blocks: 4,
+        num_layers: 2,
+        outer_dim: 2,
+        page_size: 1,
+        inner_dim: 1024,
+        dtype_bytes: 4,
+    };
+    let host = |n| Ok(Buffer::new(SystemStorage::new(n)?));
+    let a = BlockLayout::allocate(c, LayoutKind::FullyContiguous, 4096, host).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let b = BlockLayout::allocate(c, LayoutKind::FullyContiguous, 4096, |n| {
+        Ok(Buffer::new(DiskStorage::new_in(dir.path(), n)?))
+    })
+    .unwrap();
+    for (s, d) in [(&a, &b), (&b, &a)] {
+        let h = engine.copy_blocks(s, &[], d, &[]).unwrap();
+        assert!(h.wait_timeout(Duration::from_secs(30)));
+        assert!(h.is_finished());
+        let stats = h.wait().unwrap();
+        assert_eq!((stats.bytes, stats.ops), (0, 0));
+    }
+}

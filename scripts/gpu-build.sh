@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Builds the GPU tests, the pinned-allocation benchmark and the kvmem CLI here (release mode, line tables only)
+# and stages them, with the runner scripts/gpu-run.sh as run.sh, in a git-ignored folder that is
+# carried to the GPU machine. There, `bash .gpu/run.sh` runs everything and writes logs to $OUT.
+#
+# Usage: scripts/gpu-build.sh [STAGE_DIR]      (default: .gpu in this checkout)
+# The device tool sends only the checkout a session started in; from another worktree, stage
+# into that checkout's .gpu, e.g. scripts/gpu-build.sh /work/main/.gpu
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+./scripts/setup.sh >/dev/null
+# shellcheck source=env.sh
+source scripts/env.sh
+stage="${1:-$PWD/.gpu}"
+limit=$((60 << 20)) # the device tool carries at most 64 MiB in all
+
+artifacts() {
+    python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable"):
+        print(m["target"]["name"], m["executable"])'
+}
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+list=$( {
+    cargo test --release -p kvmem --locked --no-run --message-format=json \
+        --test cuda_gpu --test cuda_no_driver --test cuda_batch_gpu --test cuda_transfer_gpu
+    cargo bench -p kvmem --locked --no-run --message-format=json --bench cuda_pinned_alloc
+    cargo build --release -p kvmem-cli --locked --message-format=json --bin kvmem
+} 2>"$log" | artifacts) || { cat "$log" >&2; exit 1; }
+[ -n "$list" ] || { cat "$log" >&2; echo "gpu-build.sh: no binaries built" >&2; exit 1; }
+
+rm -rf "$stage"
+mkdir -p "$stage/bin"
+while read -r name exe; do
+    # Keep the line tables (for backtraces) but compress them: the carry limit is tight.
+    objcopy --compress-debug-sections=zlib "$exe" "$stage/bin/$name"
+done <<<"$list"
+for want in cuda_gpu cuda_no_driver cuda_batch_gpu cuda_transfer_gpu cuda_pinned_alloc kvmem; do
+    [ -x "$stage/bin/$want" ] || { echo "gpu-build.sh: $want was not built" >&2; exit 1; }
+done
+cp scripts/gpu-run.sh "$stage/run.sh"
+chmod +x "$stage/run.sh"
+git rev-parse HEAD >"$stage/COMMIT" 2>/dev/null || true
+size=$(du -sb "$stage" | cut -f1)
+if [ "$size" -gt "$limit" ]; then
+    echo "gpu-build.sh: $stage is $((size >> 20)) MiB, over the $((limit >> 20)) MiB the device tool carries" >&2
+    exit 1
+fi
+echo "staged in $stage ($((size >> 20)) MiB):"
+ls -l "$stage/bin"
+echo "run on the GPU machine: bash .gpu/run.sh   (device tool: carry [\".gpu\"])"

@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine (staged there as .gpu/run.sh by scripts/gpu-build.sh; needs no Rust):
+#   1. the GPU tests (`--ignored`) and the no-driver test (driver present there);
+#   2. the GPU tests again under compute-sanitizer memcheck (zero errors required);
+#   3. the hugetlb test, with 2 MiB pages reserved for it and released afterwards;
+#   4. the pinned-allocation benchmark (with 2 MiB hugetlb pages reserved for its hugetlb row),
+#      unless KVMEM_SKIP_ALLOC_BENCH=1;
+#   5. `kvmem bench` over every path (GPU ones included) with the default (auto) GPU method, and
+#      the GPU paths again with each method forced, for the method comparison.
+# The device tool brings back at most 8 files: the bench outputs beyond the main JSON, plot and
+# table are packed into kvbench.tgz.
+# Logs go to $OUT (the device tool's output folder), else to .gpu/out. Exits non-zero if any
+# step failed; summary.txt lists each step's outcome.
+set -uo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+bin="$here/bin"
+out="${OUT:-$here/out}"
+mkdir -p "$out"
+export RUST_BACKTRACE=1
+summary="$out/summary.txt"
+: >"$summary"
+failed=0
+
+# step NAME LOG COMMAND...: runs COMMAND with its output appended to LOG, records the outcome.
+step() {
+    local name="$1" log="$2"
+    shift 2
+    echo "== $name: $*" | tee -a "$log"
+    local t0=$SECONDS
+    "$@" >>"$log" 2>&1
+    local rc=$?
+    local verdict="ok"
+    [ "$rc" -eq 0 ] || { verdict="FAILED (exit $rc)"; failed=1; }
+    echo "$name: $verdict in $((SECONDS - t0)) s" | tee -a "$summary" "$log"
+}
+
+{
+    echo "commit: $(cat "$here/COMMIT" 2>/dev/null || echo unknown)"
+    echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    uname -a
+    echo "cpus: $(nproc)"
+    nvidia-smi --query-gpu=name,memory.total,driver_version,pci.bus_id --format=csv
+    nvidia-smi | head -n 4
+    echo "THP: $(cat /sys/kernel/mm/transparent_hugepage/enabled)"
+    echo "THP defrag: $(cat /sys/kernel/mm/transparent_hugepage/defrag)"
+    grep -E 'MemTotal|MemAvailable|HugePages_|Hugepagesize' /proc/meminfo
+    echo "NUMA nodes: $(ls -d /sys/devices/system/node/node* 2>/dev/null | xargs -n1 basename | tr '\n' ' ')"
+    echo "memlock limit: $(ulimit -l)"
+    echo "== kvmem info"
+    "$bin/kvmem" info
+} >"$out/machine.txt" 2>&1
+cat "$out/machine.txt"
+
+sanitizer="$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n1)"
+
+# One test at a time: the out-of-memory tests take the whole device for a moment, and free-memory
+# figures are only meaningful without neighbours. (Threads are exercised by the tests themselves.)
+step "GPU tests" "$out/tests.log" "$bin/cuda_gpu" --ignored --skip hugetlb_ --test-threads=1
+step "no-driver test (driver present)" "$out/tests.log" "$bin/cuda_no_driver"
+step "copy-stream GPU tests" "$out/tests.log" "$bin/cuda_batch_gpu" --ignored --test-threads=1
+step "transfer-engine GPU tests" "$out/tests.log" "$bin/cuda_transfer_gpu" --ignored --test-threads=1
+
+if [ -n "$sanitizer" ]; then
+    step "memcheck: GPU tests" "$out/sanitizer.log" "$sanitizer" --tool memcheck --leak-check full \
+        --error-exitcode 99 "$bin/cuda_gpu" --ignored --skip error_ --skip hugetlb_ --test-threads=1
+    # These tests provoke driver errors on purpose; memcheck still checks memory, not API errors.
+    step "memcheck: error tests" "$out/sanitizer.log" "$sanitizer" --tool memcheck --leak-check full \
+        --report-api-errors no --error-exitcode 99 "$bin/cuda_gpu" --ignored error_ --test-threads=1
+    step "memcheck: copy-stream tests" "$out/sanitizer.log" timeout 300 "$sanitizer" --tool memcheck \
+        --leak-check full --error-exitcode 99 "$bin/cuda_batch_gpu" --ignored --skip error_ --test-threads=1
+    step "memcheck: copy-stream error tests" "$out/sanitizer.log" timeout 120 "$sanitizer" --tool memcheck \
+        --leak-check full --report-api-errors no --error-exitcode 99 "$bin/cuda_batch_gpu" --ignored error_ --test-threads=1
+    step "memcheck: transfer-engine tests" "$out/sanitizer.log" timeout 400 "$sanitizer" --tool memcheck \
+        --leak-check full --error-exitcode 99 "$bin/cuda_transfer_gpu" --ignored every_layout_pair_over_gpu_tiers_auto --test-threads=1
+    grep -E "ERROR SUMMARY" "$out/sanitizer.log" | tee -a "$summary"
+else
+    echo "memcheck: NOT RUN (compute-sanitizer not found)" | tee -a "$summary"
+    failed=1
+fi
+
+pages=/proc/sys/vm/nr_hugepages
+before="$(cat "$pages")"
+if echo $((before + 32)) >"$pages" 2>/dev/null && [ "$(awk '/HugePages_Free/ {print $2}' /proc/meminfo)" -ge 24 ]; then
+    step "hugetlb test" "$out/tests.log" "$bin/cuda_gpu" --ignored hugetlb_
+    echo "$before" >"$pages"
+else
+    echo "hugetlb test: NOT RUN (could not reserve 2 MiB pages)" | tee -a "$summary"
+    echo "$before" >"$pages" 2>/dev/null
+    failed=1
+fi
+
+if [ "${KVMEM_SKIP_ALLOC_BENCH:-0}" != 1 ]; then
+# The benchmark measures the fast path on THP (the machine as found) and, with 2 MiB hugetlb
+# pages reserved for it here (enough for its largest size), on hugetlb too; released afterwards.
+reserve="${KVMEM_BENCH_HUGEPAGES:-4200}"
+before="$(cat "$pages")"
+echo $((before + reserve)) >"$pages" 2>/dev/null ||
+    echo "benchmark: could not reserve $reserve hugetlb pages; hugetlb row skipped" | tee -a "$summary"
+echo "hugetlb pages for the benchmark: $(awk '/HugePages_Free/ {print $2}' /proc/meminfo) free" >>"$out/bench.log"
+step "benchmark" "$out/bench.log" "$bin/cuda_pinned_alloc" --json "$out/bench.json"
+echo "$before" >"$pages" 2>/dev/null
+sed -n '/^Pinned allocation/,/^goal: fast-path/p' "$out/bench.log"
+fi
+
+# kvmem bench: every path this machine has, auto GPU method; then the GPU paths per method.
+kv="$here/kvbench"
+rm -rf "$kv"
+mkdir -p "$kv"
+step "kvmem bench (all paths)" "$out/kvbench.log" "$bin/kvmem" bench --out-dir "$kv/auto" --disk-dir /tmp
+for m in batched kernel per-copy; do
+    step "kvmem bench (gpu, $m)" "$out/kvbench.log" "$bin/kvmem" bench --paths h2d,d2h,d2d,layers-d2h \
+        --gpu-method "$m" --out-dir "$kv/$m"
+done
+cp "$kv/auto/bench.json" "$out/kvbench.json" 2>/dev/null
+cp "$kv/auto/bench.svg" "$out/kvbench.svg" 2>/dev/null
+for m in auto batched kernel per-copy; do
+    echo "== $m" >>"$out/kvbench.log"
+    cat "$kv/$m/table.txt" >>"$out/kvbench.log" 2>/dev/null
+done
+tar -czf "$out/kvbench.tgz" -C "$here" kvbench
+
+echo "== summary"
+cat "$summary"
+exit "$failed"
