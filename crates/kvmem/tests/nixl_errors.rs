@@ -268,7 +268,10 @@ fn malformed_metadata_blobs() {
     }
     assert!(replaced > 0, "the blob carries the agent name");
     let err = a.load_peer(&forged).unwrap_err();
-    assert!(matches!(err, Error::MalformedMetadata { .. }), "non-UTF-8 name: {err}");
+    assert!(
+        matches!(err, Error::MalformedMetadata { .. }),
+        "non-UTF-8 name: {err}"
+    );
     assert!(a.peers().is_empty(), "nothing was loaded");
     // The agent is unharmed: the good blob still loads.
     assert_eq!(a.load_peer(&good).unwrap().name(), b.name());
