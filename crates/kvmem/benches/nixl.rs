@@ -322,6 +322,20 @@ impl Kv {
     }
 }
 
+/// Registers the raw and the kvmem variant of one operation, measured one after the other.
+///
+/// (Measuring them in alternation was tried: the previous call's UCX completion work then lands
+/// in the next one's time, and the results flipped between runs.)
+fn pair(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    prefix: &str,
+    raw: &dyn Fn(),
+    kv: &dyn Fn(),
+) {
+    g.bench_function(format!("{prefix}raw_nixl_sys"), |b| b.iter(raw));
+    g.bench_function(format!("{prefix}kvmem"), |b| b.iter(kv));
+}
+
 fn small_blocks() -> Vec<(usize, usize)> {
     blocks_with_stride(SMALL_STRIDE)
 }
@@ -357,18 +371,13 @@ fn bench_write_64m(c: &mut Criterion) {
     assert_eq!(kv.dst_bytes(), kv.src_bytes(), "kvmem WRITE moved the data");
 
     let mut g = c.benchmark_group("write_64MiB");
-    g.sample_size(30).measurement_time(Duration::from_secs(15));
+    g.sample_size(20).measurement_time(Duration::from_secs(10));
     g.throughput(criterion::Throughput::Bytes(BIG as u64));
-    g.bench_function("raw_nixl_sys", |bench| {
-        bench.iter(|| raw.post_fresh(black_box(&whole)))
-    });
-    g.bench_function("kvmem", |bench| {
-        bench.iter(|| {
-            kv.a.write(black_box(&l), black_box(&r), None)
-                .unwrap()
-                .wait(WAIT)
-                .unwrap()
-        })
+    pair(&mut g, "", &|| raw.post_fresh(black_box(&whole)), &|| {
+        kv.a.write(black_box(&l), black_box(&r), None)
+            .unwrap()
+            .wait(WAIT)
+            .unwrap()
     });
     g.finish();
     drop(kv.b);
@@ -399,29 +408,29 @@ fn bench_small_two_agents(c: &mut Criterion) {
         .unwrap();
 
     let mut g = c.benchmark_group("small_10k_two_agents");
-    g.sample_size(30).measurement_time(Duration::from_secs(12));
+    g.sample_size(20).measurement_time(Duration::from_secs(8));
     g.throughput(criterion::Throughput::Elements(SMALL_N as u64));
-    g.bench_function("fresh/raw_nixl_sys", |bench| {
-        bench.iter(|| raw.post_fresh(black_box(&blocks)))
-    });
-    g.bench_function("fresh/kvmem", |bench| {
-        bench.iter(|| {
+    pair(
+        &mut g,
+        "fresh/",
+        &|| raw.post_fresh(black_box(&blocks)),
+        &|| {
             // Building the lists is part of the fresh path, as for the raw calls.
             let (l, r) = kv.blocks(black_box(&blocks));
             kv.a.write(&l, &r, None).unwrap().wait(WAIT).unwrap()
-        })
-    });
-    g.bench_function("prepared/raw_nixl_sys", |bench| {
-        bench.iter(|| raw.post_prepared(&rlh, &rrh, black_box(&ridx)))
-    });
-    g.bench_function("prepared/kvmem", |bench| {
-        bench.iter(|| {
+        },
+    );
+    pair(
+        &mut g,
+        "prepared/",
+        &|| raw.post_prepared(&rlh, &rrh, black_box(&ridx)),
+        &|| {
             kv.a.post_prepared(TransferOp::Write, black_box(&pl), black_box(&pr), None)
                 .unwrap()
                 .wait(WAIT)
                 .unwrap()
-        })
-    });
+        },
+    );
     g.finish();
 }
 
@@ -449,28 +458,28 @@ fn small_one_agent(c: &mut Criterion, group: &str, stride: usize) {
         .unwrap();
 
     let mut g = c.benchmark_group(group);
-    g.sample_size(40).measurement_time(Duration::from_secs(10));
+    g.sample_size(20).measurement_time(Duration::from_secs(8));
     g.throughput(criterion::Throughput::Elements(SMALL_N as u64));
-    g.bench_function("fresh/raw_nixl_sys", |bench| {
-        bench.iter(|| raw.post_fresh(black_box(&blocks)))
-    });
-    g.bench_function("fresh/kvmem", |bench| {
-        bench.iter(|| {
+    pair(
+        &mut g,
+        "fresh/",
+        &|| raw.post_fresh(black_box(&blocks)),
+        &|| {
             let (l, r) = kv.local_blocks(black_box(&blocks));
             kv.a.write_to_file(&l, &r).unwrap().wait(WAIT).unwrap()
-        })
-    });
-    g.bench_function("prepared/raw_nixl_sys", |bench| {
-        bench.iter(|| raw.post_prepared(&rlh, &rrh, black_box(&ridx)))
-    });
-    g.bench_function("prepared/kvmem", |bench| {
-        bench.iter(|| {
+        },
+    );
+    pair(
+        &mut g,
+        "prepared/",
+        &|| raw.post_prepared(&rlh, &rrh, black_box(&ridx)),
+        &|| {
             kv.a.post_prepared(TransferOp::Write, black_box(&pl), black_box(&pr), None)
                 .unwrap()
                 .wait(WAIT)
                 .unwrap()
-        })
-    });
+        },
+    );
     g.finish();
 }
 

@@ -251,6 +251,27 @@ fn malformed_metadata_blobs() {
             "{what}: {err}"
         );
     }
+    // An agent name that is not UTF-8 (written by a non-Rust agent, or forged): same length, so
+    // NIXL's own framing stays intact.
+    let name = b.name().as_bytes();
+    let mut forged = nixl.clone();
+    let mut replaced = 0;
+    let mut i = 0;
+    while i + name.len() <= forged.len() {
+        if &forged[i..i + name.len()] == name {
+            forged[i..i + name.len()].fill(0xFF);
+            replaced += 1;
+            i += name.len();
+        } else {
+            i += 1;
+        }
+    }
+    assert!(replaced > 0, "the blob carries the agent name");
+    let err = a.load_peer(&forged).unwrap_err();
+    assert!(
+        matches!(err, Error::MalformedMetadata { .. }),
+        "non-UTF-8 name: {err}"
+    );
     assert!(a.peers().is_empty(), "nothing was loaded");
     // The agent is unharmed: the good blob still loads.
     assert_eq!(a.load_peer(&good).unwrap().name(), b.name());

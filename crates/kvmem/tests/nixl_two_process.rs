@@ -140,8 +140,9 @@ fn killed_peer() -> Result<(), Failed> {
             std::thread::spawn(move || {
                 let mut victim = victim;
                 std::thread::sleep(delay);
+                let now = Instant::now();
                 victim.kill();
-                *kill_time.lock().unwrap() = Some(Instant::now());
+                *kill_time.lock().unwrap() = Some(now);
                 victim.wait(Duration::from_secs(10));
             })
         };
@@ -172,7 +173,11 @@ fn killed_peer() -> Result<(), Failed> {
         killer.join().expect("killer thread");
         let killed_at = kill_time.lock().unwrap().expect("the victim was killed");
         let (failed_at, error) = failure;
-        let detected = failed_at.saturating_duration_since(killed_at);
+        assert!(
+            failed_at >= killed_at,
+            "round {round}: the stream failed before the peer was killed: {error}"
+        );
+        let detected = failed_at - killed_at;
         eprintln!("round {round}: {completed} transfers done, then after {detected:?}: {error}");
         if matches!(error, Error::Timeout { .. }) || detected > DETECT {
             hangs += 1;

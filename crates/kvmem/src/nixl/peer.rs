@@ -333,15 +333,21 @@ impl Agent {
                 self.forget_in_nixl(&m.agent)?;
             }
         }
-        let name =
-            self.nixl()
-                .load_remote_md(&metadata.nixl)
-                .map_err(|e| Error::MalformedMetadata {
-                    reason: "NIXL could not load it (not NIXL metadata, truncated, from an \
+        // nixl-sys panics (after the load, holding no lock) when the agent name in the blob is not
+        // UTF-8; a blob from outside must not take the process down.
+        let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.nixl().load_remote_md(&metadata.nixl)
+        }))
+        .map_err(|_| Error::MalformedMetadata {
+            reason: "the agent name in the NIXL metadata is not UTF-8".to_owned(),
+            source: None,
+        })?;
+        let name = loaded.map_err(|e| Error::MalformedMetadata {
+            reason: "NIXL could not load it (not NIXL metadata, truncated, from an \
                          incompatible NIXL version, or with no backend in common)"
-                        .to_owned(),
-                    source: Some(e),
-                })?;
+                .to_owned(),
+            source: Some(e),
+        })?;
         if let Some(m) = &metadata.manifest
             && m.agent != name
         {
