@@ -16,3 +16,7 @@ if [ -n "$_gccinc" ] && [ -d "$_gccinc" ]; then
     export CPATH="${CPATH:+$CPATH:}$_gccinc"
 fi
 unset _site _gccinc
+# The nixl-cu12 wheel's bundled UCX and a system rdma-core (pulled in by e.g. fio) load two copies
+# of libnl-route, which crash at process exit. Without InfiniBand nothing is lost by skipping
+# UCX's IB modules; on an InfiniBand machine set UCX_MODULES yourself (see README).
+export UCX_MODULES="${UCX_MODULES:-^ib}"
