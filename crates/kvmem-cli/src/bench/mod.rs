@@ -9,6 +9,7 @@
 //! interleaved loop when `fio` is on `PATH`.
 
 mod fio;
+mod nixl;
 mod plot;
 mod report;
 mod sweep;
@@ -36,11 +37,19 @@ pub enum BenchPath {
     /// A layer-separate GPU layout (32 layers, k/v, vLLM's block-second order) to a fully
     /// contiguous pinned layout; the block size is the chunk size.
     LayersD2h,
+    /// NIXL WRITE of host blocks to a second agent in this process over UCX (loopback peer).
+    NixlWrite,
+    /// NIXL READ of host blocks from a second agent in this process over UCX (loopback peer).
+    NixlRead,
 }
 
 impl BenchPath {
     fn touches_disk(self) -> bool {
         matches!(self, Self::DiskWrite | Self::DiskRead)
+    }
+
+    fn uses_nixl(self) -> bool {
+        matches!(self, Self::NixlWrite | Self::NixlRead)
     }
 
     fn needs_gpu(self) -> bool {
@@ -51,6 +60,9 @@ impl BenchPath {
     /// device is present.
     fn defaults() -> Vec<Self> {
         let mut paths = vec![Self::Host, Self::DiskWrite, Self::DiskRead];
+        if kvmem::nixl::ensure_loaded().is_ok() {
+            paths.extend([Self::NixlWrite, Self::NixlRead]);
+        }
         if kvmem::cuda::device_count().is_ok_and(|n| n > 0) {
             paths.extend([Self::H2d, Self::D2h, Self::D2d, Self::LayersD2h]);
         }
@@ -96,8 +108,8 @@ pub enum Pattern {
 /// Arguments of `kvmem bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Paths to sweep (comma-separated). Default: host and disk, plus the GPU paths when a CUDA
-    /// device is present.
+    /// Paths to sweep (comma-separated). Default: host and disk, the NIXL loopback paths when the
+    /// NIXL runtime loads, and the GPU paths when a CUDA device is present.
     #[arg(long, value_enum, value_delimiter = ',')]
     pub paths: Option<Vec<BenchPath>>,
     /// Bytes moved per GPU transfer (pinned/device paths).
@@ -121,7 +133,11 @@ pub struct BenchArgs {
     /// Bytes moved per disk transfer (and the size of the disk and fio files).
     #[arg(long, value_parser = parse_size, default_value = "64M")]
     pub disk_bytes: usize,
-    /// Fixed number of blocks per transfer, overriding --host-bytes/--disk-bytes.
+    /// Bytes moved per NIXL transfer (and the size of the peer's region).
+    #[arg(long, value_parser = parse_size, default_value = "64M")]
+    pub nixl_bytes: usize,
+    /// Fixed number of blocks per transfer, overriding --host-bytes/--disk-bytes/--nixl-bytes;
+    /// with `--role target`, the number of blocks the target registers (default 64).
     #[arg(long)]
     pub blocks: Option<usize>,
     /// Timed runs per point (each of the transfer, its reference and fio).

@@ -150,6 +150,10 @@ pub struct Point {
     pub fio: Option<FioPoint>,
     /// Host path only: one `memcpy` of the same bytes on one thread.
     pub memcpy: Option<MemcpyPoint>,
+    /// NIXL paths: bytes compared with their source after a transfer through this point's
+    /// descriptor lists, before timing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verified_bytes: Option<u64>,
 }
 
 /// One single-threaded `memcpy` of the same bytes (host path).

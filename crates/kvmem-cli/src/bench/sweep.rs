@@ -8,6 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use kvmem::cuda::CudaDevice;
 use kvmem::layout::BlockDim;
 use kvmem::layout::{BlockLayout, LayoutConfig, LayoutKind};
+use kvmem::nixl::TransferOp;
 use kvmem::transfer::{EngineConfig, TransferEngine, TransferPlan};
 use kvmem::{Buffer, DiskStorage, HostMemory, OffsetBuffer, SystemStorage};
 use kvmem::{DeviceStorage, PinnedStorage};
@@ -92,6 +93,13 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
     };
     let host_bytes = bytes_for(args.host_bytes)?;
     let disk_bytes = bytes_for(args.disk_bytes)?.next_multiple_of(kvmem::PAGE_SIZE);
+    let nixl_bytes = bytes_for(args.nixl_bytes)?;
+    // Two UCX agents in this process; the peer's region holds the largest point.
+    let nixl_ends = if paths.iter().any(|p| p.uses_nixl()) {
+        Some(super::nixl::NixlEnds::loopback(nixl_bytes, args.seed)?)
+    } else {
+        None
+    };
 
     let mut config = EngineConfig {
         queue_depth: args.queue_depth.max(1),
@@ -191,6 +199,7 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
     let mut skipped = Vec::new();
     for (path, pattern, size) in plan {
         let total = match path {
+            p if p.uses_nixl() => nixl_bytes,
             p if p.touches_disk() => disk_bytes,
             BenchPath::LayersD2h => args.layers_bytes / (LAYERS * KV),
             p if p.needs_gpu() => args.gpu_bytes,
@@ -223,6 +232,28 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
             }),
             _ => None,
         };
+        if let Some(ends) = &nixl_ends {
+            let op = match path {
+                BenchPath::NixlWrite => Some(TransferOp::Write),
+                BenchPath::NixlRead => Some(TransferOp::Read),
+                _ => None,
+            };
+            if let Some(op) = op {
+                points.push(super::nixl::measure(
+                    ends,
+                    &engine,
+                    path_name(path),
+                    op,
+                    pattern,
+                    size,
+                    blocks,
+                    args.iterations,
+                    args.seed,
+                    &bar,
+                )?);
+                continue;
+            }
+        }
         let point = measure(
             &engine,
             &mut buffers,
@@ -285,6 +316,8 @@ pub fn path_name(path: BenchPath) -> &'static str {
         BenchPath::D2h => "device->pinned",
         BenchPath::D2d => "device->device",
         BenchPath::LayersD2h => "layers(device)->contiguous(pinned)",
+        BenchPath::NixlWrite => "nixl-write",
+        BenchPath::NixlRead => "nixl-read",
     }
 }
 
@@ -332,6 +365,9 @@ fn measure(
             (gpu()?.dev_src.clone(), gpu()?.pinned_dst.clone())
         }
         BenchPath::D2d => (gpu()?.dev_src.clone(), gpu()?.dev_dst.clone()),
+        BenchPath::NixlWrite | BenchPath::NixlRead => {
+            return Err(CliError::Bench("internal: NIXL path without NIXL agents".into()));
+        }
     };
     let (layers, outer) = match path {
         BenchPath::LayersD2h => (LAYERS, KV),
@@ -495,5 +531,6 @@ fn measure(
         reference_latency_ms: Percentiles::of(&ref_times).scaled(1e3),
         fio,
         memcpy,
+        verified_bytes: None,
     })
 }
