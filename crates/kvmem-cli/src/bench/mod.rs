@@ -13,6 +13,7 @@ mod nixl;
 mod plot;
 mod report;
 mod sweep;
+mod two_node;
 
 use crate::error::Result;
 use clap::{Args, ValueEnum};
@@ -105,6 +106,17 @@ pub enum Pattern {
     Scattered,
 }
 
+/// The side a process plays in the two-node mode (see `docs/TWO_NODE.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Role {
+    /// Registers `--blocks` blocks of `--block-size` bytes, serves its metadata on NIXL's
+    /// listener socket (`--listen-port`) and waits until an initiator is done.
+    Target,
+    /// Fetches the target's metadata from `--peer`, sweeps WRITE/READ points against its
+    /// blocks (every byte checked) and tells it to exit.
+    Initiator,
+}
+
 /// Arguments of `kvmem bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -165,6 +177,27 @@ pub struct BenchArgs {
     /// Skip the fio comparison even when fio is installed.
     #[arg(long)]
     pub no_fio: bool,
+    /// Two-node mode: play this role instead of sweeping this machine's paths.
+    #[arg(long, value_enum)]
+    pub role: Option<Role>,
+    /// Two-node mode: the port of the target's NIXL listener socket.
+    #[arg(long, default_value_t = 8888)]
+    pub listen_port: u16,
+    /// Two-node mode: the port of the initiator's own NIXL listener (default: a free port).
+    #[arg(long)]
+    pub initiator_port: Option<u16>,
+    /// Two-node mode (initiator): the target's listener, `HOST:PORT` (IPv4).
+    #[arg(long)]
+    pub peer: Option<String>,
+    /// Two-node mode: the target agent's NIXL name (the initiator fetches metadata by name).
+    #[arg(long, default_value = "kvmem-bench-target")]
+    pub name: String,
+    /// Two-node mode (target): bytes per registered block.
+    #[arg(long, value_parser = parse_size, default_value = "1M")]
+    pub block_size: usize,
+    /// Two-node mode (target): seconds to wait for an initiator to finish before giving up.
+    #[arg(long, default_value_t = 600)]
+    pub target_wait: u64,
     /// Seed of the scattered block orders.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
@@ -197,7 +230,11 @@ fn parse_size(s: &str) -> std::result::Result<usize, String> {
 
 /// Runs `kvmem bench`.
 pub fn run(args: &BenchArgs) -> Result<()> {
-    let report = sweep::run(args)?;
+    let report = match args.role {
+        Some(Role::Target) => return two_node::target(args),
+        Some(Role::Initiator) => two_node::initiator(args)?,
+        None => sweep::run(args)?,
+    };
     std::fs::create_dir_all(&args.out_dir)?;
     let table = report::table(&report);
     let json = serde_json::to_string_pretty(&report)?;

@@ -73,16 +73,6 @@ impl NixlEnds {
         })
     }
 
-    /// Bytes of the peer region the points may use.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// The agent that initiates the transfers.
-    pub fn agent(&self) -> &Agent {
-        &self.agent
-    }
-
     fn remote_range(&self, offset: usize, len: usize) -> Result<RemoteBlocks> {
         let mut r = RemoteBlocks::new(&self.peer);
         r.push(RemoteBlock::dram(self.remote_addr + offset as u64, len))?;

@@ -269,10 +269,26 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
     }
     bar.finish_and_clear();
     let direct_io = buffers.disk.as_ref().map(|(_, _, d)| *d);
+    let mut report = report_of(&config, args, started, load_before, points, skipped);
+    report.settings.disk_dir = disk_dir.map(|d| d.display().to_string());
+    report.settings.direct_io = direct_io;
+    report.fio = fio_note;
+    Ok(report)
+}
+
+/// The report of a sweep that started at `started` (no disk or fio settings).
+pub fn report_of(
+    config: &EngineConfig,
+    args: &BenchArgs,
+    started: Instant,
+    load_before: Option<f64>,
+    points: Vec<Point>,
+    skipped: Vec<String>,
+) -> Report {
     let mut machine = Machine::detect();
     machine.load_average_after = super::report::load_average();
     machine.load_average_before = load_before;
-    Ok(Report {
+    Report {
         kvmem_version: env!("CARGO_PKG_VERSION"),
         unix_time: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -285,15 +301,15 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
             max_io_bytes: config.max_io_bytes,
             disk_backend: config.disk_backend.name(),
             iterations: args.iterations,
-            disk_dir: disk_dir.map(|d| d.display().to_string()),
-            direct_io,
+            disk_dir: None,
+            direct_io: None,
             seed: args.seed,
         },
-        fio: fio_note,
+        fio: "no disk paths in this sweep".to_string(),
         duration_s: started.elapsed().as_secs_f64(),
         points,
         skipped,
-    })
+    }
 }
 
 fn filled_host(len: usize, value: u8) -> Result<Buffer> {
