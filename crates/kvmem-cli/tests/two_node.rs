@@ -29,13 +29,20 @@ impl Drop for Reaped {
     }
 }
 
-fn wait_with_timeout(child: &mut Reaped, timeout: Duration, what: &str) -> std::process::ExitStatus {
+fn wait_with_timeout(
+    child: &mut Reaped,
+    timeout: Duration,
+    what: &str,
+) -> std::process::ExitStatus {
     let start = Instant::now();
     loop {
         if let Some(status) = child.0.try_wait().expect("poll a child") {
             return status;
         }
-        assert!(start.elapsed() < timeout, "{what} did not exit within {timeout:?}");
+        assert!(
+            start.elapsed() < timeout,
+            "{what} did not exit within {timeout:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -94,7 +101,14 @@ fn target_and_initiator_processes_verify_every_byte_and_exit_cleanly() {
         kvmem()
             .args(["bench", "--role", "target", "--listen-port"])
             .arg(port.to_string())
-            .args(["--blocks", "8", "--block-size", "256K", "--target-wait", "120"])
+            .args([
+                "--blocks",
+                "8",
+                "--block-size",
+                "256K",
+                "--target-wait",
+                "120",
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -149,7 +163,10 @@ fn target_and_initiator_processes_verify_every_byte_and_exit_cleanly() {
     };
     let v = json_of(&out);
     let target_status = wait_with_timeout(&mut target, Duration::from_secs(30), "the target");
-    assert!(target_status.success(), "target exit status {target_status}");
+    assert!(
+        target_status.success(),
+        "target exit status {target_status}"
+    );
     let rest: Vec<String> = rx.try_iter().collect();
     assert!(rest.iter().any(|l| l.contains("is done")), "{rest:?}");
 

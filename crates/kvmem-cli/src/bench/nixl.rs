@@ -12,8 +12,8 @@ use super::report::{Percentiles, Point};
 use crate::error::{CliError, Result};
 use indicatif::ProgressBar;
 use kvmem::nixl::{
-    Agent, AgentConfig, LocalBlocks, Peer, PreparedLocal, PreparedRemote, RemoteBlock,
-    RemoteBlocks, Registered, TransferOp,
+    Agent, AgentConfig, LocalBlocks, Peer, PreparedLocal, PreparedRemote, Registered, RemoteBlock,
+    RemoteBlocks, TransferOp,
 };
 use kvmem::transfer::TransferEngine;
 use kvmem::{Buffer, HostMemory, SystemStorage};
@@ -105,7 +105,9 @@ fn poisoned(len: usize) -> Result<SystemStorage> {
 fn host_bytes(b: &Buffer) -> Result<&[u8]> {
     b.downcast_ref::<Registered<SystemStorage>>()
         .map(|r| r.as_slice())
-        .ok_or_else(|| CliError::Bench("internal: NIXL buffer is not registered host memory".into()))
+        .ok_or_else(|| {
+            CliError::Bench("internal: NIXL buffer is not registered host memory".into())
+        })
 }
 
 /// The block ids of a point: pair `k` moves local block `local[k]` and remote block `remote[k]`.
@@ -157,7 +159,10 @@ pub fn measure(
     let mut remote = RemoteBlocks::with_capacity(&ends.peer, blocks);
     for i in 0..blocks {
         local.push_range(local_buf, i * size, size)?;
-        remote.push(RemoteBlock::dram(ends.remote_addr + (i * size) as u64, size))?;
+        remote.push(RemoteBlock::dram(
+            ends.remote_addr + (i * size) as u64,
+            size,
+        ))?;
     }
     let agent = &ends.agent;
     let (pl, pr) = (agent.prepare_local(&local)?, agent.prepare_remote(&remote)?);

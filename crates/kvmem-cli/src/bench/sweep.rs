@@ -382,7 +382,9 @@ fn measure(
         }
         BenchPath::D2d => (gpu()?.dev_src.clone(), gpu()?.dev_dst.clone()),
         BenchPath::NixlWrite | BenchPath::NixlRead => {
-            return Err(CliError::Bench("internal: NIXL path without NIXL agents".into()));
+            return Err(CliError::Bench(
+                "internal: NIXL path without NIXL agents".into(),
+            ));
         }
     };
     let (layers, outer) = match path {

@@ -219,8 +219,7 @@ pub fn initiator(args: &BenchArgs) -> Result<Report> {
     if let Some(e) = failure {
         return Err(e);
     }
-    let mut report =
-        super::sweep::report_of(&config, args, started, load_before, points, skipped);
+    let mut report = super::sweep::report_of(&config, args, started, load_before, points, skipped);
     report.fio = format!(
         "two-node: initiator '{}' -> target '{}' at {addr} ({} blocks of {} bytes; {len} bytes used)",
         agent.name(),
