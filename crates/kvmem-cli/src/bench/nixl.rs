@@ -196,7 +196,14 @@ pub fn measure(
                 .map_err(CliError::from)?;
             ends.whole(TransferOp::Read, &ends.dst, bytes)?;
             // Remote block r[k] now holds source block l[k].
-            check(&ends.dst, &ends.src, size, &remote_ids, &local_ids, label)?;
+            check(
+                host_bytes(&ends.dst)?,
+                host_bytes(&ends.src)?,
+                size,
+                &remote_ids,
+                &local_ids,
+                label,
+            )?;
         }
         TransferOp::Read => {
             ends.whole(TransferOp::Write, &ends.src, bytes)?;
@@ -206,7 +213,14 @@ pub fn measure(
                 .map_err(CliError::from)?;
             transfer()?;
             // Local block l[k] now holds remote block r[k], which holds source block r[k].
-            check(&ends.dst, &ends.src, size, &local_ids, &remote_ids, label)?;
+            check(
+                host_bytes(&ends.dst)?,
+                host_bytes(&ends.src)?,
+                size,
+                &local_ids,
+                &remote_ids,
+                label,
+            )?;
         }
     }
     reference()?;
@@ -250,14 +264,13 @@ pub fn measure(
 
 /// Checks that block `dst_ids[k]` of `dst` equals block `src_ids[k]` of `src`, for every `k`.
 fn check(
-    dst: &Buffer,
-    src: &Buffer,
+    d: &[u8],
+    s: &[u8],
     size: usize,
     dst_ids: &[usize],
     src_ids: &[usize],
     label: &str,
 ) -> Result<()> {
-    let (d, s) = (host_bytes(dst)?, host_bytes(src)?);
     for (k, (&di, &si)) in dst_ids.iter().zip(src_ids).enumerate() {
         let got = &d[di * size..(di + 1) * size];
         let want = &s[si * size..(si + 1) * size];
@@ -270,4 +283,38 @@ fn check(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scattered_ids_are_two_permutations_and_sequential_is_identity() {
+        let (l, r) = block_ids(Pattern::Scattered, 100, 7);
+        let mut ls = l.clone();
+        ls.sort_unstable();
+        let mut rs = r.clone();
+        rs.sort_unstable();
+        let all: Vec<usize> = (0..100).collect();
+        assert_eq!((ls, rs), (all.clone(), all.clone()));
+        assert_ne!(l, r, "independent orders on each side");
+        assert_ne!(l, all, "scattered");
+        assert_eq!(block_ids(Pattern::Sequential, 100, 7), (all.clone(), all));
+    }
+
+    #[test]
+    fn check_compares_the_paired_blocks() {
+        let src: Vec<u8> = (0..16u8).collect();
+        // dst block 0 holds src block 3, dst block 3 holds src block 0, 1 and 2 in place.
+        let mut dst = src.clone();
+        dst[..4].copy_from_slice(&src[12..]);
+        dst[12..].copy_from_slice(&src[..4]);
+        check(&dst, &src, 4, &[0, 1, 2, 3], &[3, 1, 2, 0], "t").unwrap();
+        let err = check(&dst, &src, 4, &[0, 1, 2, 3], &[0, 1, 2, 3], "t").unwrap_err();
+        assert!(err.to_string().contains("pair 0"), "{err}");
+        dst[6] ^= 1;
+        let err = check(&dst, &src, 4, &[0, 1, 2, 3], &[3, 1, 2, 0], "t").unwrap_err();
+        assert!(err.to_string().contains("byte 2"), "{err}");
+    }
 }
