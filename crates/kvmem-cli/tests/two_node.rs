@@ -1,5 +1,6 @@
 //! `kvmem bench` over NIXL with the real runtime: the loopback paths, and the two-node mode as
-//! two `kvmem` processes on loopback (target and initiator), every byte checked by the
+//! two `kvmem` processes (target and initiator) on loopback and as two network hosts (network
+//! namespaces joined by a veth pair, UCX restricted to TCP), every byte checked by the
 //! initiator, both exiting 0.
 
 use std::io::{BufRead, BufReader};
@@ -93,12 +94,27 @@ fn nixl_loopback_points_have_bandwidth_and_checked_bytes() {
     }
 }
 
-#[test]
-fn target_and_initiator_processes_verify_every_byte_and_exit_cleanly() {
+/// Runs a target and an initiator, each through `wrap` (a command prefix such as
+/// `ip netns exec NS`) with extra environment `env`; the initiator reaches the target at
+/// `target_ip`.
+fn two_node_run(wrap: [&[&str]; 2], env: &[(&str, &str)], target_ip: &str) {
     let port = free_port();
     let out_dir = tempfile::tempdir().unwrap();
+    let command = |prefix: &[&str]| {
+        let mut c = match prefix.split_first() {
+            None => kvmem(),
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(env!("CARGO_BIN_EXE_kvmem"));
+                c.env("UCX_MODULES", "^ib");
+                c
+            }
+        };
+        c.envs(env.iter().copied());
+        c
+    };
     let mut target = Reaped(
-        kvmem()
+        command(wrap[0])
             .args(["bench", "--role", "target", "--listen-port"])
             .arg(port.to_string())
             .args([
@@ -132,9 +148,9 @@ fn target_and_initiator_processes_verify_every_byte_and_exit_cleanly() {
     );
 
     let initiator = Reaped(
-        kvmem()
+        command(wrap[1])
             .args(["bench", "--role", "initiator", "--json", "--peer"])
-            .arg(format!("127.0.0.1:{port}"))
+            .arg(format!("{target_ip}:{port}"))
             .args(["--sizes", "4K,64K,4M", "--iterations", "1", "--out-dir"])
             .arg(out_dir.path())
             .stdout(Stdio::piped())
@@ -189,5 +205,102 @@ fn target_and_initiator_processes_verify_every_byte_and_exit_cleanly() {
     assert_eq!(verified, 8 * (2 << 20));
     let skipped = v["skipped"].as_array().unwrap();
     assert_eq!(skipped.len(), 1, "{v}");
-    println!("two-node: {verified} bytes verified by the initiator over 8 points");
+    println!(
+        "two-node ({}): {verified} bytes verified by the initiator over 8 points",
+        if wrap[0].is_empty() {
+            "loopback"
+        } else {
+            "veth"
+        }
+    );
+}
+
+#[test]
+fn target_and_initiator_processes_verify_every_byte_and_exit_cleanly() {
+    two_node_run([&[], &[]], &[], "127.0.0.1");
+}
+
+/// Two network namespaces joined by a veth pair, removed again on drop.
+struct VethPair {
+    namespaces: [String; 2],
+    /// The veth end in the first namespace.
+    end_a: String,
+}
+
+impl VethPair {
+    fn new() -> Result<Self, String> {
+        let id = std::process::id() % 100_000;
+        let namespaces = [format!("kvmem-{id}-a"), format!("kvmem-{id}-b")];
+        let (va, vb) = (format!("kv{id}a"), format!("kv{id}b"));
+        let pair = VethPair {
+            namespaces: namespaces.clone(),
+            end_a: va.clone(),
+        };
+        let [a, b] = &namespaces;
+        let steps: Vec<Vec<&str>> = vec![
+            vec!["netns", "add", a],
+            vec!["netns", "add", b],
+            vec!["link", "add", &va, "type", "veth", "peer", "name", &vb],
+            vec!["link", "set", &va, "netns", a],
+            vec!["link", "set", &vb, "netns", b],
+            vec!["-n", a, "addr", "add", "10.213.0.1/24", "dev", &va],
+            vec!["-n", b, "addr", "add", "10.213.0.2/24", "dev", &vb],
+            vec!["-n", a, "link", "set", &va, "up"],
+            vec!["-n", b, "link", "set", &vb, "up"],
+            vec!["-n", a, "link", "set", "lo", "up"],
+            vec!["-n", b, "link", "set", "lo", "up"],
+        ];
+        for step in steps {
+            let out = Command::new("ip")
+                .args(&step)
+                .output()
+                .map_err(|e| format!("cannot run `ip`: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "`ip {}` failed: {}",
+                    step.join(" "),
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+        }
+        Ok(pair)
+    }
+}
+
+impl Drop for VethPair {
+    fn drop(&mut self) {
+        // Deleting a namespace deletes the veth end in it, and with it the pair.
+        for ns in &self.namespaces {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// Needs root (`ip netns`), as the CI machine runs: fails with the reason otherwise.
+#[test]
+fn two_hosts_joined_by_a_veth_pair_over_tcp() {
+    let pair = VethPair::new()
+        .unwrap_or_else(|e| panic!("this test needs root and iproute2 (`ip netns`, veth): {e}"));
+    let [a, b] = &pair.namespaces;
+    let exec_a: &[&str] = &["ip", "netns", "exec", a];
+    let exec_b: &[&str] = &["ip", "netns", "exec", b];
+    // TCP only: the processes share one kernel, so UCX would otherwise move the data through
+    // shared memory instead of across the veth pair.
+    two_node_run([exec_a, exec_b], &[("UCX_TLS", "tcp")], "10.213.0.1");
+    // The data really crossed the veth pair: the target's end saw at least the 16 MiB the
+    // initiator verified, in each direction (WRITEs in, READs out).
+    let counter = |name: &str| -> u64 {
+        let out = Command::new("ip")
+            .args(["netns", "exec", a, "cat"])
+            .arg(format!("/sys/class/net/{}/statistics/{name}", pair.end_a))
+            .output()
+            .expect("read a veth counter");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("a byte count")
+    };
+    let (rx, tx) = (counter("rx_bytes"), counter("tx_bytes"));
+    println!("target veth end: {rx} bytes received, {tx} bytes sent");
+    assert!(rx >= 16 << 20 && tx >= 16 << 20, "rx {rx}, tx {tx}");
 }
