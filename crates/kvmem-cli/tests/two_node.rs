@@ -203,6 +203,11 @@ fn two_node_run(wrap: [&[&str]; 2], env: &[(&str, &str)], target_ip: &str) {
         verified += bytes;
     }
     assert_eq!(verified, 8 * (2 << 20));
+    let about = v["two_node"].as_str().unwrap();
+    assert!(
+        about.contains("kvmem-bench-target") && about.contains("8 blocks of 262144 bytes"),
+        "{about}"
+    );
     let skipped = v["skipped"].as_array().unwrap();
     assert_eq!(skipped.len(), 1, "{v}");
     println!(

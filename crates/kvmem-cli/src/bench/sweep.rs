@@ -306,6 +306,7 @@ pub fn report_of(
             seed: args.seed,
         },
         fio: "no disk paths in this sweep".to_string(),
+        two_node: None,
         duration_s: started.elapsed().as_secs_f64(),
         points,
         skipped,

@@ -220,12 +220,12 @@ pub fn initiator(args: &BenchArgs) -> Result<Report> {
         return Err(e);
     }
     let mut report = super::sweep::report_of(&config, args, started, load_before, points, skipped);
-    report.fio = format!(
-        "two-node: initiator '{}' -> target '{}' at {addr} ({} blocks of {} bytes; {len} bytes used)",
+    report.two_node = Some(format!(
+        "initiator '{}' -> target '{}' at {addr} ({} blocks of {} bytes; {len} bytes used)",
         agent.name(),
         peer.name(),
         blocks.blocks,
         blocks.block_size
-    );
+    ));
     Ok(report)
 }
