@@ -27,7 +27,7 @@ enum Command {
     /// A host-only walk through the memory model: storages, views, arena, disk round trip.
     Demo(demo::DemoArgs),
     /// Sweep the transfer paths over block sizes against same-run references (and fio).
-    Bench(bench::BenchArgs),
+    Bench(Box<bench::BenchArgs>),
 }
 
 fn main() -> ExitCode {

@@ -4,7 +4,12 @@
 use std::process::Command;
 
 fn kvmem() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_kvmem"))
+    let mut c = Command::new(env!("CARGO_BIN_EXE_kvmem"));
+    // The default sweep starts UCX agents (the NIXL loopback paths): leave UCX's InfiniBand
+    // module out, whose bundled libnl-route crashes at process exit on machines without
+    // InfiniBand (see tests/two_node.rs).
+    c.env("UCX_MODULES", "^ib");
+    c
 }
 
 fn fio_on_path() -> bool {
@@ -20,7 +25,15 @@ fn a_small_sweep_writes_table_json_and_plot() {
     let disk_dir = tempfile::tempdir().unwrap();
     let out = kvmem()
         .args(["bench", "--json", "--sizes", "4K,64K", "--iterations", "2"])
-        .args(["--host-bytes", "1M", "--disk-bytes", "1M", "--out-dir"])
+        .args([
+            "--host-bytes",
+            "1M",
+            "--disk-bytes",
+            "1M",
+            "--nixl-bytes",
+            "1M",
+        ])
+        .arg("--out-dir")
         .arg(out_dir.path())
         .arg("--disk-dir")
         .arg(disk_dir.path())
@@ -36,9 +49,10 @@ fn a_small_sweep_writes_table_json_and_plot() {
         serde_json::from_slice(&std::fs::read(out_dir.path().join("bench.json")).unwrap()).unwrap();
     assert_eq!(v, on_disk);
 
-    // 3 paths x 2 patterns x 2 sizes, each with a measured transfer and reference.
+    // 5 paths (host, disk write/read, NIXL loopback write/read: CI has the NIXL runtime) x 2
+    // patterns x 2 sizes, each with a measured transfer and reference.
     let points = v["points"].as_array().unwrap();
-    assert_eq!(points.len(), 12, "{v}");
+    assert_eq!(points.len(), 20, "{v}");
     for p in points {
         let (bw, rf) = (
             p["gib_s"].as_f64().unwrap(),
@@ -52,16 +66,25 @@ fn a_small_sweep_writes_table_json_and_plot() {
         let block = p["block_bytes"].as_u64().unwrap();
         assert_eq!(p["blocks"].as_u64().unwrap() * block, 1 << 20);
         let copies = p["copies"].as_u64().unwrap();
-        if p["pattern"] == "sequential" {
+        let nixl = p["path"] == "nixl-write" || p["path"] == "nixl-read";
+        if nixl {
+            // One NIXL descriptor per block, prepared once.
+            assert_eq!(copies, p["blocks"].as_u64().unwrap(), "{p}");
+        } else if p["pattern"] == "sequential" {
             assert_eq!(copies, 1, "sequential blocks merge into one copy: {p}");
         }
         if p["path"] == "host->host" {
             assert!(p["memcpy"]["gib_s"].as_f64().unwrap() > 0.0, "{p}");
         }
+        if p["path"] == "nixl-write" || p["path"] == "nixl-read" {
+            assert_eq!(p["verified_bytes"], 1 << 20, "{p}");
+        }
     }
     // The fio comparison: present when fio is installed, and said to be missing otherwise.
     let fio = v["fio"].as_str().unwrap();
-    let disk_points = points.iter().filter(|p| p["path"] != "host->host");
+    let disk_points = points
+        .iter()
+        .filter(|p| p["path"] == "host->disk" || p["path"] == "disk->host");
     if fio_on_path() {
         assert!(fio.starts_with("fio-"), "{fio}");
         for p in disk_points {

@@ -10,9 +10,11 @@
 
 mod fio;
 mod memory;
+mod nixl;
 mod plot;
 mod report;
 mod sweep;
+mod two_node;
 
 use crate::error::Result;
 use clap::{Args, ValueEnum};
@@ -37,11 +39,19 @@ pub enum BenchPath {
     /// A layer-separate GPU layout (32 layers, k/v, vLLM's block-second order) to a fully
     /// contiguous pinned layout; the block size is the chunk size.
     LayersD2h,
+    /// NIXL WRITE of host blocks to a second agent in this process over UCX (loopback peer).
+    NixlWrite,
+    /// NIXL READ of host blocks from a second agent in this process over UCX (loopback peer).
+    NixlRead,
 }
 
 impl BenchPath {
     fn touches_disk(self) -> bool {
         matches!(self, Self::DiskWrite | Self::DiskRead)
+    }
+
+    fn uses_nixl(self) -> bool {
+        matches!(self, Self::NixlWrite | Self::NixlRead)
     }
 
     fn needs_gpu(self) -> bool {
@@ -52,6 +62,9 @@ impl BenchPath {
     /// device is present.
     fn defaults() -> Vec<Self> {
         let mut paths = vec![Self::Host, Self::DiskWrite, Self::DiskRead];
+        if kvmem::nixl::ensure_loaded().is_ok() {
+            paths.extend([Self::NixlWrite, Self::NixlRead]);
+        }
         if kvmem::cuda::device_count().is_ok_and(|n| n > 0) {
             paths.extend([Self::H2d, Self::D2h, Self::D2d, Self::LayersD2h]);
         }
@@ -94,11 +107,22 @@ pub enum Pattern {
     Scattered,
 }
 
+/// The side a process plays in the two-node mode (see `docs/TWO_NODE.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Role {
+    /// Registers `--blocks` blocks of `--block-size` bytes, serves its metadata on NIXL's
+    /// listener socket (`--listen-port`) and waits until an initiator is done.
+    Target,
+    /// Fetches the target's metadata from `--peer`, sweeps WRITE/READ points against its
+    /// blocks (every byte checked) and tells it to exit.
+    Initiator,
+}
+
 /// Arguments of `kvmem bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Paths to sweep (comma-separated). Default: host and disk, plus the GPU paths when a CUDA
-    /// device is present.
+    /// Paths to sweep (comma-separated). Default: host and disk, the NIXL loopback paths when the
+    /// NIXL runtime loads, and the GPU paths when a CUDA device is present.
     #[arg(long, value_enum, value_delimiter = ',')]
     pub paths: Option<Vec<BenchPath>>,
     /// Bytes moved per GPU transfer (pinned/device paths).
@@ -122,7 +146,11 @@ pub struct BenchArgs {
     /// Bytes moved per disk transfer (and the size of the disk and fio files).
     #[arg(long, value_parser = parse_size, default_value = "64M")]
     pub disk_bytes: usize,
-    /// Fixed number of blocks per transfer, overriding --host-bytes/--disk-bytes.
+    /// Bytes moved per NIXL transfer (and the size of the peer's region).
+    #[arg(long, value_parser = parse_size, default_value = "64M")]
+    pub nixl_bytes: usize,
+    /// Fixed number of blocks per transfer, overriding --host-bytes/--disk-bytes/--nixl-bytes;
+    /// with `--role target`, the number of blocks the target registers (default 64).
     #[arg(long)]
     pub blocks: Option<usize>,
     /// Timed runs per point (each of the transfer, its reference and fio).
@@ -154,6 +182,27 @@ pub struct BenchArgs {
     /// of kvmem's `SystemStorage` with transparent huge pages.
     #[arg(long)]
     pub small_pages: bool,
+    /// Two-node mode: play this role instead of sweeping this machine's paths.
+    #[arg(long, value_enum)]
+    pub role: Option<Role>,
+    /// Two-node mode: the port of the target's NIXL listener socket.
+    #[arg(long, default_value_t = 8888)]
+    pub listen_port: u16,
+    /// Two-node mode: the port of the initiator's own NIXL listener (default: a free port).
+    #[arg(long)]
+    pub initiator_port: Option<u16>,
+    /// Two-node mode (initiator): the target's listener, `HOST:PORT` (IPv4).
+    #[arg(long)]
+    pub peer: Option<String>,
+    /// Two-node mode: the target agent's NIXL name (the initiator fetches metadata by name).
+    #[arg(long, default_value = "kvmem-bench-target")]
+    pub name: String,
+    /// Two-node mode (target): bytes per registered block.
+    #[arg(long, value_parser = parse_size, default_value = "1M")]
+    pub block_size: usize,
+    /// Two-node mode (target): seconds to wait for an initiator to finish before giving up.
+    #[arg(long, default_value_t = 600)]
+    pub target_wait: u64,
     /// Seed of the scattered block orders.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
@@ -186,7 +235,11 @@ fn parse_size(s: &str) -> std::result::Result<usize, String> {
 
 /// Runs `kvmem bench`.
 pub fn run(args: &BenchArgs) -> Result<()> {
-    let report = sweep::run(args)?;
+    let report = match args.role {
+        Some(Role::Target) => return two_node::target(args),
+        Some(Role::Initiator) => two_node::initiator(args)?,
+        None => sweep::run(args)?,
+    };
     std::fs::create_dir_all(&args.out_dir)?;
     let table = report::table(&report);
     let json = serde_json::to_string_pretty(&report)?;

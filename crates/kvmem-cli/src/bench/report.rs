@@ -15,6 +15,9 @@ pub struct Report {
     pub settings: Settings,
     /// fio's version and settings, or why there is no fio comparison.
     pub fio: String,
+    /// Two-node mode: the initiator, the target, its address and blocks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub two_node: Option<String>,
     pub duration_s: f64,
     pub points: Vec<Point>,
     pub skipped: Vec<String>,
@@ -152,6 +155,10 @@ pub struct Point {
     pub fio: Option<FioPoint>,
     /// Host path only: one `memcpy` of the same bytes on one thread.
     pub memcpy: Option<MemcpyPoint>,
+    /// NIXL paths: bytes compared with their source after a transfer through this point's
+    /// descriptor lists, before timing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verified_bytes: Option<u64>,
 }
 
 /// One single-threaded `memcpy` of the same bytes (host path).
@@ -233,6 +240,9 @@ pub fn table(r: &Report) -> String {
         }
     );
     let _ = writeln!(out, "fio: {}", r.fio);
+    if let Some(t) = &r.two_node {
+        let _ = writeln!(out, "two-node: {t}");
+    }
     let _ = writeln!(
         out,
         "{:<11} {:<10} {:>6} {:>6} {:>6} {:>8} {:>8} {:>6} {:>8} {:>6} {:>9} {:>9} {:>9} {:>8} {:>9} {:>7}",

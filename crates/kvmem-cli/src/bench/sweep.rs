@@ -9,6 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use kvmem::cuda::CudaDevice;
 use kvmem::layout::BlockDim;
 use kvmem::layout::{BlockLayout, LayoutConfig, LayoutKind};
+use kvmem::nixl::TransferOp;
 use kvmem::transfer::{EngineConfig, TransferEngine, TransferPlan};
 use kvmem::{Buffer, DiskStorage, HostMemory, OffsetBuffer, SystemStorage};
 use kvmem::{DeviceStorage, PinnedStorage};
@@ -93,6 +94,13 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
     };
     let host_bytes = bytes_for(args.host_bytes)?;
     let disk_bytes = bytes_for(args.disk_bytes)?.next_multiple_of(kvmem::PAGE_SIZE);
+    let nixl_bytes = bytes_for(args.nixl_bytes)?;
+    // Two UCX agents in this process; the peer's region holds the largest point.
+    let nixl_ends = if paths.iter().any(|p| p.uses_nixl()) {
+        Some(super::nixl::NixlEnds::loopback(nixl_bytes, args.seed)?)
+    } else {
+        None
+    };
 
     let mut config = EngineConfig {
         queue_depth: args.queue_depth.max(1),
@@ -192,6 +200,7 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
     let mut skipped = Vec::new();
     for (path, pattern, size) in plan {
         let total = match path {
+            p if p.uses_nixl() => nixl_bytes,
             p if p.touches_disk() => disk_bytes,
             BenchPath::LayersD2h => args.layers_bytes / (LAYERS * KV),
             p if p.needs_gpu() => args.gpu_bytes,
@@ -224,6 +233,28 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
             }),
             _ => None,
         };
+        if let Some(ends) = &nixl_ends {
+            let op = match path {
+                BenchPath::NixlWrite => Some(TransferOp::Write),
+                BenchPath::NixlRead => Some(TransferOp::Read),
+                _ => None,
+            };
+            if let Some(op) = op {
+                points.push(super::nixl::measure(
+                    ends,
+                    &engine,
+                    path_name(path),
+                    op,
+                    pattern,
+                    size,
+                    blocks,
+                    args.iterations,
+                    args.seed,
+                    &bar,
+                )?);
+                continue;
+            }
+        }
         let point = measure(
             &engine,
             &mut buffers,
@@ -239,10 +270,26 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
     }
     bar.finish_and_clear();
     let direct_io = buffers.disk.as_ref().map(|(_, _, d)| *d);
+    let mut report = report_of(&config, args, started, load_before, points, skipped);
+    report.settings.disk_dir = disk_dir.map(|d| d.display().to_string());
+    report.settings.direct_io = direct_io;
+    report.fio = fio_note;
+    Ok(report)
+}
+
+/// The report of a sweep that started at `started` (no disk or fio settings).
+pub fn report_of(
+    config: &EngineConfig,
+    args: &BenchArgs,
+    started: Instant,
+    load_before: Option<f64>,
+    points: Vec<Point>,
+    skipped: Vec<String>,
+) -> Report {
     let mut machine = Machine::detect();
     machine.load_average_after = super::report::load_average();
     machine.load_average_before = load_before;
-    Ok(Report {
+    Report {
         kvmem_version: env!("CARGO_PKG_VERSION"),
         unix_time: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -255,16 +302,17 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
             max_io_bytes: config.max_io_bytes,
             disk_backend: config.disk_backend.name(),
             iterations: args.iterations,
-            disk_dir: disk_dir.map(|d| d.display().to_string()),
-            direct_io,
+            disk_dir: None,
+            direct_io: None,
             small_pages: args.small_pages,
             seed: args.seed,
         },
-        fio: fio_note,
+        fio: "no disk paths in this sweep".to_string(),
+        two_node: None,
         duration_s: started.elapsed().as_secs_f64(),
         points,
         skipped,
-    })
+    }
 }
 
 fn view(base: &Buffer, len: usize) -> Result<Buffer> {
@@ -280,6 +328,8 @@ pub fn path_name(path: BenchPath) -> &'static str {
         BenchPath::D2h => "device->pinned",
         BenchPath::D2d => "device->device",
         BenchPath::LayersD2h => "layers(device)->contiguous(pinned)",
+        BenchPath::NixlWrite => "nixl-write",
+        BenchPath::NixlRead => "nixl-read",
     }
 }
 
@@ -327,6 +377,11 @@ fn measure(
             (gpu()?.dev_src.clone(), gpu()?.pinned_dst.clone())
         }
         BenchPath::D2d => (gpu()?.dev_src.clone(), gpu()?.dev_dst.clone()),
+        BenchPath::NixlWrite | BenchPath::NixlRead => {
+            return Err(CliError::Bench(
+                "internal: NIXL path without NIXL agents".into(),
+            ));
+        }
     };
     let (layers, outer) = match path {
         BenchPath::LayersD2h => (LAYERS, KV),
@@ -490,5 +545,6 @@ fn measure(
         reference_latency_ms: Percentiles::of(&ref_times).scaled(1e3),
         fio,
         memcpy,
+        verified_bytes: None,
     })
 }

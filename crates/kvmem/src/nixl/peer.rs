@@ -202,6 +202,9 @@ pub enum PeerSource {
     Listener(SocketAddr),
     /// Fetched from etcd.
     Etcd,
+    /// Pushed to this agent's listener by the peer ([`Agent::publish_to_listener`] there) and
+    /// taken up with [`Agent::accept_pushed_peer`].
+    Pushed,
 }
 
 /// A peer this agent has metadata for: a name, the connection it belongs to, and its manifest.
@@ -428,6 +431,22 @@ impl Agent {
             .map_err(|e| Error::nixl("send metadata to a listener", e))
     }
 
+    /// Takes up the metadata the peer named `peer` pushed to this agent's listener socket
+    /// ([`publish_to_listener`](Self::publish_to_listener) there, `send_local_md` with an
+    /// address in NIXL's other bindings): waits until NIXL has loaded it, then makes the peer
+    /// addressable (notifications, transfers) like one fetched with
+    /// [`connect_listener`](Self::connect_listener). Useful to answer an agent whose address
+    /// is not known, only its name (from a notification it sent).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an agent without a listener; [`Error::Timeout`] when no metadata
+    /// of an agent named `peer` arrived within `timeout`.
+    pub fn accept_pushed_peer(&self, peer: &str, timeout: Duration) -> Result<Peer> {
+        self.require_comm_thread("accept_pushed_peer")?;
+        self.fetch_until_loaded(peer, timeout, timeout, || Ok(()))?;
+        Ok(lock(&self.shared.peers).insert(peer, None, PeerSource::Pushed))
+    }
+
     /// Stores this agent's metadata in etcd (under NIXL's namespace), for peers to fetch with
     /// [`connect_etcd`](Self::connect_etcd). Publish again after registering more memory.
     ///
@@ -517,6 +536,13 @@ impl Agent {
             PeerSource::Blob => Err(Error::MalformedMetadata {
                 reason: format!(
                     "peer '{peer}' was loaded from a blob; load its current blob with load_peer"
+                ),
+                source: None,
+            }),
+            PeerSource::Pushed => Err(Error::MalformedMetadata {
+                reason: format!(
+                    "peer '{peer}' pushed its metadata to this agent's listener; have it push \
+                     again and call accept_pushed_peer"
                 ),
                 source: None,
             }),
