@@ -405,7 +405,8 @@ impl CopyStream {
             sys::cuMemcpyHtoDAsync_v2(dev, host.cast::<c_void>(), bytes, inner.stream)
         })?;
         for (i, chunk) in copies.chunks(u32::MAX as usize).enumerate() {
-            let mut descs_ptr: u64 = dev + (i as u64) * (u32::MAX as u64) * 24;
+            let mut descs_ptr: u64 =
+                dev + (i as u64) * (u32::MAX as u64) * std::mem::size_of::<DeviceCopy>() as u64;
             let mut count: u32 = chunk.len() as u32;
             let grid = count
                 .min(inner.sm_count.saturating_mul(KERNEL_BLOCKS_PER_SM))
