@@ -208,6 +208,18 @@ pub struct BenchArgs {
     pub seed: u64,
 }
 
+/// The sweep's progress bar over `len` steps.
+fn progress_bar(len: u64) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
+
 /// Parses `4096`, `4K`, `4KiB`, `16M`, `1G` (powers of 1024).
 fn parse_size(s: &str) -> std::result::Result<usize, String> {
     let t = s.trim();

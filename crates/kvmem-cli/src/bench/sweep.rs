@@ -5,7 +5,7 @@ use super::memory::random_host;
 use super::report::{FioPoint, Machine, MemcpyPoint, Percentiles, Point, Report, Settings};
 use super::{BenchArgs, BenchPath, Pattern};
 use crate::error::{CliError, Result};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use kvmem::cuda::CudaDevice;
 use kvmem::layout::BlockDim;
 use kvmem::layout::{BlockLayout, LayoutConfig, LayoutKind};
@@ -189,11 +189,7 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
             }
         }
     }
-    let bar = ProgressBar::new((plan.len() * (args.iterations + 1)) as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let bar = super::progress_bar((plan.len() * (args.iterations + 1)) as u64);
     let started = Instant::now();
     let load_before = super::report::load_average();
     let mut points = Vec::new();

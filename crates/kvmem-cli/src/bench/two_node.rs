@@ -7,7 +7,6 @@ use super::nixl::{self, NixlEnds};
 use super::report::Report;
 use super::{BenchArgs, Pattern};
 use crate::error::{CliError, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use kvmem::nixl::{Agent, AgentConfig, MemType, PeerManifest, TransferOp};
 use kvmem::transfer::{EngineConfig, TransferEngine};
 use kvmem::{HostMemory, MemoryDescriptor, SystemStorage};
@@ -173,11 +172,7 @@ pub fn initiator(args: &BenchArgs) -> Result<Report> {
             }
         }
     }
-    let bar = ProgressBar::new((plan.len() * (args.iterations + 1)) as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let bar = super::progress_bar((plan.len() * (args.iterations + 1)) as u64);
     let started = Instant::now();
     let load_before = super::report::load_average();
     let mut points = Vec::new();
