@@ -179,21 +179,9 @@ impl DiskStorage {
     /// [`Error::OutOfBounds`], [`Error::Misaligned`], [`Error::Io`] or [`Error::ShortIo`].
     pub fn write_at(&self, offset: u64, buf: &[u8]) -> Result<()> {
         self.check_io(offset, buf.as_ptr(), buf.len())?;
-        let mut done = 0;
-        while done < buf.len() {
-            let n = rustix::io::pwrite(&self.fd, &buf[done..], offset + done as u64)
-                .map_err(|e| Error::io("write", &self.path, e.into()))?;
-            if n == 0 {
-                return Err(Error::ShortIo {
-                    op: "write",
-                    offset,
-                    expected: buf.len(),
-                    actual: done,
-                });
-            }
-            done += n;
-        }
-        Ok(())
+        let done = pwrite_all(self.fd.as_fd(), buf, offset)
+            .map_err(|e| Error::io("write", &self.path, e))?;
+        expect_full("write", offset, buf.len(), done)
     }
 
     /// Fills all of `buf` from `offset` in the file. Alignment rules as for
@@ -204,21 +192,9 @@ impl DiskStorage {
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.check_io(offset, buf.as_ptr(), buf.len())?;
         let len = buf.len();
-        let mut done = 0;
-        while done < len {
-            let n = rustix::io::pread(&self.fd, &mut buf[done..], offset + done as u64)
-                .map_err(|e| Error::io("read", &self.path, e.into()))?;
-            if n == 0 {
-                return Err(Error::ShortIo {
-                    op: "read",
-                    offset,
-                    expected: len,
-                    actual: done,
-                });
-            }
-            done += n;
-        }
-        Ok(())
+        let done = pread_all(self.fd.as_fd(), buf, offset)
+            .map_err(|e| Error::io("read", &self.path, e))?;
+        expect_full("read", offset, len, done)
     }
 
     fn check_io(&self, offset: u64, ptr: *const u8, len: usize) -> Result<()> {
@@ -239,6 +215,51 @@ impl DiskStorage {
             }
         }
         Ok(())
+    }
+}
+
+/// Writes `buf` at `offset`, retrying short writes; returns the bytes written, which is less than
+/// `buf.len()` only when the file accepted no more.
+pub(crate) fn pwrite_all(fd: BorrowedFd<'_>, buf: &[u8], offset: u64) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match rustix::io::pwrite(fd, &buf[done..], offset + done as u64)? {
+            0 => break,
+            n => done += n,
+        }
+    }
+    Ok(done)
+}
+
+/// Reads into `buf` from `offset`, retrying short reads; returns the bytes read, which is less than
+/// `buf.len()` only at the end of the file.
+pub(crate) fn pread_all(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match rustix::io::pread(fd, &mut buf[done..], offset + done as u64)? {
+            0 => break,
+            n => done += n,
+        }
+    }
+    Ok(done)
+}
+
+/// [`Error::ShortIo`] unless `actual == expected`.
+pub(crate) fn expect_full(
+    op: &'static str,
+    offset: u64,
+    expected: usize,
+    actual: usize,
+) -> Result<()> {
+    if actual == expected {
+        Ok(())
+    } else {
+        Err(Error::ShortIo {
+            op,
+            offset,
+            expected,
+            actual,
+        })
     }
 }
 

@@ -19,7 +19,7 @@ use crate::descriptor::MemoryDescriptor;
 use crate::error::{Error, Result};
 use crate::host::HostMemory;
 use crate::kind::StorageKind;
-use crate::storage::PinnedStorage;
+use crate::storage::{PinnedStorage, expect_full, pread_all, pwrite_all};
 use std::collections::HashMap;
 use std::sync::mpsc;
 
@@ -365,55 +365,28 @@ fn with_fd<T>(fd: i32, f: impl FnOnce(rustix::fd::BorrowedFd<'_>) -> T) -> T {
     f(fd)
 }
 
-fn read_exact_at(fd: i32, mut buf: &mut [u8], mut offset: u64) -> Result<()> {
-    let (start, len) = (offset, buf.len());
-    while !buf.is_empty() {
-        let n = with_fd(fd, |f| rustix::io::pread(f, &mut *buf, offset)).map_err(|e| {
-            Error::TransferIo {
-                op: "read",
-                fd,
-                offset,
-                len,
-                source: e.into(),
-            }
-        })?;
-        if n == 0 {
-            return Err(Error::ShortIo {
-                op: "read",
-                offset: start,
-                expected: len,
-                actual: (offset - start) as usize,
-            });
-        }
-        buf = &mut buf[n..];
-        offset += n as u64;
-    }
-    Ok(())
+fn read_exact_at(fd: i32, buf: &mut [u8], offset: u64) -> Result<()> {
+    let len = buf.len();
+    let done = with_fd(fd, |f| pread_all(f, buf, offset)).map_err(|source| Error::TransferIo {
+        op: "read",
+        fd,
+        offset,
+        len,
+        source,
+    })?;
+    expect_full("read", offset, len, done)
 }
 
-fn write_all_at(fd: i32, mut buf: &[u8], mut offset: u64) -> Result<()> {
-    let (start, len) = (offset, buf.len());
-    while !buf.is_empty() {
-        let n =
-            with_fd(fd, |f| rustix::io::pwrite(f, buf, offset)).map_err(|e| Error::TransferIo {
-                op: "write",
-                fd,
-                offset,
-                len,
-                source: e.into(),
-            })?;
-        if n == 0 {
-            return Err(Error::ShortIo {
-                op: "write",
-                offset: start,
-                expected: len,
-                actual: (offset - start) as usize,
-            });
-        }
-        buf = &buf[n..];
-        offset += n as u64;
-    }
-    Ok(())
+fn write_all_at(fd: i32, buf: &[u8], offset: u64) -> Result<()> {
+    let len = buf.len();
+    let done = with_fd(fd, |f| pwrite_all(f, buf, offset)).map_err(|source| Error::TransferIo {
+        op: "write",
+        fd,
+        offset,
+        len,
+        source,
+    })?;
+    expect_full("write", offset, len, done)
 }
 
 /// The device copies moving a packed bounce buffer at `base` to (or from) the slab's device side.
