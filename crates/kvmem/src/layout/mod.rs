@@ -248,6 +248,12 @@ impl BlockLayout {
         block * self.block_stride + layer * self.layer_stride + outer * self.outer_stride
     }
 
+    /// Bytes between the same chunk of consecutive blocks.
+    #[inline]
+    pub(crate) fn block_stride(&self) -> usize {
+        self.block_stride
+    }
+
     /// Checks a block id, naming `side` (`source` or `destination`) in the error.
     pub(crate) fn check_block(&self, side: &'static str, block: usize) -> Result<()> {
         if block >= self.config.num_blocks {
