@@ -222,6 +222,14 @@ pub enum Error {
         addr: usize,
     },
 
+    /// The two ends of a transfer cannot be joined (e.g. both are remote, or a remote end meets
+    /// a local layout that is not registered with NIXL).
+    #[error("this transfer is not supported: {reason}")]
+    UnsupportedEndpoints {
+        /// Why, and what to do instead.
+        reason: String,
+    },
+
     /// No executor in this build can move bytes between these two kinds of storage.
     #[error("transfers from {src} to {dst} memory are not supported: {reason}")]
     UnsupportedTransfer {

@@ -146,20 +146,7 @@ impl BlockLayout {
                 what: "layout region end address",
             })?;
         }
-        // The products below are bounded by `region_bytes`, which was computed with checks.
-        let (block_stride, layer_stride, outer_stride) = match kind {
-            LayoutKind::FullyContiguous => (
-                chunk_bytes * config.num_layers * config.outer_dim,
-                chunk_bytes * config.outer_dim,
-                chunk_bytes,
-            ),
-            LayoutKind::LayerSeparate(BlockDim::First) => {
-                (chunk_bytes * config.outer_dim, 0, chunk_bytes)
-            }
-            LayoutKind::LayerSeparate(BlockDim::Second) => {
-                (chunk_bytes, 0, chunk_bytes * config.num_blocks)
-            }
-        };
+        let (block_stride, layer_stride, outer_stride) = strides(&config, kind, chunk_bytes);
         Ok(Self {
             config,
             kind,
@@ -308,6 +295,30 @@ impl BlockLayout {
 }
 
 /// True when two kinds are the same tier: equal, or both files.
+/// Byte strides of a block, a layer and an outer part inside a region of a `kind` layout of
+/// `config` (the layer stride is 0 for layer-separate layouts, whose layers are separate
+/// regions). For dimensions validated by [`LayoutConfig::regions`], the products are bounded by
+/// the region size it computed with checked arithmetic.
+pub(crate) fn strides(
+    config: &LayoutConfig,
+    kind: LayoutKind,
+    chunk_bytes: usize,
+) -> (usize, usize, usize) {
+    match kind {
+        LayoutKind::FullyContiguous => (
+            chunk_bytes * config.num_layers * config.outer_dim,
+            chunk_bytes * config.outer_dim,
+            chunk_bytes,
+        ),
+        LayoutKind::LayerSeparate(BlockDim::First) => {
+            (chunk_bytes * config.outer_dim, 0, chunk_bytes)
+        }
+        LayoutKind::LayerSeparate(BlockDim::Second) => {
+            (chunk_bytes, 0, chunk_bytes * config.num_blocks)
+        }
+    }
+}
+
 fn same_tier(a: StorageKind, b: StorageKind) -> bool {
     a == b || (a.is_disk() && b.is_disk())
 }

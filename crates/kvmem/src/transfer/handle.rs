@@ -119,23 +119,27 @@ pub struct TransferHandle {
 impl TransferHandle {
     /// A handle and the executor's side for `plan`.
     pub(crate) fn new(plan: TransferPlan) -> (Self, Work) {
+        let (handle, completion) = Self::start(plan.path(), plan.total_bytes(), plan.op_count());
+        (handle, Work { plan, completion })
+    }
+
+    /// A handle and the executor's side for a transfer of `bytes` in `ops` copies over `path`
+    /// that is not described by a [`TransferPlan`] (a NIXL transfer to or from a peer).
+    pub(crate) fn start(path: TransferPath, bytes: usize, ops: usize) -> (Self, Completion) {
         let job = Arc::new(Job {
             state: Mutex::new(State::Running { detached: false }),
             done: Condvar::new(),
             cancel: AtomicBool::new(false),
-            path: plan.path(),
-            bytes: plan.total_bytes(),
-            ops: plan.op_count(),
+            path,
+            bytes,
+            ops,
             submitted: Instant::now(),
         });
-        let work = Work {
-            plan,
-            completion: Completion {
-                job: Arc::clone(&job),
-                reported: false,
-            },
+        let completion = Completion {
+            job: Arc::clone(&job),
+            reported: false,
         };
-        (Self { job }, work)
+        (Self { job }, completion)
     }
 
     /// The path the transfer crosses.
@@ -168,7 +172,7 @@ impl TransferHandle {
     ///
     /// # Errors
     /// What the transfer failed with: [`Error::TransferIo`], [`Error::ShortIo`],
-    /// [`Error::TransferCancelled`], [`Error::TransferAborted`].
+    /// [`Error::TransferFailed`] (NIXL), [`Error::TransferCancelled`], [`Error::TransferAborted`].
     pub fn wait(self) -> Result<TransferStats> {
         let state = self.job.lock();
         let mut state = self

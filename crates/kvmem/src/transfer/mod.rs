@@ -31,18 +31,22 @@ mod gpu;
 mod handle;
 mod host;
 mod plan;
+mod remote;
 mod uring;
 
 pub use handle::{TransferHandle, TransferStats};
 pub use plan::{CopyBatch, CopyOp, TransferPath, TransferPlan};
+pub use remote::{LAYOUT_DESCRIPTOR_FORMAT, LayoutDescriptor, RegisteredLayout, RemoteLayout};
 
 pub use crate::cuda::batch::CopyMethod;
 use crate::descriptor::Buffer;
 use crate::error::{Error, Result};
 use crate::layout::BlockLayout;
+use crate::nixl::TransferOp;
 pub use gpu::DEFAULT_BOUNCE_BYTES;
 use gpu::GpuExecutor;
 use host::HostExecutor;
+use remote::{Flight, RemotePoller};
 use std::sync::Mutex;
 use uring::{UringConfig, UringExecutor};
 
@@ -131,6 +135,36 @@ pub struct TransferEngine {
     host: HostExecutor,
     disk: Mutex<Option<UringExecutor>>,
     gpu: Mutex<Option<GpuExecutor>>,
+    remote: Mutex<Option<RemotePoller>>,
+}
+
+/// One end of a block transfer, for [`TransferEngine::transfer`].
+#[derive(Debug, Clone, Copy)]
+pub enum Endpoint<'a> {
+    /// A layout in this process's memory or files.
+    Local(&'a BlockLayout),
+    /// A local layout registered with a NIXL agent (usable locally and with that agent's peers).
+    Registered(&'a RegisteredLayout),
+    /// A NIXL peer's layout.
+    Remote(&'a RemoteLayout),
+}
+
+impl<'a> From<&'a BlockLayout> for Endpoint<'a> {
+    fn from(layout: &'a BlockLayout) -> Self {
+        Self::Local(layout)
+    }
+}
+
+impl<'a> From<&'a RegisteredLayout> for Endpoint<'a> {
+    fn from(layout: &'a RegisteredLayout) -> Self {
+        Self::Registered(layout)
+    }
+}
+
+impl<'a> From<&'a RemoteLayout> for Endpoint<'a> {
+    fn from(layout: &'a RemoteLayout) -> Self {
+        Self::Remote(layout)
+    }
 }
 
 impl TransferEngine {
@@ -149,6 +183,7 @@ impl TransferEngine {
             host,
             disk: Mutex::new(None),
             gpu: Mutex::new(None),
+            remote: Mutex::new(None),
         })
     }
 
@@ -170,6 +205,108 @@ impl TransferEngine {
         dst_ids: &[usize],
     ) -> Result<TransferHandle> {
         self.submit(TransferPlan::blocks(src, src_ids, dst, dst_ids)?)
+    }
+
+    /// Copies blocks `src_ids[i]` of `src` to blocks `dst_ids[i]` of `dst`, wherever the two
+    /// ends are: both local ([`copy_blocks`](Self::copy_blocks)), local to a NIXL peer
+    /// ([`write_remote`](Self::write_remote)) or back ([`read_remote`](Self::read_remote)).
+    ///
+    /// # Errors
+    /// [`Error::UnsupportedEndpoints`] when both ends are remote, or one is remote and the
+    /// other a local layout not registered with NIXL; otherwise as for the method the pair
+    /// dispatches to. Nothing has moved when this returns an error.
+    pub fn transfer<'a>(
+        &self,
+        src: impl Into<Endpoint<'a>>,
+        src_ids: &[usize],
+        dst: impl Into<Endpoint<'a>>,
+        dst_ids: &[usize],
+    ) -> Result<TransferHandle> {
+        use Endpoint::*;
+        let unregistered = |side: &str, peer: &str| Error::UnsupportedEndpoints {
+            reason: format!(
+                "the {side} is a local layout not registered with NIXL and the other end is in \
+                 peer '{peer}'; build its regions from memory registered with the agent \
+                 (Agent::register) and wrap it with RegisteredLayout::new"
+            ),
+        };
+        match (src.into(), dst.into()) {
+            (Local(s), Local(d)) => self.copy_blocks(s, src_ids, d, dst_ids),
+            (Local(s), Registered(d)) => self.copy_blocks(s, src_ids, d.layout(), dst_ids),
+            (Registered(s), Local(d)) => self.copy_blocks(s.layout(), src_ids, d, dst_ids),
+            (Registered(s), Registered(d)) => {
+                self.copy_blocks(s.layout(), src_ids, d.layout(), dst_ids)
+            }
+            (Registered(s), Remote(d)) => self.write_remote(s, src_ids, d, dst_ids, None),
+            (Remote(s), Registered(d)) => self.read_remote(s, src_ids, d, dst_ids),
+            (Local(_), Remote(d)) => Err(unregistered("source", d.peer().name())),
+            (Remote(s), Local(_)) => Err(unregistered("destination", s.peer().name())),
+            (Remote(s), Remote(d)) => Err(Error::UnsupportedEndpoints {
+                reason: format!(
+                    "both ends are remote (peers '{}' and '{}'); NIXL moves data between this \
+                     process's memory and one peer: read into a local RegisteredLayout, then \
+                     write from it",
+                    s.peer().name(),
+                    d.peer().name()
+                ),
+            }),
+        }
+    }
+
+    /// Writes blocks `src_ids[i]` of the local `src` to blocks `dst_ids[i]` of the peer's
+    /// `dst` (a NIXL WRITE over both layouts' prepared lists); `notification` reaches the peer
+    /// once the data has landed there.
+    ///
+    /// # Errors
+    /// Before anything moves: [`Error::BlockCountMismatch`], [`Error::LayoutMismatch`],
+    /// [`Error::BlockOutOfRange`], [`Error::DuplicateBlock`] (destination ids),
+    /// [`Error::TransferMismatch`] (layouts prepared with different agents), the peer's errors
+    /// ([`Error::PeerInvalidated`], …) and NIXL's. A failure after posting, such as the peer
+    /// going away, is reported by the handle as [`Error::TransferFailed`].
+    pub fn write_remote(
+        &self,
+        src: &RegisteredLayout,
+        src_ids: &[usize],
+        dst: &RemoteLayout,
+        dst_ids: &[usize],
+        notification: Option<&[u8]>,
+    ) -> Result<TransferHandle> {
+        let posted = remote::post(TransferOp::Write, src, src_ids, dst, dst_ids, notification)?;
+        Ok(self.watch(TransferPath::LocalToRemote, posted))
+    }
+
+    /// Reads blocks `src_ids[i]` of the peer's `src` into blocks `dst_ids[i]` of the local
+    /// `dst` (a NIXL READ over both layouts' prepared lists).
+    ///
+    /// # Errors
+    /// As for [`write_remote`](Self::write_remote).
+    pub fn read_remote(
+        &self,
+        src: &RemoteLayout,
+        src_ids: &[usize],
+        dst: &RegisteredLayout,
+        dst_ids: &[usize],
+    ) -> Result<TransferHandle> {
+        let posted = remote::post(TransferOp::Read, dst, dst_ids, src, src_ids, None)?;
+        Ok(self.watch(TransferPath::RemoteToLocal, posted))
+    }
+
+    fn watch(&self, path: TransferPath, posted: remote::Posted) -> TransferHandle {
+        let (handle, completion) = TransferHandle::start(path, posted.bytes, posted.chunks);
+        let flight = Flight { posted, completion };
+        let mut poller = self.remote.lock().unwrap_or_else(|e| e.into_inner());
+        match &mut *poller {
+            Some(poller) => poller.watch(flight),
+            empty => match RemotePoller::start() {
+                Ok(p) => empty.insert(p).watch(flight),
+                Err(e) => {
+                    // No thread to poll on: wait here, so the outcome is still reported.
+                    tracing::warn!(error = %e, "cannot start the NIXL polling thread");
+                    flight.finish_here();
+                }
+            },
+        }
+        handle
     }
 
     /// Copies all of `src` to the start of `dst` as one copy.

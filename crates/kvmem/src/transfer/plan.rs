@@ -8,7 +8,7 @@
 use crate::descriptor::{Buffer, MemoryDescriptor};
 use crate::error::{Error, Result};
 use crate::kind::StorageKind;
-use crate::layout::{BlockDim, BlockLayout, LayoutKind};
+use crate::layout::{BlockDim, BlockLayout, LayoutConfig, LayoutKind};
 use crate::storage::DIRECT_IO_ALIGN;
 use serde::Serialize;
 use std::collections::HashSet;
@@ -61,10 +61,16 @@ pub enum TransferPath {
     DeviceToDisk,
     /// A file to GPU memory (through pinned bounce buffers).
     DiskToDevice,
+    /// Local registered memory to a NIXL peer's (a WRITE).
+    LocalToRemote,
+    /// A NIXL peer's memory to local registered memory (a READ).
+    RemoteToLocal,
 }
 
 impl TransferPath {
-    /// The path between a source of kind `src` and a destination of kind `dst`.
+    /// The path between a source of kind `src` and a destination of kind `dst` (both local;
+    /// the remote paths are taken by [`TransferEngine::write_remote`](super::TransferEngine::write_remote)
+    /// and [`read_remote`](super::TransferEngine::read_remote)).
     pub fn select(src: StorageKind, dst: StorageKind) -> Self {
         use StorageKind::*;
         match (src, dst) {
@@ -104,6 +110,8 @@ impl TransferPath {
             Self::DeviceToDevice => "device->device",
             Self::DeviceToDisk => "device->disk",
             Self::DiskToDevice => "disk->device",
+            Self::LocalToRemote => "local->remote",
+            Self::RemoteToLocal => "remote->local",
         }
     }
 }
@@ -149,30 +157,9 @@ impl TransferPlan {
         dst: &BlockLayout,
         dst_ids: &[usize],
     ) -> Result<Self> {
-        if src_ids.len() != dst_ids.len() {
-            return Err(Error::BlockCountMismatch {
-                src: src_ids.len(),
-                dst: dst_ids.len(),
-            });
-        }
-        let (sc, dc) = (src.config(), dst.config());
-        for (what, s, d) in [
-            ("chunk size", src.chunk_bytes(), dst.chunk_bytes()),
-            ("layers", sc.num_layers, dc.num_layers),
-            ("outer dimension", sc.outer_dim, dc.outer_dim),
-        ] {
-            if s != d {
-                return Err(Error::LayoutMismatch {
-                    what,
-                    src: s,
-                    dst: d,
-                });
-            }
-        }
-        for &id in src_ids {
-            src.check_block("source", id)?;
-        }
-        let pairs = by_destination(dst, dst_ids, src_ids)?;
+        check_shapes(src.config(), src_ids, dst.config(), dst_ids)?;
+        let sc = src.config();
+        let pairs = by_destination(dst.num_blocks(), dst_ids, src_ids)?;
         let chunk = src.chunk_bytes();
         // A chunk's region (hence storage kind and base address) depends only on its layer, and
         // its address is the address of block 0's chunk at the same (layer, outer) plus the block
@@ -355,18 +342,59 @@ struct Part {
     dst: usize,
 }
 
+/// Checks what every block transfer needs of its two sides: as many source as destination
+/// ids, the same chunk size, layer count and outer dimension, and source ids in range.
+pub(crate) fn check_shapes(
+    sc: &LayoutConfig,
+    src_ids: &[usize],
+    dc: &LayoutConfig,
+    dst_ids: &[usize],
+) -> Result<()> {
+    if src_ids.len() != dst_ids.len() {
+        return Err(Error::BlockCountMismatch {
+            src: src_ids.len(),
+            dst: dst_ids.len(),
+        });
+    }
+    for (what, s, d) in [
+        ("chunk size", sc.chunk_bytes()?, dc.chunk_bytes()?),
+        ("layers", sc.num_layers, dc.num_layers),
+        ("outer dimension", sc.outer_dim, dc.outer_dim),
+    ] {
+        if s != d {
+            return Err(Error::LayoutMismatch {
+                what,
+                src: s,
+                dst: d,
+            });
+        }
+    }
+    if let Some(&block) = src_ids.iter().find(|&&id| id >= sc.num_blocks) {
+        return Err(Error::BlockOutOfRange {
+            side: "source",
+            block,
+            num_blocks: sc.num_blocks,
+        });
+    }
+    Ok(())
+}
+
 /// The `(destination, source)` block pairs sorted by destination id, checking that destination
 /// ids are distinct.
 ///
 /// Ids already in order cost one pass; dense requests are bucketed by destination id (linear);
 /// sparse ones (few blocks of a large layout) are sorted.
-fn by_destination(
-    dst: &BlockLayout,
+pub(crate) fn by_destination(
+    num_blocks: usize,
     dst_ids: &[usize],
     src_ids: &[usize],
 ) -> Result<Vec<(usize, usize)>> {
-    for &id in dst_ids {
-        dst.check_block("destination", id)?;
+    if let Some(&block) = dst_ids.iter().find(|&&id| id >= num_blocks) {
+        return Err(Error::BlockOutOfRange {
+            side: "destination",
+            block,
+            num_blocks,
+        });
     }
     let zipped = || dst_ids.iter().copied().zip(src_ids.iter().copied());
     if dst_ids.is_sorted() {
@@ -375,8 +403,8 @@ fn by_destination(
         }
         return Ok(zipped().collect());
     }
-    if dst.num_blocks() / 4 <= dst_ids.len() {
-        let mut slot = vec![usize::MAX; dst.num_blocks()];
+    if num_blocks / 4 <= dst_ids.len() {
+        let mut slot = vec![usize::MAX; num_blocks];
         for (d, s) in zipped() {
             if std::mem::replace(&mut slot[d], s) != usize::MAX {
                 return Err(Error::DuplicateBlock { block: d });
