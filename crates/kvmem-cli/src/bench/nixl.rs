@@ -2,20 +2,25 @@
 //! registered region — a second agent in this process over UCX (the loopback peer), or a
 //! `kvmem bench --role target` on another machine (see `docs/TWO_NODE.md`).
 //!
-//! Each point prepares its descriptor lists once (local blocks, remote blocks, and the
-//! reference's single descriptor on each side), checks every byte once (random source,
-//! poisoned destination), then times the block transfer interleaved with its reference: one
-//! READ/WRITE of the same bytes as a single descriptor.
+//! Each point goes through the transfer engine's remote path
+//! ([`TransferEngine::write_remote`]/[`read_remote`](TransferEngine::read_remote)): it prepares
+//! a [`RegisteredLayout`] and a [`RemoteLayout`] once (blocks on each side, and the reference's
+//! single block of the same bytes), checks every byte once (random source, poisoned
+//! destination), then times the block transfer interleaved with its reference: one READ/WRITE
+//! of the same bytes as a single descriptor.
 
 use super::Pattern;
 use super::report::{Percentiles, Point};
 use crate::error::{CliError, Result};
 use indicatif::ProgressBar;
+use kvmem::layout::{BlockLayout, LayoutConfig, LayoutKind};
 use kvmem::nixl::{
-    Agent, AgentConfig, LocalBlocks, Peer, PreparedLocal, PreparedRemote, Registered, RemoteBlock,
+    Agent, AgentConfig, LocalBlocks, MemType, NixlDescriptor, Peer, Registered, RemoteBlock,
     RemoteBlocks, TransferOp,
 };
-use kvmem::transfer::TransferEngine;
+use kvmem::transfer::{
+    LAYOUT_DESCRIPTOR_FORMAT, LayoutDescriptor, RegisteredLayout, RemoteLayout, TransferEngine,
+};
 use kvmem::{Buffer, HostMemory, SystemStorage};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -153,37 +158,55 @@ pub fn measure(
         TransferOp::Write => &ends.src,
         TransferOp::Read => &ends.dst,
     };
-    // Descriptor lists, prepared once per point: blocks 0..n on each side, and the reference's
-    // one descriptor of the same bytes.
-    let mut local = LocalBlocks::with_capacity(blocks);
-    let mut remote = RemoteBlocks::with_capacity(&ends.peer, blocks);
-    for i in 0..blocks {
-        local.push_range(local_buf, i * size, size)?;
-        remote.push(RemoteBlock::dram(
-            ends.remote_addr + (i * size) as u64,
-            size,
-        ))?;
-    }
+    // Layouts, prepared once per point: `blocks` blocks of `size` bytes on each side, and the
+    // reference's one block of the same bytes. Both go through the engine's remote path.
+    let config = |block: usize, n: usize| LayoutConfig {
+        num_blocks: n,
+        num_layers: 1,
+        outer_dim: 1,
+        page_size: 1,
+        inner_dim: block,
+        dtype_bytes: 1,
+    };
     let agent = &ends.agent;
-    let (pl, pr) = (agent.prepare_local(&local)?, agent.prepare_remote(&remote)?);
-    let mut whole_local = LocalBlocks::new();
-    whole_local.push_range(local_buf, 0, bytes)?;
-    let (rl, rr) = (
-        agent.prepare_local(&whole_local)?,
-        agent.prepare_remote(&ends.remote_range(0, bytes)?)?,
-    );
-    let post = |pl: &PreparedLocal, pr: &PreparedRemote, ids: Option<(&[usize], &[usize])>| {
-        let t = Instant::now();
-        let mut x = match ids {
-            None => agent.post_prepared(op, pl, pr, None)?,
-            Some((l, r)) => agent.post_prepared_selected(op, pl, l, pr, r, None)?,
+    let prepare = |block: usize, n: usize| -> Result<(RegisteredLayout, RemoteLayout)> {
+        let c = config(block, n);
+        let local = BlockLayout::new(c, LayoutKind::FullyContiguous, vec![local_buf.clone()], 1)?;
+        let remote = LayoutDescriptor {
+            format: LAYOUT_DESCRIPTOR_FORMAT,
+            agent: ends.peer.name().to_owned(),
+            config: c,
+            kind: LayoutKind::FullyContiguous,
+            regions: vec![NixlDescriptor {
+                addr: ends.remote_addr,
+                size: ends.len,
+                mem_type: MemType::Dram,
+                device_id: 0,
+            }],
         };
-        x.wait(WAIT)?;
+        Ok((
+            RegisteredLayout::new(agent, local)?,
+            RemoteLayout::new(agent, &ends.peer, remote)?,
+        ))
+    };
+    let (blocks_local, blocks_remote) = prepare(size, blocks)?;
+    let (whole_local, whole_remote) = prepare(bytes, 1)?;
+    let run = |l: &RegisteredLayout, li: &[usize], r: &RemoteLayout, ri: &[usize]| {
+        let t = Instant::now();
+        let handle = match op {
+            TransferOp::Write => engine.write_remote(l, li, r, ri, None)?,
+            TransferOp::Read => engine.read_remote(r, ri, l, li)?,
+        };
+        if !handle.wait_timeout(WAIT) {
+            return Err(CliError::Bench(format!(
+                "{label}: a NIXL transfer did not finish within {WAIT:?}"
+            )));
+        }
+        handle.wait()?;
         Ok::<f64, CliError>(t.elapsed().as_secs_f64())
     };
-    let ids = (pattern == Pattern::Scattered).then_some((&local_ids[..], &remote_ids[..]));
-    let transfer = || post(&pl, &pr, ids);
-    let reference = || post(&rl, &rr, None);
+    let transfer = || run(&blocks_local, &local_ids, &blocks_remote, &remote_ids);
+    let reference = || run(&whole_local, &[0], &whole_remote, &[0]);
 
     // Check every byte once, through the same prepared lists the timed runs use.
     match op {
