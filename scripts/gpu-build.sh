@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the GPU tests, the pinned-allocation benchmark and the kvmem CLI here (release mode, line tables only)
+# Builds the GPU tests, the pinned-allocation and planner benchmarks and the kvmem CLI here (release mode, line tables only)
 # and stages them, with the runner scripts/gpu-run.sh as run.sh, in a git-ignored folder that is
 # carried to the GPU machine. There, `bash .gpu/run.sh` runs everything and writes logs to $OUT.
 #
@@ -27,7 +27,7 @@ trap 'rm -f "$log"' EXIT
 list=$( {
     cargo test --release -p kvmem --locked --no-run --message-format=json \
         --test cuda_gpu --test cuda_no_driver --test cuda_batch_gpu --test cuda_transfer_gpu
-    cargo bench -p kvmem --locked --no-run --message-format=json --bench cuda_pinned_alloc
+    cargo bench -p kvmem --locked --no-run --message-format=json --bench cuda_pinned_alloc --bench plan
     cargo build --release -p kvmem-cli --locked --message-format=json --bin kvmem
 } 2>"$log" | artifacts) || { cat "$log" >&2; exit 1; }
 [ -n "$list" ] || { cat "$log" >&2; echo "gpu-build.sh: no binaries built" >&2; exit 1; }
@@ -38,7 +38,7 @@ while read -r name exe; do
     # Keep the line tables (for backtraces) but compress them: the carry limit is tight.
     objcopy --compress-debug-sections=zlib "$exe" "$stage/bin/$name"
 done <<<"$list"
-for want in cuda_gpu cuda_no_driver cuda_batch_gpu cuda_transfer_gpu cuda_pinned_alloc kvmem; do
+for want in cuda_gpu cuda_no_driver cuda_batch_gpu cuda_transfer_gpu cuda_pinned_alloc plan kvmem; do
     [ -x "$stage/bin/$want" ] || { echo "gpu-build.sh: $want was not built" >&2; exit 1; }
 done
 cp scripts/gpu-run.sh "$stage/run.sh"

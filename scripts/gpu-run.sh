@@ -7,6 +7,9 @@
 #      unless KVMEM_SKIP_ALLOC_BENCH=1;
 #   5. `kvmem bench` over every path (GPU ones included) with the default (auto) GPU method, and
 #      the GPU paths again with each method forced, for the method comparison.
+# KVMEM_GPU_QUICK=1 keeps to what a transfer-engine change needs: the copy-stream and transfer
+# GPU tests, memcheck of the transfer tests, the planner benchmark, `kvmem bench` over every
+# path once and the GPU paths twice more (run-to-run variance), no per-method runs.
 # The device tool brings back at most 8 files: the bench outputs beyond the main JSON, plot and
 # table are packed into kvbench.tgz.
 # Logs go to $OUT (the device tool's output folder), else to .gpu/out. Exits non-zero if any
@@ -55,12 +58,19 @@ sanitizer="$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-san
 
 # One test at a time: the out-of-memory tests take the whole device for a moment, and free-memory
 # figures are only meaningful without neighbours. (Threads are exercised by the tests themselves.)
+quick="${KVMEM_GPU_QUICK:-0}"
+if [ "$quick" != 1 ]; then
 step "GPU tests" "$out/tests.log" "$bin/cuda_gpu" --ignored --skip hugetlb_ --test-threads=1
 step "no-driver test (driver present)" "$out/tests.log" "$bin/cuda_no_driver"
+fi
 step "copy-stream GPU tests" "$out/tests.log" "$bin/cuda_batch_gpu" --ignored --test-threads=1
 step "transfer-engine GPU tests" "$out/tests.log" "$bin/cuda_transfer_gpu" --ignored --test-threads=1
 
-if [ -n "$sanitizer" ]; then
+if [ -n "$sanitizer" ] && [ "$quick" = 1 ]; then
+    step "memcheck: transfer-engine tests" "$out/sanitizer.log" timeout 400 "$sanitizer" --tool memcheck \
+        --leak-check full --error-exitcode 99 "$bin/cuda_transfer_gpu" --ignored every_layout_pair_over_gpu_tiers_auto --test-threads=1
+    grep -E "ERROR SUMMARY" "$out/sanitizer.log" | tee -a "$summary"
+elif [ -n "$sanitizer" ]; then
     step "memcheck: GPU tests" "$out/sanitizer.log" "$sanitizer" --tool memcheck --leak-check full \
         --error-exitcode 99 "$bin/cuda_gpu" --ignored --skip error_ --skip hugetlb_ --test-threads=1
     # These tests provoke driver errors on purpose; memcheck still checks memory, not API errors.
@@ -80,7 +90,9 @@ fi
 
 pages=/proc/sys/vm/nr_hugepages
 before="$(cat "$pages")"
-if echo $((before + 32)) >"$pages" 2>/dev/null && [ "$(awk '/HugePages_Free/ {print $2}' /proc/meminfo)" -ge 24 ]; then
+if [ "$quick" = 1 ]; then
+    :
+elif echo $((before + 32)) >"$pages" 2>/dev/null && [ "$(awk '/HugePages_Free/ {print $2}' /proc/meminfo)" -ge 24 ]; then
     step "hugetlb test" "$out/tests.log" "$bin/cuda_gpu" --ignored hugetlb_
     echo "$before" >"$pages"
 else
@@ -89,7 +101,9 @@ else
     failed=1
 fi
 
-if [ "${KVMEM_SKIP_ALLOC_BENCH:-0}" != 1 ]; then
+step "planner benchmark" "$out/plan.log" "$bin/plan" --bench
+
+if [ "${KVMEM_SKIP_ALLOC_BENCH:-0}" != 1 ] && [ "$quick" != 1 ]; then
 # The benchmark measures the fast path on THP (the machine as found) and, with 2 MiB hugetlb
 # pages reserved for it here (enough for its largest size), on hugetlb too; released afterwards.
 reserve="${KVMEM_BENCH_HUGEPAGES:-4200}"
@@ -107,13 +121,22 @@ kv="$here/kvbench"
 rm -rf "$kv"
 mkdir -p "$kv"
 step "kvmem bench (all paths)" "$out/kvbench.log" "$bin/kvmem" bench --out-dir "$kv/auto" --disk-dir /tmp
-for m in batched kernel per-copy; do
-    step "kvmem bench (gpu, $m)" "$out/kvbench.log" "$bin/kvmem" bench --paths h2d,d2h,d2d,layers-d2h \
-        --gpu-method "$m" --out-dir "$kv/$m"
-done
+if [ "$quick" = 1 ]; then
+    runs="auto-2 auto-3"
+    for r in $runs; do
+        step "kvmem bench (gpu, $r)" "$out/kvbench.log" "$bin/kvmem" bench --paths h2d,d2h,d2d,layers-d2h \
+            --out-dir "$kv/$r"
+    done
+else
+    runs="batched kernel per-copy"
+    for m in $runs; do
+        step "kvmem bench (gpu, $m)" "$out/kvbench.log" "$bin/kvmem" bench --paths h2d,d2h,d2d,layers-d2h \
+            --gpu-method "$m" --out-dir "$kv/$m"
+    done
+fi
 cp "$kv/auto/bench.json" "$out/kvbench.json" 2>/dev/null
 cp "$kv/auto/bench.svg" "$out/kvbench.svg" 2>/dev/null
-for m in auto batched kernel per-copy; do
+for m in auto $runs; do
     echo "== $m" >>"$out/kvbench.log"
     cat "$kv/$m/table.txt" >>"$out/kvbench.log" 2>/dev/null
 done

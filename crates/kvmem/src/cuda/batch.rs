@@ -32,9 +32,12 @@ const KERNEL_BLOCKS_PER_SM: u32 = 8;
 /// engines (`cuMemcpyBatchAsync`); device-to-device copies use the kernel up to four times this.
 /// Chosen from the H100 measurements in PERFORMANCE.md.
 pub const DEFAULT_KERNEL_MAX_AVG_LEN: usize = 1 << 20;
-/// The kernel splits longer copies into pieces of this many bytes, so that one large copy is
-/// spread over many thread blocks instead of occupying one.
+/// The kernel splits longer copies into pieces of at most this many bytes, so that one large
+/// copy is spread over many thread blocks instead of occupying one; pieces shrink (down to
+/// [`KERNEL_MIN_PIECE`]) until there are enough to fill every block the launch can run at once.
 const KERNEL_PIECE: u64 = 256 * 1024;
+/// The smallest piece a long copy is split into.
+const KERNEL_MIN_PIECE: u64 = 16 * 1024;
 
 /// One copy of `len` bytes between two device-accessible addresses (device memory, or pinned
 /// host memory, whose host address is also its device address under unified addressing).
@@ -371,18 +374,25 @@ impl CopyStream {
                 what: "the copy kernel did not load".into(),
             });
         };
-        // Split long copies so they spread over thread blocks.
+        // Split long copies so they spread over thread blocks: into pieces small enough that
+        // the transfer fills every block resident at once (a power of two, hence a multiple of
+        // 16 bytes, which keeps the vector path's alignment).
+        let resident = u64::from(inner.sm_count.saturating_mul(KERNEL_BLOCKS_PER_SM).max(1));
+        let total = copies.iter().fold(0u64, |t, c| t.saturating_add(c.len));
+        let piece = (total / resident)
+            .checked_next_power_of_two()
+            .map_or(KERNEL_PIECE, |p| p.clamp(KERNEL_MIN_PIECE, KERNEL_PIECE));
         let pieces: Vec<DeviceCopy>;
-        let copies = if copies.iter().any(|c| c.len > KERNEL_PIECE) {
+        let copies = if copies.iter().any(|c| c.len > piece) {
             pieces = copies
                 .iter()
                 .flat_map(|c| {
-                    (0..c.len.div_ceil(KERNEL_PIECE)).map(move |i| {
-                        let off = i * KERNEL_PIECE;
+                    (0..c.len.div_ceil(piece)).map(move |i| {
+                        let off = i * piece;
                         DeviceCopy {
                             src: c.src + off,
                             dst: c.dst + off,
-                            len: (c.len - off).min(KERNEL_PIECE),
+                            len: (c.len - off).min(piece),
                         }
                     })
                 })
