@@ -17,6 +17,8 @@
 //! | pinned ↔ device, device ↔ device | a CUDA copy stream: `cuMemcpyBatchAsync` or kvmem's PTX copy kernel, chosen by copy size ([`CopyMethod`]) | needs the CUDA driver |
 //! | pageable host ↔ device, disk ↔ device | the same, through two pinned bounce buffers, pipelined | |
 //! | disk ↔ disk | none: [`Error::UnsupportedTransfer`] | stage through host memory |
+//! | local ↔ remote | NIXL READ/WRITE over the prepared lists of a [`RegisteredLayout`] and a [`RemoteLayout`] ([`TransferEngine::write_remote`], [`read_remote`](TransferEngine::read_remote)), completed by a polling thread | needs the NIXL runtime; one descriptor per chunk |
+//! | remote ↔ remote | none: [`Error::UnsupportedEndpoints`] from [`TransferEngine::transfer`] | read into a local layout, then write |
 //!
 //! # Memory safety
 //! Executors write through raw addresses, so a transfer must be the only writer of its
