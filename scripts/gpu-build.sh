@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the GPU tests, the pinned-allocation and planner benchmarks and the kvmem CLI here (release mode, line tables only)
+# Builds the GPU tests, the pinned-allocation and planner benchmarks and the kvmem CLI, packs the
+# NIXL runtime from the venv, here (release mode, line tables only)
 # and stages them, with the runner scripts/gpu-run.sh as run.sh, in a git-ignored folder that is
 # carried to the GPU machine. There, `bash .gpu/run.sh` runs everything and writes logs to $OUT.
 #
@@ -41,6 +42,22 @@ done <<<"$list"
 for want in cuda_gpu cuda_no_driver cuda_batch_gpu cuda_transfer_gpu cuda_pinned_alloc plan kvmem; do
     [ -x "$stage/bin/$want" ] || { echo "gpu-build.sh: $want was not built" >&2; exit 1; }
 done
+# The NIXL runtime (UCX and POSIX plugins, the libraries they load, UCX's modules), packed from
+# the venv with its directory structure (the libraries find each other through $ORIGIN rpaths);
+# run.sh unpacks it and points KVMEM_NIXL_LIB_DIR at it. About 10 MiB compressed.
+site=$(ls -d "$PWD"/.venv/lib/python3*/site-packages | head -n1)
+(
+    cd "$site"
+    meson=.nixl_cu12.mesonpy.libs
+    roots=("$meson"/libnixl_capi.so "$meson"/plugins/libplugin_UCX.so "$meson"/plugins/libplugin_POSIX.so nixl_cu12.libs/ucx/*.so*)
+    {
+        LD_LIBRARY_PATH="$site/$meson:$site/nixl_cu12.libs" ldd "${roots[@]}" 2>/dev/null |
+            awk '/=> \// {print $3}' | grep -F "$site/" | xargs -r realpath --relative-to="$site"
+        printf '%s\n' "$meson"/*.so* "${roots[@]}"
+    } | sort -u >"$log.nixl"
+    tar -cJf "$stage/nixl.tar.xz" -T "$log.nixl"
+    rm -f "$log.nixl"
+)
 cp scripts/gpu-run.sh "$stage/run.sh"
 chmod +x "$stage/run.sh"
 git rev-parse HEAD >"$stage/COMMIT" 2>/dev/null || true

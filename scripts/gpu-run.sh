@@ -24,6 +24,14 @@ summary="$out/summary.txt"
 : >"$summary"
 failed=0
 
+# The NIXL runtime packed by gpu-build.sh (the GPU machine has no network to install it).
+if [ -f "$here/nixl.tar.xz" ]; then
+    rm -rf "$here/nixl-rt" && mkdir -p "$here/nixl-rt" && tar -xJf "$here/nixl.tar.xz" -C "$here/nixl-rt"
+    export KVMEM_NIXL_LIB_DIR="$here/nixl-rt/.nixl_cu12.mesonpy.libs"
+    export NIXL_PLUGIN_DIR="$KVMEM_NIXL_LIB_DIR/plugins"
+    export UCX_MODULES="${UCX_MODULES-^ib}"
+fi
+
 # step NAME LOG COMMAND...: runs COMMAND with its output appended to LOG, records the outcome.
 step() {
     local name="$1" log="$2"
