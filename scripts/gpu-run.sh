@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine (staged there as .gpu/run.sh by scripts/gpu-build.sh; needs no Rust):
-#   1. the GPU tests (`--ignored`) and the no-driver test (driver present there);
+#   1. the GPU tests (`--ignored`) and the no-driver test (driver present there), and the NIXL
+#      remote-transfer tests with GPU memory (the NIXL runtime is packed into .gpu by gpu-build.sh);
 #   2. the GPU tests again under compute-sanitizer memcheck (zero errors required);
 #   3. the hugetlb test, with 2 MiB pages reserved for it and released afterwards;
 #   4. the pinned-allocation benchmark (with 2 MiB hugetlb pages reserved for its hugetlb row),
@@ -73,6 +74,8 @@ step "no-driver test (driver present)" "$out/tests.log" "$bin/cuda_no_driver"
 fi
 step "copy-stream GPU tests" "$out/tests.log" "$bin/cuda_batch_gpu" --ignored --test-threads=1
 step "transfer-engine GPU tests" "$out/tests.log" "$bin/cuda_transfer_gpu" --ignored --test-threads=1
+# NIXL with GPU memory (UCX's CUDA transport), and the host remote tests, on this machine.
+step "remote transfer tests (GPU and host)" "$out/tests.log" "$bin/transfer_remote" --include-ignored --test-threads=1
 
 if [ -n "$sanitizer" ] && [ "$quick" = 1 ]; then
     step "memcheck: transfer-engine tests" "$out/sanitizer.log" timeout 400 "$sanitizer" --tool memcheck \

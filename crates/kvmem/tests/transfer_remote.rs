@@ -370,3 +370,93 @@ fn a_dropped_handle_keeps_the_memory_until_the_transfer_ends() {
         "peer's second half",
     );
 }
+
+/// A layer-separate layout in GPU memory, registered with NIXL (VRAM), written to a peer's host
+/// layout and read back into another GPU layout: the disaggregated-serving path, GPU KV blocks
+/// to and from another node's memory.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn device_layouts_write_to_and_read_from_a_peer() {
+    use kvmem::DeviceStorage;
+    use kvmem::cuda;
+    let gpu = common::gpu();
+    let engine = TransferEngine::new(EngineConfig::default()).unwrap();
+    let (a, b) = (agent("remote-gpu-a"), agent("remote-gpu-b"));
+    let mut rng = StdRng::seed_from_u64(17);
+    let config = LayoutConfig {
+        num_blocks: 32,
+        num_layers: 4,
+        outer_dim: 2,
+        page_size: 16,
+        inner_dim: 64,
+        dtype_bytes: 2,
+    };
+    let vllm = LayoutKind::LayerSeparate(BlockDim::Second);
+    // Device regions with random contents, registered with agent `a`.
+    let device_layout = |rng: &mut StdRng| -> (RegisteredLayout, Vec<Vec<u8>>) {
+        let (count, len) = config.regions(vllm).unwrap();
+        let mut regions = Vec::new();
+        let mut images = Vec::new();
+        for _ in 0..count {
+            let mut image = vec![0u8; len];
+            rng.fill_bytes(&mut image);
+            let mut staging = SystemStorage::new(len).unwrap();
+            staging.copy_from(0, &image).unwrap();
+            let d = DeviceStorage::new(&gpu, len).unwrap();
+            cuda::copy_host_to_device(&staging, &d).unwrap();
+            regions.push(Buffer::new(a.register(d).map_err(|e| e.error).unwrap()));
+            images.push(image);
+        }
+        let layout = BlockLayout::new(config, vllm, regions, 256).unwrap();
+        (RegisteredLayout::new(&a, layout).unwrap(), images)
+    };
+    let device_images = |layout: &RegisteredLayout| -> Vec<Vec<u8>> {
+        layout
+            .layout()
+            .regions()
+            .iter()
+            .map(|r| {
+                let mut staging = SystemStorage::new(kvmem::MemoryDescriptor::size(r)).unwrap();
+                cuda::copy_device_to_host(r, &mut staging).unwrap();
+                staging.as_slice().to_vec()
+            })
+            .collect()
+    };
+    let (gpu_src, src_img) = device_layout(&mut rng);
+    let fc = LayoutKind::FullyContiguous;
+    let (target, target_img) = registered(&b, config, fc, &mut rng);
+    let remote = remote_of(&a, &b, &target);
+
+    let (s_ids, d_ids) = ids(&mut rng, 20, 32, 32);
+    engine
+        .write_remote(&gpu_src, &s_ids, &remote, &d_ids, None)
+        .unwrap()
+        .wait()
+        .unwrap();
+    let want = expected(
+        (vllm, &config, &src_img),
+        (fc, &config, &target_img),
+        &s_ids,
+        &d_ids,
+    );
+    for (got, want) in images(&target).iter().zip(&want) {
+        assert_same(got, want, "peer host layout after a WRITE from GPU memory");
+    }
+
+    let (gpu_dst, dst_img) = device_layout(&mut rng);
+    let (s2, d2) = ids(&mut rng, 24, 32, 32);
+    engine
+        .read_remote(&remote, &s2, &gpu_dst, &d2)
+        .unwrap()
+        .wait()
+        .unwrap();
+    let want = expected(
+        (fc, &config, &images(&target)),
+        (vllm, &config, &dst_img),
+        &s2,
+        &d2,
+    );
+    for (got, want) in device_images(&gpu_dst).iter().zip(&want) {
+        assert_same(got, want, "GPU layout after a READ from the peer");
+    }
+}
