@@ -20,3 +20,6 @@ unset _site _gccinc
 # of libnl-route, which crash at process exit. Without InfiniBand nothing is lost by skipping
 # UCX's IB modules; on an InfiniBand machine set UCX_MODULES yourself (see README).
 export UCX_MODULES="${UCX_MODULES:-^ib}"
+# Without libcudart.so.12 the wheel's UCX cannot hook CUDA allocations, and its memory-type cache
+# then takes GPU memory for host memory (NIXL refuses to register it): ask the driver instead.
+export UCX_MEMTYPE_CACHE="${UCX_MEMTYPE_CACHE:-n}"

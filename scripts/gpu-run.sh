@@ -31,6 +31,8 @@ if [ -f "$here/nixl.tar.xz" ]; then
     export KVMEM_NIXL_LIB_DIR="$here/nixl-rt/.nixl_cu12.mesonpy.libs"
     export NIXL_PLUGIN_DIR="$KVMEM_NIXL_LIB_DIR/plugins"
     export UCX_MODULES="${UCX_MODULES-^ib}"
+    # No libcudart.so.12 here (CUDA 13): without the cache UCX recognises GPU memory.
+    export UCX_MEMTYPE_CACHE="${UCX_MEMTYPE_CACHE-n}"
 fi
 
 # step NAME LOG COMMAND...: runs COMMAND with its output appended to LOG, records the outcome.

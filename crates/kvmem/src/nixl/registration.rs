@@ -126,8 +126,22 @@ impl Agent {
                     // Undo what was done: deregister the chunks that did register.
                     drop(handles);
                     registry.release(space, start, id);
+                    // The nixl-cu12 wheel's UCX installs its CUDA memory hooks from a module that
+                    // needs libcudart.so.12; without them its memory-type cache takes GPU memory
+                    // for host memory and the UCX backend refuses it.
+                    let memtype_cache_on = !matches!(
+                        std::env::var("UCX_MEMTYPE_CACHE").as_deref(),
+                        Ok("n" | "no" | "0" | "off")
+                    );
+                    let op = if mem_type == MemType::Vram && memtype_cache_on {
+                        "register GPU memory (does a running backend support VRAM? With UCX from \
+                         the nixl-cu12 wheel on a machine without libcudart.so.12, UCX takes GPU \
+                         memory for host memory: set UCX_MEMTYPE_CACHE=n)"
+                    } else {
+                        "register memory (does a running backend support this memory type?)"
+                    };
                     return Err(Error::nixl(
-                        "register memory (does a running backend support this memory type?)",
+                        op,
                         source,
                     ));
                 }
