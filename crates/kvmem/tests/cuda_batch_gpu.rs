@@ -192,6 +192,25 @@ fn auto_picks_the_kernel_for_small_chunks_and_batches_for_large_ones() {
         stream.resolve(CopyMethod::Auto, &large, h, d).unwrap(),
         CopyMethod::Batched
     );
+    // Device to device, the kernel's range is four times longer: 2 MiB copies stay on it,
+    // 8 MiB ones go to the copy engines.
+    let mid = [DeviceCopy {
+        src: 0x1000,
+        dst: 0x2000,
+        len: 2 << 20,
+    }];
+    assert_eq!(
+        stream.resolve(CopyMethod::Auto, &mid, h, d).unwrap(),
+        CopyMethod::Batched
+    );
+    assert_eq!(
+        stream.resolve(CopyMethod::Auto, &mid, d, d).unwrap(),
+        CopyMethod::Kernel
+    );
+    assert_eq!(
+        stream.resolve(CopyMethod::Auto, &large, d, d).unwrap(),
+        CopyMethod::Batched
+    );
 }
 
 #[test]
