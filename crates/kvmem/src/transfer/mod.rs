@@ -30,6 +30,7 @@
 mod gpu;
 mod handle;
 mod host;
+mod nixl_posix;
 mod plan;
 mod uring;
 
@@ -43,6 +44,7 @@ use crate::layout::BlockLayout;
 pub use gpu::DEFAULT_BOUNCE_BYTES;
 use gpu::GpuExecutor;
 use host::HostExecutor;
+use nixl_posix::{NixlPosixExecutor, PosixConfig};
 use std::sync::Mutex;
 use uring::{UringConfig, UringExecutor};
 
@@ -53,15 +55,55 @@ pub enum DiskBackend {
     /// Linux `io_uring` with `O_DIRECT`, one worker thread per engine.
     #[default]
     IoUring,
-    // NixlPosix: NIXL's POSIX backend, once the NIXL transfer layer lands; it will read the
-    // same `CopyBatch` lists, with the file descriptor from `StorageKind::Disk`.
+    /// NIXL's POSIX backend (Linux AIO underneath), one worker thread and one NIXL agent per
+    /// engine; needs the NIXL runtime. See the `nixl_posix` executor for how registration,
+    /// queue depth and failures are handled.
+    NixlPosix,
 }
 
 impl DiskBackend {
-    /// The backend's name.
+    /// Every backend.
+    pub const ALL: [DiskBackend; 2] = [Self::IoUring, Self::NixlPosix];
+
+    /// The backend's name (`io_uring`, `nixl-posix`).
     pub fn name(&self) -> &'static str {
         match self {
             Self::IoUring => "io_uring",
+            Self::NixlPosix => "nixl-posix",
+        }
+    }
+}
+
+impl std::fmt::Display for DiskBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The running executor of the configured [`DiskBackend`].
+enum DiskExecutor {
+    IoUring(UringExecutor),
+    NixlPosix(NixlPosixExecutor),
+}
+
+impl DiskExecutor {
+    fn start(config: &EngineConfig) -> Result<Self> {
+        Ok(match config.disk_backend {
+            DiskBackend::IoUring => Self::IoUring(UringExecutor::start(UringConfig {
+                queue_depth: config.queue_depth,
+                max_io_bytes: config.max_io_bytes,
+            })?),
+            DiskBackend::NixlPosix => Self::NixlPosix(NixlPosixExecutor::start(PosixConfig {
+                queue_depth: config.queue_depth,
+                max_io_bytes: config.max_io_bytes,
+            })?),
+        })
+    }
+
+    fn submit(&self, work: handle::Work) {
+        match self {
+            Self::IoUring(e) => e.submit(work),
+            Self::NixlPosix(e) => e.submit(work),
         }
     }
 }
@@ -129,7 +171,7 @@ impl Default for EngineConfig {
 pub struct TransferEngine {
     config: EngineConfig,
     host: HostExecutor,
-    disk: Mutex<Option<UringExecutor>>,
+    disk: Mutex<Option<DiskExecutor>>,
     gpu: Mutex<Option<GpuExecutor>>,
 }
 
@@ -215,8 +257,10 @@ impl TransferEngine {
     ///
     /// # Errors
     /// [`Error::UnsupportedTransfer`] for a path without an executor;
-    /// [`Error::DiskBackendUnavailable`] when the disk backend cannot start. Nothing has been
-    /// copied when this returns an error.
+    /// [`Error::DiskBackendUnavailable`] when the disk backend cannot start; for
+    /// [`DiskBackend::NixlPosix`], [`Error::NixlUnavailable`] without the NIXL runtime and
+    /// [`Error::UnknownBackend`] / [`Error::BackendUnavailable`] without a working POSIX plugin.
+    /// Nothing has been copied when this returns an error.
     pub fn submit(&self, plan: TransferPlan) -> Result<TransferHandle> {
         self.check_supported(&plan)?;
         let path = plan.path();
@@ -241,12 +285,7 @@ impl TransferEngine {
         let mut disk = self.disk.lock().unwrap_or_else(|e| e.into_inner());
         let executor = match &mut *disk {
             Some(executor) => executor,
-            empty => empty.insert(match self.config.disk_backend {
-                DiskBackend::IoUring => UringExecutor::start(UringConfig {
-                    queue_depth: self.config.queue_depth,
-                    max_io_bytes: self.config.max_io_bytes,
-                })?,
-            }),
+            empty => empty.insert(DiskExecutor::start(&self.config)?),
         };
         let (handle, work) = TransferHandle::new(plan);
         executor.submit(work);
