@@ -152,7 +152,10 @@ fn region_copies_over_every_supported_path(disk_backend: DiskBackend) {
         assert_eq!(stats.bytes, len);
         let after = read_region(&dst);
         assert!(after[..len] == src_image[..], "{s:?} -> {d:?}");
-        assert!(after[len..] == dst_image[len..], "{s:?} -> {d:?} wrote past the copy");
+        assert!(
+            after[len..] == dst_image[len..],
+            "{s:?} -> {d:?} wrote past the copy"
+        );
     }
     // Disk to disk has no executor: refused before anything moves.
     let (a, _) = random_region(Tier::Disk, 4096, 0, dir.path(), &mut rng);

@@ -43,8 +43,7 @@ use crate::error::{Error, Result};
 use crate::kind::StorageKind;
 use crate::nixl::registration::Space;
 use crate::nixl::{
-    Agent, AgentConfig, LocalBlocks, MemType, NixlCompatible, NixlDescriptor, Registered,
-    Transfer,
+    Agent, AgentConfig, LocalBlocks, MemType, NixlCompatible, NixlDescriptor, Registered, Transfer,
 };
 use std::any::Any;
 use std::collections::VecDeque;
@@ -119,7 +118,8 @@ fn worker(mut agent: Agent, rx: mpsc::Receiver<Work>, config: PosixConfig) {
                 drop(plan);
                 completion.complete(result);
             }
-            Err(Unsettled { error, keep }) => {
+            Err(unsettled) => {
+                let Unsettled { error, keep } = *unsettled;
                 tracing::error!(error = %error, "NIXL POSIX transfer failed with I/O possibly in flight; leaking its buffers and starting a fresh agent");
                 std::mem::forget(keep);
                 std::mem::forget(plan);
@@ -201,7 +201,14 @@ fn spans(buffers: &[Buffer]) -> Vec<(Space, Span)> {
         .filter_map(|b| {
             let (ptr, len, mem_type, dev) = b.nixl_params();
             let start = ptr.addr();
-            (len > 0).then(|| (Space::new(mem_type, dev), start, start.saturating_add(len), b))
+            (len > 0).then(|| {
+                (
+                    Space::new(mem_type, dev),
+                    start,
+                    start.saturating_add(len),
+                    b,
+                )
+            })
         })
         .collect();
     ranges.sort_by_key(|&(space, start, end, _)| (space, start, end));
@@ -246,7 +253,12 @@ fn register(agent: &Agent, plan: &TransferPlan) -> Result<Vec<SpanEntry>> {
 }
 
 /// The registered span holding `addr..addr+len` of `space`, and the offset of `addr` in it.
-fn locate(entries: &[SpanEntry], space: Space, addr: usize, len: usize) -> Result<(&Buffer, usize)> {
+fn locate(
+    entries: &[SpanEntry],
+    space: Space,
+    addr: usize,
+    len: usize,
+) -> Result<(&Buffer, usize)> {
     let i = entries.partition_point(|e| (e.space, e.start) <= (space, addr));
     i.checked_sub(1)
         .map(|i| &entries[i])
@@ -276,7 +288,7 @@ fn run(
     plan: &TransferPlan,
     config: PosixConfig,
     completion: &Completion,
-) -> std::result::Result<Result<()>, Unsettled> {
+) -> std::result::Result<Result<()>, Box<Unsettled>> {
     let write = match plan.path() {
         TransferPath::HostToDisk => true,
         TransferPath::DiskToHost => false,
@@ -313,10 +325,10 @@ fn run(
             drop(entries);
             Ok(outcome)
         }
-        Err(error) => Err(Unsettled {
+        Err(error) => Err(Box::new(Unsettled {
             error,
             keep: (inflight.into_iter().map(|(t, _)| t).collect(), entries),
-        }),
+        })),
     }
 }
 
