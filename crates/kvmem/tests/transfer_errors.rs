@@ -390,9 +390,13 @@ fn missing_backend_child(missing: &str) {
         assert_untouched(&dst, &poison);
     }
     // The io_uring backend does not need NIXL.
-    f.engine
-        .copy_blocks(&src, &[0, 1], &dst, &[2, 3])
-        .unwrap()
-        .wait()
-        .unwrap();
+    TransferEngine::new(EngineConfig {
+        disk_backend: DiskBackend::IoUring,
+        ..EngineConfig::default()
+    })
+    .unwrap()
+    .copy_blocks(&src, &[0, 1], &dst, &[2, 3])
+    .unwrap()
+    .wait()
+    .unwrap();
 }
