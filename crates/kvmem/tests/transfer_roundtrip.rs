@@ -177,3 +177,69 @@ fn region_copies_over_every_supported_path_io_uring() {
 fn region_copies_over_every_supported_path_nixl_posix() {
     region_copies_over_every_supported_path(DiskBackend::NixlPosix);
 }
+
+/// A layer-separate layout whose layers are views of one file with gaps between them (several
+/// disjoint registrations of one file descriptor for NIXL), and of one host allocation.
+fn layers_as_views_of_one_file(disk_backend: DiskBackend) {
+    use kvmem::OffsetBuffer;
+    let engine = engine_with(disk_backend);
+    let dir = tempfile::tempdir().unwrap();
+    let c = LayoutConfig {
+        num_blocks: 8,
+        num_layers: 3,
+        outer_dim: 2,
+        page_size: 1,
+        inner_dim: 1024,
+        dtype_bytes: 4,
+    };
+    let kind = LayoutKind::LayerSeparate(BlockDim::First);
+    let (count, bytes) = c.regions(kind).unwrap();
+    let gap = 8192;
+    let stride = bytes + gap;
+    let views = |tier, seed| {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let (base, image) = random_region(tier, count * stride, 0, dir.path(), &mut rng);
+        let regions: Vec<Buffer> = (0..count)
+            .map(|l| Buffer::new(OffsetBuffer::new(base.clone(), l * stride, bytes).unwrap()))
+            .collect();
+        (base, image, regions)
+    };
+    let (_, host_image, host_regions) = views(Tier::Host, 12);
+    let (file, file_image, file_regions) = views(Tier::Disk, 13);
+    assert!(host_image != file_image);
+    let host = kvmem::layout::BlockLayout::new(c, kind, host_regions, 4096).unwrap();
+    let disk = kvmem::layout::BlockLayout::new(c, kind, file_regions, 4096).unwrap();
+    let ids = [5, 0, 7];
+    let to = [1, 6, 2];
+    engine
+        .copy_blocks(&host, &ids, &disk, &to)
+        .unwrap()
+        .wait()
+        .unwrap();
+    let chunk = c.chunk_bytes().unwrap();
+    let mut expected = file_image.clone();
+    for (&s, &d) in ids.iter().zip(&to) {
+        for l in 0..count {
+            for o in 0..2 {
+                let (_, so) = reference_offset(kind, &c, s, l, o);
+                let (_, doff) = reference_offset(kind, &c, d, l, o);
+                let (so, doff) = (l * stride + so, l * stride + doff);
+                expected[doff..doff + chunk].copy_from_slice(&host_image[so..so + chunk]);
+            }
+        }
+    }
+    assert!(
+        read_region(&file) == expected,
+        "{disk_backend}: file differs"
+    );
+}
+
+#[test]
+fn layers_as_views_of_one_file_io_uring() {
+    layers_as_views_of_one_file(DiskBackend::IoUring);
+}
+
+#[test]
+fn layers_as_views_of_one_file_nixl_posix() {
+    layers_as_views_of_one_file(DiskBackend::NixlPosix);
+}
