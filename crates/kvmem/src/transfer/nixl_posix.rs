@@ -22,8 +22,9 @@
 //! transfer has finished, before the plan (which keeps the memory and files alive) is dropped.
 //! Each registration is a [`Registered`] over a [`Span`] that itself holds clones of the
 //! buffers it covers, so it cannot outlive them even by mistake. Nothing is cached between
-//! transfers: the POSIX backend's registration is bookkeeping only (no pinning, no I/O), and
-//! the cost is measured in `benches/transfer_host.rs` (docs/PERFORMANCE.md).
+//! transfers: the POSIX backend's registration is bookkeeping only (no pinning, no I/O);
+//! registering and deregistering a host and a file region took 2.2 µs on the development VM
+//! (`benches/transfer_host.rs`, docs/PERFORMANCE.md), against ~85 µs for a whole 4 KiB transfer.
 //!
 //! # Failure and cancellation
 //! A transfer is posted as requests of one kernel queue's worth of descriptors, two at a time
@@ -33,8 +34,8 @@
 //! is an error of the transfer, never a success. Because NIXL does not promise that every I/O
 //! of a failed request has stopped when it reports the failure, the executor then keeps the
 //! request, its registrations and the plan's buffers alive for the rest of the process (a
-//! leak, where the alternative could be a write into freed memory), and continues with a fresh
-//! agent.
+//! leak, where the alternative could be a write into freed memory; a leaked `DiskStorage` also
+//! keeps its file), and continues with a fresh agent.
 
 use super::handle::{Completion, Work};
 use super::plan::{TransferPath, TransferPlan};
