@@ -111,6 +111,66 @@ fn a_small_sweep_writes_table_json_and_plot() {
     );
 }
 
+/// Disk points at `--compare-disk-backend` sizes are also timed on the other disk backend, as
+/// points of their own that name it; `--disk-backend` picks the sweep's own.
+#[test]
+fn disk_points_compare_the_two_disk_backends() {
+    for (own, other) in [("nixl-posix", "io_uring"), ("io_uring", "nixl-posix")] {
+        let disk_dir = tempfile::tempdir().unwrap();
+        let out_dir = tempfile::tempdir().unwrap();
+        let out = kvmem()
+            .args([
+                "bench",
+                "--json",
+                "--no-fio",
+                "--paths",
+                "disk-write,disk-read",
+            ])
+            .args(["--sizes", "16K,64K", "--compare-disk-backend", "64K"])
+            .args([
+                "--iterations",
+                "2",
+                "--disk-bytes",
+                "1M",
+                "--disk-backend",
+                own,
+            ])
+            .arg("--out-dir")
+            .arg(out_dir.path())
+            .arg("--disk-dir")
+            .arg(disk_dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["settings"]["disk_backend"], own);
+        let points = v["points"].as_array().unwrap();
+        // 2 paths x 2 patterns x 2 sizes, plus the 64K points again on the other backend.
+        assert_eq!(points.len(), 12, "{v}");
+        let compared: Vec<_> = points
+            .iter()
+            .filter(|p| p["disk_backend"] == other)
+            .collect();
+        assert_eq!(compared.len(), 4, "{v}");
+        for p in &compared {
+            assert_eq!(p["block_bytes"], 64 << 10, "{p}");
+            let path = p["path"].as_str().unwrap();
+            assert!(path.ends_with(&format!("({other})")), "{p}");
+            assert!(p["gib_s"].as_f64().unwrap() > 0.0, "{p}");
+        }
+        assert!(
+            points
+                .iter()
+                .filter(|p| p["disk_backend"] == own)
+                .all(|p| p["path"] == "host->disk" || p["path"] == "disk->host")
+        );
+    }
+}
+
 #[test]
 fn bad_bench_settings_are_refused_with_a_message() {
     let out = kvmem()

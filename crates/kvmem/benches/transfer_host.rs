@@ -2,13 +2,15 @@
 //!
 //! Each group pairs a block transfer with its reference, one large copy of the same bytes over
 //! the same path, so a regression in the planner or an executor shows as a drop in the ratio.
+//! Host ↔ disk runs on each disk backend (`io_uring`, and `nixl-posix` where the NIXL runtime
+//! loads), plus the fixed per-transfer cost of each.
 //! `KVMEM_DISK_DIR` picks the directory of the disk files (default: the system temp dir).
 //!
 //! `cargo bench -p kvmem --bench transfer_host`
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use kvmem::layout::{BlockDim, BlockLayout, LayoutConfig, LayoutKind};
-use kvmem::transfer::{EngineConfig, TransferEngine};
+use kvmem::transfer::{DiskBackend, EngineConfig, TransferEngine};
 use kvmem::{Buffer, DiskStorage, HostMemory, MemoryDescriptor, SystemStorage};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -110,7 +112,6 @@ fn host_to_host(c: &mut Criterion) {
 }
 
 fn host_disk(c: &mut Criterion) {
-    let engine = TransferEngine::new(EngineConfig::default()).unwrap();
     let mut g = c.benchmark_group("host<->disk");
     g.throughput(Throughput::Bytes(TOTAL as u64));
     let block = 1 << 20;
@@ -119,32 +120,94 @@ fn host_disk(c: &mut Criterion) {
     let mem = BlockLayout::allocate(cfg, LayoutKind::FullyContiguous, 4096, host).unwrap();
     let file = BlockLayout::allocate(cfg, LayoutKind::FullyContiguous, 4096, disk).unwrap();
     let (s, d) = (scattered(n, 4), scattered(n, 5));
-    g.bench_function("write 1 MiB scattered", |b| {
-        b.iter(|| {
-            engine
-                .copy_blocks(&mem, &s, &file, &d)
-                .unwrap()
-                .wait()
-                .unwrap()
-        })
-    });
-    g.bench_function("read 1 MiB scattered", |b| {
-        b.iter(|| {
-            engine
-                .copy_blocks(&file, &d, &mem, &s)
-                .unwrap()
-                .wait()
-                .unwrap()
-        })
-    });
     let (m, f) = (&mem.regions()[0], &file.regions()[0]);
     assert_eq!(m.size(), f.size());
-    g.bench_function("write reference (one region copy)", |b| {
-        b.iter(|| engine.copy_region(m, f).unwrap().wait().unwrap())
-    });
-    g.bench_function("read reference (one region copy)", |b| {
-        b.iter(|| engine.copy_region(f, m).unwrap().wait().unwrap())
-    });
+    // Both disk backends on the same buffers and file, one after the other.
+    for backend in DiskBackend::ALL {
+        let engine = TransferEngine::new(EngineConfig {
+            disk_backend: backend,
+            ..EngineConfig::default()
+        })
+        .unwrap();
+        if let Err(e) = engine.copy_region(m, f).and_then(|h| h.wait()) {
+            eprintln!("skipping the {backend} disk backend: {e}");
+            continue;
+        }
+        g.bench_function(format!("{backend}: write 1 MiB scattered"), |b| {
+            b.iter(|| {
+                engine
+                    .copy_blocks(&mem, &s, &file, &d)
+                    .unwrap()
+                    .wait()
+                    .unwrap()
+            })
+        });
+        g.bench_function(format!("{backend}: read 1 MiB scattered"), |b| {
+            b.iter(|| {
+                engine
+                    .copy_blocks(&file, &d, &mem, &s)
+                    .unwrap()
+                    .wait()
+                    .unwrap()
+            })
+        });
+        g.bench_function(
+            format!("{backend}: write reference (one region copy)"),
+            |b| b.iter(|| engine.copy_region(m, f).unwrap().wait().unwrap()),
+        );
+        g.bench_function(
+            format!("{backend}: read reference (one region copy)"),
+            |b| b.iter(|| engine.copy_region(f, m).unwrap().wait().unwrap()),
+        );
+    }
+    g.finish();
+
+    // The fixed cost of a transfer: one 4 KiB block. For nixl-posix it includes registering
+    // and deregistering the host buffer and the file, which that backend does per transfer.
+    let mut g = c.benchmark_group("host<->disk per-transfer cost");
+    let small = config(4096, 16);
+    let mem = BlockLayout::allocate(small, LayoutKind::FullyContiguous, 4096, host).unwrap();
+    let file = BlockLayout::allocate(small, LayoutKind::FullyContiguous, 4096, disk).unwrap();
+    for backend in DiskBackend::ALL {
+        let engine = TransferEngine::new(EngineConfig {
+            disk_backend: backend,
+            ..EngineConfig::default()
+        })
+        .unwrap();
+        if engine
+            .copy_blocks(&mem, &[0], &file, &[0])
+            .and_then(|h| h.wait())
+            .is_err()
+        {
+            continue;
+        }
+        g.bench_function(format!("{backend}: write one 4 KiB block"), |b| {
+            b.iter(|| {
+                engine
+                    .copy_blocks(&mem, &[3], &file, &[5])
+                    .unwrap()
+                    .wait()
+                    .unwrap()
+            })
+        });
+    }
+    // What nixl-posix adds per transfer: register and deregister a host region and a file
+    // region with a POSIX-only agent (the executor's own agent does exactly this).
+    if let Ok(agent) =
+        kvmem::nixl::Agent::new(kvmem::nixl::AgentConfig::new("").with_backends(["POSIX"]))
+    {
+        let (hm, fm) = (&mem.regions()[0], &file.regions()[0]);
+        g.bench_function(
+            "nixl-posix: register + deregister host and file regions",
+            |b| {
+                b.iter(|| {
+                    let h = agent.register(hm.clone()).unwrap();
+                    let f = agent.register(fm.clone()).unwrap();
+                    drop((f, h));
+                })
+            },
+        );
+    }
     g.finish();
 }
 

@@ -60,3 +60,22 @@ fn every_layout_pair_over_gpu_tiers_each_method() {
         sweep(&engine(m), &GPU_PAIRS[..3], 0x7C00 + 1000 * i as u64);
     }
 }
+
+/// Pinned host memory to and from files, on each disk backend (the host ↔ disk executors, with
+/// page-locked buffers).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn every_layout_pair_pinned_and_disk_each_disk_backend() {
+    for (i, disk_backend) in kvmem::transfer::DiskBackend::ALL.into_iter().enumerate() {
+        let engine = TransferEngine::new(EngineConfig {
+            disk_backend,
+            ..EngineConfig::default()
+        })
+        .unwrap();
+        sweep(
+            &engine,
+            &[(Tier::Pinned, Tier::Disk), (Tier::Disk, Tier::Pinned)],
+            0x8D00 + 1000 * i as u64,
+        );
+    }
+}

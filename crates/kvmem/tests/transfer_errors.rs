@@ -5,7 +5,7 @@ mod common;
 
 use common::{Tier, random_region, read_region};
 use kvmem::layout::{BlockDim, BlockLayout, LayoutConfig, LayoutKind};
-use kvmem::transfer::{EngineConfig, TransferEngine};
+use kvmem::transfer::{DiskBackend, EngineConfig, TransferEngine};
 use kvmem::{Buffer, Error, ExternalDeviceMemory, StorageKind};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -271,4 +271,132 @@ fn unsupported_paths_are_refused_before_anything_moves() {
     }
     assert_untouched(&host, &host_poison);
     assert_untouched(&b, &poison);
+}
+
+/// A read past the end of a file (truncated behind the engine's back) fails the transfer; it
+/// never reports success. The engine goes on working afterwards.
+fn failed_disk_reads_are_errors(backend: DiskBackend) {
+    let engine = TransferEngine::new(EngineConfig {
+        disk_backend: backend,
+        ..EngineConfig::default()
+    })
+    .unwrap();
+    let mut rng = StdRng::seed_from_u64(9);
+    let dir = tempfile::tempdir().unwrap();
+    let len = 1 << 20;
+    let (file, _) = random_region(Tier::Disk, len, 0, dir.path(), &mut rng);
+    let path = file
+        .downcast_ref::<kvmem::DiskStorage>()
+        .unwrap()
+        .path()
+        .to_path_buf();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(64 << 10)
+        .unwrap();
+    let (dst, _) = random_region(Tier::Host, len, 0, dir.path(), &mut rng);
+    let err = engine
+        .copy_region(&file, &dst)
+        .unwrap()
+        .wait()
+        .expect_err("a read past the end of the file reported success");
+    assert!(
+        matches!(
+            (backend, &err),
+            (DiskBackend::IoUring, Error::ShortIo { .. })
+                | (DiskBackend::NixlPosix, Error::TransferFailed { .. })
+        ),
+        "{backend}: {err}"
+    );
+
+    // The engine still works.
+    let (src, image) = random_region(Tier::Host, len, 0, dir.path(), &mut rng);
+    let (file, _) = random_region(Tier::Disk, len, 0, dir.path(), &mut rng);
+    engine.copy_region(&src, &file).unwrap().wait().unwrap();
+    assert!(read_region(&file) == image, "{backend}");
+}
+
+#[test]
+fn failed_disk_reads_are_errors_io_uring() {
+    failed_disk_reads_are_errors(DiskBackend::IoUring);
+}
+
+#[test]
+fn failed_disk_reads_are_errors_nixl_posix() {
+    failed_disk_reads_are_errors(DiskBackend::NixlPosix);
+}
+
+/// Set in the child processes of the test below: what they lack (`runtime` or `plugin`).
+const CHILD_ENV: &str = "KVMEM_TEST_NIXL_POSIX_MISSING";
+const MISSING_TEST: &str = "nixl_posix_without_its_runtime_or_plugin_is_refused_at_submit";
+
+/// The NIXL POSIX backend without the NIXL runtime (`KVMEM_NIXL_LIB_DIR` at an empty
+/// directory) or without its plugin (`NIXL_PLUGIN_DIR` at an empty directory): `submit` returns
+/// a typed error saying what to do, nothing is written, and the process does not abort. Each
+/// case runs in a child process, since the runtime is loaded once per process.
+#[test]
+fn nixl_posix_without_its_runtime_or_plugin_is_refused_at_submit() {
+    if let Ok(missing) = std::env::var(CHILD_ENV) {
+        return missing_backend_child(&missing);
+    }
+    let empty = tempfile::tempdir().unwrap();
+    for (missing, var) in [
+        ("runtime", "KVMEM_NIXL_LIB_DIR"),
+        ("plugin", "NIXL_PLUGIN_DIR"),
+    ] {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([MISSING_TEST, "--exact", "--nocapture", "--test-threads=1"])
+            .env(CHILD_ENV, missing)
+            .env(var, empty.path())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "child without the {missing}: {}\n{stdout}\n{stderr}",
+            out.status
+        );
+    }
+}
+
+fn missing_backend_child(missing: &str) {
+    let mut f = Fixture::new();
+    let (src, _) = f.layout(Tier::Host, LayoutKind::FullyContiguous, CONFIG, 4096);
+    let (dst, poison) = f.layout(Tier::Disk, LayoutKind::FullyContiguous, CONFIG, 4096);
+    let engine = TransferEngine::new(EngineConfig {
+        disk_backend: DiskBackend::NixlPosix,
+        ..EngineConfig::default()
+    })
+    .unwrap();
+    for _ in 0..2 {
+        let err = engine
+            .copy_blocks(&src, &[0, 1], &dst, &[2, 3])
+            .unwrap_err();
+        match missing {
+            "runtime" => assert!(matches!(err, Error::NixlUnavailable { .. }), "{err}"),
+            _ => assert!(
+                matches!(&err, Error::UnknownBackend { backend, .. } if backend == "POSIX"),
+                "{err}"
+            ),
+        }
+        let text = err.to_string();
+        assert!(
+            text.contains("KVMEM_NIXL_LIB_DIR") || text.contains("plugin directory"),
+            "the error does not say what to do: {text}"
+        );
+        assert_untouched(&dst, &poison);
+    }
+    // The io_uring backend does not need NIXL.
+    TransferEngine::new(EngineConfig {
+        disk_backend: DiskBackend::IoUring,
+        ..EngineConfig::default()
+    })
+    .unwrap()
+    .copy_blocks(&src, &[0, 1], &dst, &[2, 3])
+    .unwrap()
+    .wait()
+    .unwrap();
 }

@@ -5,7 +5,7 @@ mod common;
 
 use common::{Tier, random_bytes, random_region, read_region};
 use kvmem::nixl::{MemType, NixlCompatible, NixlDescriptor};
-use kvmem::transfer::{EngineConfig, TransferEngine};
+use kvmem::transfer::{DiskBackend, EngineConfig, TransferEngine};
 use kvmem::{Buffer, DiskStorage, Error, HostMemory, MemoryDescriptor, StorageKind, SystemStorage};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -96,9 +96,27 @@ fn dropping_the_handle_keeps_a_host_copy_s_memory_alive_until_it_is_done() {
     );
 }
 
+fn disk_engine(disk_backend: DiskBackend) -> TransferEngine {
+    TransferEngine::new(EngineConfig {
+        host_threads: 1,
+        disk_backend,
+        ..Default::default()
+    })
+    .unwrap()
+}
+
 #[test]
-fn dropping_the_handle_keeps_disk_transfers_alive_until_done() {
-    let engine = TransferEngine::new(EngineConfig::default()).unwrap();
+fn dropping_the_handle_keeps_disk_transfers_alive_until_done_io_uring() {
+    dropping_the_handle_keeps_disk_transfers_alive_until_done(DiskBackend::IoUring);
+}
+
+#[test]
+fn dropping_the_handle_keeps_disk_transfers_alive_until_done_nixl_posix() {
+    dropping_the_handle_keeps_disk_transfers_alive_until_done(DiskBackend::NixlPosix);
+}
+
+fn dropping_the_handle_keeps_disk_transfers_alive_until_done(backend: DiskBackend) {
+    let engine = disk_engine(backend);
     let dir = tempfile::tempdir().unwrap();
 
     // host -> disk: the file ends up with the source's bytes, which stayed allocated meanwhile.
@@ -184,22 +202,47 @@ fn cancelled_transfers_report_cancellation_and_others_complete() {
     }
     assert_eq!(a.wait().unwrap().bytes, size);
     assert!(read_region(&a_dst) == data);
+}
 
-    // Disk: cancelling drains the I/O in flight, then reports.
+/// Cancelling a disk transfer drains the I/O in flight, then reports; the next transfer on the
+/// same engine runs normally.
+fn cancelled_disk_transfers_report_cancellation(backend: DiskBackend) {
+    let engine = disk_engine(backend);
+    let size = 128 << 20;
+    let data = random_bytes(size, 8);
+    let src = Buffer::new(host_with(&data));
     let dir = tempfile::tempdir().unwrap();
     let file = Buffer::new(DiskStorage::new_in(dir.path(), size).unwrap());
-    let w = engine.copy_region(&a_src, &file).unwrap();
+    let w = engine.copy_region(&src, &file).unwrap();
     w.cancel();
     match w.wait() {
         Err(Error::TransferCancelled { done, total }) => assert!(done < total),
         other => panic!("expected a cancelled transfer, got {other:?}"),
     }
+    engine.copy_region(&src, &file).unwrap().wait().unwrap();
+    assert!(read_region(&file) == data);
+}
+
+#[test]
+fn cancelled_disk_transfers_report_cancellation_io_uring() {
+    cancelled_disk_transfers_report_cancellation(DiskBackend::IoUring);
+}
+
+#[test]
+fn cancelled_disk_transfers_report_cancellation_nixl_posix() {
+    cancelled_disk_transfers_report_cancellation(DiskBackend::NixlPosix);
 }
 
 #[test]
 fn empty_transfers_complete_and_handles_poll() {
+    for backend in DiskBackend::ALL {
+        empty_transfers_complete(backend);
+    }
+}
+
+fn empty_transfers_complete(backend: DiskBackend) {
     use kvmem::layout::{BlockLayout, LayoutConfig, LayoutKind};
-    let engine = TransferEngine::new(EngineConfig::default()).unwrap();
+    let engine = disk_engine(backend);
     let c = LayoutConfig {
         num_blocks: 4,
         num_layers: 2,

@@ -2,37 +2,65 @@
 //! machine has (host memory, files), checked byte for byte against a reference computed here from
 //! the dimension orders alone. Sources hold random bytes; destinations are poisoned with other
 //! random bytes, so a chunk copied to the wrong place, a copy that is missed, or a write outside
-//! the copied blocks all show up.
+//! the copied blocks all show up. Host ↔ disk runs once per [`DiskBackend`].
 
 mod common;
 
 use common::cases::{make_side, reference_offset, run_case};
 use common::{Tier, random_region, read_region};
 use kvmem::layout::{BlockDim, LayoutConfig, LayoutKind};
-use kvmem::transfer::{EngineConfig, TransferEngine, TransferPath};
+use kvmem::transfer::{DiskBackend, EngineConfig, TransferEngine, TransferPath};
 use kvmem::{Buffer, Error};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
-#[test]
-fn every_layout_pair_over_host_and_disk_tiers() {
-    let engine = TransferEngine::new(EngineConfig::default()).unwrap();
-    let mut seed = 0xC0FFEE;
-    for (src_tier, dst_tier) in [
-        (Tier::Host, Tier::Host),
-        (Tier::Host, Tier::Disk),
-        (Tier::Disk, Tier::Host),
-    ] {
+/// Every pair of layouts, six random cases each, for each pair of tiers.
+fn every_layout_pair(engine: &TransferEngine, tiers: &[(Tier, Tier)], mut seed: u64) {
+    for &(src_tier, dst_tier) in tiers {
         for src_kind in LayoutKind::ALL {
             for dst_kind in LayoutKind::ALL {
                 for _ in 0..6 {
                     seed += 1;
-                    run_case(&engine, src_tier, dst_tier, src_kind, dst_kind, seed);
+                    run_case(engine, src_tier, dst_tier, src_kind, dst_kind, seed);
                 }
             }
         }
     }
+}
+
+fn engine_with(disk_backend: DiskBackend) -> TransferEngine {
+    TransferEngine::new(EngineConfig {
+        disk_backend,
+        ..EngineConfig::default()
+    })
+    .unwrap()
+}
+
+#[test]
+fn every_layout_pair_over_host_memory() {
+    let engine = TransferEngine::new(EngineConfig::default()).unwrap();
+    every_layout_pair(&engine, &[(Tier::Host, Tier::Host)], 0xC0FFEE);
+}
+
+/// Host ↔ disk with one disk backend.
+fn every_layout_pair_over_host_and_disk(backend: DiskBackend) {
+    let engine = engine_with(backend);
+    every_layout_pair(
+        &engine,
+        &[(Tier::Host, Tier::Disk), (Tier::Disk, Tier::Host)],
+        0xD15C,
+    );
+}
+
+#[test]
+fn every_layout_pair_over_host_and_disk_io_uring() {
+    every_layout_pair_over_host_and_disk(DiskBackend::IoUring);
+}
+
+#[test]
+fn every_layout_pair_over_host_and_disk_nixl_posix() {
+    every_layout_pair_over_host_and_disk(DiskBackend::NixlPosix);
 }
 
 #[test]
@@ -100,11 +128,13 @@ fn large_host_transfers_split_over_threads_are_exact() {
     }
 }
 
-#[test]
-fn region_copies_over_every_supported_path() {
+/// Region copies on every supported path, with small disk requests (split copies) and a
+/// shallow queue.
+fn region_copies_over_every_supported_path(disk_backend: DiskBackend) {
     let engine = TransferEngine::new(EngineConfig {
         max_io_bytes: 8192,
         queue_depth: 4,
+        disk_backend,
         ..EngineConfig::default()
     })
     .unwrap();
@@ -117,10 +147,15 @@ fn region_copies_over_every_supported_path() {
     ] {
         let len = 4096 * 37;
         let (src, src_image) = random_region(s, len, 0, dir.path(), &mut rng);
-        let (dst, _) = random_region(d, len + 8192, 4096, dir.path(), &mut rng);
+        let (dst, dst_image) = random_region(d, len + 8192, 4096, dir.path(), &mut rng);
         let stats = engine.copy_region(&src, &dst).unwrap().wait().unwrap();
         assert_eq!(stats.bytes, len);
-        assert!(read_region(&dst)[..len] == src_image[..], "{s:?} -> {d:?}");
+        let after = read_region(&dst);
+        assert!(after[..len] == src_image[..], "{s:?} -> {d:?}");
+        assert!(
+            after[len..] == dst_image[len..],
+            "{s:?} -> {d:?} wrote past the copy"
+        );
     }
     // Disk to disk has no executor: refused before anything moves.
     let (a, _) = random_region(Tier::Disk, 4096, 0, dir.path(), &mut rng);
@@ -131,4 +166,80 @@ fn region_copies_over_every_supported_path() {
     ));
     assert!(read_region(&b) == b_image);
     let _: &Buffer = &a;
+}
+
+#[test]
+fn region_copies_over_every_supported_path_io_uring() {
+    region_copies_over_every_supported_path(DiskBackend::IoUring);
+}
+
+#[test]
+fn region_copies_over_every_supported_path_nixl_posix() {
+    region_copies_over_every_supported_path(DiskBackend::NixlPosix);
+}
+
+/// A layer-separate layout whose layers are views of one file with gaps between them (several
+/// disjoint registrations of one file descriptor for NIXL), and of one host allocation.
+fn layers_as_views_of_one_file(disk_backend: DiskBackend) {
+    use kvmem::OffsetBuffer;
+    let engine = engine_with(disk_backend);
+    let dir = tempfile::tempdir().unwrap();
+    let c = LayoutConfig {
+        num_blocks: 8,
+        num_layers: 3,
+        outer_dim: 2,
+        page_size: 1,
+        inner_dim: 1024,
+        dtype_bytes: 4,
+    };
+    let kind = LayoutKind::LayerSeparate(BlockDim::First);
+    let (count, bytes) = c.regions(kind).unwrap();
+    let gap = 8192;
+    let stride = bytes + gap;
+    let views = |tier, seed| {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let (base, image) = random_region(tier, count * stride, 0, dir.path(), &mut rng);
+        let regions: Vec<Buffer> = (0..count)
+            .map(|l| Buffer::new(OffsetBuffer::new(base.clone(), l * stride, bytes).unwrap()))
+            .collect();
+        (base, image, regions)
+    };
+    let (_, host_image, host_regions) = views(Tier::Host, 12);
+    let (file, file_image, file_regions) = views(Tier::Disk, 13);
+    assert!(host_image != file_image);
+    let host = kvmem::layout::BlockLayout::new(c, kind, host_regions, 4096).unwrap();
+    let disk = kvmem::layout::BlockLayout::new(c, kind, file_regions, 4096).unwrap();
+    let ids = [5, 0, 7];
+    let to = [1, 6, 2];
+    engine
+        .copy_blocks(&host, &ids, &disk, &to)
+        .unwrap()
+        .wait()
+        .unwrap();
+    let chunk = c.chunk_bytes().unwrap();
+    let mut expected = file_image.clone();
+    for (&s, &d) in ids.iter().zip(&to) {
+        for l in 0..count {
+            for o in 0..2 {
+                let (_, so) = reference_offset(kind, &c, s, l, o);
+                let (_, doff) = reference_offset(kind, &c, d, l, o);
+                let (so, doff) = (l * stride + so, l * stride + doff);
+                expected[doff..doff + chunk].copy_from_slice(&host_image[so..so + chunk]);
+            }
+        }
+    }
+    assert!(
+        read_region(&file) == expected,
+        "{disk_backend}: file differs"
+    );
+}
+
+#[test]
+fn layers_as_views_of_one_file_io_uring() {
+    layers_as_views_of_one_file(DiskBackend::IoUring);
+}
+
+#[test]
+fn layers_as_views_of_one_file_nixl_posix() {
+    layers_as_views_of_one_file(DiskBackend::NixlPosix);
 }

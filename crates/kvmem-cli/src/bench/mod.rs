@@ -97,6 +97,26 @@ impl From<GpuMethod> for kvmem::transfer::CopyMethod {
     }
 }
 
+/// How host ↔ disk transfers are executed (see `kvmem::transfer::DiskBackend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+pub enum DiskBackendArg {
+    /// Linux `io_uring`, `O_DIRECT`.
+    #[value(name = "io_uring", alias = "io-uring")]
+    IoUring,
+    /// NIXL's POSIX backend (Linux AIO), `O_DIRECT`.
+    #[value(name = "nixl-posix")]
+    NixlPosix,
+}
+
+impl From<DiskBackendArg> for kvmem::transfer::DiskBackend {
+    fn from(b: DiskBackendArg) -> Self {
+        match b {
+            DiskBackendArg::IoUring => Self::IoUring,
+            DiskBackendArg::NixlPosix => Self::NixlPosix,
+        }
+    }
+}
+
 /// Which blocks a point copies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -159,6 +179,14 @@ pub struct BenchArgs {
     /// Disk requests in flight, for kvmem and fio alike.
     #[arg(long, default_value_t = 32)]
     pub queue_depth: u32,
+    /// The disk backend of the disk points (default: the engine's default).
+    #[arg(long, value_enum)]
+    pub disk_backend: Option<DiskBackendArg>,
+    /// Block sizes at which each disk point also times the other disk backend, interleaved with
+    /// the point's own runs, as a point of its own (`host->disk (nixl-posix)` and so on).
+    /// Comma-separated; `none` for no comparison.
+    #[arg(long, value_delimiter = ',', value_parser = parse_size_or_none, default_value = "1M")]
+    pub compare_disk_backend: Vec<Option<usize>>,
     /// Largest single disk request; longer runs of merged blocks are split (default: the
     /// engine's).
     #[arg(long, value_parser = parse_size)]
@@ -218,6 +246,14 @@ fn progress_bar(len: u64) -> indicatif::ProgressBar {
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar
+}
+
+/// [`parse_size`], or `None` for `none`.
+fn parse_size_or_none(s: &str) -> std::result::Result<Option<usize>, String> {
+    if s.trim().eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    parse_size(s).map(Some)
 }
 
 /// Parses `4096`, `4K`, `4KiB`, `16M`, `1G` (powers of 1024).

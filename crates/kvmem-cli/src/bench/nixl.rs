@@ -266,6 +266,7 @@ pub fn measure(
     let (median, median_ref) = (Percentiles::of(&times).p50, Percentiles::of(&ref_times).p50);
     Ok(Point {
         path: label,
+        disk_backend: None,
         pattern,
         block_bytes: size,
         blocks,

@@ -132,6 +132,9 @@ impl Percentiles {
 #[derive(Debug, Serialize)]
 pub struct Point {
     pub path: &'static str,
+    /// Disk points: the disk backend that executed the block transfer and its reference.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk_backend: Option<&'static str>,
     pub pattern: Pattern,
     pub block_bytes: usize,
     pub blocks: usize,
@@ -245,7 +248,7 @@ pub fn table(r: &Report) -> String {
     }
     let _ = writeln!(
         out,
-        "{:<11} {:<10} {:>6} {:>6} {:>6} {:>8} {:>8} {:>6} {:>8} {:>6} {:>9} {:>9} {:>9} {:>8} {:>9} {:>7}",
+        "{:<23} {:<10} {:>6} {:>6} {:>6} {:>8} {:>8} {:>6} {:>8} {:>6} {:>9} {:>9} {:>9} {:>8} {:>9} {:>7}",
         "path",
         "pattern",
         "block",
@@ -278,7 +281,7 @@ pub fn table(r: &Report) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<11} {:<10} {:>6} {:>6} {:>6} {:>8.3} {:>9.3} {:>5.2}x {:>8.3} {:>5.2}x {:>9.3} {:>9.3} {:>9.3} {:>8} {:>9} {:>7}",
+            "{:<23} {:<10} {:>6} {:>6} {:>6} {:>8.3} {:>9.3} {:>5.2}x {:>8.3} {:>5.2}x {:>9.3} {:>9.3} {:>9.3} {:>8} {:>9} {:>7}",
             p.path,
             format!("{:?}", p.pattern).to_lowercase(),
             human(p.block_bytes),

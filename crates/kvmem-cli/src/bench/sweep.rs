@@ -10,7 +10,7 @@ use kvmem::cuda::CudaDevice;
 use kvmem::layout::BlockDim;
 use kvmem::layout::{BlockLayout, LayoutConfig, LayoutKind};
 use kvmem::nixl::TransferOp;
-use kvmem::transfer::{EngineConfig, TransferEngine, TransferPlan};
+use kvmem::transfer::{DiskBackend, EngineConfig, TransferEngine, TransferPlan};
 use kvmem::{Buffer, DiskStorage, HostMemory, OffsetBuffer, SystemStorage};
 use kvmem::{DeviceStorage, PinnedStorage};
 use rand::rngs::StdRng;
@@ -107,6 +107,9 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
         gpu_method: args.gpu_method.into(),
         ..EngineConfig::default()
     };
+    if let Some(b) = args.disk_backend {
+        config.disk_backend = b.into();
+    }
     if let Some(m) = args.max_io {
         config.max_io_bytes = m;
     }
@@ -176,9 +179,32 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
         _ => None,
     };
     // Fill the disk file (and warm the disk path) so that reads read written data.
+    let mut skipped = Vec::new();
+    let mut other = None;
     if let Some((disk, _, _)) = &buffers.disk {
         let src = view(&buffers.host_src, disk_bytes)?;
         engine.copy_region(&src, disk)?.wait()?;
+        // The other disk backend, for the points at --compare-disk-backend sizes; started (and
+        // warmed) here, so that a backend this machine lacks is a note, not a failed sweep.
+        if args.compare_disk_backend.iter().any(|s| s.is_some()) {
+            let backend = match config.disk_backend {
+                DiskBackend::IoUring => DiskBackend::NixlPosix,
+                _ => DiskBackend::IoUring,
+            };
+            let started = TransferEngine::new(EngineConfig {
+                disk_backend: backend,
+                ..config
+            })
+            .map_err(CliError::from)
+            .and_then(|e| {
+                e.copy_region(&src, disk)?.wait()?;
+                Ok(e)
+            });
+            match started {
+                Ok(e) => other = Some(e),
+                Err(e) => skipped.push(format!("disk backend {backend} not compared: {e}")),
+            }
+        }
     }
 
     let mut plan = Vec::new();
@@ -193,7 +219,6 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
     let started = Instant::now();
     let load_before = super::report::load_average();
     let mut points = Vec::new();
-    let mut skipped = Vec::new();
     for (path, pattern, size) in plan {
         let total = match path {
             p if p.uses_nixl() => nixl_bytes,
@@ -251,7 +276,10 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
                 continue;
             }
         }
-        let point = measure(
+        let compare = other
+            .as_ref()
+            .filter(|_| path.touches_disk() && args.compare_disk_backend.contains(&Some(size)));
+        points.extend(measure(
             &engine,
             &mut buffers,
             args,
@@ -260,9 +288,9 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
             size,
             blocks,
             fio_job,
+            compare,
             &bar,
-        )?;
-        points.push(point);
+        )?);
     }
     bar.finish_and_clear();
     let direct_io = buffers.disk.as_ref().map(|(_, _, d)| *d);
@@ -329,6 +357,17 @@ pub fn path_name(path: BenchPath) -> &'static str {
     }
 }
 
+/// The name of a disk point timed on `backend`, the disk backend compared with the sweep's.
+fn compared_path_name(path: BenchPath, backend: DiskBackend) -> &'static str {
+    match (path, backend) {
+        (BenchPath::DiskWrite, DiskBackend::NixlPosix) => "host->disk (nixl-posix)",
+        (BenchPath::DiskRead, DiskBackend::NixlPosix) => "disk->host (nixl-posix)",
+        (BenchPath::DiskWrite, _) => "host->disk (io_uring)",
+        (BenchPath::DiskRead, _) => "disk->host (io_uring)",
+        _ => path_name(path),
+    }
+}
+
 pub fn human(bytes: usize) -> String {
     match bytes {
         b if b >= 1 << 30 && b % (1 << 30) == 0 => format!("{}G", b >> 30),
@@ -348,8 +387,9 @@ fn measure(
     size: usize,
     blocks: usize,
     fio_job: Option<FioJob>,
+    other: Option<&TransferEngine>,
     bar: &ProgressBar,
-) -> Result<Point> {
+) -> Result<Vec<Point>> {
     let bytes = blocks * size;
     let disk = || {
         buffers
@@ -425,14 +465,14 @@ fn measure(
     let (src_ref, dst_ref) = (view(&src, bytes)?, view(&dst, bytes)?);
 
     // `copy_blocks` is `TransferPlan::blocks` + `submit`; timed in its two halves.
-    let transfer = || -> Result<(f64, usize, f64)> {
+    let transfer = |engine: &TransferEngine| -> Result<(f64, usize, f64)> {
         let t = Instant::now();
         let plan = TransferPlan::blocks(&src_layout, &src_ids, &dst_layout, &dst_ids)?;
         let planned = t.elapsed().as_secs_f64();
         let stats = engine.submit(plan)?.wait()?;
         Ok((t.elapsed().as_secs_f64(), stats.ops, planned))
     };
-    let reference = || -> Result<f64> {
+    let reference = |engine: &TransferEngine| -> Result<f64> {
         let t = Instant::now();
         engine.copy_region(&src_ref, &dst_ref)?.wait()?;
         Ok(t.elapsed().as_secs_f64())
@@ -448,8 +488,12 @@ fn measure(
         Some(t.elapsed().as_secs_f64())
     };
     // Warm-up, untimed.
-    let (_, copies, _) = transfer()?;
-    reference()?;
+    let (_, copies, _) = transfer(engine)?;
+    reference(engine)?;
+    if let Some(other) = other {
+        transfer(other)?;
+        reference(other)?;
+    }
     let has_memcpy = memcpy_run().is_some();
     bar.inc(1);
 
@@ -457,19 +501,23 @@ fn measure(
     enum Run {
         Transfer,
         Reference,
+        OtherTransfer,
+        OtherReference,
         Memcpy,
         Fio,
     }
     let mut order = vec![Run::Transfer, Run::Reference];
+    if other.is_some() {
+        order.extend([Run::OtherTransfer, Run::OtherReference]);
+    }
     if has_memcpy {
         order.push(Run::Memcpy);
     }
     if fio_job.is_some() {
         order.push(Run::Fio);
     }
-    let mut times = Vec::with_capacity(args.iterations);
-    let mut plan_times = Vec::with_capacity(args.iterations);
-    let mut ref_times = Vec::with_capacity(args.iterations);
+    let mut own = Timings::default();
+    let mut theirs = Timings::default();
     let mut memcpy_times = Vec::new();
     let mut fio_runs = Vec::new();
     let mut fio_error = None;
@@ -480,12 +528,16 @@ fn measure(
         }
         for run in &order {
             match run {
-                Run::Transfer => {
-                    let (t, _, p) = transfer()?;
-                    times.push(t);
-                    plan_times.push(p);
+                Run::Transfer => own.push_transfer(transfer(engine)?),
+                Run::Reference => own.refs.push(reference(engine)?),
+                Run::OtherTransfer | Run::OtherReference => {
+                    if let Some(other) = other {
+                        match run {
+                            Run::OtherTransfer => theirs.push_transfer(transfer(other)?),
+                            _ => theirs.refs.push(reference(other)?),
+                        }
+                    }
                 }
-                Run::Reference => ref_times.push(reference()?),
                 Run::Memcpy => memcpy_times.extend(memcpy_run()),
                 Run::Fio => {
                     if let Some(job) = &fio_job
@@ -502,45 +554,75 @@ fn measure(
         bar.inc(1);
     }
     let gib = |secs: f64| bytes as f64 / secs / f64::from(1u32 << 30);
-    let median_time = Percentiles::of(&times).p50;
-    let median_ref = Percentiles::of(&ref_times).p50;
-    let fio = match (fio_job, fio_error) {
-        (None, _) => None,
-        (Some(_), Some(e)) => Some(FioPoint::failed(e)),
-        (Some(_), None) => Some(FioPoint::from_runs(&fio_runs, gib(median_time))),
-    };
-    let memcpy = (!memcpy_times.is_empty()).then(|| {
-        let g = gib(Percentiles::of(&memcpy_times).p50);
-        MemcpyPoint {
-            gib_s: g,
-            ratio: gib(median_time) / g,
+    let point = |name: &'static str, backend: Option<&'static str>, t: &Timings| {
+        let median_time = Percentiles::of(&t.times).p50;
+        let median_ref = Percentiles::of(&t.refs).p50;
+        let fio = match (&fio_job, &fio_error) {
+            (None, _) => None,
+            (Some(_), Some(e)) => Some(FioPoint::failed(e.clone())),
+            (Some(_), None) => Some(FioPoint::from_runs(&fio_runs, gib(median_time))),
+        };
+        let memcpy = (!memcpy_times.is_empty()).then(|| {
+            let g = gib(Percentiles::of(&memcpy_times).p50);
+            MemcpyPoint {
+                gib_s: g,
+                ratio: gib(median_time) / g,
+            }
+        });
+        Point {
+            path: name,
+            disk_backend: backend,
+            pattern,
+            block_bytes: size,
+            blocks,
+            bytes,
+            copies,
+            iterations: args.iterations,
+            gib_s: gib(median_time),
+            reference_gib_s: gib(median_ref),
+            ratio: median_ref / median_time,
+            plan_ms: Percentiles::of(&t.plan).p50 * 1e3,
+            exec_ratio: median_ref
+                / Percentiles::of(
+                    &t.times
+                        .iter()
+                        .zip(&t.plan)
+                        .map(|(t, p)| t - p)
+                        .collect::<Vec<_>>(),
+                )
+                .p50,
+            latency_ms: Percentiles::of(&t.times).scaled(1e3),
+            reference_latency_ms: Percentiles::of(&t.refs).scaled(1e3),
+            fio,
+            memcpy,
+            verified_bytes: None,
         }
-    });
-    Ok(Point {
-        path: path_name(path),
-        pattern,
-        block_bytes: size,
-        blocks,
-        bytes,
-        copies,
-        iterations: args.iterations,
-        gib_s: gib(median_time),
-        reference_gib_s: gib(median_ref),
-        ratio: median_ref / median_time,
-        plan_ms: Percentiles::of(&plan_times).p50 * 1e3,
-        exec_ratio: median_ref
-            / Percentiles::of(
-                &times
-                    .iter()
-                    .zip(&plan_times)
-                    .map(|(t, p)| t - p)
-                    .collect::<Vec<_>>(),
-            )
-            .p50,
-        latency_ms: Percentiles::of(&times).scaled(1e3),
-        reference_latency_ms: Percentiles::of(&ref_times).scaled(1e3),
-        fio,
-        memcpy,
-        verified_bytes: None,
-    })
+    };
+    let disk_backend =
+        |e: &TransferEngine| path.touches_disk().then(|| e.config().disk_backend.name());
+    let mut points = vec![point(path_name(path), disk_backend(engine), &own)];
+    if let Some(other) = other {
+        let backend = other.config().disk_backend;
+        points.push(point(
+            compared_path_name(path, backend),
+            disk_backend(other),
+            &theirs,
+        ));
+    }
+    Ok(points)
+}
+
+/// Timings of one candidate of a point.
+#[derive(Default)]
+struct Timings {
+    times: Vec<f64>,
+    plan: Vec<f64>,
+    refs: Vec<f64>,
+}
+
+impl Timings {
+    fn push_transfer(&mut self, (t, _, p): (f64, usize, f64)) {
+        self.times.push(t);
+        self.plan.push(p);
+    }
 }
