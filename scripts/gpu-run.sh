@@ -10,7 +10,8 @@
 #      the GPU paths again with each method forced, for the method comparison.
 # KVMEM_GPU_QUICK=1 keeps to what a transfer-engine change needs: the copy-stream and transfer
 # GPU tests, memcheck of the transfer tests, the planner benchmark, `kvmem bench` over every
-# path once and the GPU paths twice more (run-to-run variance), no per-method runs.
+# path once and the GPU paths twice more (run-to-run variance), no per-method runs. The full run
+# does those too.
 # The device tool brings back at most 8 files: the bench outputs beyond the main JSON, plot and
 # table are packed into kvbench.tgz.
 # Logs go to $OUT (the device tool's output folder), else to .gpu/out. Exits non-zero if any
@@ -134,18 +135,25 @@ kv="$here/kvbench"
 rm -rf "$kv"
 mkdir -p "$kv"
 step "kvmem bench (all paths)" "$out/kvbench.log" "$bin/kvmem" bench --out-dir "$kv/auto" --disk-dir /tmp
-if [ "$quick" = 1 ]; then
-    runs="auto-2 auto-3"
-    for r in $runs; do
-        step "kvmem bench (gpu, $r)" "$out/kvbench.log" "$bin/kvmem" bench --paths h2d,d2h,d2d,layers-d2h \
-            --out-dir "$kv/$r"
-    done
-else
-    runs="batched kernel per-copy"
-    for m in $runs; do
+# The GPU paths twice more with the default method (run-to-run variance); in the full run also
+# once per forced method (the method comparison).
+runs="auto-2 auto-3"
+for r in $runs; do
+    step "kvmem bench (gpu, $r)" "$out/kvbench.log" "$bin/kvmem" bench --paths h2d,d2h,d2d,layers-d2h \
+        --out-dir "$kv/$r"
+done
+# The two disk backends at 1 MiB, three more times (each point times both, interleaved).
+for r in 1 2 3; do
+    step "kvmem bench (disk backends, $r)" "$out/kvbench.log" "$bin/kvmem" bench \
+        --paths disk-write,disk-read --sizes 1M --iterations 10 --disk-dir /tmp --out-dir "$kv/disk-$r"
+done
+runs="$runs disk-1 disk-2 disk-3"
+if [ "$quick" != 1 ]; then
+    for m in batched kernel per-copy; do
         step "kvmem bench (gpu, $m)" "$out/kvbench.log" "$bin/kvmem" bench --paths h2d,d2h,d2d,layers-d2h \
             --gpu-method "$m" --out-dir "$kv/$m"
     done
+    runs="$runs batched kernel per-copy"
 fi
 cp "$kv/auto/bench.json" "$out/kvbench.json" 2>/dev/null
 cp "$kv/auto/bench.svg" "$out/kvbench.svg" 2>/dev/null
