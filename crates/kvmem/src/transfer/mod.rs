@@ -13,7 +13,7 @@
 //! | path | executor here | notes |
 //! |---|---|---|
 //! | host ↔ host (system or pinned) | CPU copies on a rayon pool, split by bytes and with streaming stores when large | |
-//! | host ↔ disk | [`DiskBackend::NixlPosix`] (default): NIXL's POSIX backend, Linux AIO, `O_DIRECT`; or [`DiskBackend::IoUring`]: kvmem's own `io_uring` loop, `O_DIRECT` | both at `queue_depth` requests of at most `max_io_bytes`; NIXL needs its runtime ([`Error::NixlUnavailable`] at submit otherwise) |
+//! | host ↔ disk | [`DiskBackend::IoUring`] (default): kvmem's own `io_uring` loop, `O_DIRECT`; or [`DiskBackend::NixlPosix`]: NIXL's POSIX backend, Linux AIO, `O_DIRECT` | both at `queue_depth` requests of at most `max_io_bytes`; NIXL needs its runtime ([`Error::NixlUnavailable`] at submit otherwise) |
 //! | pinned ↔ device, device ↔ device | a CUDA copy stream: `cuMemcpyBatchAsync` or kvmem's PTX copy kernel, chosen by copy size ([`CopyMethod`]) | needs the CUDA driver |
 //! | pageable host ↔ device, disk ↔ device | the same, through two pinned bounce buffers, pipelined | |
 //! | disk ↔ disk | none: [`Error::UnsupportedTransfer`] | stage through host memory |
@@ -58,15 +58,16 @@ use uring::{UringConfig, UringExecutor};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum DiskBackend {
-    /// Linux `io_uring` with `O_DIRECT`, one worker thread per engine. Needs no NIXL runtime,
-    /// and has the lower fixed cost per transfer (~50 µs against ~85 µs for one 4 KiB block on
-    /// the development VM).
+    /// Linux `io_uring` with `O_DIRECT`, one worker thread per engine. The default: at 1 MiB
+    /// blocks neither backend is consistently faster (H100 machine, 4 interleaved runs: io_uring
+    /// +1.7% on writes in 8 of 8 points, NIXL POSIX +1.3–1.8% on reads; the development VM
+    /// leaned the other way by 1–3%, within its noise), and this one needs no NIXL runtime and
+    /// has the lower fixed cost per transfer (~50 µs against ~85 µs for one 4 KiB block on the
+    /// development VM). See docs/PERFORMANCE.md.
+    #[default]
     IoUring,
     /// NIXL's POSIX backend (Linux AIO underneath, `O_DIRECT`), one worker thread and one NIXL
-    /// agent per engine; needs the NIXL runtime. The default: at 1 MiB blocks it was the faster
-    /// of the two on the development VM (medians of 12 interleaved runs: +1.4% write, +2.6%
-    /// read; docs/PERFORMANCE.md), a margin within that machine's noise.
-    #[default]
+    /// agent per engine; needs the NIXL runtime.
     NixlPosix,
 }
 
@@ -127,7 +128,7 @@ pub struct EngineConfig {
     /// Host transfers of at least this many bytes use non-temporal (cache-bypassing) stores
     /// (default 8 MiB; `usize::MAX` never streams).
     pub streaming_threshold: usize,
-    /// How host ↔ disk transfers are executed (default [`DiskBackend::NixlPosix`]).
+    /// How host ↔ disk transfers are executed (default [`DiskBackend::IoUring`]).
     pub disk_backend: DiskBackend,
     /// Disk requests kept in flight (default 32).
     pub queue_depth: u32,
