@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the GPU tests, the pinned-allocation and planner benchmarks and the kvmem CLI, packs the
-# NIXL runtime from the venv, here (release mode, line tables only)
+# NIXL runtime from the venv, builds a static fio (Debian's source), here (release mode, line tables only)
 # and stages them, with the runner scripts/gpu-run.sh as run.sh, in a git-ignored folder that is
 # carried to the GPU machine. There, `bash .gpu/run.sh` runs everything and writes logs to $OUT.
 #
@@ -38,7 +38,11 @@ rm -rf "$stage"
 mkdir -p "$stage/bin"
 while read -r name exe; do
     # Keep the line tables (for backtraces) but compress them: the carry limit is tight.
-    objcopy --compress-debug-sections=zlib "$exe" "$stage/bin/$name"
+    case "$name" in
+    # Benchmarks need no backtraces: drop their line tables, the carry limit is tight.
+    plan | cuda_pinned_alloc) objcopy --strip-debug "$exe" "$stage/bin/$name" ;;
+    *) objcopy --compress-debug-sections=zlib "$exe" "$stage/bin/$name" ;;
+    esac
 done <<<"$list"
 for want in cuda_gpu cuda_no_driver cuda_batch_gpu cuda_transfer_gpu transfer_remote cuda_pinned_alloc plan kvmem; do
     [ -x "$stage/bin/$want" ] || { echo "gpu-build.sh: $want was not built" >&2; exit 1; }
@@ -59,6 +63,18 @@ site=$(ls -d "$PWD"/.venv/lib/python3*/site-packages | head -n1)
     tar -cJf "$stage/nixl.tar.xz" -T "$log.nixl"
     rm -f "$log.nixl"
 )
+# fio, for `kvmem bench`'s disk comparison (the GPU machine has none and no network): built
+# here once from Debian's source tarball as a static binary (its io_uring engine needs no
+# library), cached under target/.
+fio_version=3.33
+fio_dir="$PWD/target/fio-$fio_version"
+if [ ! -x "$fio_dir/fio" ]; then
+    mkdir -p target
+    curl -fsSL "https://deb.debian.org/debian/pool/main/f/fio/fio_$fio_version.orig.tar.gz" |
+        tar -xz -C target
+    (cd "$fio_dir" && ./configure --build-static --disable-native >/dev/null && make -j"$(nproc)" fio >/dev/null)
+fi
+strip -o "$stage/bin/fio" "$fio_dir/fio"
 cp scripts/gpu-run.sh "$stage/run.sh"
 chmod +x "$stage/run.sh"
 git rev-parse HEAD >"$stage/COMMIT" 2>/dev/null || true

@@ -22,6 +22,8 @@ bin="$here/bin"
 out="${OUT:-$here/out}"
 mkdir -p "$out"
 export RUST_BACKTRACE=1
+# The static fio staged next to kvmem: `kvmem bench` compares its disk points with it.
+export PATH="$bin:$PATH"
 summary="$out/summary.txt"
 : >"$summary"
 failed=0
