@@ -8,8 +8,11 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/env.sh
 command -v valgrind >/dev/null || { echo "valgrind not found: apt-get install -y valgrind" >&2; exit 1; }
 
-# The library's unit tests and the host-only integration tests. None of them loads NIXL; cuda_no_driver
-# checks that CUDA entry points fail cleanly where libcuda is missing.
+# The library's unit tests and the host-only integration tests; cuda_no_driver checks that CUDA
+# entry points fail cleanly where libcuda is missing. Tests that load NIXL (names containing
+# "nixl": the nixl:: unit tests, the NIXL POSIX disk-backend variants) are skipped: under valgrind
+# the dynamic loader reports false reads while NIXL's plugins are dlopened, and UCX's threads and
+# the deliberate leak after a failed NIXL request are noise. They run in scripts/test.sh.
 targets=(--lib --test host_disk --test host_props --test spec_external --test cuda_no_driver
     --test transfer_errors --test transfer_roundtrip)
 log=$(mktemp)
@@ -26,7 +29,7 @@ status=0
 for bin in $bins; do
     echo "== valgrind: $(basename "$bin")"
     if ! valgrind --quiet --error-exitcode=97 --leak-check=full --show-leak-kinds=definite \
-        --errors-for-leak-kinds=definite "$bin" --test-threads=2 -q --skip nixl::; then
+        --errors-for-leak-kinds=definite "$bin" --test-threads=2 -q --skip nixl; then
         echo "valgrind.sh: FAILED: $bin" >&2
         status=1
     fi
