@@ -236,19 +236,19 @@ impl CopyStream {
                 let limit = if involves_host {
                     self.inner.kernel_max_avg_len
                 } else {
-                    self.inner.kernel_max_avg_len.saturating_mul(D2D_KERNEL_FACTOR)
+                    self.inner
+                        .kernel_max_avg_len
+                        .saturating_mul(D2D_KERNEL_FACTOR)
                 };
-                Ok(
-                    if kernel_ok && avg <= limit as u64 {
-                        CopyMethod::Kernel
-                    } else if self.inner.batch_supported {
-                        CopyMethod::Batched
-                    } else if kernel_ok {
-                        CopyMethod::Kernel
-                    } else {
-                        CopyMethod::PerCopy
-                    },
-                )
+                Ok(if kernel_ok && avg <= limit as u64 {
+                    CopyMethod::Kernel
+                } else if self.inner.batch_supported {
+                    CopyMethod::Batched
+                } else if kernel_ok {
+                    CopyMethod::Kernel
+                } else {
+                    CopyMethod::PerCopy
+                })
             }
             CopyMethod::Batched if !self.inner.batch_supported => Err(Error::Unsupported {
                 what: "cuMemcpyBatchAsync: the driver lacks it (needs CUDA 12.8 or newer)".into(),

@@ -140,10 +140,7 @@ impl Agent {
                     } else {
                         "register memory (does a running backend support this memory type?)"
                     };
-                    return Err(Error::nixl(
-                        op,
-                        source,
-                    ));
+                    return Err(Error::nixl(op, source));
                 }
             }
             offset += piece;

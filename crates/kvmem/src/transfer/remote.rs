@@ -21,7 +21,7 @@ use crate::descriptor::MemoryDescriptor;
 use crate::error::{Error, Result};
 use crate::layout::{BlockLayout, LayoutConfig, LayoutKind, strides};
 use crate::nixl::{
-    Agent, LocalBlocks, MemType, NixlDescriptor, Peer, PreparedLocal, PreparedRemote, RemoteBlock,
+    Agent, LocalBlocks, NixlDescriptor, Peer, PreparedLocal, PreparedRemote, RemoteBlock,
     RemoteBlocks, Transfer, TransferOp,
 };
 use serde::{Deserialize, Serialize};
@@ -116,6 +116,7 @@ pub struct RegisteredLayout {
     // Shared with running transfers, which keep it until they end.
     prepared: Arc<PreparedLocal>,
     layout: BlockLayout,
+    regions: Vec<NixlDescriptor>,
     agent: Agent,
 }
 
@@ -129,6 +130,20 @@ impl RegisteredLayout {
     /// 2^31 − 1 chunks.
     pub fn new(agent: &Agent, layout: BlockLayout) -> Result<Self> {
         let c = *layout.config();
+        let regions = layout
+            .regions()
+            .iter()
+            .map(|r| {
+                r.nixl_descriptor().ok_or_else(|| Error::NotRegistered {
+                    what: format!(
+                        "layout region of {} memory at {:#x} ({} bytes)",
+                        r.storage_kind(),
+                        r.addr(),
+                        r.size()
+                    ),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         let mut blocks = LocalBlocks::with_capacity(entry_count(&c)?);
         for_each_chunk(&c, layout.kind(), |region, offset| {
             blocks
@@ -138,6 +153,7 @@ impl RegisteredLayout {
         Ok(Self {
             prepared: Arc::new(agent.prepare_local(&blocks)?),
             layout,
+            regions,
             agent: agent.clone(),
         })
     }
@@ -159,20 +175,7 @@ impl RegisteredLayout {
             agent: self.agent.name().to_owned(),
             config: *self.layout.config(),
             kind: self.layout.kind(),
-            regions: self
-                .layout
-                .regions()
-                .iter()
-                .map(|r| {
-                    // `new` checked that every region is registered memory.
-                    r.nixl_descriptor().unwrap_or(NixlDescriptor {
-                        addr: r.addr() as u64,
-                        size: r.size(),
-                        mem_type: MemType::Dram,
-                        device_id: 0,
-                    })
-                })
-                .collect(),
+            regions: self.regions.clone(),
         }
     }
 }
@@ -332,8 +335,12 @@ pub(super) fn post(
             by_destination(lc.num_blocks, local_ids, remote_ids)?;
         }
     }
-    let per_block = lc.chunks_per_block()?;
-    let n = local_ids.len() * per_block;
+    let n = lc
+        .chunks_per_block()?
+        .checked_mul(local_ids.len())
+        .ok_or(Error::Overflow {
+            what: "chunk count of a remote transfer",
+        })?;
     let (mut li, mut ri) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for (&l, &r) in local_ids.iter().zip(remote_ids) {
         for layer in 0..lc.num_layers {
