@@ -136,6 +136,15 @@ impl LayoutKind {
         LayoutKind::LayerSeparate(BlockDim::First),
         LayoutKind::LayerSeparate(BlockDim::Second),
     ];
+
+    /// The region holding layer `layer`'s chunks: region 0 of a fully contiguous layout, region
+    /// `layer` of a layer-separate one.
+    pub(crate) fn region_of_layer(self, layer: usize) -> usize {
+        match self {
+            LayoutKind::FullyContiguous => 0,
+            LayoutKind::LayerSeparate(_) => layer,
+        }
+    }
 }
 
 impl fmt::Display for LayoutKind {

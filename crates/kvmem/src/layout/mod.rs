@@ -214,14 +214,10 @@ impl BlockLayout {
 
     /// [`chunk`](Self::chunk) for indices already known to be in range.
     pub(crate) fn chunk_unchecked(&self, block: usize, layer: usize, outer: usize) -> Chunk {
-        let region = match self.kind {
-            LayoutKind::FullyContiguous => 0,
-            LayoutKind::LayerSeparate(_) => layer,
-        };
+        let region = self.kind.region_of_layer(layer);
         // In range by the caller's check; then the offset is below the region size checked in
         // `new`, and the region end does not overflow.
-        let offset =
-            block * self.block_stride + layer * self.layer_stride + outer * self.outer_stride;
+        let offset = self.chunk_offset_unchecked(block, layer, outer);
         Chunk {
             region,
             addr: self.regions[region].addr() + offset,
@@ -231,7 +227,7 @@ impl BlockLayout {
 
     /// Byte offset of chunk (block, layer, outer) inside its region, for ids already checked.
     #[inline]
-    pub(crate) fn chunk_offset_unchecked(&self, block: usize, layer: usize, outer: usize) -> usize {
+    fn chunk_offset_unchecked(&self, block: usize, layer: usize, outer: usize) -> usize {
         block * self.block_stride + layer * self.layer_stride + outer * self.outer_stride
     }
 

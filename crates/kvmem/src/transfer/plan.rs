@@ -190,10 +190,8 @@ impl TransferPlan {
             for outer in 0..sc.outer_dim {
                 parts.push(Part {
                     batch,
-                    src: s_chunk.addr - src.chunk_offset_unchecked(0, layer, 0)
-                        + src.chunk_offset_unchecked(0, layer, outer),
-                    dst: d_chunk.addr - dst.chunk_offset_unchecked(0, layer, 0)
-                        + dst.chunk_offset_unchecked(0, layer, outer),
+                    src: src.chunk_unchecked(0, layer, outer).addr,
+                    dst: dst.chunk_unchecked(0, layer, outer).addr,
                 });
             }
         }

@@ -80,10 +80,7 @@ fn for_each_chunk(
     let (bs, ls, os) = strides(c, kind, chunk);
     for block in 0..c.num_blocks {
         for layer in 0..c.num_layers {
-            let region = match kind {
-                LayoutKind::FullyContiguous => 0,
-                LayoutKind::LayerSeparate(_) => layer,
-            };
+            let region = kind.region_of_layer(layer);
             for outer in 0..c.outer_dim {
                 f(region, block * bs + layer * ls + outer * os)?;
             }
