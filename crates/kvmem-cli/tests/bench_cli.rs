@@ -19,6 +19,17 @@ fn fio_on_path() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+/// The JSON a successful `kvmem bench --json` printed; fails with its stderr otherwise.
+#[track_caller]
+fn json_of(out: &std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 #[test]
 fn a_small_sweep_writes_table_json_and_plot() {
     let out_dir = tempfile::tempdir().unwrap();
@@ -39,12 +50,7 @@ fn a_small_sweep_writes_table_json_and_plot() {
         .arg(disk_dir.path())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = json_of(&out);
     let on_disk: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out_dir.path().join("bench.json")).unwrap()).unwrap();
     assert_eq!(v, on_disk);
@@ -141,12 +147,7 @@ fn disk_points_compare_the_two_disk_backends() {
             .arg(disk_dir.path())
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let v = json_of(&out);
         assert_eq!(v["settings"]["disk_backend"], own);
         let points = v["points"].as_array().unwrap();
         // 2 paths x 2 patterns x 2 sizes, plus the 64K points again on the other backend.
