@@ -90,9 +90,6 @@ unsafe impl Send for DescBuffers {}
 struct Inner {
     device: CudaDevice,
     stream: sys::CUstream,
-    /// A second stream (and the events that fork to it and join back), so that a batched list of
-    /// large copies keeps two copy engines busy; `None` when not created or turned off.
-    second: Option<SecondEngine>,
     module: sys::CUmodule,
     kernel: Option<sys::CUfunction>,
     batch_supported: bool,
@@ -101,18 +98,6 @@ struct Inner {
     kernel_max_avg_len: usize,
     free_descs: Mutex<Vec<DescBuffers>>,
 }
-
-/// The second stream of a [`CopyStream`] and its fork/join events. Used under the lock only, so
-/// that two callers never interleave their event records.
-struct SecondEngine {
-    stream: sys::CUstream,
-    fork: sys::CUevent,
-    join: sys::CUevent,
-    lock: Mutex<()>,
-}
-
-/// Batched lists of at least this many bytes (and two copies) are split over two streams.
-const SPLIT_MIN_BYTES: u64 = 8 << 20;
 
 // SAFETY: stream, module and function handles may be used from any thread once the owning context
 // is current, which every method ensures with `device.bind()`. The descriptor free list is behind
@@ -134,46 +119,6 @@ impl std::fmt::Debug for CopyStream {
             .field("batch_supported", &self.inner.batch_supported)
             .field("kernel", &self.inner.kernel.is_some())
             .finish()
-    }
-}
-
-impl SecondEngine {
-    /// A stream and two events, in the current context.
-    fn new() -> Result<Self> {
-        let mut stream = std::ptr::null_mut();
-        // SAFETY: the caller made the context current; `stream` is a valid out-pointer.
-        check("create a second stream", unsafe {
-            sys::cuStreamCreate(
-                &mut stream,
-                sys::CUstream_flags::CU_STREAM_NON_BLOCKING as u32,
-            )
-        })?;
-        let mut events = [std::ptr::null_mut(); 2];
-        for i in 0..2 {
-            // SAFETY: as above; `events[i]` is a valid out-pointer.
-            let created = check("create a fork/join event", unsafe {
-                sys::cuEventCreate(
-                    &mut events[i],
-                    sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as u32,
-                )
-            });
-            if let Err(e) = created {
-                // SAFETY: the handles created so far are ours and unused.
-                unsafe {
-                    for &ev in &events[..i] {
-                        sys::cuEventDestroy_v2(ev);
-                    }
-                    sys::cuStreamDestroy_v2(stream);
-                }
-                return Err(e);
-            }
-        }
-        Ok(Self {
-            stream,
-            fork: events[0],
-            join: events[1],
-            lock: Mutex::new(()),
-        })
     }
 }
 
@@ -227,17 +172,9 @@ impl CopyStream {
             }
         };
         use sys::CUdevice_attribute as A;
-        let second = if std::env::var_os("KVMEM_GPU_ONE_COPY_ENGINE").is_some() {
-            None
-        } else {
-            SecondEngine::new()
-                .map_err(|e| tracing::warn!(error = %e, "second copy stream unavailable"))
-                .ok()
-        };
         let inner = Inner {
             device: device.clone(),
             stream,
-            second,
             module,
             kernel,
             batch_supported: driver::has_symbol("cuMemcpyBatchAsync_v2"),
@@ -389,69 +326,7 @@ impl CopyStream {
         Ok(())
     }
 
-    /// Enqueues `copies` as batched DMA. A list of two or more copies totalling at least
-    /// [`SPLIT_MIN_BYTES`] is split in two halves of about equal bytes, the second half on the
-    /// second stream, forked from and joined back into the main stream: the two halves run on
-    /// two copy engines, which hides each engine's gap between copies.
     fn enqueue_batched(&self, copies: &[DeviceCopy], src: Location, dst: Location) -> Result<()> {
-        let inner = &self.inner;
-        let total = copies.iter().fold(0u64, |t, c| t.saturating_add(c.len));
-        let Some(second) = inner
-            .second
-            .as_ref()
-            .filter(|_| copies.len() >= 2 && total >= SPLIT_MIN_BYTES)
-        else {
-            return self.batch_on(inner.stream, copies, src, dst);
-        };
-        // The first copies up to half the bytes on the main stream, the rest on the second.
-        let mut acc = 0u64;
-        let cut = copies
-            .iter()
-            .position(|c| {
-                acc = acc.saturating_add(c.len);
-                acc >= total / 2
-            })
-            .map_or(copies.len(), |i| (i + 1).min(copies.len() - 1));
-        let (first, rest) = copies.split_at(cut);
-        let _guard = second.lock.lock().unwrap_or_else(|e| e.into_inner());
-        // SAFETY: our own stream and event handles, in the current context: the second stream
-        // waits for all work enqueued on the main stream so far.
-        check("fork to the second copy stream", unsafe {
-            let recorded = sys::cuEventRecord(second.fork, inner.stream);
-            if recorded == sys::CUresult::CUDA_SUCCESS {
-                sys::cuStreamWaitEvent(second.stream, second.fork, 0)
-            } else {
-                recorded
-            }
-        })?;
-        let a = self.batch_on(inner.stream, first, src, dst);
-        let b = self.batch_on(second.stream, rest, src, dst);
-        // Join whatever was enqueued, whether or not both halves were accepted, so that the main
-        // stream's completion event covers every copy.
-        // SAFETY: as above: the main stream now waits for the second stream's work.
-        let joined = check("join the second copy stream", unsafe {
-            let recorded = sys::cuEventRecord(second.join, second.stream);
-            if recorded == sys::CUresult::CUDA_SUCCESS {
-                sys::cuStreamWaitEvent(inner.stream, second.join, 0)
-            } else {
-                recorded
-            }
-        });
-        if joined.is_err() {
-            // Without the join the completion would not cover the second half: wait here.
-            // SAFETY: a plain synchronize of our own stream.
-            unsafe { sys::cuStreamSynchronize(second.stream) };
-        }
-        a.and(b).and(joined)
-    }
-
-    fn batch_on(
-        &self,
-        stream: sys::CUstream,
-        copies: &[DeviceCopy],
-        src: Location,
-        dst: Location,
-    ) -> Result<()> {
         let location = |l: Location| match l {
             Location::Host => sys::CUmemLocation {
                 type_: sys::CUmemLocationType::CU_MEM_LOCATION_TYPE_HOST,
@@ -494,7 +369,7 @@ impl CopyStream {
                     attrs.as_mut_ptr(),
                     attr_idx.as_mut_ptr(),
                     1,
-                    stream,
+                    self.inner.stream,
                 )
             })?;
         }
@@ -659,12 +534,6 @@ impl Drop for Inner {
                 sys::cuMemFree_v2(d.dev);
             }
             sys::cuStreamDestroy_v2(self.stream);
-            if let Some(second) = &self.second {
-                sys::cuStreamSynchronize(second.stream);
-                sys::cuEventDestroy_v2(second.fork);
-                sys::cuEventDestroy_v2(second.join);
-                sys::cuStreamDestroy_v2(second.stream);
-            }
             if !self.module.is_null() {
                 sys::cuModuleUnload(self.module);
             }

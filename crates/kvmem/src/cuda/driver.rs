@@ -58,7 +58,6 @@ const REQUIRED_SYMBOLS: &[&str] = &[
     "cuEventQuery",
     "cuEventSynchronize",
     "cuEventDestroy_v2",
-    "cuStreamWaitEvent",
     "cuMemcpyAsync",
     "cuMemcpyHtoDAsync_v2",
     "cuModuleLoadData",
