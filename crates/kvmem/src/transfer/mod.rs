@@ -67,7 +67,8 @@ pub enum DiskBackend {
     #[default]
     IoUring,
     /// NIXL's POSIX backend (Linux AIO underneath, `O_DIRECT`), one worker thread and one NIXL
-    /// agent per engine; needs the NIXL runtime.
+    /// agent per engine; needs the NIXL runtime. Dropping the engine waits for the disk
+    /// transfers already submitted, and for the agent to be destroyed.
     NixlPosix,
 }
 
