@@ -1,6 +1,7 @@
 //! `kvmem bench` end to end, on a tiny sweep: the table, the JSON and the plot all appear, and
 //! say what was measured.
 
+use std::path::Path;
 use std::process::Command;
 
 fn kvmem() -> Command {
@@ -19,9 +20,19 @@ fn fio_on_path() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// The JSON a successful `kvmem bench --json` printed; fails with its stderr otherwise.
+/// Runs `kvmem bench --json` with `args`, writing to `out_dir` and putting its disk files in
+/// `disk_dir`; returns the JSON it printed, or fails with its exit status and output.
 #[track_caller]
-fn json_of(out: &std::process::Output) -> serde_json::Value {
+fn bench_json(args: &[&str], out_dir: &Path, disk_dir: &Path) -> serde_json::Value {
+    let out = kvmem()
+        .args(["bench", "--json"])
+        .args(args)
+        .arg("--out-dir")
+        .arg(out_dir)
+        .arg("--disk-dir")
+        .arg(disk_dir)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "kvmem bench: {}\nstderr: {}\nstdout: {}",
@@ -36,23 +47,22 @@ fn json_of(out: &std::process::Output) -> serde_json::Value {
 fn a_small_sweep_writes_table_json_and_plot() {
     let out_dir = tempfile::tempdir().unwrap();
     let disk_dir = tempfile::tempdir().unwrap();
-    let out = kvmem()
-        .args(["bench", "--json", "--sizes", "4K,64K", "--iterations", "2"])
-        .args([
+    let v = bench_json(
+        &[
+            "--sizes",
+            "4K,64K",
+            "--iterations",
+            "2",
             "--host-bytes",
             "1M",
             "--disk-bytes",
             "1M",
             "--nixl-bytes",
             "1M",
-        ])
-        .arg("--out-dir")
-        .arg(out_dir.path())
-        .arg("--disk-dir")
-        .arg(disk_dir.path())
-        .output()
-        .unwrap();
-    let v = json_of(&out);
+        ],
+        out_dir.path(),
+        disk_dir.path(),
+    );
     let on_disk: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out_dir.path().join("bench.json")).unwrap()).unwrap();
     assert_eq!(v, on_disk);
@@ -126,30 +136,25 @@ fn disk_points_compare_the_two_disk_backends() {
     for (own, other) in [("nixl-posix", "io_uring"), ("io_uring", "nixl-posix")] {
         let disk_dir = tempfile::tempdir().unwrap();
         let out_dir = tempfile::tempdir().unwrap();
-        let out = kvmem()
-            .args([
-                "bench",
-                "--json",
+        let v = bench_json(
+            &[
                 "--no-fio",
                 "--paths",
                 "disk-write,disk-read",
-            ])
-            .args(["--sizes", "16K,64K", "--compare-disk-backend", "64K"])
-            .args([
+                "--sizes",
+                "16K,64K",
+                "--compare-disk-backend",
+                "64K",
                 "--iterations",
                 "2",
                 "--disk-bytes",
                 "1M",
                 "--disk-backend",
                 own,
-            ])
-            .arg("--out-dir")
-            .arg(out_dir.path())
-            .arg("--disk-dir")
-            .arg(disk_dir.path())
-            .output()
-            .unwrap();
-        let v = json_of(&out);
+            ],
+            out_dir.path(),
+            disk_dir.path(),
+        );
         assert_eq!(v["settings"]["disk_backend"], own);
         let points = v["points"].as_array().unwrap();
         // 2 paths x 2 patterns x 2 sizes, plus the 64K points again on the other backend.
