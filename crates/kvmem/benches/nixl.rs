@@ -13,7 +13,7 @@
 //! Run: `cargo bench -p kvmem --bench nixl`
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use kvmem::nixl::{Agent, AgentConfig, LocalBlocks, RemoteBlock, RemoteBlocks, TransferOp};
+use kvmem::nixl::{Agent, AgentConfig, LocalBlocks, NixlDescriptor, RemoteBlocks, TransferOp};
 use kvmem::{Buffer, HostMemory, MemoryDescriptor, SystemStorage};
 use nixl_sys::{MemType, XferDescList, XferOp, XferStatus};
 use std::hint::black_box;
@@ -290,7 +290,7 @@ impl Kv {
         let mut r = RemoteBlocks::with_capacity(peer, blocks.len());
         for &(off, len) in blocks {
             l.push_range(&self.src, off, len).unwrap();
-            r.push(RemoteBlock::dram((self.dst.addr() + off) as u64, len))
+            r.push(NixlDescriptor::dram((self.dst.addr() + off) as u64, len))
                 .unwrap();
         }
         (l, r)

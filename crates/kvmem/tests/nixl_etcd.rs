@@ -11,7 +11,7 @@ mod common;
 
 use common::*;
 use kvmem::Error;
-use kvmem::nixl::{LocalBlocks, PeerSource, RemoteBlock, RemoteBlocks};
+use kvmem::nixl::{LocalBlocks, NixlDescriptor, PeerSource, RemoteBlocks};
 use libtest_mimic::{Arguments, Failed, Trial};
 use std::time::{Duration, Instant};
 
@@ -64,7 +64,7 @@ fn etcd_round_trip() -> Result<(), Failed> {
     let peer = agent.connect_etcd(&name, Duration::from_secs(30))?;
     assert_eq!(peer.source(), &PeerSource::Etcd);
     let mut remote = RemoteBlocks::new(&peer);
-    remote.push(RemoteBlock::dram(target.addr, target.len))?;
+    remote.push(NixlDescriptor::dram(target.addr, target.len))?;
     verified_write(&agent, &local, &remote, &mut target, "over-etcd")?;
 
     // Coordinated shutdown: let go of the peer, then the peer withdraws and exits cleanly.
@@ -81,7 +81,7 @@ fn etcd_round_trip() -> Result<(), Failed> {
         "old lists are refused: {err}"
     );
     let mut remote = RemoteBlocks::new(&peer);
-    remote.push(RemoteBlock::dram(target.addr, target.len))?;
+    remote.push(NixlDescriptor::dram(target.addr, target.len))?;
     verified_write(&agent, &local, &remote, &mut target, "after-restart")?;
 
     // This time the peer withdraws while still known here: NIXL's etcd watch drops it.

@@ -8,7 +8,7 @@ mod common;
 
 use common::*;
 use kvmem::Error;
-use kvmem::nixl::{Agent, LocalBlocks, RemoteBlock, RemoteBlocks};
+use kvmem::nixl::{Agent, LocalBlocks, NixlDescriptor, RemoteBlocks};
 use libtest_mimic::{Arguments, Failed, Trial};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -43,7 +43,7 @@ fn remote_of(agent: &Agent, target: &TargetProcess, port: u16) -> Result<RemoteB
         "the listener carries NIXL metadata only"
     );
     let mut remote = RemoteBlocks::new(&peer);
-    remote.push(RemoteBlock::dram(target.addr, target.len))?;
+    remote.push(NixlDescriptor::dram(target.addr, target.len))?;
     Ok(remote)
 }
 
@@ -99,7 +99,7 @@ fn listener_round_trip() -> Result<(), Failed> {
     let err = agent.write(&local, &remote, None).unwrap_err();
     assert!(matches!(err, Error::PeerInvalidated { .. }), "{err}");
     let mut remote = RemoteBlocks::new(&peer);
-    remote.push(RemoteBlock::dram(target.addr, target.len))?;
+    remote.push(NixlDescriptor::dram(target.addr, target.len))?;
     write_and_verify(&agent, &local, &remote, &mut target, 31, "after-restart")?;
     agent.invalidate_peer(&name)?;
     let status = target.exit(Duration::from_secs(20));

@@ -15,7 +15,7 @@ use crate::error::{CliError, Result};
 use indicatif::ProgressBar;
 use kvmem::layout::{BlockLayout, LayoutConfig, LayoutKind};
 use kvmem::nixl::{
-    Agent, AgentConfig, LocalBlocks, MemType, NixlDescriptor, Peer, Registered, RemoteBlock,
+    Agent, AgentConfig, LocalBlocks, MemType, NixlDescriptor, Peer, Registered,
     RemoteBlocks, TransferOp,
 };
 use kvmem::transfer::{
@@ -80,7 +80,7 @@ impl NixlEnds {
 
     fn remote_range(&self, offset: usize, len: usize) -> Result<RemoteBlocks> {
         let mut r = RemoteBlocks::new(&self.peer);
-        r.push(RemoteBlock::dram(self.remote_addr + offset as u64, len))?;
+        r.push(NixlDescriptor::dram(self.remote_addr + offset as u64, len))?;
         Ok(r)
     }
 

@@ -8,12 +8,13 @@
 //! | [`config`] | [`AgentConfig`]: from code, a TOML file or `KVMEM_NIXL_*` environment variables |
 //! | [`agent`] | [`Agent`]: a NIXL agent and the backends that really started |
 //! | [`registration`] | [`register`] / [`Registered`]: registrations that never outlive their memory |
-//! | [`peer`] | metadata exchange (blobs, listener socket, etcd), [`Peer`], the peer manifest |
+//! | [`metadata`] | the metadata envelope, the [`PeerManifest`] of registered regions, [`Peer`] |
+//! | [`peer`] | metadata exchange: blobs, listener socket, etcd |
 //! | [`transfer`] | READ/WRITE of block lists with peers and files, [`Transfer`], prepared lists |
 //! | [`notification`] | notifications, queued per peer |
 //!
 //! ```no_run
-//! use kvmem::nixl::{Agent, AgentConfig, LocalBlocks, RemoteBlocks, RemoteBlock};
+//! use kvmem::nixl::{Agent, AgentConfig, LocalBlocks, RemoteBlocks};
 //! use kvmem::{Buffer, SystemStorage};
 //! use std::time::Duration;
 //!
@@ -37,20 +38,21 @@
 
 pub mod agent;
 pub mod config;
+pub mod metadata;
 pub mod notification;
 pub mod peer;
 pub mod registration;
+mod registry;
 pub mod runtime;
 pub mod transfer;
 
 pub use crate::region::{AddressSpace, MemType, NixlCompatible, NixlDescriptor};
 pub use agent::Agent;
 pub use config::{AgentConfig, ThreadSync};
+pub use metadata::{Peer, PeerManifest, PeerMetadata, PeerSource};
 pub use notification::Notification;
-pub use peer::{ManifestRegion, Peer, PeerManifest, PeerMetadata, PeerSource};
 pub use registration::{RegisterError, Registered, register};
 pub use runtime::{NixlRuntime, ensure_loaded};
 pub use transfer::{
-    LocalBlocks, PreparedLocal, PreparedRemote, RemoteBlock, RemoteBlocks, Transfer,
-    TransferMemory, TransferOp,
+    LocalBlocks, PreparedLocal, PreparedRemote, RemoteBlocks, Transfer, TransferMemory, TransferOp,
 };

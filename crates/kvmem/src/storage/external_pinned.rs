@@ -95,4 +95,7 @@ impl HostMemory for ExternalPinnedMemory {
     fn as_mut_slice(&mut self) -> &mut [u8] {
         self.host.as_mut_slice()
     }
+    fn page_locked_ranges(&self) -> Option<Vec<std::ops::Range<usize>>> {
+        Some(self.registered_ranges())
+    }
 }

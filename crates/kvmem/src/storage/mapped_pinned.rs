@@ -249,4 +249,7 @@ impl HostMemory for MappedPinnedStorage {
     fn as_mut_slice(&mut self) -> &mut [u8] {
         self.mapping.as_mut_slice()
     }
+    fn page_locked_ranges(&self) -> Option<Vec<std::ops::Range<usize>>> {
+        Some(self.registered_ranges())
+    }
 }

@@ -2,15 +2,22 @@
 //!
 //! Planning is pure: it reads addresses, validates, merges and never touches a byte. Its output,
 //! a [`TransferPlan`] — per pair of storage kinds, a list of `(src, dst, len)` [`CopyOp`]s — is
-//! the input of every executor: the host memcpy and the `io_uring` executors in this module, and
-//! the CUDA (batched memcpy, copy kernel) and NIXL executors that build on the same lists.
+//! the input of every executor, each in its own module of [`transfer`](super): host memcpy
+//! (`host`), `io_uring` (`uring`), NIXL POSIX (`nixl_posix`), CUDA copy streams (`gpu`) and NIXL
+//! with a peer (`remote`).
 
+use crate::arena::ArenaBuffer;
 use crate::descriptor::{Buffer, MemoryDescriptor};
 use crate::error::{Error, Result};
 use crate::kind::StorageKind;
 use crate::layout::{BlockDim, BlockLayout, LayoutConfig, LayoutKind};
-use crate::storage::DIRECT_IO_ALIGN;
+use crate::nixl::Registered;
+use crate::region::AddressSpace;
+use crate::storage::{DIRECT_IO_ALIGN, DiskStorage};
+use crate::view::OffsetBuffer;
+use rustix::fd::{AsRawFd, BorrowedFd};
 use serde::Serialize;
+use std::any::Any;
 use std::collections::HashSet;
 use std::fmt;
 
@@ -224,7 +231,13 @@ impl TransferPlan {
         let used = |l: &BlockLayout| -> Vec<Extent> {
             l.regions()
                 .iter()
-                .map(|r| (space(r.storage_kind()), r.addr(), l.region_bytes()))
+                .map(|r| {
+                    (
+                        AddressSpace::of_kind(r.storage_kind()),
+                        r.addr(),
+                        l.region_bytes(),
+                    )
+                })
                 .collect()
         };
         let per_op_check = !regions_disjoint(&used(src), &used(dst));
@@ -329,6 +342,29 @@ impl TransferPlan {
     /// The buffers the plan keeps alive.
     pub fn buffers(&self) -> &[Buffer] {
         &self.keep_alive
+    }
+
+    /// The open file behind `kind` (a [`StorageKind::Disk`]), borrowed from the
+    /// [`DiskStorage`] among the plan's buffers that owns it: it stays open as long as the plan.
+    ///
+    /// # Errors
+    /// [`Error::InvalidLayout`] when no buffer of the plan owns that file (a foreign storage
+    /// that reports a file descriptor it does not own, say).
+    pub(crate) fn file(&self, kind: StorageKind) -> Result<BorrowedFd<'_>> {
+        let StorageKind::Disk(fd) = kind else {
+            return Err(Error::InvalidLayout(format!("{kind} memory is not a file")));
+        };
+        self.keep_alive
+            .iter()
+            .filter_map(|b| disk_of(b.as_any()))
+            .find(|d| d.fd().as_raw_fd() as u64 == fd)
+            .map(DiskStorage::fd)
+            .ok_or_else(|| {
+                Error::InvalidLayout(format!(
+                    "file descriptor {fd} belongs to none of the plan's disk storages; disk \
+                     regions must be kvmem DiskStorages (or views and registrations of one)"
+                ))
+            })
     }
 }
 
@@ -477,18 +513,9 @@ fn push_merged(ops: &mut Vec<CopyOp>, op: CopyOp) {
     ops.push(op);
 }
 
-/// The address space a kind's addresses live in: all host memory shares one, each device and
-/// each file descriptor has its own.
-fn space(kind: StorageKind) -> (u8, u64) {
-    match kind {
-        StorageKind::System | StorageKind::Pinned => (0, 0),
-        StorageKind::Device(d) => (1, u64::from(d)),
-        StorageKind::Disk(fd) => (2, fd),
-    }
-}
-
-/// A range in an address space: `(space, start, length)`.
-type Extent = ((u8, u64), usize, usize);
+/// A range in an address space, `(space, start, length)`: the planner's sort key (a
+/// [`NixlDescriptor`](crate::nixl::NixlDescriptor) names a range, this tuple sorts fast).
+type Extent = (AddressSpace, usize, usize);
 
 fn overlap(a: &Extent, b: &Extent) -> bool {
     a.0 == b.0 && a.1 < b.1.saturating_add(b.2) && b.1 < a.1.saturating_add(a.2)
@@ -501,12 +528,34 @@ fn regions_disjoint(src: &[Extent], dst: &[Extent]) -> bool {
     })
 }
 
+/// The [`DiskStorage`] a buffer's storage is, or is a view or registration of.
+fn disk_of(any: &dyn Any) -> Option<&DiskStorage> {
+    if let Some(d) = any.downcast_ref::<DiskStorage>() {
+        Some(d)
+    } else if let Some(r) = any.downcast_ref::<Registered<DiskStorage>>() {
+        Some(r.storage())
+    } else if let Some(v) = any.downcast_ref::<OffsetBuffer>() {
+        disk_of(v.base().as_any())
+    } else if let Some(a) = any.downcast_ref::<ArenaBuffer>() {
+        disk_of(a.view().base().as_any())
+    } else if let Some(r) = any.downcast_ref::<Registered<Buffer>>() {
+        disk_of(r.storage().as_any())
+    } else if let Some(r) = any.downcast_ref::<Registered<OffsetBuffer>>() {
+        disk_of(r.storage().base().as_any())
+    } else {
+        None
+    }
+}
+
 /// Destination ranges must not overlap each other, nor any source range in the same space.
 fn check_disjoint(batches: &[CopyBatch]) -> Result<()> {
     let mut dst: Vec<Extent> = Vec::new();
     let mut src: Vec<Extent> = Vec::new();
     for b in batches {
-        let (ds, ss) = (space(b.dst_kind), space(b.src_kind));
+        let (ds, ss) = (
+            AddressSpace::of_kind(b.dst_kind),
+            AddressSpace::of_kind(b.src_kind),
+        );
         dst.extend(b.ops.iter().map(|o| (ds, o.dst, o.len)));
         src.extend(b.ops.iter().map(|o| (ss, o.src, o.len)));
     }
@@ -519,7 +568,7 @@ fn check_disjoint(batches: &[CopyBatch]) -> Result<()> {
             });
         }
     }
-    let dst_spaces: HashSet<(u8, u64)> = dst.iter().map(|d| d.0).collect();
+    let dst_spaces: HashSet<AddressSpace> = dst.iter().map(|d| d.0).collect();
     src.retain(|s| dst_spaces.contains(&s.0));
     if src.is_empty() {
         return Ok(());
@@ -759,5 +808,27 @@ mod tests {
         );
         assert!(TransferPath::DiskToDevice.touches_disk());
         assert!(!TransferPath::HostToDevice.touches_disk());
+    }
+
+    /// Executors reach a file through the `DiskStorage` that owns it, through views of it; a
+    /// storage that only claims a file descriptor is refused.
+    #[test]
+    fn files_are_found_through_the_disk_storage_that_owns_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = Buffer::new(crate::DiskStorage::new_in(dir.path(), 64 << 10).unwrap());
+        let file = Buffer::new(OffsetBuffer::new(disk.clone(), 8192, 8192).unwrap());
+        let host = Buffer::new(SystemStorage::new(8192).unwrap());
+        let plan = TransferPlan::region(&host, &file).unwrap();
+        let kind = file.storage_kind();
+        let owned = disk.downcast_ref::<DiskStorage>().unwrap().fd().as_raw_fd();
+        assert_eq!(plan.file(kind).unwrap().as_raw_fd(), owned);
+        assert!(matches!(
+            plan.file(StorageKind::Disk(owned as u64 + 1000)),
+            Err(Error::InvalidLayout(_))
+        ));
+        assert!(matches!(
+            plan.file(StorageKind::System),
+            Err(Error::InvalidLayout(_))
+        ));
     }
 }

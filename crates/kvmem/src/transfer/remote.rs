@@ -21,8 +21,8 @@ use crate::descriptor::MemoryDescriptor;
 use crate::error::{Error, Result};
 use crate::layout::{BlockLayout, LayoutConfig, LayoutKind, strides};
 use crate::nixl::{
-    Agent, LocalBlocks, NixlDescriptor, Peer, PreparedLocal, PreparedRemote, RemoteBlock,
-    RemoteBlocks, Transfer, TransferOp,
+    Agent, LocalBlocks, NixlDescriptor, Peer, PreparedLocal, PreparedRemote, RemoteBlocks,
+    Transfer, TransferOp,
 };
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, mpsc};
@@ -255,12 +255,11 @@ impl RemoteLayout {
         for_each_chunk(&c, descriptor.kind, |region, offset| {
             let r = &descriptor.regions[region];
             blocks
-                .push(RemoteBlock {
-                    addr: r.addr + offset as u64,
-                    len: chunk,
-                    mem_type: r.mem_type,
-                    device_id: r.device_id,
-                })
+                .push(NixlDescriptor::new(
+                    r.space(),
+                    r.addr + offset as u64,
+                    chunk,
+                ))
                 .map(|_| ())
         })?;
         Ok(Self {
