@@ -22,9 +22,9 @@
 //! transfer has finished, before the plan (which keeps the memory and files alive) is dropped.
 //! Each registration is a [`Registered`] over a [`Span`] that itself holds clones of the
 //! buffers it covers, so it cannot outlive them even by mistake. Nothing is cached between
-//! transfers: the POSIX backend's registration is bookkeeping only (no pinning, no I/O);
-//! registering and deregistering a host and a file region took 2.2 µs on the development VM
-//! (`benches/transfer_host.rs`, docs/PERFORMANCE.md), against ~85 µs for a whole 4 KiB transfer.
+//! transfers: the POSIX backend's registration is bookkeeping only (no pinning, no I/O), a small
+//! part of a transfer's fixed cost (measured by `benches/transfer_host.rs`; figures in the
+//! repository's docs/PERFORMANCE.md, "Disk backends").
 //!
 //! # Failure and cancellation
 //! A transfer is posted as requests of one kernel queue's worth of descriptors, two at a time
