@@ -29,6 +29,7 @@
 //! half: every buffer a transfer touches stays allocated until the transfer has stopped, even if
 //! the handle is dropped.
 
+mod files;
 mod gpu;
 mod handle;
 mod host;

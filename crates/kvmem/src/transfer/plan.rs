@@ -6,18 +6,13 @@
 //! (`host`), `io_uring` (`uring`), NIXL POSIX (`nixl_posix`), CUDA copy streams (`gpu`) and NIXL
 //! with a peer (`remote`).
 
-use crate::arena::ArenaBuffer;
 use crate::descriptor::{Buffer, MemoryDescriptor};
 use crate::error::{Error, Result};
 use crate::kind::StorageKind;
 use crate::layout::{BlockDim, BlockLayout, LayoutConfig, LayoutKind};
-use crate::nixl::Registered;
 use crate::region::AddressSpace;
-use crate::storage::{DIRECT_IO_ALIGN, DiskStorage};
-use crate::view::OffsetBuffer;
-use rustix::fd::{AsRawFd, BorrowedFd};
+use crate::storage::DIRECT_IO_ALIGN;
 use serde::Serialize;
-use std::any::Any;
 use std::collections::HashSet;
 use std::fmt;
 
@@ -343,29 +338,6 @@ impl TransferPlan {
     pub fn buffers(&self) -> &[Buffer] {
         &self.keep_alive
     }
-
-    /// The open file behind `kind` (a [`StorageKind::Disk`]), borrowed from the
-    /// [`DiskStorage`] among the plan's buffers that owns it: it stays open as long as the plan.
-    ///
-    /// # Errors
-    /// [`Error::InvalidLayout`] when no buffer of the plan owns that file (a foreign storage
-    /// that reports a file descriptor it does not own, say).
-    pub(crate) fn file(&self, kind: StorageKind) -> Result<BorrowedFd<'_>> {
-        let StorageKind::Disk(fd) = kind else {
-            return Err(Error::InvalidLayout(format!("{kind} memory is not a file")));
-        };
-        self.keep_alive
-            .iter()
-            .filter_map(|b| disk_of(b.as_any()))
-            .find(|d| d.fd().as_raw_fd() as u64 == fd)
-            .map(DiskStorage::fd)
-            .ok_or_else(|| {
-                Error::InvalidLayout(format!(
-                    "file descriptor {fd} belongs to none of the plan's disk storages; disk \
-                     regions must be kvmem DiskStorages (or views and registrations of one)"
-                ))
-            })
-    }
 }
 
 /// Block 0's chunk at one (layer, outer): its source and destination addresses (or file
@@ -526,25 +498,6 @@ fn regions_disjoint(src: &[Extent], dst: &[Extent]) -> bool {
     dst.iter().enumerate().all(|(i, d)| {
         dst[i + 1..].iter().all(|e| !overlap(d, e)) && src.iter().all(|s| !overlap(d, s))
     })
-}
-
-/// The [`DiskStorage`] a buffer's storage is, or is a view or registration of.
-fn disk_of(any: &dyn Any) -> Option<&DiskStorage> {
-    if let Some(d) = any.downcast_ref::<DiskStorage>() {
-        Some(d)
-    } else if let Some(r) = any.downcast_ref::<Registered<DiskStorage>>() {
-        Some(r.storage())
-    } else if let Some(v) = any.downcast_ref::<OffsetBuffer>() {
-        disk_of(v.base().as_any())
-    } else if let Some(a) = any.downcast_ref::<ArenaBuffer>() {
-        disk_of(a.view().base().as_any())
-    } else if let Some(r) = any.downcast_ref::<Registered<Buffer>>() {
-        disk_of(r.storage().as_any())
-    } else if let Some(r) = any.downcast_ref::<Registered<OffsetBuffer>>() {
-        disk_of(r.storage().base().as_any())
-    } else {
-        None
-    }
 }
 
 /// Destination ranges must not overlap each other, nor any source range in the same space.
@@ -808,27 +761,5 @@ mod tests {
         );
         assert!(TransferPath::DiskToDevice.touches_disk());
         assert!(!TransferPath::HostToDevice.touches_disk());
-    }
-
-    /// Executors reach a file through the `DiskStorage` that owns it, through views of it; a
-    /// storage that only claims a file descriptor is refused.
-    #[test]
-    fn files_are_found_through_the_disk_storage_that_owns_them() {
-        let dir = tempfile::tempdir().unwrap();
-        let disk = Buffer::new(crate::DiskStorage::new_in(dir.path(), 64 << 10).unwrap());
-        let file = Buffer::new(OffsetBuffer::new(disk.clone(), 8192, 8192).unwrap());
-        let host = Buffer::new(SystemStorage::new(8192).unwrap());
-        let plan = TransferPlan::region(&host, &file).unwrap();
-        let kind = file.storage_kind();
-        let owned = disk.downcast_ref::<DiskStorage>().unwrap().fd().as_raw_fd();
-        assert_eq!(plan.file(kind).unwrap().as_raw_fd(), owned);
-        assert!(matches!(
-            plan.file(StorageKind::Disk(owned as u64 + 1000)),
-            Err(Error::InvalidLayout(_))
-        ));
-        assert!(matches!(
-            plan.file(StorageKind::System),
-            Err(Error::InvalidLayout(_))
-        ));
     }
 }
