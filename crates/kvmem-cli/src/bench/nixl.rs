@@ -15,8 +15,8 @@ use crate::error::{CliError, Result};
 use indicatif::ProgressBar;
 use kvmem::layout::{BlockLayout, LayoutConfig, LayoutKind};
 use kvmem::nixl::{
-    Agent, AgentConfig, LocalBlocks, MemType, NixlDescriptor, Peer, Registered,
-    RemoteBlocks, TransferOp,
+    Agent, AgentConfig, LocalBlocks, MemType, NixlDescriptor, Peer, Registered, RemoteBlocks,
+    TransferOp,
 };
 use kvmem::transfer::{
     LAYOUT_DESCRIPTOR_FORMAT, LayoutDescriptor, RegisteredLayout, RemoteLayout, TransferEngine,
