@@ -12,9 +12,11 @@ mod fio;
 mod memory;
 mod nixl;
 mod plot;
+mod point;
 mod report;
 mod sweep;
 mod two_node;
+mod verify;
 
 use crate::error::Result;
 use clap::{Args, ValueEnum};
