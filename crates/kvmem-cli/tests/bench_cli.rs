@@ -94,9 +94,16 @@ fn a_small_sweep_writes_table_json_and_plot() {
         if p["path"] == "host->host" {
             assert!(p["memcpy"]["gib_s"].as_f64().unwrap() > 0.0, "{p}");
         }
-        if p["path"] == "nixl-write" || p["path"] == "nixl-read" {
-            assert_eq!(p["verified_bytes"], 1 << 20, "{p}");
-        }
+        // Every point compared every byte it moved, whatever its path, and says how its
+        // reference moved its bytes.
+        assert_eq!(p["verified_bytes"], p["bytes"], "{p}");
+        let method = p["reference_method"].as_str().unwrap();
+        let expected = match p["path"].as_str().unwrap() {
+            "host->host" => "host copy threads",
+            "host->disk" | "disk->host" => "io_uring",
+            _ => "NIXL descriptor",
+        };
+        assert!(method.contains(expected), "{p}");
     }
     // The fio comparison: present when fio is installed, and said to be missing otherwise.
     let fio = v["fio"].as_str().unwrap();
@@ -169,6 +176,11 @@ fn disk_points_compare_the_two_disk_backends() {
             let path = p["path"].as_str().unwrap();
             assert!(path.ends_with(&format!("({other})")), "{p}");
             assert!(p["gib_s"].as_f64().unwrap() > 0.0, "{p}");
+            assert_eq!(p["verified_bytes"], p["bytes"], "{p}");
+            assert!(
+                p["reference_method"].as_str().unwrap().contains(other),
+                "the compared backend's reference runs on it: {p}"
+            );
         }
         assert!(
             points
@@ -176,6 +188,59 @@ fn disk_points_compare_the_two_disk_backends() {
                 .filter(|p| p["disk_backend"] == own)
                 .all(|p| p["path"] == "host->disk" || p["path"] == "disk->host")
         );
+    }
+}
+
+/// A wrong byte in any path's destination fails the run with a message naming the point: the
+/// test hook (`KVMEM_BENCH_TEST_CORRUPT`, see `bench/verify.rs`) flips one byte of the
+/// destination as read back, after the transfer and before the compare.
+#[test]
+fn a_wrong_byte_in_the_destination_fails_the_run() {
+    for path in [
+        "host->host",
+        "host->disk",
+        "disk->host",
+        "nixl-write",
+        "nixl-read",
+    ] {
+        let disk_dir = tempfile::tempdir().unwrap();
+        let out_dir = tempfile::tempdir().unwrap();
+        let out = kvmem()
+            .env("KVMEM_BENCH_TEST_CORRUPT", path)
+            .args([
+                "bench",
+                "--json",
+                "--no-fio",
+                "--sizes",
+                "64K",
+                "--iterations",
+                "1",
+            ])
+            .args([
+                "--host-bytes",
+                "1M",
+                "--disk-bytes",
+                "1M",
+                "--nixl-bytes",
+                "1M",
+            ])
+            .args(["--compare-disk-backend", "none", "--out-dir"])
+            .arg(out_dir.path())
+            .arg("--disk-dir")
+            .arg(disk_dir.path())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{path}: a corrupted destination passed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(
+            err.contains("WRONG BYTES") && err.contains(&format!("{path} sequential")),
+            "{path}: {err}"
+        );
+        assert!(err.contains("differs at byte 0"), "{path}: {err}");
     }
 }
 

@@ -709,3 +709,32 @@ pub fn human(bytes: usize) -> String {
         b => format!("{b}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::GpuMethod;
+
+    /// The reference of GPU points is one plain DMA copy whatever method the points use, so
+    /// that a forced method is never measured against itself.
+    #[test]
+    fn gpu_references_use_one_dma_copy_whatever_the_method() {
+        for method in [
+            GpuMethod::Auto,
+            GpuMethod::Batched,
+            GpuMethod::Kernel,
+            GpuMethod::PerCopy,
+        ] {
+            let config = EngineConfig {
+                gpu_method: method.into(),
+                ..EngineConfig::default()
+            };
+            let reference = gpu_reference_config(&config);
+            assert_eq!(reference.gpu_method, CopyMethod::PerCopy, "{method:?}");
+            assert_eq!(
+                (reference.bounce_bytes, reference.queue_depth),
+                (config.bounce_bytes, config.queue_depth)
+            );
+        }
+    }
+}
