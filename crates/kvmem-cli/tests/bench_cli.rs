@@ -1,5 +1,5 @@
-//! `kvmem bench` end to end, on a tiny sweep: the table, the JSON and the plot all appear, and
-//! say what was measured.
+//! `kvmem bench` end to end, on a tiny sweep: the table, the JSON and the plot (SVG and PNG) all
+//! appear, say what was measured, and every point checked its bytes.
 
 use std::path::Path;
 use std::process::Command;
@@ -128,11 +128,31 @@ fn a_small_sweep_writes_table_json_and_plot() {
     assert!(
         table.contains("host->disk") && table.contains("disk->host") && table.contains("ratio")
     );
+    // The plot: one panel per path family, each series once in the legend beside it, as SVG
+    // and as PNG.
     let svg = std::fs::read_to_string(out_dir.path().join("bench.svg")).unwrap();
+    assert!(svg.starts_with("<svg"), "{}", &svg[..200.min(svg.len())]);
+    for text in [
+        "host memory",
+        "disk (O_DIRECT)",
+        "NIXL (UCX)",
+        "host-&gt;host sequential",
+        "disk-&gt;host scattered",
+        "nixl-read scattered",
+        "reference: one NIXL descriptor",
+    ] {
+        assert!(svg.contains(text), "the SVG lacks {text:?}");
+    }
+    assert_eq!(
+        svg.matches("host-&gt;disk sequential").count(),
+        1,
+        "one legend entry per series"
+    );
+    let png = std::fs::read(out_dir.path().join("bench.png")).unwrap();
     assert!(
-        svg.starts_with("<svg") && svg.contains("host-&gt;host sequential: reference"),
-        "{}",
-        &svg[..200.min(svg.len())]
+        png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000,
+        "{} bytes",
+        png.len()
     );
 }
 
