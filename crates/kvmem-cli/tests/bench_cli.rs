@@ -2,7 +2,7 @@
 //! appear, say what was measured, and every point checked its bytes.
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Output};
 
 fn kvmem() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_kvmem"));
@@ -20,11 +20,11 @@ fn fio_on_path() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// Runs `kvmem bench --json` with `args`, writing to `out_dir` and putting its disk files in
-/// `disk_dir`; returns the JSON it printed, or fails with its exit status and output.
-#[track_caller]
-fn bench_json(args: &[&str], out_dir: &Path, disk_dir: &Path) -> serde_json::Value {
-    let out = kvmem()
+/// Runs `kvmem bench --json` with `args` and environment `env`, writing to `out_dir` and
+/// putting its disk files in `disk_dir`.
+fn bench(args: &[&str], env: &[(&str, &str)], out_dir: &Path, disk_dir: &Path) -> Output {
+    kvmem()
+        .envs(env.iter().copied())
         .args(["bench", "--json"])
         .args(args)
         .arg("--out-dir")
@@ -32,7 +32,14 @@ fn bench_json(args: &[&str], out_dir: &Path, disk_dir: &Path) -> serde_json::Val
         .arg("--disk-dir")
         .arg(disk_dir)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// [`bench`] without extra environment; returns the JSON it printed, or fails with its exit
+/// status and output.
+#[track_caller]
+fn bench_json(args: &[&str], out_dir: &Path, disk_dir: &Path) -> serde_json::Value {
+    let out = bench(args, &[], out_dir, disk_dir);
     assert!(
         out.status.success(),
         "kvmem bench: {}\nstderr: {}\nstdout: {}",
@@ -225,31 +232,26 @@ fn a_wrong_byte_in_the_destination_fails_the_run() {
     ] {
         let disk_dir = tempfile::tempdir().unwrap();
         let out_dir = tempfile::tempdir().unwrap();
-        let out = kvmem()
-            .env("KVMEM_BENCH_TEST_CORRUPT", path)
-            .args([
-                "bench",
-                "--json",
+        let out = bench(
+            &[
                 "--no-fio",
                 "--sizes",
                 "64K",
                 "--iterations",
                 "1",
-            ])
-            .args([
                 "--host-bytes",
                 "1M",
                 "--disk-bytes",
                 "1M",
                 "--nixl-bytes",
                 "1M",
-            ])
-            .args(["--compare-disk-backend", "none", "--out-dir"])
-            .arg(out_dir.path())
-            .arg("--disk-dir")
-            .arg(disk_dir.path())
-            .output()
-            .unwrap();
+                "--compare-disk-backend",
+                "none",
+            ],
+            &[("KVMEM_BENCH_TEST_CORRUPT", path)],
+            out_dir.path(),
+            disk_dir.path(),
+        );
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
             !out.status.success(),
