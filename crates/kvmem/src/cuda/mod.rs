@@ -25,6 +25,7 @@
 
 pub mod batch;
 mod copy;
+pub mod interop;
 pub mod driver;
 pub(crate) mod page_lock;
 
