@@ -188,7 +188,11 @@ impl HandleState {
     fn outcome(&self, py: Python<'_>) -> PyResult<Stats> {
         let mut out = self.outcome.lock().unwrap_or_else(|e| e.into_inner());
         if out.is_none() {
-            let taken = self.transfer.write().unwrap_or_else(|e| e.into_inner()).take();
+            let taken = self
+                .transfer
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
             *out = Some(match taken {
                 Some(h) => py.detach(|| h.wait()).map(Stats::from).map_err(to_py),
                 None => Err(crate::errors::TransferError::new_err(
@@ -205,7 +209,9 @@ impl HandleState {
 }
 
 fn unreachable_outcome() -> PyResult<Stats> {
-    Err(crate::errors::TransferError::new_err("the transfer's outcome is unknown"))
+    Err(crate::errors::TransferError::new_err(
+        "the transfer's outcome is unknown",
+    ))
 }
 
 /// One submitted transfer. `wait()` for it (also with a timeout), poll `done()`, `cancel()` it,
@@ -252,7 +258,9 @@ impl Handle {
     fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Stats> {
         let deadline = match timeout {
             Some(t) if !(t >= 0.0 && t.is_finite()) => {
-                return Err(invalid(format!("timeout {t} must be a finite number of seconds >= 0")));
+                return Err(invalid(format!(
+                    "timeout {t} must be a finite number of seconds >= 0"
+                )));
             }
             Some(t) => Some(Instant::now() + Duration::from_secs_f64(t)),
             None => None,
@@ -284,7 +292,12 @@ impl Handle {
     /// Asks the transfer to stop early; copies already running finish. `wait()` then raises
     /// `kvmem.CancelledError` unless it had already finished.
     fn cancel(&self) {
-        if let Some(h) = &*self.state.transfer.read().unwrap_or_else(|e| e.into_inner()) {
+        if let Some(h) = &*self
+            .state
+            .transfer
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+        {
             h.cancel();
         }
     }
@@ -326,7 +339,9 @@ impl Handle {
                     }
                 });
             })
-            .map_err(|e| crate::errors::Error::new_err(format!("cannot start a waiter thread: {e}")))?;
+            .map_err(|e| {
+                crate::errors::Error::new_err(format!("cannot start a waiter thread: {e}"))
+            })?;
         Ok(())
     }
 

@@ -108,7 +108,9 @@ impl DType {
             5 => 'c',
             6 => 'B',
             other => {
-                return Err(invalid(format!("{what}: unknown DLPack dtype code {other}")));
+                return Err(invalid(format!(
+                    "{what}: unknown DLPack dtype code {other}"
+                )));
             }
         };
         Ok(Self {
@@ -222,9 +224,10 @@ impl Foreign {
                 // SAFETY: the driver just confirmed that addr..addr+size lies inside one live
                 // allocation of device `ordinal`; the owners held by `Owned` keep it allocated
                 // for as long as the storage exists.
-                let storage =
-                    unsafe { ExternalDeviceMemory::new(self.addr as *const u8, size, ordinal.into()) }
-                        .py()?;
+                let storage = unsafe {
+                    ExternalDeviceMemory::new(self.addr as *const u8, size, ordinal.into())
+                }
+                .py()?;
                 Ok(Buffer::new(Owned::new(storage, self.owners)))
             }
             Device::Host { pinned } => {
@@ -260,7 +263,9 @@ fn dlpack_device(what: &str, obj: &Bound<'_, PyAny>) -> PyResult<Option<Device>>
         return Ok(None);
     };
     let (kind, id): (i64, i64) = method.call0()?.extract().map_err(|_| {
-        invalid(format!("{what}: __dlpack_device__() did not return (device_type, device_id)"))
+        invalid(format!(
+            "{what}: __dlpack_device__() did not return (device_type, device_id)"
+        ))
     })?;
     device_of(what, kind, id).map(Some)
 }
@@ -280,9 +285,16 @@ fn device_of(what: &str, kind: i64, id: i64) -> PyResult<Device> {
 
 /// The CUDA device a `__cuda_array_interface__` pointer belongs to, asked of the driver.
 fn pointer_device(what: &str, addr: usize) -> PyResult<u32> {
-    kvmem::cuda::interop::device_of_pointer(addr).py().map_err(|e| {
-        Python::attach(|py| invalid(format!("{what}: cannot tell the CUDA device: {}", e.value(py))))
-    })
+    kvmem::cuda::interop::device_of_pointer(addr)
+        .py()
+        .map_err(|e| {
+            Python::attach(|py| {
+                invalid(format!(
+                    "{what}: cannot tell the CUDA device: {}",
+                    e.value(py)
+                ))
+            })
+        })
 }
 
 /// Reads a `__array_interface__` / `__cuda_array_interface__` dict.

@@ -15,7 +15,9 @@ pub(crate) fn block_ids(what: &str, obj: &Bound<'_, PyAny>) -> PyResult<Vec<usiz
         return ints
             .into_iter()
             .enumerate()
-            .map(|(i, v)| usize::try_from(v).map_err(|_| invalid(format!("{what}[{i}] = {v} is negative"))))
+            .map(|(i, v)| {
+                usize::try_from(v).map_err(|_| invalid(format!("{what}[{i}] = {v} is negative")))
+            })
             .collect();
     }
     let f = Foreign::from_object(what, obj)?;
@@ -26,7 +28,10 @@ pub(crate) fn block_ids(what: &str, obj: &Bound<'_, PyAny>) -> PyResult<Vec<usiz
         )));
     }
     if f.shape.len() != 1 {
-        return Err(invalid(format!("{what}: ids must be 1-D, got shape {:?}", f.shape)));
+        return Err(invalid(format!(
+            "{what}: ids must be 1-D, got shape {:?}",
+            f.shape
+        )));
     }
     f.check_contiguous(what)?;
     let n = f.shape[0];
@@ -48,7 +53,9 @@ pub(crate) fn block_ids(what: &str, obj: &Bound<'_, PyAny>) -> PyResult<Vec<usiz
         }};
     }
     if f.addr % f.dtype.bytes != 0 {
-        return Err(invalid(format!("{what}: ids are not aligned to their element size")));
+        return Err(invalid(format!(
+            "{what}: ids are not aligned to their element size"
+        )));
     }
     match (f.dtype.kind, f.dtype.bytes) {
         ('i', 8) => read!(i64),
@@ -59,6 +66,9 @@ pub(crate) fn block_ids(what: &str, obj: &Bound<'_, PyAny>) -> PyResult<Vec<usiz
         ('u', 4) => read!(u32),
         ('u', 2) => read!(u16),
         ('u', 1) => read!(u8),
-        _ => Err(invalid(format!("{what}: dtype {} is not an integer type", f.dtype))),
+        _ => Err(invalid(format!(
+            "{what}: dtype {} is not an integer type",
+            f.dtype
+        ))),
     }
 }

@@ -71,7 +71,13 @@ impl Format {
     }
 
     /// Reads the geometry from one tensor's shape (`layers` tensors given).
-    fn config(self, what: &str, shape: &[usize], layers: usize, dtype_bytes: usize) -> PyResult<LayoutConfig> {
+    fn config(
+        self,
+        what: &str,
+        shape: &[usize],
+        layers: usize,
+        dtype_bytes: usize,
+    ) -> PyResult<LayoutConfig> {
         let bad = |need: &str| {
             invalid(format!(
                 "{what}: shape {shape:?} is not a {} tensor, which is {need}",
@@ -82,13 +88,17 @@ impl Format {
         let c = match self {
             Self::FlashAttn => {
                 if shape.len() < 4 || shape[0] != 2 {
-                    return Err(bad("[2, num_blocks, block_size, heads, head_dim] per layer"));
+                    return Err(bad(
+                        "[2, num_blocks, block_size, heads, head_dim] per layer",
+                    ));
                 }
                 (shape[1], layers, 2, shape[2], inner(&shape[3..]))
             }
             Self::FlashInfer => {
                 if shape.len() < 4 || shape[1] != 2 {
-                    return Err(bad("[num_blocks, 2, block_size, heads, head_dim] per layer"));
+                    return Err(bad(
+                        "[num_blocks, 2, block_size, heads, head_dim] per layer",
+                    ));
                 }
                 (shape[0], layers, 2, shape[2], inner(&shape[3..]))
             }
@@ -99,7 +109,9 @@ impl Format {
                     )));
                 }
                 if shape.len() < 5 || shape[2] != 2 {
-                    return Err(bad("[num_blocks, num_layers, 2, block_size, heads, head_dim]"));
+                    return Err(bad(
+                        "[num_blocks, num_layers, 2, block_size, heads, head_dim]",
+                    ));
                 }
                 (shape[0], shape[1], 2, shape[3], inner(&shape[4..]))
             }
@@ -196,7 +208,9 @@ impl Tier {
             TierKind::Pinned { device, numa_node } => {
                 let gpu = kvmem::cuda::CudaDevice::new(*device as usize)?;
                 let options = kvmem::MappedPinnedOptions::default().numa_node(*numa_node);
-                Buffer::new(kvmem::MappedPinnedStorage::with_options(&gpu, bytes, &options)?)
+                Buffer::new(kvmem::MappedPinnedStorage::with_options(
+                    &gpu, bytes, &options,
+                )?)
             }
             TierKind::Device { device } => {
                 let gpu = kvmem::cuda::CudaDevice::new(*device as usize)?;
@@ -343,11 +357,14 @@ impl Layout {
             if let Some(d) = want_device
                 && !same_device(d, f.device)
             {
-                return Err(invalid(format!("{what}: on {} but device={d} was asked for", f.device)));
+                return Err(invalid(format!(
+                    "{what}: on {} but device={d} was asked for",
+                    f.device
+                )));
             }
-            if want_dtype
-                .is_some_and(|d| d.bytes != f.dtype.bytes || (d.kind != 'V' && d.kind != f.dtype.kind))
-            {
+            if want_dtype.is_some_and(|d| {
+                d.bytes != f.dtype.bytes || (d.kind != 'V' && d.kind != f.dtype.kind)
+            }) {
                 return Err(invalid(format!(
                     "{what}: dtype {} but dtype={} was asked for",
                     f.dtype,
@@ -396,19 +413,36 @@ impl Layout {
         let dtype = dtype_arg(dtype)?;
         let inner = match (format, head_dim, latent_dim) {
             (Format::Mla, None, Some(l)) => l,
-            (Format::Mla, _, _) => return Err(invalid("format 'mla' needs latent_dim (and no head_dim)")),
+            (Format::Mla, _, _) => {
+                return Err(invalid("format 'mla' needs latent_dim (and no head_dim)"));
+            }
             (_, Some(d), None) => heads
                 .checked_mul(d)
                 .ok_or_else(|| invalid("heads * head_dim overflows"))?,
-            _ => return Err(invalid(format!("format {:?} needs head_dim (and no latent_dim)", format.name()))),
+            _ => {
+                return Err(invalid(format!(
+                    "format {:?} needs head_dim (and no latent_dim)",
+                    format.name()
+                )));
+            }
         };
-        let config = Self::config_of(num_blocks, num_layers, block_size, inner, dtype.bytes, format);
+        let config = Self::config_of(
+            num_blocks,
+            num_layers,
+            block_size,
+            inner,
+            dtype.bytes,
+            format,
+        );
         let tier = tier.clone();
         let inner = py
             .detach(|| {
-                BlockLayout::allocate(config, format.kind(), kvmem::PAGE_SIZE.min(align_for(&config)), |b| {
-                    tier.alloc(b)
-                })
+                BlockLayout::allocate(
+                    config,
+                    format.kind(),
+                    kvmem::PAGE_SIZE.min(align_for(&config)),
+                    |b| tier.alloc(b),
+                )
             })
             .py()?;
         Ok(Self {
@@ -422,7 +456,12 @@ impl Layout {
     /// A new layout in `tier` with this layout's geometry and format (and `num_blocks` blocks,
     /// when given).
     #[pyo3(signature = (tier, *, num_blocks=None))]
-    fn allocate_like(&self, py: Python<'_>, tier: &Tier, num_blocks: Option<usize>) -> PyResult<Self> {
+    fn allocate_like(
+        &self,
+        py: Python<'_>,
+        tier: &Tier,
+        num_blocks: Option<usize>,
+    ) -> PyResult<Self> {
         let mut config = *self.inner.config();
         if let Some(n) = num_blocks {
             config.num_blocks = n;
@@ -431,9 +470,12 @@ impl Layout {
         let kind = self.format.kind();
         let inner = py
             .detach(|| {
-                BlockLayout::allocate(config, kind, kvmem::PAGE_SIZE.min(align_for(&config)), |b| {
-                    tier.alloc(b)
-                })
+                BlockLayout::allocate(
+                    config,
+                    kind,
+                    kvmem::PAGE_SIZE.min(align_for(&config)),
+                    |b| tier.alloc(b),
+                )
             })
             .py()?;
         Ok(Self {
@@ -548,8 +590,15 @@ impl Layout {
 /// The largest power of two up to 4096 that divides the chunk size (file regions are aligned
 /// further by the library).
 fn align_for(c: &LayoutConfig) -> usize {
-    let chunk = c.page_size.saturating_mul(c.inner_dim).saturating_mul(c.dtype_bytes);
-    if chunk == 0 { 1 } else { 1usize << chunk.trailing_zeros().min(12) }
+    let chunk = c
+        .page_size
+        .saturating_mul(c.inner_dim)
+        .saturating_mul(c.dtype_bytes);
+    if chunk == 0 {
+        1
+    } else {
+        1usize << chunk.trailing_zeros().min(12)
+    }
 }
 
 fn same_device(a: Device, b: Device) -> bool {

@@ -61,7 +61,11 @@ impl Agent {
     /// The backends that started.
     #[getter]
     fn backends(&self) -> Vec<String> {
-        self.inner.backends().into_iter().map(String::from).collect()
+        self.inner
+            .backends()
+            .into_iter()
+            .map(String::from)
+            .collect()
     }
 
     /// This agent's metadata (NIXL blob and kvmem's manifest of registered regions), for a peer's
@@ -87,7 +91,12 @@ impl Agent {
                 let regions = l
                     .regions()
                     .iter()
-                    .map(|r| agent.register(r.clone()).map(Buffer::new).map_err(|e| e.error))
+                    .map(|r| {
+                        agent
+                            .register(r.clone())
+                            .map(Buffer::new)
+                            .map_err(|e| e.error)
+                    })
                     .collect::<kvmem::Result<Vec<_>>>()?;
                 let relaid = BlockLayout::new(*l.config(), l.kind(), regions, l.alignment())?;
                 Registered::new(&agent, relaid)
@@ -99,7 +108,12 @@ impl Agent {
     }
 
     /// A peer's layout from the `descriptor()` bytes it sent; `peer` (its name) must be loaded.
-    fn import_layout(&self, py: Python<'_>, peer: &str, descriptor: Vec<u8>) -> PyResult<RemoteLayout> {
+    fn import_layout(
+        &self,
+        py: Python<'_>,
+        peer: &str,
+        descriptor: Vec<u8>,
+    ) -> PyResult<RemoteLayout> {
         let d: LayoutDescriptor = serde_json::from_slice(&descriptor)
             .map_err(|e| invalid(format!("descriptor: not a kvmem layout descriptor: {e}")))?;
         let peer: Peer = self.inner.peer(peer).py()?;
@@ -123,14 +137,21 @@ impl Agent {
         peer: &str,
         timeout: f64,
     ) -> PyResult<Bound<'py, PyBytes>> {
-        let t = Duration::try_from_secs_f64(timeout)
-            .map_err(|_| invalid(format!("timeout {timeout} is not a valid number of seconds")))?;
+        let t = Duration::try_from_secs_f64(timeout).map_err(|_| {
+            invalid(format!(
+                "timeout {timeout} is not a valid number of seconds"
+            ))
+        })?;
         let m = py.detach(|| self.inner.wait_notification(peer, t)).py()?;
         Ok(PyBytes::new(py, &m))
     }
 
     /// The notifications received from `peer` so far (taken).
-    fn take_notifications<'py>(&self, py: Python<'py>, peer: &str) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+    fn take_notifications<'py>(
+        &self,
+        py: Python<'py>,
+        peer: &str,
+    ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
         py.detach(|| self.inner.poll_notifications()).py()?;
         let all = self.inner.take_notifications(peer).py()?;
         Ok(all.iter().map(|m| PyBytes::new(py, m)).collect())
@@ -147,8 +168,9 @@ pub struct RegisteredLayout {
 impl RegisteredLayout {
     /// The layout descriptor (JSON bytes) to send to peers, which pass it to `import_layout`.
     fn descriptor<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
-        let d = serde_json::to_vec(&self.inner.descriptor())
-            .map_err(|e| crate::errors::Error::new_err(format!("cannot encode the descriptor: {e}")))?;
+        let d = serde_json::to_vec(&self.inner.descriptor()).map_err(|e| {
+            crate::errors::Error::new_err(format!("cannot encode the descriptor: {e}"))
+        })?;
         Ok(PyBytes::new(py, &d))
     }
 

@@ -66,7 +66,9 @@ pub(crate) fn copy(
         }
     };
     if !gpu_end && after.is_none() {
-        return engine.copy_blocks(src, src_ids, dst, dst_ids).map(|h| (h, None));
+        return engine
+            .copy_blocks(src, src_ids, dst, dst_ids)
+            .map(|h| (h, None));
     }
     engine.copy_blocks_ordered(src, src_ids, dst, dst_ids, after.as_ref())
 }

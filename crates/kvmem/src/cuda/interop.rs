@@ -39,14 +39,19 @@ pub fn device_of_pointer(addr: usize) -> Result<u32> {
     ] {
         // SAFETY: `out` points to a live local of the type the attribute writes (an unsigned
         // int and an int); the driver only reads its tables.
-        let status = unsafe { sys::cuPointerGetAttribute(out, attribute, addr as sys::CUdeviceptr) };
+        let status =
+            unsafe { sys::cuPointerGetAttribute(out, attribute, addr as sys::CUdeviceptr) };
         if let Err(e) = status.result() {
             let (name, _) = driver::names(e);
-            return Err(not_device(format!("the driver does not know the address: {name}")));
+            return Err(not_device(format!(
+                "the driver does not know the address: {name}"
+            )));
         }
     }
     if memory_type != sys::CUmemorytype::CU_MEMORYTYPE_DEVICE as u32 {
-        return Err(not_device(format!("memory type {memory_type} is not device memory")));
+        return Err(not_device(format!(
+            "memory type {memory_type} is not device memory"
+        )));
     }
     u32::try_from(ordinal).map_err(|_| not_device(format!("device ordinal {ordinal}")))
 }

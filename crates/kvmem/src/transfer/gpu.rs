@@ -14,8 +14,8 @@
 use super::handle::Work;
 use super::plan::{CopyOp, TransferPath};
 use crate::cuda::CudaDevice;
-use crate::cuda::interop::Event;
 use crate::cuda::batch::{CopyCompletion, CopyMethod, CopyStream, DeviceCopy, Location};
+use crate::cuda::interop::Event;
 use crate::descriptor::MemoryDescriptor;
 use crate::error::{Error, Result};
 use crate::host::HostMemory;
@@ -180,7 +180,9 @@ impl GpuExecutor {
             self.submit(work);
             return Ok(None);
         };
-        let stream = self.streams.get(device_of(first.src_kind, first.dst_kind)?)?;
+        let stream = self
+            .streams
+            .get(device_of(first.src_kind, first.dst_kind)?)?;
         if let Some(event) = after {
             // SAFETY: the copy stream is live (held by `stream`) and of the device's primary
             // context, which `Event` binds.
