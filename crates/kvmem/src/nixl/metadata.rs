@@ -140,23 +140,23 @@ impl PeerMetadata {
     }
 }
 
-/// How a peer's metadata was obtained, and so how [`Agent::reconnect`] gets it again.
+/// How a peer's metadata was obtained, and so how [`Agent::reconnect`](super::Agent::reconnect) gets it again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerSource {
-    /// A blob given to [`Agent::load_peer`].
+    /// A blob given to [`Agent::load_peer`](super::Agent::load_peer).
     Blob,
     /// Fetched from the peer's listener socket.
     Listener(SocketAddr),
     /// Fetched from etcd.
     Etcd,
-    /// Pushed to this agent's listener by the peer ([`Agent::publish_to_listener`] there) and
-    /// taken up with [`Agent::accept_pushed_peer`].
+    /// Pushed to this agent's listener by the peer ([`Agent::publish_to_listener`](super::Agent::publish_to_listener) there) and
+    /// taken up with [`Agent::accept_pushed_peer`](super::Agent::accept_pushed_peer).
     Pushed,
 }
 
 /// A peer this agent has metadata for: a name, the connection it belongs to, and its manifest.
 ///
-/// A snapshot: after [`Agent::invalidate_peer`] or [`Agent::reconnect`], lists built from an
+/// A snapshot: after [`Agent::invalidate_peer`](super::Agent::invalidate_peer) or [`Agent::reconnect`](super::Agent::reconnect), lists built from an
 /// older `Peer` are refused.
 #[derive(Debug, Clone)]
 pub struct Peer {
