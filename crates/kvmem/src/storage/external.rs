@@ -205,10 +205,16 @@ mod tests {
                 ExternalDeviceMemory::new(usize::MAX as *const u8, 2, 0),
                 Err(Error::Overflow { .. })
             ));
+            // No CUDA ordinal exceeds u32: refused rather than reported as another device.
+            assert!(matches!(
+                ExternalDeviceMemory::new(0x1000 as *const u8, 2, 1 << 32),
+                Err(Error::Overflow { .. })
+            ));
         }
         // SAFETY: only described, never dereferenced.
         let d = unsafe { ExternalDeviceMemory::new(0x2000 as *const u8, 10, 3) }.unwrap();
         assert_eq!(d.storage_kind(), StorageKind::Device(3));
         assert_eq!(d.nixl_params().2, MemType::Vram);
+        assert_eq!(d.nixl_params().3, 3);
     }
 }
