@@ -16,8 +16,7 @@ use crate::error::{CliError, Result};
 use indicatif::ProgressBar;
 use kvmem::layout::{BlockLayout, LayoutConfig, LayoutKind};
 use kvmem::nixl::{
-    Agent, AgentConfig, LocalBlocks, MemType, NixlDescriptor, Peer, RemoteBlocks,
-    TransferOp,
+    Agent, AgentConfig, LocalBlocks, MemType, NixlDescriptor, Peer, RemoteBlocks, TransferOp,
 };
 use kvmem::transfer::{
     LAYOUT_DESCRIPTOR_FORMAT, LayoutDescriptor, RegisteredLayout, RemoteLayout, TransferEngine,
