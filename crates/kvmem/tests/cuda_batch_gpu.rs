@@ -4,6 +4,7 @@
 
 use kvmem::cuda::batch::{CopyMethod, CopyStream, DeviceCopy, Location};
 use kvmem::cuda::{self, CudaDevice};
+use kvmem::error::BoundsError;
 use kvmem::{DeviceStorage, Error, HostMemory, MemoryDescriptor, PinnedStorage};
 
 fn gpu() -> CudaDevice {
@@ -222,7 +223,7 @@ fn error_empty_and_zero_length_copy_lists_are_refused() {
     unsafe {
         assert!(matches!(
             stream.copy_async(&[], CopyMethod::Auto, Location::Host, Location::Device(0)),
-            Err(Error::ZeroSize { .. })
+            Err(Error::Bounds(BoundsError::ZeroSize { .. }))
         ));
         let zero = [DeviceCopy {
             src: 0x1000,
@@ -236,7 +237,7 @@ fn error_empty_and_zero_length_copy_lists_are_refused() {
                 Location::Host,
                 Location::Device(0)
             ),
-            Err(Error::ZeroSize { .. })
+            Err(Error::Bounds(BoundsError::ZeroSize { .. }))
         ));
     }
 }

@@ -8,6 +8,7 @@ mod common;
 
 use common::*;
 use kvmem::Error;
+use kvmem::error::{NixlError, PeerError, TransferError};
 use kvmem::nixl::{Agent, LocalBlocks, RemoteBlock, RemoteBlocks};
 use libtest_mimic::{Arguments, Failed, Trial};
 use std::sync::{Arc, Mutex};
@@ -97,7 +98,10 @@ fn listener_round_trip() -> Result<(), Failed> {
     let peer = agent.reconnect(&name, Duration::from_secs(20))?;
     // Lists of the old connection are refused, not sent to stale addresses.
     let err = agent.write(&local, &remote, None).unwrap_err();
-    assert!(matches!(err, Error::PeerInvalidated { .. }), "{err}");
+    assert!(
+        matches!(err, Error::Peer(PeerError::Invalidated { .. })),
+        "{err}"
+    );
     let mut remote = RemoteBlocks::new(&peer);
     remote.push(RemoteBlock::dram(target.addr, target.len))?;
     write_and_verify(&agent, &local, &remote, &mut target, 31, "after-restart")?;
@@ -186,8 +190,8 @@ fn killed_peer() -> Result<(), Failed> {
         assert!(
             matches!(
                 error,
-                Error::TransferFailed { .. }
-                    | Error::PeerUnavailable { .. }
+                Error::Transfer(TransferError::Failed { .. })
+                    | Error::Peer(PeerError::Unavailable { .. })
                     | Error::Timeout { .. }
             ),
             "round {round}: unexpected error kind: {error}"
@@ -224,7 +228,7 @@ fn killed_peer() -> Result<(), Failed> {
 /// NixlUnavailable instead of aborting the process.
 fn no_runtime_role() -> ! {
     match Agent::new(kvmem::nixl::AgentConfig::new("no-runtime")) {
-        Err(Error::NixlUnavailable { searched }) => {
+        Err(Error::Nixl(NixlError::Unavailable { searched })) => {
             println!("UNAVAILABLE {searched}");
             std::process::exit(0)
         }

@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use kvmem::error::{NixlError, PeerError, TransferError};
 use kvmem::nixl::{Agent, LocalBlocks, RemoteBlock, RemoteBlocks, TransferOp, register};
 use kvmem::{Buffer, Error, MemoryDescriptor, OffsetBuffer, SystemStorage};
 use std::time::Duration;
@@ -129,7 +130,7 @@ fn registering_a_view_registers_its_range() {
     let mut r = RemoteBlocks::new(&peer);
     assert!(matches!(
         r.push(RemoteBlock::dram(base.addr() as u64, 4096)),
-        Err(Error::RemoteOutOfBounds { .. })
+        Err(Error::Peer(PeerError::OutOfBounds { .. }))
     ));
     // Inside works end to end.
     let data = random_bytes(4, 256 << 10);
@@ -213,11 +214,11 @@ fn prepared_lists_are_reused_and_indexable() {
     // Bad selections are typed errors.
     assert!(matches!(
         a.post_prepared_selected(TransferOp::Write, &pl, &[N], &pr, &[0], None),
-        Err(Error::TransferMismatch { .. })
+        Err(Error::Transfer(TransferError::Mismatch { .. }))
     ));
     assert!(matches!(
         a.post_prepared_selected(TransferOp::Write, &pl, &[0, 1], &pr, &[0], None),
-        Err(Error::TransferMismatch { .. })
+        Err(Error::Transfer(TransferError::Mismatch { .. }))
     ));
 }
 
@@ -249,13 +250,13 @@ fn regions_larger_than_a_chunk_are_registered_in_chunks() {
     // A prepared list keeps one descriptor per block, so a crossing block is refused clearly.
     assert!(matches!(
         a.prepare_local(&LocalBlocks::whole(&src).unwrap()),
-        Err(Error::TransferMismatch { .. })
+        Err(Error::Transfer(TransferError::Mismatch { .. }))
     ));
     // Overlapping re-registration is refused, and hands the storage back.
     let again = OffsetBuffer::new(src.clone(), 4096, 4096).unwrap();
     let err = a.register(again).unwrap_err();
     assert!(
-        matches!(err.error, Error::AlreadyRegistered { .. }),
+        matches!(err.error, Error::Nixl(NixlError::AlreadyRegistered { .. })),
         "{}",
         err.error
     );
@@ -297,7 +298,10 @@ fn backends_are_tracked_case_insensitively() {
     a.require_backend("UCX").unwrap();
     let err = a.require_backend("gds_mt").unwrap_err();
     let msg = err.to_string();
-    assert!(matches!(err, Error::BackendUnavailable { .. }));
+    assert!(matches!(
+        err,
+        Error::Nixl(NixlError::BackendUnavailable { .. })
+    ));
     assert!(
         msg.contains("UCX") && msg.contains("POSIX") && msg.contains("gds_mt"),
         "{msg}"

@@ -4,6 +4,7 @@
 mod common;
 
 use common::{Tier, random_bytes, random_region, read_region};
+use kvmem::error::TransferError;
 use kvmem::nixl::{MemType, NixlCompatible, NixlDescriptor};
 use kvmem::transfer::{DiskBackend, EngineConfig, TransferEngine};
 use kvmem::{Buffer, DiskStorage, Error, HostMemory, MemoryDescriptor, StorageKind, SystemStorage};
@@ -194,7 +195,7 @@ fn cancelled_transfers_report_cancellation_and_others_complete() {
     let b = engine.copy_region(&b_src, &b_dst).unwrap();
     b.cancel();
     match b.wait() {
-        Err(Error::TransferCancelled { done, total }) => {
+        Err(Error::Transfer(TransferError::Cancelled { done, total })) => {
             assert!(done < total);
             assert_eq!(total, size);
         }
@@ -216,7 +217,7 @@ fn cancelled_disk_transfers_report_cancellation(backend: DiskBackend) {
     let w = engine.copy_region(&src, &file).unwrap();
     w.cancel();
     match w.wait() {
-        Err(Error::TransferCancelled { done, total }) => assert!(done < total),
+        Err(Error::Transfer(TransferError::Cancelled { done, total })) => assert!(done < total),
         other => panic!("expected a cancelled transfer, got {other:?}"),
     }
     engine.copy_region(&src, &file).unwrap().wait().unwrap();

@@ -14,7 +14,7 @@
 
 use super::CudaDevice;
 use super::driver::{self, check};
-use crate::error::{Error, Result};
+use crate::error::{BoundsError, Error, Result, UnsupportedError};
 use cudarc::driver::sys;
 use std::ffi::c_void;
 use std::sync::{Arc, Mutex};
@@ -129,7 +129,7 @@ impl CopyStream {
     /// not an error, since the other methods still work.
     ///
     /// # Errors
-    /// [`Error::Cuda`] if the stream cannot be created.
+    /// [`CudaError::Driver`](crate::error::CudaError::Driver) if the stream cannot be created.
     pub fn new(device: &CudaDevice) -> Result<Self> {
         device.bind()?;
         let mut stream = std::ptr::null_mut();
@@ -216,7 +216,7 @@ impl CopyStream {
     /// if it is available.
     ///
     /// # Errors
-    /// [`Error::Unsupported`] when the requested method is not available here.
+    /// [`UnsupportedError::Feature`] when the requested method is not available here.
     pub fn resolve(
         &self,
         method: CopyMethod,
@@ -250,14 +250,20 @@ impl CopyStream {
                     CopyMethod::PerCopy
                 })
             }
-            CopyMethod::Batched if !self.inner.batch_supported => Err(Error::Unsupported {
-                what: "cuMemcpyBatchAsync: the driver lacks it (needs CUDA 12.8 or newer)".into(),
-            }),
-            CopyMethod::Kernel if !kernel_ok => Err(Error::Unsupported {
-                what: "the copy kernel: it did not load, or this device cannot use host pointers \
+            CopyMethod::Batched if !self.inner.batch_supported => {
+                Err(Error::Unsupported(UnsupportedError::Feature {
+                    what: "cuMemcpyBatchAsync: the driver lacks it (needs CUDA 12.8 or newer)"
+                        .into(),
+                }))
+            }
+            CopyMethod::Kernel if !kernel_ok => {
+                Err(Error::Unsupported(UnsupportedError::Feature {
+                    what:
+                        "the copy kernel: it did not load, or this device cannot use host pointers \
                        of pinned memory directly"
-                    .into(),
-            }),
+                            .into(),
+                }))
+            }
             m => Ok(m),
         }
     }
@@ -271,8 +277,8 @@ impl CopyStream {
     /// each other or any source range, and nothing else may write them meanwhile.
     ///
     /// # Errors
-    /// [`Error::ZeroSize`] for an empty list or a zero-length copy; [`Error::Unsupported`] for a
-    /// method not available here; [`Error::Cuda`] when the driver refuses. On error, nothing
+    /// [`BoundsError::ZeroSize`] for an empty list or a zero-length copy; [`UnsupportedError::Feature`] for a
+    /// method not available here; [`CudaError::Driver`](crate::error::CudaError::Driver) when the driver refuses. On error, nothing
     /// reports success: copies already enqueued are waited for before returning.
     pub unsafe fn copy_async(
         &self,
@@ -282,10 +288,10 @@ impl CopyStream {
         dst: Location,
     ) -> Result<CopyCompletion> {
         if copies.is_empty() {
-            return Err(Error::ZeroSize { what: "copy list" });
+            return Err(Error::Bounds(BoundsError::ZeroSize { what: "copy list" }));
         }
         if copies.iter().any(|c| c.len == 0) {
-            return Err(Error::ZeroSize { what: "copy" });
+            return Err(Error::Bounds(BoundsError::ZeroSize { what: "copy" }));
         }
         let method = self.resolve(method, copies, src, dst)?;
         let inner = &self.inner;
@@ -314,8 +320,10 @@ impl CopyStream {
 
     fn enqueue_per_copy(&self, copies: &[DeviceCopy]) -> Result<()> {
         for c in copies {
-            let len = usize::try_from(c.len).map_err(|_| Error::Overflow {
-                what: "copy length",
+            let len = usize::try_from(c.len).map_err(|_| {
+                Error::Bounds(BoundsError::Overflow {
+                    what: "copy length",
+                })
             })?;
             // SAFETY: the caller of `copy_async` guarantees both ranges are valid for the device
             // until completion; the stream is ours.
@@ -352,8 +360,10 @@ impl CopyStream {
             let mut sizes = chunk
                 .iter()
                 .map(|c| {
-                    usize::try_from(c.len).map_err(|_| Error::Overflow {
-                        what: "copy length",
+                    usize::try_from(c.len).map_err(|_| {
+                        Error::Bounds(BoundsError::Overflow {
+                            what: "copy length",
+                        })
                     })
                 })
                 .collect::<Result<Vec<usize>>>()?;
@@ -379,9 +389,9 @@ impl CopyStream {
     fn enqueue_kernel(&self, copies: &[DeviceCopy], slot: &mut Option<DescBuffers>) -> Result<()> {
         let inner = &self.inner;
         let Some(kernel) = inner.kernel else {
-            return Err(Error::Unsupported {
+            return Err(Error::Unsupported(UnsupportedError::Feature {
                 what: "the copy kernel did not load".into(),
-            });
+            }));
         };
         // Split long copies so they spread over thread blocks: into pieces small enough that
         // the transfer fills every block resident at once (a power of two, hence a multiple of
@@ -469,9 +479,9 @@ impl CopyStream {
         let capacity = count.next_power_of_two().max(1024);
         let bytes = capacity
             .checked_mul(std::mem::size_of::<DeviceCopy>())
-            .ok_or(Error::Overflow {
+            .ok_or(Error::Bounds(BoundsError::Overflow {
                 what: "descriptor buffer",
-            })?;
+            }))?;
         let mut host = std::ptr::null_mut();
         // SAFETY: the context is current (bound in `copy_async`); `host` is a valid out-pointer.
         check("allocate pinned copy descriptors", unsafe {
@@ -505,7 +515,7 @@ impl CopyStream {
     /// Waits for everything enqueued on the stream.
     ///
     /// # Errors
-    /// [`Error::Cuda`] if any of that work failed.
+    /// [`CudaError::Driver`](crate::error::CudaError::Driver) if any of that work failed.
     pub fn synchronize(&self) -> Result<()> {
         self.inner.device.bind()?;
         // SAFETY: our own stream.
@@ -595,7 +605,7 @@ impl CopyCompletion {
     /// True once every copy has finished.
     ///
     /// # Errors
-    /// [`Error::Cuda`] if a copy failed.
+    /// [`CudaError::Driver`](crate::error::CudaError::Driver) if a copy failed.
     pub fn is_done(&mut self) -> Result<bool> {
         if self.finished {
             return Ok(true);
@@ -616,7 +626,7 @@ impl CopyCompletion {
     /// Waits up to `timeout` for the copies; true if they finished.
     ///
     /// # Errors
-    /// [`Error::Cuda`] if a copy failed.
+    /// [`CudaError::Driver`](crate::error::CudaError::Driver) if a copy failed.
     pub fn wait_timeout(&mut self, timeout: Duration) -> Result<bool> {
         let deadline = Instant::now() + timeout;
         loop {
@@ -633,7 +643,7 @@ impl CopyCompletion {
     /// Waits for the copies to finish.
     ///
     /// # Errors
-    /// [`Error::Cuda`] if a copy failed.
+    /// [`CudaError::Driver`](crate::error::CudaError::Driver) if a copy failed.
     pub fn wait(mut self) -> Result<()> {
         self.synchronize()
     }

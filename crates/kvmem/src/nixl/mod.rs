@@ -30,10 +30,10 @@
 //! # Ok::<(), kvmem::Error>(())
 //! ```
 //!
-//! Every entry point loads the runtime first and returns [`Error::NixlUnavailable`] when it is
+//! Every entry point loads the runtime first and returns [`NixlError::Unavailable`](crate::error::NixlError::Unavailable) when it is
 //! missing, instead of letting `nixl-sys` abort the process.
 //!
-//! [`Error::NixlUnavailable`]: crate::Error::NixlUnavailable
+//! [`NixlError::Unavailable`](crate::error::NixlError::Unavailable): NixlError::Unavailable
 
 pub mod agent;
 pub mod config;

@@ -31,9 +31,9 @@ use super::agent::{Agent, lock};
 use super::peer::Peer;
 use super::registration::Space;
 use crate::descriptor::{Buffer, MemoryDescriptor};
-use crate::error::{Error, Result};
+use crate::error::{BoundsError, Error, NixlError, NixlStatus, PeerError, Result, TransferError};
 use crate::view::OffsetBuffer;
-use nixl_sys::{NixlError, XferDescList, XferStatus};
+use nixl_sys::{NixlError as SysError, XferDescList, XferStatus};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -97,22 +97,24 @@ fn add(
     d: Desc,
 ) -> Result<()> {
     if d.len == 0 {
-        return Err(Error::ZeroSize {
+        return Err(Error::Bounds(BoundsError::ZeroSize {
             what: "transfer block",
-        });
+        }));
     }
-    d.addr.checked_add(d.len as u64).ok_or(Error::Overflow {
-        what: "transfer block",
-    })?;
+    d.addr
+        .checked_add(d.len as u64)
+        .ok_or(Error::Bounds(BoundsError::Overflow {
+            what: "transfer block",
+        }))?;
     match *list_type {
         Some(t) if t != mem_type => {
-            return Err(Error::TransferMismatch {
+            return Err(Error::Transfer(TransferError::Mismatch {
                 reason: format!(
                     "block {} is {mem_type:?} memory but the list holds {t:?} blocks; one list \
                      holds one memory type",
                     list.len()
                 ),
-            });
+            }));
         }
         _ => *list_type = Some(mem_type),
     }
@@ -164,9 +166,9 @@ impl LocalBlocks {
     /// Appends `len` bytes at `offset` in `mem` as one block.
     ///
     /// # Errors
-    /// [`Error::NotRegistered`] when `mem` is not registered memory; [`Error::OutOfBounds`]
-    /// when the range leaves it; [`Error::ZeroSize`] for `len == 0`;
-    /// [`Error::TransferMismatch`] when its memory type differs from the list's.
+    /// [`NixlError::NotRegistered`] when `mem` is not registered memory; [`BoundsError::OutOfBounds`]
+    /// when the range leaves it; [`BoundsError::ZeroSize`] for `len == 0`;
+    /// [`TransferError::Mismatch`] when its memory type differs from the list's.
     pub fn push_range(
         &mut self,
         mem: &impl TransferMemory,
@@ -174,21 +176,21 @@ impl LocalBlocks {
         len: usize,
     ) -> Result<&mut Self> {
         let Some(d) = mem.nixl_descriptor() else {
-            return Err(Error::NotRegistered {
+            return Err(Error::Nixl(NixlError::NotRegistered {
                 what: format!(
                     "{} memory at {:#x} ({} bytes)",
                     mem.storage_kind(),
                     mem.addr(),
                     mem.size()
                 ),
-            });
+            }));
         };
         let Some(d) = d.slice(offset, len) else {
-            return Err(Error::OutOfBounds {
+            return Err(Error::Bounds(BoundsError::OutOfBounds {
                 offset,
                 len,
                 size: d.size,
-            });
+            }));
         };
         add(
             &mut self.descs,
@@ -282,22 +284,22 @@ impl RemoteBlocks {
     /// Appends a block. When the peer shipped a manifest, the block is checked against it now.
     ///
     /// # Errors
-    /// [`Error::RemoteOutOfBounds`] for a block outside the peer's registered regions;
-    /// [`Error::ZeroSize`]; [`Error::TransferMismatch`] for a memory type different from the
+    /// [`PeerError::OutOfBounds`] for a block outside the peer's registered regions;
+    /// [`BoundsError::ZeroSize`]; [`TransferError::Mismatch`] for a memory type different from the
     /// list's.
     pub fn push(&mut self, block: RemoteBlock) -> Result<&mut Self> {
         if let Some(m) = &self.peer.manifest
             && block.len > 0
             && !m.contains(block.mem_type, block.device_id, block.addr, block.len)
         {
-            return Err(Error::RemoteOutOfBounds {
+            return Err(Error::Peer(PeerError::OutOfBounds {
                 peer: self.peer.name().to_owned(),
                 index: self.descs.len(),
                 addr: block.addr,
                 len: block.len,
                 mem_type: block.mem_type,
                 device_id: block.device_id,
-            });
+            }));
         }
         add(
             &mut self.descs,
@@ -315,21 +317,21 @@ impl RemoteBlocks {
     /// Appends `len` bytes at `offset` in region `region` of the peer's manifest.
     ///
     /// # Errors
-    /// [`Error::OutOfBounds`] for a region index or range the manifest does not have (or when
+    /// [`BoundsError::OutOfBounds`] for a region index or range the manifest does not have (or when
     /// the peer sent no manifest); as for [`push`](Self::push).
     pub fn push_region(&mut self, region: usize, offset: u64, len: usize) -> Result<&mut Self> {
         let regions = self.peer.regions();
         let Some(r) = regions.get(region) else {
-            return Err(Error::OutOfBounds {
+            return Err(Error::Bounds(BoundsError::OutOfBounds {
                 offset: region,
                 len: 1,
                 size: regions.len(),
-            });
+            }));
         };
         let Some(addr) = r.addr.checked_add(offset) else {
-            return Err(Error::Overflow {
+            return Err(Error::Bounds(BoundsError::Overflow {
                 what: "remote block address",
-            });
+            }));
         };
         self.push(RemoteBlock {
             addr,
@@ -385,10 +387,10 @@ impl Agent {
     /// peer once the data has landed.
     ///
     /// # Errors
-    /// Before anything moves: [`Error::TransferMismatch`] (empty lists, different block counts
-    /// or lengths), [`Error::UnknownPeer`] / [`Error::PeerInvalidated`] /
-    /// [`Error::PeerUnavailable`], [`Error::NotRegistered`], [`Error::RemoteOutOfBounds`],
-    /// [`Error::Nixl`]. Later failures come from [`Transfer::wait`].
+    /// Before anything moves: [`TransferError::Mismatch`] (empty lists, different block counts
+    /// or lengths), [`PeerError::Unknown`] / [`PeerError::Invalidated`] /
+    /// [`PeerError::Unavailable`], [`NixlError::NotRegistered`], [`PeerError::OutOfBounds`],
+    /// [`NixlError::Call`]. Later failures come from [`Transfer::wait`].
     pub fn write(
         &self,
         local: &LocalBlocks,
@@ -415,7 +417,7 @@ impl Agent {
     /// Writes memory blocks `src` into blocks of registered files `file`.
     ///
     /// # Errors
-    /// As for [`write`](Self::write); [`Error::Nixl`] when no running backend handles files
+    /// As for [`write`](Self::write); [`NixlError::Call`] when no running backend handles files
     /// (start POSIX, GDS or GDS_MT).
     pub fn write_to_file(&self, src: &LocalBlocks, file: &LocalBlocks) -> Result<Transfer> {
         self.post_fresh(TransferOp::Write, src, Side::Own(file), None)
@@ -553,18 +555,18 @@ impl Agent {
             Ok(false) => transfer.state = State::Done,
             Err(source) => {
                 // Not running: release normally.
-                transfer.state = State::Failed(clone_nixl_error(&source));
-                if matches!(source, NixlError::NotFound) && transfer.target != self.name() {
-                    return Err(Error::PeerUnavailable {
+                transfer.state = State::Failed(NixlStatus::of(&source));
+                if matches!(source, SysError::NotFound) && transfer.target != self.name() {
+                    return Err(Error::Peer(PeerError::Unavailable {
                         agent: self.name().to_owned(),
                         peer: transfer.target.clone(),
-                    });
+                    }));
                 }
-                return Err(Error::TransferFailed {
+                return Err(Error::Transfer(TransferError::Failed {
                     op: op.name(),
                     peer: transfer.target.clone(),
-                    source,
-                });
+                    source: NixlStatus::of(&source),
+                }));
             }
         }
         Ok(transfer)
@@ -576,16 +578,16 @@ impl Agent {
         local_type: MemType,
         local: &[Desc],
         side: &Side<'_>,
-        source: NixlError,
+        source: SysError,
         op: &'static str,
     ) -> Error {
         if let Side::Peer(r) = side
             && !self.nixl().check_remote_metadata(r.peer.name(), None)
         {
-            return Error::PeerUnavailable {
+            return Error::Peer(PeerError::Unavailable {
                 agent: self.name().to_owned(),
                 peer: r.peer.name().to_owned(),
-            };
+            });
         }
         {
             let registry = lock(&self.shared.registry);
@@ -594,11 +596,13 @@ impl Agent {
                     registry
                         .covering(Space::new(t, d.dev), d.addr, d.len as u64)
                         .is_none()
-                        .then(|| Error::NotRegistered {
-                            what: format!(
-                                "{what} {i} ({t:?} {:#x}+{}, device {})",
-                                d.addr, d.len, d.dev
-                            ),
+                        .then(|| {
+                            Error::Nixl(NixlError::NotRegistered {
+                                what: format!(
+                                    "{what} {i} ({t:?} {:#x}+{}, device {})",
+                                    d.addr, d.len, d.dev
+                                ),
+                            })
                         })
                 })
             };
@@ -621,14 +625,14 @@ impl Agent {
                 };
                 one.add_desc(d.addr as usize, d.len, d.dev);
                 if !self.nixl().check_remote_metadata(r.peer.name(), Some(&one)) {
-                    return Error::RemoteOutOfBounds {
+                    return Error::Peer(PeerError::OutOfBounds {
                         peer: r.peer.name().to_owned(),
                         index: i,
                         addr: d.addr,
                         len: d.len,
                         mem_type: t,
                         device_id: d.dev,
-                    };
+                    });
                 }
             }
         }
@@ -637,9 +641,9 @@ impl Agent {
 }
 
 fn mismatch(reason: impl Into<String>) -> Error {
-    Error::TransferMismatch {
+    Error::Transfer(TransferError::Mismatch {
         reason: reason.into(),
-    }
+    })
 }
 
 fn check_pairs(local: &[Desc], remote: &[Desc]) -> Result<()> {
@@ -679,29 +683,11 @@ fn notification_args(notification: Option<&[u8]>) -> Result<Option<nixl_sys::Opt
     Ok(Some(args))
 }
 
-/// NIXL's errors are not `Clone`; a failed transfer reports its error on every poll.
-fn clone_nixl_error(e: &NixlError) -> NixlError {
-    match e {
-        NixlError::InvalidParam => NixlError::InvalidParam,
-        NixlError::BackendError => NixlError::BackendError,
-        NixlError::StringConversionError(n) => NixlError::StringConversionError(n.clone()),
-        NixlError::IndexOutOfBounds => NixlError::IndexOutOfBounds,
-        NixlError::InvalidDataPointer => NixlError::InvalidDataPointer,
-        NixlError::FailedToCreateXferRequest => NixlError::FailedToCreateXferRequest,
-        NixlError::RegDescListCreationFailed => NixlError::RegDescListCreationFailed,
-        NixlError::RegDescAddFailed => NixlError::RegDescAddFailed,
-        NixlError::FailedToCreateXferDlistHandle => NixlError::FailedToCreateXferDlistHandle,
-        NixlError::FailedToCreateBackend => NixlError::FailedToCreateBackend,
-        NixlError::NoTelemetry => NixlError::NoTelemetry,
-        NixlError::NotFound => NixlError::NotFound,
-    }
-}
-
 #[derive(Debug)]
 enum State {
     InFlight,
     Done,
-    Failed(NixlError),
+    Failed(NixlStatus),
 }
 
 /// A posted transfer. Poll it or wait for it; dropping it while it runs cancels it (see the
@@ -723,17 +709,17 @@ impl Transfer {
     /// Checks progress once: `Ok(true)` when all data has moved, `Ok(false)` while it runs.
     ///
     /// # Errors
-    /// [`Error::TransferFailed`] when the transfer failed (the peer died, disconnected or was
+    /// [`TransferError::Failed`] when the transfer failed (the peer died, disconnected or was
     /// invalidated meanwhile); every later poll reports it again.
     pub fn poll(&mut self) -> Result<bool> {
         match &self.state {
             State::Done => return Ok(true),
             State::Failed(e) => {
-                return Err(Error::TransferFailed {
+                return Err(Error::Transfer(TransferError::Failed {
                     op: self.op.name(),
                     peer: self.target.clone(),
-                    source: clone_nixl_error(e),
-                });
+                    source: *e,
+                }));
             }
             State::InFlight => {}
         }
@@ -750,13 +736,13 @@ impl Transfer {
             Err(source) => {
                 // NOT_FOUND: the peer was invalidated under the transfer; NIXL stopped tracking
                 // it without saying whether the backend is done with the memory.
-                self.unsettled = matches!(source, NixlError::NotFound);
-                self.state = State::Failed(clone_nixl_error(&source));
-                Err(Error::TransferFailed {
+                self.unsettled = matches!(source, SysError::NotFound);
+                self.state = State::Failed(NixlStatus::of(&source));
+                Err(Error::Transfer(TransferError::Failed {
                     op: self.op.name(),
                     peer: self.target.clone(),
-                    source,
-                })
+                    source: NixlStatus::of(&source),
+                }))
             }
         }
     }
@@ -769,7 +755,7 @@ impl Transfer {
     ///
     /// # Errors
     /// [`Error::Timeout`] when it is still running (it keeps running; wait again or drop it to
-    /// cancel); [`Error::TransferFailed`] as for [`poll`](Self::poll).
+    /// cancel); [`TransferError::Failed`] as for [`poll`](Self::poll).
     pub fn wait(&mut self, timeout: Duration) -> Result<()> {
         let start = Instant::now();
         loop {
@@ -826,7 +812,7 @@ impl Drop for Transfer {
                 && self.request.as_ref().is_some_and(|r| {
                     matches!(
                         self.agent.nixl().get_xfer_status(r),
-                        Ok(XferStatus::InProgress) | Err(NixlError::NotFound)
+                        Ok(XferStatus::InProgress) | Err(SysError::NotFound)
                     )
                 });
         // Releasing a running request cancels it.
@@ -928,8 +914,8 @@ impl Agent {
     /// chunk (prepared lists keep one NIXL descriptor per block).
     ///
     /// # Errors
-    /// [`Error::TransferMismatch`] for an empty list or a block that crosses a chunk boundary;
-    /// [`Error::NotRegistered`] when NIXL does not have a block registered; [`Error::Nixl`].
+    /// [`TransferError::Mismatch`] for an empty list or a block that crosses a chunk boundary;
+    /// [`NixlError::NotRegistered`] when NIXL does not have a block registered; [`NixlError::Call`].
     pub fn prepare_local(&self, blocks: &LocalBlocks) -> Result<PreparedLocal> {
         let (handle, lens) = self.prepare(blocks.mem_type, &blocks.descs, "", true, |source| {
             self.diagnose_local(blocks, source)
@@ -999,7 +985,7 @@ impl Agent {
         })
     }
 
-    fn diagnose_local(&self, blocks: &LocalBlocks, source: NixlError) -> Error {
+    fn diagnose_local(&self, blocks: &LocalBlocks, source: SysError) -> Error {
         let empty = LocalBlocks::new();
         match blocks.mem_type {
             Some(t) => self.diagnose(
@@ -1019,7 +1005,7 @@ impl Agent {
         descs: &[Desc],
         agent_name: &str,
         local_memory: bool,
-        diagnose: impl FnOnce(NixlError) -> Error,
+        diagnose: impl FnOnce(SysError) -> Error,
     ) -> Result<(DlistHandle, Vec<usize>)> {
         let Some(mem_type) = mem_type else {
             return Err(mismatch("cannot prepare an empty list"));
@@ -1077,10 +1063,10 @@ impl Agent {
     /// `remote[remote_indices[k]]`.
     ///
     /// # Errors
-    /// [`Error::TransferMismatch`] for lists prepared on another agent, index lists of
+    /// [`TransferError::Mismatch`] for lists prepared on another agent, index lists of
     /// different lengths, indices out of range or blocks of different lengths;
-    /// [`Error::PeerInvalidated`] / [`Error::UnknownPeer`] when the peer's connection changed
-    /// since the list was prepared; [`Error::PeerUnavailable`]; [`Error::Nixl`].
+    /// [`PeerError::Invalidated`] / [`PeerError::Unknown`] when the peer's connection changed
+    /// since the list was prepared; [`PeerError::Unavailable`]; [`NixlError::Call`].
     pub fn post_prepared_selected(
         &self,
         op: TransferOp,
@@ -1153,10 +1139,10 @@ impl Agent {
                 if remote.generation.is_some()
                     && !self.nixl().check_remote_metadata(&remote.target, None)
                 {
-                    Error::PeerUnavailable {
+                    Error::Peer(PeerError::Unavailable {
                         agent: self.name().to_owned(),
                         peer: remote.target.clone(),
-                    }
+                    })
                 } else {
                     Error::nixl("make a transfer request from prepared lists", source)
                 }
@@ -1172,8 +1158,10 @@ impl Agent {
 }
 
 fn all_indices(n: usize) -> Result<Vec<i32>> {
-    let n = i32::try_from(n).map_err(|_| Error::Overflow {
-        what: "prepared list length (NIXL indexes blocks with i32)",
+    let n = i32::try_from(n).map_err(|_| {
+        Error::Bounds(BoundsError::Overflow {
+            what: "prepared list length (NIXL indexes blocks with i32)",
+        })
     })?;
     Ok((0..n).collect())
 }

@@ -1,7 +1,7 @@
 //! The handle a submitted transfer returns, and the executor's side of it.
 
 use super::plan::{TransferPath, TransferPlan};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, TransferError};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -78,7 +78,7 @@ pub(crate) struct Work {
 
 /// The executor's side of a [`TransferHandle`]. Dropping it without
 /// [`complete`](Self::complete) (an executor that panicked or was shut down) reports
-/// [`Error::TransferAborted`].
+/// [`TransferError::Aborted`].
 pub(crate) struct Completion {
     job: Arc<Job>,
     reported: bool,
@@ -101,7 +101,8 @@ impl Completion {
 impl Drop for Completion {
     fn drop(&mut self) {
         if !self.reported {
-            self.job.finish(Err(Error::TransferAborted));
+            self.job
+                .finish(Err(Error::Transfer(TransferError::Aborted)));
         }
     }
 }
@@ -171,8 +172,8 @@ impl TransferHandle {
     /// Waits for the transfer to finish and returns its outcome.
     ///
     /// # Errors
-    /// What the transfer failed with: [`Error::TransferIo`], [`Error::ShortIo`],
-    /// [`Error::TransferFailed`] (NIXL), [`Error::TransferCancelled`], [`Error::TransferAborted`].
+    /// What the transfer failed with: [`IoError::Transfer`](crate::error::IoError::Transfer), [`IoError::Short`](crate::error::IoError::Short),
+    /// [`TransferError::Failed`] (NIXL), [`TransferError::Cancelled`], [`TransferError::Aborted`].
     pub fn wait(self) -> Result<TransferStats> {
         let state = self.job.lock();
         let mut state = self
@@ -183,13 +184,13 @@ impl TransferHandle {
         match std::mem::replace(&mut *state, State::Taken) {
             State::Done(result) => result,
             // `wait` consumes the only handle, so the result cannot have been taken before.
-            State::Taken | State::Running { .. } => Err(Error::TransferAborted),
+            State::Taken | State::Running { .. } => Err(Error::Transfer(TransferError::Aborted)),
         }
     }
 
     /// Asks the transfer to stop early. Copies already running finish (for disk, the I/O in
     /// flight completes); the rest are skipped and the transfer reports
-    /// [`Error::TransferCancelled`] unless it had already finished.
+    /// [`TransferError::Cancelled`] unless it had already finished.
     pub fn cancel(&self) {
         self.job.cancel.store(true, Ordering::Relaxed);
     }
