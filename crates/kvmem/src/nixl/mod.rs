@@ -30,10 +30,10 @@
 //! # Ok::<(), kvmem::Error>(())
 //! ```
 //!
-//! Every entry point loads the runtime first and returns [`NixlError::Unavailable`](crate::error::NixlError::Unavailable) when it is
+//! Every entry point loads the runtime first and returns [`NixlError::Unavailable`] when it is
 //! missing, instead of letting `nixl-sys` abort the process.
 //!
-//! [`NixlError::Unavailable`](crate::error::NixlError::Unavailable): NixlError::Unavailable
+//! [`NixlError::Unavailable`]: crate::error::NixlError::Unavailable
 
 pub mod agent;
 pub mod config;
