@@ -2,6 +2,7 @@
 //! pinned host and device memory, checked byte for byte on random data. Run on the GPU machine
 //! with `--ignored` (scripts/gpu-build.sh).
 
+use kvmem::Completion;
 use kvmem::cuda::batch::{CopyMethod, CopyStream, DeviceCopy, Location};
 use kvmem::cuda::{self, CudaDevice};
 use kvmem::error::BoundsError;
@@ -152,11 +153,13 @@ fn scattered_copies_host_device_and_back_by_every_method() {
                 &mut rng,
             );
             // SAFETY: as above.
-            let mut c = unsafe {
+            let c = unsafe {
                 stream.copy_async(&copies, method, Location::Device(0), Location::Device(0))
             }
             .unwrap();
-            assert!(c.wait_timeout(std::time::Duration::from_secs(10)).unwrap());
+            assert!(c.wait_timeout(std::time::Duration::from_secs(10)));
+            assert!(c.is_done());
+            c.wait().unwrap();
             let mut back2 = PinnedStorage::new(&gpu, size).unwrap();
             cuda::copy_device_to_host(&dev2, &mut back2).unwrap();
             let want = expected(back.as_slice(), poison.as_slice(), &pairs, chunk, stride);

@@ -6,10 +6,8 @@ mod common;
 
 use common::*;
 use kvmem::error::{BoundsError, ConfigError, NixlError, PeerError, TransferError};
-use kvmem::nixl::{
-    Agent, AgentConfig, LocalBlocks, MemType, NixlCompatible, NixlDescriptor, RemoteBlock,
-    RemoteBlocks, TransferOp,
-};
+use kvmem::nixl::raw::{LocalBlocks, RemoteBlock, RemoteBlocks, TransferOp};
+use kvmem::nixl::{Agent, AgentConfig, MemType, NixlCompatible, NixlDescriptor};
 use kvmem::{Buffer, DiskStorage, Error, MemoryDescriptor, StorageKind, SystemStorage};
 use std::any::Any;
 use std::time::Duration;
@@ -311,7 +309,10 @@ fn transfers_after_the_peer_was_invalidated() {
     let local = LocalBlocks::whole(&src).unwrap();
     let pl = a.prepare_local(&local).unwrap();
     let pr = a.prepare_remote(&remote).unwrap();
-    a.write(&local, &remote, None).unwrap().wait(WAIT).unwrap();
+    a.write(&local, &remote, None)
+        .unwrap()
+        .wait_for(WAIT)
+        .unwrap();
 
     a.invalidate_peer(b.name()).unwrap();
     let is_invalidated = |e: &Error| matches!(e, Error::Peer(PeerError::Invalidated { .. }));
@@ -347,7 +348,7 @@ fn transfers_after_the_peer_was_invalidated() {
     remote2.push_region(0, 0, 1 << 20).unwrap();
     a.write(&local, &remote2, Some(b"again"))
         .unwrap()
-        .wait(WAIT)
+        .wait_for(WAIT)
         .unwrap();
     b.wait_for_message(a.name(), b"again", WAIT).unwrap();
     assert_same(bytes(&dst), &data, "after reconnecting");

@@ -12,7 +12,8 @@ mod common;
 use common::*;
 use kvmem::Error;
 use kvmem::error::PeerError;
-use kvmem::nixl::{LocalBlocks, PeerSource, RemoteBlock, RemoteBlocks};
+use kvmem::nixl::PeerSource;
+use kvmem::nixl::raw::{LocalBlocks, RemoteBlock, RemoteBlocks};
 use libtest_mimic::{Arguments, Failed, Trial};
 use std::time::{Duration, Instant};
 
@@ -116,7 +117,7 @@ fn verified_write(
     target.send(&format!("VERIFY {} {note} 51", agent.name()));
     agent
         .write(local, remote, Some(note.as_bytes()))?
-        .wait(WAIT)?;
+        .wait_for(WAIT)?;
     assert_eq!(target.expect_line(WAIT), "VERIFIED");
     Ok(())
 }

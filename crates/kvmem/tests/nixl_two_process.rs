@@ -9,7 +9,8 @@ mod common;
 use common::*;
 use kvmem::Error;
 use kvmem::error::{NixlError, PeerError, TransferError};
-use kvmem::nixl::{Agent, LocalBlocks, RemoteBlock, RemoteBlocks};
+use kvmem::nixl::Agent;
+use kvmem::nixl::raw::{LocalBlocks, RemoteBlock, RemoteBlocks};
 use libtest_mimic::{Arguments, Failed, Trial};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -61,7 +62,7 @@ fn write_and_verify(
     target.send(&format!("VERIFY {} {note} {seed}", agent.name()));
     agent
         .write(local, remote, Some(note.as_bytes()))?
-        .wait(WAIT)?;
+        .wait_for(WAIT)?;
     let answer = target.expect_line(WAIT);
     assert_eq!(answer, "VERIFIED", "the target compared its bytes");
     Ok(())
@@ -154,7 +155,7 @@ fn killed_peer() -> Result<(), Failed> {
         let failure = loop {
             match survivor.write(&local, &remote, None) {
                 Err(e) => break (Instant::now(), e),
-                Ok(mut t) => match t.wait(DETECT * 2) {
+                Ok(t) => match t.wait_for(DETECT * 2) {
                     Ok(()) => completed += 1,
                     Err(e) => break (Instant::now(), e),
                 },

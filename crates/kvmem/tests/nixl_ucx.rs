@@ -6,7 +6,8 @@ mod common;
 
 use common::*;
 use kvmem::error::{NixlError, PeerError, TransferError};
-use kvmem::nixl::{Agent, LocalBlocks, RemoteBlock, RemoteBlocks, TransferOp, register};
+use kvmem::nixl::raw::{LocalBlocks, RemoteBlock, RemoteBlocks, TransferOp};
+use kvmem::nixl::{Agent, register};
 use kvmem::{Buffer, Error, MemoryDescriptor, OffsetBuffer, SystemStorage};
 use std::time::Duration;
 
@@ -39,16 +40,20 @@ fn write_then_read(size: usize, seed: u64) {
 
     // WRITE a -> b with a notification.
     let msg = format!("wrote-{size}");
-    let mut t = a
+    let t = a
         .write(
             &LocalBlocks::whole(&src).unwrap(),
             &remote,
             Some(msg.as_bytes()),
         )
         .unwrap();
-    t.wait(WAIT).unwrap();
+    assert!(
+        t.wait_timeout(WAIT),
+        "the WRITE did not finish within {WAIT:?}"
+    );
     assert!(t.is_done());
     assert_eq!(t.op(), TransferOp::Write);
+    t.wait().unwrap();
     b.wait_for_message(a.name(), msg.as_bytes(), WAIT).unwrap();
     assert_same(bytes(&dst), &data, "WRITE destination");
     assert_same(bytes(&src), &data, "WRITE source");
@@ -61,7 +66,7 @@ fn write_then_read(size: usize, seed: u64) {
         Some(msg.as_bytes()),
     )
     .unwrap()
-    .wait(WAIT)
+    .wait_for(WAIT)
     .unwrap();
     b.wait_for_message(a.name(), msg.as_bytes(), WAIT).unwrap();
     assert_same(bytes(&back), &data, "READ destination");
@@ -95,7 +100,7 @@ fn views_move_only_their_range() {
     remote.push_region(0, 512 << 10, 64 << 10).unwrap();
     a.write(&LocalBlocks::whole(&view).unwrap(), &remote, None)
         .unwrap()
-        .wait(WAIT)
+        .wait_for(WAIT)
         .unwrap();
     let got = bytes(&dst);
     assert_same(
@@ -138,7 +143,7 @@ fn registering_a_view_registers_its_range() {
     r.push_region(0, 0, 256 << 10).unwrap();
     a.write(&LocalBlocks::whole(&src).unwrap(), &r, None)
         .unwrap()
-        .wait(WAIT)
+        .wait_for(WAIT)
         .unwrap();
     let reg = registered
         .downcast_ref::<kvmem::nixl::Registered<OffsetBuffer>>()
@@ -183,13 +188,13 @@ fn prepared_lists_are_reused_and_indexable() {
             None,
         )
         .unwrap()
-        .wait(WAIT)
+        .wait_for(WAIT)
         .unwrap();
         assert!(bytes(&dst).iter().all(|&x| x == POISON));
         let note = format!("round-{round}");
         a.post_prepared(TransferOp::Write, &pl, &pr, Some(note.as_bytes()))
             .unwrap()
-            .wait(WAIT)
+            .wait_for(WAIT)
             .unwrap();
         b.wait_for_message(a.name(), note.as_bytes(), WAIT).unwrap();
         assert_same(bytes(&dst), &data, "prepared WRITE");
@@ -200,7 +205,7 @@ fn prepared_lists_are_reused_and_indexable() {
     let ri: Vec<usize> = (0..N).rev().collect();
     a.post_prepared_selected(TransferOp::Write, &pl, &li, &pr, &ri, None)
         .unwrap()
-        .wait(WAIT)
+        .wait_for(WAIT)
         .unwrap();
     let got = bytes(&dst);
     for i in 0..N {
@@ -243,7 +248,7 @@ fn regions_larger_than_a_chunk_are_registered_in_chunks() {
         Some(b"chunked"),
     )
     .unwrap()
-    .wait(WAIT)
+    .wait_for(WAIT)
     .unwrap();
     b.wait_for_message(a.name(), b"chunked", WAIT).unwrap();
     assert_same(bytes(&dst), &data, "chunked WRITE");
@@ -324,7 +329,7 @@ fn dropping_transfers_is_safe_and_the_agent_keeps_working() {
     }
     a.write(&local, &remote, Some(b"last"))
         .unwrap()
-        .wait(WAIT)
+        .wait_for(WAIT)
         .unwrap();
     b.wait_for_message(a.name(), b"last", WAIT).unwrap();
     assert_same(bytes(&dst), &data, "after dropped transfers");
@@ -350,7 +355,7 @@ fn agents_without_progress_thread_move_data_through_polling() {
         Some(b"polled"),
     )
     .unwrap()
-    .wait(WAIT)
+    .wait_for(WAIT)
     .unwrap();
     receiver.join().unwrap().unwrap();
     assert_same(bytes(&dst), &data, "WRITE without progress threads");

@@ -4,6 +4,7 @@
 mod common;
 
 use common::{Tier, random_region, read_region};
+use kvmem::Completion;
 use kvmem::error::{
     BoundsError, CudaError, IoError, LayoutError, NixlError, SizeRule, TransferError,
     UnsupportedError,

@@ -4,6 +4,7 @@
 mod common;
 
 use common::{Tier, random_bytes, random_region, read_region};
+use kvmem::Completion;
 use kvmem::error::TransferError;
 use kvmem::nixl::{MemType, NixlCompatible, NixlDescriptor};
 use kvmem::transfer::{DiskBackend, EngineConfig, TransferEngine};
@@ -172,7 +173,7 @@ fn dropping_the_engine_lets_submitted_transfers_finish() {
         handle.wait_timeout(Duration::from_secs(60)),
         "transfer never finished"
     );
-    assert!(handle.is_finished());
+    assert!(handle.is_done());
     handle.wait().unwrap();
     assert!(read_region(&dst) == data);
 }
@@ -262,7 +263,7 @@ fn empty_transfers_complete(backend: DiskBackend) {
     for (s, d) in [(&a, &b), (&b, &a)] {
         let h = engine.copy_blocks(s, &[], d, &[]).unwrap();
         assert!(h.wait_timeout(Duration::from_secs(30)));
-        assert!(h.is_finished());
+        assert!(h.is_done());
         let stats = h.wait().unwrap();
         assert_eq!((stats.bytes, stats.ops), (0, 0));
     }

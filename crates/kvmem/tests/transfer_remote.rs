@@ -8,6 +8,7 @@ mod common;
 mod nixl_common;
 
 use common::cases::{random_config, reference_offset};
+use kvmem::Completion;
 use kvmem::error::{LayoutError, NixlError, PeerError, TransferError, UnsupportedError};
 use kvmem::layout::{BlockDim, BlockLayout, LayoutConfig, LayoutKind};
 use kvmem::nixl::Agent;

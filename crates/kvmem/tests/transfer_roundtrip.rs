@@ -8,6 +8,7 @@ mod common;
 
 use common::cases::{make_side, reference_offset, run_case};
 use common::{Tier, random_region, read_region};
+use kvmem::Completion;
 use kvmem::error::UnsupportedError;
 use kvmem::layout::{BlockDim, LayoutConfig, LayoutKind};
 use kvmem::transfer::{DiskBackend, EngineConfig, TransferEngine, TransferPath};

@@ -6,10 +6,11 @@ use super::report::{FioPoint, Machine, MemcpyPoint, Percentiles, Point, Report, 
 use super::{BenchArgs, BenchPath, Pattern};
 use crate::error::{CliError, Result};
 use indicatif::ProgressBar;
+use kvmem::Completion;
 use kvmem::cuda::CudaDevice;
 use kvmem::layout::BlockDim;
 use kvmem::layout::{BlockLayout, LayoutConfig, LayoutKind};
-use kvmem::nixl::TransferOp;
+use kvmem::nixl::raw::TransferOp;
 use kvmem::transfer::{DiskBackend, EngineConfig, TransferEngine, TransferPlan};
 use kvmem::{Buffer, DiskStorage, HostMemory, OffsetBuffer, SystemStorage};
 use kvmem::{DeviceStorage, PinnedStorage};

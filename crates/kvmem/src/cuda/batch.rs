@@ -14,6 +14,7 @@
 
 use super::CudaDevice;
 use super::driver::{self, check};
+use crate::Completion;
 use crate::error::{BoundsError, Error, Result, UnsupportedError};
 use cudarc::driver::sys;
 use std::ffi::c_void;
@@ -551,19 +552,33 @@ impl Drop for Inner {
     }
 }
 
-/// The completion of one [`CopyStream::copy_async`]: poll it, wait for it, or drop it (which
-/// waits).
+/// The completion of one [`CopyStream::copy_async`]: poll it, wait for it (through
+/// [`Completion`]), or drop it (which waits).
+///
+/// Copies queued on a stream cannot be taken back: [`cancel`](crate::Completion::cancel) does
+/// nothing, and the copies run to their end.
 pub struct CopyCompletion {
     stream: CopyStream,
     event: sys::CUevent,
     method: CopyMethod,
-    descs: Option<DescBuffers>,
+    state: Mutex<CopyState>,
+}
+
+/// What a [`CopyCompletion`] learned so far.
+struct CopyState {
+    /// The event completed (successfully or not); the descriptors went back to the stream.
     finished: bool,
+    /// The failure an `is_done` saw, kept for `wait`.
+    failed: Option<Error>,
+    descs: Option<DescBuffers>,
 }
 
 // SAFETY: the event handle may be queried and synchronized from any thread with the context bound,
 // which every method does.
 unsafe impl Send for CopyCompletion {}
+// SAFETY: as above; every method that touches the event holds the state's lock, so two threads
+// never use it at once.
+unsafe impl Sync for CopyCompletion {}
 
 impl CopyCompletion {
     fn record(stream: CopyStream, method: CopyMethod, descs: Option<DescBuffers>) -> Result<Self> {
@@ -587,8 +602,11 @@ impl CopyCompletion {
             stream,
             event,
             method,
-            descs,
-            finished: false,
+            state: Mutex::new(CopyState {
+                finished: false,
+                failed: None,
+                descs,
+            }),
         };
         // SAFETY: both handles are valid and belong to the current context.
         check("record an event", unsafe {
@@ -602,39 +620,75 @@ impl CopyCompletion {
         self.method
     }
 
-    /// True once every copy has finished.
-    ///
-    /// # Errors
-    /// [`CudaError::Driver`](crate::error::CudaError::Driver) if a copy failed.
-    pub fn is_done(&mut self) -> Result<bool> {
-        if self.finished {
-            return Ok(true);
+    fn lock(&self) -> std::sync::MutexGuard<'_, CopyState> {
+        // Plain flags updated in single assignments: a poisoned lock holds a consistent value.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queries the event once: true once the copies finished, successfully or not.
+    fn query(&self, state: &mut CopyState) -> bool {
+        if state.finished || state.failed.is_some() {
+            return true;
         }
-        self.stream.inner.device.bind()?;
+        if let Err(e) = self.stream.inner.device.bind() {
+            state.failed = Some(e);
+            return true;
+        }
         // SAFETY: a valid event of the current context.
         let status = unsafe { sys::cuEventQuery(self.event) };
         match status {
             sys::CUresult::CUDA_SUCCESS => {
-                self.finish();
-                Ok(true)
+                self.finish(state);
+                true
             }
-            sys::CUresult::CUDA_ERROR_NOT_READY => Ok(false),
-            other => check("query copy completion", other).map(|()| false),
+            sys::CUresult::CUDA_ERROR_NOT_READY => false,
+            other => {
+                state.failed = check("query copy completion", other).err();
+                true
+            }
         }
     }
 
-    /// Waits up to `timeout` for the copies; true if they finished.
-    ///
-    /// # Errors
-    /// [`CudaError::Driver`](crate::error::CudaError::Driver) if a copy failed.
-    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<bool> {
+    fn synchronize(&self, state: &mut CopyState) -> Result<()> {
+        if state.finished {
+            return state.failed.take().map_or(Ok(()), Err);
+        }
+        self.stream.inner.device.bind()?;
+        // SAFETY: a valid event of the current context.
+        let result = check("wait for copies", unsafe {
+            sys::cuEventSynchronize(self.event)
+        });
+        self.finish(state);
+        match state.failed.take() {
+            Some(e) => Err(e),
+            None => result,
+        }
+    }
+
+    fn finish(&self, state: &mut CopyState) {
+        state.finished = true;
+        if let Some(d) = state.descs.take() {
+            self.stream.give_back(d);
+        }
+    }
+}
+
+impl crate::Completion for CopyCompletion {
+    type Output = ();
+
+    fn is_done(&self) -> bool {
+        let mut state = self.lock();
+        self.query(&mut state)
+    }
+
+    fn wait_timeout(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
-            if self.is_done()? {
-                return Ok(true);
+            if self.is_done() {
+                return true;
             }
             if Instant::now() >= deadline {
-                return Ok(false);
+                return false;
             }
             std::thread::sleep(Duration::from_micros(20));
         }
@@ -644,34 +698,27 @@ impl CopyCompletion {
     ///
     /// # Errors
     /// [`CudaError::Driver`](crate::error::CudaError::Driver) if a copy failed.
-    pub fn wait(mut self) -> Result<()> {
-        self.synchronize()
+    fn wait(self) -> Result<()> {
+        let mut state = self.lock();
+        self.synchronize(&mut state)
     }
 
-    fn synchronize(&mut self) -> Result<()> {
-        if self.finished {
-            return Ok(());
-        }
-        self.stream.inner.device.bind()?;
-        // SAFETY: a valid event of the current context.
-        let result = check("wait for copies", unsafe {
-            sys::cuEventSynchronize(self.event)
-        });
-        self.finish();
-        result
-    }
-
-    fn finish(&mut self) {
-        self.finished = true;
-        if let Some(d) = self.descs.take() {
-            self.stream.give_back(d);
-        }
-    }
+    /// Does nothing: copies queued on a CUDA stream cannot be taken back.
+    fn cancel(&self) {}
 }
 
 impl Drop for CopyCompletion {
     fn drop(&mut self) {
-        if let Err(e) = self.synchronize() {
+        let state = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        let mut state = std::mem::replace(
+            state,
+            CopyState {
+                finished: true,
+                failed: None,
+                descs: None,
+            },
+        );
+        if let Err(e) = self.synchronize(&mut state) {
             tracing::warn!(error = %e, "copies failed after their completion was dropped");
         }
         // SAFETY: the event was created by `record` and is destroyed once.

@@ -24,7 +24,7 @@
 //!
 //! Remote blocks are checked against what the peer registered before anything is posted:
 //! against the peer's manifest when it sent one (when the block is added to a
-//! [`RemoteBlocks`](super::RemoteBlocks)), and otherwise against NIXL's own copy of the peer's
+//! [`RemoteBlocks`](super::raw::RemoteBlocks)), and otherwise against NIXL's own copy of the peer's
 //! registrations when the transfer request is built. Either way a block outside the peer's memory
 //! is reported as [`PeerError::OutOfBounds`] naming the block, not as a backend failure.
 //!

@@ -13,6 +13,7 @@
 
 use super::handle::Work;
 use super::plan::{CopyOp, TransferPath};
+use crate::Completion;
 use crate::cuda::CudaDevice;
 use crate::cuda::batch::{CopyCompletion, CopyMethod, CopyStream, DeviceCopy, Location};
 use crate::descriptor::MemoryDescriptor;

@@ -45,7 +45,7 @@ pub use crate::cuda::batch::CopyMethod;
 use crate::descriptor::Buffer;
 use crate::error::{BoundsError, Error, Result, UnsupportedError};
 use crate::layout::BlockLayout;
-use crate::nixl::TransferOp;
+use crate::nixl::raw::TransferOp;
 pub use gpu::DEFAULT_BOUNCE_BYTES;
 use gpu::GpuExecutor;
 use host::HostExecutor;

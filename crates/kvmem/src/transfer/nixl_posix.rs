@@ -29,7 +29,7 @@
 //! # Failure and cancellation
 //! A transfer is posted as requests of one kernel queue's worth of descriptors, two at a time
 //! (while the older completes, the newer's I/O waits queued, so the kernel queue stays full);
-//! [`TransferHandle::cancel`](super::TransferHandle::cancel) is honoured before each request is
+//! [`cancel`](crate::Completion::cancel) is honoured before each request is
 //! posted (the I/O of posted requests always completes first). A request NIXL reports as failed
 //! is an error of the transfer, never a success. Because NIXL does not promise that every I/O
 //! of a failed request has stopped when it reports the failure, the executor then keeps the
@@ -42,10 +42,9 @@ use super::plan::{TransferPath, TransferPlan};
 use crate::descriptor::{Buffer, MemoryDescriptor};
 use crate::error::{Error, IoError, LayoutError, Result, TransferError};
 use crate::kind::StorageKind;
+use crate::nixl::raw::{LocalBlocks, RawTransfers, Transfer};
 use crate::nixl::registration::Space;
-use crate::nixl::{
-    Agent, AgentConfig, LocalBlocks, MemType, NixlCompatible, NixlDescriptor, Registered, Transfer,
-};
+use crate::nixl::{Agent, AgentConfig, MemType, NixlCompatible, NixlDescriptor, Registered};
 use std::any::Any;
 use std::collections::VecDeque;
 use std::sync::mpsc;

@@ -20,10 +20,11 @@ use super::plan::{by_destination, check_shapes};
 use crate::descriptor::MemoryDescriptor;
 use crate::error::{BoundsError, Error, NixlError, Result, TransferError};
 use crate::layout::{BlockLayout, LayoutConfig, LayoutKind, strides};
-use crate::nixl::{
-    Agent, LocalBlocks, NixlDescriptor, Peer, PreparedLocal, PreparedRemote, RemoteBlock,
-    RemoteBlocks, Transfer, TransferOp,
+use crate::nixl::raw::{
+    LocalBlocks, PreparedLocal, PreparedRemote, RawTransfers, RemoteBlock, RemoteBlocks, Transfer,
+    TransferOp,
 };
+use crate::nixl::{Agent, NixlDescriptor, Peer};
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
@@ -377,8 +378,14 @@ pub(super) struct Flight {
 impl Flight {
     /// Waits for the transfer on this thread and reports the outcome: the fallback when no
     /// polling thread can take it.
-    pub(super) fn finish_here(mut self) {
-        let result = self.posted.transfer.wait(Duration::MAX);
+    pub(super) fn finish_here(self) {
+        let result = loop {
+            match self.posted.transfer.poll_for(Duration::from_secs(1)) {
+                Ok(true) => break Ok(()),
+                Ok(false) => {}
+                Err(e) => break Err(e),
+            }
+        };
         self.finish(result);
     }
 
