@@ -53,3 +53,23 @@ impl CliError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cli_adds_the_install_hint_the_library_leaves_out() {
+        let missing = kvmem::Error::Nixl(kvmem::error::NixlError::Unavailable {
+            searched: "nothing found".into(),
+        });
+        assert!(!missing.to_string().contains("setup.sh"), "{missing}");
+        let text = with_hint(&missing);
+        assert!(text.starts_with(&missing.to_string()), "{text}");
+        assert!(text.contains("scripts/setup.sh"), "{text}");
+        assert!(CliError::Kvmem(missing).hint().is_some());
+        let other = kvmem::Error::Bounds(kvmem::error::BoundsError::ZeroSize { what: "x" });
+        assert_eq!(with_hint(&other), other.to_string());
+        assert!(CliError::Bench("x".into()).hint().is_none());
+    }
+}

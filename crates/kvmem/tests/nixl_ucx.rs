@@ -336,6 +336,42 @@ fn dropping_transfers_is_safe_and_the_agent_keeps_working() {
 }
 
 #[test]
+fn cancelled_transfers_finish_and_report_cancelled_or_success() {
+    let a = agent("cancel-a");
+    let b = agent("cancel-b");
+    let data = random_bytes(7, 64 << 20);
+    let src = filled(&a, &data);
+    let dst = poisoned(&b, 64 << 20);
+    let peer = a.load_peer(&b.local_metadata().unwrap()).unwrap();
+    let remote = remote_whole(&peer, &dst);
+    let local = LocalBlocks::whole(&src).unwrap();
+    let (mut cancelled, mut finished) = (0, 0);
+    for _ in 0..5 {
+        let t = a.write(&local, &remote, None).unwrap();
+        t.cancel();
+        // A cancel never blocks and leaves a finished handle: the verbs answer at once.
+        assert!(t.is_done(), "a cancelled transfer still reports running");
+        assert!(t.wait_timeout(Duration::ZERO));
+        match t.wait() {
+            Ok(()) => finished += 1,
+            Err(Error::Transfer(TransferError::Cancelled { done: 0, total })) => {
+                assert_eq!(total, 64 << 20);
+                cancelled += 1;
+            }
+            Err(e) => panic!("a cancelled transfer reported {e}"),
+        }
+    }
+    eprintln!("{cancelled} cancelled, {finished} finished before the cancel took effect");
+    // The agent and the peer keep working after the cancels.
+    a.write(&local, &remote, Some(b"after-cancel"))
+        .unwrap()
+        .wait_for(WAIT)
+        .unwrap();
+    b.wait_for_message(a.name(), b"after-cancel", WAIT).unwrap();
+    assert_same(bytes(&dst), &data, "after cancelled transfers");
+}
+
+#[test]
 fn agents_without_progress_thread_move_data_through_polling() {
     let a = Agent::new(config("nopt-a").with_progress_thread(false)).unwrap();
     let b = Agent::new(config("nopt-b").with_progress_thread(false)).unwrap();

@@ -4,10 +4,10 @@
 #![allow(dead_code)]
 
 // The verbs every NIXL test calls; not every binary that includes this module uses both.
-#[allow(unused_imports)]
-pub use kvmem::{Completion, nixl::raw::RawTransfers};
 use kvmem::nixl::{Agent, AgentConfig, Registered};
 use kvmem::{Buffer, HostMemory, MemoryDescriptor, SystemStorage};
+#[allow(unused_imports)]
+pub use kvmem::{Completion, nixl::raw::RawTransfers};
 use rand::rngs::SmallRng;
 use rand::{RngCore, SeedableRng};
 use std::io::{BufRead, BufReader, Write};
