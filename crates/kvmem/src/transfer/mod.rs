@@ -164,7 +164,7 @@ impl Default for EngineConfig {
 /// ```
 /// use kvmem::layout::{BlockDim, BlockLayout, LayoutConfig, LayoutKind};
 /// use kvmem::transfer::TransferEngine;
-/// use kvmem::{Buffer, SystemStorage};
+/// use kvmem::{Buffer, Completion, SystemStorage};
 ///
 /// let config = LayoutConfig {
 ///     num_blocks: 16, num_layers: 2, outer_dim: 2, page_size: 16, inner_dim: 64, dtype_bytes: 2,
