@@ -22,6 +22,7 @@ def strip(text):
     return re.sub(r"/\*.*?\*/", "", text, flags=re.S)
 
 files = {}  # module path tuple -> code
+lib_rs = strip(open(os.path.join(src, "lib.rs")).read())
 for root, _, names in os.walk(src):
     for n in names:
         if not n.endswith(".rs") or n == "lib.rs":
@@ -54,9 +55,9 @@ def paths_in(tree, prefix):
     return out
 
 def reexports(facade):
-    """Name -> child path, from a facade's `pub use child::...` lines."""
+    """Name -> child path, from a facade's `pub use child::...` lines (lib.rs for the root)."""
     table = {}
-    for tree in re.findall(r"pub use ([^;]+);", files.get(facade, "")):
+    for tree in re.findall(r"pub use ([^;]+);", lib_rs if facade == () else files.get(facade, "")):
         for p in paths_in(tree, []):
             if p and p[0] not in ("crate", "super", "self") and facade + (p[0],) in files:
                 table[p[-1].split(" as ")[-1].strip()] = facade + (p[0],)
@@ -77,6 +78,8 @@ def target(me, path):
     else:
         return None
     path = tuple(path)
+    if path and path[0] in reexports(()):
+        path = reexports(()).get(path[0]) + path[1:]  # `crate::Name` re-exported by lib.rs
     # Longest module prefix; a name re-exported by a facade resolves to its child.
     for k in range(len(path), 0, -1):
         if path[:k] in files:

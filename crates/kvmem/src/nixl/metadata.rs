@@ -25,7 +25,7 @@
 //! Each region is a [`NixlDescriptor`] in memory; on the wire its length is the field `len`
 //! (what readers of format 1 expect), not the descriptor's `size`.
 
-use crate::error::{Error, Result};
+use crate::error::{BoundsError, Error, PeerError, Result};
 use crate::region::NixlDescriptor;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -70,17 +70,21 @@ impl PeerMetadata {
     /// The envelope bytes (a manifest) or NIXL's blob alone (no manifest).
     ///
     /// # Errors
-    /// [`Error::Overflow`] for a manifest over 4 GiB.
+    /// [`BoundsError::Overflow`] for a manifest over 4 GiB.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let Some(manifest) = &self.manifest else {
             return Ok(self.nixl.clone());
         };
-        let json = serde_json::to_vec(manifest).map_err(|e| Error::MalformedMetadata {
-            reason: format!("cannot encode the manifest: {e}"),
-            source: None,
+        let json = serde_json::to_vec(manifest).map_err(|e| {
+            Error::Peer(PeerError::MalformedMetadata {
+                reason: format!("cannot encode the manifest: {e}"),
+                source: None,
+            })
         })?;
-        let n = u32::try_from(json.len()).map_err(|_| Error::Overflow {
-            what: "manifest length",
+        let n = u32::try_from(json.len()).map_err(|_| {
+            Error::Bounds(BoundsError::Overflow {
+                what: "manifest length",
+            })
         })?;
         let mut out = Vec::with_capacity(12 + json.len() + self.nixl.len());
         out.extend_from_slice(ENVELOPE_MAGIC);
@@ -93,12 +97,14 @@ impl PeerMetadata {
     /// Parses an envelope, or takes bytes without the magic as a plain NIXL blob.
     ///
     /// # Errors
-    /// [`Error::MalformedMetadata`] for an empty blob, a truncated envelope, invalid manifest
+    /// [`PeerError::MalformedMetadata`] for an empty blob, a truncated envelope, invalid manifest
     /// JSON or an unsupported manifest format.
     pub fn parse(bytes: &[u8]) -> Result<Self> {
-        let bad = |reason: String| Error::MalformedMetadata {
-            reason,
-            source: None,
+        let bad = |reason: String| {
+            Error::Peer(PeerError::MalformedMetadata {
+                reason,
+                source: None,
+            })
         };
         if bytes.is_empty() {
             return Err(bad("the blob is empty".into()));
@@ -347,7 +353,7 @@ mod tests {
             assert!(
                 matches!(
                     PeerMetadata::parse(bytes),
-                    Err(Error::MalformedMetadata { .. })
+                    Err(Error::Peer(PeerError::MalformedMetadata { .. }))
                 ),
                 "{bytes:?}"
             );

@@ -1,4 +1,4 @@
-use crate::error::{Error, Result};
+use crate::error::{BoundsError, Error, Result};
 use crate::host::HostMemory;
 use crate::kind::StorageKind;
 use std::fmt;
@@ -28,14 +28,14 @@ impl ExternalDeviceMemory {
     /// it) exists.
     ///
     /// # Errors
-    /// [`Error::ZeroSize`] for `size == 0`; [`Error::Overflow`] for a null pointer, a range that
-    /// wraps the address space, or a device id beyond `u32` (no CUDA ordinal is).
+    /// [`BoundsError::ZeroSize`] for `size == 0`; [`BoundsError::Overflow`] for a null pointer, a
+    /// range that wraps the address space, or a device id beyond `u32` (no CUDA ordinal is).
     pub unsafe fn new(ptr: *const u8, size: usize, device_id: u64) -> Result<Self> {
         check_range(ptr, size, "external device memory")?;
         if u32::try_from(device_id).is_err() {
-            return Err(Error::Overflow {
+            return Err(Error::Bounds(BoundsError::Overflow {
                 what: "external device memory's CUDA device id",
-            });
+            }));
         }
         Ok(Self {
             ptr,
@@ -57,10 +57,10 @@ impl ExternalDeviceMemory {
 
 fn check_range(ptr: *const u8, size: usize, what: &'static str) -> Result<()> {
     if size == 0 {
-        return Err(Error::ZeroSize { what });
+        return Err(Error::Bounds(BoundsError::ZeroSize { what }));
     }
     if ptr.is_null() || (ptr as usize).checked_add(size).is_none() {
-        return Err(Error::Overflow { what });
+        return Err(Error::Bounds(BoundsError::Overflow { what }));
     }
     Ok(())
 }
@@ -109,7 +109,7 @@ impl ExternalHostMemory {
     /// [`HostMemory`] is alive.
     ///
     /// # Errors
-    /// [`Error::ZeroSize`] for `size == 0`; [`Error::Overflow`] for a null pointer or a range that
+    /// [`BoundsError::ZeroSize`] for `size == 0`; [`BoundsError::Overflow`] for a null pointer or a range that
     /// wraps the address space.
     pub unsafe fn new(ptr: *mut u8, size: usize) -> Result<Self> {
         check_range(ptr, size, "external host memory")?;
@@ -195,20 +195,20 @@ mod tests {
         unsafe {
             assert!(matches!(
                 ExternalHostMemory::new(std::ptr::null_mut(), 4),
-                Err(Error::Overflow { .. })
+                Err(Error::Bounds(BoundsError::Overflow { .. }))
             ));
             assert!(matches!(
                 ExternalDeviceMemory::new(0x1000 as *const u8, 0, 0),
-                Err(Error::ZeroSize { .. })
+                Err(Error::Bounds(BoundsError::ZeroSize { .. }))
             ));
             assert!(matches!(
                 ExternalDeviceMemory::new(usize::MAX as *const u8, 2, 0),
-                Err(Error::Overflow { .. })
+                Err(Error::Bounds(BoundsError::Overflow { .. }))
             ));
             // No CUDA ordinal exceeds u32: refused rather than reported as another device.
             assert!(matches!(
                 ExternalDeviceMemory::new(0x1000 as *const u8, 2, 1 << 32),
-                Err(Error::Overflow { .. })
+                Err(Error::Bounds(BoundsError::Overflow { .. }))
             ));
         }
         // SAFETY: only described, never dereferenced.

@@ -4,7 +4,7 @@
 use super::plan::TransferPlan;
 use crate::arena::ArenaBuffer;
 use crate::descriptor::{Buffer, MemoryDescriptor};
-use crate::error::{Error, Result};
+use crate::error::{Error, LayoutError, Result};
 use crate::kind::StorageKind;
 use crate::nixl::Registered;
 use crate::storage::DiskStorage;
@@ -17,11 +17,13 @@ impl TransferPlan {
     /// [`DiskStorage`] among the plan's buffers that owns it: it stays open as long as the plan.
     ///
     /// # Errors
-    /// [`Error::InvalidLayout`] when no buffer of the plan owns that file (a foreign storage
+    /// [`LayoutError::Invalid`] when no buffer of the plan owns that file (a foreign storage
     /// that reports a file descriptor it does not own, say).
     pub(crate) fn file(&self, kind: StorageKind) -> Result<BorrowedFd<'_>> {
         let StorageKind::Disk(fd) = kind else {
-            return Err(Error::InvalidLayout(format!("{kind} memory is not a file")));
+            return Err(Error::Layout(LayoutError::Invalid(format!(
+                "{kind} memory is not a file"
+            ))));
         };
         self.buffers()
             .iter()
@@ -29,10 +31,10 @@ impl TransferPlan {
             .find(|d| d.fd().as_raw_fd() as u64 == fd)
             .map(DiskStorage::fd)
             .ok_or_else(|| {
-                Error::InvalidLayout(format!(
+                Error::Layout(LayoutError::Invalid(format!(
                     "file descriptor {fd} belongs to none of the plan's disk storages; disk \
                      regions must be kvmem DiskStorages (or views and registrations of one)"
-                ))
+                )))
             })
     }
 }
@@ -75,11 +77,11 @@ mod tests {
         assert_eq!(plan.file(kind).unwrap().as_raw_fd(), owned);
         assert!(matches!(
             plan.file(StorageKind::Disk(owned as u64 + 1000)),
-            Err(Error::InvalidLayout(_))
+            Err(Error::Layout(LayoutError::Invalid(_)))
         ));
         assert!(matches!(
             plan.file(StorageKind::System),
-            Err(Error::InvalidLayout(_))
+            Err(Error::Layout(LayoutError::Invalid(_)))
         ));
     }
 }

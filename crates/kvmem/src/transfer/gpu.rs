@@ -13,11 +13,12 @@
 
 use super::handle::Work;
 use super::plan::{CopyOp, TransferPath};
+use crate::Completion;
 use crate::cuda::CudaDevice;
 use crate::cuda::batch::{CopyCompletion, CopyMethod, CopyStream, DeviceCopy, Location};
 use crate::cuda::interop::Event;
 use crate::descriptor::MemoryDescriptor;
-use crate::error::{Error, Result};
+use crate::error::{Error, IoError, Result, TransferError, UnsupportedError};
 use crate::host::HostMemory;
 use crate::kind::StorageKind;
 use crate::storage::{PinnedStorage, expect_full, pread_all, pwrite_all};
@@ -111,10 +112,10 @@ impl GpuExecutor {
                         }
                         Task::Staged(work) => {
                             let result = if work.completion.cancelled() {
-                                Err(Error::TransferCancelled {
+                                Err(Error::Transfer(TransferError::Cancelled {
                                     done: 0,
                                     total: work.plan.total_bytes(),
-                                })
+                                }))
                             } else {
                                 run_staged(&shared, &mut bounce, &work, method, bounce_bytes)
                             };
@@ -126,7 +127,7 @@ impl GpuExecutor {
                     completion.complete(result);
                 }
             })
-            .map_err(|source| Error::HostAlloc { size: 0, source })?;
+            .map_err(|source| Error::spawn("CUDA copy worker", source))?;
         Ok(Self {
             streams,
             method,
@@ -250,11 +251,11 @@ fn location(kind: StorageKind) -> Location {
 fn device_of(src: StorageKind, dst: StorageKind) -> Result<u32> {
     src.device_id()
         .or(dst.device_id())
-        .ok_or(Error::UnsupportedTransfer {
+        .ok_or(Error::Unsupported(UnsupportedError::Transfer {
             src,
             dst,
             reason: "the CUDA executor needs device memory at one end",
-        })
+        }))
 }
 
 fn run_staged(
@@ -398,24 +399,28 @@ fn stage_out(buf: &PinnedStorage, slab: &[CopyOp], to: Staged<'_>) -> Result<()>
 
 fn read_exact_at(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> Result<()> {
     let len = buf.len();
-    let done = pread_all(fd, buf, offset).map_err(|source| Error::TransferIo {
-        op: "read",
-        fd: fd.as_raw_fd(),
-        offset,
-        len,
-        source,
+    let done = pread_all(fd, buf, offset).map_err(|source| {
+        Error::Io(IoError::Transfer {
+            op: "read",
+            fd: fd.as_raw_fd(),
+            offset,
+            len,
+            source,
+        })
     })?;
     expect_full("read", offset, len, done)
 }
 
 fn write_all_at(fd: BorrowedFd<'_>, buf: &[u8], offset: u64) -> Result<()> {
     let len = buf.len();
-    let done = pwrite_all(fd, buf, offset).map_err(|source| Error::TransferIo {
-        op: "write",
-        fd: fd.as_raw_fd(),
-        offset,
-        len,
-        source,
+    let done = pwrite_all(fd, buf, offset).map_err(|source| {
+        Error::Io(IoError::Transfer {
+            op: "write",
+            fd: fd.as_raw_fd(),
+            offset,
+            len,
+            source,
+        })
     })?;
     expect_full("write", offset, len, done)
 }
