@@ -47,22 +47,43 @@ done <<<"$list"
 for want in cuda_gpu cuda_no_driver cuda_batch_gpu cuda_transfer_gpu transfer_remote cuda_pinned_alloc plan kvmem; do
     [ -x "$stage/bin/$want" ] || { echo "gpu-build.sh: $want was not built" >&2; exit 1; }
 done
-# The NIXL runtime (UCX and POSIX plugins, the libraries they load, UCX's modules), packed from
-# the venv with its directory structure (the libraries find each other through $ORIGIN rpaths);
-# run.sh unpacks it and points KVMEM_NIXL_LIB_DIR at it. About 10 MiB compressed.
-site=$(ls -d "$PWD"/.venv/lib/python3*/site-packages | head -n1)
-(
-    cd "$site"
-    meson=.nixl_cu12.mesonpy.libs
-    roots=("$meson"/libnixl_capi.so "$meson"/plugins/libplugin_UCX.so "$meson"/plugins/libplugin_POSIX.so nixl_cu12.libs/ucx/*.so*)
-    {
-        LD_LIBRARY_PATH="$site/$meson:$site/nixl_cu12.libs" ldd "${roots[@]}" 2>/dev/null |
-            awk '/=> \// {print $3}' | grep -F "$site/" | xargs -r realpath --relative-to="$site"
-        printf '%s\n' "$meson"/*.so* "${roots[@]}"
-    } | sort -u >"$log.nixl"
-    tar -cJf "$stage/nixl.tar.xz" -T "$log.nixl"
-    rm -f "$log.nixl"
-)
+# The NIXL runtimes (UCX and POSIX plugins, the libraries they load, UCX's modules), packed with
+# their directory structure (the libraries find each other through $ORIGIN rpaths): nixl-cu12 and
+# nixl-cu13 (or only the one KVMEM_NIXL_WHEEL names), as nixl-cu12.tar.xz / nixl-cu13.tar.xz;
+# run.sh unpacks the one that fits the driver (scripts/nixl-runtime.sh) and points
+# KVMEM_NIXL_LIB_DIR at it. About 10 MiB each compressed. A wheel the venv lacks is installed
+# (--no-deps) into target/, never into the venv.
+pack_nixl() {
+    local flavor="$1" site
+    site=$(ls -d "$PWD"/.venv/lib/python3*/site-packages | head -n1)
+    if [ ! -d "$site/.nixl_$flavor.mesonpy.libs" ]; then
+        site="$PWD/target/nixl-$flavor-$KVMEM_NIXL_VERSION"
+        [ -d "$site/.nixl_$flavor.mesonpy.libs" ] ||
+            .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps \
+                --target "$site" "$(kvmem_nixl_requirement "$flavor")"
+    fi
+    # Resolved: ldd prints resolved paths, and .venv may be a link.
+    site=$(realpath "$site")
+    (
+        cd "$site"
+        local meson=".nixl_$flavor.mesonpy.libs" libs="nixl_$flavor.libs"
+        local roots=("$meson"/libnixl_capi.so "$meson"/plugins/libplugin_UCX.so "$meson"/plugins/libplugin_POSIX.so "$libs"/ucx/*.so*)
+        {
+            LD_LIBRARY_PATH="$site/$meson:$site/$libs" ldd "${roots[@]}" 2>/dev/null |
+                awk '/=> \// {print $3}' | grep -F "$site/" | xargs -r realpath --relative-to="$site"
+            printf '%s\n' "$meson"/*.so* "${roots[@]}"
+        } | sort -u >"$log.nixl"
+        tar -cJf "$stage/nixl-$flavor.tar.xz" -T "$log.nixl"
+        rm -f "$log.nixl"
+    )
+}
+if [ -n "${KVMEM_NIXL_WHEEL:-}" ]; then
+    pack_nixl "$(kvmem_nixl_flavor)"
+else
+    pack_nixl cu12
+    pack_nixl cu13
+fi
+cp scripts/nixl-runtime.sh "$stage/nixl-runtime.sh"
 # fio, for `kvmem bench`'s disk comparison (the GPU machine has none and no network): built
 # here once from Debian's source tarball as a static binary (its io_uring engine needs no
 # library), cached under target/.
@@ -86,6 +107,8 @@ git rev-parse HEAD >"$stage/COMMIT" 2>/dev/null || true
 size=$(du -sb "$stage" | cut -f1)
 if [ "$size" -gt "$limit" ]; then
     echo "gpu-build.sh: $stage is $((size >> 20)) MiB, over the $((limit >> 20)) MiB the device tool carries" >&2
+    [ -n "${KVMEM_NIXL_WHEEL:-}" ] || echo "gpu-build.sh: stage one NIXL runtime (about 9 MiB less) with" \
+        "KVMEM_NIXL_WHEEL=nixl-cu13==$KVMEM_NIXL_VERSION (CUDA 13 driver) or nixl-cu12==$KVMEM_NIXL_VERSION" >&2
     exit 1
 fi
 echo "staged in $stage ($((size >> 20)) MiB):"

@@ -28,14 +28,37 @@ summary="$out/summary.txt"
 : >"$summary"
 failed=0
 
-# The NIXL runtime packed by gpu-build.sh (the GPU machine has no network to install it).
-if [ -f "$here/nixl.tar.xz" ]; then
-    rm -rf "$here/nixl-rt" && mkdir -p "$here/nixl-rt" && tar -xJf "$here/nixl.tar.xz" -C "$here/nixl-rt"
-    export KVMEM_NIXL_LIB_DIR="$here/nixl-rt/.nixl_cu12.mesonpy.libs"
+# The NIXL runtime packed by gpu-build.sh (the GPU machine has no network to install it): the
+# wheel built for the driver's CUDA version (nixl-cu13 on a CUDA 13 driver, nixl-cu12 on CUDA 12;
+# KVMEM_NIXL_WHEEL overrides), see nixl-runtime.sh.
+nixl_note="NIXL runtime: none staged"
+# shellcheck source=nixl-runtime.sh
+source "$here/nixl-runtime.sh"
+flavor=$(kvmem_nixl_flavor)
+if [ ! -f "$here/nixl-$flavor.tar.xz" ]; then
+    for f in cu13 cu12; do
+        if [ -f "$here/nixl-$f.tar.xz" ]; then
+            echo "nixl-$flavor not staged; using nixl-$f" >&2
+            flavor=$f
+            break
+        fi
+    done
+fi
+if [ -f "$here/nixl-$flavor.tar.xz" ]; then
+    rm -rf "$here/nixl-rt" && mkdir -p "$here/nixl-rt" && tar -xJf "$here/nixl-$flavor.tar.xz" -C "$here/nixl-rt"
+    export KVMEM_NIXL_LIB_DIR="$here/nixl-rt/.nixl_$flavor.mesonpy.libs"
     export NIXL_PLUGIN_DIR="$KVMEM_NIXL_LIB_DIR/plugins"
     export UCX_MODULES="${UCX_MODULES-^ib}"
-    # No libcudart.so.12 here (CUDA 13): without the cache UCX recognises GPU memory.
-    export UCX_MEMTYPE_CACHE="${UCX_MEMTYPE_CACHE-n}"
+    # UCX's CUDA modules need the wheel's libcudart (so.13 for cu13): from the toolkit or torch's
+    # runtime wheel. Without it the memory-type cache takes GPU memory for host memory: then ask
+    # the driver instead (UCX_MEMTYPE_CACHE=n).
+    cudart=$(kvmem_find_cudart "${flavor#cu}")
+    if [ -n "$cudart" ]; then
+        export LD_LIBRARY_PATH="$cudart${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    else
+        export UCX_MEMTYPE_CACHE="${UCX_MEMTYPE_CACHE-n}"
+    fi
+    nixl_note="NIXL runtime: nixl-$flavor $KVMEM_NIXL_VERSION (driver CUDA $(kvmem_cuda_major)); libcudart.so.${flavor#cu}: ${cudart:-NOT FOUND}; UCX_MEMTYPE_CACHE=${UCX_MEMTYPE_CACHE-unset}"
 fi
 
 # step NAME LOG COMMAND...: runs COMMAND with its output appended to LOG, records the outcome.
@@ -63,6 +86,7 @@ step() {
     grep -E 'MemTotal|MemAvailable|HugePages_|Hugepagesize' /proc/meminfo
     echo "NUMA nodes: $(ls -d /sys/devices/system/node/node* 2>/dev/null | xargs -n1 basename | tr '\n' ' ')"
     echo "memlock limit: $(ulimit -l)"
+    echo "$nixl_note"
     echo "== kvmem info"
     "$bin/kvmem" info
 } >"$out/machine.txt" 2>&1
