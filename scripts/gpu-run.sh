@@ -7,7 +7,11 @@
 #   4. the pinned-allocation benchmark (with 2 MiB hugetlb pages reserved for its hugetlb row),
 #      unless KVMEM_SKIP_ALLOC_BENCH=1;
 #   5. `kvmem bench` over every path (GPU ones included) with the default (auto) GPU method, and
-#      the GPU paths again with each method forced, for the method comparison.
+#      the GPU paths again with each method forced, for the method comparison; then
+#      `kvmem bench --preset vllm` (gather/scatter, 16 and 32 KiB chunks) once per method (also
+#      in the quick run), tables in kvbench.log, outputs in kvbench.tgz (kvbench/vllm-METHOD);
+#   6. the Python package's GPU tests and bench_gpu.py (kvmem vs torch on the same vllm points)
+#      into pybench.json.
 # KVMEM_GPU_QUICK=1 keeps to what a transfer-engine change needs: the copy-stream and transfer
 # GPU tests, memcheck of the transfer tests, the planner benchmark, `kvmem bench` over every
 # path once and the GPU paths twice more (run-to-run variance), no per-method runs. The full run
@@ -181,6 +185,15 @@ if [ "$quick" != 1 ]; then
     done
     runs="$runs batched kernel per-copy"
 fi
+# The engines' patterns (issue 12): `--preset vllm` (32 layers x k/v, 16 and 32 KiB chunks,
+# layer-separate on the GPU, contiguous pinned on the host, 1 GiB per transfer), gather (the
+# offload) and scatter (the onboard), once per GPU method, each point byte-checked and against
+# one DMA copy of the same bytes; the tables show submit CPU time per chunk. About 10-20 s each.
+for m in auto batched kernel per-copy; do
+    step "kvmem bench (vllm preset, $m)" "$out/kvbench.log" "$bin/kvmem" bench --preset vllm \
+        --gpu-method "$m" --iterations 10 --out-dir "$kv/vllm-$m"
+done
+runs="$runs vllm-auto vllm-batched vllm-kernel vllm-per-copy"
 cp "$kv/auto/bench.json" "$out/kvbench.json" 2>/dev/null
 cp "$kv/auto/bench.svg" "$out/kvbench.svg" 2>/dev/null
 cp "$kv/auto/bench.png" "$out/kvbench.png" 2>/dev/null
@@ -197,6 +210,8 @@ if [ -d "$here/py/wheels" ]; then
         --target "$here/pylib" "$here"/py/wheels/kvmem-*.whl
     step "pytest kvmem (gpu)" "$out/python.log" env PYTHONPATH="$here/pylib" KVMEM_GPU_TESTS=1 \
         python3 -m pytest -q -rs -p no:cacheprovider "$here/py/tests"
+    # kvmem vs plain torch (index_select + copy; copy + index_copy_) on the vllm preset's gather
+    # and scatter points (pybench.json: vllm_points), then the older 256-block comparison.
     step "kvmem python bench" "$out/python.log" env PYTHONPATH="$here/pylib" \
         python3 "$here/py/bench/bench_gpu.py" --json "$out/pybench.json"
 fi
