@@ -16,6 +16,9 @@
 //! 3. NIXL's own install prefix, `$NIXL_PREFIX` or `/opt/nvidia/nvda_nixl`;
 //! 4. the dynamic loader's search path (`LD_LIBRARY_PATH`, `ld.so.cache`).
 
+// This module loads the NIXL runtime library: unsafe code is allowed here (denied at the crate root).
+#![allow(unsafe_code)]
+
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

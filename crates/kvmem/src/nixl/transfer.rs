@@ -26,6 +26,9 @@
 //! A transfer may carry a notification: NIXL delivers it to the peer once the data has landed
 //! there, and the peer receives it through [`Agent::wait_notification`] and friends.
 
+// This module owns NIXL transfer requests over raw memory: unsafe code is allowed here (denied at the crate root).
+#![allow(unsafe_code)]
+
 use super::MemType;
 use super::agent::{Agent, lock};
 use super::peer::Peer;

@@ -1,9 +1,11 @@
+// This module owns a raw device allocation: unsafe code is allowed here (denied at the crate root).
+#![allow(unsafe_code)]
 use crate::cuda::{CudaDevice, driver};
 use crate::descriptor::MemoryDescriptor;
 use crate::error::{Error, Result};
 use crate::kind::StorageKind;
 use crate::nixl::{MemType, NixlCompatible, NixlDescriptor};
-use cudarc::driver::{result, sys};
+use cudarc::driver::result;
 use std::any::Any;
 use std::fmt;
 
@@ -12,7 +14,7 @@ use std::fmt;
 /// The CPU cannot read it directly; move data in and out with the
 /// [`cuda`](crate::cuda) copy helpers or a transfer engine. Its contents start undefined.
 pub struct DeviceStorage {
-    ptr: sys::CUdeviceptr,
+    ptr: u64,
     size: usize,
     device: CudaDevice,
 }

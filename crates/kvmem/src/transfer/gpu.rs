@@ -11,6 +11,9 @@
 //! a worker thread waits for them (and runs staged transfers) in submission order, reports every
 //! failure through the handle, and releases a transfer's memory only after its copies finished.
 
+// This module enqueues device copies over raw addresses and reads files into pinned memory: unsafe code is allowed here (denied at the crate root).
+#![allow(unsafe_code)]
+
 use super::handle::Work;
 use super::plan::{CopyOp, TransferPath};
 use crate::cuda::CudaDevice;

@@ -1,6 +1,9 @@
 //! Host ↔ disk transfers through `io_uring`: `O_DIRECT` reads and writes kept at a fixed queue
 //! depth by one worker thread that owns the ring.
 
+// This module submits io_uring requests over raw buffers: unsafe code is allowed here (denied at the crate root).
+#![allow(unsafe_code)]
+
 use super::handle::Work;
 use super::plan::{TransferPath, TransferPlan};
 use crate::error::{Error, Result};
