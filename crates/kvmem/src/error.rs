@@ -71,6 +71,19 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A worker thread could not be started.
+    #[error(
+        "could not start the {name} thread: {source}; the process may be at its thread or memory \
+         limit (ulimit -u, the cgroup's pids.max): end idle threads or raise the limit"
+    )]
+    ThreadSpawn {
+        /// The thread's name.
+        name: &'static str,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+
     /// A file-system operation failed.
     #[error("could not {op} {}: {source}", path.display())]
     Io {

@@ -41,6 +41,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod arena;
+mod backoff;
 pub mod cuda;
 pub mod descriptor;
 pub mod error;

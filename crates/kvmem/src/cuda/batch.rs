@@ -17,6 +17,7 @@
 
 use super::CudaDevice;
 use super::driver::{self, DeferredErrors};
+use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 use cudarc::driver::{CudaEvent, CudaFunction, CudaStream, result};
 use cudarc::nvrtc::Ptx;
@@ -579,6 +580,7 @@ impl CopyCompletion {
     /// [`Error::Cuda`] if a copy failed.
     pub fn wait_timeout(&mut self, timeout: Duration) -> Result<bool> {
         let deadline = Instant::now() + timeout;
+        let mut backoff = Backoff::new();
         loop {
             if self.is_done()? {
                 return Ok(true);
@@ -586,7 +588,7 @@ impl CopyCompletion {
             if Instant::now() >= deadline {
                 return Ok(false);
             }
-            std::thread::sleep(Duration::from_micros(20));
+            backoff.snooze();
         }
     }
 

@@ -88,14 +88,8 @@ where
     check_device_range(OP, &dst_device, dst.addr(), dst.size())?;
     dst_device.bind()?;
     // SAFETY: both ranges were checked to lie inside device allocations the driver knows.
-    unsafe {
-        result::memcpy_dtod_sync(
-            dst.addr() as u64,
-            src.addr() as u64,
-            src.size(),
-        )
-    }
-    .map_err(|e| driver::error(OP, e))?;
+    unsafe { result::memcpy_dtod_sync(dst.addr() as u64, src.addr() as u64, src.size()) }
+        .map_err(|e| driver::error(OP, e))?;
     finish(OP)
 }
 

@@ -330,10 +330,7 @@ pub(crate) unsafe fn memcpy_batch_async(
 ///
 /// # Safety
 /// The range must be mapped host memory that stays mapped until it is unregistered.
-pub(crate) unsafe fn host_register(
-    ptr: usize,
-    len: usize,
-) -> std::result::Result<(), DriverError> {
+pub(crate) unsafe fn host_register(ptr: usize, len: usize) -> std::result::Result<(), DriverError> {
     // SAFETY: forwarded to the caller.
     unsafe { sys::cuMemHostRegister_v2(ptr as *mut c_void, len, REGISTER_FLAGS) }.result()
 }

@@ -133,9 +133,9 @@ impl HostRegistration {
         for (start, _) in std::mem::take(&mut self.chunks) {
             // SAFETY: `start` was registered by `new` and has not been unregistered since.
             let status = unsafe { driver::host_unregister(start) };
-            if let Err(e) = status.map_err(|e| {
-                driver::error("unregister host memory (cuMemHostUnregister)", e)
-            }) {
+            if let Err(e) =
+                status.map_err(|e| driver::error("unregister host memory (cuMemHostUnregister)", e))
+            {
                 first_error.get_or_insert(e);
             }
         }

@@ -775,6 +775,13 @@ impl Transfer {
     /// cancel); [`Error::TransferFailed`] as for [`poll`](Self::poll).
     pub fn wait(&mut self, timeout: Duration) -> Result<()> {
         let start = Instant::now();
+        // Without NIXL's progress thread, each poll is what moves the data: keep polling. With
+        // it, back off to short sleeps once the transfer turns out to be a long one.
+        let mut backoff = if self.agent.config().progress_thread {
+            crate::backoff::Backoff::new()
+        } else {
+            crate::backoff::Backoff::busy()
+        };
         loop {
             if self.poll()? {
                 return Ok(());
@@ -786,13 +793,7 @@ impl Transfer {
                     waited,
                 });
             }
-            // Without NIXL's progress thread, each poll is what moves the data: keep polling.
-            // With it, back off to short sleeps once the transfer turns out to be a long one.
-            if waited < Duration::from_millis(2) || !self.agent.config().progress_thread {
-                std::thread::yield_now();
-            } else {
-                std::thread::sleep(Duration::from_micros(50));
-            }
+            backoff.snooze();
         }
     }
 

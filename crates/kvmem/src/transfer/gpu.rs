@@ -4,38 +4,46 @@
 //!   [`CopyStream`] (batched DMA or the copy kernel, chosen per transfer by size); a waiter thread
 //!   waits for the stream's event, then releases the plan and completes the handle;
 //! - pageable host ↔ device and disk ↔ device: through two pinned bounce buffers per device,
-//!   pipelined — while the GPU moves one buffer, the CPU (memcpy) or the disk (`pread`/`pwrite`)
-//!   works on the other.
+//!   pipelined — while the GPU moves one buffer, the CPU (memcpy) or the disk works on the
+//!   other. Disk I/O goes through the engine's disk backend ([`DiskLane`]: `io_uring` or NIXL
+//!   POSIX, at the configured queue depth and request size), as a host ↔ disk plan between the
+//!   file and the bounce buffer.
 //!
 //! Direct copies are enqueued at submission, on the caller's thread, so the GPU starts at once;
-//! a worker thread waits for them (and runs staged transfers) in submission order, reports every
-//! failure through the handle, and releases a transfer's memory only after its copies finished.
+//! a [`Worker`] thread waits for them (and runs staged transfers) in submission order, reports
+//! every failure through the handle, and releases a transfer's memory only after its copies
+//! finished.
 
 // This module enqueues device copies over raw addresses and reads files into pinned memory: unsafe code is allowed here (denied at the crate root).
 #![allow(unsafe_code)]
 
+use super::disk::DiskLane;
 use super::handle::Work;
-use super::plan::{CopyOp, TransferPath};
+use super::plan::{CopyOp, TransferPath, TransferPlan};
+use super::worker::{Backend, Health, Worker};
 use crate::cuda::CudaDevice;
 use crate::cuda::batch::{CopyCompletion, CopyMethod, CopyStream, DeviceCopy, Location};
-use crate::descriptor::MemoryDescriptor;
+use crate::descriptor::{Buffer, MemoryDescriptor};
 use crate::error::{Error, Result};
-use crate::host::HostMemory;
 use crate::kind::StorageKind;
-use crate::storage::{PinnedStorage, expect_full, pread_all, pwrite_all};
+use crate::storage::PinnedStorage;
 use std::collections::HashMap;
-use std::sync::mpsc;
+use std::sync::Arc;
 
 /// Default size of each of the two bounce buffers per device.
 pub const DEFAULT_BOUNCE_BYTES: usize = 16 << 20;
 
 /// Where the non-device side of a staged transfer lives.
 #[derive(Clone, Copy)]
-enum Staged {
+enum Staged<'a> {
     /// Pageable host memory, copied with memcpy.
     Memory,
-    /// A file (descriptor), read or written with `pread`/`pwrite`.
-    File(i32),
+    /// A file, read or written through the disk backend; the plan is the transfer's own, whose
+    /// buffers (the file among them) the staging plans keep alive too.
+    File {
+        kind: StorageKind,
+        plan: &'a TransferPlan,
+    },
 }
 
 /// What the worker thread does with a transfer.
@@ -72,66 +80,86 @@ impl Streams {
 }
 
 /// Runs GPU transfers: direct ones are enqueued at submission, staged ones on a worker thread,
-/// which also waits for completions and reports them, in submission order.
+/// which also waits for completions and reports them, in submission order. Dropping it waits
+/// for every queued transfer.
 pub(crate) struct GpuExecutor {
-    streams: std::sync::Arc<Streams>,
+    streams: Arc<Streams>,
     method: CopyMethod,
-    tx: Option<mpsc::Sender<Task>>,
-    worker: Option<std::thread::JoinHandle<()>>,
+    worker: Worker<Task>,
+}
+
+/// The worker's backend: the streams, the bounce buffers per device, and the way to the disk.
+struct Staging {
+    streams: Arc<Streams>,
+    bounce: HashMap<u32, [Buffer; 2]>,
+    method: CopyMethod,
+    bounce_bytes: usize,
+    disk: Arc<DiskLane>,
+}
+
+impl Backend for Staging {
+    type Job = Task;
+
+    fn run(&mut self, task: Task) -> Health {
+        let (work, result) = match task {
+            Task::Enqueued {
+                work,
+                completions,
+                error,
+            } => {
+                // Wait for everything enqueued, even after an error: the memory must not be
+                // released while the GPU still uses it.
+                let mut result = error.map_or(Ok(()), Err);
+                for c in completions {
+                    let r = c.wait();
+                    if result.is_ok() {
+                        result = r;
+                    }
+                }
+                (work, result)
+            }
+            Task::Staged(work) => {
+                let result = if work.completion.cancelled() {
+                    Err(Error::TransferCancelled {
+                        done: 0,
+                        total: work.plan.total_bytes(),
+                    })
+                } else {
+                    run_staged(self, &work)
+                };
+                (work, result)
+            }
+        };
+        let Work { plan, completion } = work;
+        drop(plan);
+        completion.complete(result);
+        Health::Ok
+    }
 }
 
 impl GpuExecutor {
-    pub(crate) fn start(method: CopyMethod, bounce_bytes: usize) -> Result<Self> {
+    pub(crate) fn start(
+        method: CopyMethod,
+        bounce_bytes: usize,
+        disk: Arc<DiskLane>,
+    ) -> Result<Self> {
         // Fail before any transfer is accepted when there is no driver.
         crate::cuda::load_driver()?;
-        let streams = std::sync::Arc::new(Streams::default());
-        let (tx, rx) = mpsc::channel::<Task>();
-        let shared = std::sync::Arc::clone(&streams);
-        let worker = std::thread::Builder::new()
-            .name("kvmem-gpu".into())
-            .spawn(move || {
-                let mut bounce: HashMap<u32, [PinnedStorage; 2]> = HashMap::new();
-                for task in rx {
-                    let (work, result) = match task {
-                        Task::Enqueued {
-                            work,
-                            completions,
-                            error,
-                        } => {
-                            // Wait for everything enqueued, even after an error: the memory must
-                            // not be released while the GPU still uses it.
-                            let mut result = error.map_or(Ok(()), Err);
-                            for c in completions {
-                                let r = c.wait();
-                                if result.is_ok() {
-                                    result = r;
-                                }
-                            }
-                            (work, result)
-                        }
-                        Task::Staged(work) => {
-                            let result = if work.completion.cancelled() {
-                                Err(Error::TransferCancelled {
-                                    done: 0,
-                                    total: work.plan.total_bytes(),
-                                })
-                            } else {
-                                run_staged(&shared, &mut bounce, &work, method, bounce_bytes)
-                            };
-                            (work, result)
-                        }
-                    };
-                    let Work { plan, completion } = work;
-                    drop(plan);
-                    completion.complete(result);
-                }
+        let streams = Arc::new(Streams::default());
+        let shared = Arc::clone(&streams);
+        let worker = Worker::start("kvmem-gpu", move || {
+            Ok(Staging {
+                streams: Arc::clone(&shared),
+                bounce: HashMap::new(),
+                method,
+                bounce_bytes,
+                disk: Arc::clone(&disk),
             })
-            .map_err(|source| Error::HostAlloc { size: 0, source })?;
+        })?;
         Ok(Self {
             streams,
             method,
-            tx: Some(tx),
-            worker: Some(worker),
+            worker,
         })
     }
 
@@ -161,10 +189,10 @@ impl GpuExecutor {
         } else {
             Task::Staged(work)
         };
-        if let Some(tx) = &self.tx {
-            // A send fails only if the worker died; the returned task then drops its
-            // completions (which wait) and its Work (which reports `TransferAborted`).
-            let _ = tx.send(task);
+        // A submit fails only if the worker died; the returned task then drops its completions
+        // (which wait) and its Work (which reports `TransferAborted`).
+        if let Err(task) = self.worker.submit(task) {
+            drop(task);
         }
     }
 
@@ -180,17 +208,6 @@ impl GpuExecutor {
         // travels with the completion to the worker, which drops it only after waiting; pinned
         // memory is device-mapped; destinations are pairwise disjoint and disjoint from sources.
         unsafe { stream.copy_async(&copies, self.method, location(src), location(dst)) }
-    }
-}
-
-impl Drop for GpuExecutor {
-    fn drop(&mut self) {
-        // Close the queue and let the worker finish what it has: it owns the memory of every
-        // queued transfer until its copies are done.
-        self.tx.take();
-        if let Some(w) = self.worker.take() {
-            let _ = w.join();
-        }
     }
 }
 
@@ -216,40 +233,37 @@ fn device_of(src: StorageKind, dst: StorageKind) -> Result<u32> {
         })
 }
 
-fn run_staged(
-    streams: &Streams,
-    bounce: &mut HashMap<u32, [PinnedStorage; 2]>,
-    work: &Work,
-    method: CopyMethod,
-    bounce_bytes: usize,
-) -> Result<()> {
+fn run_staged(staging: &mut Staging, work: &Work) -> Result<()> {
+    let (method, bounce_bytes) = (staging.method, staging.bounce_bytes);
     for batch in work.plan.batches() {
         let (src, dst) = (batch.src_kind, batch.dst_kind);
         let ordinal = device_of(src, dst)?;
-        let stream = streams.get(ordinal)?;
-        let bufs = match bounce.entry(ordinal) {
+        let stream = staging.streams.get(ordinal)?;
+        let bufs = match staging.bounce.entry(ordinal) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
                 let gpu = stream.device().clone();
                 e.insert([
-                    PinnedStorage::new(&gpu, bounce_bytes)?,
-                    PinnedStorage::new(&gpu, bounce_bytes)?,
+                    Buffer::new(PinnedStorage::new(&gpu, bounce_bytes)?),
+                    Buffer::new(PinnedStorage::new(&gpu, bounce_bytes)?),
                 ])
             }
         };
-        let staged = |kind: StorageKind| -> Result<Staged> {
-            match kind {
-                StorageKind::Disk(fd) => Ok(Staged::File(raw_fd(fd)?)),
-                _ => Ok(Staged::Memory),
-            }
+        let staged = |kind: StorageKind| match kind {
+            StorageKind::Disk(_) => Staged::File {
+                kind,
+                plan: &work.plan,
+            },
+            _ => Staged::Memory,
         };
+        let disk = &*staging.disk;
         match (src, dst) {
             (StorageKind::System | StorageKind::Disk(_), StorageKind::Device(_)) => {
                 staged_to_device(
                     &stream,
                     bufs,
                     &batch.ops,
-                    staged(src)?,
+                    (staged(src), disk),
                     method,
                     bounce_bytes,
                 )?
@@ -259,7 +273,7 @@ fn run_staged(
                     &stream,
                     bufs,
                     &batch.ops,
-                    staged(dst)?,
+                    (staged(dst), disk),
                     method,
                     bounce_bytes,
                 )?
@@ -274,12 +288,6 @@ fn run_staged(
         }
     }
     Ok(())
-}
-
-fn raw_fd(fd: u64) -> Result<i32> {
-    i32::try_from(fd).map_err(|_| Error::Overflow {
-        what: "file descriptor",
-    })
 }
 
 fn device_copy(op: &CopyOp) -> DeviceCopy {
@@ -322,74 +330,108 @@ fn slabs(ops: &[CopyOp], max: usize) -> Vec<Vec<CopyOp>> {
 }
 
 /// Fills `buf` from the staged side of `slab`, packed in order.
-fn stage_in(buf: &mut PinnedStorage, slab: &[CopyOp], from: Staged) -> Result<()> {
-    let mut off = 0;
-    let dst = buf.as_mut_slice();
-    for op in slab {
-        let piece = &mut dst[off..off + op.len];
-        match from {
-            Staged::Memory => {
-                // SAFETY: `op.src..+len` lies in a host buffer the plan validated and keeps alive;
-                // nothing writes it during the transfer (the engine's contract).
-                let src = unsafe { std::slice::from_raw_parts(op.src as *const u8, op.len) };
-                piece.copy_from_slice(src);
+fn stage_in(buf: &Buffer, slab: &[CopyOp], (from, disk): (Staged<'_>, &DiskLane)) -> Result<()> {
+    match from {
+        Staged::Memory => {
+            let mut off = 0;
+            for op in slab {
+                // SAFETY: `op.src..+len` lies in a host buffer the plan validated and keeps
+                // alive; nothing writes it during the transfer (the engine's contract). The
+                // bounce buffer holds at least the slab's bytes (`slabs` packs at most its size)
+                // and nothing else uses it now: its last device copy and staging plan have
+                // finished.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        op.src as *const u8,
+                        (buf.addr() + off) as *mut u8,
+                        op.len,
+                    );
+                }
+                off += op.len;
             }
-            Staged::File(fd) => read_exact_at(fd, piece, op.src as u64)?,
+            Ok(())
         }
-        off += op.len;
+        Staged::File { kind, plan } => {
+            let ops = packed(slab, buf.addr(), |op| op.src, false);
+            stage_through_disk(disk, kind, buf, ops, plan, false)
+        }
     }
-    Ok(())
 }
 
 /// Writes the packed contents of `buf` out to the staged side of `slab`.
-fn stage_out(buf: &PinnedStorage, slab: &[CopyOp], to: Staged) -> Result<()> {
-    let mut off = 0;
-    let src = buf.as_slice();
-    for op in slab {
-        let piece = &src[off..off + op.len];
-        match to {
-            Staged::Memory => {
+fn stage_out(buf: &Buffer, slab: &[CopyOp], (to, disk): (Staged<'_>, &DiskLane)) -> Result<()> {
+    match to {
+        Staged::Memory => {
+            let mut off = 0;
+            for op in slab {
                 // SAFETY: `op.dst..+len` lies in a host buffer the plan validated and keeps
                 // alive; this transfer is its only writer and its ranges are pairwise disjoint.
-                let dst = unsafe { std::slice::from_raw_parts_mut(op.dst as *mut u8, op.len) };
-                dst.copy_from_slice(piece);
+                // The bounce buffer's bytes were written by a device copy that has finished.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        (buf.addr() + off) as *const u8,
+                        op.dst as *mut u8,
+                        op.len,
+                    );
+                }
+                off += op.len;
             }
-            Staged::File(fd) => write_all_at(fd, piece, op.dst as u64)?,
+            Ok(())
         }
-        off += op.len;
+        Staged::File { kind, plan } => {
+            let ops = packed(slab, buf.addr(), |op| op.dst, true);
+            stage_through_disk(disk, kind, buf, ops, plan, true)
+        }
     }
-    Ok(())
 }
 
-fn with_fd<T>(fd: i32, f: impl FnOnce(rustix::fd::BorrowedFd<'_>) -> T) -> T {
-    // SAFETY: the descriptor belongs to a `DiskStorage` the plan keeps alive (open) for the whole
-    // transfer; it is only borrowed for this call.
-    let fd = unsafe { rustix::fd::BorrowedFd::borrow_raw(fd) };
-    f(fd)
+/// The copies between the file side of `slab` (offsets picked by `file`) and the slab packed
+/// into a bounce buffer at `base`: bounce → file when `to_file`, else file → bounce.
+fn packed(
+    slab: &[CopyOp],
+    base: usize,
+    file: impl Fn(&CopyOp) -> usize,
+    to_file: bool,
+) -> Vec<CopyOp> {
+    let mut off = 0;
+    slab.iter()
+        .map(|op| {
+            let staged = base + off;
+            off += op.len;
+            let (src, dst) = if to_file {
+                (staged, file(op))
+            } else {
+                (file(op), staged)
+            };
+            CopyOp {
+                src,
+                dst,
+                len: op.len,
+            }
+        })
+        .collect()
 }
 
-fn read_exact_at(fd: i32, buf: &mut [u8], offset: u64) -> Result<()> {
-    let len = buf.len();
-    let done = with_fd(fd, |f| pread_all(f, buf, offset)).map_err(|source| Error::TransferIo {
-        op: "read",
-        fd,
-        offset,
-        len,
-        source,
-    })?;
-    expect_full("read", offset, len, done)
-}
-
-fn write_all_at(fd: i32, buf: &[u8], offset: u64) -> Result<()> {
-    let len = buf.len();
-    let done = with_fd(fd, |f| pwrite_all(f, buf, offset)).map_err(|source| Error::TransferIo {
-        op: "write",
-        fd,
-        offset,
-        len,
-        source,
-    })?;
-    expect_full("write", offset, len, done)
+/// Runs `ops` between the file of `disk_kind` and the bounce buffer as one host ↔ disk plan on
+/// the engine's disk backend, and waits for it. The plan keeps the bounce buffer and every
+/// buffer of the transfer's own `plan` (the file among them) alive.
+fn stage_through_disk(
+    disk: &DiskLane,
+    disk_kind: StorageKind,
+    bounce: &Buffer,
+    ops: Vec<CopyOp>,
+    plan: &TransferPlan,
+    to_file: bool,
+) -> Result<()> {
+    let mut keep_alive = plan.buffers().to_vec();
+    keep_alive.push(bounce.clone());
+    let kinds = if to_file {
+        (bounce.storage_kind(), disk_kind)
+    } else {
+        (disk_kind, bounce.storage_kind())
+    };
+    let staging = TransferPlan::copies(kinds, ops, keep_alive)?;
+    disk.submit(staging)?.wait().map(|_| ())
 }
 
 /// The device copies moving a packed bounce buffer at `base` to (or from) the slab's device side.
@@ -420,9 +462,9 @@ fn bounce_copies(slab: &[CopyOp], base: u64, to_device: bool) -> Vec<DeviceCopy>
 /// the other.
 fn staged_to_device(
     stream: &CopyStream,
-    bufs: &mut [PinnedStorage; 2],
+    bufs: &[Buffer; 2],
     ops: &[CopyOp],
-    from: Staged,
+    from: (Staged<'_>, &DiskLane),
     method: CopyMethod,
     bounce_bytes: usize,
 ) -> Result<()> {
@@ -433,7 +475,7 @@ fn staged_to_device(
         if let Some(c) = pending[k].take() {
             c.wait()?;
         }
-        stage_in(&mut bufs[k], slab, from)?;
+        stage_in(&bufs[k], slab, from)?;
         let copies = bounce_copies(slab, bufs[k].addr() as u64, true);
         // SAFETY: sources are the bounce buffer (pinned, device-mapped, owned by this executor
         // and not touched again until this completion is waited for); destinations are device
@@ -452,9 +494,9 @@ fn staged_to_device(
 /// the other.
 fn staged_from_device(
     stream: &CopyStream,
-    bufs: &mut [PinnedStorage; 2],
+    bufs: &[Buffer; 2],
     ops: &[CopyOp],
-    to: Staged,
+    to: (Staged<'_>, &DiskLane),
     method: CopyMethod,
     bounce_bytes: usize,
 ) -> Result<()> {

@@ -42,9 +42,9 @@ impl HostExecutor {
             .num_threads(tuning.threads)
             .thread_name(|i| format!("kvmem-copy-{i}"))
             .build()
-            .map_err(|e| Error::HostAlloc {
-                size: 0,
-                source: std::io::Error::other(format!("could not start copy threads: {e}")),
+            .map_err(|e| Error::ThreadSpawn {
+                name: "kvmem-copy",
+                source: std::io::Error::other(e.to_string()),
             })?;
         Ok(Self { pool, tuning })
     }

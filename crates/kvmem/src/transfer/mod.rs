@@ -29,6 +29,7 @@
 //! half: every buffer a transfer touches stays allocated until the transfer has stopped, even if
 //! the handle is dropped.
 
+mod disk;
 mod gpu;
 mod handle;
 mod host;
@@ -36,6 +37,7 @@ mod nixl_posix;
 mod plan;
 mod remote;
 mod uring;
+mod worker;
 
 pub use handle::{TransferHandle, TransferStats};
 pub use plan::{CopyBatch, CopyOp, TransferPath, TransferPlan};
@@ -46,13 +48,12 @@ use crate::descriptor::Buffer;
 use crate::error::{Error, Result};
 use crate::layout::BlockLayout;
 use crate::nixl::TransferOp;
+use disk::{DiskLane, DiskQueue};
 pub use gpu::DEFAULT_BOUNCE_BYTES;
 use gpu::GpuExecutor;
 use host::HostExecutor;
-use nixl_posix::{NixlPosixExecutor, PosixConfig};
 use remote::{Flight, RemotePoller};
-use std::sync::Mutex;
-use uring::{UringConfig, UringExecutor};
+use std::sync::{Arc, Mutex};
 
 /// How host ↔ disk transfers reach the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -88,34 +89,6 @@ impl DiskBackend {
 impl std::fmt::Display for DiskBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
-    }
-}
-
-/// The running executor of the configured [`DiskBackend`].
-enum DiskExecutor {
-    IoUring(UringExecutor),
-    NixlPosix(NixlPosixExecutor),
-}
-
-impl DiskExecutor {
-    fn start(config: &EngineConfig) -> Result<Self> {
-        Ok(match config.disk_backend {
-            DiskBackend::IoUring => Self::IoUring(UringExecutor::start(UringConfig {
-                queue_depth: config.queue_depth,
-                max_io_bytes: config.max_io_bytes,
-            })?),
-            DiskBackend::NixlPosix => Self::NixlPosix(NixlPosixExecutor::start(PosixConfig {
-                queue_depth: config.queue_depth,
-                max_io_bytes: config.max_io_bytes,
-            })?),
-        })
-    }
-
-    fn submit(&self, work: handle::Work) {
-        match self {
-            Self::IoUring(e) => e.submit(work),
-            Self::NixlPosix(e) => e.submit(work),
-        }
     }
 }
 
@@ -182,7 +155,8 @@ impl Default for EngineConfig {
 pub struct TransferEngine {
     config: EngineConfig,
     host: HostExecutor,
-    disk: Mutex<Option<DiskExecutor>>,
+    /// Shared with the GPU executor, which stages disk ↔ device transfers through it.
+    disk: Arc<DiskLane>,
     gpu: Mutex<Option<GpuExecutor>>,
     remote: Mutex<Option<RemotePoller>>,
 }
@@ -220,7 +194,7 @@ impl TransferEngine {
     /// An engine with `config`. The disk backend starts on the first disk transfer.
     ///
     /// # Errors
-    /// [`Error::HostAlloc`] when the copy threads cannot be started.
+    /// [`Error::ThreadSpawn`] when the copy threads cannot be started.
     pub fn new(config: EngineConfig) -> Result<Self> {
         let host = HostExecutor::new(host::Tuning {
             threads: config.host_threads,
@@ -230,7 +204,13 @@ impl TransferEngine {
         Ok(Self {
             config,
             host,
-            disk: Mutex::new(None),
+            disk: Arc::new(DiskLane::new(
+                config.disk_backend,
+                DiskQueue {
+                    queue_depth: config.queue_depth,
+                    max_io_bytes: config.max_io_bytes,
+                },
+            )),
             gpu: Mutex::new(None),
             remote: Mutex::new(None),
         })
@@ -415,6 +395,7 @@ impl TransferEngine {
                 empty => empty.insert(GpuExecutor::start(
                     self.config.gpu_method,
                     self.config.bounce_bytes,
+                    Arc::clone(&self.disk),
                 )?),
             };
             let (handle, work) = TransferHandle::new(plan);
@@ -426,14 +407,7 @@ impl TransferEngine {
             self.host.submit(work);
             return Ok(handle);
         }
-        let mut disk = self.disk.lock().unwrap_or_else(|e| e.into_inner());
-        let executor = match &mut *disk {
-            Some(executor) => executor,
-            empty => empty.insert(DiskExecutor::start(&self.config)?),
-        };
-        let (handle, work) = TransferHandle::new(plan);
-        executor.submit(work);
-        Ok(handle)
+        self.disk.submit(plan)
     }
 }
 

@@ -1,0 +1,78 @@
+//! The disk side of the engine: the queue settings both disk backends share, the running
+//! backend, and the lane through which host ↔ disk transfers (and the GPU executor's disk
+//! staging) reach it.
+
+use super::DiskBackend;
+use super::handle::{TransferHandle, Work};
+use super::nixl_posix::NixlPosixExecutor;
+use super::plan::TransferPlan;
+use super::uring::UringExecutor;
+use crate::error::Result;
+use std::sync::Mutex;
+
+/// How a disk backend queues I/O: the same two settings for `io_uring` and NIXL POSIX.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DiskQueue {
+    /// Requests kept in flight.
+    pub(crate) queue_depth: u32,
+    /// Largest single request in bytes; longer copies are split.
+    pub(crate) max_io_bytes: usize,
+}
+
+/// The running executor of the configured [`DiskBackend`].
+enum DiskExecutor {
+    IoUring(UringExecutor),
+    NixlPosix(NixlPosixExecutor),
+}
+
+impl DiskExecutor {
+    fn start(backend: DiskBackend, queue: DiskQueue) -> Result<Self> {
+        Ok(match backend {
+            DiskBackend::IoUring => Self::IoUring(UringExecutor::start(queue)?),
+            DiskBackend::NixlPosix => Self::NixlPosix(NixlPosixExecutor::start(queue)?),
+        })
+    }
+
+    fn submit(&self, work: Work) {
+        match self {
+            Self::IoUring(e) => e.submit(work),
+            Self::NixlPosix(e) => e.submit(work),
+        }
+    }
+}
+
+/// The engine's way to the disk: starts the chosen backend on first use and hands it every
+/// host ↔ disk plan, from the engine and from the GPU executor's staging alike, so that all disk
+/// I/O runs through one backend at its configured queue depth.
+pub(crate) struct DiskLane {
+    backend: DiskBackend,
+    queue: DiskQueue,
+    executor: Mutex<Option<DiskExecutor>>,
+}
+
+impl DiskLane {
+    /// A lane for `backend`; nothing starts until the first transfer.
+    pub(crate) fn new(backend: DiskBackend, queue: DiskQueue) -> Self {
+        Self {
+            backend,
+            queue,
+            executor: Mutex::new(None),
+        }
+    }
+
+    /// Starts `plan` (a host ↔ disk plan) on the backend, starting the backend first if needed.
+    ///
+    /// # Errors
+    /// The backend's start errors ([`Error::DiskBackendUnavailable`](crate::Error::DiskBackendUnavailable),
+    /// NIXL's); nothing has moved then.
+    pub(crate) fn submit(&self, plan: TransferPlan) -> Result<TransferHandle> {
+        let mut executor = self.executor.lock().unwrap_or_else(|e| e.into_inner());
+        let executor = match &mut *executor {
+            Some(executor) => executor,
+            empty => empty.insert(DiskExecutor::start(self.backend, self.queue)?),
+        };
+        let (handle, work) = TransferHandle::new(plan);
+        executor.submit(work);
+        Ok(handle)
+    }
+}
