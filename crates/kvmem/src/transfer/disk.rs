@@ -75,4 +75,17 @@ impl DiskLane {
         executor.submit(work);
         Ok(handle)
     }
+
+    /// Starts the backend if it is not running yet, so that a transfer staged through it fails
+    /// at submission rather than in the background.
+    ///
+    /// # Errors
+    /// As for [`submit`](Self::submit).
+    pub(crate) fn start(&self) -> Result<()> {
+        let mut executor = self.executor.lock().unwrap_or_else(|e| e.into_inner());
+        if executor.is_none() {
+            *executor = Some(DiskExecutor::start(self.backend, self.queue)?);
+        }
+        Ok(())
+    }
 }

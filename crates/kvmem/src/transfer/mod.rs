@@ -15,7 +15,7 @@
 //! | host ↔ host (system or pinned) | CPU copies on a rayon pool, split by bytes and with streaming stores when large | |
 //! | host ↔ disk | [`DiskBackend::IoUring`] (default): kvmem's own `io_uring` loop, `O_DIRECT`; or [`DiskBackend::NixlPosix`]: NIXL's POSIX backend, Linux AIO, `O_DIRECT` | both at `queue_depth` requests of at most `max_io_bytes`; NIXL needs its runtime ([`Error::NixlUnavailable`] at submit otherwise) |
 //! | pinned ↔ device, device ↔ device | a CUDA copy stream: `cuMemcpyBatchAsync` or kvmem's PTX copy kernel, chosen by copy size ([`CopyMethod`]) | needs the CUDA driver |
-//! | pageable host ↔ device, disk ↔ device | the same, through two pinned bounce buffers, pipelined | |
+//! | pageable host ↔ device, disk ↔ device | the same, through two pinned bounce buffers, pipelined | the file side runs on the configured [`DiskBackend`], at its queue depth |
 //! | disk ↔ disk | none: [`Error::UnsupportedTransfer`] | stage through host memory |
 //! | local ↔ remote | NIXL READ/WRITE over the prepared lists of a [`RegisteredLayout`] and a [`RemoteLayout`] ([`TransferEngine::write_remote`], [`read_remote`](TransferEngine::read_remote)), completed by a polling thread | needs the NIXL runtime; one descriptor per chunk |
 //! | remote ↔ remote | none: [`Error::UnsupportedEndpoints`] from [`TransferEngine::transfer`] | read into a local layout, then write |
@@ -383,12 +383,18 @@ impl TransferEngine {
     /// [`Error::UnsupportedTransfer`] for a path without an executor;
     /// [`Error::DiskBackendUnavailable`] when the disk backend cannot start; for
     /// [`DiskBackend::NixlPosix`], [`Error::NixlUnavailable`] without the NIXL runtime and
-    /// [`Error::UnknownBackend`] / [`Error::BackendUnavailable`] without a working POSIX plugin.
+    /// [`Error::UnknownBackend`] / [`Error::BackendUnavailable`] without a working POSIX plugin
+    /// (for disk ↔ device transfers too: they are staged through the disk backend).
     /// Nothing has been copied when this returns an error.
     pub fn submit(&self, plan: TransferPlan) -> Result<TransferHandle> {
         self.check_supported(&plan)?;
         let path = plan.path();
         if gpu::handles(path) {
+            if path.touches_disk() {
+                // Disk <-> device transfers are staged through the disk backend: start it now,
+                // so that a backend that cannot run fails here, before any byte moves.
+                self.disk.start()?;
+            }
             let mut gpu = self.gpu.lock().unwrap_or_else(|e| e.into_inner());
             let executor = match &mut *gpu {
                 Some(executor) => executor,
