@@ -2,11 +2,10 @@
 //! backend, and the lane through which host ↔ disk transfers (and the GPU executor's disk
 //! staging) reach it.
 
-use super::DiskBackend;
 use super::handle::{TransferHandle, Work};
-use super::nixl_posix::NixlPosixExecutor;
 use super::plan::TransferPlan;
-use super::uring::UringExecutor;
+use super::worker::Worker;
+use super::{DiskBackend, nixl_posix, uring};
 use crate::error::Result;
 use std::sync::Mutex;
 
@@ -19,25 +18,11 @@ pub(crate) struct DiskQueue {
     pub(crate) max_io_bytes: usize,
 }
 
-/// The running executor of the configured [`DiskBackend`].
-enum DiskExecutor {
-    IoUring(UringExecutor),
-    NixlPosix(NixlPosixExecutor),
-}
-
-impl DiskExecutor {
-    fn start(backend: DiskBackend, queue: DiskQueue) -> Result<Self> {
-        Ok(match backend {
-            DiskBackend::IoUring => Self::IoUring(UringExecutor::start(queue)?),
-            DiskBackend::NixlPosix => Self::NixlPosix(NixlPosixExecutor::start(queue)?),
-        })
-    }
-
-    fn submit(&self, work: Work) {
-        match self {
-            Self::IoUring(e) => e.submit(work),
-            Self::NixlPosix(e) => e.submit(work),
-        }
+/// Starts the worker of `backend`.
+fn start(backend: DiskBackend, queue: DiskQueue) -> Result<Worker<Work>> {
+    match backend {
+        DiskBackend::IoUring => uring::start(queue),
+        DiskBackend::NixlPosix => nixl_posix::start(queue),
     }
 }
 
@@ -47,7 +32,7 @@ impl DiskExecutor {
 pub(crate) struct DiskLane {
     backend: DiskBackend,
     queue: DiskQueue,
-    executor: Mutex<Option<DiskExecutor>>,
+    executor: Mutex<Option<Worker<Work>>>,
 }
 
 impl DiskLane {
@@ -69,10 +54,14 @@ impl DiskLane {
         let mut executor = self.executor.lock().unwrap_or_else(|e| e.into_inner());
         let executor = match &mut *executor {
             Some(executor) => executor,
-            empty => empty.insert(DiskExecutor::start(self.backend, self.queue)?),
+            empty => empty.insert(start(self.backend, self.queue)?),
         };
         let (handle, work) = TransferHandle::new(plan);
-        executor.submit(work);
+        // A worker that has stopped hands the work back; dropping it reports
+        // `TransferAborted` through the handle.
+        if let Err(work) = executor.submit(work) {
+            drop(work);
+        }
         Ok(handle)
     }
 
@@ -84,7 +73,7 @@ impl DiskLane {
     pub(crate) fn start(&self) -> Result<()> {
         let mut executor = self.executor.lock().unwrap_or_else(|e| e.into_inner());
         if executor.is_none() {
-            *executor = Some(DiskExecutor::start(self.backend, self.queue)?);
+            *executor = Some(start(self.backend, self.queue)?);
         }
         Ok(())
     }

@@ -335,59 +335,31 @@ fn slabs(ops: &[CopyOp], max: usize) -> Vec<Vec<CopyOp>> {
     out
 }
 
-/// Fills `buf` from the staged side of `slab`, packed in order.
-fn stage_in(buf: &Buffer, slab: &[CopyOp], (from, disk): (Staged<'_>, &DiskLane)) -> Result<()> {
-    match from {
+/// Fills the bounce buffer `buf` from the staged side of `slab`, packed in order
+/// (`into_bounce`), or writes its packed contents out to the staged side.
+fn stage(
+    buf: &Buffer,
+    slab: &[CopyOp],
+    (side, disk): (Staged<'_>, &DiskLane),
+    into_bounce: bool,
+) -> Result<()> {
+    let staged_addr = |op: &CopyOp| if into_bounce { op.src } else { op.dst };
+    let ops = packed(slab, buf.addr(), staged_addr, !into_bounce);
+    match side {
         Staged::Memory => {
-            let mut off = 0;
-            for op in slab {
-                // SAFETY: `op.src..+len` lies in a host buffer the plan validated and keeps
-                // alive; nothing writes it during the transfer (the engine's contract). The
-                // bounce buffer holds at least the slab's bytes (`slabs` packs at most its size)
-                // and nothing else uses it now: its last device copy and staging plan have
-                // finished.
+            for op in &ops {
+                // SAFETY: one end is a host range the plan validated and keeps alive (a source
+                // nothing writes during the transfer, or a destination this transfer alone
+                // writes, pairwise disjoint: the engine's contract); the other is the bounce
+                // buffer, which holds the whole slab (`slabs` packs at most its size) and which
+                // nothing else uses now: its last device copy and staging plan have finished.
                 unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        op.src as *const u8,
-                        (buf.addr() + off) as *mut u8,
-                        op.len,
-                    );
+                    std::ptr::copy_nonoverlapping(op.src as *const u8, op.dst as *mut u8, op.len);
                 }
-                off += op.len;
             }
             Ok(())
         }
-        Staged::File { kind, plan } => {
-            let ops = packed(slab, buf.addr(), |op| op.src, false);
-            stage_through_disk(disk, kind, buf, ops, plan, false)
-        }
-    }
-}
-
-/// Writes the packed contents of `buf` out to the staged side of `slab`.
-fn stage_out(buf: &Buffer, slab: &[CopyOp], (to, disk): (Staged<'_>, &DiskLane)) -> Result<()> {
-    match to {
-        Staged::Memory => {
-            let mut off = 0;
-            for op in slab {
-                // SAFETY: `op.dst..+len` lies in a host buffer the plan validated and keeps
-                // alive; this transfer is its only writer and its ranges are pairwise disjoint.
-                // The bounce buffer's bytes were written by a device copy that has finished.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        (buf.addr() + off) as *const u8,
-                        op.dst as *mut u8,
-                        op.len,
-                    );
-                }
-                off += op.len;
-            }
-            Ok(())
-        }
-        Staged::File { kind, plan } => {
-            let ops = packed(slab, buf.addr(), |op| op.dst, true);
-            stage_through_disk(disk, kind, buf, ops, plan, true)
-        }
+        Staged::File { kind, plan } => stage_through_disk(disk, kind, buf, ops, plan, !into_bounce),
     }
 }
 
@@ -481,7 +453,7 @@ fn staged_to_device(
         if let Some(c) = pending[k].take() {
             c.wait()?;
         }
-        stage_in(&bufs[k], slab, from)?;
+        stage(&bufs[k], slab, from, true)?;
         let copies = bounce_copies(slab, bufs[k].addr() as u64, true);
         // SAFETY: sources are the bounce buffer (pinned, device-mapped, owned by this executor
         // and not touched again until this completion is waited for); destinations are device
@@ -520,13 +492,13 @@ fn staged_from_device(
         };
         if let Some((j, done)) = prev.take() {
             done.wait()?;
-            stage_out(&bufs[j % 2], &all[j], to)?;
+            stage(&bufs[j % 2], &all[j], to, false)?;
         }
         prev = Some((i, c));
     }
     if let Some((j, done)) = prev {
         done.wait()?;
-        stage_out(&bufs[j % 2], &all[j], to)?;
+        stage(&bufs[j % 2], &all[j], to, false)?;
     }
     Ok(())
 }

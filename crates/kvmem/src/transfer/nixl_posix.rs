@@ -55,40 +55,25 @@ use std::time::Instant;
 /// NIXL's name of the backend.
 const BACKEND: &str = "POSIX";
 
-/// The worker that owns the agent, and the queue feeding it. Transfers run one after another.
+/// Starts the worker that owns the agent; transfers run one after another. The worker creates
+/// the agent and reports whether that worked, so that a missing runtime or plugin is reported
+/// here.
 ///
-/// Dropping it waits for the worker to finish what was queued and destroy its agent, so that
+/// Dropping the worker waits for it to finish what was queued and destroy its agent, so that
 /// the agent never outlives the engine: a process that returns from `main` while another thread
 /// is still tearing down a NIXL agent races the exit-time destructors of NIXL's libraries
 /// (without the join, 2 of 40 short `kvmem bench` runs with this backend died of SIGSEGV at
 /// exit; with it, 0 of 60).
-pub(crate) struct NixlPosixExecutor {
-    worker: Worker<Work>,
-}
-
-impl NixlPosixExecutor {
-    /// Starts the worker, which creates the agent and reports whether that worked, so that a
-    /// missing runtime or plugin is reported here.
-    ///
-    /// # Errors
-    /// [`Error::NixlUnavailable`] without the NIXL runtime; [`Error::UnknownBackend`] when the
-    /// POSIX plugin is not installed; [`Error::BackendUnavailable`] when it fails to start;
-    /// [`Error::ThreadSpawn`] when the worker thread cannot be started.
-    pub(crate) fn start(config: DiskQueue) -> Result<Self> {
-        crate::nixl::ensure_loaded()?;
-        let worker = Worker::start("kvmem-nixl-posix", move || {
-            new_agent(config).map(|agent| PosixAgent { agent, config })
-        })?;
-        Ok(Self { worker })
-    }
-
-    /// Queues `work`; if the worker is gone, the work's completion reports
-    /// [`Error::TransferAborted`].
-    pub(crate) fn submit(&self, work: Work) {
-        if let Err(work) = self.worker.submit(work) {
-            drop(work);
-        }
-    }
+///
+/// # Errors
+/// [`Error::NixlUnavailable`] without the NIXL runtime; [`Error::UnknownBackend`] when the
+/// POSIX plugin is not installed; [`Error::BackendUnavailable`] when it fails to start;
+/// [`Error::ThreadSpawn`] when the worker thread cannot be started.
+pub(crate) fn start(config: DiskQueue) -> Result<Worker<Work>> {
+    crate::nixl::ensure_loaded()?;
+    Worker::start("kvmem-nixl-posix", move || {
+        new_agent(config).map(|agent| PosixAgent { agent, config })
+    })
 }
 
 /// An agent running the POSIX backend alone, polled by the worker (no progress thread: the
@@ -491,7 +476,10 @@ mod tests {
     fn spans_merge_overlapping_and_touching_buffers_per_space() {
         let base = Buffer::new(SystemStorage::new(64 << 10).unwrap());
         let view = |o, l| Buffer::new(OffsetBuffer::new(base.clone(), o, l).unwrap());
-        let other = Buffer::new(SystemStorage::new(8192).unwrap());
+        // A view with a page of its own allocation on either side, so that it never touches
+        // `base` even when the two mappings are adjacent (as successive mmaps usually are).
+        let other_base = Buffer::new(SystemStorage::new(4 * 4096).unwrap());
+        let other = Buffer::new(OffsetBuffer::new(other_base, 4096, 8192).unwrap());
         let dir = tempfile::tempdir().unwrap();
         let file = Buffer::new(crate::DiskStorage::new_in(dir.path(), 64 << 10).unwrap());
         let fview = |o, l| Buffer::new(OffsetBuffer::new(file.clone(), o, l).unwrap());

@@ -12,35 +12,19 @@ use crate::error::{Error, Result};
 use io_uring::{IoUring, opcode, types};
 use rustix::io::Errno;
 
-/// The worker that owns the ring, and the queue feeding it. Transfers run one after another,
-/// each at the full queue depth.
-pub(crate) struct UringExecutor {
-    worker: Worker<Work>,
-}
-
-impl UringExecutor {
-    /// Starts the worker, which creates the ring on its own thread (so that the ring can be
-    /// single-issuer) and reports whether that worked; a kernel without `io_uring` is reported
-    /// here, as [`Error::DiskBackendUnavailable`].
-    pub(crate) fn start(config: DiskQueue) -> Result<Self> {
-        let worker = Worker::start("kvmem-io-uring", move || {
-            new_ring(config.queue_depth)
-                .map(|ring| Ring { ring, config })
-                .map_err(|source| Error::DiskBackendUnavailable {
-                    backend: "io_uring",
-                    source,
-                })
-        })?;
-        Ok(Self { worker })
-    }
-
-    /// Queues `work`; if the worker is gone, the work's completion reports
-    /// [`Error::TransferAborted`].
-    pub(crate) fn submit(&self, work: Work) {
-        if let Err(work) = self.worker.submit(work) {
-            drop(work);
-        }
-    }
+/// Starts the worker that owns the ring. Transfers run one after another, each at the full
+/// queue depth. The worker creates the ring on its own thread (so that the ring can be
+/// single-issuer) and reports whether that worked; a kernel without `io_uring` is reported
+/// here, as [`Error::DiskBackendUnavailable`].
+pub(crate) fn start(config: DiskQueue) -> Result<Worker<Work>> {
+    Worker::start("kvmem-io-uring", move || {
+        new_ring(config.queue_depth)
+            .map(|ring| Ring { ring, config })
+            .map_err(|source| Error::DiskBackendUnavailable {
+                backend: "io_uring",
+                source,
+            })
+    })
 }
 
 /// A ring for one submitting thread: single issuer with deferred task work (completions are run
