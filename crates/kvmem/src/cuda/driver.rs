@@ -24,6 +24,10 @@ use cudarc::driver::{CudaContext, CudaStream, result::DriverError, sys};
 use std::ffi::c_void;
 use std::sync::OnceLock;
 
+/// A CUDA stream handle as the driver API passes it (`CUstream`): how a stream that another
+/// library owns (torch's `stream.cuda_stream`, CuPy's `stream.ptr`) reaches kvmem.
+pub type RawStream = sys::CUstream;
+
 /// A device attribute, as [`CudaContext::attribute`] takes it.
 pub(crate) use sys::CUdevice_attribute as DeviceAttribute;
 /// A memory-pool attribute (`cuMemPoolGetAttribute` / `cuMemPoolSetAttribute`).
@@ -88,6 +92,7 @@ const REQUIRED_SYMBOLS: &[&str] = &[
     "cuEventQuery",
     "cuEventSynchronize",
     "cuEventDestroy_v2",
+    "cuStreamWaitEvent",
     "cuMemcpyAsync",
     "cuMemcpyHtoDAsync_v2",
     "cuModuleLoadData",
@@ -353,6 +358,71 @@ pub(crate) fn host_device_pointer(host: *const u8) -> std::result::Result<u64, D
     Ok(dptr)
 }
 
+/// Makes `stream` wait (on the GPU) until the work recorded in `event` has completed
+/// (`cuStreamWaitEvent`; cudarc wraps it only for its own streams).
+///
+/// # Safety
+/// `stream` must be a live stream of `event`'s context (or 0, the legacy default stream) for the
+/// duration of the call.
+pub(crate) unsafe fn stream_wait_event(
+    stream: RawStream,
+    event: &cudarc::driver::CudaEvent,
+) -> std::result::Result<(), DriverError> {
+    // SAFETY: the event is alive for the borrow; the caller vouches for the stream.
+    unsafe {
+        cudarc::driver::result::stream::wait_event(
+            stream,
+            event.cu_event(),
+            sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT,
+        )
+    }
+}
+
+/// The kind of memory the driver reports for an address (`CU_POINTER_ATTRIBUTE_MEMORY_TYPE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MemoryKind {
+    /// Page-locked host memory the driver knows.
+    Host,
+    /// Device memory.
+    Device,
+    /// Another `CUmemorytype` value (array, unified), kept for messages.
+    Other(u32),
+}
+
+/// One pointer attribute of the type `T` the driver writes for it.
+fn pointer_attribute<T: Default>(
+    attribute: sys::CUpointer_attribute,
+    addr: u64,
+) -> std::result::Result<T, DriverError> {
+    let mut value = T::default();
+    // SAFETY: `value` is a live `T`, and every caller asks for an attribute of type `T` (an
+    // unsigned int, an int, a CUdeviceptr or a size_t); the driver only reads its tables, and
+    // an unknown address makes it return an error, not fault.
+    unsafe { sys::cuPointerGetAttribute((&raw mut value).cast(), attribute, addr) }.result()?;
+    Ok(value)
+}
+
+/// The kind of memory at `addr`.
+pub(crate) fn pointer_memory_kind(addr: u64) -> std::result::Result<MemoryKind, DriverError> {
+    let raw: u32 = pointer_attribute(
+        sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_MEMORY_TYPE,
+        addr,
+    )?;
+    Ok(match raw {
+        r if r == sys::CUmemorytype::CU_MEMORYTYPE_HOST as u32 => MemoryKind::Host,
+        r if r == sys::CUmemorytype::CU_MEMORYTYPE_DEVICE as u32 => MemoryKind::Device,
+        other => MemoryKind::Other(other),
+    })
+}
+
+/// The ordinal of the device that owns the memory at `addr`.
+pub(crate) fn pointer_device_ordinal(addr: u64) -> std::result::Result<i32, DriverError> {
+    pointer_attribute(
+        sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL,
+        addr,
+    )
+}
+
 /// What the driver knows about the allocation that contains an address.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct PointerRange {
@@ -370,33 +440,12 @@ pub(crate) struct PointerRange {
 
 /// Asks the driver which allocation contains `addr` (`cuPointerGetAttribute`).
 pub(crate) fn pointer_range(addr: u64) -> std::result::Result<PointerRange, DriverError> {
-    let mut memory_type: u32 = 0;
-    let mut ordinal: i32 = -1;
-    let mut start: sys::CUdeviceptr = 0;
-    let mut size: usize = 0;
-    let queries: [(sys::CUpointer_attribute, *mut c_void); 4] = [
-        (
-            sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_MEMORY_TYPE,
-            (&raw mut memory_type).cast(),
-        ),
-        (
-            sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL,
-            (&raw mut ordinal).cast(),
-        ),
-        (
-            sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_RANGE_START_ADDR,
-            (&raw mut start).cast(),
-        ),
-        (
-            sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_RANGE_SIZE,
-            (&raw mut size).cast(),
-        ),
-    ];
-    for (attribute, out) in queries {
-        // SAFETY: each `out` points to a live local of the type the attribute writes (an
-        // unsigned int, an int, a CUdeviceptr and a size_t); the driver only reads its tables.
-        unsafe { sys::cuPointerGetAttribute(out, attribute, addr) }.result()?;
-    }
+    use sys::CUpointer_attribute as A;
+    let memory_type: u32 = pointer_attribute(A::CU_POINTER_ATTRIBUTE_MEMORY_TYPE, addr)?;
+    let ordinal: i32 = pointer_attribute(A::CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL, addr)?;
+    let start: sys::CUdeviceptr =
+        pointer_attribute(A::CU_POINTER_ATTRIBUTE_RANGE_START_ADDR, addr)?;
+    let size: usize = pointer_attribute(A::CU_POINTER_ATTRIBUTE_RANGE_SIZE, addr)?;
     Ok(PointerRange {
         is_device: memory_type == sys::CUmemorytype::CU_MEMORYTYPE_DEVICE as u32,
         memory_type,
