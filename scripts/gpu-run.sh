@@ -159,6 +159,7 @@ if [ "$quick" != 1 ]; then
 fi
 cp "$kv/auto/bench.json" "$out/kvbench.json" 2>/dev/null
 cp "$kv/auto/bench.svg" "$out/kvbench.svg" 2>/dev/null
+cp "$kv/auto/bench.png" "$out/kvbench.png" 2>/dev/null
 for m in auto $runs; do
     echo "== $m" >>"$out/kvbench.log"
     cat "$kv/$m/table.txt" >>"$out/kvbench.log" 2>/dev/null
