@@ -17,8 +17,9 @@
 
 use super::CudaDevice;
 use super::driver::{self, DeferredErrors};
+use crate::Completion;
 use crate::backoff::Backoff;
-use crate::error::{Error, Result};
+use crate::error::{BoundsError, Error, Result, UnsupportedError};
 use cudarc::driver::{CudaEvent, CudaFunction, CudaStream, result};
 use cudarc::nvrtc::Ptx;
 use std::ffi::c_void;
@@ -129,7 +130,7 @@ impl CopyStream {
     /// not an error, since the other methods still work.
     ///
     /// # Errors
-    /// [`Error::Cuda`] if the stream cannot be created.
+    /// [`CudaError::Driver`](crate::error::CudaError::Driver) if the stream cannot be created.
     pub fn new(device: &CudaDevice) -> Result<Self> {
         device.bind()?;
         let ctx = device.context();
@@ -199,7 +200,7 @@ impl CopyStream {
     /// if it is available.
     ///
     /// # Errors
-    /// [`Error::Unsupported`] when the requested method is not available here.
+    /// [`UnsupportedError::Feature`] when the requested method is not available here.
     pub fn resolve(
         &self,
         method: CopyMethod,
@@ -233,14 +234,20 @@ impl CopyStream {
                     CopyMethod::PerCopy
                 })
             }
-            CopyMethod::Batched if !self.inner.batch_supported => Err(Error::Unsupported {
-                what: "cuMemcpyBatchAsync: the driver lacks it (needs CUDA 12.8 or newer)".into(),
-            }),
-            CopyMethod::Kernel if !kernel_ok => Err(Error::Unsupported {
-                what: "the copy kernel: it did not load, or this device cannot use host pointers \
+            CopyMethod::Batched if !self.inner.batch_supported => {
+                Err(Error::Unsupported(UnsupportedError::Feature {
+                    what: "cuMemcpyBatchAsync: the driver lacks it (needs CUDA 12.8 or newer)"
+                        .into(),
+                }))
+            }
+            CopyMethod::Kernel if !kernel_ok => {
+                Err(Error::Unsupported(UnsupportedError::Feature {
+                    what:
+                        "the copy kernel: it did not load, or this device cannot use host pointers \
                        of pinned memory directly"
-                    .into(),
-            }),
+                            .into(),
+                }))
+            }
             m => Ok(m),
         }
     }
@@ -254,8 +261,8 @@ impl CopyStream {
     /// each other or any source range, and nothing else may write them meanwhile.
     ///
     /// # Errors
-    /// [`Error::ZeroSize`] for an empty list or a zero-length copy; [`Error::Unsupported`] for a
-    /// method not available here; [`Error::Cuda`] when the driver refuses. On error, nothing
+    /// [`BoundsError::ZeroSize`] for an empty list or a zero-length copy; [`UnsupportedError::Feature`] for a
+    /// method not available here; [`CudaError::Driver`](crate::error::CudaError::Driver) when the driver refuses. On error, nothing
     /// reports success: copies already enqueued are waited for before returning.
     pub unsafe fn copy_async(
         &self,
@@ -265,10 +272,10 @@ impl CopyStream {
         dst: Location,
     ) -> Result<CopyCompletion> {
         if copies.is_empty() {
-            return Err(Error::ZeroSize { what: "copy list" });
+            return Err(Error::Bounds(BoundsError::ZeroSize { what: "copy list" }));
         }
         if copies.iter().any(|c| c.len == 0) {
-            return Err(Error::ZeroSize { what: "copy" });
+            return Err(Error::Bounds(BoundsError::ZeroSize { what: "copy" }));
         }
         let method = self.resolve(method, copies, src, dst)?;
         let inner = &self.inner;
@@ -297,8 +304,10 @@ impl CopyStream {
 
     fn enqueue_per_copy(&self, copies: &[DeviceCopy]) -> Result<()> {
         for c in copies {
-            let len = usize::try_from(c.len).map_err(|_| Error::Overflow {
-                what: "copy length",
+            let len = usize::try_from(c.len).map_err(|_| {
+                Error::Bounds(BoundsError::Overflow {
+                    what: "copy length",
+                })
             })?;
             // SAFETY: the caller of `copy_async` guarantees both ranges are valid for the device
             // until completion; the stream is ours.
@@ -321,8 +330,10 @@ impl CopyStream {
             let mut sizes = chunk
                 .iter()
                 .map(|c| {
-                    usize::try_from(c.len).map_err(|_| Error::Overflow {
-                        what: "copy length",
+                    usize::try_from(c.len).map_err(|_| {
+                        Error::Bounds(BoundsError::Overflow {
+                            what: "copy length",
+                        })
                     })
                 })
                 .collect::<Result<Vec<usize>>>()?;
@@ -346,9 +357,9 @@ impl CopyStream {
     fn enqueue_kernel(&self, copies: &[DeviceCopy], slot: &mut Option<DescBuffers>) -> Result<()> {
         let inner = &self.inner;
         let Some(kernel) = &inner.kernel else {
-            return Err(Error::Unsupported {
+            return Err(Error::Unsupported(UnsupportedError::Feature {
                 what: "the copy kernel did not load".into(),
-            });
+            }));
         };
         // Split long copies so they spread over thread blocks: into pieces small enough that
         // the transfer fills every block resident at once (a power of two, hence a multiple of
@@ -435,9 +446,9 @@ impl CopyStream {
         let capacity = count.next_power_of_two().max(1024);
         let bytes = capacity
             .checked_mul(std::mem::size_of::<DeviceCopy>())
-            .ok_or(Error::Overflow {
+            .ok_or(Error::Bounds(BoundsError::Overflow {
                 what: "descriptor buffer",
-            })?;
+            }))?;
         // SAFETY: the context is current (bound in `copy_async`); the memory is only written
         // (by `enqueue_kernel`) before it is read.
         let host = unsafe { result::malloc_host(bytes, driver::HOST_ALLOC_PORTABLE) }
@@ -472,7 +483,7 @@ impl CopyStream {
     /// Waits for everything enqueued on the stream.
     ///
     /// # Errors
-    /// [`Error::Cuda`] if any of that work failed.
+    /// [`CudaError::Driver`](crate::error::CudaError::Driver) if any of that work failed.
     pub fn synchronize(&self) -> Result<()> {
         self.inner
             .stream
@@ -511,16 +522,27 @@ impl Drop for Inner {
     }
 }
 
-/// The completion of one [`CopyStream::copy_async`]: poll it, wait for it, or drop it (which
-/// waits).
+/// The completion of one [`CopyStream::copy_async`]: poll it, wait for it (through
+/// [`Completion`]), or drop it (which waits).
+///
+/// Copies queued on a stream cannot be taken back: [`cancel`](crate::Completion::cancel) does
+/// nothing, and the copies run to their end.
 pub struct CopyCompletion {
     event: CudaEvent,
     /// After `event`: logs what destroying it recorded.
     _deferred: DeferredErrors,
     stream: CopyStream,
     method: CopyMethod,
-    descs: Option<DescBuffers>,
+    state: Mutex<CopyState>,
+}
+
+/// What a [`CopyCompletion`] learned so far.
+struct CopyState {
+    /// The event completed (successfully or not); the descriptors went back to the stream.
     finished: bool,
+    /// The failure an `is_done` saw, kept for `wait`.
+    failed: Option<Error>,
+    descs: Option<DescBuffers>,
 }
 
 impl CopyCompletion {
@@ -546,8 +568,11 @@ impl CopyCompletion {
             _deferred: DeferredErrors::new(ctx.clone(), "release a copy completion's event"),
             stream,
             method,
-            descs,
-            finished: false,
+            state: Mutex::new(CopyState {
+                finished: false,
+                failed: None,
+                descs,
+            }),
         };
         completion
             .event
@@ -561,38 +586,85 @@ impl CopyCompletion {
         self.method
     }
 
-    /// True once every copy has finished.
-    ///
-    /// # Errors
-    /// [`Error::Cuda`] if a copy failed.
-    pub fn is_done(&mut self) -> Result<bool> {
-        if self.finished {
-            return Ok(true);
+    fn lock(&self) -> std::sync::MutexGuard<'_, CopyState> {
+        // Plain flags updated in single assignments: a poisoned lock holds a consistent value.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queries the event once: true once the copies finished, successfully or not.
+    fn query(&self, state: &mut CopyState) -> bool {
+        if state.finished || state.failed.is_some() {
+            return true;
         }
-        self.stream.inner.device.bind()?;
+        if let Err(e) = self.stream.inner.device.bind() {
+            state.failed = Some(e);
+            return true;
+        }
         match self.event.try_is_complete() {
             Ok(true) => {
-                self.finish();
-                Ok(true)
+                self.finish(state);
+                true
             }
-            Ok(false) => Ok(false),
-            Err(e) => Err(driver::error("query copy completion", e)),
+            Ok(false) => false,
+            Err(e) => {
+                state.failed = Some(driver::error("query copy completion", e));
+                true
+            }
         }
     }
 
-    /// Waits up to `timeout` for the copies; true if they finished.
-    ///
-    /// # Errors
-    /// [`Error::Cuda`] if a copy failed.
-    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<bool> {
+    fn synchronize(&self, state: &mut CopyState) -> Result<()> {
+        if state.finished {
+            return state.failed.take().map_or(Ok(()), Err);
+        }
+        let waited = self.stream.inner.device.bind().and_then(|()| {
+            self.event
+                .synchronize()
+                .map_err(|e| driver::error("wait for copies", e))
+        });
+        // A failure an earlier query saw comes first.
+        let result = match state.failed.take() {
+            Some(e) => Err(e),
+            None => waited,
+        };
+        if result.is_err() {
+            // The copies may still read the descriptors: never reuse them (a small leak on a
+            // context that has failed anyway).
+            state.finished = true;
+            if state.descs.take().is_some() {
+                tracing::warn!("leaking a copy-descriptor buffer after a failed wait");
+            }
+            return result;
+        }
+        self.finish(state);
+        result
+    }
+
+    fn finish(&self, state: &mut CopyState) {
+        state.finished = true;
+        if let Some(d) = state.descs.take() {
+            self.stream.give_back(d);
+        }
+    }
+}
+
+impl crate::Completion for CopyCompletion {
+    type Output = ();
+
+    fn is_done(&self) -> bool {
+        let mut state = self.lock();
+        self.query(&mut state)
+    }
+
+    fn wait_timeout(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let mut backoff = Backoff::new();
         loop {
-            if self.is_done()? {
-                return Ok(true);
+            if self.is_done() {
+                return true;
             }
             if Instant::now() >= deadline {
-                return Ok(false);
+                return false;
             }
             backoff.snooze();
         }
@@ -601,44 +673,28 @@ impl CopyCompletion {
     /// Waits for the copies to finish.
     ///
     /// # Errors
-    /// [`Error::Cuda`] if a copy failed.
-    pub fn wait(mut self) -> Result<()> {
-        self.synchronize()
+    /// [`CudaError::Driver`](crate::error::CudaError::Driver) if a copy failed.
+    fn wait(self) -> Result<()> {
+        let mut state = self.lock();
+        self.synchronize(&mut state)
     }
 
-    fn synchronize(&mut self) -> Result<()> {
-        if self.finished {
-            return Ok(());
-        }
-        self.stream.inner.device.bind()?;
-        let result = self
-            .event
-            .synchronize()
-            .map_err(|e| driver::error("wait for copies", e));
-        if result.is_err() {
-            // The copies may still read the descriptors: never reuse them (a small leak on a
-            // context that has failed anyway).
-            self.finished = true;
-            if self.descs.take().is_some() {
-                tracing::warn!("leaking a copy-descriptor buffer after a failed wait");
-            }
-            return result;
-        }
-        self.finish();
-        result
-    }
-
-    fn finish(&mut self) {
-        self.finished = true;
-        if let Some(d) = self.descs.take() {
-            self.stream.give_back(d);
-        }
-    }
+    /// Does nothing: copies queued on a CUDA stream cannot be taken back.
+    fn cancel(&self) {}
 }
 
 impl Drop for CopyCompletion {
     fn drop(&mut self) {
-        if let Err(e) = self.synchronize() {
+        let state = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        let mut state = std::mem::replace(
+            state,
+            CopyState {
+                finished: true,
+                failed: None,
+                descs: None,
+            },
+        );
+        if let Err(e) = self.synchronize(&mut state) {
             tracing::warn!(error = %e, "copies failed after their completion was dropped");
         }
         // The event is destroyed by its own drop, after this.

@@ -6,7 +6,7 @@
 //! will, resolves every driver function kvmem calls (directly or through cudarc), and runs
 //! `cuInit`. Only when all of that succeeds does any other function of this crate call into
 //! cudarc; every CUDA entry point goes through [`load`] (usually via
-//! [`CudaDevice::new`](super::CudaDevice::new)) and returns [`Error::CudaUnavailable`] otherwise.
+//! [`CudaDevice::new`](super::CudaDevice::new)) and returns [`CudaError::Unavailable`] otherwise.
 //!
 //! **The one door to the raw driver API.** This is the only module of kvmem that names
 //! `cudarc::driver::sys`. Everything else uses cudarc's safe types (`CudaContext`, `CudaStream`,
@@ -16,10 +16,10 @@
 //! wrapped here, each with its safety contract, together with the constants and enums the other
 //! modules need under kvmem's own names.
 
-// This module the one module that calls the raw CUDA driver API: unsafe code is allowed here (denied at the crate root).
+// This module is the one module that calls the raw CUDA driver API: unsafe code is allowed here (denied at the crate root).
 #![allow(unsafe_code)]
 
-use crate::error::{Error, Result};
+use crate::error::{CudaError, Error, Result};
 use cudarc::driver::{CudaContext, CudaStream, result::DriverError, sys};
 use std::ffi::c_void;
 use std::sync::OnceLock;
@@ -113,16 +113,15 @@ static DRIVER: OnceLock<std::result::Result<DriverInfo, String>> = OnceLock::new
 /// Loads and initialises the CUDA driver once per process.
 ///
 /// # Errors
-/// [`Error::CudaUnavailable`] when `libcuda` cannot be loaded, lacks a function kvmem needs, or
+/// [`CudaError::Unavailable`] when `libcuda` cannot be loaded, lacks a function kvmem needs, or
 /// `cuInit` fails (no device, a driver/kernel-module mismatch, …). The outcome is cached: later
 /// calls return the same answer without retrying.
 pub fn load() -> Result<&'static DriverInfo> {
-    DRIVER
-        .get_or_init(probe)
-        .as_ref()
-        .map_err(|reason| Error::CudaUnavailable {
+    DRIVER.get_or_init(probe).as_ref().map_err(|reason| {
+        Error::Cuda(CudaError::Unavailable {
             reason: reason.clone(),
         })
+    })
 }
 
 fn probe() -> std::result::Result<DriverInfo, String> {
@@ -202,15 +201,15 @@ pub(crate) fn names(e: DriverError) -> (String, String) {
     (name, message)
 }
 
-/// [`Error::Cuda`] for a failed driver call. Only call once the driver is loaded.
+/// [`CudaError::Driver`] for a failed driver call. Only call once the driver is loaded.
 pub(crate) fn error(op: &'static str, e: DriverError) -> Error {
     let (name, message) = names(e);
-    Error::Cuda {
+    Error::Cuda(CudaError::Driver {
         op,
         code: e.0 as u32,
         name,
         message,
-    }
+    })
 }
 
 /// Logs a failed driver call on a path that cannot return it (a `Drop`).
@@ -248,7 +247,7 @@ impl Drop for DeferredErrors {
 /// Makes `ctx` current on the calling thread.
 ///
 /// # Errors
-/// [`Error::Cuda`] if the driver refuses.
+/// [`CudaError::Driver`] if the driver refuses.
 pub(crate) fn make_current(ctx: &CudaContext) -> Result<()> {
     let current = cudarc::driver::result::ctx::get_current()
         .map_err(|e| error("query the current context", e))?;

@@ -48,7 +48,7 @@ impl DiskLane {
     /// Starts `plan` (a host ↔ disk plan) on the backend, starting the backend first if needed.
     ///
     /// # Errors
-    /// The backend's start errors ([`Error::DiskBackendUnavailable`](crate::Error::DiskBackendUnavailable),
+    /// The backend's start errors ([`IoError::BackendUnavailable`](crate::error::IoError::BackendUnavailable),
     /// NIXL's); nothing has moved then.
     pub(crate) fn submit(&self, plan: TransferPlan) -> Result<TransferHandle> {
         let mut executor = self.executor.lock().unwrap_or_else(|e| e.into_inner());
@@ -58,7 +58,7 @@ impl DiskLane {
         };
         let (handle, work) = TransferHandle::new(plan);
         // A worker that has stopped hands the work back; dropping it reports
-        // `TransferAborted` through the handle.
+        // `TransferError::Aborted` through the handle.
         if let Err(work) = executor.submit(work) {
             drop(work);
         }

@@ -21,11 +21,12 @@ use super::disk::DiskLane;
 use super::handle::Work;
 use super::plan::{CopyOp, TransferPath, TransferPlan};
 use super::worker::{Backend, Health, Worker};
+use crate::Completion;
 use crate::cuda::CudaDevice;
 use crate::cuda::batch::{CopyCompletion, CopyMethod, CopyStream, DeviceCopy, Location};
 use crate::cuda::interop::Event;
 use crate::descriptor::{Buffer, MemoryDescriptor};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, TransferError, UnsupportedError};
 use crate::kind::StorageKind;
 use crate::storage::PinnedStorage;
 use std::collections::HashMap;
@@ -121,10 +122,10 @@ impl Backend for Staging {
             }
             Task::Staged(work) => {
                 let result = if work.completion.cancelled() {
-                    Err(Error::TransferCancelled {
+                    Err(Error::Transfer(TransferError::Cancelled {
                         done: 0,
                         total: work.plan.total_bytes(),
-                    })
+                    }))
                 } else {
                     run_staged(self, &work)
                 };
@@ -197,7 +198,7 @@ impl GpuExecutor {
             Task::Staged(work)
         };
         // A submit fails only if the worker died; the returned task then drops its completions
-        // (which wait) and its Work (which reports `TransferAborted`).
+        // (which wait) and its Work (which reports `TransferError::Aborted`).
         if let Err(task) = self.worker.submit(task) {
             drop(task);
         }
@@ -207,7 +208,7 @@ impl GpuExecutor {
     /// the GPU) for `after`, then the work is submitted; for direct paths an event recorded
     /// after the copies is returned (staged paths record none: their copies are enqueued later
     /// by the worker). On an error before submission the work is dropped, which reports
-    /// `TransferAborted` to its handle; nothing has moved.
+    /// `TransferError::Aborted` to its handle; nothing has moved.
     pub(crate) fn submit_ordered(
         &self,
         work: Work,
@@ -274,11 +275,11 @@ fn location(kind: StorageKind) -> Location {
 fn device_of(src: StorageKind, dst: StorageKind) -> Result<u32> {
     src.device_id()
         .or(dst.device_id())
-        .ok_or(Error::UnsupportedTransfer {
+        .ok_or(Error::Unsupported(UnsupportedError::Transfer {
             src,
             dst,
             reason: "the CUDA executor needs device memory at one end",
-        })
+        }))
 }
 
 fn run_staged(staging: &mut Staging, work: &Work) -> Result<()> {

@@ -11,7 +11,7 @@
 
 use super::handle::{Completion, Work};
 use super::plan::{CopyOp, TransferPlan};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, TransferError};
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -42,10 +42,7 @@ impl HostExecutor {
             .num_threads(tuning.threads)
             .thread_name(|i| format!("kvmem-copy-{i}"))
             .build()
-            .map_err(|e| Error::ThreadSpawn {
-                name: "kvmem-copy",
-                source: std::io::Error::other(e.to_string()),
-            })?;
+            .map_err(|e| Error::spawn("host copy pool", std::io::Error::other(e)))?;
         Ok(Self { pool, tuning })
     }
 
@@ -80,7 +77,7 @@ fn run(plan: &TransferPlan, completion: &Completion, tuning: Tuning) -> Result<(
     }
     let done = done.into_inner();
     if done < total {
-        return Err(Error::TransferCancelled { done, total });
+        return Err(Error::Transfer(TransferError::Cancelled { done, total }));
     }
     Ok(())
 }

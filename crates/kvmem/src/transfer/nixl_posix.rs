@@ -29,7 +29,7 @@
 //! # Failure and cancellation
 //! A transfer is posted as requests of one kernel queue's worth of descriptors, two at a time
 //! (while the older completes, the newer's I/O waits queued, so the kernel queue stays full);
-//! [`TransferHandle::cancel`](super::TransferHandle::cancel) is honoured before each request is
+//! [`cancel`](crate::Completion::cancel) is honoured before each request is
 //! posted (the I/O of posted requests always completes first). A request NIXL reports as failed
 //! is an error of the transfer, never a success. Because NIXL does not promise that every I/O
 //! of a failed request has stopped when it reports the failure, the executor then keeps the
@@ -42,12 +42,11 @@ use super::handle::{Completion, Work};
 use super::plan::{TransferPath, TransferPlan};
 use super::worker::{Backend, Health, Worker};
 use crate::descriptor::{Buffer, MemoryDescriptor};
-use crate::error::{Error, Result};
+use crate::error::{Error, LayoutError, Result, TransferError};
 use crate::kind::StorageKind;
+use crate::nixl::raw::{LocalBlocks, RawTransfers, Transfer};
 use crate::nixl::registration::Space;
-use crate::nixl::{
-    Agent, AgentConfig, LocalBlocks, MemType, NixlCompatible, NixlDescriptor, Registered, Transfer,
-};
+use crate::nixl::{Agent, AgentConfig, MemType, NixlCompatible, NixlDescriptor, Registered};
 use std::any::Any;
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -66,9 +65,11 @@ const BACKEND: &str = "POSIX";
 /// exit; with it, 0 of 60).
 ///
 /// # Errors
-/// [`Error::NixlUnavailable`] without the NIXL runtime; [`Error::UnknownBackend`] when the
-/// POSIX plugin is not installed; [`Error::BackendUnavailable`] when it fails to start;
-/// [`Error::ThreadSpawn`] when the worker thread cannot be started.
+/// [`NixlError::Unavailable`](crate::error::NixlError::Unavailable) without the NIXL runtime;
+/// [`NixlError::UnknownBackend`](crate::error::NixlError::UnknownBackend) when the POSIX plugin
+/// is not installed; [`NixlError::BackendUnavailable`](crate::error::NixlError::BackendUnavailable)
+/// when it fails to start; [`TransferError::WorkerSpawn`] when the worker thread cannot be
+/// started.
 pub(crate) fn start(config: DiskQueue) -> Result<Worker<Work>> {
     crate::nixl::ensure_loaded()?;
     Worker::start("kvmem-nixl-posix", move || {
@@ -248,11 +249,11 @@ fn locate(
         .filter(|e| e.space == space && addr.checked_add(len).is_some_and(|end| end <= e.end))
         .map(|e| (&e.registered, addr - e.start))
         .ok_or_else(|| {
-            Error::InvalidLayout(format!(
+            Error::Layout(LayoutError::Invalid(format!(
                 "copy range {addr:#x}+{len} ({:?}, device {}) lies in none of the plan's buffers",
                 space.mem_type(),
                 space.device_id
-            ))
+            )))
         })
 }
 
@@ -276,9 +277,9 @@ fn run(
         TransferPath::HostToDisk => true,
         TransferPath::DiskToHost => false,
         other => {
-            return Ok(Err(Error::InvalidLayout(format!(
+            return Ok(Err(Error::Layout(LayoutError::Invalid(format!(
                 "the NIXL POSIX executor runs host<->disk plans, not {other}"
-            ))));
+            )))));
         }
     };
     let started = Instant::now();
@@ -356,10 +357,10 @@ impl Session<'_> {
         }
         Ok(match issued {
             Issued::All => Ok(()),
-            Issued::Cancelled => Err(Error::TransferCancelled {
+            Issued::Cancelled => Err(Error::Transfer(TransferError::Cancelled {
                 done: self.done,
                 total: self.total,
-            }),
+            })),
             Issued::Refused(e) => Err(e),
         })
     }
@@ -375,9 +376,8 @@ impl Session<'_> {
                 batch.src_kind
             };
             let StorageKind::Disk(fd) = file_kind else {
-                return Ok(Issued::Refused(Error::InvalidLayout(format!(
-                    "disk side of a {} batch is {file_kind} memory",
-                    plan.path()
+                return Ok(Issued::Refused(Error::Layout(LayoutError::Invalid(
+                    format!("disk side of a {} batch is {file_kind} memory", plan.path()),
                 ))));
             };
             let file_space = Space::new(MemType::File, fd);
@@ -436,7 +436,7 @@ impl Session<'_> {
                 Ok(None)
             }
             // Refused while posting: NIXL may have queued part of the request.
-            Err(e @ Error::TransferFailed { .. }) => Err(e),
+            Err(e @ Error::Transfer(TransferError::Failed { .. })) => Err(e),
             // Refused while building the request: nothing was queued.
             Err(e) => Ok(Some(Issued::Refused(e))),
         }

@@ -5,10 +5,10 @@
 //! - **Start**: [`Worker::start`] spawns the thread, which builds the backend there (so that a
 //!   backend bound to its thread, like a single-issuer ring, is created where it is used) and
 //!   reports whether that worked before `start` returns. A thread that cannot be spawned is
-//!   [`Error::ThreadSpawn`].
+//!   [`TransferError::WorkerSpawn`](crate::error::TransferError::WorkerSpawn).
 //! - **Submit**: [`Worker::submit`] queues a job; a job for a worker that has stopped is handed
 //!   back so the caller can fail it (dropping a [`Work`](super::handle::Work) reports
-//!   [`Error::TransferAborted`]).
+//!   [`TransferError::Aborted`](crate::error::TransferError::Aborted)).
 //! - **Restart**: a backend whose [`run`](Backend::run) (or [`poll`](Backend::poll)) reports
 //!   [`Health::Broken`] is dropped and built again; if that fails, the worker stops and later
 //!   jobs are failed.
@@ -63,7 +63,7 @@ impl<J: Send + 'static> Worker<J> {
     /// [`Health::Broken`]) and runs the jobs submitted to it.
     ///
     /// # Errors
-    /// [`Error::ThreadSpawn`] when the thread cannot be started; `make`'s error when the first
+    /// [`TransferError::WorkerSpawn`](crate::error::TransferError::WorkerSpawn) when the thread cannot be started; `make`'s error when the first
     /// backend cannot be built.
     pub(crate) fn start<B, F>(name: &'static str, make: F) -> Result<Self>
     where
@@ -87,7 +87,7 @@ impl<J: Send + 'static> Worker<J> {
                     }
                 }
             })
-            .map_err(|source| Error::ThreadSpawn { name, source })?;
+            .map_err(|source| Error::spawn(name, source))?;
         let mut worker = Self {
             name,
             tx: Some(tx),
@@ -102,10 +102,10 @@ impl<J: Send + 'static> Worker<J> {
             // The thread ended without a word: it panicked while building the backend.
             Err(mpsc::RecvError) => {
                 worker.stop();
-                Err(Error::ThreadSpawn {
+                Err(Error::spawn(
                     name,
-                    source: std::io::Error::other("the thread panicked while starting"),
-                })
+                    std::io::Error::other("the thread panicked while starting"),
+                ))
             }
         }
     }
@@ -185,6 +185,7 @@ fn serve<B: Backend>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::BoundsError;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
 
@@ -227,11 +228,15 @@ mod tests {
     #[test]
     fn a_backend_that_cannot_be_built_is_reported_by_start() {
         let started = Worker::<u32>::start("kvmem-test-worker", || -> Result<Recorder> {
-            Err(Error::ZeroSize {
+            Err(BoundsError::ZeroSize {
                 what: "test backend",
-            })
+            }
+            .into())
         });
-        assert!(matches!(started, Err(Error::ZeroSize { .. })));
+        assert!(matches!(
+            started,
+            Err(Error::Bounds(BoundsError::ZeroSize { .. }))
+        ));
     }
 
     #[test]
@@ -245,9 +250,10 @@ mod tests {
                     log: Arc::default(),
                 })
             } else {
-                Err(Error::ZeroSize {
+                Err(BoundsError::ZeroSize {
                     what: "test backend",
-                })
+                }
+                .into())
             }
         })
         .unwrap();
