@@ -50,11 +50,11 @@ pub fn gpu_with(keys: &[BlockKey], n: usize) -> BlockLayout {
     for (b, key) in keys.iter().enumerate() {
         let p = pattern(*key);
         // The cache's block is [layer, outer, chunk]; vLLM's region per layer is [outer, block].
-        for layer in 0..config.num_layers {
+        for (layer, store) in stores.iter_mut().enumerate() {
             for outer in 0..config.outer_dim {
                 let src = (layer * config.outer_dim + outer) * chunk;
                 let dst = (outer * n + b) * chunk;
-                stores[layer].as_mut_slice()[dst..dst + chunk]
+                store.as_mut_slice()[dst..dst + chunk]
                     .copy_from_slice(&p[src..src + chunk]);
             }
         }
