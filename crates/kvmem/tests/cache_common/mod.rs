@@ -54,8 +54,7 @@ pub fn gpu_with(keys: &[BlockKey], n: usize) -> BlockLayout {
             for outer in 0..config.outer_dim {
                 let src = (layer * config.outer_dim + outer) * chunk;
                 let dst = (outer * n + b) * chunk;
-                store.as_mut_slice()[dst..dst + chunk]
-                    .copy_from_slice(&p[src..src + chunk]);
+                store.as_mut_slice()[dst..dst + chunk].copy_from_slice(&p[src..src + chunk]);
             }
         }
     }
