@@ -15,6 +15,12 @@ pub enum CliError {
     /// `kvmem bench` was given settings it cannot run, or could not write its output.
     #[error("bench: {0}")]
     Bench(String),
+    /// An error from the block cache.
+    #[error(transparent)]
+    Cache(#[from] kvmem::cache::CacheError),
+    /// `kvmem replay` was given a trace or settings it cannot use.
+    #[error("replay: {0}")]
+    Replay(String),
     /// A check the demo makes failed: the library returned wrong data.
     #[error("demo check failed: {0}")]
     Check(String),
