@@ -326,8 +326,11 @@ impl Index {
 
     /// Bytes of memory the index holds (table, slot tables, policies).
     pub(crate) fn heap_bytes(&self) -> usize {
+        // The table's buckets: a power of two holding its capacity at a 7/8 load factor, each
+        // with an entry and one control byte.
+        let buckets = (self.map.capacity() * 8 / 7).max(1).next_power_of_two();
         let entry = std::mem::size_of::<(BlockKey, Record)>() + 1;
-        self.map.capacity() * entry
+        buckets * entry
             + self.host.heap_bytes()
             + self.disk.as_ref().map_or(0, TierState::heap_bytes)
     }
