@@ -24,6 +24,21 @@
 //! geometry, capacity and model fingerprint it was written for) and `lock`. Reopening it
 //! recovers the journaled blocks; another geometry or fingerprint is refused.
 //!
+//! Metrics, through the `metrics` facade (install any recorder, e.g. a Prometheus exporter):
+//!
+//! | metric | kind | labels |
+//! |---|---|---|
+//! | `kvmem_cache_lookups_total` | counter | |
+//! | `kvmem_cache_lookup_blocks_total` | counter | |
+//! | `kvmem_cache_hits_total` | counter | `tier` = `host` / `disk` |
+//! | `kvmem_cache_bytes_total` | counter | `tier`, `direction` = `in` / `out` |
+//! | `kvmem_cache_evictions_total` | counter | `tier` |
+//! | `kvmem_cache_admissions_refused_total` | counter | |
+//! | `kvmem_cache_corrupt_blocks_total` | counter | |
+//! | `kvmem_cache_disk_write_failures_total` | counter | |
+//! | `kvmem_cache_ops_in_flight` | gauge | |
+//! | `kvmem_cache_op_seconds` | histogram | `op` = `store` / `load` / `prefetch` |
+//!
 //! ```
 //! use kvmem::cache::{BlockCache, CacheConfig, Capacity, chain_keys};
 //! use kvmem::layout::{BlockLayout, LayoutConfig, LayoutKind};
