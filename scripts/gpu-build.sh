@@ -75,6 +75,11 @@ if [ ! -x "$fio_dir/fio" ]; then
     (cd "$fio_dir" && ./configure --build-static --disable-native >/dev/null && make -j"$(nproc)" fio >/dev/null)
 fi
 strip -o "$stage/bin/fio" "$fio_dir/fio"
+# The Python package: one abi3 wheel (CPython 3.10+, self-contained; NIXL is found at run time),
+# its tests and its benchmark, for run.sh's Python step.
+rm -rf "$stage/py" && mkdir -p "$stage/py"
+.venv/bin/maturin build --release --quiet -m crates/kvmem-py/Cargo.toml -o "$stage/py/wheels"
+cp -r crates/kvmem-py/tests crates/kvmem-py/bench crates/kvmem-py/pyproject.toml "$stage/py/"
 cp scripts/gpu-run.sh "$stage/run.sh"
 chmod +x "$stage/run.sh"
 git rev-parse HEAD >"$stage/COMMIT" 2>/dev/null || true

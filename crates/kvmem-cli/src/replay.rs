@@ -11,6 +11,7 @@
 //! blocks).
 
 use crate::error::{CliError, Result};
+use kvmem::Completion;
 use kvmem::cache::{
     Admission, BlockCache, BlockKey, CacheConfig, Capacity, PolicyKind, WritePolicy,
 };

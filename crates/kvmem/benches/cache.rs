@@ -9,6 +9,7 @@
 //! `cargo bench -p kvmem --bench cache`
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use kvmem::Completion;
 use kvmem::cache::{BlockCache, BlockKey, CacheConfig, Capacity, HostMemoryKind};
 use kvmem::layout::{BlockLayout, LayoutConfig, LayoutKind};
 use kvmem::{Buffer, SystemStorage};

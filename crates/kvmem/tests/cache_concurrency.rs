@@ -6,6 +6,7 @@
 mod cache_common;
 
 use cache_common::*;
+use kvmem::Completion;
 use kvmem::cache::{BlockCache, CacheConfig, Capacity, HostMemoryKind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

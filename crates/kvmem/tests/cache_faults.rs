@@ -6,6 +6,7 @@
 mod cache_common;
 
 use cache_common::*;
+use kvmem::Completion;
 use kvmem::cache::{
     BlockCache, BlockKey, CacheConfig, CacheError, Capacity, HostMemoryKind, WritePolicy,
 };
@@ -130,7 +131,10 @@ fn another_geometry_or_model_is_refused() {
     let mut other_model = config(dir.path(), 4, 8, WritePolicy::WriteBack);
     other_model.fingerprint = "another-model".into();
     let e = BlockCache::open(other_model).unwrap_err();
-    assert!(matches!(e, CacheError::DirectoryMismatch { .. }), "{e}");
+    assert!(
+        matches!(e, kvmem::Error::Cache(CacheError::DirectoryMismatch { .. })),
+        "{e}"
+    );
     assert!(
         e.to_string().contains("another-model") && e.to_string().contains("test-model"),
         "{e}"
@@ -139,17 +143,17 @@ fn another_geometry_or_model_is_refused() {
     other_shape.block.num_layers = 4;
     assert!(matches!(
         BlockCache::open(other_shape),
-        Err(CacheError::DirectoryMismatch { .. })
+        Err(kvmem::Error::Cache(CacheError::DirectoryMismatch { .. }))
     ));
     assert!(matches!(
         BlockCache::open(config(dir.path(), 4, 16, WritePolicy::WriteBack)),
-        Err(CacheError::DirectoryMismatch { .. })
+        Err(kvmem::Error::Cache(CacheError::DirectoryMismatch { .. }))
     ));
     // And one directory is one cache at a time.
     let open = BlockCache::open(config(dir.path(), 4, 8, WritePolicy::WriteBack)).unwrap();
     assert!(matches!(
         BlockCache::open(config(dir.path(), 4, 8, WritePolicy::WriteBack)),
-        Err(CacheError::DirectoryLocked { .. })
+        Err(kvmem::Error::Cache(CacheError::DirectoryLocked { .. }))
     ));
     drop(open);
 }

@@ -10,6 +10,7 @@
 mod cache_common;
 
 use cache_common::*;
+use kvmem::Completion;
 use kvmem::cache::{
     Admission, BlockCache, CacheConfig, Capacity, HostMemoryKind, PolicyKind, WritePolicy,
 };

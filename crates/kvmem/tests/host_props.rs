@@ -1,6 +1,7 @@
 //! Property tests over views, the arena and tensor descriptors: every invalid argument is an
 //! `Err`, nothing panics, and live arena buffers never overlap and always lie inside their storage.
 
+use kvmem::error::{BoundsError, LayoutError, MemoryError};
 use kvmem::{
     ArenaAllocator, ArenaBuffer, Buffer, Error, MemoryDescriptor, OffsetBuffer, PAGE_SIZE,
     SystemStorage, TensorDescriptor,
@@ -42,13 +43,13 @@ proptest! {
                     }
                     Err(e) => {
                         prop_assert!(!inner_valid);
-                        prop_assert!(matches!(e, Error::OutOfBounds { .. } | Error::ZeroSize { .. }), "unexpected error {}", e);
+                        prop_assert!(matches!(e, Error::Bounds(BoundsError::OutOfBounds { .. }) | Error::Bounds(BoundsError::ZeroSize { .. })), "unexpected error {}", e);
                     }
                 }
             }
             Err(e) => {
                 prop_assert!(!valid);
-                prop_assert!(matches!(e, Error::OutOfBounds { .. } | Error::ZeroSize { .. }), "unexpected error {}", e);
+                prop_assert!(matches!(e, Error::Bounds(BoundsError::OutOfBounds { .. }) | Error::Bounds(BoundsError::ZeroSize { .. })), "unexpected error {}", e);
             }
         }
     }
@@ -79,8 +80,8 @@ proptest! {
                         }
                         live.push(b);
                     }
-                    Err(Error::ZeroSize { .. }) => prop_assert_eq!(size, 0),
-                    Err(Error::ArenaExhausted { requested, free, largest }) => {
+                    Err(Error::Bounds(BoundsError::ZeroSize { .. })) => prop_assert_eq!(size, 0),
+                    Err(Error::Memory(MemoryError::ArenaExhausted { requested, free, largest })) => {
                         prop_assert_eq!(requested, size);
                         prop_assert!(largest <= free && free <= arena.capacity());
                         prop_assert!(size.div_ceil(PAGE_SIZE) as u128 * PAGE_SIZE as u128 > largest as u128);
@@ -115,7 +116,7 @@ proptest! {
                     prop_assert_eq!(t.span_bytes(), t.nbytes());
                 }
             }
-            Err(e) => prop_assert!(matches!(e, Error::InvalidTensor(_) | Error::Overflow { .. }), "unexpected error {}", e),
+            Err(e) => prop_assert!(matches!(e, Error::Layout(LayoutError::InvalidTensor(_)) | Error::Bounds(BoundsError::Overflow { .. })), "unexpected error {}", e),
         }
         if let Ok(t) = TensorDescriptor::contiguous(&shape, elem) {
             prop_assert!(t.is_contiguous());

@@ -4,10 +4,12 @@
 //! The protocol, byte for byte, is in `docs/TWO_NODE.md`.
 
 use super::nixl::{self, NixlEnds};
+use super::point::PointSpec;
 use super::report::Report;
 use super::{BenchArgs, Pattern};
 use crate::error::{CliError, Result};
-use kvmem::nixl::{Agent, AgentConfig, MemType, PeerManifest, TransferOp};
+use kvmem::nixl::raw::TransferOp;
+use kvmem::nixl::{Agent, AgentConfig, MemType, PeerManifest};
 use kvmem::transfer::{EngineConfig, TransferEngine};
 use kvmem::{HostMemory, MemoryDescriptor, SystemStorage};
 use serde::{Deserialize, Serialize};
@@ -187,18 +189,16 @@ pub fn initiator(args: &BenchArgs) -> Result<Report> {
             skipped.push(format!("{label} {size}: no block fits"));
             continue;
         }
-        match nixl::measure(
-            &ends,
-            &engine,
+        let spec = PointSpec {
             label,
-            op,
             pattern,
-            size,
-            n,
-            args.iterations,
-            args.seed,
-            &bar,
-        ) {
+            block_bytes: size,
+            blocks: n,
+            bytes: n * size,
+            iterations: args.iterations,
+            seed: args.seed,
+        };
+        match nixl::measure(&ends, &engine, op, &spec, &bar) {
             Ok(p) => points.push(p),
             Err(e) => {
                 failure = Some(e);

@@ -1,4 +1,4 @@
-//! The cache's errors.
+//! The cache's errors: the [`Cache`](crate::Error::Cache) domain of kvmem's error.
 
 use super::key::BlockKey;
 use std::path::PathBuf;
@@ -8,9 +8,6 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CacheError {
-    /// A memory or transfer error from the layers below (allocation, layout, copy).
-    #[error(transparent)]
-    Memory(Box<crate::Error>),
     /// The configuration cannot work.
     #[error("invalid cache configuration: {0}")]
     Config(String),
@@ -101,18 +98,6 @@ pub enum CacheError {
     ShutDown,
 }
 
-impl From<crate::Error> for CacheError {
-    fn from(e: crate::Error) -> Self {
-        Self::Memory(Box::new(e))
-    }
-}
-
-impl CacheError {
-    /// An I/O error on `path`.
-    pub(crate) fn io(op: &'static str, path: &std::path::Path, e: std::io::Error) -> Self {
-        crate::Error::io(op, path, e).into()
-    }
-}
-
-/// The cache's result type.
-pub type CacheResult<T> = std::result::Result<T, CacheError>;
+/// The cache's result type: kvmem's [`Error`](crate::Error), whose
+/// [`Cache`](crate::Error::Cache) domain holds a [`CacheError`].
+pub type CacheResult<T> = crate::Result<T>;

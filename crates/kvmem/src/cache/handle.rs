@@ -93,7 +93,8 @@ impl<T> OpState<T> {
     }
 }
 
-/// A cache operation in flight: wait for it (optionally with a timeout), poll it, or cancel it.
+/// A cache operation in flight: wait for it (optionally with a timeout), poll it, or cancel it,
+/// through [`Completion`](crate::Completion).
 ///
 /// Dropping the handle does not stop the operation; it finishes (or fails at its deadline) in
 /// the background and the cache's state is updated either way.
@@ -106,14 +107,18 @@ impl<T> CacheHandle<T> {
     pub(crate) fn new(state: Arc<OpState<T>>) -> Self {
         Self { state }
     }
+}
+
+impl<T> crate::Completion for CacheHandle<T> {
+    type Output = T;
 
     /// True once the operation has an outcome.
-    pub fn is_done(&self) -> bool {
+    fn is_done(&self) -> bool {
         self.state.is_reported()
     }
 
     /// Waits up to `timeout` for the outcome; true if there is one.
-    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+    fn wait_timeout(&self, timeout: Duration) -> bool {
         let slot = self.state.result.lock().unwrap_or_else(|e| e.into_inner());
         let (_slot, _) = self
             .state
@@ -127,21 +132,22 @@ impl<T> CacheHandle<T> {
     /// (plus the time the worker needs to notice).
     ///
     /// # Errors
-    /// [`CacheError::Timeout`], [`CacheError::Failed`] (with the keys that failed),
-    /// [`CacheError::Cancelled`], [`CacheError::ShutDown`].
-    pub fn wait(self) -> CacheResult<T> {
+    /// [`Error::Cache`](crate::Error::Cache) with [`CacheError::Timeout`],
+    /// [`CacheError::Failed`] (with the keys that failed), [`CacheError::Cancelled`] or
+    /// [`CacheError::ShutDown`].
+    fn wait(self) -> crate::Result<T> {
         let slot = self.state.result.lock().unwrap_or_else(|e| e.into_inner());
         let mut slot = self
             .state
             .done
             .wait_while(slot, |_| !self.state.is_reported())
             .unwrap_or_else(|e| e.into_inner());
-        slot.take().unwrap_or(Err(CacheError::ShutDown))
+        slot.take().unwrap_or(Err(CacheError::ShutDown.into()))
     }
 
     /// Asks the operation to stop: it fails with [`CacheError::Cancelled`] unless it already
     /// has an outcome. Blocks it stored stay absent.
-    pub fn cancel(&self) {
+    fn cancel(&self) {
         self.state.cancel.store(true, Ordering::Relaxed);
     }
 }
@@ -149,7 +155,7 @@ impl<T> CacheHandle<T> {
 impl<T> std::fmt::Debug for CacheHandle<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CacheHandle")
-            .field("done", &self.is_done())
+            .field("done", &self.state.is_reported())
             .finish()
     }
 }

@@ -9,6 +9,7 @@ use super::key::BlockKey;
 use super::slots::{NO_SLOT, Slot};
 use super::stats::{Counters, InFlight, TierLabel};
 use super::{Shared, WritePolicy};
+use crate::Completion;
 use crate::layout::BlockLayout;
 use crate::transfer::TransferHandle;
 use std::time::{Duration, Instant};
@@ -71,7 +72,7 @@ fn finish_copy<T>(
         };
         if let Some(e) = late {
             h.cancel();
-            op.report(Err(e));
+            op.report(Err(e.into()));
             // The outcome no longer matters; what matters is that no copy still runs.
             let _ = h.wait();
             return Err(CopyEnd::Late);
@@ -126,7 +127,7 @@ impl Shared {
                 Err(CopyEnd::Failed(e)) => Err(e),
                 Err(CopyEnd::Late) => {
                     late = true;
-                    Err(crate::Error::TransferAborted)
+                    Err(crate::Error::Transfer(crate::error::TransferError::Aborted))
                 }
             },
         };
@@ -269,7 +270,8 @@ impl Shared {
                     op: "store",
                     keys,
                     source: Box::new(e),
-                }));
+                }
+                .into()));
                 return;
             }
             Ok(bytes) => self.stats.bytes_in(TierLabel::Host, bytes),
@@ -454,7 +456,8 @@ impl Shared {
                 op: name,
                 keys: failed,
                 source: Box::new(source),
-            })),
+            }
+            .into())),
             None => op.report(Ok(plan.report)),
         };
     }

@@ -40,6 +40,7 @@
 //! | `kvmem_cache_op_seconds` | histogram | `op` = `store` / `load` / `prefetch` |
 //!
 //! ```
+//! use kvmem::Completion;
 //! use kvmem::cache::{BlockCache, CacheConfig, Capacity, chain_keys};
 //! use kvmem::layout::{BlockLayout, LayoutConfig, LayoutKind};
 //! use kvmem::{Buffer, SystemStorage};
@@ -57,7 +58,7 @@
 //! assert_eq!(cache.lookup(&keys).hits, 3);
 //! let loaded = cache.load(&keys[..2], &gpu, &[2, 3], Duration::from_secs(5))?.wait()?;
 //! assert!(loaded.complete());
-//! # Ok::<(), kvmem::cache::CacheError>(())
+//! # Ok::<(), kvmem::Error>(())
 //! ```
 
 mod config;
@@ -155,7 +156,7 @@ impl BlockCache {
     /// Builds the tiers of `config`, recovering the disk directory's journaled blocks.
     ///
     /// # Errors
-    /// [`CacheError::Config`] for an impossible configuration; [`CacheError::Memory`] when the
+    /// [`CacheError::Config`] for an impossible configuration; a memory or I/O [`Error`](crate::Error) when the
     /// host pool cannot be allocated or the directory cannot be created or written;
     /// [`CacheError::DirectoryMismatch`] for a directory written for another geometry,
     /// capacity or fingerprint; [`CacheError::DirectoryLocked`] when another cache has it open.
@@ -171,19 +172,21 @@ impl BlockCache {
             return Err(CacheError::Config(format!(
                 "at most {} blocks per tier; use larger blocks",
                 NO_SLOT - 1
-            )));
+            ))
+            .into());
         }
         if disk_blocks > 0 && host_blocks == 0 {
             return Err(CacheError::Config(
                 "a disk tier needs a host tier of at least one block: disk blocks pass through host memory"
                     .into(),
-            ));
+            ).into());
         }
         if disk_blocks > 0 && block_bytes % crate::storage::DIRECT_IO_ALIGN != 0 {
             return Err(CacheError::Config(format!(
                 "disk blocks must be multiples of {} bytes for O_DIRECT, not {block_bytes}",
                 crate::storage::DIRECT_IO_ALIGN
-            )));
+            ))
+            .into());
         }
         let host = HostPool::new(config.block, host_blocks, config.host_memory)?;
         let engine = TransferEngine::new(config.engine)?;
@@ -239,13 +242,7 @@ impl BlockCache {
                         }
                     }
                 })
-                .map_err(|e| {
-                    CacheError::from(crate::Error::io(
-                        "start a cache worker thread",
-                        "kvmem-cache",
-                        e,
-                    ))
-                })?;
+                .map_err(|e| crate::Error::spawn("kvmem-cache worker", e))?;
             workers.push(worker);
         }
         Ok(Self {
@@ -570,7 +567,8 @@ impl BlockCache {
             return Err(CacheError::CountMismatch {
                 keys: keys.len(),
                 ids: gpu_ids.len(),
-            });
+            }
+            .into());
         }
         self.shared.geometry.check(gpu)
     }

@@ -73,7 +73,8 @@ impl Geometry {
                 want_layers: self.layers,
                 want_outer: self.outer,
                 want_chunk: self.chunk_bytes,
-            });
+            }
+            .into());
         }
         Ok(())
     }
@@ -230,14 +231,14 @@ impl DiskTier {
         meta: DirMeta,
     ) -> CacheResult<(Self, Vec<Entry>)> {
         std::fs::create_dir_all(dir)
-            .map_err(|e| CacheError::io("create the cache directory", dir, e))?;
+            .map_err(|e| crate::Error::io("create the cache directory", dir, e))?;
         let lock_path = dir.join("lock");
         let lock = File::options()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&lock_path)
-            .map_err(|e| CacheError::io("create the lock file in", dir, e))?;
+            .map_err(|e| crate::Error::io("create the lock file in", dir, e))?;
         rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
             |_| CacheError::DirectoryLocked {
                 dir: dir.to_path_buf(),
@@ -259,7 +260,8 @@ impl DiskTier {
                         dir: dir.to_path_buf(),
                         expected: meta.describe(),
                         found: found.describe(),
-                    });
+                    }
+                    .into());
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -268,7 +270,7 @@ impl DiskTier {
                     match std::fs::remove_file(stale) {
                         Ok(()) => {}
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(CacheError::io("remove", stale, e)),
+                        Err(e) => return Err(crate::Error::io("remove", stale, e)),
                     }
                 }
                 let bytes = config.block_bytes()? as u64 * meta.blocks as u64;
@@ -276,10 +278,11 @@ impl DiskTier {
                 let tmp = dir.join("meta.json.tmp");
                 let text = serde_json::to_vec_pretty(&meta)
                     .map_err(|e| CacheError::Config(e.to_string()))?;
-                std::fs::write(&tmp, text).map_err(|e| CacheError::io("write", &tmp, e))?;
-                std::fs::rename(&tmp, &meta_path).map_err(|e| CacheError::io("rename", &tmp, e))?;
+                std::fs::write(&tmp, text).map_err(|e| crate::Error::io("write", &tmp, e))?;
+                std::fs::rename(&tmp, &meta_path)
+                    .map_err(|e| crate::Error::io("rename", &tmp, e))?;
             }
-            Err(e) => return Err(CacheError::io("read", &meta_path, e)),
+            Err(e) => return Err(crate::Error::io("read", &meta_path, e)),
         }
         let storage = DiskStorage::open_existing(&blocks_path)?;
         let layout = BlockLayout::new(
@@ -293,7 +296,7 @@ impl DiskTier {
         )?;
         let journal_path = dir.join("journal.log");
         let (journal, entries) = Journal::open(&journal_path)
-            .map_err(|e| CacheError::io("open the journal", &journal_path, e))?;
+            .map_err(|e| crate::Error::io("open the journal", &journal_path, e))?;
         Ok((
             Self {
                 layout,
@@ -311,18 +314,18 @@ fn create_block_file(path: &Path, bytes: u64) -> CacheResult<()> {
         .write(true)
         .create_new(true)
         .open(path)
-        .map_err(|e| CacheError::io("create", path, e))?;
+        .map_err(|e| crate::Error::io("create", path, e))?;
     if let Err(e) = rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, bytes) {
         // Some file systems cannot reserve; a plain length still works (sparse).
         let fallback = file.set_len(bytes);
         if e != rustix::io::Errno::OPNOTSUPP || fallback.is_err() {
             drop(file);
             let _ = std::fs::remove_file(path);
-            return Err(CacheError::from(crate::Error::io(
+            return Err(crate::Error::io(
                 "reserve space (fallocate) for",
                 path,
                 std::io::Error::from_raw_os_error(e.raw_os_error()),
-            )));
+            ));
         }
     }
     Ok(())

@@ -13,10 +13,12 @@
 
 use super::handle::Work;
 use super::plan::{CopyOp, TransferPath};
+use crate::Completion;
 use crate::cuda::CudaDevice;
 use crate::cuda::batch::{CopyCompletion, CopyMethod, CopyStream, DeviceCopy, Location};
+use crate::cuda::interop::Event;
 use crate::descriptor::MemoryDescriptor;
-use crate::error::{Error, Result};
+use crate::error::{BoundsError, Error, IoError, Result, TransferError, UnsupportedError};
 use crate::host::HostMemory;
 use crate::kind::StorageKind;
 use crate::storage::{PinnedStorage, expect_full, pread_all, pwrite_all};
@@ -108,10 +110,10 @@ impl GpuExecutor {
                         }
                         Task::Staged(work) => {
                             let result = if work.completion.cancelled() {
-                                Err(Error::TransferCancelled {
+                                Err(Error::Transfer(TransferError::Cancelled {
                                     done: 0,
                                     total: work.plan.total_bytes(),
-                                })
+                                }))
                             } else {
                                 run_staged(&shared, &mut bounce, &work, method, bounce_bytes)
                             };
@@ -123,7 +125,7 @@ impl GpuExecutor {
                     completion.complete(result);
                 }
             })
-            .map_err(|source| Error::HostAlloc { size: 0, source })?;
+            .map_err(|source| Error::spawn("CUDA copy worker", source))?;
         Ok(Self {
             streams,
             method,
@@ -163,6 +165,47 @@ impl GpuExecutor {
             // completions (which wait) and its Work (which reports `TransferAborted`).
             let _ = tx.send(task);
         }
+    }
+
+    /// [`submit`](Self::submit) ordered with a foreign stream: the copy stream first waits (on
+    /// the GPU) for `after`, then the work is submitted; for direct paths an event recorded
+    /// after the copies is returned (staged paths record none: their copies are enqueued later
+    /// by the worker). On an error before submission the work is dropped, which reports
+    /// `TransferAborted` to its handle; nothing has moved.
+    pub(crate) fn submit_ordered(
+        &self,
+        work: Work,
+        after: Option<&Event>,
+    ) -> Result<Option<Event>> {
+        let Some(first) = work.plan.batches().first() else {
+            self.submit(work);
+            return Ok(None);
+        };
+        let stream = self
+            .streams
+            .get(device_of(first.src_kind, first.dst_kind)?)?;
+        if let Some(event) = after {
+            // SAFETY: the copy stream is live (held by `stream`) and of the device's primary
+            // context, which `Event` binds.
+            unsafe { event.wait_in(stream.raw()) }?;
+        }
+        let direct = work
+            .plan
+            .batches()
+            .iter()
+            .all(|b| !needs_staging(b.src_kind) && !needs_staging(b.dst_kind));
+        self.submit(work);
+        if !direct {
+            return Ok(None);
+        }
+        // The transfer is running: a failure here only loses the GPU-side signal.
+        let end = Event::new(stream.device()).and_then(|end| {
+            // SAFETY: as above.
+            unsafe { end.record(stream.raw()) }.map(|()| end)
+        });
+        Ok(end
+            .inspect_err(|e| tracing::warn!(error = %e, "cannot record a transfer's end event"))
+            .ok())
     }
 
     fn enqueue_direct(
@@ -206,11 +249,11 @@ fn location(kind: StorageKind) -> Location {
 fn device_of(src: StorageKind, dst: StorageKind) -> Result<u32> {
     src.device_id()
         .or(dst.device_id())
-        .ok_or(Error::UnsupportedTransfer {
+        .ok_or(Error::Unsupported(UnsupportedError::Transfer {
             src,
             dst,
             reason: "the CUDA executor needs device memory at one end",
-        })
+        }))
 }
 
 fn run_staged(
@@ -274,8 +317,10 @@ fn run_staged(
 }
 
 fn raw_fd(fd: u64) -> Result<i32> {
-    i32::try_from(fd).map_err(|_| Error::Overflow {
-        what: "file descriptor",
+    i32::try_from(fd).map_err(|_| {
+        Error::Bounds(BoundsError::Overflow {
+            what: "file descriptor",
+        })
     })
 }
 
@@ -367,24 +412,28 @@ fn with_fd<T>(fd: i32, f: impl FnOnce(rustix::fd::BorrowedFd<'_>) -> T) -> T {
 
 fn read_exact_at(fd: i32, buf: &mut [u8], offset: u64) -> Result<()> {
     let len = buf.len();
-    let done = with_fd(fd, |f| pread_all(f, buf, offset)).map_err(|source| Error::TransferIo {
-        op: "read",
-        fd,
-        offset,
-        len,
-        source,
+    let done = with_fd(fd, |f| pread_all(f, buf, offset)).map_err(|source| {
+        Error::Io(IoError::Transfer {
+            op: "read",
+            fd,
+            offset,
+            len,
+            source,
+        })
     })?;
     expect_full("read", offset, len, done)
 }
 
 fn write_all_at(fd: i32, buf: &[u8], offset: u64) -> Result<()> {
     let len = buf.len();
-    let done = with_fd(fd, |f| pwrite_all(f, buf, offset)).map_err(|source| Error::TransferIo {
-        op: "write",
-        fd,
-        offset,
-        len,
-        source,
+    let done = with_fd(fd, |f| pwrite_all(f, buf, offset)).map_err(|source| {
+        Error::Io(IoError::Transfer {
+            op: "write",
+            fd,
+            offset,
+            len,
+            source,
+        })
     })?;
     expect_full("write", offset, len, done)
 }
