@@ -200,6 +200,8 @@ pub struct S3Fifo {
     small_target: usize,
     small_len: usize,
     ghost_cap: usize,
+    /// Entries the current scan skipped, put back where they were when it ends.
+    skipped: Vec<((Slot, u32), bool)>,
 }
 
 impl S3Fifo {
@@ -217,6 +219,7 @@ impl S3Fifo {
             small_target: (capacity / 10).max(1),
             small_len: 0,
             ghost_cap: capacity,
+            skipped: Vec::new(),
         }
     }
 
@@ -285,22 +288,22 @@ impl Policy for S3Fifo {
         }
     }
     fn victim(&mut self, scan: &mut dyn FnMut(Slot) -> Scan) -> Option<Slot> {
-        // Every live entry is looked at a bounded number of times: skipped or promoted entries
-        // go to the back, and a full pass over both queues without a victim ends the scan.
+        // Every live entry is looked at a bounded number of times: promoted entries go to the
+        // back of main, skipped ones are put back where they were when the scan ends (so that
+        // skipping does not reorder the queues), and a full pass without a victim ends it.
         let mut budget = 2 * (self.small.len() + self.main.len()) + 8;
+        let mut found = None;
         while budget > 0 {
             budget -= 1;
-            let from_small = self.small_len >= self.small_target || self.main.is_empty();
+            let from_small = (self.small_len >= self.small_target && !self.small.is_empty())
+                || self.main.is_empty();
             let entry = if from_small {
                 self.small.pop_front()
             } else {
                 self.main.pop_front()
             };
             let Some(e) = entry else {
-                if self.small.is_empty() && self.main.is_empty() {
-                    return None;
-                }
-                continue;
+                break;
             };
             let q = if from_small {
                 Queue::Small
@@ -331,26 +334,24 @@ impl Policy for S3Fifo {
                     if from_small {
                         self.remember(key);
                     }
-                    return Some(e.0);
+                    found = Some(e.0);
+                    break;
                 }
-                Scan::Skip => {
-                    if from_small {
-                        self.small.push_back(e);
-                    } else {
-                        self.main.push_back(e);
-                    }
-                }
+                Scan::Skip => self.skipped.push((e, from_small)),
                 Scan::Stop => {
-                    if from_small {
-                        self.small.push_front(e);
-                    } else {
-                        self.main.push_front(e);
-                    }
-                    return None;
+                    self.skipped.push((e, from_small));
+                    break;
                 }
             }
         }
-        None
+        while let Some((e, small)) = self.skipped.pop() {
+            if small {
+                self.small.push_front(e);
+            } else {
+                self.main.push_front(e);
+            }
+        }
+        found
     }
     fn name(&self) -> &'static str {
         "s3fifo"
