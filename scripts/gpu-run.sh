@@ -81,6 +81,7 @@ step "copy-stream GPU tests" "$out/tests.log" "$bin/cuda_batch_gpu" --ignored --
 step "transfer-engine GPU tests" "$out/tests.log" "$bin/cuda_transfer_gpu" --ignored --test-threads=1
 # NIXL with GPU memory (UCX's CUDA transport), and the host remote tests, on this machine.
 step "remote transfer tests (GPU and host)" "$out/tests.log" "$bin/transfer_remote" --include-ignored --test-threads=1
+step "block cache GPU data path" "$out/tests.log" "$bin/cache_gpu" --ignored --nocapture --test-threads=1
 
 if [ -n "$sanitizer" ] && [ "$quick" = 1 ]; then
     step "memcheck: transfer-engine tests" "$out/sanitizer.log" timeout 400 "$sanitizer" --tool memcheck \

@@ -9,13 +9,15 @@
 //! | module | owns |
 //! |---|---|
 //! | [`kind`] | [`StorageKind`], the tier a region lives in |
+//! | [`region`] | NIXL's vocabulary for memory: [`nixl::MemType`], the one region type [`nixl::NixlDescriptor`], [`nixl::AddressSpace`], [`nixl::NixlCompatible`] (re-exported by [`nixl`]) |
 //! | [`descriptor`] | the [`MemoryDescriptor`] trait and the type-erased [`Buffer`] handle |
-//! | [`nixl`] | NIXL's types ([`nixl::MemType`], [`nixl::NixlDescriptor`], [`nixl::NixlCompatible`]) and loading the NIXL runtime |
+//! | [`nixl`] | kvmem's NIXL agent: loading the runtime, registration, peers, transfers, notifications |
 //! | [`storage`] | storages that own or wrap memory: [`SystemStorage`], [`DiskStorage`], external memory, and on CUDA [`DeviceStorage`], [`PinnedStorage`], [`MappedPinnedStorage`], [`DevicePool`] |
 //! | [`cuda`] | the CUDA driver: loading it, devices and their contexts, page-locking, copy helpers |
 //! | [`host`] | safe byte access to host-accessible storage ([`HostMemory`]) |
 //! | [`view`] | checked sub-ranges of a buffer ([`OffsetBuffer`]) |
 //! | [`arena`] | sub-allocation of one storage into many buffers ([`ArenaAllocator`]) |
+//! | [`cache`] | the KV block cache: content keys to blocks in pinned host memory and on disk ([`cache::BlockCache`]) |
 //! | [`layout`] | KV-cache block layouts over any storage ([`layout::BlockLayout`]) |
 //! | [`transfer`] | planning and executing block copies between layouts and tiers ([`transfer::TransferEngine`]) |
 //! | [`tensor`] | shape/stride descriptions of tensors laid over a buffer ([`TensorDescriptor`]) |
@@ -43,6 +45,7 @@
 
 pub mod arena;
 mod backoff;
+pub mod cache;
 pub mod completion;
 pub mod cuda;
 pub mod descriptor;
@@ -51,6 +54,7 @@ pub mod host;
 pub mod kind;
 pub mod layout;
 pub mod nixl;
+pub mod region;
 pub mod storage;
 pub mod tensor;
 pub mod topology;

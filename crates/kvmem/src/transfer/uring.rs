@@ -8,8 +8,9 @@ use super::disk::DiskQueue;
 use super::handle::Work;
 use super::plan::{TransferPath, TransferPlan};
 use super::worker::{Backend, Health, Worker};
-use crate::error::{BoundsError, Error, IoError, LayoutError, Result, TransferError};
+use crate::error::{Error, IoError, LayoutError, Result, TransferError};
 use io_uring::{IoUring, opcode, types};
+use rustix::fd::AsRawFd;
 use rustix::io::Errno;
 
 /// Starts the worker that owns the ring. Transfers run one after another, each at the full
@@ -120,17 +121,9 @@ fn requests(plan: &TransferPlan, max: usize) -> Result<Vec<Io>> {
         } else {
             batch.src_kind
         };
-        let crate::StorageKind::Disk(fd) = file else {
-            return Err(Error::Layout(LayoutError::Invalid(format!(
-                "disk side of a {} batch is {file} memory",
-                plan.path()
-            ))));
-        };
-        let fd = i32::try_from(fd).map_err(|_| {
-            Error::Bounds(BoundsError::Overflow {
-                what: "file descriptor",
-            })
-        })?;
+        // The file is reached through the `DiskStorage` among the plan's buffers that owns it
+        // (the plan keeps it open until the I/O has finished), never by trusting the raw number.
+        let fd = plan.file(file)?.as_raw_fd();
         for op in &batch.ops {
             let (mem, offset) = if write {
                 (op.src, op.dst)
