@@ -28,7 +28,7 @@ trap 'rm -f "$log"' EXIT
 list=$( {
     cargo test --release -p kvmem --locked --no-run --message-format=json \
         --test cuda_gpu --test cuda_no_driver --test cuda_batch_gpu --test cuda_transfer_gpu \
-        --test transfer_remote
+        --test transfer_remote --test transfer_errors
     cargo bench -p kvmem --locked --no-run --message-format=json --bench cuda_pinned_alloc --bench plan
     cargo build --release -p kvmem-cli --locked --message-format=json --bin kvmem
 } 2>"$log" | artifacts) || { cat "$log" >&2; exit 1; }
@@ -44,7 +44,7 @@ while read -r name exe; do
     *) objcopy --compress-debug-sections=zlib "$exe" "$stage/bin/$name" ;;
     esac
 done <<<"$list"
-for want in cuda_gpu cuda_no_driver cuda_batch_gpu cuda_transfer_gpu transfer_remote cuda_pinned_alloc plan kvmem; do
+for want in cuda_gpu cuda_no_driver cuda_batch_gpu cuda_transfer_gpu transfer_remote transfer_errors cuda_pinned_alloc plan kvmem; do
     [ -x "$stage/bin/$want" ] || { echo "gpu-build.sh: $want was not built" >&2; exit 1; }
 done
 # The NIXL runtime (UCX and POSIX plugins, the libraries they load, UCX's modules), packed from
@@ -93,7 +93,7 @@ if [ -z "$fio_bin" ] || [ ! -x "$fio_bin" ]; then
     mkdir -p target
     fio_work=$(mktemp -d)
     fio_fetch "$fio_work" || { rm -rf "$fio_work"; exit 1; }
-    orig=$(ls "$fio_work"/fio_*.orig.tar.* | head -n1)
+    orig=$(ls "$fio_work"/fio_*.orig.tar.* | grep -v "\.asc$" | head -n1)
     version=$(basename "$orig" | sed 's/^fio_\(.*\)\.orig\.tar\..*$/\1/')
     tar -xf "$orig" -C target
     rm -rf "$fio_work"
@@ -104,7 +104,12 @@ fi
 strip -o "$stage/bin/fio" "$fio_bin"
 cp scripts/gpu-run.sh "$stage/run.sh"
 chmod +x "$stage/run.sh"
-git rev-parse HEAD >"$stage/COMMIT" 2>/dev/null || true
+# The commit the binaries were built from; with uncommitted changes (untracked files included:
+# a new test file is built too) it is not that commit, and says so.
+if commit=$(git rev-parse HEAD 2>/dev/null); then
+    [ -z "$(git status --porcelain 2>/dev/null)" ] || commit="$commit-dirty"
+    echo "$commit" >"$stage/COMMIT"
+fi
 size=$(du -sb "$stage" | cut -f1)
 if [ "$size" -gt "$limit" ]; then
     echo "gpu-build.sh: $stage is $((size >> 20)) MiB, over the $((limit >> 20)) MiB the device tool carries" >&2
