@@ -19,12 +19,23 @@ fn engine(gpu_method: CopyMethod) -> TransferEngine {
     .unwrap()
 }
 
+/// Cases per (tier pair, layout pair): 3, or `KVMEM_SWEEP_REPEATS` (the GPU harness runs the
+/// forced-method sweeps under memcheck with 1, since memcheck is slow).
+fn repeats() -> usize {
+    std::env::var("KVMEM_SWEEP_REPEATS")
+        .ok()
+        .map(|v| v.parse().expect("KVMEM_SWEEP_REPEATS is a number"))
+        .unwrap_or(3)
+}
+
 fn sweep(engine: &TransferEngine, pairs: &[(Tier, Tier)], seed0: u64) {
     let mut seed = seed0;
+    let repeats = repeats();
+    assert!(repeats > 0, "KVMEM_SWEEP_REPEATS=0 would test nothing");
     for &(src_tier, dst_tier) in pairs {
         for src_kind in LayoutKind::ALL {
             for dst_kind in LayoutKind::ALL {
-                for _ in 0..3 {
+                for _ in 0..repeats {
                     seed += 1;
                     run_case(engine, src_tier, dst_tier, src_kind, dst_kind, seed);
                 }
@@ -50,15 +61,25 @@ fn every_layout_pair_over_gpu_tiers_auto() {
     sweep(&engine(CopyMethod::Auto), &GPU_PAIRS, 0x6B00);
 }
 
+// Each forced method over every GPU tier pair, staged ones included (one test per method, so
+// that the GPU harness can run each by name, under memcheck too).
+
 #[test]
 #[ignore = "needs a CUDA GPU"]
-fn every_layout_pair_over_gpu_tiers_each_method() {
-    for (i, m) in [CopyMethod::Batched, CopyMethod::Kernel, CopyMethod::PerCopy]
-        .into_iter()
-        .enumerate()
-    {
-        sweep(&engine(m), &GPU_PAIRS[..3], 0x7C00 + 1000 * i as u64);
-    }
+fn every_layout_pair_over_gpu_tiers_batched() {
+    sweep(&engine(CopyMethod::Batched), &GPU_PAIRS, 0x7C00);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn every_layout_pair_over_gpu_tiers_kernel() {
+    sweep(&engine(CopyMethod::Kernel), &GPU_PAIRS, 0x8C00);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn every_layout_pair_over_gpu_tiers_per_copy() {
+    sweep(&engine(CopyMethod::PerCopy), &GPU_PAIRS, 0x9C00);
 }
 
 /// Pinned host memory to and from files, on each disk backend (the host ↔ disk executors, with
