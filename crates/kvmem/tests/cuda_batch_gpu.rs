@@ -124,7 +124,13 @@ fn scattered_copies_host_device_and_back_by_every_method() {
                     .unwrap();
             let used = c.method();
             let (h, d) = (Location::Host, Location::Device(0));
-            assert_ran_as(&stream, method, used, (&copies, h, d), &format!("H2D chunk {chunk}"));
+            assert_ran_as(
+                &stream,
+                method,
+                used,
+                (&copies, h, d),
+                &format!("H2D chunk {chunk}"),
+            );
             c.wait().unwrap();
             let mut back = PinnedStorage::new(&gpu, size).unwrap();
             back.memset(0xee);
@@ -152,7 +158,13 @@ fn scattered_copies_host_device_and_back_by_every_method() {
                 unsafe { stream.copy_async(&copies, method, Location::Device(0), Location::Host) }
                     .unwrap();
             let d2h = (&copies[..], d, h);
-            assert_ran_as(&stream, method, c.method(), d2h, &format!("D2H chunk {chunk}"));
+            assert_ran_as(
+                &stream,
+                method,
+                c.method(),
+                d2h,
+                &format!("D2H chunk {chunk}"),
+            );
             c.wait().unwrap();
             let want = expected(back.as_slice(), &before, &pairs, chunk, stride);
             assert!(
@@ -177,7 +189,13 @@ fn scattered_copies_host_device_and_back_by_every_method() {
             }
             .unwrap();
             let d2d = (&copies[..], d, d);
-            assert_ran_as(&stream, method, c.method(), d2d, &format!("D2D chunk {chunk}"));
+            assert_ran_as(
+                &stream,
+                method,
+                c.method(),
+                d2d,
+                &format!("D2D chunk {chunk}"),
+            );
             assert!(c.wait_timeout(std::time::Duration::from_secs(10)).unwrap());
             let mut back2 = PinnedStorage::new(&gpu, size).unwrap();
             cuda::copy_device_to_host(&dev2, &mut back2).unwrap();

@@ -193,7 +193,9 @@ fn tensor_is_valid(shape: &[usize], strides: &[usize], elem: usize) -> bool {
         if d == 0 || (s == 0 && d > 1) {
             return false;
         }
-        numel = numel.and_then(|n| n.checked_mul(d as u128)).filter(|n| fits(Some(*n)));
+        numel = numel
+            .and_then(|n| n.checked_mul(d as u128))
+            .filter(|n| fits(Some(*n)));
         last = last
             .and_then(|l| l.checked_add((d as u128 - 1).checked_mul(s as u128)?))
             .filter(|l| fits(Some(*l)));

@@ -313,8 +313,12 @@ fn device_paths_refuse_bad_requests_before_anything_moves() {
     let mut f = Fixture::new();
     let fc = LayoutKind::FullyContiguous;
     let (device, device_poison) = f.layout(Tier::Device, fc, CONFIG, 4096);
-    let (device2, device2_poison) =
-        f.layout(Tier::Device, LayoutKind::LayerSeparate(BlockDim::Second), CONFIG, 4096);
+    let (device2, device2_poison) = f.layout(
+        Tier::Device,
+        LayoutKind::LayerSeparate(BlockDim::Second),
+        CONFIG,
+        4096,
+    );
     for other_tier in [Tier::Host, Tier::Pinned, Tier::Disk] {
         let (other, other_poison) = f.layout(other_tier, fc, CONFIG, 4096);
         for (src, dst) in [(&other, &device), (&device, &other), (&device, &device2)] {
@@ -322,12 +326,26 @@ fn device_paths_refuse_bad_requests_before_anything_moves() {
             let e = &f.engine;
             let err = e.copy_blocks(src, &[0, 8], dst, &[0, 1]).unwrap_err();
             assert!(
-                matches!(err, Error::BlockOutOfRange { side: "source", block: 8, .. }),
+                matches!(
+                    err,
+                    Error::BlockOutOfRange {
+                        side: "source",
+                        block: 8,
+                        ..
+                    }
+                ),
                 "{ctx}: {err}"
             );
             let err = e.copy_blocks(src, &[0, 1], dst, &[0, 8]).unwrap_err();
             assert!(
-                matches!(err, Error::BlockOutOfRange { side: "destination", block: 8, .. }),
+                matches!(
+                    err,
+                    Error::BlockOutOfRange {
+                        side: "destination",
+                        block: 8,
+                        ..
+                    }
+                ),
                 "{ctx}: {err}"
             );
             let err = e.copy_blocks(src, &[0, 1, 2], dst, &[0, 1]).unwrap_err();
@@ -355,7 +373,10 @@ fn device_paths_refuse_bad_requests_before_anything_moves() {
         ..CONFIG
     };
     let (small, small_poison) = f.layout(Tier::Device, fc, fewer_layers, 4096);
-    let err = f.engine.copy_blocks(&device, &[0], &small, &[0]).unwrap_err();
+    let err = f
+        .engine
+        .copy_blocks(&device, &[0], &small, &[0])
+        .unwrap_err();
     assert!(
         matches!(err, Error::LayoutMismatch { what: "layers", .. }),
         "{err}"
