@@ -164,8 +164,8 @@ if [ -n "$sanitizer" ]; then
         skipped "memcheck: copy-stream error tests"
     fi
     memcheck "transfer-engine tests (auto)" 400 "$bin/cuda_transfer_gpu" $sweep_auto
-    # The forced methods over every GPU tier pair, one case per layout pair (memcheck is slow).
-    KVMEM_SWEEP_REPEATS=1 memcheck "transfer-engine tests (forced methods)" 600 "$bin/cuda_transfer_gpu" $sweep_forced
+    # The forced methods over every GPU tier pair.
+    memcheck "transfer-engine tests (forced methods)" 600 "$bin/cuda_transfer_gpu" $sweep_forced
 else
     echo "memcheck: NOT RUN (compute-sanitizer not found)" | tee -a "$summary"
     failed=1

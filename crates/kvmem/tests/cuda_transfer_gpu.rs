@@ -19,23 +19,12 @@ fn engine(gpu_method: CopyMethod) -> TransferEngine {
     .unwrap()
 }
 
-/// Cases per (tier pair, layout pair): 3, or `KVMEM_SWEEP_REPEATS` (the GPU harness runs the
-/// forced-method sweeps under memcheck with 1, since memcheck is slow).
-fn repeats() -> usize {
-    std::env::var("KVMEM_SWEEP_REPEATS")
-        .ok()
-        .map(|v| v.parse().expect("KVMEM_SWEEP_REPEATS is a number"))
-        .unwrap_or(3)
-}
-
 fn sweep(engine: &TransferEngine, pairs: &[(Tier, Tier)], seed0: u64) {
     let mut seed = seed0;
-    let repeats = repeats();
-    assert!(repeats > 0, "KVMEM_SWEEP_REPEATS=0 would test nothing");
     for &(src_tier, dst_tier) in pairs {
         for src_kind in LayoutKind::ALL {
             for dst_kind in LayoutKind::ALL {
-                for _ in 0..repeats {
+                for _ in 0..3 {
                     seed += 1;
                     run_case(engine, src_tier, dst_tier, src_kind, dst_kind, seed);
                 }
