@@ -62,6 +62,61 @@ fn assert_untouched(layout: &BlockLayout, images: &[Vec<u8>]) {
     }
 }
 
+/// Bad block lists between `src` and `dst` (layouts of `CONFIG`): each refused with its error.
+fn assert_bad_block_lists_refused(
+    e: &TransferEngine,
+    src: &BlockLayout,
+    dst: &BlockLayout,
+    ctx: &str,
+) {
+    let err = e.copy_blocks(src, &[0, 8], dst, &[0, 1]).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::BlockOutOfRange {
+                side: "source",
+                block: 8,
+                num_blocks: 8
+            }
+        ),
+        "{ctx}: {err}"
+    );
+    let err = e
+        .copy_blocks(src, &[0, 1], dst, &[0, usize::MAX])
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::BlockOutOfRange {
+                side: "destination",
+                ..
+            }
+        ),
+        "{ctx}: {err}"
+    );
+    let err = e.copy_blocks(src, &[0, 1, 2], dst, &[0, 1]).unwrap_err();
+    assert!(
+        matches!(err, Error::BlockCountMismatch { src: 3, dst: 2 }),
+        "{ctx}: {err}"
+    );
+    let err = e.copy_blocks(src, &[0, 1], dst, &[4, 4]).unwrap_err();
+    assert!(
+        matches!(err, Error::DuplicateBlock { block: 4 }),
+        "{ctx}: {err}"
+    );
+}
+
+/// Waits for a copy of blocks that must succeed; its byte count.
+fn copied(
+    e: &TransferEngine,
+    src: &BlockLayout,
+    s: &[usize],
+    dst: &BlockLayout,
+    d: &[usize],
+) -> usize {
+    e.copy_blocks(src, s, dst, d).unwrap().wait().unwrap().bytes
+}
+
 #[test]
 fn bad_block_lists_are_refused() {
     let mut f = Fixture::new();
@@ -73,30 +128,7 @@ fn bad_block_lists_are_refused() {
             CONFIG,
             4096,
         );
-        let e = &f.engine;
-        assert!(matches!(
-            e.copy_blocks(&src, &[0, 8], &dst, &[0, 1]),
-            Err(Error::BlockOutOfRange {
-                side: "source",
-                block: 8,
-                num_blocks: 8
-            })
-        ));
-        assert!(matches!(
-            e.copy_blocks(&src, &[0, 1], &dst, &[0, usize::MAX]),
-            Err(Error::BlockOutOfRange {
-                side: "destination",
-                ..
-            })
-        ));
-        assert!(matches!(
-            e.copy_blocks(&src, &[0, 1, 2], &dst, &[0, 1]),
-            Err(Error::BlockCountMismatch { src: 3, dst: 2 })
-        ));
-        assert!(matches!(
-            e.copy_blocks(&src, &[0, 1], &dst, &[4, 4]),
-            Err(Error::DuplicateBlock { block: 4 })
-        ));
+        assert_bad_block_lists_refused(&f.engine, &src, &dst, &format!("host -> {dst_tier:?}"));
         assert_untouched(&dst, &poison);
     }
 }
@@ -199,13 +231,8 @@ fn overlapping_copies_are_refused() {
         })
     ));
     assert!(read_region(&shared) == shared_image);
-    let done = f
-        .engine
-        .copy_blocks(&layout, &[1, 2], &layout, &[5, 6])
-        .unwrap()
-        .wait()
-        .unwrap();
-    assert_eq!(done.bytes, 2 * CONFIG.block_bytes().unwrap());
+    let done = copied(&f.engine, &layout, &[1, 2], &layout, &[5, 6]);
+    assert_eq!(done, 2 * CONFIG.block_bytes().unwrap());
 }
 
 #[test]
@@ -323,41 +350,7 @@ fn device_paths_refuse_bad_requests_before_anything_moves() {
         let (other, other_poison) = f.layout(other_tier, fc, CONFIG, 4096);
         for (src, dst) in [(&other, &device), (&device, &other), (&device, &device2)] {
             let ctx = format!("{other_tier:?} and device");
-            let e = &f.engine;
-            let err = e.copy_blocks(src, &[0, 8], dst, &[0, 1]).unwrap_err();
-            assert!(
-                matches!(
-                    err,
-                    Error::BlockOutOfRange {
-                        side: "source",
-                        block: 8,
-                        ..
-                    }
-                ),
-                "{ctx}: {err}"
-            );
-            let err = e.copy_blocks(src, &[0, 1], dst, &[0, 8]).unwrap_err();
-            assert!(
-                matches!(
-                    err,
-                    Error::BlockOutOfRange {
-                        side: "destination",
-                        block: 8,
-                        ..
-                    }
-                ),
-                "{ctx}: {err}"
-            );
-            let err = e.copy_blocks(src, &[0, 1, 2], dst, &[0, 1]).unwrap_err();
-            assert!(
-                matches!(err, Error::BlockCountMismatch { src: 3, dst: 2 }),
-                "{ctx}: {err}"
-            );
-            let err = e.copy_blocks(src, &[0, 1], dst, &[4, 4]).unwrap_err();
-            assert!(
-                matches!(err, Error::DuplicateBlock { block: 4 }),
-                "{ctx}: {err}"
-            );
+            assert_bad_block_lists_refused(&f.engine, src, dst, &ctx);
         }
         assert_untouched(&other, &other_poison);
     }
@@ -385,13 +378,8 @@ fn device_paths_refuse_bad_requests_before_anything_moves() {
     assert_untouched(&device2, &device2_poison);
     assert_untouched(&small, &small_poison);
     // The engine still moves blocks between the same layouts.
-    let stats = f
-        .engine
-        .copy_blocks(&device, &[3, 5], &device2, &[0, 7])
-        .unwrap()
-        .wait()
-        .unwrap();
-    assert_eq!(stats.bytes, 2 * CONFIG.block_bytes().unwrap());
+    let done = copied(&f.engine, &device, &[3, 5], &device2, &[0, 7]);
+    assert_eq!(done, 2 * CONFIG.block_bytes().unwrap());
 }
 
 /// A read past the end of a file (truncated behind the engine's back) fails the transfer; it
