@@ -3,7 +3,9 @@
 //! looked for in `$KVMEM_SPEC_DIR`, else in `shared/seed/` beside this checkout or beside any
 //! directory above it (the project's CI clones next to a `shared/` folder). When it is found, the
 //! `kvmem_spec` cfg is set and `$OUT_DIR/spec_external_mod.rs` declares the module at the file's
-//! absolute path; when it is not, the test is left out and a warning says so.
+//! absolute path; when it is not, the test is left out and a warning says so. The search runs
+//! again when this file or `KVMEM_SPEC_DIR` changes (or the found file does): after adding the
+//! spec beside a checkout that lacked it, set the variable or touch this file.
 
 use std::env;
 use std::fs;
