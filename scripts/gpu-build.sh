@@ -102,6 +102,11 @@ if [ -z "$fio_bin" ] || [ ! -x "$fio_bin" ]; then
     fio_bin="$fio_dir/fio"
 fi
 strip -o "$stage/bin/fio" "$fio_bin"
+# The Python package: one abi3 wheel (CPython 3.10+, self-contained; NIXL is found at run time),
+# its tests and its benchmark, for run.sh's Python step.
+rm -rf "$stage/py" && mkdir -p "$stage/py"
+.venv/bin/maturin build --release --quiet -m crates/kvmem-py/Cargo.toml -o "$stage/py/wheels"
+cp -r crates/kvmem-py/tests crates/kvmem-py/bench crates/kvmem-py/pyproject.toml "$stage/py/"
 cp scripts/gpu-run.sh "$stage/run.sh"
 chmod +x "$stage/run.sh"
 # The commit the binaries were built from; with uncommitted changes (untracked files included:

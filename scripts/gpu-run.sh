@@ -233,12 +233,26 @@ else
 fi
 cp "$kv/auto/bench.json" "$out/kvbench.json" 2>/dev/null
 cp "$kv/auto/bench.svg" "$out/kvbench.svg" 2>/dev/null
+cp "$kv/auto/bench.png" "$out/kvbench.png" 2>/dev/null
 for m in auto $runs; do
     echo "== $m" >>"$out/kvbench.log"
     cat "$kv/$m/table.txt" >>"$out/kvbench.log" 2>/dev/null
 done
 tar -czf "$out/kvbench.tgz" -C "$here" kvbench
 
+# The Python package with torch/CuPy: its GPU tests and the side-by-side benchmark.
+if [ -d "$here/py/wheels" ]; then
+    rm -rf "$here/pylib"
+    step "pip install kvmem wheel" "$out/python.log" python3 -m pip install -q --no-deps --no-index \
+        --target "$here/pylib" "$here"/py/wheels/kvmem-*.whl
+    step "pytest kvmem (gpu)" "$out/python.log" env PYTHONPATH="$here/pylib" KVMEM_GPU_TESTS=1 \
+        python3 -m pytest -q -rs -p no:cacheprovider "$here/py/tests"
+    step "kvmem python bench" "$out/python.log" env PYTHONPATH="$here/pylib" \
+        python3 "$here/py/bench/bench_gpu.py" --json "$out/pybench.json"
+else
+    echo "Python package: NOT RUN (no wheel staged in $here/py/wheels)" | tee -a "$summary"
+    skips=$((skips + 1))
+fi
 commit="$(cat "$here/COMMIT" 2>/dev/null || echo unknown)"
 if [ "$failed" -ne 0 ]; then
     echo "result: FAILED (commit $commit): see the FAILED / NOT RUN lines above" >>"$summary"

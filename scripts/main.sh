@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job: sets itself up, builds kvmem (release), shows what this machine offers, then runs
-# `kvmem bench` over every transfer path this machine has. The table, bench.json and bench.svg
-# land in bench-out/ (or where --out-dir says). Extra arguments go to `kvmem bench`.
+# `kvmem bench` over every transfer path this machine has. The table, bench.json, bench.svg and
+# bench.png land in bench-out/ (or where --out-dir says). Extra arguments go to `kvmem bench`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ./scripts/setup.sh

@@ -16,5 +16,11 @@ if ! have nixl-cu12 || ! have libclang; then
     echo "setup: installing $NIXL_WHEEL and $LIBCLANG_WHEEL into $venv"
     "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps "$NIXL_WHEEL" "$LIBCLANG_WHEEL"
 fi
+# The Python package's build and test tools (scripts/test.sh builds the wheel into this venv).
+PY_TOOLS=("maturin>=1.7,<2" "numpy" "pytest")
+if ! have maturin || ! have numpy || ! have pytest; then
+    echo "setup: installing ${PY_TOOLS[*]} into $venv"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check "${PY_TOOLS[@]}"
+fi
 command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust (rustup.rs)" >&2; exit 1; }
 command -v gcc >/dev/null || { echo "setup: gcc not found; apt-get install build-essential" >&2; exit 1; }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test that needs no GPU, after doing its own setup (NIXL runtime venv, etcd for the
-# NIXL metadata tests). GPU tests are #[ignore]d here and run on a GPU machine through
+# NIXL metadata tests), then builds the Python package and runs its pytest suite. GPU tests are
+# #[ignore]d (pytest: skipped with a reason) here and run on a GPU machine through
 # scripts/gpu-build.sh + .gpu/run.sh.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -9,3 +10,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=env.sh
 source scripts/env.sh
 cargo test --workspace --locked "$@"
+# The Python package: built into the venv (editable; the dev profile reuses the test build of
+# the library) and tested with pytest; its GPU
+# tests are skipped here with a reason and run on the GPU machine (scripts/gpu-build.sh).
+(cd crates/kvmem-py && VIRTUAL_ENV="$KVMEM_VENV" "$KVMEM_VENV/bin/maturin" develop --locked --quiet)
+"$KVMEM_VENV/bin/python" -m pytest -q -rs -p no:cacheprovider crates/kvmem-py/tests

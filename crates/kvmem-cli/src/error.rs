@@ -15,6 +15,13 @@ pub enum CliError {
     /// `kvmem bench` was given settings it cannot run, or could not write its output.
     #[error("bench: {0}")]
     Bench(String),
+    /// A bench point's destination did not hold its source's bytes after a transfer that
+    /// reported success.
+    #[error(
+        "bench: WRONG BYTES: {0}. The transfer reported success, so this is a kvmem bug: \
+         report it with the command line and `kvmem info`"
+    )]
+    Verify(String),
     /// A check the demo makes failed: the library returned wrong data.
     #[error("demo check failed: {0}")]
     Check(String),

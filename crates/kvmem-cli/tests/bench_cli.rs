@@ -1,8 +1,8 @@
-//! `kvmem bench` end to end, on a tiny sweep: the table, the JSON and the plot all appear, and
-//! say what was measured.
+//! `kvmem bench` end to end, on a tiny sweep: the table, the JSON and the plot (SVG and PNG) all
+//! appear, say what was measured, and every point checked its bytes.
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Output};
 
 fn kvmem() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_kvmem"));
@@ -20,11 +20,11 @@ fn fio_on_path() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// Runs `kvmem bench --json` with `args`, writing to `out_dir` and putting its disk files in
-/// `disk_dir`; returns the JSON it printed, or fails with its exit status and output.
-#[track_caller]
-fn bench_json(args: &[&str], out_dir: &Path, disk_dir: &Path) -> serde_json::Value {
-    let out = kvmem()
+/// Runs `kvmem bench --json` with `args` and environment `env`, writing to `out_dir` and
+/// putting its disk files in `disk_dir`.
+fn bench(args: &[&str], env: &[(&str, &str)], out_dir: &Path, disk_dir: &Path) -> Output {
+    kvmem()
+        .envs(env.iter().copied())
         .args(["bench", "--json"])
         .args(args)
         .arg("--out-dir")
@@ -32,7 +32,14 @@ fn bench_json(args: &[&str], out_dir: &Path, disk_dir: &Path) -> serde_json::Val
         .arg("--disk-dir")
         .arg(disk_dir)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// [`bench`] without extra environment; returns the JSON it printed, or fails with its exit
+/// status and output.
+#[track_caller]
+fn bench_json(args: &[&str], out_dir: &Path, disk_dir: &Path) -> serde_json::Value {
+    let out = bench(args, &[], out_dir, disk_dir);
     assert!(
         out.status.success(),
         "kvmem bench: {}\nstderr: {}\nstdout: {}",
@@ -94,9 +101,16 @@ fn a_small_sweep_writes_table_json_and_plot() {
         if p["path"] == "host->host" {
             assert!(p["memcpy"]["gib_s"].as_f64().unwrap() > 0.0, "{p}");
         }
-        if p["path"] == "nixl-write" || p["path"] == "nixl-read" {
-            assert_eq!(p["verified_bytes"], 1 << 20, "{p}");
-        }
+        // Every point compared every byte it moved, whatever its path, and says how its
+        // reference moved its bytes.
+        assert_eq!(p["verified_bytes"], p["bytes"], "{p}");
+        let method = p["reference_method"].as_str().unwrap();
+        let expected = match p["path"].as_str().unwrap() {
+            "host->host" => "host copy threads",
+            "host->disk" | "disk->host" => "io_uring",
+            _ => "NIXL descriptor",
+        };
+        assert!(method.contains(expected), "{p}");
     }
     // The fio comparison: present when fio is installed, and said to be missing otherwise.
     let fio = v["fio"].as_str().unwrap();
@@ -121,11 +135,31 @@ fn a_small_sweep_writes_table_json_and_plot() {
     assert!(
         table.contains("host->disk") && table.contains("disk->host") && table.contains("ratio")
     );
+    // The plot: one panel per path family, each series once in the legend beside it, as SVG
+    // and as PNG.
     let svg = std::fs::read_to_string(out_dir.path().join("bench.svg")).unwrap();
+    assert!(svg.starts_with("<svg"), "{}", &svg[..200.min(svg.len())]);
+    for text in [
+        "host memory",
+        "disk (O_DIRECT)",
+        "NIXL (UCX)",
+        "host-&gt;host sequential",
+        "disk-&gt;host scattered",
+        "nixl-read scattered",
+        "reference: one NIXL descriptor",
+    ] {
+        assert!(svg.contains(text), "the SVG lacks {text:?}");
+    }
+    assert_eq!(
+        svg.matches("host-&gt;disk sequential").count(),
+        1,
+        "one legend entry per series"
+    );
+    let png = std::fs::read(out_dir.path().join("bench.png")).unwrap();
     assert!(
-        svg.starts_with("<svg") && svg.contains("host-&gt;host sequential: reference"),
-        "{}",
-        &svg[..200.min(svg.len())]
+        png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000,
+        "{} bytes",
+        png.len()
     );
 }
 
@@ -169,6 +203,11 @@ fn disk_points_compare_the_two_disk_backends() {
             let path = p["path"].as_str().unwrap();
             assert!(path.ends_with(&format!("({other})")), "{p}");
             assert!(p["gib_s"].as_f64().unwrap() > 0.0, "{p}");
+            assert_eq!(p["verified_bytes"], p["bytes"], "{p}");
+            assert!(
+                p["reference_method"].as_str().unwrap().contains(other),
+                "the compared backend's reference runs on it: {p}"
+            );
         }
         assert!(
             points
@@ -176,6 +215,54 @@ fn disk_points_compare_the_two_disk_backends() {
                 .filter(|p| p["disk_backend"] == own)
                 .all(|p| p["path"] == "host->disk" || p["path"] == "disk->host")
         );
+    }
+}
+
+/// A wrong byte in any path's destination fails the run with a message naming the point: the
+/// test hook (`KVMEM_BENCH_TEST_CORRUPT`, see `bench/verify.rs`) flips one byte of the
+/// destination as read back, after the transfer and before the compare.
+#[test]
+fn a_wrong_byte_in_the_destination_fails_the_run() {
+    for path in [
+        "host->host",
+        "host->disk",
+        "disk->host",
+        "nixl-write",
+        "nixl-read",
+    ] {
+        let disk_dir = tempfile::tempdir().unwrap();
+        let out_dir = tempfile::tempdir().unwrap();
+        let out = bench(
+            &[
+                "--no-fio",
+                "--sizes",
+                "64K",
+                "--iterations",
+                "1",
+                "--host-bytes",
+                "1M",
+                "--disk-bytes",
+                "1M",
+                "--nixl-bytes",
+                "1M",
+                "--compare-disk-backend",
+                "none",
+            ],
+            &[("KVMEM_BENCH_TEST_CORRUPT", path)],
+            out_dir.path(),
+            disk_dir.path(),
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{path}: a corrupted destination passed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(
+            err.contains("WRONG BYTES") && err.contains(&format!("{path} sequential")),
+            "{path}: {err}"
+        );
+        assert!(err.contains("differs at byte 0"), "{path}: {err}");
     }
 }
 

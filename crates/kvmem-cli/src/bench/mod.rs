@@ -12,9 +12,11 @@ mod fio;
 mod memory;
 mod nixl;
 mod plot;
+mod point;
 mod report;
 mod sweep;
 mod two_node;
+mod verify;
 
 use crate::error::Result;
 use clap::{Args, ValueEnum};
@@ -293,17 +295,17 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let json = serde_json::to_string_pretty(&report)?;
     std::fs::write(args.out_dir.join("table.txt"), &table)?;
     std::fs::write(args.out_dir.join("bench.json"), &json)?;
-    let svg = args.out_dir.join("bench.svg");
-    plot::draw(&report, &svg)?;
+    let [svg, png] = plot::draw(&report, &args.out_dir.join("bench.svg"))?;
     if args.json {
         println!("{json}");
     } else {
         print!("{table}");
         println!(
-            "wrote {}, {} and {}",
+            "wrote {}, {}, {} and {}",
             args.out_dir.join("table.txt").display(),
             args.out_dir.join("bench.json").display(),
-            svg.display()
+            svg.display(),
+            png.display()
         );
     }
     Ok(())

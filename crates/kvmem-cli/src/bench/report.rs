@@ -146,6 +146,9 @@ pub struct Point {
     pub gib_s: f64,
     /// Median bandwidth of the reference: one copy of the same bytes over the same path.
     pub reference_gib_s: f64,
+    /// How the reference moved its bytes: the fastest plain way over the path, whatever
+    /// method the block transfer used (GPU paths: one `cuMemcpyAsync`).
+    pub reference_method: &'static str,
     /// Block transfer over reference (medians).
     pub ratio: f64,
     /// Median time spent planning (validating, building and merging the copy list), in ms.
@@ -158,10 +161,9 @@ pub struct Point {
     pub fio: Option<FioPoint>,
     /// Host path only: one `memcpy` of the same bytes on one thread.
     pub memcpy: Option<MemcpyPoint>,
-    /// NIXL paths: bytes compared with their source after a transfer through this point's
-    /// descriptor lists, before timing.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub verified_bytes: Option<u64>,
+    /// Bytes of the destination compared with their source after one block transfer into a
+    /// poisoned destination, before timing (every block pair; the run fails on a difference).
+    pub verified_bytes: u64,
 }
 
 /// One single-threaded `memcpy` of the same bytes (host path).

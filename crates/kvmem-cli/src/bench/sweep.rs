@@ -1,8 +1,11 @@
-//! The sweep: buffers, points, interleaved timing of transfer, reference and fio.
+//! The sweep of this machine's paths: buffers and engines set up once, then one point per path,
+//! pattern and block size, each run by [`point::run`](super::point::run).
 
-use super::fio::{self, FioJob};
+use super::fio::{self, FioJob, FioRun};
 use super::memory::random_host;
+use super::point::{self, Candidate, PointSpec, Sample, Yardstick};
 use super::report::{FioPoint, Machine, MemcpyPoint, Percentiles, Point, Report, Settings};
+use super::verify::{self, POISON};
 use super::{BenchArgs, BenchPath, Pattern};
 use crate::error::{CliError, Result};
 use indicatif::ProgressBar;
@@ -10,24 +13,29 @@ use kvmem::cuda::CudaDevice;
 use kvmem::layout::BlockDim;
 use kvmem::layout::{BlockLayout, LayoutConfig, LayoutKind};
 use kvmem::nixl::TransferOp;
-use kvmem::transfer::{DiskBackend, EngineConfig, TransferEngine, TransferPlan};
+use kvmem::transfer::{CopyMethod, DiskBackend, EngineConfig, TransferEngine, TransferPlan};
 use kvmem::{Buffer, DiskStorage, HostMemory, OffsetBuffer, SystemStorage};
 use kvmem::{DeviceStorage, PinnedStorage};
 use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
 use rand::{RngCore, SeedableRng};
 use std::path::PathBuf;
 use std::time::Instant;
+
+/// How the reference of a GPU point moves its bytes, whatever method the point uses.
+pub const GPU_REFERENCE_METHOD: &str = "one cuMemcpyAsync (DMA)";
+/// How the reference of a host point moves its bytes.
+const HOST_REFERENCE_METHOD: &str = "one region on the engine's host copy threads";
 
 /// The memory a sweep copies between, allocated once.
 struct Buffers {
     host_src: Buffer,
     host_dst: Buffer,
     disk: Option<(Buffer, PathBuf, bool)>,
-    /// Plain storages for the host path's second yardstick, one `memcpy` on one thread.
-    memcpy: Option<(SystemStorage, SystemStorage)>,
     /// Pinned and device memory for the GPU paths.
     gpu: Option<GpuBuffers>,
+    /// [`POISON`] in host memory, as long as the longest point: copied over a destination
+    /// before its check.
+    poison: Buffer,
 }
 
 struct GpuBuffers {
@@ -48,17 +56,13 @@ impl GpuBuffers {
             x ^= x << 17;
             *b = x as u8;
         }
-        let mut dst = PinnedStorage::new(&gpu, len)?;
-        dst.memset(0xa5);
         let dev_src = DeviceStorage::new(&gpu, len)?;
-        let dev_dst = DeviceStorage::new(&gpu, len)?;
         kvmem::cuda::copy_host_to_device(&src, &dev_src)?;
-        kvmem::cuda::copy_host_to_device(&dst, &dev_dst)?;
         Ok(Self {
             pinned_src: Buffer::new(src),
-            pinned_dst: Buffer::new(dst),
+            pinned_dst: Buffer::new(PinnedStorage::new(&gpu, len)?),
             dev_src: Buffer::new(dev_src),
-            dev_dst: Buffer::new(dev_dst),
+            dev_dst: Buffer::new(DeviceStorage::new(&gpu, len)?),
         })
     }
 }
@@ -66,6 +70,51 @@ impl GpuBuffers {
 /// Layers and k/v of the layer-separate point.
 const LAYERS: usize = 32;
 const KV: usize = 2;
+
+/// The engine settings of `args`.
+fn engine_config(args: &BenchArgs) -> EngineConfig {
+    let mut config = EngineConfig {
+        queue_depth: args.queue_depth.max(1),
+        gpu_method: args.gpu_method.into(),
+        ..EngineConfig::default()
+    };
+    if let Some(b) = args.disk_backend {
+        config.disk_backend = b.into();
+    }
+    if let Some(m) = args.max_io {
+        config.max_io_bytes = m;
+    }
+    if let Some(t) = args.threads {
+        config.host_threads = t.max(1);
+    }
+    config
+}
+
+/// The configuration of the engine that runs the references of GPU points: one plain DMA copy
+/// (`cuMemcpyAsync`), whatever `--gpu-method` the points use, so that no method is measured
+/// against itself.
+fn gpu_reference_config(config: &EngineConfig) -> EngineConfig {
+    EngineConfig {
+        gpu_method: CopyMethod::PerCopy,
+        host_threads: 1,
+        ..*config
+    }
+}
+
+/// One run of the sweep: the engines, buffers and yardsticks its points share.
+struct Sweep<'a> {
+    args: &'a BenchArgs,
+    engine: TransferEngine,
+    /// The engine of GPU references ([`gpu_reference_config`]).
+    gpu_reference: Option<TransferEngine>,
+    /// The other disk backend, for the points at `--compare-disk-backend` sizes.
+    other_disk: Option<TransferEngine>,
+    buffers: Buffers,
+    /// Plain storages for the host path's second yardstick, one `memcpy` on one thread.
+    memcpy: Option<(SystemStorage, SystemStorage)>,
+    /// kvmem's disk file, when fio runs on it.
+    fio_file: Option<PathBuf>,
+}
 
 pub fn run(args: &BenchArgs) -> Result<Report> {
     let paths = args.paths.clone().unwrap_or_else(BenchPath::defaults);
@@ -102,25 +151,21 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
         None
     };
 
-    let mut config = EngineConfig {
-        queue_depth: args.queue_depth.max(1),
-        gpu_method: args.gpu_method.into(),
-        ..EngineConfig::default()
-    };
-    if let Some(b) = args.disk_backend {
-        config.disk_backend = b.into();
-    }
-    if let Some(m) = args.max_io {
-        config.max_io_bytes = m;
-    }
-    if let Some(t) = args.threads {
-        config.host_threads = t.max(1);
-    }
+    let config = engine_config(args);
     let engine = TransferEngine::new(config)?;
+    let wants_gpu = paths.iter().any(|p| p.needs_gpu());
+    let gpu_reference = if wants_gpu {
+        Some(TransferEngine::new(gpu_reference_config(&config))?)
+    } else {
+        None
+    };
 
     let host_len = host_bytes.max(if wants_disk { disk_bytes } else { 0 });
+    let gpu_len = args.gpu_bytes.max(args.layers_bytes);
     let wants_host = paths.contains(&BenchPath::Host);
-    let mut buffers = Buffers {
+    let mut poison = SystemStorage::new(host_len.max(if wants_gpu { gpu_len } else { 0 }))?;
+    poison.memset(POISON);
+    let buffers = Buffers {
         host_src: random_host(host_len, args.seed, args.small_pages)?,
         host_dst: random_host(host_len, !args.seed, args.small_pages)?,
         disk: if wants_disk {
@@ -133,20 +178,21 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
         } else {
             None
         },
-        gpu: if paths.iter().any(|p| p.needs_gpu()) {
-            Some(GpuBuffers::new(args.gpu_bytes.max(args.layers_bytes))?)
+        gpu: if wants_gpu {
+            Some(GpuBuffers::new(gpu_len)?)
         } else {
             None
         },
-        memcpy: if wants_host {
-            let mut a = SystemStorage::new(host_bytes)?;
-            StdRng::seed_from_u64(args.seed ^ 1).fill_bytes(a.as_mut_slice());
-            let mut b = SystemStorage::new(host_bytes)?;
-            b.memset(0xc3);
-            Some((a, b))
-        } else {
-            None
-        },
+        poison: Buffer::new(poison),
+    };
+    let memcpy = if wants_host {
+        let mut a = SystemStorage::new(host_bytes)?;
+        StdRng::seed_from_u64(args.seed ^ 1).fill_bytes(a.as_mut_slice());
+        let mut b = SystemStorage::new(host_bytes)?;
+        b.memset(0xc3);
+        Some((a, b))
+    } else {
+        None
     };
     let disk_dir = buffers
         .disk
@@ -180,7 +226,7 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
     };
     // Fill the disk file (and warm the disk path) so that reads read written data.
     let mut skipped = Vec::new();
-    let mut other = None;
+    let mut other_disk = None;
     if let Some((disk, _, _)) = &buffers.disk {
         let src = view(&buffers.host_src, disk_bytes)?;
         engine.copy_region(&src, disk)?.wait()?;
@@ -201,11 +247,21 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
                 Ok(e)
             });
             match started {
-                Ok(e) => other = Some(e),
+                Ok(e) => other_disk = Some(e),
                 Err(e) => skipped.push(format!("disk backend {backend} not compared: {e}")),
             }
         }
     }
+    let direct_io = buffers.disk.as_ref().map(|(_, _, d)| *d);
+    let mut sweep = Sweep {
+        args,
+        engine,
+        gpu_reference,
+        other_disk,
+        buffers,
+        memcpy,
+        fio_file,
+    };
 
     let mut plan = Vec::new();
     for &path in &paths {
@@ -243,16 +299,18 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
             continue;
         }
         bar.set_message(format!("{} {:?} {}", path_name(path), pattern, human(size)));
-        let fio_job = match (&fio_file, path) {
-            (Some(f), BenchPath::DiskWrite | BenchPath::DiskRead) => Some(FioJob {
-                file: f.clone(),
-                size: blocks * size,
-                block: size,
-                write: path == BenchPath::DiskWrite,
-                random: pattern == Pattern::Scattered,
-                queue_depth: config.queue_depth,
-            }),
-            _ => None,
+        let chunks = match path {
+            BenchPath::LayersD2h => LAYERS * KV,
+            _ => 1,
+        };
+        let spec = PointSpec {
+            label: path_name(path),
+            pattern,
+            block_bytes: size,
+            blocks,
+            bytes: blocks * size * chunks,
+            iterations: args.iterations,
+            seed: args.seed,
         };
         if let Some(ends) = &nixl_ends {
             let op = match path {
@@ -261,44 +319,319 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
                 _ => None,
             };
             if let Some(op) = op {
-                points.push(super::nixl::measure(
-                    ends,
-                    &engine,
-                    path_name(path),
-                    op,
-                    pattern,
-                    size,
-                    blocks,
-                    args.iterations,
-                    args.seed,
-                    &bar,
-                )?);
+                points.push(super::nixl::measure(ends, &sweep.engine, op, &spec, &bar)?);
                 continue;
             }
         }
-        let compare = other
-            .as_ref()
-            .filter(|_| path.touches_disk() && args.compare_disk_backend.contains(&Some(size)));
-        points.extend(measure(
-            &engine,
-            &mut buffers,
-            args,
-            path,
-            pattern,
-            size,
-            blocks,
-            fio_job,
-            compare,
-            &bar,
-        )?);
+        points.extend(sweep.point(path, &spec, &bar)?);
     }
     bar.finish_and_clear();
-    let direct_io = buffers.disk.as_ref().map(|(_, _, d)| *d);
     let mut report = report_of(&config, args, started, load_before, points, skipped);
     report.settings.disk_dir = disk_dir.map(|d| d.display().to_string());
     report.settings.direct_io = direct_io;
     report.fio = fio_note;
     Ok(report)
+}
+
+/// The blocks of one local point: both layouts and id lists, the regions their bytes are read
+/// back from, and the reference's single regions.
+struct Blocks {
+    src: BlockLayout,
+    src_ids: Vec<usize>,
+    dst: BlockLayout,
+    dst_ids: Vec<usize>,
+    /// The regions the layouts lie in, from their first byte.
+    src_base: Buffer,
+    dst_base: Buffer,
+    /// The reference's regions: the point's bytes, from the first.
+    src_ref: Buffer,
+    dst_ref: Buffer,
+    /// Poison of the point's length.
+    poison: Buffer,
+}
+
+/// A block transfer of a local point on `engine`, its reference on `reference`.
+struct Local<'a> {
+    /// The point's name in messages and the report (the compared disk backend's differs).
+    label: &'static str,
+    blocks: &'a Blocks,
+    engine: &'a TransferEngine,
+    reference: &'a TransferEngine,
+    reference_method: &'static str,
+}
+
+impl Candidate for Local<'_> {
+    fn verify(&self, spec: &PointSpec) -> Result<u64> {
+        let spec = &PointSpec {
+            label: self.label,
+            ..*spec
+        };
+        let b = self.blocks;
+        self.reference.copy_region(&b.poison, &b.dst_ref)?.wait()?;
+        verify::check_poisoned(spec, &b.dst_base, spec.bytes)?;
+        self.transfer()?;
+        let pairs = verify::layout_pairs(
+            &b.src,
+            &b.src_ids,
+            &b.src_base,
+            &b.dst,
+            &b.dst_ids,
+            &b.dst_base,
+        )?;
+        let src = verify::read_back(&b.src_base, spec.bytes)?;
+        let dst = verify::read_back(&b.dst_base, spec.bytes)?;
+        verify::compare(spec, dst, &src, &pairs)
+    }
+
+    fn transfer(&self) -> Result<Sample> {
+        // `copy_blocks` is `TransferPlan::blocks` + `submit`; timed in its two halves.
+        let b = self.blocks;
+        let t = Instant::now();
+        let plan = TransferPlan::blocks(&b.src, &b.src_ids, &b.dst, &b.dst_ids)?;
+        let plan_secs = t.elapsed().as_secs_f64();
+        let stats = self.engine.submit(plan)?.wait()?;
+        Ok(Sample {
+            secs: t.elapsed().as_secs_f64(),
+            plan_secs,
+            copies: stats.ops,
+        })
+    }
+
+    fn reference(&self) -> Result<f64> {
+        let t = Instant::now();
+        self.reference
+            .copy_region(&self.blocks.src_ref, &self.blocks.dst_ref)?
+            .wait()?;
+        Ok(t.elapsed().as_secs_f64())
+    }
+
+    fn reference_method(&self) -> &'static str {
+        self.reference_method
+    }
+}
+
+impl Sweep<'_> {
+    /// The source and destination regions of `path`.
+    fn ends(&self, path: BenchPath) -> Result<(Buffer, Buffer)> {
+        let b = &self.buffers;
+        let disk = || {
+            b.disk
+                .as_ref()
+                .map(|(d, _, _)| d.clone())
+                .ok_or_else(|| CliError::Bench("disk path without a disk file".into()))
+        };
+        let gpu = || {
+            b.gpu
+                .as_ref()
+                .ok_or_else(|| CliError::Bench("GPU path without GPU buffers".into()))
+        };
+        Ok(match path {
+            BenchPath::Host => (b.host_src.clone(), b.host_dst.clone()),
+            BenchPath::DiskWrite => (b.host_src.clone(), disk()?),
+            BenchPath::DiskRead => (disk()?, b.host_dst.clone()),
+            BenchPath::H2d => (gpu()?.pinned_src.clone(), gpu()?.dev_dst.clone()),
+            BenchPath::D2h | BenchPath::LayersD2h => {
+                (gpu()?.dev_src.clone(), gpu()?.pinned_dst.clone())
+            }
+            BenchPath::D2d => (gpu()?.dev_src.clone(), gpu()?.dev_dst.clone()),
+            BenchPath::NixlWrite | BenchPath::NixlRead => {
+                return Err(CliError::Bench(
+                    "internal: NIXL path without NIXL agents".into(),
+                ));
+            }
+        })
+    }
+
+    /// The layouts, ids and regions of a point of `path`.
+    fn blocks(&self, path: BenchPath, spec: &PointSpec) -> Result<Blocks> {
+        let (src, dst) = self.ends(path)?;
+        let (layers, outer) = match path {
+            BenchPath::LayersD2h => (LAYERS, KV),
+            _ => (1, 1),
+        };
+        let config = LayoutConfig {
+            num_blocks: spec.blocks,
+            num_layers: layers,
+            outer_dim: outer,
+            page_size: 1,
+            inner_dim: spec.block_bytes,
+            dtype_bytes: 1,
+        };
+        let src_layout = if path == BenchPath::LayersD2h {
+            // One region per layer, each `blocks * k/v * size` bytes, in vLLM's block-second
+            // order.
+            let kind = LayoutKind::LayerSeparate(BlockDim::Second);
+            let (count, region) = config.regions(kind)?;
+            let regions = (0..count)
+                .map(|l| {
+                    Ok(Buffer::new(OffsetBuffer::new(
+                        src.clone(),
+                        l * region,
+                        region,
+                    )?))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            BlockLayout::new(config, kind, regions, 4096)?
+        } else {
+            BlockLayout::new(config, LayoutKind::FullyContiguous, vec![src.clone()], 4096)?
+        };
+        let dst_layout =
+            BlockLayout::new(config, LayoutKind::FullyContiguous, vec![dst.clone()], 4096)?;
+        let (src_ids, dst_ids) = spec.ids();
+        Ok(Blocks {
+            src: src_layout,
+            src_ids,
+            dst: dst_layout,
+            dst_ids,
+            src_ref: view(&src, spec.bytes)?,
+            dst_ref: view(&dst, spec.bytes)?,
+            poison: view(&self.buffers.poison, spec.bytes)?,
+            src_base: src,
+            dst_base: dst,
+        })
+    }
+
+    /// One local point of `path`: the block transfer on the sweep's engine and, at
+    /// `--compare-disk-backend` sizes, on the other disk backend; fio beside disk points and a
+    /// single-threaded memcpy beside host points.
+    fn point(
+        &mut self,
+        path: BenchPath,
+        spec: &PointSpec,
+        bar: &ProgressBar,
+    ) -> Result<Vec<Point>> {
+        let blocks = self.blocks(path, spec)?;
+        let (reference, reference_method) = match (path.needs_gpu(), &self.gpu_reference) {
+            (true, Some(r)) => (r, GPU_REFERENCE_METHOD),
+            (true, None) => {
+                return Err(CliError::Bench(
+                    "internal: GPU path without a reference engine".into(),
+                ));
+            }
+            (false, _) if path.touches_disk() => {
+                (&self.engine, disk_reference_method(&self.engine))
+            }
+            (false, _) => (&self.engine, HOST_REFERENCE_METHOD),
+        };
+        let own = Local {
+            label: spec.label,
+            blocks: &blocks,
+            engine: &self.engine,
+            reference,
+            reference_method,
+        };
+        let other = self
+            .other_disk
+            .as_ref()
+            .filter(|_| {
+                path.touches_disk()
+                    && self
+                        .args
+                        .compare_disk_backend
+                        .contains(&Some(spec.block_bytes))
+            })
+            .map(|e| Local {
+                label: compared_path_name(path, e.config().disk_backend),
+                blocks: &blocks,
+                engine: e,
+                reference: e,
+                reference_method: disk_reference_method(e),
+            });
+        let mut candidates: Vec<&dyn Candidate> = vec![&own];
+        if let Some(o) = &other {
+            candidates.push(o);
+        }
+
+        // Yardsticks: fio (disk), one memcpy on one thread (host).
+        let fio_job = match (&self.fio_file, path) {
+            (Some(f), BenchPath::DiskWrite | BenchPath::DiskRead) => Some(FioJob {
+                file: f.clone(),
+                size: spec.bytes,
+                block: spec.block_bytes,
+                write: path == BenchPath::DiskWrite,
+                random: spec.pattern == Pattern::Scattered,
+                queue_depth: self.engine.config().queue_depth,
+            }),
+            _ => None,
+        };
+        let mut fio_runs: Vec<FioRun> = Vec::new();
+        let mut fio_error = None;
+        let mut memcpy_times = Vec::new();
+        let bytes = spec.bytes;
+        let measured = {
+            let mut fio_run = || {
+                if let Some(job) = &fio_job
+                    && fio_error.is_none()
+                {
+                    match fio::run(job) {
+                        Ok(r) => fio_runs.push(r),
+                        Err(e) => fio_error = Some(e),
+                    }
+                }
+                Ok(())
+            };
+            let memcpy = match path {
+                BenchPath::Host => self.memcpy.as_mut(),
+                _ => None,
+            };
+            let has_memcpy = memcpy.is_some();
+            let mut memcpy_run = {
+                let mut memcpy = memcpy;
+                let times = &mut memcpy_times;
+                move || {
+                    if let Some((a, b)) = memcpy.as_mut() {
+                        let t = Instant::now();
+                        b.as_mut_slice()[..bytes].copy_from_slice(&a.as_slice()[..bytes]);
+                        times.push(t.elapsed().as_secs_f64());
+                    }
+                    Ok(())
+                }
+            };
+            let mut yardsticks: Vec<Yardstick<'_>> = Vec::new();
+            if has_memcpy {
+                yardsticks.push(&mut memcpy_run);
+            }
+            if fio_job.is_some() {
+                yardsticks.push(&mut fio_run);
+            }
+            point::run(spec, &candidates, &mut yardsticks, bar)?
+        };
+
+        let mut points = Vec::with_capacity(measured.len());
+        for (m, c) in measured.iter().zip(&candidates) {
+            let mut p = m.point(spec, c.reference_method());
+            let gib = m.gib_s(bytes);
+            p.fio = match (&fio_job, &fio_error) {
+                (None, _) => None,
+                (Some(_), Some(e)) => Some(FioPoint::failed(e.clone())),
+                (Some(_), None) => Some(FioPoint::from_runs(&fio_runs, gib)),
+            };
+            p.memcpy = (!memcpy_times.is_empty()).then(|| {
+                let g = point::gib_s(bytes, Percentiles::of(&memcpy_times).p50);
+                MemcpyPoint {
+                    gib_s: g,
+                    ratio: gib / g,
+                }
+            });
+            points.push(p);
+        }
+        if path.touches_disk() {
+            points[0].disk_backend = Some(self.engine.config().disk_backend.name());
+            if let (Some(p), Some(o)) = (points.get_mut(1), &other) {
+                p.path = o.label;
+                p.disk_backend = Some(o.engine.config().disk_backend.name());
+            }
+        }
+        Ok(points)
+    }
+}
+
+/// How the reference of a disk point on `engine` moves its bytes.
+fn disk_reference_method(engine: &TransferEngine) -> &'static str {
+    match engine.config().disk_backend {
+        DiskBackend::NixlPosix => "one region on nixl-posix",
+        _ => "one region on io_uring",
+    }
 }
 
 /// The report of a sweep that started at `started` (no disk or fio settings).
@@ -377,252 +710,31 @@ pub fn human(bytes: usize) -> String {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn measure(
-    engine: &TransferEngine,
-    buffers: &mut Buffers,
-    args: &BenchArgs,
-    path: BenchPath,
-    pattern: Pattern,
-    size: usize,
-    blocks: usize,
-    fio_job: Option<FioJob>,
-    other: Option<&TransferEngine>,
-    bar: &ProgressBar,
-) -> Result<Vec<Point>> {
-    let bytes = blocks * size;
-    let disk = || {
-        buffers
-            .disk
-            .as_ref()
-            .map(|(b, _, _)| b.clone())
-            .ok_or_else(|| CliError::Bench("disk path without a disk file".into()))
-    };
-    let gpu = || {
-        buffers
-            .gpu
-            .as_ref()
-            .ok_or_else(|| CliError::Bench("GPU path without GPU buffers".into()))
-    };
-    let (src, dst) = match path {
-        BenchPath::Host => (buffers.host_src.clone(), buffers.host_dst.clone()),
-        BenchPath::DiskWrite => (buffers.host_src.clone(), disk()?),
-        BenchPath::DiskRead => (disk()?, buffers.host_dst.clone()),
-        BenchPath::H2d => (gpu()?.pinned_src.clone(), gpu()?.dev_dst.clone()),
-        BenchPath::D2h | BenchPath::LayersD2h => {
-            (gpu()?.dev_src.clone(), gpu()?.pinned_dst.clone())
-        }
-        BenchPath::D2d => (gpu()?.dev_src.clone(), gpu()?.dev_dst.clone()),
-        BenchPath::NixlWrite | BenchPath::NixlRead => {
-            return Err(CliError::Bench(
-                "internal: NIXL path without NIXL agents".into(),
-            ));
-        }
-    };
-    let (layers, outer) = match path {
-        BenchPath::LayersD2h => (LAYERS, KV),
-        _ => (1, 1),
-    };
-    let config = LayoutConfig {
-        num_blocks: blocks,
-        num_layers: layers,
-        outer_dim: outer,
-        page_size: 1,
-        inner_dim: size,
-        dtype_bytes: 1,
-    };
-    let bytes = bytes * layers * outer;
-    let src_layout = if path == BenchPath::LayersD2h {
-        // One region per layer, each `blocks * k/v * size` bytes, in vLLM's block-second order.
-        let kind = LayoutKind::LayerSeparate(BlockDim::Second);
-        let (count, region) = config.regions(kind)?;
-        let regions = (0..count)
-            .map(|l| {
-                Ok(Buffer::new(OffsetBuffer::new(
-                    src.clone(),
-                    l * region,
-                    region,
-                )?))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        BlockLayout::new(config, kind, regions, 4096)?
-    } else {
-        BlockLayout::new(config, LayoutKind::FullyContiguous, vec![src.clone()], 4096)?
-    };
-    let dst_layout =
-        BlockLayout::new(config, LayoutKind::FullyContiguous, vec![dst.clone()], 4096)?;
-    let (src_ids, dst_ids): (Vec<usize>, Vec<usize>) = match pattern {
-        Pattern::Sequential => ((0..blocks).collect(), (0..blocks).collect()),
-        Pattern::Scattered => {
-            let mut rng = StdRng::seed_from_u64(args.seed ^ size as u64);
-            let mut s: Vec<usize> = (0..blocks).collect();
-            let mut d = s.clone();
-            s.shuffle(&mut rng);
-            d.shuffle(&mut rng);
-            (s, d)
-        }
-    };
-    let (src_ref, dst_ref) = (view(&src, bytes)?, view(&dst, bytes)?);
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::GpuMethod;
 
-    // `copy_blocks` is `TransferPlan::blocks` + `submit`; timed in its two halves.
-    let transfer = |engine: &TransferEngine| -> Result<(f64, usize, f64)> {
-        let t = Instant::now();
-        let plan = TransferPlan::blocks(&src_layout, &src_ids, &dst_layout, &dst_ids)?;
-        let planned = t.elapsed().as_secs_f64();
-        let stats = engine.submit(plan)?.wait()?;
-        Ok((t.elapsed().as_secs_f64(), stats.ops, planned))
-    };
-    let reference = |engine: &TransferEngine| -> Result<f64> {
-        let t = Instant::now();
-        engine.copy_region(&src_ref, &dst_ref)?.wait()?;
-        Ok(t.elapsed().as_secs_f64())
-    };
-    let mut memcpy = match path {
-        BenchPath::Host => buffers.memcpy.as_mut(),
-        _ => None,
-    };
-    let mut memcpy_run = || -> Option<f64> {
-        let (a, b) = memcpy.as_mut()?;
-        let t = Instant::now();
-        b.as_mut_slice()[..bytes].copy_from_slice(&a.as_slice()[..bytes]);
-        Some(t.elapsed().as_secs_f64())
-    };
-    // Warm-up, untimed.
-    let (_, copies, _) = transfer(engine)?;
-    reference(engine)?;
-    if let Some(other) = other {
-        transfer(other)?;
-        reference(other)?;
-    }
-    let has_memcpy = memcpy_run().is_some();
-    bar.inc(1);
-
-    #[derive(Clone, Copy)]
-    enum Run {
-        Transfer,
-        Reference,
-        OtherTransfer,
-        OtherReference,
-        Memcpy,
-        Fio,
-    }
-    let mut order = vec![Run::Transfer, Run::Reference];
-    if other.is_some() {
-        order.extend([Run::OtherTransfer, Run::OtherReference]);
-    }
-    if has_memcpy {
-        order.push(Run::Memcpy);
-    }
-    if fio_job.is_some() {
-        order.push(Run::Fio);
-    }
-    let mut own = Timings::default();
-    let mut theirs = Timings::default();
-    let mut memcpy_times = Vec::new();
-    let mut fio_runs = Vec::new();
-    let mut fio_error = None;
-    for i in 0..args.iterations {
-        // Rotate the order each round so that no candidate always follows another.
-        if i > 0 {
-            order.rotate_left(1);
+    /// The reference of GPU points is one plain DMA copy whatever method the points use, so
+    /// that a forced method is never measured against itself.
+    #[test]
+    fn gpu_references_use_one_dma_copy_whatever_the_method() {
+        for method in [
+            GpuMethod::Auto,
+            GpuMethod::Batched,
+            GpuMethod::Kernel,
+            GpuMethod::PerCopy,
+        ] {
+            let config = EngineConfig {
+                gpu_method: method.into(),
+                ..EngineConfig::default()
+            };
+            let reference = gpu_reference_config(&config);
+            assert_eq!(reference.gpu_method, CopyMethod::PerCopy, "{method:?}");
+            assert_eq!(
+                (reference.bounce_bytes, reference.queue_depth),
+                (config.bounce_bytes, config.queue_depth)
+            );
         }
-        for run in &order {
-            match run {
-                Run::Transfer => own.push_transfer(transfer(engine)?),
-                Run::Reference => own.refs.push(reference(engine)?),
-                Run::OtherTransfer | Run::OtherReference => {
-                    if let Some(other) = other {
-                        match run {
-                            Run::OtherTransfer => theirs.push_transfer(transfer(other)?),
-                            _ => theirs.refs.push(reference(other)?),
-                        }
-                    }
-                }
-                Run::Memcpy => memcpy_times.extend(memcpy_run()),
-                Run::Fio => {
-                    if let Some(job) = &fio_job
-                        && fio_error.is_none()
-                    {
-                        match fio::run(job) {
-                            Ok(r) => fio_runs.push(r),
-                            Err(e) => fio_error = Some(e),
-                        }
-                    }
-                }
-            }
-        }
-        bar.inc(1);
-    }
-    let gib = |secs: f64| bytes as f64 / secs / f64::from(1u32 << 30);
-    let point = |name: &'static str, backend: Option<&'static str>, t: &Timings| {
-        let median_time = Percentiles::of(&t.times).p50;
-        let median_ref = Percentiles::of(&t.refs).p50;
-        let fio = match (&fio_job, &fio_error) {
-            (None, _) => None,
-            (Some(_), Some(e)) => Some(FioPoint::failed(e.clone())),
-            (Some(_), None) => Some(FioPoint::from_runs(&fio_runs, gib(median_time))),
-        };
-        let memcpy = (!memcpy_times.is_empty()).then(|| {
-            let g = gib(Percentiles::of(&memcpy_times).p50);
-            MemcpyPoint {
-                gib_s: g,
-                ratio: gib(median_time) / g,
-            }
-        });
-        Point {
-            path: name,
-            disk_backend: backend,
-            pattern,
-            block_bytes: size,
-            blocks,
-            bytes,
-            copies,
-            iterations: args.iterations,
-            gib_s: gib(median_time),
-            reference_gib_s: gib(median_ref),
-            ratio: median_ref / median_time,
-            plan_ms: Percentiles::of(&t.plan).p50 * 1e3,
-            exec_ratio: median_ref
-                / Percentiles::of(
-                    &t.times
-                        .iter()
-                        .zip(&t.plan)
-                        .map(|(t, p)| t - p)
-                        .collect::<Vec<_>>(),
-                )
-                .p50,
-            latency_ms: Percentiles::of(&t.times).scaled(1e3),
-            reference_latency_ms: Percentiles::of(&t.refs).scaled(1e3),
-            fio,
-            memcpy,
-            verified_bytes: None,
-        }
-    };
-    let disk_backend =
-        |e: &TransferEngine| path.touches_disk().then(|| e.config().disk_backend.name());
-    let mut points = vec![point(path_name(path), disk_backend(engine), &own)];
-    if let Some(other) = other {
-        let backend = other.config().disk_backend;
-        points.push(point(
-            compared_path_name(path, backend),
-            disk_backend(other),
-            &theirs,
-        ));
-    }
-    Ok(points)
-}
-
-/// Timings of one candidate of a point.
-#[derive(Default)]
-struct Timings {
-    times: Vec<f64>,
-    plan: Vec<f64>,
-    refs: Vec<f64>,
-}
-
-impl Timings {
-    fn push_transfer(&mut self, (t, _, p): (f64, usize, f64)) {
-        self.times.push(t);
-        self.plan.push(p);
     }
 }

@@ -4,6 +4,7 @@
 //! The protocol, byte for byte, is in `docs/TWO_NODE.md`.
 
 use super::nixl::{self, NixlEnds};
+use super::point::PointSpec;
 use super::report::Report;
 use super::{BenchArgs, Pattern};
 use crate::error::{CliError, Result};
@@ -187,18 +188,16 @@ pub fn initiator(args: &BenchArgs) -> Result<Report> {
             skipped.push(format!("{label} {size}: no block fits"));
             continue;
         }
-        match nixl::measure(
-            &ends,
-            &engine,
+        let spec = PointSpec {
             label,
-            op,
             pattern,
-            size,
-            n,
-            args.iterations,
-            args.seed,
-            &bar,
-        ) {
+            block_bytes: size,
+            blocks: n,
+            bytes: n * size,
+            iterations: args.iterations,
+            seed: args.seed,
+        };
+        match nixl::measure(&ends, &engine, op, &spec, &bar) {
             Ok(p) => points.push(p),
             Err(e) => {
                 failure = Some(e);

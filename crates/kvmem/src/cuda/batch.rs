@@ -197,6 +197,12 @@ impl CopyStream {
         &self.inner.device
     }
 
+    /// The raw stream handle, for ordering it with other streams through events
+    /// ([`interop::Event`](super::interop::Event)).
+    pub(crate) fn raw(&self) -> sys::CUstream {
+        self.inner.stream
+    }
+
     /// True when the driver offers `cuMemcpyBatchAsync`.
     pub fn batch_supported(&self) -> bool {
         self.inner.batch_supported

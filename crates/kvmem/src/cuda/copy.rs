@@ -140,7 +140,7 @@ fn same_size(op: &'static str, src: usize, dst: usize) -> Result<()> {
 
 /// Checks with the driver that `addr..addr + size` is device memory of `device`, inside one
 /// allocation.
-fn check_device_range(
+pub(crate) fn check_device_range(
     op: &'static str,
     device: &CudaDevice,
     addr: usize,

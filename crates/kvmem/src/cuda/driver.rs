@@ -58,6 +58,7 @@ const REQUIRED_SYMBOLS: &[&str] = &[
     "cuEventQuery",
     "cuEventSynchronize",
     "cuEventDestroy_v2",
+    "cuStreamWaitEvent",
     "cuMemcpyAsync",
     "cuMemcpyHtoDAsync_v2",
     "cuModuleLoadData",

@@ -26,6 +26,7 @@
 pub mod batch;
 mod copy;
 pub mod driver;
+pub mod interop;
 pub(crate) mod page_lock;
 
 pub use copy::{copy_device_to_device, copy_device_to_host, copy_host_to_device};

@@ -15,6 +15,7 @@ use super::handle::Work;
 use super::plan::{CopyOp, TransferPath};
 use crate::cuda::CudaDevice;
 use crate::cuda::batch::{CopyCompletion, CopyMethod, CopyStream, DeviceCopy, Location};
+use crate::cuda::interop::Event;
 use crate::descriptor::MemoryDescriptor;
 use crate::error::{Error, Result};
 use crate::host::HostMemory;
@@ -163,6 +164,47 @@ impl GpuExecutor {
             // completions (which wait) and its Work (which reports `TransferAborted`).
             let _ = tx.send(task);
         }
+    }
+
+    /// [`submit`](Self::submit) ordered with a foreign stream: the copy stream first waits (on
+    /// the GPU) for `after`, then the work is submitted; for direct paths an event recorded
+    /// after the copies is returned (staged paths record none: their copies are enqueued later
+    /// by the worker). On an error before submission the work is dropped, which reports
+    /// `TransferAborted` to its handle; nothing has moved.
+    pub(crate) fn submit_ordered(
+        &self,
+        work: Work,
+        after: Option<&Event>,
+    ) -> Result<Option<Event>> {
+        let Some(first) = work.plan.batches().first() else {
+            self.submit(work);
+            return Ok(None);
+        };
+        let stream = self
+            .streams
+            .get(device_of(first.src_kind, first.dst_kind)?)?;
+        if let Some(event) = after {
+            // SAFETY: the copy stream is live (held by `stream`) and of the device's primary
+            // context, which `Event` binds.
+            unsafe { event.wait_in(stream.raw()) }?;
+        }
+        let direct = work
+            .plan
+            .batches()
+            .iter()
+            .all(|b| !needs_staging(b.src_kind) && !needs_staging(b.dst_kind));
+        self.submit(work);
+        if !direct {
+            return Ok(None);
+        }
+        // The transfer is running: a failure here only loses the GPU-side signal.
+        let end = Event::new(stream.device()).and_then(|end| {
+            // SAFETY: as above.
+            unsafe { end.record(stream.raw()) }.map(|()| end)
+        });
+        Ok(end
+            .inspect_err(|e| tracing::warn!(error = %e, "cannot record a transfer's end event"))
+            .ok())
     }
 
     fn enqueue_direct(

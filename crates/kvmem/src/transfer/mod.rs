@@ -256,6 +256,46 @@ impl TransferEngine {
         self.submit(TransferPlan::blocks(src, src_ids, dst, dst_ids)?)
     }
 
+    /// [`copy_blocks`](Self::copy_blocks) ordered with another library's CUDA stream (an
+    /// engine's): the copies start only after `after` (an event the caller recorded on its
+    /// stream) has completed, without a CPU synchronize. For a transfer whose copies go straight
+    /// to a copy stream (pinned or device memory at both ends), also returns an event recorded
+    /// after them, which the caller's stream can wait for
+    /// ([`Event::wait_in`](crate::cuda::interop::Event::wait_in)). Paths without a GPU end wait
+    /// for `after` on the calling thread before they start.
+    ///
+    /// # Errors
+    /// As for [`copy_blocks`](Self::copy_blocks), and [`Error::Cuda`] when the stream cannot
+    /// be made to wait.
+    pub fn copy_blocks_ordered(
+        &self,
+        src: &BlockLayout,
+        src_ids: &[usize],
+        dst: &BlockLayout,
+        dst_ids: &[usize],
+        after: Option<&crate::cuda::interop::Event>,
+    ) -> Result<(TransferHandle, Option<crate::cuda::interop::Event>)> {
+        let plan = TransferPlan::blocks(src, src_ids, dst, dst_ids)?;
+        if !gpu::handles(plan.path()) {
+            if let Some(event) = after {
+                event.synchronize()?;
+            }
+            return Ok((self.submit(plan)?, None));
+        }
+        self.check_supported(&plan)?;
+        let mut gpu = self.gpu.lock().unwrap_or_else(|e| e.into_inner());
+        let executor = match &mut *gpu {
+            Some(executor) => executor,
+            empty => empty.insert(GpuExecutor::start(
+                self.config.gpu_method,
+                self.config.bounce_bytes,
+            )?),
+        };
+        let (handle, work) = TransferHandle::new(plan);
+        let end = executor.submit_ordered(work, after)?;
+        Ok((handle, end))
+    }
+
     /// Copies blocks `src_ids[i]` of `src` to blocks `dst_ids[i]` of `dst`, wherever the two
     /// ends are: both local ([`copy_blocks`](Self::copy_blocks)), local to a NIXL peer
     /// ([`write_remote`](Self::write_remote)) or back ([`read_remote`](Self::read_remote)).
