@@ -35,7 +35,9 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let total = args
         .block_size
         .checked_mul(args.blocks)
-        .ok_or(kvmem::Error::Overflow { what: "demo size" })?;
+        .ok_or(kvmem::Error::Bounds(kvmem::error::BoundsError::Overflow {
+            what: "demo size",
+        }))?;
     // A KV cache tensor of `blocks` blocks, described and laid over host memory.
     let tensor = TensorDescriptor::contiguous(&[args.blocks, args.block_size / 2], 2)?;
     let mut host = SystemStorage::new(total)?;

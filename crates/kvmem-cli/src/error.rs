@@ -29,3 +29,54 @@ pub enum CliError {
 
 /// Result with [`CliError`].
 pub type Result<T> = std::result::Result<T, CliError>;
+
+/// How to install what a library error says is missing, as this repository sets it up; the library's
+/// own messages name no repository files.
+pub fn install_hint(e: &kvmem::Error) -> Option<&'static str> {
+    match e {
+        kvmem::Error::Nixl(kvmem::error::NixlError::Unavailable { .. }) => Some(
+            "in a kvmem checkout, `scripts/setup.sh` installs the NIXL runtime (a .venv with \
+             `pip install --no-deps nixl-cu12==1.5.1`) and `source scripts/env.sh` points \
+             KVMEM_NIXL_LIB_DIR at it",
+        ),
+        _ => None,
+    }
+}
+
+/// A library error's message followed by its install hint, if it has one.
+pub fn with_hint(e: &kvmem::Error) -> String {
+    match install_hint(e) {
+        Some(hint) => format!("{e}\n  hint: {hint}"),
+        None => e.to_string(),
+    }
+}
+
+impl CliError {
+    /// The install hint of the library error inside, if any.
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            CliError::Kvmem(e) => install_hint(e),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cli_adds_the_install_hint_the_library_leaves_out() {
+        let missing = kvmem::Error::Nixl(kvmem::error::NixlError::Unavailable {
+            searched: "nothing found".into(),
+        });
+        assert!(!missing.to_string().contains("setup.sh"), "{missing}");
+        let text = with_hint(&missing);
+        assert!(text.starts_with(&missing.to_string()), "{text}");
+        assert!(text.contains("scripts/setup.sh"), "{text}");
+        assert!(CliError::Kvmem(missing).hint().is_some());
+        let other = kvmem::Error::Bounds(kvmem::error::BoundsError::ZeroSize { what: "x" });
+        assert_eq!(with_hint(&other), other.to_string());
+        assert!(CliError::Bench("x".into()).hint().is_none());
+    }
+}

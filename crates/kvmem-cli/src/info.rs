@@ -102,7 +102,7 @@ fn probe_nixl() -> Nixl {
                 library: None,
                 plugin_dir: None,
                 plugins: Vec::new(),
-                error: Some(e.to_string()),
+                error: Some(crate::error::with_hint(&e)),
             };
         }
     };

@@ -47,6 +47,9 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("kvmem: error: {e}");
+            if let Some(hint) = e.hint() {
+                eprintln!("kvmem: hint: {hint}");
+            }
             ExitCode::FAILURE
         }
     }

@@ -4,6 +4,7 @@ use crate::errors::{IntoPy, invalid, to_py};
 use crate::ids::block_ids;
 use crate::layout::Layout;
 use crate::nixl::{RegisteredLayout, RemoteLayout};
+use kvmem::Completion;
 use kvmem::transfer::{DiskBackend, EngineConfig, TransferEngine, TransferHandle, TransferStats};
 use pyo3::exceptions::PyTimeoutError;
 use pyo3::prelude::*;
@@ -171,7 +172,7 @@ pub(crate) struct HandleState {
 impl HandleState {
     fn finished(&self) -> bool {
         match &*self.transfer.read().unwrap_or_else(|e| e.into_inner()) {
-            Some(h) => h.is_finished(),
+            Some(h) => h.is_done(),
             None => true,
         }
     }

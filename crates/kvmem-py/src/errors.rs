@@ -122,53 +122,34 @@ pub(crate) fn invalid(msg: impl Into<String>) -> PyErr {
 /// The Python exception for a kvmem error.
 pub(crate) fn to_py(e: kvmem::Error) -> PyErr {
     use kvmem::Error as E;
+    use kvmem::error::{
+        ConfigError as Config, CudaError as Cuda, IoError as Io, MemoryError as Memory,
+        NixlError as Nixl, TransferError as Transfer, UnsupportedError as Unsupported,
+    };
     let msg = e.to_string();
     match e {
-        E::TransferCancelled { .. } => CancelledError::new_err(msg),
-        E::TransferIo { .. }
-        | E::ShortIo { .. }
-        | E::TransferAborted
-        | E::TransferFailed { .. } => TransferError::new_err(msg),
-        E::HostAlloc { .. } | E::DeviceOutOfMemory { .. } | E::PinnedOutOfMemory { .. } => {
-            with_class(|c| &c.oom, msg)
+        E::Transfer(Transfer::Cancelled { .. }) => CancelledError::new_err(msg),
+        E::Transfer(Transfer::Mismatch { .. }) => NixlError::new_err(msg),
+        E::Transfer(_) | E::Io(Io::Transfer { .. } | Io::Short { .. }) => {
+            TransferError::new_err(msg)
         }
-        E::CudaUnavailable { .. }
-        | E::CudaDeviceNotFound { .. }
-        | E::NixlUnavailable { .. }
-        | E::UnknownBackend { .. }
-        | E::BackendUnavailable { .. }
-        | E::DiskBackendUnavailable { .. }
-        | E::Unsupported { .. }
-        | E::UnsupportedTransfer { .. }
-        | E::UnsupportedEndpoints { .. } => UnavailableError::new_err(msg),
-        E::Nixl { .. }
-        | E::AlreadyRegistered { .. }
-        | E::NotRegistered { .. }
-        | E::UnknownPeer { .. }
-        | E::PeerInvalidated { .. }
-        | E::PeerUnavailable { .. }
-        | E::MalformedMetadata { .. }
-        | E::TransferMismatch { .. }
-        | E::EtcdNotConfigured { .. }
-        | E::RemoteOutOfBounds { .. } => NixlError::new_err(msg),
+        E::Memory(Memory::HostAlloc { .. } | Memory::PinnedOutOfMemory { .. })
+        | E::Cuda(Cuda::OutOfMemory { .. }) => with_class(|c| &c.oom, msg),
+        E::Unsupported(Unsupported::WrongStorageKind { .. }) => invalid(msg),
+        E::Cuda(Cuda::Unavailable { .. } | Cuda::DeviceNotFound { .. })
+        | E::Nixl(
+            Nixl::Unavailable { .. }
+            | Nixl::UnknownBackend { .. }
+            | Nixl::BackendUnavailable { .. },
+        )
+        | E::Io(Io::BackendUnavailable { .. })
+        | E::Unsupported(_) => UnavailableError::new_err(msg),
+        E::Nixl(_) | E::Peer(_) => NixlError::new_err(msg),
         E::Timeout { .. } => pyo3::exceptions::PyTimeoutError::new_err(msg),
-        E::ZeroSize { .. }
-        | E::OutOfBounds { .. }
-        | E::Overflow { .. }
-        | E::Misaligned { .. }
-        | E::WrongStorageKind { .. }
-        | E::InvalidTensor(_)
-        | E::InvalidLayout(_)
-        | E::RegionTooSmall { .. }
-        | E::BlockOutOfRange { .. }
-        | E::BlockCountMismatch { .. }
-        | E::DuplicateBlock { .. }
-        | E::LayoutMismatch { .. }
-        | E::DestinationTooSmall { .. }
-        | E::OverlappingCopy { .. }
-        | E::SizeMismatch { .. }
-        | E::NotDeviceMemory { .. }
-        | E::Config { .. } => invalid(msg),
+        E::Bounds(_)
+        | E::Layout(_)
+        | E::Cuda(Cuda::NotDeviceMemory { .. })
+        | E::Config(Config::Agent { .. }) => invalid(msg),
         _ => Error::new_err(msg),
     }
 }

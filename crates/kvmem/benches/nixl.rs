@@ -13,7 +13,9 @@
 //! Run: `cargo bench -p kvmem --bench nixl`
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use kvmem::nixl::{Agent, AgentConfig, LocalBlocks, RemoteBlock, RemoteBlocks, TransferOp};
+use kvmem::Completion;
+use kvmem::nixl::raw::{LocalBlocks, RawTransfers, RemoteBlock, RemoteBlocks, TransferOp};
+use kvmem::nixl::{Agent, AgentConfig};
 use kvmem::{Buffer, HostMemory, MemoryDescriptor, SystemStorage};
 use nixl_sys::{MemType, XferDescList, XferOp, XferStatus};
 use std::hint::black_box;
@@ -23,7 +25,6 @@ const BIG: usize = 64 << 20;
 const SMALL_N: usize = 10_000;
 const SMALL_LEN: usize = 256;
 const SMALL_STRIDE: usize = 512;
-const WAIT: Duration = Duration::from_secs(60);
 
 // ------------------------------------------------------------------------------------------
 // Raw nixl-sys.
@@ -125,7 +126,7 @@ impl Raw {
         }
     }
 
-    /// Polls like `kvmem::nixl::Transfer::wait` does (yield for 2 ms, then 50 µs sleeps), so that
+    /// Polls like `kvmem::nixl::raw::Transfer`'s waits do (yield for 2 ms, then 50 µs sleeps), so that
     /// the comparison measures kvmem's code, not a different waiting strategy.
     /// One agent holding both buffers: NIXL copies within the agent (UCX's self transport), so
     /// the per-descriptor cost of the transport is small and the descriptor handling shows.
@@ -367,7 +368,7 @@ fn bench_write_64m(c: &mut Criterion) {
     );
     raw.reset_dst();
     let (l, r) = kv.blocks(&whole);
-    kv.a.write(&l, &r, None).unwrap().wait(WAIT).unwrap();
+    kv.a.write(&l, &r, None).unwrap().wait().unwrap();
     assert_eq!(kv.dst_bytes(), kv.src_bytes(), "kvmem WRITE moved the data");
 
     let mut g = c.benchmark_group("write_64MiB");
@@ -376,7 +377,7 @@ fn bench_write_64m(c: &mut Criterion) {
     pair(&mut g, "", &|| raw.post_fresh(black_box(&whole)), &|| {
         kv.a.write(black_box(&l), black_box(&r), None)
             .unwrap()
-            .wait(WAIT)
+            .wait()
             .unwrap()
     });
     g.finish();
@@ -398,13 +399,13 @@ fn bench_small_two_agents(c: &mut Criterion) {
     raw.post_prepared(&rlh, &rrh, &ridx);
     check_blocks(raw.dst.as_slice(), raw.src.as_slice(), &blocks);
     let (l, r) = kv.blocks(&blocks);
-    kv.a.write(&l, &r, None).unwrap().wait(WAIT).unwrap();
+    kv.a.write(&l, &r, None).unwrap().wait().unwrap();
     check_blocks(kv.dst_bytes(), kv.src_bytes(), &blocks);
     let pl = kv.a.prepare_local(&l).unwrap();
     let pr = kv.a.prepare_remote(&r).unwrap();
     kv.a.post_prepared(TransferOp::Write, &pl, &pr, None)
         .unwrap()
-        .wait(WAIT)
+        .wait()
         .unwrap();
 
     let mut g = c.benchmark_group("small_10k_two_agents");
@@ -417,7 +418,7 @@ fn bench_small_two_agents(c: &mut Criterion) {
         &|| {
             // Building the lists is part of the fresh path, as for the raw calls.
             let (l, r) = kv.blocks(black_box(&blocks));
-            kv.a.write(&l, &r, None).unwrap().wait(WAIT).unwrap()
+            kv.a.write(&l, &r, None).unwrap().wait().unwrap()
         },
     );
     pair(
@@ -427,7 +428,7 @@ fn bench_small_two_agents(c: &mut Criterion) {
         &|| {
             kv.a.post_prepared(TransferOp::Write, black_box(&pl), black_box(&pr), None)
                 .unwrap()
-                .wait(WAIT)
+                .wait()
                 .unwrap()
         },
     );
@@ -448,13 +449,13 @@ fn small_one_agent(c: &mut Criterion, group: &str, stride: usize) {
     raw.post_prepared(&rlh, &rrh, &ridx);
     check_blocks(raw.dst.as_slice(), raw.src.as_slice(), &blocks);
     let (l, r) = kv.local_blocks(&blocks);
-    kv.a.write_to_file(&l, &r).unwrap().wait(WAIT).unwrap();
+    kv.a.write_to_file(&l, &r).unwrap().wait().unwrap();
     check_blocks(kv.dst_bytes(), kv.src_bytes(), &blocks);
     let pl = kv.a.prepare_local(&l).unwrap();
     let pr = kv.a.prepare_file(&r).unwrap();
     kv.a.post_prepared(TransferOp::Write, &pl, &pr, None)
         .unwrap()
-        .wait(WAIT)
+        .wait()
         .unwrap();
 
     let mut g = c.benchmark_group(group);
@@ -466,7 +467,7 @@ fn small_one_agent(c: &mut Criterion, group: &str, stride: usize) {
         &|| raw.post_fresh(black_box(&blocks)),
         &|| {
             let (l, r) = kv.local_blocks(black_box(&blocks));
-            kv.a.write_to_file(&l, &r).unwrap().wait(WAIT).unwrap()
+            kv.a.write_to_file(&l, &r).unwrap().wait().unwrap()
         },
     );
     pair(
@@ -476,7 +477,7 @@ fn small_one_agent(c: &mut Criterion, group: &str, stride: usize) {
         &|| {
             kv.a.post_prepared(TransferOp::Write, black_box(&pl), black_box(&pr), None)
                 .unwrap()
-                .wait(WAIT)
+                .wait()
                 .unwrap()
         },
     );

@@ -9,6 +9,7 @@
 //! `cargo bench -p kvmem --bench transfer_host`
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use kvmem::Completion;
 use kvmem::layout::{BlockDim, BlockLayout, LayoutConfig, LayoutKind};
 use kvmem::transfer::{DiskBackend, EngineConfig, TransferEngine};
 use kvmem::{Buffer, DiskStorage, HostMemory, MemoryDescriptor, SystemStorage};

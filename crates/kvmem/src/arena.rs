@@ -2,7 +2,7 @@
 
 use crate::PAGE_SIZE;
 use crate::descriptor::{Buffer, MemoryDescriptor, Storage};
-use crate::error::{Error, Result};
+use crate::error::{BoundsError, Error, MemoryError, Result};
 use crate::kind::StorageKind;
 use crate::nixl::{MemType, NixlCompatible, NixlDescriptor};
 use crate::view::OffsetBuffer;
@@ -48,25 +48,27 @@ impl ArenaAllocator {
     /// An arena over a shared buffer.
     ///
     /// # Errors
-    /// [`Error::Misaligned`] when the base address is not page-aligned; [`Error::ZeroSize`] when
-    /// the buffer holds less than one page; [`Error::Overflow`] when it holds more than
+    /// [`BoundsError::Misaligned`] when the base address is not page-aligned; [`BoundsError::ZeroSize`] when
+    /// the buffer holds less than one page; [`BoundsError::Overflow`] when it holds more than
     /// 2^32 pages (16 TiB).
     pub fn from_buffer(base: Buffer) -> Result<Self> {
         if base.addr() % PAGE_SIZE != 0 {
-            return Err(Error::Misaligned {
+            return Err(Error::Bounds(BoundsError::Misaligned {
                 what: "arena base address",
                 value: base.addr() as u64,
                 align: PAGE_SIZE as u64,
-            });
+            }));
         }
         let pages = base.size() / PAGE_SIZE;
         if pages == 0 {
-            return Err(Error::ZeroSize {
+            return Err(Error::Bounds(BoundsError::ZeroSize {
                 what: "arena (needs at least one page)",
-            });
+            }));
         }
-        let pages = u32::try_from(pages).map_err(|_| Error::Overflow {
-            what: "arena page count",
+        let pages = u32::try_from(pages).map_err(|_| {
+            Error::Bounds(BoundsError::Overflow {
+                what: "arena page count",
+            })
         })?;
         Ok(Self {
             inner: Arc::new(ArenaInner {
@@ -80,13 +82,13 @@ impl ArenaAllocator {
     /// Allocates `size` bytes, rounded up to whole pages.
     ///
     /// # Errors
-    /// [`Error::ZeroSize`] for `size == 0`; [`Error::ArenaExhausted`] when no free range is large
+    /// [`BoundsError::ZeroSize`] for `size == 0`; [`MemoryError::ArenaExhausted`] when no free range is large
     /// enough.
     pub fn allocate(&self, size: usize) -> Result<ArenaBuffer> {
         if size == 0 {
-            return Err(Error::ZeroSize {
+            return Err(Error::Bounds(BoundsError::ZeroSize {
                 what: "arena allocation",
-            });
+            }));
         }
         let pages = size.div_ceil(PAGE_SIZE);
         let allocation = u32::try_from(pages)
@@ -94,11 +96,11 @@ impl ArenaAllocator {
             .filter(|p| *p <= self.inner.pages)
             .and_then(|p| self.inner.lock().allocate(p));
         let Some(allocation) = allocation else {
-            return Err(Error::ArenaExhausted {
+            return Err(Error::Memory(MemoryError::ArenaExhausted {
                 requested: size,
                 free: self.free_bytes(),
                 largest: self.largest_free_bytes(),
-            });
+            }));
         };
         let offset = allocation.offset as usize * PAGE_SIZE;
         match OffsetBuffer::new(self.inner.base.clone(), offset, size) {
@@ -221,7 +223,7 @@ mod tests {
         assert!(a.offset() + PAGE_SIZE <= b.offset() || b.offset() + 2 * PAGE_SIZE <= a.offset());
         assert!(matches!(
             arena.allocate(16 * PAGE_SIZE),
-            Err(Error::ArenaExhausted { .. })
+            Err(Error::Memory(MemoryError::ArenaExhausted { .. }))
         ));
         drop((a, b));
         assert_eq!(arena.free_bytes(), 16 * PAGE_SIZE);
@@ -235,12 +237,12 @@ mod tests {
         let off = OffsetBuffer::new(base.clone(), 8, 2 * PAGE_SIZE).unwrap();
         assert!(matches!(
             ArenaAllocator::new(off),
-            Err(Error::Misaligned { .. })
+            Err(Error::Bounds(BoundsError::Misaligned { .. }))
         ));
         let small = OffsetBuffer::new(base, 0, PAGE_SIZE - 1).unwrap();
         assert!(matches!(
             ArenaAllocator::new(small),
-            Err(Error::ZeroSize { .. })
+            Err(Error::Bounds(BoundsError::ZeroSize { .. }))
         ));
     }
 }

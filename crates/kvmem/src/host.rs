@@ -5,7 +5,7 @@
 //! `&[u8]`, `&mut self` gives `&mut [u8]`.
 
 use crate::descriptor::MemoryDescriptor;
-use crate::error::{Error, Result};
+use crate::error::{BoundsError, Error, Result};
 
 /// Host memory the CPU can read and write directly.
 pub trait HostMemory: MemoryDescriptor {
@@ -23,7 +23,7 @@ pub trait HostMemory: MemoryDescriptor {
     /// Copies `src` into the region at `offset`.
     ///
     /// # Errors
-    /// [`Error::OutOfBounds`] when `offset + src.len()` exceeds the region.
+    /// [`BoundsError::OutOfBounds`] when `offset + src.len()` exceeds the region.
     fn copy_from(&mut self, offset: usize, src: &[u8]) -> Result<()> {
         let dst = self.as_mut_slice();
         let range = checked_range(offset, src.len(), dst.len())?;
@@ -34,7 +34,7 @@ pub trait HostMemory: MemoryDescriptor {
     /// Copies `dst.len()` bytes of the region, from `offset`, into `dst`.
     ///
     /// # Errors
-    /// [`Error::OutOfBounds`] when `offset + dst.len()` exceeds the region.
+    /// [`BoundsError::OutOfBounds`] when `offset + dst.len()` exceeds the region.
     fn copy_to(&self, offset: usize, dst: &mut [u8]) -> Result<()> {
         let src = self.as_slice();
         let range = checked_range(offset, dst.len(), src.len())?;
@@ -51,7 +51,11 @@ pub(crate) fn checked_range(
 ) -> Result<std::ops::Range<usize>> {
     match offset.checked_add(len) {
         Some(end) if end <= size => Ok(offset..end),
-        _ => Err(Error::OutOfBounds { offset, len, size }),
+        _ => Err(Error::Bounds(BoundsError::OutOfBounds {
+            offset,
+            len,
+            size,
+        })),
     }
 }
 
@@ -69,11 +73,11 @@ mod tests {
         assert_eq!(out, [1, 2, 3, 4]);
         assert!(matches!(
             s.copy_from(13, &[0; 4]),
-            Err(Error::OutOfBounds { .. })
+            Err(Error::Bounds(BoundsError::OutOfBounds { .. }))
         ));
         assert!(matches!(
             s.copy_to(usize::MAX, &mut out),
-            Err(Error::OutOfBounds { .. })
+            Err(Error::Bounds(BoundsError::OutOfBounds { .. }))
         ));
     }
 }

@@ -20,7 +20,8 @@
 //! | [`transfer`] | planning and executing block copies between layouts and tiers ([`transfer::TransferEngine`]) |
 //! | [`tensor`] | shape/stride descriptions of tensors laid over a buffer ([`TensorDescriptor`]) |
 //! | [`topology`] | GPUs, NUMA nodes, hugepages, THP and cgroup limits read from sysfs ([`topology::Topology`]) |
-//! | [`error`] | the crate's one error type, [`Error`] |
+//! | [`completion`] | [`Completion`], the verbs of everything that finishes in the background |
+//! | [`error`] | the crate's error type, [`Error`], over one error enum per domain |
 //!
 //! ```
 //! use kvmem::{Buffer, MemoryDescriptor, OffsetBuffer, StorageKind, SystemStorage};
@@ -36,6 +37,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod arena;
+pub mod completion;
 pub mod cuda;
 pub mod descriptor;
 pub mod error;
@@ -50,6 +52,7 @@ pub mod transfer;
 pub mod view;
 
 pub use arena::{ArenaAllocator, ArenaBuffer};
+pub use completion::Completion;
 pub use descriptor::{Buffer, MemoryDescriptor, Storage};
 pub use error::{Error, Result};
 pub use host::HostMemory;

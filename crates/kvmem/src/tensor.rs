@@ -1,6 +1,6 @@
 //! Shape and stride descriptions of tensors laid over a buffer.
 
-use crate::error::{Error, Result};
+use crate::error::{BoundsError, Error, LayoutError, Result};
 
 /// A strided tensor: shape and strides in elements, and the element size in bytes.
 ///
@@ -19,51 +19,59 @@ impl TensorDescriptor {
     /// A tensor with explicit strides (in elements).
     ///
     /// # Errors
-    /// [`Error::InvalidTensor`] when ranks differ, the element size or a dimension is zero, or a
-    /// stride is zero on a dimension longer than one; [`Error::Overflow`] when the element count or
+    /// [`LayoutError::InvalidTensor`] when ranks differ, the element size or a dimension is zero, or a
+    /// stride is zero on a dimension longer than one; [`BoundsError::Overflow`] when the element count or
     /// byte span overflows.
     pub fn new(shape: &[usize], strides: &[usize], elem_size: usize) -> Result<Self> {
         if shape.len() != strides.len() {
-            return Err(Error::InvalidTensor(format!(
+            return Err(Error::Layout(LayoutError::InvalidTensor(format!(
                 "shape has {} dimensions but strides have {}",
                 shape.len(),
                 strides.len()
-            )));
+            ))));
         }
         if elem_size == 0 {
-            return Err(Error::InvalidTensor("element size must be positive".into()));
+            return Err(Error::Layout(LayoutError::InvalidTensor(
+                "element size must be positive".into(),
+            )));
         }
-        let overflow = Error::Overflow {
+        let overflow = Error::Bounds(BoundsError::Overflow {
             what: "tensor size",
-        };
+        });
         let mut numel: usize = 1;
         let mut last: usize = 0;
         for (i, (&dim, &stride)) in shape.iter().zip(strides).enumerate() {
             if dim == 0 {
-                return Err(Error::InvalidTensor(format!("dimension {i} has length 0")));
+                return Err(Error::Layout(LayoutError::InvalidTensor(format!(
+                    "dimension {i} has length 0"
+                ))));
             }
             if stride == 0 && dim > 1 {
-                return Err(Error::InvalidTensor(format!(
+                return Err(Error::Layout(LayoutError::InvalidTensor(format!(
                     "dimension {i} has stride 0 and length {dim}: elements would alias"
-                )));
+                ))));
             }
-            numel = numel.checked_mul(dim).ok_or(Error::Overflow {
-                what: "tensor element count",
-            })?;
+            numel = numel
+                .checked_mul(dim)
+                .ok_or(Error::Bounds(BoundsError::Overflow {
+                    what: "tensor element count",
+                }))?;
             last = (dim - 1)
                 .checked_mul(stride)
                 .and_then(|x| last.checked_add(x))
-                .ok_or(Error::Overflow {
+                .ok_or(Error::Bounds(BoundsError::Overflow {
                     what: "tensor size",
-                })?;
+                }))?;
         }
         let span_bytes = last
             .checked_add(1)
             .and_then(|n| n.checked_mul(elem_size))
             .ok_or(overflow)?;
-        numel.checked_mul(elem_size).ok_or(Error::Overflow {
-            what: "tensor size",
-        })?;
+        numel
+            .checked_mul(elem_size)
+            .ok_or(Error::Bounds(BoundsError::Overflow {
+                what: "tensor size",
+            }))?;
         Ok(Self {
             shape: shape.to_vec(),
             strides: strides.to_vec(),
@@ -82,9 +90,11 @@ impl TensorDescriptor {
         let mut acc: usize = 1;
         for (s, &dim) in strides.iter_mut().zip(shape).rev() {
             *s = acc;
-            acc = acc.checked_mul(dim).ok_or(Error::Overflow {
-                what: "tensor stride",
-            })?;
+            acc = acc
+                .checked_mul(dim)
+                .ok_or(Error::Bounds(BoundsError::Overflow {
+                    what: "tensor stride",
+                }))?;
         }
         Self::new(shape, &strides, elem_size)
     }
@@ -136,7 +146,7 @@ impl TensorDescriptor {
     /// inside it.
     ///
     /// # Errors
-    /// [`Error::OutOfBounds`] when it does not.
+    /// [`BoundsError::OutOfBounds`] when it does not.
     pub fn check_fits(&self, offset: usize, region_size: usize) -> Result<()> {
         crate::host::checked_range(offset, self.span_bytes, region_size).map(|_| ())
     }
@@ -168,7 +178,7 @@ mod tests {
         assert!(TensorDescriptor::new(&[2], &[1], 0).is_err());
         assert!(matches!(
             TensorDescriptor::contiguous(&[usize::MAX, 2], 1),
-            Err(Error::Overflow { .. })
+            Err(Error::Bounds(BoundsError::Overflow { .. }))
         ));
     }
 }

@@ -1,7 +1,7 @@
 //! Checked views of part of a buffer.
 
 use crate::descriptor::{Buffer, MemoryDescriptor};
-use crate::error::{Error, Result};
+use crate::error::{BoundsError, Error, Result};
 use crate::host::checked_range;
 use crate::kind::StorageKind;
 use crate::nixl::{MemType, NixlCompatible, NixlDescriptor};
@@ -23,19 +23,19 @@ impl OffsetBuffer {
     /// A view of `size` bytes at `offset` in `base`.
     ///
     /// # Errors
-    /// [`Error::ZeroSize`] for `size == 0`; [`Error::OutOfBounds`] when the range leaves the base;
-    /// [`Error::Overflow`] when the address would overflow.
+    /// [`BoundsError::ZeroSize`] for `size == 0`; [`BoundsError::OutOfBounds`] when the range leaves the base;
+    /// [`BoundsError::Overflow`] when the address would overflow.
     pub fn new(base: Buffer, offset: usize, size: usize) -> Result<Self> {
         if size == 0 {
-            return Err(Error::ZeroSize { what: "view" });
+            return Err(Error::Bounds(BoundsError::ZeroSize { what: "view" }));
         }
         checked_range(offset, size, base.size())?;
         base.addr()
             .checked_add(offset)
             .and_then(|a| a.checked_add(size))
-            .ok_or(Error::Overflow {
+            .ok_or(Error::Bounds(BoundsError::Overflow {
                 what: "view address",
-            })?;
+            }))?;
         Ok(Self { base, offset, size })
     }
 

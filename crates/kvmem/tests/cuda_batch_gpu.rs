@@ -2,8 +2,10 @@
 //! pinned host and device memory, checked byte for byte on random data. Run on the GPU machine
 //! with `--ignored` (scripts/gpu-build.sh).
 
+use kvmem::Completion;
 use kvmem::cuda::batch::{CopyMethod, CopyStream, DeviceCopy, Location};
 use kvmem::cuda::{self, CudaDevice};
+use kvmem::error::BoundsError;
 use kvmem::{DeviceStorage, Error, HostMemory, MemoryDescriptor, PinnedStorage};
 
 fn gpu() -> CudaDevice {
@@ -184,7 +186,7 @@ fn scattered_copies_host_device_and_back_by_every_method() {
                 &mut rng,
             );
             // SAFETY: as above.
-            let mut c = unsafe {
+            let c = unsafe {
                 stream.copy_async(&copies, method, Location::Device(0), Location::Device(0))
             }
             .unwrap();
@@ -196,7 +198,9 @@ fn scattered_copies_host_device_and_back_by_every_method() {
                 d2d,
                 &format!("D2D chunk {chunk}"),
             );
-            assert!(c.wait_timeout(std::time::Duration::from_secs(10)).unwrap());
+            assert!(c.wait_timeout(std::time::Duration::from_secs(10)));
+            assert!(c.is_done());
+            c.wait().unwrap();
             let mut back2 = PinnedStorage::new(&gpu, size).unwrap();
             cuda::copy_device_to_host(&dev2, &mut back2).unwrap();
             let want = expected(back.as_slice(), poison.as_slice(), &pairs, chunk, stride);
@@ -263,7 +267,7 @@ fn error_empty_and_zero_length_copy_lists_are_refused() {
     unsafe {
         assert!(matches!(
             stream.copy_async(&[], CopyMethod::Auto, Location::Host, Location::Device(0)),
-            Err(Error::ZeroSize { .. })
+            Err(Error::Bounds(BoundsError::ZeroSize { .. }))
         ));
         let zero = [DeviceCopy {
             src: 0x1000,
@@ -277,7 +281,7 @@ fn error_empty_and_zero_length_copy_lists_are_refused() {
                 Location::Host,
                 Location::Device(0)
             ),
-            Err(Error::ZeroSize { .. })
+            Err(Error::Bounds(BoundsError::ZeroSize { .. }))
         ));
     }
 }

@@ -5,6 +5,7 @@
 //! under compute-sanitizer with API-error reporting off, and all others with it on.
 
 use kvmem::cuda::{self, CudaDevice};
+use kvmem::error::{BoundsError, CudaError};
 use kvmem::nixl::{MemType, NixlCompatible};
 use kvmem::{
     DevicePool, DeviceStorage, Error, ExternalDeviceMemory, ExternalPinnedMemory, HostMemory,
@@ -356,7 +357,7 @@ fn error_device_index_out_of_range() {
     let count = cuda::device_count().unwrap();
     for ordinal in [count, count + 5, usize::MAX] {
         match CudaDevice::new(ordinal) {
-            Err(e @ Error::CudaDeviceNotFound { .. }) => {
+            Err(e @ Error::Cuda(CudaError::DeviceNotFound { .. })) => {
                 let msg = e.to_string();
                 assert!(msg.contains(&ordinal.to_string()) && msg.contains(&count.to_string()));
             }
@@ -372,12 +373,12 @@ fn error_device_out_of_memory_names_the_numbers() {
     let total = device.memory_info().unwrap().total;
     let requested = total + (1 << 30);
     let check = |e: Error| match e {
-        Error::DeviceOutOfMemory {
+        Error::Cuda(CudaError::OutOfMemory {
             device: 0,
             requested: r,
             free,
             total: t,
-        } => {
+        }) => {
             assert_eq!((r, t), (requested, total));
             assert!(free > 0 && free <= total);
         }
@@ -409,7 +410,7 @@ fn error_registering_pinned_memory_twice() {
     // SAFETY: as above; this registration is expected to fail.
     let second = unsafe { ExternalPinnedMemory::new(&device, ptr, 4 * MIB) };
     match second {
-        Err(Error::Cuda { name, .. }) => {
+        Err(Error::Cuda(CudaError::Driver { name, .. })) => {
             assert_eq!(name, "CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED")
         }
         other => panic!("expected a CUDA error, got {other:?}"),
@@ -427,14 +428,14 @@ fn error_copies_check_the_device_range() {
     let small = random_host(MIB - 1);
     assert!(matches!(
         cuda::copy_host_to_device(&small, &dev),
-        Err(Error::SizeMismatch { src, dst, .. }) if src == MIB - 1 && dst == MIB
+        Err(Error::Bounds(BoundsError::SizeMismatch { src, dst, .. })) if src == MIB - 1 && dst == MIB
     ));
     // A range running past the end of the allocation.
     // SAFETY: only described; the copy must refuse before touching it.
     let past = unsafe { ExternalDeviceMemory::new(dev.addr() as *const u8, MIB + 1, 0) }.unwrap();
     assert!(matches!(
         cuda::copy_host_to_device(&random_host(MIB + 1), &past),
-        Err(Error::NotDeviceMemory { .. })
+        Err(Error::Cuda(CudaError::NotDeviceMemory { .. }))
     ));
     // Pinned host memory claimed to be device memory.
     let pinned = PinnedStorage::new(&device, MIB).unwrap();
@@ -442,21 +443,21 @@ fn error_copies_check_the_device_range() {
     let liar = unsafe { ExternalDeviceMemory::new(pinned.addr() as *const u8, MIB, 0) }.unwrap();
     assert!(matches!(
         cuda::copy_host_to_device(&host, &liar),
-        Err(Error::NotDeviceMemory { .. })
+        Err(Error::Cuda(CudaError::NotDeviceMemory { .. }))
     ));
     // An address the driver has never seen.
     // SAFETY: as above.
     let bogus = unsafe { ExternalDeviceMemory::new(0x10 as *const u8, MIB, 0) }.unwrap();
     assert!(matches!(
         cuda::copy_host_to_device(&host, &bogus),
-        Err(Error::NotDeviceMemory { .. })
+        Err(Error::Cuda(CudaError::NotDeviceMemory { .. }))
     ));
     // A device ordinal that does not exist.
     // SAFETY: as above.
     let elsewhere = unsafe { ExternalDeviceMemory::new(dev.addr() as *const u8, MIB, 99) }.unwrap();
     assert!(matches!(
         cuda::copy_host_to_device(&host, &elsewhere),
-        Err(Error::CudaDeviceNotFound { ordinal: 99, .. })
+        Err(Error::Cuda(CudaError::DeviceNotFound { ordinal: 99, .. }))
     ));
 }
 

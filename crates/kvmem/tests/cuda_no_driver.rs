@@ -2,10 +2,11 @@
 //!
 //! The tests ask the dynamic loader themselves whether `libcuda` is there, and check kvmem's
 //! answer against that: without it (CI), every entry point must return
-//! `Error::CudaUnavailable`; with it (the GPU machine), the same entry points must work or fail
+//! `CudaError::Unavailable`; with it (the GPU machine), the same entry points must work or fail
 //! with a different, typed error. Either way, each branch asserts.
 
 use kvmem::cuda::{self, CudaDevice};
+use kvmem::error::{CudaError, UnsupportedError};
 use kvmem::{Error, ExternalDeviceMemory, HostMemory, MemoryDescriptor, SystemStorage};
 
 /// Whether the dynamic loader can find the CUDA driver library at all.
@@ -18,7 +19,7 @@ fn libcuda_loadable() -> bool {
 
 fn assert_unavailable<T: std::fmt::Debug>(what: &str, result: kvmem::Result<T>) {
     match result {
-        Err(e @ Error::CudaUnavailable { .. }) => {
+        Err(e @ Error::Cuda(CudaError::Unavailable { .. })) => {
             let msg = e.to_string();
             assert!(
                 msg.contains("libcuda"),
@@ -69,17 +70,22 @@ fn every_entry_point_reports_a_missing_driver() {
                 assert!(cuda::load_driver().unwrap().cuda_version.0 >= 12);
                 assert!(matches!(
                     CudaDevice::new(n),
-                    Err(Error::CudaDeviceNotFound { ordinal, count }) if ordinal == n && count == n
+                    Err(Error::Cuda(CudaError::DeviceNotFound { ordinal, count })) if ordinal == n && count == n
                 ));
             }
             // A driver library without a usable GPU (a container without the device, say).
-            Err(e) => assert!(matches!(e, Error::CudaUnavailable { .. }), "{e:?}"),
+            Err(e) => assert!(
+                matches!(e, Error::Cuda(CudaError::Unavailable { .. })),
+                "{e:?}"
+            ),
         }
     }
     // Copies check the kind of memory before touching the driver.
     assert!(matches!(
         cuda::copy_host_to_device(&host, &host),
-        Err(Error::WrongStorageKind { .. })
+        Err(Error::Unsupported(
+            UnsupportedError::WrongStorageKind { .. }
+        ))
     ));
     assert_eq!(host.size(), 4096);
 }

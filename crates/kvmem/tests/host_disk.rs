@@ -1,6 +1,7 @@
 //! Disk storage on real files: O_DIRECT I/O through the descriptor, permissions, refusal of
 //! existing paths and symlinks, and no file left behind after any error.
 
+use kvmem::error::{BoundsError, IoError};
 use kvmem::{DiskStorage, Error, HostMemory, MemoryDescriptor, StorageKind, SystemStorage};
 use rustix::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -71,23 +72,24 @@ fn direct_io_rejects_misaligned_and_out_of_range_requests() {
     let s = buf.as_slice();
     assert!(matches!(
         disk.write_at(1, &s[..4096]),
-        Err(Error::Misaligned { .. })
+        Err(Error::Bounds(BoundsError::Misaligned { .. }))
     ));
     assert!(matches!(
         disk.write_at(0, &s[..100]),
-        Err(Error::Misaligned { .. })
+        Err(Error::Bounds(BoundsError::Misaligned { .. }))
     ));
     assert!(matches!(
         disk.write_at(0, &s[1..4097]),
-        Err(Error::Misaligned { .. })
+        Err(Error::Bounds(BoundsError::Misaligned { .. }))
     ));
     assert!(matches!(
         disk.write_at(64 * 1024, &s[..4096]),
-        Err(Error::OutOfBounds { .. })
+        Err(Error::Bounds(BoundsError::OutOfBounds { .. }))
     ));
     assert!(matches!(
         disk.write_at(u64::MAX, &s[..4096]),
-        Err(Error::OutOfBounds { .. } | Error::Overflow { .. })
+        Err(Error::Bounds(BoundsError::OutOfBounds { .. })
+            | Error::Bounds(BoundsError::Overflow { .. }))
     ));
 }
 
@@ -121,7 +123,7 @@ fn refuses_existing_paths_and_symlinks() {
     std::fs::write(&existing, b"keep me").unwrap();
     let err = DiskStorage::create_at(&existing, 4096).unwrap_err();
     assert!(
-        matches!(&err, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists),
+        matches!(&err, Error::Io(IoError::File { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists),
         "{err}"
     );
     assert_eq!(std::fs::read(&existing).unwrap(), b"keep me");
@@ -142,28 +144,28 @@ fn no_file_left_behind_after_errors() {
     // A directory that does not exist.
     assert!(matches!(
         DiskStorage::new_in(dir.path().join("missing"), 4096),
-        Err(Error::Io { .. })
+        Err(Error::Io(IoError::File { .. }))
     ));
     // A "directory" that is a regular file.
     let file = dir.path().join("plain");
     std::fs::write(&file, b"x").unwrap();
     assert!(matches!(
         DiskStorage::new_in(&file, 4096),
-        Err(Error::Io { .. })
+        Err(Error::Io(IoError::File { .. }))
     ));
     // A size fallocate cannot reserve: the file was created, then must be removed.
     let sub = dir.path().join("sub");
     std::fs::create_dir(&sub).unwrap();
     let err = DiskStorage::new_in(&sub, 1 << 62).unwrap_err();
     assert!(
-        matches!(&err, Error::Io { op, .. } if op.contains("fallocate")),
+        matches!(&err, Error::Io(IoError::File { op, .. }) if op.contains("fallocate")),
         "{err}"
     );
     assert!(entries(&sub).is_empty(), "left behind: {:?}", entries(&sub));
     // Zero bytes.
     assert!(matches!(
         DiskStorage::new_in(&sub, 0),
-        Err(Error::ZeroSize { .. })
+        Err(Error::Bounds(BoundsError::ZeroSize { .. }))
     ));
     assert!(entries(&sub).is_empty());
 }
@@ -173,14 +175,14 @@ fn unwritable_directory_is_an_error() {
     // /proc refuses new files even for root.
     assert!(matches!(
         DiskStorage::new_in("/proc/self", 4096),
-        Err(Error::Io { .. })
+        Err(Error::Io(IoError::File { .. }))
     ));
     if !rustix::process::geteuid().is_root() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o500)).unwrap();
         assert!(matches!(
             DiskStorage::new_in(dir.path(), 4096),
-            Err(Error::Io { .. })
+            Err(Error::Io(IoError::File { .. }))
         ));
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
         assert!(entries(dir.path()).is_empty());

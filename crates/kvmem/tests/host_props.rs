@@ -1,6 +1,7 @@
 //! Property tests over views, the arena and tensor descriptors: every invalid argument is an
 //! `Err`, nothing panics, and live arena buffers never overlap and always lie inside their storage.
 
+use kvmem::error::{BoundsError, LayoutError, MemoryError};
 use kvmem::{
     ArenaAllocator, ArenaBuffer, Buffer, Error, MemoryDescriptor, OffsetBuffer, PAGE_SIZE,
     SystemStorage, TensorDescriptor,
@@ -43,13 +44,13 @@ proptest! {
                     }
                     Err(e) => {
                         prop_assert!(!inner_valid);
-                        prop_assert!(matches!(e, Error::OutOfBounds { .. } | Error::ZeroSize { .. }), "unexpected error {}", e);
+                        prop_assert!(matches!(e, Error::Bounds(BoundsError::OutOfBounds { .. }) | Error::Bounds(BoundsError::ZeroSize { .. })), "unexpected error {}", e);
                     }
                 }
             }
             Err(e) => {
                 prop_assert!(!valid);
-                prop_assert!(matches!(e, Error::OutOfBounds { .. } | Error::ZeroSize { .. }), "unexpected error {}", e);
+                prop_assert!(matches!(e, Error::Bounds(BoundsError::OutOfBounds { .. }) | Error::Bounds(BoundsError::ZeroSize { .. })), "unexpected error {}", e);
             }
         }
     }
@@ -80,8 +81,8 @@ proptest! {
                         }
                         live.push(b);
                     }
-                    Err(Error::ZeroSize { .. }) => prop_assert_eq!(size, 0),
-                    Err(Error::ArenaExhausted { requested, free, largest }) => {
+                    Err(Error::Bounds(BoundsError::ZeroSize { .. })) => prop_assert_eq!(size, 0),
+                    Err(Error::Memory(MemoryError::ArenaExhausted { requested, free, largest })) => {
                         prop_assert_eq!(requested, size);
                         prop_assert!(largest <= free && free <= arena.capacity());
                         prop_assert!(size.div_ceil(PAGE_SIZE) as u128 * PAGE_SIZE as u128 > largest as u128);
@@ -113,7 +114,7 @@ proptest! {
             }
             Err(e) => {
                 prop_assert!(!valid, "refused a valid tensor: {}", e);
-                prop_assert!(matches!(e, Error::InvalidTensor(_) | Error::Overflow { .. }), "unexpected error {}", e);
+                prop_assert!(matches!(e, Error::Layout(LayoutError::InvalidTensor(_)) | Error::Bounds(BoundsError::Overflow { .. })), "unexpected error {}", e);
             }
         }
         let contiguous_valid = row_major(&shape).is_some_and(|s| tensor_is_valid(&shape, &s, elem));
@@ -154,11 +155,11 @@ proptest! {
 fn arena_refuses_usize_max_on_an_empty_arena() {
     let arena = ArenaAllocator::new(SystemStorage::new(PAGE_SIZE).unwrap()).unwrap();
     match arena.allocate(usize::MAX) {
-        Err(Error::ArenaExhausted {
+        Err(Error::Memory(MemoryError::ArenaExhausted {
             requested,
             free,
             largest,
-        }) => {
+        })) => {
             assert_eq!(requested, usize::MAX);
             assert_eq!((free, largest), (PAGE_SIZE, PAGE_SIZE));
         }

@@ -5,10 +5,9 @@
 mod common;
 
 use common::*;
-use kvmem::nixl::{
-    Agent, AgentConfig, LocalBlocks, MemType, NixlCompatible, NixlDescriptor, RemoteBlock,
-    RemoteBlocks, TransferOp,
-};
+use kvmem::error::{BoundsError, ConfigError, NixlError, PeerError, TransferError};
+use kvmem::nixl::raw::{LocalBlocks, RemoteBlock, RemoteBlocks, TransferOp};
+use kvmem::nixl::{Agent, AgentConfig, MemType, NixlCompatible, NixlDescriptor};
 use kvmem::{Buffer, DiskStorage, Error, MemoryDescriptor, StorageKind, SystemStorage};
 use std::any::Any;
 use std::time::Duration;
@@ -18,7 +17,7 @@ const WAIT: Duration = Duration::from_secs(30);
 #[test]
 fn unknown_backend() {
     let err = Agent::new(config("unknown").with_backends(["UCX", "NOT_A_BACKEND"])).unwrap_err();
-    let Error::UnknownBackend { backend, installed } = &err else {
+    let Error::Nixl(NixlError::UnknownBackend { backend, installed }) = &err else {
         panic!("{err}")
     };
     assert_eq!(backend, "NOT_A_BACKEND");
@@ -31,9 +30,15 @@ fn unknown_backend() {
 #[test]
 fn invalid_config_from_code() {
     let err = Agent::new(config("cfg").with_registration_chunk(1000)).unwrap_err();
-    assert!(matches!(err, Error::Config { .. }), "{err}");
+    assert!(
+        matches!(err, Error::Config(ConfigError::Agent { .. })),
+        "{err}"
+    );
     let err = Agent::new(config("cfg").with_backends(Vec::<String>::new())).unwrap_err();
-    assert!(matches!(err, Error::Config { .. }), "{err}");
+    assert!(
+        matches!(err, Error::Config(ConfigError::Agent { .. })),
+        "{err}"
+    );
 }
 
 /// A foreign storage of zero bytes.
@@ -68,7 +73,11 @@ impl NixlCompatible for Empty {
 fn registering_zero_bytes() {
     let a = agent("zero");
     let err = a.register(Empty).unwrap_err();
-    assert!(matches!(err.error, Error::ZeroSize { .. }), "{}", err.error);
+    assert!(
+        matches!(err.error, Error::Bounds(BoundsError::ZeroSize { .. })),
+        "{}",
+        err.error
+    );
     // The storage comes back with the cause.
     let (storage, _) = err.into_parts();
     assert_eq!(storage.size(), 0);
@@ -82,11 +91,15 @@ fn registering_memory_no_backend_supports_gives_the_storage_back() {
     let disk = DiskStorage::new_in(dir.path(), 1 << 20).unwrap();
     let path = disk.path().to_path_buf();
     let err = a.register(disk).unwrap_err();
-    assert!(matches!(err.error, Error::Nixl { .. }), "{}", err.error);
+    assert!(
+        matches!(err.error, Error::Nixl(NixlError::Call { .. })),
+        "{}",
+        err.error
+    );
     assert!(err.storage.path() == path && path.exists());
     // `?` turns it into kvmem::Error.
     let as_error: Error = err.into();
-    assert!(matches!(as_error, Error::Nixl { .. }));
+    assert!(matches!(as_error, Error::Nixl(NixlError::Call { .. })));
 }
 
 #[test]
@@ -99,11 +112,11 @@ fn overlapping_registration() {
     let err = a
         .register(kvmem::OffsetBuffer::new(base.clone(), 256 << 10, 512 << 10).unwrap())
         .unwrap_err();
-    let Error::AlreadyRegistered {
+    let Error::Nixl(NixlError::AlreadyRegistered {
         existing_addr,
         existing_len,
         ..
-    } = err.error
+    }) = err.error
     else {
         panic!("{}", err.error)
     };
@@ -128,7 +141,10 @@ fn overlapping_registration() {
 fn unregistered_memory_in_a_transfer() {
     let plain = Buffer::new(SystemStorage::new(4096).unwrap());
     let err = LocalBlocks::whole(&plain).unwrap_err();
-    assert!(matches!(err, Error::NotRegistered { .. }), "{err}");
+    assert!(
+        matches!(err, Error::Nixl(NixlError::NotRegistered { .. })),
+        "{err}"
+    );
 }
 
 #[test]
@@ -153,7 +169,7 @@ fn descriptor_outside_the_peers_registered_memory() {
     ] {
         let err = r.push(bad).unwrap_err();
         assert!(
-            matches!(err, Error::RemoteOutOfBounds { index: 0, .. }),
+            matches!(err, Error::Peer(PeerError::OutOfBounds { index: 0, .. })),
             "{err}"
         );
     }
@@ -171,9 +187,9 @@ fn descriptor_outside_the_peers_registered_memory() {
     l.push_range(&src_c, 0, 4096).unwrap();
     l.push_range(&src_c, 0, 8192).unwrap();
     let err = c.write(&l, &r, None).unwrap_err();
-    let Error::RemoteOutOfBounds {
+    let Error::Peer(PeerError::OutOfBounds {
         index, addr, len, ..
-    } = err
+    }) = err
     else {
         panic!("{err}")
     };
@@ -185,7 +201,7 @@ fn descriptor_outside_the_peers_registered_memory() {
     // Preparing the same list is refused the same way.
     assert!(matches!(
         c.prepare_remote(&r),
-        Err(Error::RemoteOutOfBounds { index: 1, .. })
+        Err(Error::Peer(PeerError::OutOfBounds { index: 1, .. }))
     ));
     drop(src);
 }
@@ -197,22 +213,22 @@ fn unknown_peer_name() {
     let c = agent("unknown-c");
     a.load_peer(&b.local_metadata().unwrap()).unwrap();
     let err = a.peer("nobody").unwrap_err();
-    let Error::UnknownPeer { peer, known, .. } = &err else {
+    let Error::Peer(PeerError::Unknown { peer, known, .. }) = &err else {
         panic!("{err}")
     };
     assert_eq!(peer, "nobody");
     assert!(known.contains(b.name()), "{known}");
     assert!(matches!(
         a.notify("nobody", b"x"),
-        Err(Error::UnknownPeer { .. })
+        Err(Error::Peer(PeerError::Unknown { .. }))
     ));
     assert!(matches!(
         a.invalidate_peer("nobody"),
-        Err(Error::UnknownPeer { .. })
+        Err(Error::Peer(PeerError::Unknown { .. }))
     ));
     assert!(matches!(
         a.reconnect("nobody", Duration::from_millis(10)),
-        Err(Error::UnknownPeer { .. })
+        Err(Error::Peer(PeerError::Unknown { .. }))
     ));
     // A peer handle from another agent does not make the peer known here.
     let _dst = poisoned(&b, 4096);
@@ -224,7 +240,10 @@ fn unknown_peer_name() {
     let err = d
         .write(&LocalBlocks::whole(&src).unwrap(), &r, None)
         .unwrap_err();
-    assert!(matches!(err, Error::UnknownPeer { .. }), "{err}");
+    assert!(
+        matches!(err, Error::Peer(PeerError::Unknown { .. })),
+        "{err}"
+    );
 }
 
 #[test]
@@ -247,7 +266,7 @@ fn malformed_metadata_blobs() {
     for (what, blob) in cases {
         let err = a.load_peer(&blob).unwrap_err();
         assert!(
-            matches!(err, Error::MalformedMetadata { .. }),
+            matches!(err, Error::Peer(PeerError::MalformedMetadata { .. })),
             "{what}: {err}"
         );
     }
@@ -269,7 +288,7 @@ fn malformed_metadata_blobs() {
     assert!(replaced > 0, "the blob carries the agent name");
     let err = a.load_peer(&forged).unwrap_err();
     assert!(
-        matches!(err, Error::MalformedMetadata { .. }),
+        matches!(err, Error::Peer(PeerError::MalformedMetadata { .. })),
         "non-UTF-8 name: {err}"
     );
     assert!(a.peers().is_empty(), "nothing was loaded");
@@ -290,10 +309,13 @@ fn transfers_after_the_peer_was_invalidated() {
     let local = LocalBlocks::whole(&src).unwrap();
     let pl = a.prepare_local(&local).unwrap();
     let pr = a.prepare_remote(&remote).unwrap();
-    a.write(&local, &remote, None).unwrap().wait(WAIT).unwrap();
+    a.write(&local, &remote, None)
+        .unwrap()
+        .wait_for(WAIT)
+        .unwrap();
 
     a.invalidate_peer(b.name()).unwrap();
-    let is_invalidated = |e: &Error| matches!(e, Error::PeerInvalidated { .. });
+    let is_invalidated = |e: &Error| matches!(e, Error::Peer(PeerError::Invalidated { .. }));
     let e = a.write(&local, &remote, None).unwrap_err();
     assert!(is_invalidated(&e), "{e}");
     let e = a.read(&local, &remote, None).unwrap_err();
@@ -312,7 +334,7 @@ fn transfers_after_the_peer_was_invalidated() {
     // A blob peer cannot be refetched; it is loaded again instead.
     assert!(matches!(
         a.reconnect(b.name(), Duration::from_millis(10)),
-        Err(Error::MalformedMetadata { .. })
+        Err(Error::Peer(PeerError::MalformedMetadata { .. }))
     ));
     let peer2 = a.load_peer(&b.local_metadata().unwrap()).unwrap();
     // Lists of the old connection stay refused; new ones work.
@@ -326,7 +348,7 @@ fn transfers_after_the_peer_was_invalidated() {
     remote2.push_region(0, 0, 1 << 20).unwrap();
     a.write(&local, &remote2, Some(b"again"))
         .unwrap()
-        .wait(WAIT)
+        .wait_for(WAIT)
         .unwrap();
     b.wait_for_message(a.name(), b"again", WAIT).unwrap();
     assert_same(bytes(&dst), &data, "after reconnecting");
@@ -344,11 +366,11 @@ fn lists_that_do_not_fit_together() {
     let whole = LocalBlocks::whole(&src).unwrap();
     assert!(matches!(
         a.write(&whole, &r, None),
-        Err(Error::TransferMismatch { .. })
+        Err(Error::Transfer(TransferError::Mismatch { .. }))
     ));
     assert!(matches!(
         a.write(&LocalBlocks::new(), &r, None),
-        Err(Error::TransferMismatch { .. })
+        Err(Error::Transfer(TransferError::Mismatch { .. }))
     ));
     let mut two = LocalBlocks::new();
     two.push_range(&src, 0, 4096)
@@ -357,15 +379,15 @@ fn lists_that_do_not_fit_together() {
         .unwrap();
     assert!(matches!(
         a.write(&two, &r, None),
-        Err(Error::TransferMismatch { .. })
+        Err(Error::Transfer(TransferError::Mismatch { .. }))
     ));
     assert!(matches!(
         r.push(RemoteBlock::dram(0, 0)),
-        Err(Error::ZeroSize { .. })
+        Err(Error::Bounds(BoundsError::ZeroSize { .. }))
     ));
     assert!(matches!(
         LocalBlocks::new().push_range(&src, 8000, 4096),
-        Err(Error::OutOfBounds { .. })
+        Err(Error::Bounds(BoundsError::OutOfBounds { .. }))
     ));
     // Prepared lists of another agent are refused.
     let other = agent("fit-other");
@@ -376,7 +398,7 @@ fn lists_that_do_not_fit_together() {
     let pr = a.prepare_remote(&r).unwrap();
     assert!(matches!(
         a.post_prepared(TransferOp::Write, &foreign, &pr, None),
-        Err(Error::TransferMismatch { .. })
+        Err(Error::Transfer(TransferError::Mismatch { .. }))
     ));
 }
 
@@ -388,22 +410,22 @@ fn etcd_without_endpoints_and_bad_listener_addresses() {
     if !configured {
         assert!(matches!(
             a.publish_etcd(),
-            Err(Error::EtcdNotConfigured { .. })
+            Err(Error::Peer(PeerError::EtcdNotConfigured { .. }))
         ));
         assert!(matches!(
             a.connect_etcd("x", Duration::from_millis(10)),
-            Err(Error::EtcdNotConfigured { .. })
+            Err(Error::Peer(PeerError::EtcdNotConfigured { .. }))
         ));
     }
     let v6 = "[::1]:5555".parse().unwrap();
     assert!(matches!(
         a.connect_listener("x", v6, Duration::from_millis(10)),
-        Err(Error::Config { .. })
+        Err(Error::Config(ConfigError::Agent { .. }))
     ));
     // Without a listener of its own, the agent cannot exchange socket metadata at all.
     assert!(matches!(
         a.connect_listener("x", loopback(free_port()), Duration::from_millis(10)),
-        Err(Error::Config { .. })
+        Err(Error::Config(ConfigError::Agent { .. }))
     ));
     // Nobody listens there: a timeout, not a hang.
     let a = listening_agent("lsn-timeout");

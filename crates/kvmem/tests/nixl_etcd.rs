@@ -11,7 +11,9 @@ mod common;
 
 use common::*;
 use kvmem::Error;
-use kvmem::nixl::{LocalBlocks, PeerSource, RemoteBlock, RemoteBlocks};
+use kvmem::error::PeerError;
+use kvmem::nixl::PeerSource;
+use kvmem::nixl::raw::{LocalBlocks, RemoteBlock, RemoteBlocks};
 use libtest_mimic::{Arguments, Failed, Trial};
 use std::time::{Duration, Instant};
 
@@ -77,7 +79,7 @@ fn etcd_round_trip() -> Result<(), Failed> {
     let peer = agent.reconnect(&name, Duration::from_secs(30))?;
     let err = agent.write(&local, &remote, None).unwrap_err();
     assert!(
-        matches!(err, Error::PeerInvalidated { .. }),
+        matches!(err, Error::Peer(PeerError::Invalidated { .. })),
         "old lists are refused: {err}"
     );
     let mut remote = RemoteBlocks::new(&peer);
@@ -96,7 +98,10 @@ fn etcd_round_trip() -> Result<(), Failed> {
         std::thread::sleep(Duration::from_millis(20));
     }
     let err = agent.write(&local, &remote, None).unwrap_err();
-    assert!(matches!(err, Error::PeerUnavailable { .. }), "{err}");
+    assert!(
+        matches!(err, Error::Peer(PeerError::Unavailable { .. })),
+        "{err}"
+    );
     agent.invalidate_peer(&name)?;
     assert_same(bytes(&src), &data, "source");
     Ok(())
@@ -112,7 +117,7 @@ fn verified_write(
     target.send(&format!("VERIFY {} {note} 51", agent.name()));
     agent
         .write(local, remote, Some(note.as_bytes()))?
-        .wait(WAIT)?;
+        .wait_for(WAIT)?;
     assert_eq!(target.expect_line(WAIT), "VERIFIED");
     Ok(())
 }

@@ -4,7 +4,8 @@
 mod common;
 
 use common::*;
-use kvmem::nixl::{Agent, LocalBlocks, Registered, TransferOp};
+use kvmem::nixl::raw::{LocalBlocks, TransferOp};
+use kvmem::nixl::{Agent, Registered};
 use kvmem::{Buffer, DiskStorage, HostMemory, OffsetBuffer, SystemStorage};
 use std::time::Duration;
 
@@ -56,7 +57,7 @@ fn dram_to_file_to_dram_64m() {
             &LocalBlocks::whole(&file).unwrap(),
         )
         .unwrap()
-        .wait(WAIT)
+        .wait_for(WAIT)
         .unwrap();
     assert_same(&file_bytes(&file), &data, "file after NIXL write");
 
@@ -67,7 +68,7 @@ fn dram_to_file_to_dram_64m() {
             &LocalBlocks::whole(&file).unwrap(),
         )
         .unwrap()
-        .wait(WAIT)
+        .wait_for(WAIT)
         .unwrap();
     assert_same(bytes(&back), &data, "memory after NIXL read");
 
@@ -109,7 +110,7 @@ fn file_blocks_at_offsets_and_prepared_file_lists() {
     agent
         .post_prepared_selected(TransferOp::Write, &pm, &li, &pf, &ri, None)
         .unwrap()
-        .wait(WAIT)
+        .wait_for(WAIT)
         .unwrap();
     let on_disk = file_bytes(&file);
     for i in 0..N {
@@ -130,7 +131,7 @@ fn file_blocks_at_offsets_and_prepared_file_lists() {
                 .unwrap(),
         )
         .unwrap()
-        .wait(WAIT)
+        .wait_for(WAIT)
         .unwrap();
     assert_same(
         bytes(&back),
@@ -148,7 +149,7 @@ fn file_blocks_at_offsets_and_prepared_file_lists() {
     agent
         .post_prepared(TransferOp::Read, &pd, &pf, None)
         .unwrap()
-        .wait(WAIT)
+        .wait_for(WAIT)
         .unwrap();
     assert_same(bytes(&all_back), &on_disk, "prepared file READ");
 }

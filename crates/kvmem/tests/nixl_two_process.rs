@@ -8,7 +8,9 @@ mod common;
 
 use common::*;
 use kvmem::Error;
-use kvmem::nixl::{Agent, LocalBlocks, RemoteBlock, RemoteBlocks};
+use kvmem::error::{NixlError, PeerError, TransferError};
+use kvmem::nixl::Agent;
+use kvmem::nixl::raw::{LocalBlocks, RemoteBlock, RemoteBlocks};
 use libtest_mimic::{Arguments, Failed, Trial};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -60,7 +62,7 @@ fn write_and_verify(
     target.send(&format!("VERIFY {} {note} {seed}", agent.name()));
     agent
         .write(local, remote, Some(note.as_bytes()))?
-        .wait(WAIT)?;
+        .wait_for(WAIT)?;
     let answer = target.expect_line(WAIT);
     assert_eq!(answer, "VERIFIED", "the target compared its bytes");
     Ok(())
@@ -97,7 +99,10 @@ fn listener_round_trip() -> Result<(), Failed> {
     let peer = agent.reconnect(&name, Duration::from_secs(20))?;
     // Lists of the old connection are refused, not sent to stale addresses.
     let err = agent.write(&local, &remote, None).unwrap_err();
-    assert!(matches!(err, Error::PeerInvalidated { .. }), "{err}");
+    assert!(
+        matches!(err, Error::Peer(PeerError::Invalidated { .. })),
+        "{err}"
+    );
     let mut remote = RemoteBlocks::new(&peer);
     remote.push(RemoteBlock::dram(target.addr, target.len))?;
     write_and_verify(&agent, &local, &remote, &mut target, 31, "after-restart")?;
@@ -171,9 +176,9 @@ fn killed_peer() -> Result<(), Failed> {
             longest_write = longest_write.max(posting.elapsed());
             match posted {
                 Err(e) => break (Instant::now(), e),
-                Ok(mut t) => {
+                Ok(t) => {
                     *in_flight.lock().unwrap() = Some(posting);
-                    let outcome = t.wait(DETECT * 2);
+                    let outcome = t.wait_for(DETECT * 2);
                     *in_flight.lock().unwrap() = None;
                     match outcome {
                         Ok(()) => completed += 1,
@@ -223,8 +228,8 @@ fn killed_peer() -> Result<(), Failed> {
         assert!(
             matches!(
                 error,
-                Error::TransferFailed { .. }
-                    | Error::PeerUnavailable { .. }
+                Error::Transfer(TransferError::Failed { .. })
+                    | Error::Peer(PeerError::Unavailable { .. })
                     | Error::Timeout { .. }
             ),
             "round {round}: unexpected error kind: {error}"
@@ -261,7 +266,7 @@ fn killed_peer() -> Result<(), Failed> {
 /// NixlUnavailable instead of aborting the process.
 fn no_runtime_role() -> ! {
     match Agent::new(kvmem::nixl::AgentConfig::new("no-runtime")) {
-        Err(Error::NixlUnavailable { searched }) => {
+        Err(Error::Nixl(NixlError::Unavailable { searched })) => {
             println!("UNAVAILABLE {searched}");
             std::process::exit(0)
         }

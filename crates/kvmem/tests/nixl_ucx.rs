@@ -5,7 +5,9 @@
 mod common;
 
 use common::*;
-use kvmem::nixl::{Agent, LocalBlocks, RemoteBlock, RemoteBlocks, TransferOp, register};
+use kvmem::error::{NixlError, PeerError, TransferError};
+use kvmem::nixl::raw::{LocalBlocks, RemoteBlock, RemoteBlocks, TransferOp};
+use kvmem::nixl::{Agent, register};
 use kvmem::{Buffer, Error, MemoryDescriptor, OffsetBuffer, SystemStorage};
 use std::time::Duration;
 
@@ -38,16 +40,20 @@ fn write_then_read(size: usize, seed: u64) {
 
     // WRITE a -> b with a notification.
     let msg = format!("wrote-{size}");
-    let mut t = a
+    let t = a
         .write(
             &LocalBlocks::whole(&src).unwrap(),
             &remote,
             Some(msg.as_bytes()),
         )
         .unwrap();
-    t.wait(WAIT).unwrap();
+    assert!(
+        t.wait_timeout(WAIT),
+        "the WRITE did not finish within {WAIT:?}"
+    );
     assert!(t.is_done());
     assert_eq!(t.op(), TransferOp::Write);
+    t.wait().unwrap();
     b.wait_for_message(a.name(), msg.as_bytes(), WAIT).unwrap();
     assert_same(bytes(&dst), &data, "WRITE destination");
     assert_same(bytes(&src), &data, "WRITE source");
@@ -60,7 +66,7 @@ fn write_then_read(size: usize, seed: u64) {
         Some(msg.as_bytes()),
     )
     .unwrap()
-    .wait(WAIT)
+    .wait_for(WAIT)
     .unwrap();
     b.wait_for_message(a.name(), msg.as_bytes(), WAIT).unwrap();
     assert_same(bytes(&back), &data, "READ destination");
@@ -94,7 +100,7 @@ fn views_move_only_their_range() {
     remote.push_region(0, 512 << 10, 64 << 10).unwrap();
     a.write(&LocalBlocks::whole(&view).unwrap(), &remote, None)
         .unwrap()
-        .wait(WAIT)
+        .wait_for(WAIT)
         .unwrap();
     let got = bytes(&dst);
     assert_same(
@@ -129,7 +135,7 @@ fn registering_a_view_registers_its_range() {
     let mut r = RemoteBlocks::new(&peer);
     assert!(matches!(
         r.push(RemoteBlock::dram(base.addr() as u64, 4096)),
-        Err(Error::RemoteOutOfBounds { .. })
+        Err(Error::Peer(PeerError::OutOfBounds { .. }))
     ));
     // Inside works end to end.
     let data = random_bytes(4, 256 << 10);
@@ -137,7 +143,7 @@ fn registering_a_view_registers_its_range() {
     r.push_region(0, 0, 256 << 10).unwrap();
     a.write(&LocalBlocks::whole(&src).unwrap(), &r, None)
         .unwrap()
-        .wait(WAIT)
+        .wait_for(WAIT)
         .unwrap();
     let reg = registered
         .downcast_ref::<kvmem::nixl::Registered<OffsetBuffer>>()
@@ -182,13 +188,13 @@ fn prepared_lists_are_reused_and_indexable() {
             None,
         )
         .unwrap()
-        .wait(WAIT)
+        .wait_for(WAIT)
         .unwrap();
         assert!(bytes(&dst).iter().all(|&x| x == POISON));
         let note = format!("round-{round}");
         a.post_prepared(TransferOp::Write, &pl, &pr, Some(note.as_bytes()))
             .unwrap()
-            .wait(WAIT)
+            .wait_for(WAIT)
             .unwrap();
         b.wait_for_message(a.name(), note.as_bytes(), WAIT).unwrap();
         assert_same(bytes(&dst), &data, "prepared WRITE");
@@ -199,7 +205,7 @@ fn prepared_lists_are_reused_and_indexable() {
     let ri: Vec<usize> = (0..N).rev().collect();
     a.post_prepared_selected(TransferOp::Write, &pl, &li, &pr, &ri, None)
         .unwrap()
-        .wait(WAIT)
+        .wait_for(WAIT)
         .unwrap();
     let got = bytes(&dst);
     for i in 0..N {
@@ -213,11 +219,11 @@ fn prepared_lists_are_reused_and_indexable() {
     // Bad selections are typed errors.
     assert!(matches!(
         a.post_prepared_selected(TransferOp::Write, &pl, &[N], &pr, &[0], None),
-        Err(Error::TransferMismatch { .. })
+        Err(Error::Transfer(TransferError::Mismatch { .. }))
     ));
     assert!(matches!(
         a.post_prepared_selected(TransferOp::Write, &pl, &[0, 1], &pr, &[0], None),
-        Err(Error::TransferMismatch { .. })
+        Err(Error::Transfer(TransferError::Mismatch { .. }))
     ));
 }
 
@@ -242,20 +248,20 @@ fn regions_larger_than_a_chunk_are_registered_in_chunks() {
         Some(b"chunked"),
     )
     .unwrap()
-    .wait(WAIT)
+    .wait_for(WAIT)
     .unwrap();
     b.wait_for_message(a.name(), b"chunked", WAIT).unwrap();
     assert_same(bytes(&dst), &data, "chunked WRITE");
     // A prepared list keeps one descriptor per block, so a crossing block is refused clearly.
     assert!(matches!(
         a.prepare_local(&LocalBlocks::whole(&src).unwrap()),
-        Err(Error::TransferMismatch { .. })
+        Err(Error::Transfer(TransferError::Mismatch { .. }))
     ));
     // Overlapping re-registration is refused, and hands the storage back.
     let again = OffsetBuffer::new(src.clone(), 4096, 4096).unwrap();
     let err = a.register(again).unwrap_err();
     assert!(
-        matches!(err.error, Error::AlreadyRegistered { .. }),
+        matches!(err.error, Error::Nixl(NixlError::AlreadyRegistered { .. })),
         "{}",
         err.error
     );
@@ -297,7 +303,10 @@ fn backends_are_tracked_case_insensitively() {
     a.require_backend("UCX").unwrap();
     let err = a.require_backend("gds_mt").unwrap_err();
     let msg = err.to_string();
-    assert!(matches!(err, Error::BackendUnavailable { .. }));
+    assert!(matches!(
+        err,
+        Error::Nixl(NixlError::BackendUnavailable { .. })
+    ));
     assert!(
         msg.contains("UCX") && msg.contains("POSIX") && msg.contains("gds_mt"),
         "{msg}"
@@ -320,10 +329,46 @@ fn dropping_transfers_is_safe_and_the_agent_keeps_working() {
     }
     a.write(&local, &remote, Some(b"last"))
         .unwrap()
-        .wait(WAIT)
+        .wait_for(WAIT)
         .unwrap();
     b.wait_for_message(a.name(), b"last", WAIT).unwrap();
     assert_same(bytes(&dst), &data, "after dropped transfers");
+}
+
+#[test]
+fn cancelled_transfers_finish_and_report_cancelled_or_success() {
+    let a = agent("cancel-a");
+    let b = agent("cancel-b");
+    let data = random_bytes(7, 64 << 20);
+    let src = filled(&a, &data);
+    let dst = poisoned(&b, 64 << 20);
+    let peer = a.load_peer(&b.local_metadata().unwrap()).unwrap();
+    let remote = remote_whole(&peer, &dst);
+    let local = LocalBlocks::whole(&src).unwrap();
+    let (mut cancelled, mut finished) = (0, 0);
+    for _ in 0..5 {
+        let t = a.write(&local, &remote, None).unwrap();
+        t.cancel();
+        // A cancel never blocks and leaves a finished handle: the verbs answer at once.
+        assert!(t.is_done(), "a cancelled transfer still reports running");
+        assert!(t.wait_timeout(Duration::ZERO));
+        match t.wait() {
+            Ok(()) => finished += 1,
+            Err(Error::Transfer(TransferError::Cancelled { done: 0, total })) => {
+                assert_eq!(total, 64 << 20);
+                cancelled += 1;
+            }
+            Err(e) => panic!("a cancelled transfer reported {e}"),
+        }
+    }
+    eprintln!("{cancelled} cancelled, {finished} finished before the cancel took effect");
+    // The agent and the peer keep working after the cancels.
+    a.write(&local, &remote, Some(b"after-cancel"))
+        .unwrap()
+        .wait_for(WAIT)
+        .unwrap();
+    b.wait_for_message(a.name(), b"after-cancel", WAIT).unwrap();
+    assert_same(bytes(&dst), &data, "after cancelled transfers");
 }
 
 #[test]
@@ -346,7 +391,7 @@ fn agents_without_progress_thread_move_data_through_polling() {
         Some(b"polled"),
     )
     .unwrap()
-    .wait(WAIT)
+    .wait_for(WAIT)
     .unwrap();
     receiver.join().unwrap().unwrap();
     assert_same(bytes(&dst), &data, "WRITE without progress threads");

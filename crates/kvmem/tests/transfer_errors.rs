@@ -4,6 +4,11 @@
 mod common;
 
 use common::{Tier, random_region, read_region};
+use kvmem::Completion;
+use kvmem::error::{
+    BoundsError, CudaError, IoError, LayoutError, NixlError, SizeRule, TransferError,
+    UnsupportedError,
+};
 use kvmem::layout::{BlockDim, BlockLayout, LayoutConfig, LayoutKind};
 use kvmem::transfer::{DiskBackend, EngineConfig, TransferEngine};
 use kvmem::{Buffer, Error, ExternalDeviceMemory, StorageKind};
@@ -73,11 +78,11 @@ fn assert_bad_block_lists_refused(
     assert!(
         matches!(
             err,
-            Error::BlockOutOfRange {
+            Error::Layout(LayoutError::BlockOutOfRange {
                 side: "source",
                 block: 8,
                 num_blocks: 8
-            }
+            })
         ),
         "{ctx}: {err}"
     );
@@ -87,21 +92,24 @@ fn assert_bad_block_lists_refused(
     assert!(
         matches!(
             err,
-            Error::BlockOutOfRange {
+            Error::Layout(LayoutError::BlockOutOfRange {
                 side: "destination",
                 ..
-            }
+            })
         ),
         "{ctx}: {err}"
     );
     let err = e.copy_blocks(src, &[0, 1, 2], dst, &[0, 1]).unwrap_err();
     assert!(
-        matches!(err, Error::BlockCountMismatch { src: 3, dst: 2 }),
+        matches!(
+            err,
+            Error::Layout(LayoutError::BlockCountMismatch { src: 3, dst: 2 })
+        ),
         "{ctx}: {err}"
     );
     let err = e.copy_blocks(src, &[0, 1], dst, &[4, 4]).unwrap_err();
     assert!(
-        matches!(err, Error::DuplicateBlock { block: 4 }),
+        matches!(err, Error::Layout(LayoutError::DuplicateBlock { block: 4 })),
         "{ctx}: {err}"
     );
 }
@@ -144,11 +152,11 @@ fn mismatched_layouts_and_small_destinations_are_refused() {
     let (dst, poison) = f.layout(Tier::Host, LayoutKind::FullyContiguous, half_chunks, 1024);
     assert!(matches!(
         f.engine.copy_blocks(&src, &[0], &dst, &[0]),
-        Err(Error::LayoutMismatch {
+        Err(Error::Layout(LayoutError::Mismatch {
             what: "chunk size",
             src: 4096,
             dst: 2048
-        })
+        }))
     ));
     assert_untouched(&dst, &poison);
     let fewer_layers = LayoutConfig {
@@ -158,7 +166,7 @@ fn mismatched_layouts_and_small_destinations_are_refused() {
     let (dst, poison) = f.layout(Tier::Disk, LayoutKind::FullyContiguous, fewer_layers, 4096);
     assert!(matches!(
         f.engine.copy_blocks(&src, &[0], &dst, &[0]),
-        Err(Error::LayoutMismatch { what: "layers", .. })
+        Err(Error::Layout(LayoutError::Mismatch { what: "layers", .. }))
     ));
     assert_untouched(&dst, &poison);
     let one_part = LayoutConfig {
@@ -173,10 +181,10 @@ fn mismatched_layouts_and_small_destinations_are_refused() {
     );
     assert!(matches!(
         f.engine.copy_blocks(&src, &[0], &dst, &[0]),
-        Err(Error::LayoutMismatch {
+        Err(Error::Layout(LayoutError::Mismatch {
             what: "outer dimension",
             ..
-        })
+        }))
     ));
     assert_untouched(&dst, &poison);
 
@@ -186,10 +194,12 @@ fn mismatched_layouts_and_small_destinations_are_refused() {
         let (small, poison) = random_region(tier, 4096, 0, f.dir.path(), &mut f.rng);
         assert!(matches!(
             f.engine.copy_region(&big, &small),
-            Err(Error::DestinationTooSmall {
+            Err(Error::Bounds(BoundsError::SizeMismatch {
                 src: 8192,
-                dst: 4096
-            })
+                dst: 4096,
+                rule: SizeRule::AtLeast,
+                ..
+            }))
         ));
         assert!(read_region(&small) == poison);
     }
@@ -203,7 +213,7 @@ fn overlapping_copies_are_refused() {
     // request is not.
     assert!(matches!(
         f.engine.copy_blocks(&layout, &[1, 2], &layout, &[2, 3]),
-        Err(Error::OverlappingCopy { .. })
+        Err(Error::Bounds(BoundsError::OverlappingCopy { .. }))
     ));
     assert_untouched(&layout, &poison);
     // Two layer regions that are the same memory: destination chunks alias.
@@ -225,10 +235,10 @@ fn overlapping_copies_are_refused() {
     let (src, _) = f.layout(Tier::Host, LayoutKind::FullyContiguous, c, 1);
     assert!(matches!(
         f.engine.copy_blocks(&src, &[0], &aliased, &[0]),
-        Err(Error::OverlappingCopy {
+        Err(Error::Bounds(BoundsError::OverlappingCopy {
             what: "destination ranges",
             ..
-        })
+        }))
     ));
     assert!(read_region(&shared) == shared_image);
     let done = copied(&f.engine, &layout, &[1, 2], &layout, &[5, 6]);
@@ -246,7 +256,7 @@ fn unaligned_disk_transfers_are_refused() {
     let (disk, poison) = f.layout(Tier::Disk, LayoutKind::FullyContiguous, CONFIG, 4096);
     assert!(matches!(
         f.engine.copy_blocks(&host, &[0], &disk, &[0]),
-        Err(Error::Misaligned { align: 4096, .. })
+        Err(Error::Bounds(BoundsError::Misaligned { align: 4096, .. }))
     ));
     assert_untouched(&disk, &poison);
 }
@@ -259,11 +269,11 @@ fn unsupported_paths_are_refused_before_anything_moves() {
     let err = f.engine.copy_blocks(&a, &[0], &b, &[0]).unwrap_err();
     assert!(matches!(
         err,
-        Error::UnsupportedTransfer {
+        Error::Unsupported(UnsupportedError::Transfer {
             src: StorageKind::Disk(_),
             dst: StorageKind::Disk(_),
             ..
-        }
+        })
     ));
     assert!(err.to_string().contains("not supported"), "{err}");
     assert_untouched(&b, &poison);
@@ -311,11 +321,11 @@ fn device_paths_are_refused_before_anything_moves() {
             assert!(
                 matches!(
                     err,
-                    Error::BlockOutOfRange {
+                    Error::Layout(LayoutError::BlockOutOfRange {
                         side: "destination",
                         block: 8,
                         ..
-                    }
+                    })
                 ),
                 "{err}"
             );
@@ -323,7 +333,10 @@ fn device_paths_are_refused_before_anything_moves() {
     } else {
         for (src, dst) in pairs {
             let err = f.engine.copy_blocks(src, &[0], dst, &[1]).unwrap_err();
-            assert!(matches!(err, Error::CudaUnavailable { .. }), "{err}");
+            assert!(
+                matches!(err, Error::Cuda(CudaError::Unavailable { .. })),
+                "{err}"
+            );
             assert!(err.to_string().contains("libcuda"), "{err}");
         }
     }
@@ -359,7 +372,10 @@ fn device_paths_refuse_bad_requests_before_anything_moves() {
         .engine
         .copy_blocks(&device, &[1, 2], &device, &[2, 3])
         .unwrap_err();
-    assert!(matches!(err, Error::OverlappingCopy { .. }), "{err}");
+    assert!(
+        matches!(err, Error::Bounds(BoundsError::OverlappingCopy { .. })),
+        "{err}"
+    );
     // A device layout of another shape.
     let fewer_layers = LayoutConfig {
         num_layers: 1,
@@ -371,7 +387,10 @@ fn device_paths_refuse_bad_requests_before_anything_moves() {
         .copy_blocks(&device, &[0], &small, &[0])
         .unwrap_err();
     assert!(
-        matches!(err, Error::LayoutMismatch { what: "layers", .. }),
+        matches!(
+            err,
+            Error::Layout(LayoutError::Mismatch { what: "layers", .. })
+        ),
         "{err}"
     );
     assert_untouched(&device, &device_poison);
@@ -414,8 +433,11 @@ fn failed_disk_reads_are_errors(backend: DiskBackend) {
     assert!(
         matches!(
             (backend, &err),
-            (DiskBackend::IoUring, Error::ShortIo { .. })
-                | (DiskBackend::NixlPosix, Error::TransferFailed { .. })
+            (DiskBackend::IoUring, Error::Io(IoError::Short { .. }))
+                | (
+                    DiskBackend::NixlPosix,
+                    Error::Transfer(TransferError::Failed { .. })
+                )
         ),
         "{backend}: {err}"
     );
@@ -485,9 +507,12 @@ fn missing_backend_child(missing: &str) {
             .copy_blocks(&src, &[0, 1], &dst, &[2, 3])
             .unwrap_err();
         match missing {
-            "runtime" => assert!(matches!(err, Error::NixlUnavailable { .. }), "{err}"),
+            "runtime" => assert!(
+                matches!(err, Error::Nixl(NixlError::Unavailable { .. })),
+                "{err}"
+            ),
             _ => assert!(
-                matches!(&err, Error::UnknownBackend { backend, .. } if backend == "POSIX"),
+                matches!(&err, Error::Nixl(NixlError::UnknownBackend { backend, .. }) if backend == "POSIX"),
                 "{err}"
             ),
         }

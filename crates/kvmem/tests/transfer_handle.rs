@@ -4,6 +4,8 @@
 mod common;
 
 use common::{Tier, random_bytes, random_region, read_region};
+use kvmem::Completion;
+use kvmem::error::TransferError;
 use kvmem::nixl::{MemType, NixlCompatible, NixlDescriptor};
 use kvmem::transfer::{DiskBackend, EngineConfig, TransferEngine};
 use kvmem::{Buffer, DiskStorage, Error, HostMemory, MemoryDescriptor, StorageKind, SystemStorage};
@@ -202,7 +204,7 @@ fn dropping_the_engine_lets_submitted_transfers_finish() {
         handle.wait_timeout(Duration::from_secs(60)),
         "transfer never finished"
     );
-    assert!(handle.is_finished());
+    assert!(handle.is_done());
     handle.wait().unwrap();
     assert!(read_region(&dst) == data);
 }
@@ -225,7 +227,7 @@ fn cancelled_transfers_report_cancellation_and_others_complete() {
     let b = engine.copy_region(&b_src, &b_dst).unwrap();
     b.cancel();
     match b.wait() {
-        Err(Error::TransferCancelled { done, total }) => {
+        Err(Error::Transfer(TransferError::Cancelled { done, total })) => {
             assert!(done < total);
             assert_eq!(total, size);
         }
@@ -247,7 +249,7 @@ fn cancelled_disk_transfers_report_cancellation(backend: DiskBackend) {
     let w = engine.copy_region(&src, &file).unwrap();
     w.cancel();
     match w.wait() {
-        Err(Error::TransferCancelled { done, total }) => assert!(done < total),
+        Err(Error::Transfer(TransferError::Cancelled { done, total })) => assert!(done < total),
         other => panic!("expected a cancelled transfer, got {other:?}"),
     }
     engine.copy_region(&src, &file).unwrap().wait().unwrap();
@@ -292,7 +294,7 @@ fn empty_transfers_complete(backend: DiskBackend) {
     for (s, d) in [(&a, &b), (&b, &a)] {
         let h = engine.copy_blocks(s, &[], d, &[]).unwrap();
         assert!(h.wait_timeout(Duration::from_secs(30)));
-        assert!(h.is_finished());
+        assert!(h.is_done());
         let stats = h.wait().unwrap();
         assert_eq!((stats.bytes, stats.ops), (0, 0));
     }

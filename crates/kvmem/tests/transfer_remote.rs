@@ -8,6 +8,8 @@ mod common;
 mod nixl_common;
 
 use common::cases::{random_config, reference_offset};
+use kvmem::Completion;
+use kvmem::error::{LayoutError, NixlError, PeerError, TransferError, UnsupportedError};
 use kvmem::layout::{BlockDim, BlockLayout, LayoutConfig, LayoutKind};
 use kvmem::nixl::Agent;
 use kvmem::transfer::{
@@ -230,31 +232,31 @@ fn bad_requests_fail_before_anything_moves() {
     let err = |r: kvmem::Result<kvmem::transfer::TransferHandle>| r.map(|_| ()).unwrap_err();
     assert!(matches!(
         err(engine.write_remote(&local, &[0, 1], &remote, &[0], None)),
-        Error::BlockCountMismatch { src: 2, dst: 1 }
+        Error::Layout(LayoutError::BlockCountMismatch { src: 2, dst: 1 })
     ));
     assert!(matches!(
         err(engine.write_remote(&local, &[4], &remote, &[0], None)),
-        Error::BlockOutOfRange {
+        Error::Layout(LayoutError::BlockOutOfRange {
             side: "source",
             block: 4,
             num_blocks: 4
-        }
+        })
     ));
     assert!(matches!(
         err(engine.write_remote(&local, &[0], &remote, &[9], None)),
-        Error::BlockOutOfRange {
+        Error::Layout(LayoutError::BlockOutOfRange {
             side: "destination",
             block: 9,
             ..
-        }
+        })
     ));
     assert!(matches!(
         err(engine.write_remote(&local, &[0, 1], &remote, &[2, 2], None)),
-        Error::DuplicateBlock { block: 2 }
+        Error::Layout(LayoutError::DuplicateBlock { block: 2 })
     ));
     assert!(matches!(
         err(engine.read_remote(&remote, &[0, 1], &local, &[3, 3])),
-        Error::DuplicateBlock { block: 3 }
+        Error::Layout(LayoutError::DuplicateBlock { block: 3 })
     ));
     let (other_shape, _) = registered(
         &a,
@@ -267,11 +269,11 @@ fn bad_requests_fail_before_anything_moves() {
     );
     assert!(matches!(
         err(engine.write_remote(&other_shape, &[0], &remote, &[0], None)),
-        Error::LayoutMismatch {
+        Error::Layout(LayoutError::Mismatch {
             what: "layers",
             src: 3,
             dst: 2
-        }
+        })
     ));
 
     // A local layout over unregistered memory cannot meet a peer; two peers cannot meet.
@@ -279,17 +281,17 @@ fn bad_requests_fail_before_anything_moves() {
         BlockLayout::allocate(config, fc, 1, |n| Ok(Buffer::new(SystemStorage::new(n)?))).unwrap();
     assert!(matches!(
         err(engine.transfer(&plain, &[0], &remote, &[0])),
-        Error::UnsupportedEndpoints { .. }
+        Error::Unsupported(UnsupportedError::Endpoints { .. })
     ));
     assert!(matches!(
         err(engine.transfer(&remote, &[0], &remote, &[1])),
-        Error::UnsupportedEndpoints { .. }
+        Error::Unsupported(UnsupportedError::Endpoints { .. })
     ));
     assert!(matches!(
         RegisteredLayout::new(&a, plain.clone())
             .map(|_| ())
             .unwrap_err(),
-        Error::NotRegistered { .. }
+        Error::Nixl(NixlError::NotRegistered { .. })
     ));
 
     // Descriptors that do not fit the peer.
@@ -301,25 +303,34 @@ fn bad_requests_fail_before_anything_moves() {
             agent: "someone-else".into(),
             ..good.clone()
         }),
-        Error::TransferMismatch { .. }
+        Error::Transfer(TransferError::Mismatch { .. })
     ));
     assert!(matches!(
         refused(LayoutDescriptor {
             format: 2,
             ..good.clone()
         }),
-        Error::TransferMismatch { .. }
+        Error::Transfer(TransferError::Mismatch { .. })
     ));
     let mut short = good.clone();
     short.regions[0].size -= 1;
-    assert!(matches!(refused(short), Error::TransferMismatch { .. }));
+    assert!(matches!(
+        refused(short),
+        Error::Transfer(TransferError::Mismatch { .. })
+    ));
     let mut layered = good.clone();
     layered.kind = LayoutKind::LayerSeparate(BlockDim::First);
-    assert!(matches!(refused(layered), Error::TransferMismatch { .. }));
+    assert!(matches!(
+        refused(layered),
+        Error::Transfer(TransferError::Mismatch { .. })
+    ));
     // Past the end of what the peer registered: caught against the peer's manifest.
     let mut outside = good.clone();
     outside.regions[0].addr += 4096;
-    assert!(matches!(refused(outside), Error::RemoteOutOfBounds { .. }));
+    assert!(matches!(
+        refused(outside),
+        Error::Peer(PeerError::OutOfBounds { .. })
+    ));
 
     untouched();
     // The same engine still moves blocks after all those refusals.

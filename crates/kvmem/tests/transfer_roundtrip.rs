@@ -8,6 +8,8 @@ mod common;
 
 use common::cases::{make_side, reference_offset, run_case};
 use common::{Tier, random_region, read_region};
+use kvmem::Completion;
+use kvmem::error::UnsupportedError;
 use kvmem::layout::{BlockDim, LayoutConfig, LayoutKind};
 use kvmem::transfer::{DiskBackend, EngineConfig, TransferEngine, TransferPath};
 use kvmem::{Buffer, Error};
@@ -162,7 +164,7 @@ fn region_copies_over_every_supported_path(disk_backend: DiskBackend) {
     let (b, b_image) = random_region(Tier::Disk, 4096, 0, dir.path(), &mut rng);
     assert!(matches!(
         engine.copy_region(&a, &b),
-        Err(Error::UnsupportedTransfer { .. })
+        Err(Error::Unsupported(UnsupportedError::Transfer { .. }))
     ));
     assert!(read_region(&b) == b_image);
     let _: &Buffer = &a;

@@ -14,11 +14,10 @@ use super::report::Point;
 use super::verify::{self, Image, POISON};
 use crate::error::{CliError, Result};
 use indicatif::ProgressBar;
+use kvmem::Completion;
 use kvmem::layout::{BlockLayout, LayoutConfig, LayoutKind};
-use kvmem::nixl::{
-    Agent, AgentConfig, LocalBlocks, MemType, NixlDescriptor, Peer, RemoteBlock, RemoteBlocks,
-    TransferOp,
-};
+use kvmem::nixl::raw::{LocalBlocks, RawTransfers, RemoteBlock, RemoteBlocks, TransferOp};
+use kvmem::nixl::{Agent, AgentConfig, MemType, NixlDescriptor, Peer};
 use kvmem::transfer::{
     LAYOUT_DESCRIPTOR_FORMAT, LayoutDescriptor, RegisteredLayout, RemoteLayout, TransferEngine,
 };
@@ -92,11 +91,18 @@ impl NixlEnds {
             l
         };
         let r = self.remote_range(0, len)?;
-        let mut t = match op {
+        let t = match op {
             TransferOp::Write => self.agent.write(&l, &r, None)?,
             TransferOp::Read => self.agent.read(&l, &r, None)?,
         };
-        t.wait(WAIT)?;
+        if !t.wait_timeout(WAIT) {
+            return Err(CliError::Bench(format!(
+                "a {} of {len} bytes with '{}' did not finish within {WAIT:?}",
+                op.name(),
+                t.target()
+            )));
+        }
+        t.wait()?;
         Ok(())
     }
 }

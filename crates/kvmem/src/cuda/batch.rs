@@ -14,7 +14,8 @@
 
 use super::CudaDevice;
 use super::driver::{self, check};
-use crate::error::{Error, Result};
+use crate::Completion;
+use crate::error::{BoundsError, Error, Result, UnsupportedError};
 use cudarc::driver::sys;
 use std::ffi::c_void;
 use std::sync::{Arc, Mutex};
@@ -129,7 +130,7 @@ impl CopyStream {
     /// not an error, since the other methods still work.
     ///
     /// # Errors
-    /// [`Error::Cuda`] if the stream cannot be created.
+    /// [`CudaError::Driver`](crate::error::CudaError::Driver) if the stream cannot be created.
     pub fn new(device: &CudaDevice) -> Result<Self> {
         device.bind()?;
         let mut stream = std::ptr::null_mut();
@@ -222,7 +223,7 @@ impl CopyStream {
     /// if it is available.
     ///
     /// # Errors
-    /// [`Error::Unsupported`] when the requested method is not available here.
+    /// [`UnsupportedError::Feature`] when the requested method is not available here.
     pub fn resolve(
         &self,
         method: CopyMethod,
@@ -256,14 +257,20 @@ impl CopyStream {
                     CopyMethod::PerCopy
                 })
             }
-            CopyMethod::Batched if !self.inner.batch_supported => Err(Error::Unsupported {
-                what: "cuMemcpyBatchAsync: the driver lacks it (needs CUDA 12.8 or newer)".into(),
-            }),
-            CopyMethod::Kernel if !kernel_ok => Err(Error::Unsupported {
-                what: "the copy kernel: it did not load, or this device cannot use host pointers \
+            CopyMethod::Batched if !self.inner.batch_supported => {
+                Err(Error::Unsupported(UnsupportedError::Feature {
+                    what: "cuMemcpyBatchAsync: the driver lacks it (needs CUDA 12.8 or newer)"
+                        .into(),
+                }))
+            }
+            CopyMethod::Kernel if !kernel_ok => {
+                Err(Error::Unsupported(UnsupportedError::Feature {
+                    what:
+                        "the copy kernel: it did not load, or this device cannot use host pointers \
                        of pinned memory directly"
-                    .into(),
-            }),
+                            .into(),
+                }))
+            }
             m => Ok(m),
         }
     }
@@ -277,8 +284,8 @@ impl CopyStream {
     /// each other or any source range, and nothing else may write them meanwhile.
     ///
     /// # Errors
-    /// [`Error::ZeroSize`] for an empty list or a zero-length copy; [`Error::Unsupported`] for a
-    /// method not available here; [`Error::Cuda`] when the driver refuses. On error, nothing
+    /// [`BoundsError::ZeroSize`] for an empty list or a zero-length copy; [`UnsupportedError::Feature`] for a
+    /// method not available here; [`CudaError::Driver`](crate::error::CudaError::Driver) when the driver refuses. On error, nothing
     /// reports success: copies already enqueued are waited for before returning.
     pub unsafe fn copy_async(
         &self,
@@ -288,10 +295,10 @@ impl CopyStream {
         dst: Location,
     ) -> Result<CopyCompletion> {
         if copies.is_empty() {
-            return Err(Error::ZeroSize { what: "copy list" });
+            return Err(Error::Bounds(BoundsError::ZeroSize { what: "copy list" }));
         }
         if copies.iter().any(|c| c.len == 0) {
-            return Err(Error::ZeroSize { what: "copy" });
+            return Err(Error::Bounds(BoundsError::ZeroSize { what: "copy" }));
         }
         let method = self.resolve(method, copies, src, dst)?;
         let inner = &self.inner;
@@ -320,8 +327,10 @@ impl CopyStream {
 
     fn enqueue_per_copy(&self, copies: &[DeviceCopy]) -> Result<()> {
         for c in copies {
-            let len = usize::try_from(c.len).map_err(|_| Error::Overflow {
-                what: "copy length",
+            let len = usize::try_from(c.len).map_err(|_| {
+                Error::Bounds(BoundsError::Overflow {
+                    what: "copy length",
+                })
             })?;
             // SAFETY: the caller of `copy_async` guarantees both ranges are valid for the device
             // until completion; the stream is ours.
@@ -358,8 +367,10 @@ impl CopyStream {
             let mut sizes = chunk
                 .iter()
                 .map(|c| {
-                    usize::try_from(c.len).map_err(|_| Error::Overflow {
-                        what: "copy length",
+                    usize::try_from(c.len).map_err(|_| {
+                        Error::Bounds(BoundsError::Overflow {
+                            what: "copy length",
+                        })
                     })
                 })
                 .collect::<Result<Vec<usize>>>()?;
@@ -385,9 +396,9 @@ impl CopyStream {
     fn enqueue_kernel(&self, copies: &[DeviceCopy], slot: &mut Option<DescBuffers>) -> Result<()> {
         let inner = &self.inner;
         let Some(kernel) = inner.kernel else {
-            return Err(Error::Unsupported {
+            return Err(Error::Unsupported(UnsupportedError::Feature {
                 what: "the copy kernel did not load".into(),
-            });
+            }));
         };
         // Split long copies so they spread over thread blocks: into pieces small enough that
         // the transfer fills every block resident at once (a power of two, hence a multiple of
@@ -475,9 +486,9 @@ impl CopyStream {
         let capacity = count.next_power_of_two().max(1024);
         let bytes = capacity
             .checked_mul(std::mem::size_of::<DeviceCopy>())
-            .ok_or(Error::Overflow {
+            .ok_or(Error::Bounds(BoundsError::Overflow {
                 what: "descriptor buffer",
-            })?;
+            }))?;
         let mut host = std::ptr::null_mut();
         // SAFETY: the context is current (bound in `copy_async`); `host` is a valid out-pointer.
         check("allocate pinned copy descriptors", unsafe {
@@ -511,7 +522,7 @@ impl CopyStream {
     /// Waits for everything enqueued on the stream.
     ///
     /// # Errors
-    /// [`Error::Cuda`] if any of that work failed.
+    /// [`CudaError::Driver`](crate::error::CudaError::Driver) if any of that work failed.
     pub fn synchronize(&self) -> Result<()> {
         self.inner.device.bind()?;
         // SAFETY: our own stream.
@@ -547,19 +558,33 @@ impl Drop for Inner {
     }
 }
 
-/// The completion of one [`CopyStream::copy_async`]: poll it, wait for it, or drop it (which
-/// waits).
+/// The completion of one [`CopyStream::copy_async`]: poll it, wait for it (through
+/// [`Completion`]), or drop it (which waits).
+///
+/// Copies queued on a stream cannot be taken back: [`cancel`](crate::Completion::cancel) does
+/// nothing, and the copies run to their end.
 pub struct CopyCompletion {
     stream: CopyStream,
     event: sys::CUevent,
     method: CopyMethod,
-    descs: Option<DescBuffers>,
+    state: Mutex<CopyState>,
+}
+
+/// What a [`CopyCompletion`] learned so far.
+struct CopyState {
+    /// The event completed (successfully or not); the descriptors went back to the stream.
     finished: bool,
+    /// The failure an `is_done` saw, kept for `wait`.
+    failed: Option<Error>,
+    descs: Option<DescBuffers>,
 }
 
 // SAFETY: the event handle may be queried and synchronized from any thread with the context bound,
 // which every method does.
 unsafe impl Send for CopyCompletion {}
+// SAFETY: as above; every method that touches the event holds the state's lock, so two threads
+// never use it at once.
+unsafe impl Sync for CopyCompletion {}
 
 impl CopyCompletion {
     fn record(stream: CopyStream, method: CopyMethod, descs: Option<DescBuffers>) -> Result<Self> {
@@ -583,8 +608,11 @@ impl CopyCompletion {
             stream,
             event,
             method,
-            descs,
-            finished: false,
+            state: Mutex::new(CopyState {
+                finished: false,
+                failed: None,
+                descs,
+            }),
         };
         // SAFETY: both handles are valid and belong to the current context.
         check("record an event", unsafe {
@@ -598,39 +626,75 @@ impl CopyCompletion {
         self.method
     }
 
-    /// True once every copy has finished.
-    ///
-    /// # Errors
-    /// [`Error::Cuda`] if a copy failed.
-    pub fn is_done(&mut self) -> Result<bool> {
-        if self.finished {
-            return Ok(true);
+    fn lock(&self) -> std::sync::MutexGuard<'_, CopyState> {
+        // Plain flags updated in single assignments: a poisoned lock holds a consistent value.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queries the event once: true once the copies finished, successfully or not.
+    fn query(&self, state: &mut CopyState) -> bool {
+        if state.finished || state.failed.is_some() {
+            return true;
         }
-        self.stream.inner.device.bind()?;
+        if let Err(e) = self.stream.inner.device.bind() {
+            state.failed = Some(e);
+            return true;
+        }
         // SAFETY: a valid event of the current context.
         let status = unsafe { sys::cuEventQuery(self.event) };
         match status {
             sys::CUresult::CUDA_SUCCESS => {
-                self.finish();
-                Ok(true)
+                self.finish(state);
+                true
             }
-            sys::CUresult::CUDA_ERROR_NOT_READY => Ok(false),
-            other => check("query copy completion", other).map(|()| false),
+            sys::CUresult::CUDA_ERROR_NOT_READY => false,
+            other => {
+                state.failed = check("query copy completion", other).err();
+                true
+            }
         }
     }
 
-    /// Waits up to `timeout` for the copies; true if they finished.
-    ///
-    /// # Errors
-    /// [`Error::Cuda`] if a copy failed.
-    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<bool> {
+    fn synchronize(&self, state: &mut CopyState) -> Result<()> {
+        if state.finished {
+            return state.failed.take().map_or(Ok(()), Err);
+        }
+        self.stream.inner.device.bind()?;
+        // SAFETY: a valid event of the current context.
+        let result = check("wait for copies", unsafe {
+            sys::cuEventSynchronize(self.event)
+        });
+        self.finish(state);
+        match state.failed.take() {
+            Some(e) => Err(e),
+            None => result,
+        }
+    }
+
+    fn finish(&self, state: &mut CopyState) {
+        state.finished = true;
+        if let Some(d) = state.descs.take() {
+            self.stream.give_back(d);
+        }
+    }
+}
+
+impl crate::Completion for CopyCompletion {
+    type Output = ();
+
+    fn is_done(&self) -> bool {
+        let mut state = self.lock();
+        self.query(&mut state)
+    }
+
+    fn wait_timeout(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
-            if self.is_done()? {
-                return Ok(true);
+            if self.is_done() {
+                return true;
             }
             if Instant::now() >= deadline {
-                return Ok(false);
+                return false;
             }
             std::thread::sleep(Duration::from_micros(20));
         }
@@ -639,35 +703,28 @@ impl CopyCompletion {
     /// Waits for the copies to finish.
     ///
     /// # Errors
-    /// [`Error::Cuda`] if a copy failed.
-    pub fn wait(mut self) -> Result<()> {
-        self.synchronize()
+    /// [`CudaError::Driver`](crate::error::CudaError::Driver) if a copy failed.
+    fn wait(self) -> Result<()> {
+        let mut state = self.lock();
+        self.synchronize(&mut state)
     }
 
-    fn synchronize(&mut self) -> Result<()> {
-        if self.finished {
-            return Ok(());
-        }
-        self.stream.inner.device.bind()?;
-        // SAFETY: a valid event of the current context.
-        let result = check("wait for copies", unsafe {
-            sys::cuEventSynchronize(self.event)
-        });
-        self.finish();
-        result
-    }
-
-    fn finish(&mut self) {
-        self.finished = true;
-        if let Some(d) = self.descs.take() {
-            self.stream.give_back(d);
-        }
-    }
+    /// Does nothing: copies queued on a CUDA stream cannot be taken back.
+    fn cancel(&self) {}
 }
 
 impl Drop for CopyCompletion {
     fn drop(&mut self) {
-        if let Err(e) = self.synchronize() {
+        let state = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        let mut state = std::mem::replace(
+            state,
+            CopyState {
+                finished: true,
+                failed: None,
+                descs: None,
+            },
+        );
+        if let Err(e) = self.synchronize(&mut state) {
             tracing::warn!(error = %e, "copies failed after their completion was dropped");
         }
         // SAFETY: the event was created by `record` and is destroyed once.

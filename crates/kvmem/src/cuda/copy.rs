@@ -8,7 +8,7 @@
 
 use super::{CudaDevice, driver};
 use crate::descriptor::MemoryDescriptor;
-use crate::error::{Error, Result};
+use crate::error::{BoundsError, CudaError, Error, Result, SizeRule, UnsupportedError};
 use crate::host::HostMemory;
 use crate::kind::StorageKind;
 use crate::storage::{ExternalPinnedMemory, MappedPinnedStorage};
@@ -18,9 +18,9 @@ use std::ops::Range;
 /// Copies all of host region `src` into device region `dst`.
 ///
 /// # Errors
-/// [`Error::WrongStorageKind`] when `dst` is not device memory, [`Error::SizeMismatch`] when the
-/// sizes differ, [`Error::NotDeviceMemory`] when the driver does not know `dst`'s range,
-/// [`Error::CudaUnavailable`]/[`Error::Cuda`] from the driver.
+/// [`UnsupportedError::WrongStorageKind`] when `dst` is not device memory, [`BoundsError::SizeMismatch`] when the
+/// sizes differ, [`CudaError::NotDeviceMemory`] when the driver does not know `dst`'s range,
+/// [`CudaError::Unavailable`]/[`CudaError::Driver`] from the driver.
 pub fn copy_host_to_device<S, D>(src: &S, dst: &D) -> Result<()>
 where
     S: HostMemory + ?Sized,
@@ -122,11 +122,11 @@ fn pieces<H: HostMemory + ?Sized>(host: &H) -> Vec<Range<usize>> {
 fn device_of<R: MemoryDescriptor + ?Sized>(op: &'static str, region: &R) -> Result<CudaDevice> {
     match region.storage_kind() {
         StorageKind::Device(id) => CudaDevice::new(id as usize),
-        actual => Err(Error::WrongStorageKind {
+        actual => Err(Error::Unsupported(UnsupportedError::WrongStorageKind {
             op,
             expected: "device",
             actual,
-        }),
+        })),
     }
 }
 
@@ -134,7 +134,12 @@ fn same_size(op: &'static str, src: usize, dst: usize) -> Result<()> {
     if src == dst {
         Ok(())
     } else {
-        Err(Error::SizeMismatch { op, src, dst })
+        Err(Error::Bounds(BoundsError::SizeMismatch {
+            op,
+            src,
+            dst,
+            rule: SizeRule::Equal,
+        }))
     }
 }
 
@@ -146,11 +151,13 @@ pub(crate) fn check_device_range(
     addr: usize,
     size: usize,
 ) -> Result<()> {
-    let not_device = |reason: String| Error::NotDeviceMemory {
-        op,
-        addr,
-        size,
-        reason,
+    let not_device = |reason: String| {
+        Error::Cuda(CudaError::NotDeviceMemory {
+            op,
+            addr,
+            size,
+            reason,
+        })
     };
     let ptr = addr as sys::CUdeviceptr;
     let mut memory_type: u32 = 0;

@@ -6,9 +6,9 @@
 //! will, resolves every driver function kvmem calls (directly or through cudarc), and runs
 //! `cuInit`. Only when all of that succeeds does any other function of this crate call into
 //! cudarc; every CUDA entry point goes through [`load`] (usually via
-//! [`CudaDevice::new`](super::CudaDevice::new)) and returns [`Error::CudaUnavailable`] otherwise.
+//! [`CudaDevice::new`](super::CudaDevice::new)) and returns [`CudaError::Unavailable`] otherwise.
 
-use crate::error::{Error, Result};
+use crate::error::{CudaError, Error, Result};
 use cudarc::driver::{result::DriverError, sys};
 use std::sync::OnceLock;
 
@@ -79,16 +79,15 @@ static DRIVER: OnceLock<std::result::Result<DriverInfo, String>> = OnceLock::new
 /// Loads and initialises the CUDA driver once per process.
 ///
 /// # Errors
-/// [`Error::CudaUnavailable`] when `libcuda` cannot be loaded, lacks a function kvmem needs, or
+/// [`CudaError::Unavailable`] when `libcuda` cannot be loaded, lacks a function kvmem needs, or
 /// `cuInit` fails (no device, a driver/kernel-module mismatch, …). The outcome is cached: later
 /// calls return the same answer without retrying.
 pub fn load() -> Result<&'static DriverInfo> {
-    DRIVER
-        .get_or_init(probe)
-        .as_ref()
-        .map_err(|reason| Error::CudaUnavailable {
+    DRIVER.get_or_init(probe).as_ref().map_err(|reason| {
+        Error::Cuda(CudaError::Unavailable {
             reason: reason.clone(),
         })
+    })
 }
 
 fn probe() -> std::result::Result<DriverInfo, String> {
@@ -168,18 +167,18 @@ pub(crate) fn names(e: DriverError) -> (String, String) {
     (name, message)
 }
 
-/// [`Error::Cuda`] for a failed driver call. Only call once the driver is loaded.
+/// [`CudaError::Driver`] for a failed driver call. Only call once the driver is loaded.
 pub(crate) fn error(op: &'static str, e: DriverError) -> Error {
     let (name, message) = names(e);
-    Error::Cuda {
+    Error::Cuda(CudaError::Driver {
         op,
         code: e.0 as u32,
         name,
         message,
-    }
+    })
 }
 
-/// Turns a driver status into `Ok(())` or [`Error::Cuda`].
+/// Turns a driver status into `Ok(())` or [`CudaError::Driver`].
 pub(crate) fn check(op: &'static str, status: sys::CUresult) -> Result<()> {
     status.result().map_err(|e| error(op, e))
 }

@@ -9,21 +9,23 @@
 //! and the event a transfer records after its copies, which the engine's stream can wait for.
 
 use super::{CudaDevice, copy::check_device_range, driver};
-use crate::error::{Error, Result};
+use crate::error::{CudaError, Error, Result};
 use cudarc::driver::sys;
 
 /// The ordinal of the CUDA device that owns device pointer `addr`.
 ///
 /// # Errors
-/// [`Error::CudaUnavailable`] without a driver; [`Error::NotDeviceMemory`] when the driver does
+/// [`CudaError::Unavailable`] without a driver; [`CudaError::NotDeviceMemory`] when the driver does
 /// not know `addr` as device memory.
 pub fn device_of_pointer(addr: usize) -> Result<u32> {
     driver::load()?;
-    let not_device = |reason: String| Error::NotDeviceMemory {
-        op: "find the device of a pointer",
-        addr,
-        size: 0,
-        reason,
+    let not_device = |reason: String| {
+        Error::Cuda(CudaError::NotDeviceMemory {
+            op: "find the device of a pointer",
+            addr,
+            size: 0,
+            reason,
+        })
     };
     let mut memory_type: u32 = 0;
     let mut ordinal: i32 = -1;
@@ -60,8 +62,8 @@ pub fn device_of_pointer(addr: usize) -> Result<u32> {
 /// `ordinal`.
 ///
 /// # Errors
-/// [`Error::CudaUnavailable`] without a driver, [`Error::CudaDeviceNotFound`] for a bad
-/// ordinal, [`Error::NotDeviceMemory`] naming what the driver said otherwise.
+/// [`CudaError::Unavailable`] without a driver, [`CudaError::DeviceNotFound`] for a bad
+/// ordinal, [`CudaError::NotDeviceMemory`] naming what the driver said otherwise.
 pub fn check_device_pointer(ordinal: u32, addr: usize, size: usize) -> Result<()> {
     let device = CudaDevice::new(ordinal as usize)?;
     check_device_range("take external device memory", &device, addr, size)
@@ -110,7 +112,7 @@ impl Event {
     /// A new event (without timing) on `device`'s primary context.
     ///
     /// # Errors
-    /// [`Error::Cuda`] if the driver refuses.
+    /// [`CudaError::Driver`] if the driver refuses.
     pub fn new(device: &CudaDevice) -> Result<Self> {
         device.bind()?;
         let mut event = std::ptr::null_mut();
@@ -141,7 +143,7 @@ impl Event {
     /// default stream), for the duration of the call.
     ///
     /// # Errors
-    /// [`Error::Cuda`] if the driver refuses (for example a stream of another context).
+    /// [`CudaError::Driver`] if the driver refuses (for example a stream of another context).
     pub unsafe fn record(&self, stream: sys::CUstream) -> Result<()> {
         self.device.bind()?;
         // SAFETY: a live event of the current context; the caller vouches for the stream.
@@ -156,7 +158,7 @@ impl Event {
     /// As for [`record`](Self::record).
     ///
     /// # Errors
-    /// [`Error::Cuda`] if the driver refuses.
+    /// [`CudaError::Driver`] if the driver refuses.
     pub unsafe fn wait_in(&self, stream: sys::CUstream) -> Result<()> {
         self.device.bind()?;
         // SAFETY: a live event of the current context; the caller vouches for the stream.
@@ -168,7 +170,7 @@ impl Event {
     /// Blocks the calling thread until the event completes.
     ///
     /// # Errors
-    /// [`Error::Cuda`] if the work before it failed.
+    /// [`CudaError::Driver`] if the work before it failed.
     pub fn synchronize(&self) -> Result<()> {
         self.device.bind()?;
         // SAFETY: a live event of the current context.

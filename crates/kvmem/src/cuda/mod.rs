@@ -3,7 +3,7 @@
 //!
 //! kvmem uses [`cudarc`] (re-exported as [`cuda::cudarc`](self::cudarc)) with dynamic loading:
 //! the crate builds and runs on machines without CUDA, and every entry point here returns
-//! [`Error::CudaUnavailable`] there rather than panicking. A [`CudaDevice`] can only be obtained
+//! [`CudaError::Unavailable`] there rather than panicking. A [`CudaDevice`] can only be obtained
 //! once the driver is loaded, so everything that takes one can rely on it.
 //!
 //! **Contexts.** kvmem uses the device's *primary* context, the one the CUDA runtime (and so
@@ -34,7 +34,7 @@ pub use cudarc;
 pub use driver::{DriverInfo, load as load_driver};
 pub use page_lock::MAX_HOST_REGISTRATION;
 
-use crate::error::{Error, Result};
+use crate::error::{CudaError, Error, Result};
 use cudarc::driver::{CudaContext, result, sys};
 use serde::Serialize;
 use std::fmt;
@@ -54,12 +54,12 @@ impl CudaDevice {
     /// (once per process; later calls return the same context). Binds it to the calling thread.
     ///
     /// # Errors
-    /// [`Error::CudaUnavailable`] without a usable driver, [`Error::CudaDeviceNotFound`] for an
-    /// ordinal beyond the devices present, [`Error::Cuda`] if the context cannot be created.
+    /// [`CudaError::Unavailable`] without a usable driver, [`CudaError::DeviceNotFound`] for an
+    /// ordinal beyond the devices present, [`CudaError::Driver`] if the context cannot be created.
     pub fn new(ordinal: usize) -> Result<Self> {
         let count = device_count()?;
         if ordinal >= count {
-            return Err(Error::CudaDeviceNotFound { ordinal, count });
+            return Err(Error::Cuda(CudaError::DeviceNotFound { ordinal, count }));
         }
         let mut contexts = CONTEXTS.lock().unwrap_or_else(|p| p.into_inner());
         if contexts.len() <= ordinal {
@@ -100,7 +100,7 @@ impl CudaDevice {
     /// already is).
     ///
     /// # Errors
-    /// [`Error::Cuda`] if the driver refuses.
+    /// [`CudaError::Driver`] if the driver refuses.
     pub fn bind(&self) -> Result<()> {
         let current = result::ctx::get_current()
             .map_err(|e| driver::error("query the current context", e))?;
@@ -116,7 +116,7 @@ impl CudaDevice {
     /// Waits for all work on the device's context to finish.
     ///
     /// # Errors
-    /// [`Error::Cuda`] if any of that work failed.
+    /// [`CudaError::Driver`] if any of that work failed.
     pub fn synchronize(&self) -> Result<()> {
         self.bind()?;
         result::ctx::synchronize().map_err(|e| driver::error("synchronize the context", e))
@@ -125,7 +125,7 @@ impl CudaDevice {
     /// Free and total device memory in bytes.
     ///
     /// # Errors
-    /// [`Error::Cuda`] if the driver cannot say.
+    /// [`CudaError::Driver`] if the driver cannot say.
     pub fn memory_info(&self) -> Result<MemoryInfo> {
         self.bind()?;
         let (free, total) =
@@ -136,7 +136,7 @@ impl CudaDevice {
     /// Name, memory, compute capability, PCI address and host NUMA node of the device.
     ///
     /// # Errors
-    /// [`Error::Cuda`] if the driver cannot say.
+    /// [`CudaError::Driver`] if the driver cannot say.
     pub fn info(&self) -> Result<DeviceInfo> {
         let dev = self.ctx.cu_device();
         let attribute = |attr: sys::CUdevice_attribute| {
@@ -176,7 +176,7 @@ impl CudaDevice {
     /// to place pinned memory next to the GPU.
     ///
     /// # Errors
-    /// [`Error::Cuda`] if the driver cannot be queried.
+    /// [`CudaError::Driver`] if the driver cannot be queried.
     pub fn numa_node(&self) -> Result<Option<u32>> {
         let info = self.info()?;
         Ok(crate::topology::Topology::detect()
@@ -189,18 +189,18 @@ impl CudaDevice {
         &self.ctx
     }
 
-    /// [`Error::DeviceOutOfMemory`] for a request of `requested` bytes, with the device's current
+    /// [`CudaError::OutOfMemory`] for a request of `requested` bytes, with the device's current
     /// free and total memory in it.
     pub(crate) fn out_of_memory(&self, requested: usize) -> Error {
         let (free, total) = self
             .memory_info()
             .map_or((0, 0), |info| (info.free, info.total));
-        Error::DeviceOutOfMemory {
+        Error::Cuda(CudaError::OutOfMemory {
             device: self.kind_id(),
             requested,
             free,
             total,
-        }
+        })
     }
 }
 
@@ -253,7 +253,7 @@ pub struct DeviceInfo {
 /// Number of CUDA devices visible to this process.
 ///
 /// # Errors
-/// [`Error::CudaUnavailable`] without a usable driver.
+/// [`CudaError::Unavailable`] without a usable driver.
 pub fn device_count() -> Result<usize> {
     driver::load()?;
     let count = result::device::get_count().map_err(|e| driver::error("count devices", e))?;
@@ -263,7 +263,7 @@ pub fn device_count() -> Result<usize> {
 /// [`DeviceInfo`] for every visible device.
 ///
 /// # Errors
-/// [`Error::CudaUnavailable`] without a usable driver; [`Error::Cuda`] if a query fails.
+/// [`CudaError::Unavailable`] without a usable driver; [`CudaError::Driver`] if a query fails.
 pub fn devices() -> Result<Vec<DeviceInfo>> {
     (0..device_count()?)
         .map(|ordinal| CudaDevice::new(ordinal)?.info())

@@ -2,7 +2,7 @@
 //! addresses of pinned host memory.
 
 use super::{CudaDevice, driver};
-use crate::error::{Error, Result};
+use crate::error::{Error, MemoryError, Result};
 use cudarc::driver::sys;
 use std::time::{Duration, Instant};
 
@@ -48,8 +48,8 @@ impl HostRegistration {
     /// or [`unregister`](Self::unregister)ed successfully.
     ///
     /// # Errors
-    /// [`Error::PinnedOutOfMemory`] when the driver cannot lock that much memory;
-    /// [`Error::Cuda`] for other refusals (the range is already registered, say).
+    /// [`MemoryError::PinnedOutOfMemory`] when the driver cannot lock that much memory;
+    /// [`CudaError::Driver`](crate::error::CudaError::Driver) for other refusals (the range is already registered, say).
     pub(crate) unsafe fn new(
         device: &CudaDevice,
         ptr: *mut u8,
@@ -80,10 +80,10 @@ impl HostRegistration {
             };
             if let Err(e) = status.result() {
                 let error = if driver::is_out_of_memory(&e) {
-                    Error::PinnedOutOfMemory {
+                    Error::Memory(MemoryError::PinnedOutOfMemory {
                         requested: len,
                         available: driver::host_memory_available(),
-                    }
+                    })
                 } else {
                     driver::error("page-lock host memory (cuMemHostRegister)", e)
                 };
@@ -123,7 +123,7 @@ impl HostRegistration {
     /// then not unmap the memory.
     ///
     /// # Errors
-    /// The first failure, as [`Error::Cuda`].
+    /// The first failure, as [`CudaError::Driver`](crate::error::CudaError::Driver).
     pub(crate) fn unregister(mut self) -> Result<()> {
         self.unregister_all()
     }
@@ -157,7 +157,7 @@ impl Drop for HostRegistration {
 /// kernels of `device`.
 ///
 /// # Errors
-/// [`Error::Cuda`] when `host` is not pinned memory the driver mapped.
+/// [`CudaError::Driver`](crate::error::CudaError::Driver) when `host` is not pinned memory the driver mapped.
 pub(crate) fn mapped_device_pointer(device: &CudaDevice, host: *const u8) -> Result<u64> {
     device.bind()?;
     let mut dptr: sys::CUdeviceptr = 0;

@@ -1,6 +1,6 @@
 //! The shape of a KV cache's blocks and the dimension orders they can be stored in.
 
-use crate::error::{Error, Result};
+use crate::error::{BoundsError, Error, Result};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -30,16 +30,16 @@ impl LayoutConfig {
     /// Bytes of one chunk: `page_size * inner_dim * dtype_bytes`.
     ///
     /// # Errors
-    /// [`Error::ZeroSize`] when any dimension is zero; [`Error::Overflow`] when the product
+    /// [`BoundsError::ZeroSize`] when any dimension is zero; [`BoundsError::Overflow`] when the product
     /// overflows.
     pub fn chunk_bytes(&self) -> Result<usize> {
         self.check_nonzero()?;
         self.page_size
             .checked_mul(self.inner_dim)
             .and_then(|n| n.checked_mul(self.dtype_bytes))
-            .ok_or(Error::Overflow {
+            .ok_or(Error::Bounds(BoundsError::Overflow {
                 what: "layout chunk size",
-            })
+            }))
     }
 
     /// Bytes of one block across all layers and parts.
@@ -50,9 +50,9 @@ impl LayoutConfig {
         self.chunk_bytes()?
             .checked_mul(self.num_layers)
             .and_then(|n| n.checked_mul(self.outer_dim))
-            .ok_or(Error::Overflow {
+            .ok_or(Error::Bounds(BoundsError::Overflow {
                 what: "layout block size",
-            })
+            }))
     }
 
     /// Chunks in one block: `num_layers * outer_dim`.
@@ -63,9 +63,9 @@ impl LayoutConfig {
         self.check_nonzero()?;
         self.num_layers
             .checked_mul(self.outer_dim)
-            .ok_or(Error::Overflow {
+            .ok_or(Error::Bounds(BoundsError::Overflow {
                 what: "chunks per block",
-            })
+            }))
     }
 
     /// How many regions a layout of `kind` needs, and how many bytes each must hold.
@@ -73,9 +73,9 @@ impl LayoutConfig {
     /// # Errors
     /// As for [`chunk_bytes`](Self::chunk_bytes).
     pub fn regions(&self, kind: LayoutKind) -> Result<(usize, usize)> {
-        let overflow = Error::Overflow {
+        let overflow = Error::Bounds(BoundsError::Overflow {
             what: "layout region size",
-        };
+        });
         match kind {
             LayoutKind::FullyContiguous => Ok((
                 1,
@@ -103,7 +103,7 @@ impl LayoutConfig {
             ("layout dtype_bytes", self.dtype_bytes),
         ] {
             if v == 0 {
-                return Err(Error::ZeroSize { what });
+                return Err(Error::Bounds(BoundsError::ZeroSize { what }));
             }
         }
         Ok(())
@@ -194,19 +194,25 @@ mod tests {
             outer_dim: 0,
             ..cfg()
         };
-        assert!(matches!(c.chunk_bytes(), Err(Error::ZeroSize { .. })));
+        assert!(matches!(
+            c.chunk_bytes(),
+            Err(Error::Bounds(BoundsError::ZeroSize { .. }))
+        ));
         let c = LayoutConfig {
             inner_dim: usize::MAX / 2,
             ..cfg()
         };
-        assert!(matches!(c.chunk_bytes(), Err(Error::Overflow { .. })));
+        assert!(matches!(
+            c.chunk_bytes(),
+            Err(Error::Bounds(BoundsError::Overflow { .. }))
+        ));
         let c = LayoutConfig {
             num_blocks: usize::MAX / 16,
             ..cfg()
         };
         assert!(matches!(
             c.regions(LayoutKind::FullyContiguous),
-            Err(Error::Overflow { .. })
+            Err(Error::Bounds(BoundsError::Overflow { .. }))
         ));
     }
 }

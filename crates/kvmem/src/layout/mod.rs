@@ -36,7 +36,7 @@ mod config;
 pub use config::{BlockDim, LayoutConfig, LayoutKind};
 
 use crate::descriptor::{Buffer, MemoryDescriptor};
-use crate::error::{Error, Result};
+use crate::error::{BoundsError, Error, LayoutError, Result};
 use crate::kind::StorageKind;
 use crate::storage::DIRECT_IO_ALIGN;
 
@@ -78,11 +78,11 @@ impl BlockLayout {
     /// needs.
     ///
     /// # Errors
-    /// - [`Error::ZeroSize`] / [`Error::Overflow`] for zero or overflowing dimensions;
-    /// - [`Error::InvalidLayout`] when `alignment` is not a power of two, the region count is
+    /// - [`BoundsError::ZeroSize`] / [`BoundsError::Overflow`] for zero or overflowing dimensions;
+    /// - [`LayoutError::Invalid`] when `alignment` is not a power of two, the region count is
     ///   wrong, or regions are of different storage kinds (files may differ, tiers may not);
-    /// - [`Error::Misaligned`] when a region start or the chunk size is not aligned;
-    /// - [`Error::RegionTooSmall`] when a region cannot hold its share of the layout.
+    /// - [`BoundsError::Misaligned`] when a region start or the chunk size is not aligned;
+    /// - [`BoundsError::RegionTooSmall`] when a region cannot hold its share of the layout.
     pub fn new(
         config: LayoutConfig,
         kind: LayoutKind,
@@ -92,25 +92,25 @@ impl BlockLayout {
         let chunk_bytes = config.chunk_bytes()?;
         let (count, region_bytes) = config.regions(kind)?;
         if !alignment.is_power_of_two() {
-            return Err(Error::InvalidLayout(format!(
+            return Err(Error::Layout(LayoutError::Invalid(format!(
                 "alignment {alignment} is not a power of two"
-            )));
+            ))));
         }
         if regions.len() != count {
-            return Err(Error::InvalidLayout(format!(
+            return Err(Error::Layout(LayoutError::Invalid(format!(
                 "a {kind} layout of {} layers needs {count} region(s), got {}",
                 config.num_layers,
                 regions.len()
-            )));
+            ))));
         }
         let first = regions[0].storage_kind();
         for (i, r) in regions.iter().enumerate() {
             if !same_tier(first, r.storage_kind()) {
-                return Err(Error::InvalidLayout(format!(
+                return Err(Error::Layout(LayoutError::Invalid(format!(
                     "region {i} is {} memory but region 0 is {first}; all regions of a layout must \
                      be in one tier",
                     r.storage_kind()
-                )));
+                ))));
             }
         }
         let alignment = if first.is_disk() {
@@ -119,32 +119,34 @@ impl BlockLayout {
             alignment
         };
         if chunk_bytes % alignment != 0 {
-            return Err(Error::Misaligned {
+            return Err(Error::Bounds(BoundsError::Misaligned {
                 what: "layout chunk size",
                 value: chunk_bytes as u64,
                 align: alignment as u64,
-            });
+            }));
         }
         for (i, r) in regions.iter().enumerate() {
             if r.addr() % alignment != 0 {
-                return Err(Error::Misaligned {
+                return Err(Error::Bounds(BoundsError::Misaligned {
                     what: "layout region start",
                     value: r.addr() as u64,
                     align: alignment as u64,
-                });
+                }));
             }
             if r.size() < region_bytes {
-                return Err(Error::RegionTooSmall {
+                return Err(Error::Bounds(BoundsError::RegionTooSmall {
                     region: i,
                     needed: region_bytes,
                     size: r.size(),
-                });
+                }));
             }
             // With the size check above, every chunk address is below this end, so the unchecked
             // additions in `chunk` cannot overflow.
-            r.addr().checked_add(region_bytes).ok_or(Error::Overflow {
-                what: "layout region end address",
-            })?;
+            r.addr()
+                .checked_add(region_bytes)
+                .ok_or(Error::Bounds(BoundsError::Overflow {
+                    what: "layout region end address",
+                }))?;
         }
         let (block_stride, layer_stride, outer_stride) = strides(&config, kind, chunk_bytes);
         Ok(Self {
@@ -191,23 +193,23 @@ impl BlockLayout {
     /// Where chunk (`block`, `layer`, `outer`) lives.
     ///
     /// # Errors
-    /// [`Error::BlockOutOfRange`] for a block id past the end; [`Error::OutOfBounds`] for a
+    /// [`LayoutError::BlockOutOfRange`] for a block id past the end; [`BoundsError::OutOfBounds`] for a
     /// layer or outer index past its dimension.
     pub fn chunk(&self, block: usize, layer: usize, outer: usize) -> Result<Chunk> {
         self.check_block("source", block)?;
         if layer >= self.config.num_layers {
-            return Err(Error::OutOfBounds {
+            return Err(Error::Bounds(BoundsError::OutOfBounds {
                 offset: layer,
                 len: 1,
                 size: self.config.num_layers,
-            });
+            }));
         }
         if outer >= self.config.outer_dim {
-            return Err(Error::OutOfBounds {
+            return Err(Error::Bounds(BoundsError::OutOfBounds {
                 offset: outer,
                 len: 1,
                 size: self.config.outer_dim,
-            });
+            }));
         }
         Ok(self.chunk_unchecked(block, layer, outer))
     }
@@ -240,11 +242,11 @@ impl BlockLayout {
     /// Checks a block id, naming `side` (`source` or `destination`) in the error.
     pub(crate) fn check_block(&self, side: &'static str, block: usize) -> Result<()> {
         if block >= self.config.num_blocks {
-            return Err(Error::BlockOutOfRange {
+            return Err(Error::Layout(LayoutError::BlockOutOfRange {
                 side,
                 block,
                 num_blocks: self.config.num_blocks,
-            });
+            }));
         }
         Ok(())
     }
@@ -382,19 +384,19 @@ mod tests {
         let layout = BlockLayout::allocate(cfg(5), LayoutKind::FullyContiguous, 1, host).unwrap();
         assert!(matches!(
             layout.chunk(5, 0, 0),
-            Err(Error::BlockOutOfRange {
+            Err(Error::Layout(LayoutError::BlockOutOfRange {
                 block: 5,
                 num_blocks: 5,
                 ..
-            })
+            }))
         ));
         assert!(matches!(
             layout.chunk(0, 3, 0),
-            Err(Error::OutOfBounds { .. })
+            Err(Error::Bounds(BoundsError::OutOfBounds { .. }))
         ));
         assert!(matches!(
             layout.chunk(0, 0, 2),
-            Err(Error::OutOfBounds { .. })
+            Err(Error::Bounds(BoundsError::OutOfBounds { .. }))
         ));
     }
 
@@ -409,7 +411,9 @@ mod tests {
             vec![host(bytes - 1).unwrap()],
             1,
         );
-        assert!(matches!(r, Err(Error::RegionTooSmall { needed, .. }) if needed == bytes));
+        assert!(
+            matches!(r, Err(Error::Bounds(BoundsError::RegionTooSmall { needed, .. })) if needed == bytes)
+        );
         // wrong count
         let r = BlockLayout::new(
             c,
@@ -417,7 +421,7 @@ mod tests {
             vec![host(bytes).unwrap()],
             1,
         );
-        assert!(matches!(r, Err(Error::InvalidLayout(_))));
+        assert!(matches!(r, Err(Error::Layout(LayoutError::Invalid(_)))));
         // alignment not a power of two
         let r = BlockLayout::new(
             c,
@@ -425,7 +429,7 @@ mod tests {
             vec![host(bytes).unwrap()],
             3,
         );
-        assert!(matches!(r, Err(Error::InvalidLayout(_))));
+        assert!(matches!(r, Err(Error::Layout(LayoutError::Invalid(_)))));
         // chunk (256 bytes) not a multiple of 512
         let r = BlockLayout::new(
             c,
@@ -435,10 +439,10 @@ mod tests {
         );
         assert!(matches!(
             r,
-            Err(Error::Misaligned {
+            Err(Error::Bounds(BoundsError::Misaligned {
                 what: "layout chunk size",
                 ..
-            })
+            }))
         ));
         // region start misaligned
         let base = host(bytes + 64).unwrap();
@@ -446,10 +450,10 @@ mod tests {
         let r = BlockLayout::new(c, LayoutKind::FullyContiguous, vec![view.clone()], 128);
         assert!(matches!(
             r,
-            Err(Error::Misaligned {
+            Err(Error::Bounds(BoundsError::Misaligned {
                 what: "layout region start",
                 ..
-            })
+            }))
         ));
         assert!(BlockLayout::new(c, LayoutKind::FullyContiguous, vec![view], 64).is_ok());
     }
@@ -483,7 +487,7 @@ mod tests {
             vec![disk(), host(bytes).unwrap()],
             1,
         );
-        assert!(matches!(mixed, Err(Error::InvalidLayout(_))));
+        assert!(matches!(mixed, Err(Error::Layout(LayoutError::Invalid(_)))));
         let small = LayoutConfig {
             inner_dim: 512,
             ..c
@@ -491,6 +495,9 @@ mod tests {
         let r = BlockLayout::allocate(small, LayoutKind::FullyContiguous, 1, |n| {
             Ok(Buffer::new(DiskStorage::new_in(dir.path(), n)?))
         });
-        assert!(matches!(r, Err(Error::Misaligned { align: 4096, .. })));
+        assert!(matches!(
+            r,
+            Err(Error::Bounds(BoundsError::Misaligned { align: 4096, .. }))
+        ));
     }
 }

@@ -5,7 +5,7 @@ use super::config::AgentConfig;
 use super::notification::Inbox;
 use super::peer::PeerTable;
 use super::registration::Registry;
-use crate::error::{Error, Result};
+use crate::error::{Error, NixlError, Result};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -62,9 +62,9 @@ impl Agent {
     /// and [`require_backend`](Self::require_backend) explains it. At least one backend must start.
     ///
     /// # Errors
-    /// [`Error::NixlUnavailable`] without the NIXL runtime; [`Error::Config`] for an invalid
-    /// configuration; [`Error::UnknownBackend`] for a backend with no installed plugin;
-    /// [`Error::BackendUnavailable`] when no backend started; [`Error::Nixl`] when NIXL refuses
+    /// [`NixlError::Unavailable`] without the NIXL runtime; [`ConfigError::Agent`](crate::error::ConfigError::Agent) for an invalid
+    /// configuration; [`NixlError::UnknownBackend`] for a backend with no installed plugin;
+    /// [`NixlError::BackendUnavailable`] when no backend started; [`NixlError::Call`] when NIXL refuses
     /// to create the agent (a listener port already in use, for example).
     pub fn new(config: AgentConfig) -> Result<Self> {
         super::ensure_loaded()?;
@@ -92,10 +92,10 @@ impl Agent {
         let mut failed = Vec::new();
         for wanted in &config.backends {
             let Some(plugin) = installed.iter().find(|p| p.eq_ignore_ascii_case(wanted)) else {
-                return Err(Error::UnknownBackend {
+                return Err(Error::Nixl(NixlError::UnknownBackend {
                     backend: wanted.clone(),
                     installed: sorted_list(&installed),
-                });
+                }));
             };
             match start_backend(&nixl, plugin, config.params_for(wanted)) {
                 Ok(handle) => backends.push(RunningBackend {
@@ -109,12 +109,12 @@ impl Agent {
             }
         }
         if backends.is_empty() {
-            return Err(Error::BackendUnavailable {
+            return Err(Error::Nixl(NixlError::BackendUnavailable {
                 agent: name,
                 backend: config.backends.join(", "),
                 running: "none".to_owned(),
                 failed: describe_failures(&failed),
-            });
+            }));
         }
         let etcd = std::env::var_os("NIXL_ETCD_ENDPOINTS").is_some_and(|v| !v.is_empty());
         tracing::debug!(agent = %name, backends = ?backends.iter().map(|b| &b.name).collect::<Vec<_>>(), etcd, "NIXL agent started");
@@ -182,17 +182,17 @@ impl Agent {
     /// Succeeds when `backend` (case-insensitive) started on this agent.
     ///
     /// # Errors
-    /// [`Error::BackendUnavailable`] listing the backends that did start and why others failed.
+    /// [`NixlError::BackendUnavailable`] listing the backends that did start and why others failed.
     pub fn require_backend(&self, backend: &str) -> Result<()> {
         if self.has_backend(backend) {
             return Ok(());
         }
-        Err(Error::BackendUnavailable {
+        Err(Error::Nixl(NixlError::BackendUnavailable {
             agent: self.shared.name.clone(),
             backend: backend.to_owned(),
             running: self.backends().join(", "),
             failed: describe_failures(&self.shared.failed),
-        })
+        }))
     }
 
     /// True when NIXL_ETCD_ENDPOINTS was set when the agent was created, so that NIXL exchanges

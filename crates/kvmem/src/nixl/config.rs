@@ -46,7 +46,7 @@
 //! see [`peer`](super::peer) for etcd metadata exchange. Any other `KVMEM_NIXL_*` variable is an
 //! error, so that a typo does not go unnoticed.
 
-use crate::error::{Error, Result};
+use crate::error::{ConfigError, Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -228,7 +228,7 @@ impl AgentConfig {
     /// Parses a TOML document.
     ///
     /// # Errors
-    /// [`Error::Config`] for invalid TOML, unknown keys or invalid values.
+    /// [`ConfigError::Agent`] for invalid TOML, unknown keys or invalid values.
     pub fn from_toml_str(text: &str) -> Result<Self> {
         Self::parse_toml(text, "TOML")
     }
@@ -236,7 +236,7 @@ impl AgentConfig {
     /// Reads and parses a TOML file.
     ///
     /// # Errors
-    /// [`Error::Io`] when the file cannot be read; [`Error::Config`] as for
+    /// [`IoError::File`](crate::error::IoError::File) when the file cannot be read; [`ConfigError::Agent`] as for
     /// [`from_toml_str`](Self::from_toml_str).
     pub fn from_toml_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
@@ -245,9 +245,11 @@ impl AgentConfig {
     }
 
     fn parse_toml(text: &str, origin: &str) -> Result<Self> {
-        let config: Self = toml::from_str(text).map_err(|e| Error::Config {
-            origin: origin.to_owned(),
-            message: e.to_string(),
+        let config: Self = toml::from_str(text).map_err(|e| {
+            Error::Config(ConfigError::Agent {
+                origin: origin.to_owned(),
+                message: e.to_string(),
+            })
         })?;
         config.validate(origin)?;
         Ok(config)
@@ -257,8 +259,8 @@ impl AgentConfig {
     /// (or the defaults), with the `KVMEM_NIXL_*` variables applied on top.
     ///
     /// # Errors
-    /// [`Error::Config`] for an unknown `KVMEM_NIXL_*` variable or an invalid value;
-    /// [`Error::Io`] when the configuration file cannot be read.
+    /// [`ConfigError::Agent`] for an unknown `KVMEM_NIXL_*` variable or an invalid value;
+    /// [`IoError::File`](crate::error::IoError::File) when the configuration file cannot be read.
     pub fn from_env() -> Result<Self> {
         Self::from_vars(std::env::vars_os().filter_map(|(k, v)| {
             Some((k.into_string().ok()?, v.into_string().unwrap_or_default()))
@@ -292,9 +294,11 @@ impl AgentConfig {
 
     /// Applies `KVMEM_NIXL_*` overrides (other variables are ignored).
     fn apply_vars(&mut self, vars: &BTreeMap<String, String>) -> Result<()> {
-        let bad = |var: &str, message: String| Error::Config {
-            origin: var.to_owned(),
-            message,
+        let bad = |var: &str, message: String| {
+            Error::Config(ConfigError::Agent {
+                origin: var.to_owned(),
+                message,
+            })
         };
         // Plain settings first: the backend list decides which parameter variables are valid.
         let mut params = Vec::new();
@@ -392,13 +396,13 @@ impl AgentConfig {
     /// Checks the configuration for values NIXL would reject or misread.
     ///
     /// # Errors
-    /// [`Error::Config`] naming the problem.
+    /// [`ConfigError::Agent`] naming the problem.
     pub fn validate(&self, origin: &str) -> Result<()> {
         let bad = |message: String| {
-            Err(Error::Config {
+            Err(Error::Config(ConfigError::Agent {
                 origin: origin.to_owned(),
                 message,
-            })
+            }))
         };
         if self.name.contains('\0') {
             return bad("the agent name must not contain NUL bytes".into());
@@ -462,17 +466,19 @@ fn parse_bool(var: &str, value: &str) -> Result<bool> {
     match value.trim().to_ascii_lowercase().as_str() {
         "1" | "true" | "on" | "yes" => Ok(true),
         "0" | "false" | "off" | "no" => Ok(false),
-        _ => Err(Error::Config {
+        _ => Err(Error::Config(ConfigError::Agent {
             origin: var.to_owned(),
             message: format!("'{value}' is not a boolean (1/0, true/false, on/off, yes/no)"),
-        }),
+        })),
     }
 }
 
 fn parse_u64(var: &str, value: &str) -> Result<u64> {
-    value.trim().parse().map_err(|_| Error::Config {
-        origin: var.to_owned(),
-        message: format!("'{value}' is not a non-negative integer"),
+    value.trim().parse().map_err(|_| {
+        Error::Config(ConfigError::Agent {
+            origin: var.to_owned(),
+            message: format!("'{value}' is not a non-negative integer"),
+        })
     })
 }
 
@@ -606,7 +612,10 @@ mod tests {
             "thread_sync = \"sometimes\"",
         ] {
             let err = AgentConfig::from_toml_str(bad).unwrap_err();
-            assert!(matches!(err, Error::Config { .. }), "{bad}: {err}");
+            assert!(
+                matches!(err, Error::Config(ConfigError::Agent { .. })),
+                "{bad}: {err}"
+            );
         }
     }
 
@@ -665,7 +674,7 @@ mod tests {
             ("KVMEM_NIXL_REGISTRATION_CHUNK", "0"),
         ] {
             let err = AgentConfig::from_vars([(var, value)]).unwrap_err();
-            let Error::Config { origin, .. } = &err else {
+            let Error::Config(ConfigError::Agent { origin, .. }) = &err else {
                 panic!("{var}: {err}")
             };
             // Errors found while validating the whole config name the environment instead.

@@ -9,39 +9,26 @@
 //! | [`agent`] | [`Agent`]: a NIXL agent and the backends that really started |
 //! | [`registration`] | [`register`] / [`Registered`]: registrations that never outlive their memory |
 //! | [`peer`] | metadata exchange (blobs, listener socket, etcd), [`Peer`], the peer manifest |
-//! | [`transfer`] | READ/WRITE of block lists with peers and files, [`Transfer`], prepared lists |
+//! | [`raw`] | the low-level layer: READ/WRITE of block lists with peers and files, [`raw::Transfer`], prepared lists |
 //! | [`notification`] | notifications, queued per peer |
 //!
-//! ```no_run
-//! use kvmem::nixl::{Agent, AgentConfig, LocalBlocks, RemoteBlocks, RemoteBlock};
-//! use kvmem::{Buffer, SystemStorage};
-//! use std::time::Duration;
+//! Moving blocks to and from a peer is the job of
+//! [`TransferEngine`](crate::transfer::TransferEngine) (`write_remote`, `read_remote`,
+//! `transfer`); the requests it posts are the [`raw`] layer.
 //!
-//! let a = Agent::new(AgentConfig::new("a"))?;
-//! let b = Agent::new(AgentConfig::new("b"))?;
-//! let src = Buffer::new(a.register(SystemStorage::new(1 << 20)?)?);
-//! let dst = Buffer::new(b.register(SystemStorage::new(1 << 20)?)?);
-//! let peer = a.load_peer(&b.local_metadata()?)?; // carries b's registered regions
-//! let mut remote = RemoteBlocks::new(&peer);
-//! remote.push_region(0, 0, 1 << 20)?;
-//! a.write(&LocalBlocks::whole(&src)?, &remote, Some(b"done"))?.wait(Duration::from_secs(5))?;
-//! b.wait_for_message("a", b"done", Duration::from_secs(5))?;
-//! # drop(dst);
-//! # Ok::<(), kvmem::Error>(())
-//! ```
-//!
-//! Every entry point loads the runtime first and returns [`Error::NixlUnavailable`] when it is
+//! Every entry point loads the runtime first and returns [`NixlError::Unavailable`] when it is
 //! missing, instead of letting `nixl-sys` abort the process.
 //!
-//! [`Error::NixlUnavailable`]: crate::Error::NixlUnavailable
+//! [`NixlError::Unavailable`]: crate::error::NixlError::Unavailable
 
 pub mod agent;
 pub mod config;
 pub mod notification;
 pub mod peer;
+pub mod raw;
 pub mod registration;
 pub mod runtime;
-pub mod transfer;
+mod transfer;
 
 pub use agent::Agent;
 pub use config::{AgentConfig, ThreadSync};
@@ -51,10 +38,6 @@ pub use peer::{ManifestRegion, Peer, PeerManifest, PeerMetadata, PeerSource};
 pub use registration::{RegisterError, Registered, register};
 pub use runtime::{NixlRuntime, ensure_loaded};
 use serde::{Deserialize, Serialize};
-pub use transfer::{
-    LocalBlocks, PreparedLocal, PreparedRemote, RemoteBlock, RemoteBlocks, Transfer,
-    TransferMemory, TransferOp,
-};
 
 /// A region that can be registered with NIXL.
 pub trait NixlCompatible {

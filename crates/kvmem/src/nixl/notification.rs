@@ -31,8 +31,8 @@ impl Agent {
     /// Sends `message` to `peer` (without a transfer).
     ///
     /// # Errors
-    /// [`Error::UnknownPeer`] / [`Error::PeerInvalidated`] for a peer the agent cannot address;
-    /// [`Error::Nixl`] when NIXL cannot send it.
+    /// [`PeerError::Unknown`](crate::error::PeerError::Unknown) / [`PeerError::Invalidated`](crate::error::PeerError::Invalidated) for a peer the agent cannot address;
+    /// [`NixlError::Call`](crate::error::NixlError::Call) when NIXL cannot send it.
     pub fn notify(&self, peer: &str, message: &[u8]) -> Result<()> {
         self.peer(peer)?;
         self.nixl()
@@ -44,7 +44,7 @@ impl Agent {
     /// arrived.
     ///
     /// # Errors
-    /// [`Error::Nixl`] when NIXL cannot deliver them (for example when no running backend
+    /// [`NixlError::Call`](crate::error::NixlError::Call) when NIXL cannot deliver them (for example when no running backend
     /// supports notifications).
     pub fn poll_notifications(&self) -> Result<usize> {
         let mut map = nixl_sys::NotificationMap::new()

@@ -18,15 +18,15 @@
 //! [`Agent::invalidate_peer`] forgets a peer; [`Agent::reconnect`] fetches its metadata again the
 //! way it was first obtained (after the peer restarted, say). Lists built or prepared for a peer
 //! belong to one connection: after an invalidation or reconnection they are refused with
-//! [`Error::PeerInvalidated`] and must be built again.
+//! [`PeerError::Invalidated`] and must be built again.
 //!
 //! # Remote validation
 //!
 //! Remote blocks are checked against what the peer registered before anything is posted:
 //! against the peer's manifest when it sent one (when the block is added to a
-//! [`RemoteBlocks`](super::RemoteBlocks)), and otherwise against NIXL's own copy of the peer's
+//! [`RemoteBlocks`](super::raw::RemoteBlocks)), and otherwise against NIXL's own copy of the peer's
 //! registrations when the transfer request is built. Either way a block outside the peer's memory
-//! is reported as [`Error::RemoteOutOfBounds`] naming the block, not as a backend failure.
+//! is reported as [`PeerError::OutOfBounds`] naming the block, not as a backend failure.
 //!
 //! # Envelope and manifest format (version 1)
 //!
@@ -51,7 +51,7 @@
 
 use super::MemType;
 use super::agent::{Agent, lock};
-use crate::error::{Error, Result};
+use crate::error::{BoundsError, ConfigError, Error, NixlStatus, PeerError, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -123,17 +123,21 @@ impl PeerMetadata {
     /// The envelope bytes (a manifest) or NIXL's blob alone (no manifest).
     ///
     /// # Errors
-    /// [`Error::Overflow`] for a manifest over 4 GiB.
+    /// [`BoundsError::Overflow`] for a manifest over 4 GiB.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let Some(manifest) = &self.manifest else {
             return Ok(self.nixl.clone());
         };
-        let json = serde_json::to_vec(manifest).map_err(|e| Error::MalformedMetadata {
-            reason: format!("cannot encode the manifest: {e}"),
-            source: None,
+        let json = serde_json::to_vec(manifest).map_err(|e| {
+            Error::Peer(PeerError::MalformedMetadata {
+                reason: format!("cannot encode the manifest: {e}"),
+                source: None,
+            })
         })?;
-        let n = u32::try_from(json.len()).map_err(|_| Error::Overflow {
-            what: "manifest length",
+        let n = u32::try_from(json.len()).map_err(|_| {
+            Error::Bounds(BoundsError::Overflow {
+                what: "manifest length",
+            })
         })?;
         let mut out = Vec::with_capacity(12 + json.len() + self.nixl.len());
         out.extend_from_slice(ENVELOPE_MAGIC);
@@ -146,12 +150,14 @@ impl PeerMetadata {
     /// Parses an envelope, or takes bytes without the magic as a plain NIXL blob.
     ///
     /// # Errors
-    /// [`Error::MalformedMetadata`] for an empty blob, a truncated envelope, invalid manifest
+    /// [`PeerError::MalformedMetadata`] for an empty blob, a truncated envelope, invalid manifest
     /// JSON or an unsupported manifest format.
     pub fn parse(bytes: &[u8]) -> Result<Self> {
-        let bad = |reason: String| Error::MalformedMetadata {
-            reason,
-            source: None,
+        let bad = |reason: String| {
+            Error::Peer(PeerError::MalformedMetadata {
+                reason,
+                source: None,
+            })
         };
         if bytes.is_empty() {
             return Err(bad("the blob is empty".into()));
@@ -290,7 +296,7 @@ impl Agent {
     /// registered now. Ship it to peers and load it there with [`load_peer`](Self::load_peer).
     ///
     /// # Errors
-    /// [`Error::Nixl`] when NIXL cannot produce its metadata (no backend that supports remote
+    /// [`NixlError::Call`](crate::error::NixlError::Call) when NIXL cannot produce its metadata (no backend that supports remote
     /// transfers, for example).
     pub fn local_metadata(&self) -> Result<Vec<u8>> {
         let manifest = PeerManifest {
@@ -308,7 +314,7 @@ impl Agent {
     /// NIXL's own metadata blob, for peers that are plain NIXL agents.
     ///
     /// # Errors
-    /// [`Error::Nixl`] as for [`local_metadata`](Self::local_metadata).
+    /// [`NixlError::Call`](crate::error::NixlError::Call) as for [`local_metadata`](Self::local_metadata).
     pub fn local_nixl_metadata(&self) -> Result<Vec<u8>> {
         self.nixl()
             .get_local_md()
@@ -320,16 +326,16 @@ impl Agent {
     /// connection are refused afterwards.
     ///
     /// # Errors
-    /// [`Error::MalformedMetadata`] when the blob cannot be parsed or NIXL refuses it (with
+    /// [`PeerError::MalformedMetadata`] when the blob cannot be parsed or NIXL refuses it (with
     /// NIXL's error as the source).
     pub fn load_peer(&self, blob: &[u8]) -> Result<Peer> {
         let metadata = PeerMetadata::parse(blob)?;
         if let Some(m) = &metadata.manifest {
             if m.agent == self.name() {
-                return Err(Error::MalformedMetadata {
+                return Err(Error::Peer(PeerError::MalformedMetadata {
                     reason: format!("the blob is agent '{}''s own metadata", m.agent),
                     source: None,
-                });
+                }));
             }
             // A restarted peer: drop the old metadata before loading the new.
             if lock(&self.shared.peers).live.contains_key(&m.agent) {
@@ -341,28 +347,32 @@ impl Agent {
         let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.nixl().load_remote_md(&metadata.nixl)
         }))
-        .map_err(|_| Error::MalformedMetadata {
-            reason: "the agent name in the NIXL metadata is not UTF-8".to_owned(),
-            source: None,
+        .map_err(|_| {
+            Error::Peer(PeerError::MalformedMetadata {
+                reason: "the agent name in the NIXL metadata is not UTF-8".to_owned(),
+                source: None,
+            })
         })?;
-        let name = loaded.map_err(|e| Error::MalformedMetadata {
-            reason: "NIXL could not load it (not NIXL metadata, truncated, from an \
+        let name = loaded.map_err(|e| {
+            Error::Peer(PeerError::MalformedMetadata {
+                reason: "NIXL could not load it (not NIXL metadata, truncated, from an \
                          incompatible NIXL version, or with no backend in common)"
-                .to_owned(),
-            source: Some(e),
+                    .to_owned(),
+                source: Some(NixlStatus::of(&e)),
+            })
         })?;
         if let Some(m) = &metadata.manifest
             && m.agent != name
         {
             // Do not keep metadata whose manifest describes another agent.
             let _ = self.forget_in_nixl(&name);
-            return Err(Error::MalformedMetadata {
+            return Err(Error::Peer(PeerError::MalformedMetadata {
                 reason: format!(
                     "the manifest is for agent '{}' but the NIXL metadata is for '{name}'",
                     m.agent
                 ),
                 source: None,
-            });
+            }));
         }
         tracing::debug!(agent = %self.name(), peer = %name, manifest = metadata.manifest.is_some(), "loaded peer metadata");
         Ok(lock(&self.shared.peers).insert(&name, metadata.manifest, PeerSource::Blob))
@@ -376,9 +386,9 @@ impl Agent {
     /// `listener_delay_us`, so a fetch takes at least that long.
     ///
     /// # Errors
-    /// [`Error::Config`] for an IPv6 address or an agent without a listener; [`Error::Timeout`] when the metadata of an agent
+    /// [`ConfigError::Agent`] for an IPv6 address or an agent without a listener; [`Error::Timeout`] when the metadata of an agent
     /// named `peer` did not arrive within `timeout` (wrong address, no listener, or another
-    /// agent listening there); [`Error::Nixl`] when NIXL refuses the request.
+    /// agent listening there); [`NixlError::Call`](crate::error::NixlError::Call) when NIXL refuses the request.
     pub fn connect_listener(
         &self,
         peer: &str,
@@ -386,10 +396,10 @@ impl Agent {
         timeout: Duration,
     ) -> Result<Peer> {
         let SocketAddr::V4(v4) = addr else {
-            return Err(Error::Config {
+            return Err(Error::Config(ConfigError::Agent {
                 origin: "connect_listener".into(),
                 message: format!("{addr}: NIXL's listener protocol takes IPv4 addresses only"),
-            });
+            }));
         };
         self.require_comm_thread("connect_listener")?;
         self.forget_if_known(peer)?;
@@ -419,10 +429,10 @@ impl Agent {
     /// As for [`connect_listener`](Self::connect_listener), without the timeout.
     pub fn publish_to_listener(&self, addr: SocketAddr) -> Result<()> {
         let SocketAddr::V4(v4) = addr else {
-            return Err(Error::Config {
+            return Err(Error::Config(ConfigError::Agent {
                 origin: "publish_to_listener".into(),
                 message: format!("{addr}: NIXL's listener protocol takes IPv4 addresses only"),
-            });
+            }));
         };
         self.require_comm_thread("publish_to_listener")?;
         let args = socket_args(v4)?;
@@ -439,7 +449,7 @@ impl Agent {
     /// is not known, only its name (from a notification it sent).
     ///
     /// # Errors
-    /// [`Error::Config`] for an agent without a listener; [`Error::Timeout`] when no metadata
+    /// [`ConfigError::Agent`] for an agent without a listener; [`Error::Timeout`] when no metadata
     /// of an agent named `peer` arrived within `timeout`.
     pub fn accept_pushed_peer(&self, peer: &str, timeout: Duration) -> Result<Peer> {
         self.require_comm_thread("accept_pushed_peer")?;
@@ -451,8 +461,8 @@ impl Agent {
     /// [`connect_etcd`](Self::connect_etcd). Publish again after registering more memory.
     ///
     /// # Errors
-    /// [`Error::EtcdNotConfigured`] unless NIXL_ETCD_ENDPOINTS was set when the agent was
-    /// created; [`Error::Nixl`] when NIXL refuses.
+    /// [`PeerError::EtcdNotConfigured`] unless NIXL_ETCD_ENDPOINTS was set when the agent was
+    /// created; [`NixlError::Call`](crate::error::NixlError::Call) when NIXL refuses.
     pub fn publish_etcd(&self) -> Result<()> {
         self.require_etcd()?;
         self.nixl()
@@ -475,8 +485,8 @@ impl Agent {
     /// loaded it. NIXL waits for the key to appear, so the peer may publish a little later.
     ///
     /// # Errors
-    /// [`Error::EtcdNotConfigured`]; [`Error::Timeout`] when it did not arrive within `timeout`;
-    /// [`Error::Nixl`].
+    /// [`PeerError::EtcdNotConfigured`]; [`Error::Timeout`] when it did not arrive within `timeout`;
+    /// [`NixlError::Call`](crate::error::NixlError::Call).
     pub fn connect_etcd(&self, peer: &str, timeout: Duration) -> Result<Peer> {
         self.require_etcd()?;
         self.forget_if_known(peer)?;
@@ -497,10 +507,10 @@ impl Agent {
     }
 
     /// Forgets a peer: NIXL drops its metadata and disconnects from it, and kvmem refuses
-    /// transfers to it with [`Error::PeerInvalidated`] until it is reconnected.
+    /// transfers to it with [`PeerError::Invalidated`] until it is reconnected.
     ///
     /// # Errors
-    /// [`Error::UnknownPeer`] for a peer the agent does not know; [`Error::Nixl`] when NIXL
+    /// [`PeerError::Unknown`] for a peer the agent does not know; [`NixlError::Call`](crate::error::NixlError::Call) when NIXL
     /// refuses.
     pub fn invalidate_peer(&self, peer: &str) -> Result<()> {
         let mut peers = lock(&self.shared.peers);
@@ -518,7 +528,7 @@ impl Agent {
     /// restarted or was invalidated.
     ///
     /// # Errors
-    /// [`Error::UnknownPeer`]; [`Error::MalformedMetadata`] for a peer loaded from a blob (load
+    /// [`PeerError::Unknown`]; [`PeerError::MalformedMetadata`] for a peer loaded from a blob (load
     /// its new blob with [`load_peer`](Self::load_peer)); otherwise as for
     /// [`connect_listener`](Self::connect_listener) or [`connect_etcd`](Self::connect_etcd).
     pub fn reconnect(&self, peer: &str, timeout: Duration) -> Result<Peer> {
@@ -533,26 +543,26 @@ impl Agent {
         match source {
             PeerSource::Listener(addr) => self.connect_listener(peer, addr, timeout),
             PeerSource::Etcd => self.connect_etcd(peer, timeout),
-            PeerSource::Blob => Err(Error::MalformedMetadata {
+            PeerSource::Blob => Err(Error::Peer(PeerError::MalformedMetadata {
                 reason: format!(
                     "peer '{peer}' was loaded from a blob; load its current blob with load_peer"
                 ),
                 source: None,
-            }),
-            PeerSource::Pushed => Err(Error::MalformedMetadata {
+            })),
+            PeerSource::Pushed => Err(Error::Peer(PeerError::MalformedMetadata {
                 reason: format!(
                     "peer '{peer}' pushed its metadata to this agent's listener; have it push \
                      again and call accept_pushed_peer"
                 ),
                 source: None,
-            }),
+            })),
         }
     }
 
     /// The peer named `name`.
     ///
     /// # Errors
-    /// [`Error::PeerInvalidated`] for an invalidated peer; [`Error::UnknownPeer`] otherwise.
+    /// [`PeerError::Invalidated`] for an invalidated peer; [`PeerError::Unknown`] otherwise.
     pub fn peer(&self, name: &str) -> Result<Peer> {
         let peers = lock(&self.shared.peers);
         match peers.live.get(name) {
@@ -594,26 +604,26 @@ impl Agent {
         let peers = lock(&self.shared.peers);
         match peers.live.get(peer) {
             Some(e) if e.generation == generation => Ok(()),
-            Some(_) => Err(Error::PeerInvalidated {
+            Some(_) => Err(Error::Peer(PeerError::Invalidated {
                 agent: self.name().to_owned(),
                 peer: peer.to_owned(),
-            }),
+            })),
             None => Err(self.missing_peer(&peers, peer)),
         }
     }
 
     fn missing_peer(&self, peers: &PeerTable, peer: &str) -> Error {
         if peers.invalidated.contains_key(peer) {
-            Error::PeerInvalidated {
+            Error::Peer(PeerError::Invalidated {
                 agent: self.name().to_owned(),
                 peer: peer.to_owned(),
-            }
+            })
         } else {
-            Error::UnknownPeer {
+            Error::Peer(PeerError::Unknown {
                 agent: self.name().to_owned(),
                 peer: peer.to_owned(),
                 known: peers.known(),
-            }
+            })
         }
     }
 
@@ -623,14 +633,14 @@ impl Agent {
         if self.shared.config.listen || self.uses_etcd() {
             Ok(())
         } else {
-            Err(Error::Config {
+            Err(Error::Config(ConfigError::Agent {
                 origin: op.to_owned(),
                 message: format!(
                     "agent '{}' has no listener; NIXL exchanges socket metadata on the listener \
                      thread, so start the agent with `listen = true` and a free `listen_port`",
                     self.name()
                 ),
-            })
+            }))
         }
     }
 
@@ -638,9 +648,9 @@ impl Agent {
         if self.uses_etcd() {
             Ok(())
         } else {
-            Err(Error::EtcdNotConfigured {
+            Err(Error::Peer(PeerError::EtcdNotConfigured {
                 agent: self.name().to_owned(),
-            })
+            }))
         }
     }
 
@@ -773,7 +783,7 @@ mod tests {
             assert!(
                 matches!(
                     PeerMetadata::parse(bytes),
-                    Err(Error::MalformedMetadata { .. })
+                    Err(Error::Peer(PeerError::MalformedMetadata { .. }))
                 ),
                 "{bytes:?}"
             );

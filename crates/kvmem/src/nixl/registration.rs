@@ -14,7 +14,7 @@
 //! A region larger than the agent's `registration_chunk` (64 GiB by default) is registered as
 //! several consecutive registrations; transfers split blocks that cross a chunk boundary
 //! on their own. Registering a range that overlaps one the agent already registered is refused
-//! with [`Error::AlreadyRegistered`].
+//! with [`NixlError::AlreadyRegistered`].
 //!
 //! [`DiskStorage`]: crate::DiskStorage
 //! [`OffsetBuffer`]: crate::OffsetBuffer
@@ -24,7 +24,7 @@ use super::agent::{Agent, lock};
 use super::peer::ManifestRegion;
 use super::{MemType, NixlCompatible, NixlDescriptor};
 use crate::descriptor::{MemoryDescriptor, Storage};
-use crate::error::{Error, Result};
+use crate::error::{BoundsError, Error, NixlError, Result};
 use crate::host::HostMemory;
 use crate::kind::StorageKind;
 use std::any::Any;
@@ -56,10 +56,10 @@ impl Agent {
     /// ```
     ///
     /// # Errors
-    /// The storage is handed back in [`RegisterError`] with: [`Error::ZeroSize`] for an empty
-    /// region; [`Error::Overflow`] for a range that wraps the address space;
-    /// [`Error::AlreadyRegistered`] when it overlaps memory this agent registered;
-    /// [`Error::Nixl`] when NIXL refuses (for example when no running backend supports the
+    /// The storage is handed back in [`RegisterError`] with: [`BoundsError::ZeroSize`] for an empty
+    /// region; [`BoundsError::Overflow`] for a range that wraps the address space;
+    /// [`NixlError::AlreadyRegistered`] when it overlaps memory this agent registered;
+    /// [`NixlError::Call`] when NIXL refuses (for example when no running backend supports the
     /// memory type).
     pub fn register<S: Storage>(
         &self,
@@ -82,17 +82,21 @@ impl Agent {
     fn register_boxed<S: Storage>(&self, storage: &S) -> Result<Registration> {
         let (ptr, len, mem_type, device_id) = storage.nixl_params();
         if len == 0 {
-            return Err(Error::ZeroSize {
+            return Err(Error::Bounds(BoundsError::ZeroSize {
                 what: "memory to register",
-            });
+            }));
         }
         let start = ptr as u64;
-        let len64 = u64::try_from(len).map_err(|_| Error::Overflow {
-            what: "registration length",
+        let len64 = u64::try_from(len).map_err(|_| {
+            Error::Bounds(BoundsError::Overflow {
+                what: "registration length",
+            })
         })?;
-        start.checked_add(len64).ok_or(Error::Overflow {
-            what: "registered range",
-        })?;
+        start
+            .checked_add(len64)
+            .ok_or(Error::Bounds(BoundsError::Overflow {
+                what: "registered range",
+            }))?;
         let chunk = self.shared.config.registration_chunk;
         let space = Space::new(mem_type, device_id);
 
@@ -100,14 +104,16 @@ impl Agent {
         // cannot both pass the check.
         let mut registry = lock(&self.shared.registry);
         let id = registry.reserve(space, start, len64, chunk).map_err(
-            |(existing_addr, existing_len)| Error::AlreadyRegistered {
-                agent: self.shared.name.clone(),
-                mem_type,
-                device_id,
-                addr: start,
-                len,
-                existing_addr,
-                existing_len: usize::try_from(existing_len).unwrap_or(usize::MAX),
+            |(existing_addr, existing_len)| {
+                Error::Nixl(NixlError::AlreadyRegistered {
+                    agent: self.shared.name.clone(),
+                    mem_type,
+                    device_id,
+                    addr: start,
+                    len,
+                    existing_addr,
+                    existing_len: usize::try_from(existing_len).unwrap_or(usize::MAX),
+                })
             },
         )?;
         let mut handles = Vec::new();

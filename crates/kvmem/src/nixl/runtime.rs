@@ -4,7 +4,7 @@
 //! resolved the first time it is used. If the library cannot be found then, `nixl-sys` aborts the
 //! process. kvmem never lets it get that far: every NIXL entry point first calls
 //! [`ensure_loaded`], which looks for the library in known places, loads it, and returns
-//! [`Error::NixlUnavailable`] if it is nowhere to be found.
+//! [`NixlError::Unavailable`] if it is nowhere to be found.
 //!
 //! Where kvmem looks: if `$KVMEM_NIXL_LIB_DIR` is set, there alone (a directory that holds
 //! `libnixl_capi.so`; an explicit setting that is wrong is an error, not a hint). Otherwise, in
@@ -16,7 +16,7 @@
 //! 3. NIXL's own install prefix, `$NIXL_PREFIX` or `/opt/nvidia/nvda_nixl`;
 //! 4. the dynamic loader's search path (`LD_LIBRARY_PATH`, `ld.so.cache`).
 
-use crate::error::{Error, Result};
+use crate::error::{Error, NixlError, Result};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -41,15 +41,14 @@ static RUNTIME: OnceLock<std::result::Result<NixlRuntime, String>> = OnceLock::n
 /// Loads the NIXL runtime once per process, and returns where it came from.
 ///
 /// # Errors
-/// [`Error::NixlUnavailable`] when `libnixl_capi.so` cannot be found or loaded; the message lists
+/// [`NixlError::Unavailable`] when `libnixl_capi.so` cannot be found or loaded; the message lists
 /// the places searched and how to install the runtime.
 pub fn ensure_loaded() -> Result<&'static NixlRuntime> {
-    RUNTIME
-        .get_or_init(load)
-        .as_ref()
-        .map_err(|searched| Error::NixlUnavailable {
+    RUNTIME.get_or_init(load).as_ref().map_err(|searched| {
+        Error::Nixl(NixlError::Unavailable {
             searched: searched.clone(),
         })
+    })
 }
 
 /// True when the NIXL runtime can be loaded in this process.
@@ -189,19 +188,14 @@ fn preload(lib: &Path) -> std::result::Result<(), libloading::Error> {
 /// itself reports them.
 ///
 /// # Errors
-/// [`Error::NixlUnavailable`] without the runtime; [`Error::Nixl`] if NIXL refuses to list them.
+/// [`NixlError::Unavailable`] without the runtime; [`NixlError::Call`] if NIXL refuses to list them.
 pub fn available_plugins() -> Result<Vec<String>> {
     ensure_loaded()?;
-    let agent = nixl_sys::Agent::new("kvmem-plugin-probe").map_err(|source| Error::Nixl {
-        op: "create a probe agent",
-        source,
-    })?;
+    let agent = nixl_sys::Agent::new("kvmem-plugin-probe")
+        .map_err(|source| Error::nixl("create a probe agent", source))?;
     let list = agent
         .get_available_plugins()
-        .map_err(|source| Error::Nixl {
-            op: "list plugins",
-            source,
-        })?;
+        .map_err(|source| Error::nixl("list plugins", source))?;
     let mut plugins: Vec<String> = list
         .iter()
         .filter_map(|p| p.ok())

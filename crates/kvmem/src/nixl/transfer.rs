@@ -1,40 +1,14 @@
-//! Moving data: READ and WRITE of block lists between this agent's registered memory and a
-//! peer's, or a file registered with this agent.
-//!
-//! * Local blocks ([`LocalBlocks`]) are registered memory: a [`Buffer`] holding a
-//!   [`Registered`](super::Registered) storage, or an [`OffsetBuffer`] view of one. A transfer
-//!   keeps the buffers alive until NIXL has released it, so the memory cannot be freed under a
-//!   running transfer.
-//! * Remote blocks ([`RemoteBlocks`]) are addresses in a [`Peer`]'s registered memory; they are
-//!   validated against what the peer registered (see [`peer`](super::peer)).
-//! * Files: a [`DiskStorage`](crate::DiskStorage) registered with this agent is a local block of
-//!   `File` memory; [`Agent::write_to_file`] and [`Agent::read_from_file`] move data between
-//!   memory and it through a file backend such as POSIX.
-//!
-//! A posted transfer is a [`Transfer`]: poll it, or wait for it with a timeout. Dropping a
-//! transfer that is still running cancels it (NIXL releases the request, so nothing leaks
-//! inside NIXL); its local buffers are then deliberately leaked, because a backend may still
-//! touch them after cancellation and a leak is safe where a use-after-free is not. The same
-//! holds for a transfer whose peer was invalidated while it ran (NIXL then stops tracking it).
-//! Wait for transfers to finish before dropping them or invalidating their peer to avoid that.
-//!
-//! For blocks transferred again and again, prepare them once ([`Agent::prepare_local`],
-//! [`Agent::prepare_remote`], [`Agent::prepare_file`]) and post with
-//! [`Agent::post_prepared`]: NIXL then skips resolving every descriptor against its registration
-//! tables on each post.
-//!
-//! A transfer may carry a notification: NIXL delivers it to the peer once the data has landed
-//! there, and the peer receives it through [`Agent::wait_notification`] and friends.
+//! The implementation of [`raw`](super::raw): block lists, prepared lists, requests.
 
 use super::MemType;
 use super::agent::{Agent, lock};
 use super::peer::Peer;
 use super::registration::Space;
 use crate::descriptor::{Buffer, MemoryDescriptor};
-use crate::error::{Error, Result};
+use crate::error::{BoundsError, Error, NixlError, NixlStatus, PeerError, Result, TransferError};
 use crate::view::OffsetBuffer;
-use nixl_sys::{NixlError, XferDescList, XferStatus};
-use std::sync::Arc;
+use nixl_sys::{NixlError as SysError, XferDescList, XferStatus};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The direction of a transfer, seen from the initiating agent.
@@ -97,22 +71,24 @@ fn add(
     d: Desc,
 ) -> Result<()> {
     if d.len == 0 {
-        return Err(Error::ZeroSize {
+        return Err(Error::Bounds(BoundsError::ZeroSize {
             what: "transfer block",
-        });
+        }));
     }
-    d.addr.checked_add(d.len as u64).ok_or(Error::Overflow {
-        what: "transfer block",
-    })?;
+    d.addr
+        .checked_add(d.len as u64)
+        .ok_or(Error::Bounds(BoundsError::Overflow {
+            what: "transfer block",
+        }))?;
     match *list_type {
         Some(t) if t != mem_type => {
-            return Err(Error::TransferMismatch {
+            return Err(Error::Transfer(TransferError::Mismatch {
                 reason: format!(
                     "block {} is {mem_type:?} memory but the list holds {t:?} blocks; one list \
                      holds one memory type",
                     list.len()
                 ),
-            });
+            }));
         }
         _ => *list_type = Some(mem_type),
     }
@@ -164,9 +140,9 @@ impl LocalBlocks {
     /// Appends `len` bytes at `offset` in `mem` as one block.
     ///
     /// # Errors
-    /// [`Error::NotRegistered`] when `mem` is not registered memory; [`Error::OutOfBounds`]
-    /// when the range leaves it; [`Error::ZeroSize`] for `len == 0`;
-    /// [`Error::TransferMismatch`] when its memory type differs from the list's.
+    /// [`NixlError::NotRegistered`] when `mem` is not registered memory; [`BoundsError::OutOfBounds`]
+    /// when the range leaves it; [`BoundsError::ZeroSize`] for `len == 0`;
+    /// [`TransferError::Mismatch`] when its memory type differs from the list's.
     pub fn push_range(
         &mut self,
         mem: &impl TransferMemory,
@@ -174,21 +150,21 @@ impl LocalBlocks {
         len: usize,
     ) -> Result<&mut Self> {
         let Some(d) = mem.nixl_descriptor() else {
-            return Err(Error::NotRegistered {
+            return Err(Error::Nixl(NixlError::NotRegistered {
                 what: format!(
                     "{} memory at {:#x} ({} bytes)",
                     mem.storage_kind(),
                     mem.addr(),
                     mem.size()
                 ),
-            });
+            }));
         };
         let Some(d) = d.slice(offset, len) else {
-            return Err(Error::OutOfBounds {
+            return Err(Error::Bounds(BoundsError::OutOfBounds {
                 offset,
                 len,
                 size: d.size,
-            });
+            }));
         };
         add(
             &mut self.descs,
@@ -282,22 +258,22 @@ impl RemoteBlocks {
     /// Appends a block. When the peer shipped a manifest, the block is checked against it now.
     ///
     /// # Errors
-    /// [`Error::RemoteOutOfBounds`] for a block outside the peer's registered regions;
-    /// [`Error::ZeroSize`]; [`Error::TransferMismatch`] for a memory type different from the
+    /// [`PeerError::OutOfBounds`] for a block outside the peer's registered regions;
+    /// [`BoundsError::ZeroSize`]; [`TransferError::Mismatch`] for a memory type different from the
     /// list's.
     pub fn push(&mut self, block: RemoteBlock) -> Result<&mut Self> {
         if let Some(m) = &self.peer.manifest
             && block.len > 0
             && !m.contains(block.mem_type, block.device_id, block.addr, block.len)
         {
-            return Err(Error::RemoteOutOfBounds {
+            return Err(Error::Peer(PeerError::OutOfBounds {
                 peer: self.peer.name().to_owned(),
                 index: self.descs.len(),
                 addr: block.addr,
                 len: block.len,
                 mem_type: block.mem_type,
                 device_id: block.device_id,
-            });
+            }));
         }
         add(
             &mut self.descs,
@@ -315,21 +291,21 @@ impl RemoteBlocks {
     /// Appends `len` bytes at `offset` in region `region` of the peer's manifest.
     ///
     /// # Errors
-    /// [`Error::OutOfBounds`] for a region index or range the manifest does not have (or when
+    /// [`BoundsError::OutOfBounds`] for a region index or range the manifest does not have (or when
     /// the peer sent no manifest); as for [`push`](Self::push).
     pub fn push_region(&mut self, region: usize, offset: u64, len: usize) -> Result<&mut Self> {
         let regions = self.peer.regions();
         let Some(r) = regions.get(region) else {
-            return Err(Error::OutOfBounds {
+            return Err(Error::Bounds(BoundsError::OutOfBounds {
                 offset: region,
                 len: 1,
                 size: regions.len(),
-            });
+            }));
         };
         let Some(addr) = r.addr.checked_add(offset) else {
-            return Err(Error::Overflow {
+            return Err(Error::Bounds(BoundsError::Overflow {
                 what: "remote block address",
-            });
+            }));
         };
         self.push(RemoteBlock {
             addr,
@@ -380,16 +356,117 @@ impl Side<'_> {
 /// What keeps a transfer's local memory alive.
 type Owners = Arc<Vec<Buffer>>;
 
-impl Agent {
+/// The raw NIXL transfers of an [`Agent`]: posting READ/WRITE requests on block lists and on
+/// prepared lists, each returning a [`Transfer`].
+///
+/// This is the low-level layer under [`TransferEngine`](crate::transfer::TransferEngine)'s
+/// `write_remote` / `read_remote` / `transfer`, which is the way to move KV blocks to and from a
+/// peer. Use these directly only for what the engine does not describe: arbitrary address lists,
+/// file transfers through an agent's own backends, or interoperating with an agent written with
+/// NIXL's own API. Implemented by [`Agent`] only.
+pub trait RawTransfers: sealed::Sealed {
     /// Writes `local` to `remote` (block `i` to block `i`); `notification` is delivered to the
     /// peer once the data has landed.
     ///
     /// # Errors
-    /// Before anything moves: [`Error::TransferMismatch`] (empty lists, different block counts
-    /// or lengths), [`Error::UnknownPeer`] / [`Error::PeerInvalidated`] /
-    /// [`Error::PeerUnavailable`], [`Error::NotRegistered`], [`Error::RemoteOutOfBounds`],
-    /// [`Error::Nixl`]. Later failures come from [`Transfer::wait`].
-    pub fn write(
+    /// Before anything moves: [`TransferError::Mismatch`] (empty lists, different block counts
+    /// or lengths), [`PeerError::Unknown`] / [`PeerError::Invalidated`] /
+    /// [`PeerError::Unavailable`], [`NixlError::NotRegistered`], [`PeerError::OutOfBounds`],
+    /// [`NixlError::Call`]. Later failures come from [`Completion::wait`](crate::Completion::wait).
+    fn write(
+        &self,
+        local: &LocalBlocks,
+        remote: &RemoteBlocks,
+        notification: Option<&[u8]>,
+    ) -> Result<Transfer>;
+
+    /// Reads `remote` into `local` (block `i` into block `i`); `notification` is delivered to
+    /// the peer once the data has been read.
+    ///
+    /// # Errors
+    /// As for [`write`](Self::write).
+    fn read(
+        &self,
+        local: &LocalBlocks,
+        remote: &RemoteBlocks,
+        notification: Option<&[u8]>,
+    ) -> Result<Transfer>;
+
+    /// Writes memory blocks `src` into blocks of registered files `file`.
+    ///
+    /// # Errors
+    /// As for [`write`](Self::write); [`NixlError::Call`] when no running backend handles files
+    /// (start POSIX, GDS or GDS_MT).
+    fn write_to_file(&self, src: &LocalBlocks, file: &LocalBlocks) -> Result<Transfer>;
+
+    /// Reads blocks of registered files `file` into memory blocks `dst`.
+    ///
+    /// # Errors
+    /// As for [`write_to_file`](Self::write_to_file).
+    fn read_from_file(&self, dst: &LocalBlocks, file: &LocalBlocks) -> Result<Transfer>;
+
+    /// Prepares local blocks for repeated transfers. Each block must lie in one registration
+    /// chunk (prepared lists keep one NIXL descriptor per block).
+    ///
+    /// # Errors
+    /// [`TransferError::Mismatch`] for an empty list or a block that crosses a chunk boundary;
+    /// [`NixlError::NotRegistered`] when NIXL does not have a block registered; [`NixlError::Call`].
+    fn prepare_local(&self, blocks: &LocalBlocks) -> Result<PreparedLocal>;
+
+    /// Prepares a peer's blocks for repeated transfers. The list belongs to the peer's current
+    /// connection: after [`invalidate_peer`](Agent::invalidate_peer) or
+    /// [`reconnect`](Agent::reconnect) it is refused.
+    ///
+    /// # Errors
+    /// As for [`write`](Self::write).
+    fn prepare_remote(&self, blocks: &RemoteBlocks) -> Result<PreparedRemote>;
+
+    /// Prepares blocks of files registered with this agent as the remote side of repeated
+    /// file transfers.
+    ///
+    /// # Errors
+    /// As for [`prepare_local`](Self::prepare_local).
+    fn prepare_file(&self, blocks: &LocalBlocks) -> Result<PreparedRemote>;
+
+    /// Posts a transfer of every prepared block: local block `i` with remote block `i`.
+    ///
+    /// # Errors
+    /// As for [`post_prepared_selected`](Self::post_prepared_selected).
+    fn post_prepared(
+        &self,
+        op: TransferOp,
+        local: &PreparedLocal,
+        remote: &PreparedRemote,
+        notification: Option<&[u8]>,
+    ) -> Result<Transfer>;
+
+    /// Posts a transfer of selected prepared blocks: `local[local_indices[k]]` with
+    /// `remote[remote_indices[k]]`.
+    ///
+    /// # Errors
+    /// [`TransferError::Mismatch`] for lists prepared on another agent, index lists of
+    /// different lengths, indices out of range or blocks of different lengths;
+    /// [`PeerError::Invalidated`] / [`PeerError::Unknown`] when the peer's connection changed
+    /// since the list was prepared; [`PeerError::Unavailable`]; [`NixlError::Call`].
+    fn post_prepared_selected(
+        &self,
+        op: TransferOp,
+        local: &PreparedLocal,
+        local_indices: &[usize],
+        remote: &PreparedRemote,
+        remote_indices: &[usize],
+        notification: Option<&[u8]>,
+    ) -> Result<Transfer>;
+}
+
+mod sealed {
+    /// Keeps [`RawTransfers`](super::RawTransfers) implemented by kvmem's [`Agent`](super::Agent) only.
+    pub trait Sealed {}
+    impl Sealed for super::Agent {}
+}
+
+impl RawTransfers for Agent {
+    fn write(
         &self,
         local: &LocalBlocks,
         remote: &RemoteBlocks,
@@ -398,12 +475,7 @@ impl Agent {
         self.post_fresh(TransferOp::Write, local, Side::Peer(remote), notification)
     }
 
-    /// Reads `remote` into `local` (block `i` into block `i`); `notification` is delivered to
-    /// the peer once the data has been read.
-    ///
-    /// # Errors
-    /// As for [`write`](Self::write).
-    pub fn read(
+    fn read(
         &self,
         local: &LocalBlocks,
         remote: &RemoteBlocks,
@@ -412,23 +484,130 @@ impl Agent {
         self.post_fresh(TransferOp::Read, local, Side::Peer(remote), notification)
     }
 
-    /// Writes memory blocks `src` into blocks of registered files `file`.
-    ///
-    /// # Errors
-    /// As for [`write`](Self::write); [`Error::Nixl`] when no running backend handles files
-    /// (start POSIX, GDS or GDS_MT).
-    pub fn write_to_file(&self, src: &LocalBlocks, file: &LocalBlocks) -> Result<Transfer> {
+    fn write_to_file(&self, src: &LocalBlocks, file: &LocalBlocks) -> Result<Transfer> {
         self.post_fresh(TransferOp::Write, src, Side::Own(file), None)
     }
 
-    /// Reads blocks of registered files `file` into memory blocks `dst`.
-    ///
-    /// # Errors
-    /// As for [`write_to_file`](Self::write_to_file).
-    pub fn read_from_file(&self, dst: &LocalBlocks, file: &LocalBlocks) -> Result<Transfer> {
+    fn read_from_file(&self, dst: &LocalBlocks, file: &LocalBlocks) -> Result<Transfer> {
         self.post_fresh(TransferOp::Read, dst, Side::Own(file), None)
     }
 
+    fn prepare_local(&self, blocks: &LocalBlocks) -> Result<PreparedLocal> {
+        let (handle, lens) = self.prepare(blocks.mem_type, &blocks.descs, "", true, |source| {
+            self.diagnose_local(blocks, source)
+        })?;
+        Ok(PreparedLocal {
+            handle,
+            owners: Arc::new(blocks.owners.clone()),
+            all: all_indices(lens.len())?,
+            lens,
+            agent: self.clone(),
+        })
+    }
+
+    fn prepare_remote(&self, blocks: &RemoteBlocks) -> Result<PreparedRemote> {
+        let peer = blocks.peer.name();
+        self.check_peer(peer, blocks.peer.generation)?;
+        let (handle, lens) =
+            self.prepare(blocks.mem_type, &blocks.descs, peer, false, |source| {
+                let empty = LocalBlocks::new();
+                match blocks.mem_type {
+                    Some(t) => self.diagnose(
+                        t,
+                        &empty.descs,
+                        &Side::Peer(blocks),
+                        source,
+                        "prepare remote blocks",
+                    ),
+                    None => Error::nixl("prepare remote blocks", source),
+                }
+            })?;
+        Ok(PreparedRemote {
+            handle,
+            owners: None,
+            all: all_indices(lens.len())?,
+            lens,
+            target: peer.to_owned(),
+            generation: Some(blocks.peer.generation),
+            agent: self.clone(),
+        })
+    }
+
+    fn prepare_file(&self, blocks: &LocalBlocks) -> Result<PreparedRemote> {
+        let name = self.name().to_owned();
+        let (handle, lens) =
+            self.prepare(blocks.mem_type, &blocks.descs, &name, true, |source| {
+                self.diagnose_local(blocks, source)
+            })?;
+        Ok(PreparedRemote {
+            handle,
+            owners: Some(Arc::new(blocks.owners.clone())),
+            all: all_indices(lens.len())?,
+            lens,
+            target: name,
+            generation: None,
+            agent: self.clone(),
+        })
+    }
+
+    fn post_prepared(
+        &self,
+        op: TransferOp,
+        local: &PreparedLocal,
+        remote: &PreparedRemote,
+        notification: Option<&[u8]>,
+    ) -> Result<Transfer> {
+        if local.lens != remote.lens {
+            return Err(mismatch(format!(
+                "the prepared lists hold {} and {} blocks, or blocks of different lengths; \
+                 select matching blocks with post_prepared_selected",
+                local.len(),
+                remote.len()
+            )));
+        }
+        self.post_made(op, local, &local.all, remote, &remote.all, notification)
+    }
+
+    fn post_prepared_selected(
+        &self,
+        op: TransferOp,
+        local: &PreparedLocal,
+        local_indices: &[usize],
+        remote: &PreparedRemote,
+        remote_indices: &[usize],
+        notification: Option<&[u8]>,
+    ) -> Result<Transfer> {
+        if local_indices.len() != remote_indices.len() || local_indices.is_empty() {
+            return Err(mismatch(format!(
+                "{} local and {} remote indices; give the same, positive number",
+                local_indices.len(),
+                remote_indices.len()
+            )));
+        }
+        let mut li = Vec::with_capacity(local_indices.len());
+        let mut ri = Vec::with_capacity(remote_indices.len());
+        for (k, (&l, &r)) in local_indices.iter().zip(remote_indices).enumerate() {
+            let (Some(ll), Some(rl)) = (local.lens.get(l), remote.lens.get(r)) else {
+                return Err(mismatch(format!(
+                    "pair {k} selects local block {l} of {} / remote block {r} of {}",
+                    local.len(),
+                    remote.len()
+                )));
+            };
+            if ll != rl {
+                return Err(mismatch(format!(
+                    "pair {k}: local block {l} is {ll} bytes but remote block {r} is {rl} bytes"
+                )));
+            }
+            // In range of the lists' lengths, which fit in i32 (checked when prepared).
+            li.push(l as i32);
+            ri.push(r as i32);
+        }
+        self.post_made(op, local, &li, remote, &ri, notification)
+    }
+}
+
+impl Agent {
     fn target_of<'a>(&'a self, side: &'a Side<'_>) -> &'a str {
         match side {
             Side::Peer(r) => r.peer.name(),
@@ -477,7 +656,8 @@ impl Agent {
             Side::Own(f) => Some(Arc::new(f.owners.clone())),
             Side::Peer(_) => None,
         };
-        self.post(op, request, target.to_owned(), owners, file_owners)
+        let bytes = usize::try_from(local.bytes()).unwrap_or(usize::MAX);
+        self.post(op, request, target.to_owned(), owners, file_owners, bytes)
     }
 
     /// Adds the blocks to NIXL's lists, splitting pairs where a local (or file) block crosses a
@@ -535,36 +715,38 @@ impl Agent {
         target: String,
         owners: Owners,
         file_owners: Option<Owners>,
+        bytes: usize,
     ) -> Result<Transfer> {
-        let mut transfer = Transfer {
-            request: Some(request),
+        let posted = self.nixl().post_xfer_req(&request, None);
+        let transfer = Transfer {
+            live: Mutex::new(Live {
+                request: Some(request),
+                state: State::InFlight,
+                unsettled: false,
+            }),
             owners: Some((owners, file_owners)),
             agent: self.clone(),
             op,
             target,
-            state: State::InFlight,
-            unsettled: false,
+            bytes,
         };
-        let Some(request) = transfer.request.as_ref() else {
-            return Err(mismatch("internal: transfer without request"));
-        };
-        match self.nixl().post_xfer_req(request, None) {
+        match posted {
             Ok(true) => {}
-            Ok(false) => transfer.state = State::Done,
+            Ok(false) => transfer.lock().state = State::Done,
             Err(source) => {
                 // Not running: release normally.
-                transfer.state = State::Failed(clone_nixl_error(&source));
-                if matches!(source, NixlError::NotFound) && transfer.target != self.name() {
-                    return Err(Error::PeerUnavailable {
+                transfer.lock().state = State::Failed(NixlStatus::of(&source));
+                if matches!(source, SysError::NotFound) && transfer.target != self.name() {
+                    return Err(Error::Peer(PeerError::Unavailable {
                         agent: self.name().to_owned(),
                         peer: transfer.target.clone(),
-                    });
+                    }));
                 }
-                return Err(Error::TransferFailed {
+                return Err(Error::Transfer(TransferError::Failed {
                     op: op.name(),
                     peer: transfer.target.clone(),
-                    source,
-                });
+                    source: NixlStatus::of(&source),
+                }));
             }
         }
         Ok(transfer)
@@ -576,16 +758,16 @@ impl Agent {
         local_type: MemType,
         local: &[Desc],
         side: &Side<'_>,
-        source: NixlError,
+        source: SysError,
         op: &'static str,
     ) -> Error {
         if let Side::Peer(r) = side
             && !self.nixl().check_remote_metadata(r.peer.name(), None)
         {
-            return Error::PeerUnavailable {
+            return Error::Peer(PeerError::Unavailable {
                 agent: self.name().to_owned(),
                 peer: r.peer.name().to_owned(),
-            };
+            });
         }
         {
             let registry = lock(&self.shared.registry);
@@ -594,11 +776,13 @@ impl Agent {
                     registry
                         .covering(Space::new(t, d.dev), d.addr, d.len as u64)
                         .is_none()
-                        .then(|| Error::NotRegistered {
-                            what: format!(
-                                "{what} {i} ({t:?} {:#x}+{}, device {})",
-                                d.addr, d.len, d.dev
-                            ),
+                        .then(|| {
+                            Error::Nixl(NixlError::NotRegistered {
+                                what: format!(
+                                    "{what} {i} ({t:?} {:#x}+{}, device {})",
+                                    d.addr, d.len, d.dev
+                                ),
+                            })
                         })
                 })
             };
@@ -621,14 +805,14 @@ impl Agent {
                 };
                 one.add_desc(d.addr as usize, d.len, d.dev);
                 if !self.nixl().check_remote_metadata(r.peer.name(), Some(&one)) {
-                    return Error::RemoteOutOfBounds {
+                    return Error::Peer(PeerError::OutOfBounds {
                         peer: r.peer.name().to_owned(),
                         index: i,
                         addr: d.addr,
                         len: d.len,
                         mem_type: t,
                         device_id: d.dev,
-                    };
+                    });
                 }
             }
         }
@@ -637,9 +821,9 @@ impl Agent {
 }
 
 fn mismatch(reason: impl Into<String>) -> Error {
-    Error::TransferMismatch {
+    Error::Transfer(TransferError::Mismatch {
         reason: reason.into(),
-    }
+    })
 }
 
 fn check_pairs(local: &[Desc], remote: &[Desc]) -> Result<()> {
@@ -679,123 +863,117 @@ fn notification_args(notification: Option<&[u8]>) -> Result<Option<nixl_sys::Opt
     Ok(Some(args))
 }
 
-/// NIXL's errors are not `Clone`; a failed transfer reports its error on every poll.
-fn clone_nixl_error(e: &NixlError) -> NixlError {
-    match e {
-        NixlError::InvalidParam => NixlError::InvalidParam,
-        NixlError::BackendError => NixlError::BackendError,
-        NixlError::StringConversionError(n) => NixlError::StringConversionError(n.clone()),
-        NixlError::IndexOutOfBounds => NixlError::IndexOutOfBounds,
-        NixlError::InvalidDataPointer => NixlError::InvalidDataPointer,
-        NixlError::FailedToCreateXferRequest => NixlError::FailedToCreateXferRequest,
-        NixlError::RegDescListCreationFailed => NixlError::RegDescListCreationFailed,
-        NixlError::RegDescAddFailed => NixlError::RegDescAddFailed,
-        NixlError::FailedToCreateXferDlistHandle => NixlError::FailedToCreateXferDlistHandle,
-        NixlError::FailedToCreateBackend => NixlError::FailedToCreateBackend,
-        NixlError::NoTelemetry => NixlError::NoTelemetry,
-        NixlError::NotFound => NixlError::NotFound,
-    }
-}
-
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 enum State {
     InFlight,
     Done,
-    Failed(NixlError),
+    Failed(NixlStatus),
+    Cancelled,
 }
 
-/// A posted transfer. Poll it or wait for it; dropping it while it runs cancels it (see the
-/// [module docs](self)).
+/// The part of a [`Transfer`] that polling and cancelling change.
+struct Live {
+    request: Option<nixl_sys::XferRequest>,
+    state: State,
+    /// Failed or cancelled in a way that leaves it unknown whether the backend still uses the
+    /// memory.
+    unsettled: bool,
+}
+
+/// A posted transfer. Poll it, wait for it or cancel it through
+/// [`Completion`](crate::Completion); dropping it while it runs cancels it (see the
+/// [module docs](super::raw)).
+///
+/// [`cancel`](crate::Completion::cancel) releases the request, which makes NIXL cancel it; its
+/// local buffers (and the files it names) are then kept alive for the rest of the process,
+/// because the backend may still touch them, and [`wait`](crate::Completion::wait) reports
+/// [`TransferError::Cancelled`].
 #[must_use = "a transfer is cancelled when dropped; wait for it"]
 pub struct Transfer {
     // Declared first: the request is released before the memory it uses can be freed.
-    request: Option<nixl_sys::XferRequest>,
+    live: Mutex<Live>,
     owners: Option<(Owners, Option<Owners>)>,
     agent: Agent,
     op: TransferOp,
     target: String,
-    state: State,
-    /// Failed in a way that leaves it unknown whether the backend still uses the memory.
-    unsettled: bool,
+    bytes: usize,
 }
 
 impl Transfer {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Live> {
+        // Updated in single assignments: a poisoned lock holds a consistent value.
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn failed(&self, source: NixlStatus) -> Error {
+        Error::Transfer(TransferError::Failed {
+            op: self.op.name(),
+            peer: self.target.clone(),
+            source,
+        })
+    }
+
     /// Checks progress once: `Ok(true)` when all data has moved, `Ok(false)` while it runs.
     ///
-    /// # Errors
-    /// [`Error::TransferFailed`] when the transfer failed (the peer died, disconnected or was
-    /// invalidated meanwhile); every later poll reports it again.
-    pub fn poll(&mut self) -> Result<bool> {
-        match &self.state {
+    /// Errors: [`TransferError::Failed`] when the transfer failed (the peer died, disconnected or
+    /// was invalidated meanwhile), [`TransferError::Cancelled`] after a cancel; every later poll
+    /// reports it again.
+    pub(crate) fn poll(&self) -> Result<bool> {
+        let mut live = self.lock();
+        match live.state {
             State::Done => return Ok(true),
-            State::Failed(e) => {
-                return Err(Error::TransferFailed {
-                    op: self.op.name(),
-                    peer: self.target.clone(),
-                    source: clone_nixl_error(e),
-                });
+            State::Failed(e) => return Err(self.failed(e)),
+            State::Cancelled => {
+                return Err(Error::Transfer(TransferError::Cancelled {
+                    done: 0,
+                    total: self.bytes,
+                }));
             }
             State::InFlight => {}
         }
-        let Some(request) = self.request.as_ref() else {
-            self.state = State::Done;
+        let Some(request) = live.request.as_ref() else {
+            live.state = State::Done;
             return Ok(true);
         };
         match self.agent.nixl().get_xfer_status(request) {
             Ok(XferStatus::Success) => {
-                self.state = State::Done;
+                live.state = State::Done;
                 Ok(true)
             }
             Ok(XferStatus::InProgress) => Ok(false),
             Err(source) => {
                 // NOT_FOUND: the peer was invalidated under the transfer; NIXL stopped tracking
                 // it without saying whether the backend is done with the memory.
-                self.unsettled = matches!(source, NixlError::NotFound);
-                self.state = State::Failed(clone_nixl_error(&source));
-                Err(Error::TransferFailed {
-                    op: self.op.name(),
-                    peer: self.target.clone(),
-                    source,
-                })
+                live.unsettled = matches!(source, SysError::NotFound);
+                let status = NixlStatus::of(&source);
+                live.state = State::Failed(status);
+                Err(self.failed(status))
             }
         }
     }
 
-    /// Waits until the transfer has finished, at most `timeout`.
+    /// Polls until the transfer has finished (`Ok(true)`), failed, or `timeout` passed
+    /// (`Ok(false)`).
     ///
-    /// Polls, yielding the CPU between polls; after 2 ms it sleeps 50 µs between polls when the
-    /// agent runs NIXL's progress thread (which then moves the data), and keeps polling when it
-    /// does not (the polls themselves move the data).
-    ///
-    /// # Errors
-    /// [`Error::Timeout`] when it is still running (it keeps running; wait again or drop it to
-    /// cancel); [`Error::TransferFailed`] as for [`poll`](Self::poll).
-    pub fn wait(&mut self, timeout: Duration) -> Result<()> {
+    /// Yields the CPU between polls; after 2 ms it sleeps 50 µs between polls when the agent runs
+    /// NIXL's progress thread (which then moves the data), and keeps polling when it does not (the
+    /// polls themselves move the data).
+    pub(crate) fn poll_for(&self, timeout: Duration) -> Result<bool> {
         let start = Instant::now();
         loop {
             if self.poll()? {
-                return Ok(());
+                return Ok(true);
             }
             let waited = start.elapsed();
             if waited >= timeout {
-                return Err(Error::Timeout {
-                    what: format!("{} with '{}'", self.op.name(), self.target),
-                    waited,
-                });
+                return Ok(false);
             }
-            // Without NIXL's progress thread, each poll is what moves the data: keep polling.
-            // With it, back off to short sleeps once the transfer turns out to be a long one.
             if waited < Duration::from_millis(2) || !self.agent.config().progress_thread {
                 std::thread::yield_now();
             } else {
                 std::thread::sleep(Duration::from_micros(50));
             }
         }
-    }
-
-    /// True once the transfer has completed successfully.
-    pub fn is_done(&self) -> bool {
-        matches!(self.state, State::Done)
     }
 
     /// The direction.
@@ -809,28 +987,79 @@ impl Transfer {
     }
 }
 
+impl crate::Completion for Transfer {
+    type Output = ();
+
+    fn is_done(&self) -> bool {
+        !matches!(self.poll(), Ok(false))
+    }
+
+    fn wait_timeout(&self, timeout: Duration) -> bool {
+        !matches!(self.poll_for(timeout), Ok(false))
+    }
+
+    /// Waits until the transfer has finished.
+    ///
+    /// # Errors
+    /// [`TransferError::Failed`] when the transfer failed (the peer died, disconnected or was
+    /// invalidated meanwhile); [`TransferError::Cancelled`] after a cancel.
+    fn wait(self) -> Result<()> {
+        while !self.poll_for(Duration::from_secs(1))? {}
+        Ok(())
+    }
+
+    fn cancel(&self) {
+        let mut live = self.lock();
+        if !matches!(live.state, State::InFlight) {
+            return;
+        }
+        let running = live.request.as_ref().is_some_and(|r| {
+            matches!(
+                self.agent.nixl().get_xfer_status(r),
+                Ok(XferStatus::InProgress) | Err(SysError::NotFound)
+            )
+        });
+        if !running {
+            // It finished meanwhile; the next poll reports how.
+            return;
+        }
+        // Releasing a running request cancels it.
+        drop(live.request.take());
+        live.state = State::Cancelled;
+        live.unsettled = true;
+        tracing::warn!(
+            agent = %self.agent.name(),
+            op = self.op.name(),
+            target = %self.target,
+            "transfer cancelled: its local buffers are kept alive for the rest of the process \
+             because the backend may still touch them"
+        );
+    }
+}
+
 impl std::fmt::Debug for Transfer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Transfer")
             .field("op", &self.op)
             .field("target", &self.target)
-            .field("state", &self.state)
+            .field("state", &self.lock().state)
             .finish()
     }
 }
 
 impl Drop for Transfer {
     fn drop(&mut self) {
-        let running = self.unsettled
-            || matches!(self.state, State::InFlight)
-                && self.request.as_ref().is_some_and(|r| {
+        let live = self.live.get_mut().unwrap_or_else(|p| p.into_inner());
+        let running = live.unsettled
+            || matches!(live.state, State::InFlight)
+                && live.request.as_ref().is_some_and(|r| {
                     matches!(
                         self.agent.nixl().get_xfer_status(r),
-                        Ok(XferStatus::InProgress) | Err(NixlError::NotFound)
+                        Ok(XferStatus::InProgress) | Err(SysError::NotFound)
                     )
                 });
         // Releasing a running request cancels it.
-        drop(self.request.take());
+        drop(live.request.take());
         if running {
             tracing::warn!(
                 agent = %self.agent.name(),
@@ -856,7 +1085,7 @@ unsafe impl Send for DlistHandle {}
 // SAFETY: as above: shared use only reads it.
 unsafe impl Sync for DlistHandle {}
 
-/// Local blocks prepared once for repeated transfers (see [`Agent::prepare_local`]).
+/// Local blocks prepared once for repeated transfers (see [`RawTransfers::prepare_local`]).
 pub struct PreparedLocal {
     // Declared first: released before the registrations it refers to and the agent.
     handle: DlistHandle,
@@ -924,82 +1153,7 @@ impl std::fmt::Debug for PreparedRemote {
 }
 
 impl Agent {
-    /// Prepares local blocks for repeated transfers. Each block must lie in one registration
-    /// chunk (prepared lists keep one NIXL descriptor per block).
-    ///
-    /// # Errors
-    /// [`Error::TransferMismatch`] for an empty list or a block that crosses a chunk boundary;
-    /// [`Error::NotRegistered`] when NIXL does not have a block registered; [`Error::Nixl`].
-    pub fn prepare_local(&self, blocks: &LocalBlocks) -> Result<PreparedLocal> {
-        let (handle, lens) = self.prepare(blocks.mem_type, &blocks.descs, "", true, |source| {
-            self.diagnose_local(blocks, source)
-        })?;
-        Ok(PreparedLocal {
-            handle,
-            owners: Arc::new(blocks.owners.clone()),
-            all: all_indices(lens.len())?,
-            lens,
-            agent: self.clone(),
-        })
-    }
-
-    /// Prepares a peer's blocks for repeated transfers. The list belongs to the peer's current
-    /// connection: after [`invalidate_peer`](Self::invalidate_peer) or
-    /// [`reconnect`](Self::reconnect) it is refused.
-    ///
-    /// # Errors
-    /// As for [`write`](Self::write).
-    pub fn prepare_remote(&self, blocks: &RemoteBlocks) -> Result<PreparedRemote> {
-        let peer = blocks.peer.name();
-        self.check_peer(peer, blocks.peer.generation)?;
-        let (handle, lens) =
-            self.prepare(blocks.mem_type, &blocks.descs, peer, false, |source| {
-                let empty = LocalBlocks::new();
-                match blocks.mem_type {
-                    Some(t) => self.diagnose(
-                        t,
-                        &empty.descs,
-                        &Side::Peer(blocks),
-                        source,
-                        "prepare remote blocks",
-                    ),
-                    None => Error::nixl("prepare remote blocks", source),
-                }
-            })?;
-        Ok(PreparedRemote {
-            handle,
-            owners: None,
-            all: all_indices(lens.len())?,
-            lens,
-            target: peer.to_owned(),
-            generation: Some(blocks.peer.generation),
-            agent: self.clone(),
-        })
-    }
-
-    /// Prepares blocks of files registered with this agent as the remote side of repeated
-    /// file transfers.
-    ///
-    /// # Errors
-    /// As for [`prepare_local`](Self::prepare_local).
-    pub fn prepare_file(&self, blocks: &LocalBlocks) -> Result<PreparedRemote> {
-        let name = self.name().to_owned();
-        let (handle, lens) =
-            self.prepare(blocks.mem_type, &blocks.descs, &name, true, |source| {
-                self.diagnose_local(blocks, source)
-            })?;
-        Ok(PreparedRemote {
-            handle,
-            owners: Some(Arc::new(blocks.owners.clone())),
-            all: all_indices(lens.len())?,
-            lens,
-            target: name,
-            generation: None,
-            agent: self.clone(),
-        })
-    }
-
-    fn diagnose_local(&self, blocks: &LocalBlocks, source: NixlError) -> Error {
+    fn diagnose_local(&self, blocks: &LocalBlocks, source: SysError) -> Error {
         let empty = LocalBlocks::new();
         match blocks.mem_type {
             Some(t) => self.diagnose(
@@ -1019,7 +1173,7 @@ impl Agent {
         descs: &[Desc],
         agent_name: &str,
         local_memory: bool,
-        diagnose: impl FnOnce(NixlError) -> Error,
+        diagnose: impl FnOnce(SysError) -> Error,
     ) -> Result<(DlistHandle, Vec<usize>)> {
         let Some(mem_type) = mem_type else {
             return Err(mismatch("cannot prepare an empty list"));
@@ -1049,74 +1203,6 @@ impl Agent {
             .prepare_xfer_dlist(agent_name, &list, None)
             .map_err(diagnose)?;
         Ok((DlistHandle(handle), descs.iter().map(|d| d.len).collect()))
-    }
-
-    /// Posts a transfer of every prepared block: local block `i` with remote block `i`.
-    ///
-    /// # Errors
-    /// As for [`post_prepared_selected`](Self::post_prepared_selected).
-    pub fn post_prepared(
-        &self,
-        op: TransferOp,
-        local: &PreparedLocal,
-        remote: &PreparedRemote,
-        notification: Option<&[u8]>,
-    ) -> Result<Transfer> {
-        if local.lens != remote.lens {
-            return Err(mismatch(format!(
-                "the prepared lists hold {} and {} blocks, or blocks of different lengths; \
-                 select matching blocks with post_prepared_selected",
-                local.len(),
-                remote.len()
-            )));
-        }
-        self.post_made(op, local, &local.all, remote, &remote.all, notification)
-    }
-
-    /// Posts a transfer of selected prepared blocks: `local[local_indices[k]]` with
-    /// `remote[remote_indices[k]]`.
-    ///
-    /// # Errors
-    /// [`Error::TransferMismatch`] for lists prepared on another agent, index lists of
-    /// different lengths, indices out of range or blocks of different lengths;
-    /// [`Error::PeerInvalidated`] / [`Error::UnknownPeer`] when the peer's connection changed
-    /// since the list was prepared; [`Error::PeerUnavailable`]; [`Error::Nixl`].
-    pub fn post_prepared_selected(
-        &self,
-        op: TransferOp,
-        local: &PreparedLocal,
-        local_indices: &[usize],
-        remote: &PreparedRemote,
-        remote_indices: &[usize],
-        notification: Option<&[u8]>,
-    ) -> Result<Transfer> {
-        if local_indices.len() != remote_indices.len() || local_indices.is_empty() {
-            return Err(mismatch(format!(
-                "{} local and {} remote indices; give the same, positive number",
-                local_indices.len(),
-                remote_indices.len()
-            )));
-        }
-        let mut li = Vec::with_capacity(local_indices.len());
-        let mut ri = Vec::with_capacity(remote_indices.len());
-        for (k, (&l, &r)) in local_indices.iter().zip(remote_indices).enumerate() {
-            let (Some(ll), Some(rl)) = (local.lens.get(l), remote.lens.get(r)) else {
-                return Err(mismatch(format!(
-                    "pair {k} selects local block {l} of {} / remote block {r} of {}",
-                    local.len(),
-                    remote.len()
-                )));
-            };
-            if ll != rl {
-                return Err(mismatch(format!(
-                    "pair {k}: local block {l} is {ll} bytes but remote block {r} is {rl} bytes"
-                )));
-            }
-            // In range of the lists' lengths, which fit in i32 (checked when prepared).
-            li.push(l as i32);
-            ri.push(r as i32);
-        }
-        self.post_made(op, local, &li, remote, &ri, notification)
     }
 
     fn post_made(
@@ -1153,27 +1239,31 @@ impl Agent {
                 if remote.generation.is_some()
                     && !self.nixl().check_remote_metadata(&remote.target, None)
                 {
-                    Error::PeerUnavailable {
+                    Error::Peer(PeerError::Unavailable {
                         agent: self.name().to_owned(),
                         peer: remote.target.clone(),
-                    }
+                    })
                 } else {
                     Error::nixl("make a transfer request from prepared lists", source)
                 }
             })?;
+        let bytes = li.iter().filter_map(|&i| local.lens.get(i as usize)).sum();
         self.post(
             op,
             request,
             remote.target.clone(),
             local.owners.clone(),
             remote.owners.clone(),
+            bytes,
         )
     }
 }
 
 fn all_indices(n: usize) -> Result<Vec<i32>> {
-    let n = i32::try_from(n).map_err(|_| Error::Overflow {
-        what: "prepared list length (NIXL indexes blocks with i32)",
+    let n = i32::try_from(n).map_err(|_| {
+        Error::Bounds(BoundsError::Overflow {
+            what: "prepared list length (NIXL indexes blocks with i32)",
+        })
     })?;
     Ok((0..n).collect())
 }

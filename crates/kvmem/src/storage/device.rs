@@ -1,6 +1,6 @@
 use crate::cuda::{CudaDevice, driver};
 use crate::descriptor::MemoryDescriptor;
-use crate::error::{Error, Result};
+use crate::error::{BoundsError, Error, Result};
 use crate::kind::StorageKind;
 use crate::nixl::{MemType, NixlCompatible, NixlDescriptor};
 use cudarc::driver::{result, sys};
@@ -21,13 +21,13 @@ impl DeviceStorage {
     /// Allocates `size` bytes on `device`.
     ///
     /// # Errors
-    /// [`Error::ZeroSize`] for `size == 0`, [`Error::DeviceOutOfMemory`] (with the device's free
-    /// and total memory) when it does not fit, [`Error::Cuda`] for other driver failures.
+    /// [`BoundsError::ZeroSize`] for `size == 0`, [`CudaError::OutOfMemory`](crate::error::CudaError::OutOfMemory) (with the device's free
+    /// and total memory) when it does not fit, [`CudaError::Driver`](crate::error::CudaError::Driver) for other driver failures.
     pub fn new(device: &CudaDevice, size: usize) -> Result<Self> {
         if size == 0 {
-            return Err(Error::ZeroSize {
+            return Err(Error::Bounds(BoundsError::ZeroSize {
                 what: "device storage",
-            });
+            }));
         }
         device.bind()?;
         // SAFETY: a plain allocation call; the memory is owned by the value built below.

@@ -1,5 +1,5 @@
 use crate::descriptor::MemoryDescriptor;
-use crate::error::{Error, Result};
+use crate::error::{BoundsError, Error, IoError, Result};
 use crate::host::checked_range;
 use crate::kind::StorageKind;
 use crate::nixl::{MemType, NixlCompatible, NixlDescriptor};
@@ -65,7 +65,7 @@ impl DiskStorage {
     /// Creates a file of `size` bytes with a fresh unique name in `dir`.
     ///
     /// # Errors
-    /// [`Error::ZeroSize`] for `size == 0`; [`Error::Io`] when the directory is missing or not
+    /// [`BoundsError::ZeroSize`] for `size == 0`; [`IoError::File`] when the directory is missing or not
     /// writable, or `fallocate` cannot reserve the space. Nothing is left behind on error.
     pub fn new_in(dir: impl AsRef<Path>, size: usize) -> Result<Self> {
         static SEQ: AtomicU64 = AtomicU64::new(0);
@@ -80,7 +80,7 @@ impl DiskStorage {
                 .unwrap_or(0);
             let path = dir.join(format!("kvmem-{pid}-{seq}-{nanos:08x}.kvd"));
             match Self::create_at(&path, size) {
-                Err(Error::Io { source, .. })
+                Err(Error::Io(IoError::File { source, .. }))
                     if source.kind() == std::io::ErrorKind::AlreadyExists && attempts < 16 =>
                 {
                     attempts += 1;
@@ -94,14 +94,14 @@ impl DiskStorage {
     /// `size` bytes in it.
     ///
     /// # Errors
-    /// [`Error::ZeroSize`] for `size == 0`; [`Error::Io`] when the path exists, its directory is
+    /// [`BoundsError::ZeroSize`] for `size == 0`; [`IoError::File`] when the path exists, its directory is
     /// missing or not writable, or the space cannot be reserved. Nothing is left behind on error.
     pub fn create_at(path: impl AsRef<Path>, size: usize) -> Result<Self> {
         let path = path.as_ref();
         if size == 0 {
-            return Err(Error::ZeroSize {
+            return Err(Error::Bounds(BoundsError::ZeroSize {
                 what: "disk storage",
-            });
+            }));
         }
         let flags =
             OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
@@ -127,7 +127,7 @@ impl DiskStorage {
     /// current length. The file is left in place on drop.
     ///
     /// # Errors
-    /// [`Error::Io`] when it cannot be opened; [`Error::ZeroSize`] for an empty file.
+    /// [`IoError::File`] when it cannot be opened; [`BoundsError::ZeroSize`] for an empty file.
     pub fn open_existing(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let fd = rustix::fs::open(
@@ -137,13 +137,15 @@ impl DiskStorage {
         )
         .map_err(|e| Error::io("open", path, e.into()))?;
         let st = rustix::fs::fstat(&fd).map_err(|e| Error::io("stat", path, e.into()))?;
-        let size = usize::try_from(st.st_size).map_err(|_| Error::Overflow {
-            what: "file length",
+        let size = usize::try_from(st.st_size).map_err(|_| {
+            Error::Bounds(BoundsError::Overflow {
+                what: "file length",
+            })
         })?;
         if size == 0 {
-            return Err(Error::ZeroSize {
+            return Err(Error::Bounds(BoundsError::ZeroSize {
                 what: "existing disk file",
-            });
+            }));
         }
         let direct = enable_direct_io(&fd, path);
         Ok(DiskStorage {
@@ -176,7 +178,7 @@ impl DiskStorage {
     /// [`DIRECT_IO_ALIGN`] (a [`SystemStorage`](crate::SystemStorage) is page-aligned).
     ///
     /// # Errors
-    /// [`Error::OutOfBounds`], [`Error::Misaligned`], [`Error::Io`] or [`Error::ShortIo`].
+    /// [`BoundsError::OutOfBounds`], [`BoundsError::Misaligned`], [`IoError::File`] or [`IoError::Short`].
     pub fn write_at(&self, offset: u64, buf: &[u8]) -> Result<()> {
         self.check_io(offset, buf.as_ptr(), buf.len())?;
         let done = pwrite_all(self.fd.as_fd(), buf, offset)
@@ -188,7 +190,7 @@ impl DiskStorage {
     /// [`write_at`](Self::write_at).
     ///
     /// # Errors
-    /// [`Error::OutOfBounds`], [`Error::Misaligned`], [`Error::Io`] or [`Error::ShortIo`].
+    /// [`BoundsError::OutOfBounds`], [`BoundsError::Misaligned`], [`IoError::File`] or [`IoError::Short`].
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.check_io(offset, buf.as_ptr(), buf.len())?;
         let len = buf.len();
@@ -198,8 +200,10 @@ impl DiskStorage {
     }
 
     fn check_io(&self, offset: u64, ptr: *const u8, len: usize) -> Result<()> {
-        let start = usize::try_from(offset).map_err(|_| Error::Overflow {
-            what: "file offset",
+        let start = usize::try_from(offset).map_err(|_| {
+            Error::Bounds(BoundsError::Overflow {
+                what: "file offset",
+            })
         })?;
         checked_range(start, len, self.size)?;
         if self.direct {
@@ -210,7 +214,11 @@ impl DiskStorage {
                 ("O_DIRECT buffer address", ptr as u64),
             ] {
                 if value % align != 0 {
-                    return Err(Error::Misaligned { what, value, align });
+                    return Err(Error::Bounds(BoundsError::Misaligned {
+                        what,
+                        value,
+                        align,
+                    }));
                 }
             }
         }
@@ -244,7 +252,7 @@ pub(crate) fn pread_all(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> std:
     Ok(done)
 }
 
-/// [`Error::ShortIo`] unless `actual == expected`.
+/// [`IoError::Short`] unless `actual == expected`.
 pub(crate) fn expect_full(
     op: &'static str,
     offset: u64,
@@ -254,12 +262,12 @@ pub(crate) fn expect_full(
     if actual == expected {
         Ok(())
     } else {
-        Err(Error::ShortIo {
+        Err(Error::Io(IoError::Short {
             op,
             offset,
             expected,
             actual,
-        })
+        }))
     }
 }
 

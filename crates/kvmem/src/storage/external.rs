@@ -1,5 +1,5 @@
 use crate::descriptor::MemoryDescriptor;
-use crate::error::{Error, Result};
+use crate::error::{BoundsError, Error, Result};
 use crate::host::HostMemory;
 use crate::kind::StorageKind;
 use crate::nixl::{MemType, NixlCompatible, NixlDescriptor};
@@ -31,7 +31,7 @@ impl ExternalDeviceMemory {
     /// it) exists.
     ///
     /// # Errors
-    /// [`Error::ZeroSize`] for `size == 0`; [`Error::Overflow`] for a null pointer or a range that
+    /// [`BoundsError::ZeroSize`] for `size == 0`; [`BoundsError::Overflow`] for a null pointer or a range that
     /// wraps the address space.
     pub unsafe fn new(ptr: *const u8, size: usize, device_id: u64) -> Result<Self> {
         check_range(ptr, size, "external device memory")?;
@@ -55,10 +55,10 @@ impl ExternalDeviceMemory {
 
 fn check_range(ptr: *const u8, size: usize, what: &'static str) -> Result<()> {
     if size == 0 {
-        return Err(Error::ZeroSize { what });
+        return Err(Error::Bounds(BoundsError::ZeroSize { what }));
     }
     if ptr.is_null() || (ptr as usize).checked_add(size).is_none() {
-        return Err(Error::Overflow { what });
+        return Err(Error::Bounds(BoundsError::Overflow { what }));
     }
     Ok(())
 }
@@ -125,7 +125,7 @@ impl ExternalHostMemory {
     /// [`HostMemory`] is alive.
     ///
     /// # Errors
-    /// [`Error::ZeroSize`] for `size == 0`; [`Error::Overflow`] for a null pointer or a range that
+    /// [`BoundsError::ZeroSize`] for `size == 0`; [`BoundsError::Overflow`] for a null pointer or a range that
     /// wraps the address space.
     pub unsafe fn new(ptr: *mut u8, size: usize) -> Result<Self> {
         check_range(ptr, size, "external host memory")?;
@@ -226,15 +226,15 @@ mod tests {
         unsafe {
             assert!(matches!(
                 ExternalHostMemory::new(std::ptr::null_mut(), 4),
-                Err(Error::Overflow { .. })
+                Err(Error::Bounds(BoundsError::Overflow { .. }))
             ));
             assert!(matches!(
                 ExternalDeviceMemory::new(0x1000 as *const u8, 0, 0),
-                Err(Error::ZeroSize { .. })
+                Err(Error::Bounds(BoundsError::ZeroSize { .. }))
             ));
             assert!(matches!(
                 ExternalDeviceMemory::new(usize::MAX as *const u8, 2, 0),
-                Err(Error::Overflow { .. })
+                Err(Error::Bounds(BoundsError::Overflow { .. }))
             ));
         }
         // SAFETY: only described, never dereferenced.

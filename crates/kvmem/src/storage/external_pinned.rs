@@ -31,9 +31,9 @@ impl ExternalPinnedMemory {
     /// slice obtained through [`HostMemory`] is alive.
     ///
     /// # Errors
-    /// [`Error::ZeroSize`](crate::Error::ZeroSize) / [`Error::Overflow`](crate::Error::Overflow)
-    /// for a bad range; [`Error::PinnedOutOfMemory`](crate::Error::PinnedOutOfMemory) or
-    /// [`Error::Cuda`](crate::Error::Cuda) when the driver refuses (for example
+    /// [`BoundsError::ZeroSize`](crate::error::BoundsError::ZeroSize) / [`BoundsError::Overflow`](crate::error::BoundsError::Overflow)
+    /// for a bad range; [`MemoryError::PinnedOutOfMemory`](crate::error::MemoryError::PinnedOutOfMemory) or
+    /// [`CudaError::Driver`](crate::error::CudaError::Driver) when the driver refuses (for example
     /// `CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED`).
     pub unsafe fn new(device: &CudaDevice, ptr: *mut u8, size: usize) -> Result<Self> {
         // SAFETY: the caller's contract covers ExternalHostMemory's (valid, exclusive range).
@@ -66,7 +66,7 @@ impl ExternalPinnedMemory {
     /// The address under which device kernels can read and write this memory directly.
     ///
     /// # Errors
-    /// [`Error::Cuda`](crate::Error::Cuda) if the driver does not know the registration.
+    /// [`CudaError::Driver`](crate::error::CudaError::Driver) if the driver does not know the registration.
     pub fn device_pointer(&self) -> Result<u64> {
         mapped_device_pointer(&self.device, self.host.addr() as *const u8)
     }

@@ -2,7 +2,7 @@
 //! them, transparent huge pages otherwise; optionally placed on one NUMA node; first touched by
 //! several threads at once so that page faults and zeroing run in parallel.
 
-use crate::error::{Error, Result};
+use crate::error::{BoundsError, Error, MemoryError, Result};
 use memmap2::{Advice, MmapMut, MmapOptions};
 use serde::Serialize;
 use std::fmt;
@@ -64,19 +64,20 @@ impl HostMapping {
     /// Maps and touches `len` bytes (`len > 0`).
     ///
     /// # Errors
-    /// [`Error::HostAlloc`] when the OS refuses the mapping, [`Error::NumaPlacement`] when the
+    /// [`MemoryError::HostAlloc`] when the OS refuses the mapping, [`MemoryError::NumaPlacement`] when the
     /// node is not usable.
     pub(crate) fn new(len: usize, options: &MappingOptions) -> Result<Self> {
         if len == 0 {
-            return Err(Error::ZeroSize {
+            return Err(Error::Bounds(BoundsError::ZeroSize {
                 what: "host mapping",
-            });
+            }));
         }
         let (map, huge_page) = match options.hugetlb.then(|| map_hugetlb(len)).flatten() {
             Some((map, page_size)) => (map, Some(page_size)),
             None => {
-                let map = MmapMut::map_anon(len)
-                    .map_err(|source| Error::HostAlloc { size: len, source })?;
+                let map = MmapMut::map_anon(len).map_err(|source| {
+                    Error::Memory(MemoryError::HostAlloc { size: len, source })
+                })?;
                 if options.transparent
                     && let Err(e) = map.advise(Advice::HugePage)
                 {
@@ -235,10 +236,10 @@ fn prefer_node(map: &MmapMut, node: u32) -> Result<()> {
     let bits = MASK_WORDS * 64;
     let index = node as usize;
     if index >= bits {
-        return Err(Error::NumaPlacement {
+        return Err(Error::Memory(MemoryError::NumaPlacement {
             node,
             source: std::io::Error::from_raw_os_error(libc::EINVAL),
-        });
+        }));
     }
     let mut mask = [0u64; MASK_WORDS];
     mask[index / 64] |= 1 << (index % 64);
@@ -257,10 +258,10 @@ fn prefer_node(map: &MmapMut, node: u32) -> Result<()> {
         )
     };
     if rc != 0 {
-        return Err(Error::NumaPlacement {
+        return Err(Error::Memory(MemoryError::NumaPlacement {
             node,
             source: std::io::Error::last_os_error(),
-        });
+        }));
     }
     Ok(())
 }
@@ -376,7 +377,10 @@ mod tests {
             result.unwrap();
         } else {
             // Kernels without NUMA support refuse mbind.
-            assert!(matches!(result, Err(Error::NumaPlacement { node: 0, .. })));
+            assert!(matches!(
+                result,
+                Err(Error::Memory(MemoryError::NumaPlacement { node: 0, .. }))
+            ));
         }
         let opts = MappingOptions {
             numa_node: Some(4000),
@@ -384,7 +388,7 @@ mod tests {
         };
         assert!(matches!(
             HostMapping::new(1 << 20, &opts),
-            Err(Error::NumaPlacement { node: 4000, .. })
+            Err(Error::Memory(MemoryError::NumaPlacement { node: 4000, .. }))
         ));
         let opts = MappingOptions {
             numa_node: Some(1000),
@@ -392,7 +396,7 @@ mod tests {
         };
         assert!(matches!(
             HostMapping::new(1 << 20, &opts),
-            Err(Error::NumaPlacement { node: 1000, .. })
+            Err(Error::Memory(MemoryError::NumaPlacement { node: 1000, .. }))
         ));
     }
 
@@ -400,11 +404,11 @@ mod tests {
     fn zero_and_impossible_sizes_are_errors() {
         assert!(matches!(
             HostMapping::new(0, &options()),
-            Err(Error::ZeroSize { .. })
+            Err(Error::Bounds(BoundsError::ZeroSize { .. }))
         ));
         assert!(matches!(
             HostMapping::new(usize::MAX / 2, &options()),
-            Err(Error::HostAlloc { .. })
+            Err(Error::Memory(MemoryError::HostAlloc { .. }))
         ));
     }
 }

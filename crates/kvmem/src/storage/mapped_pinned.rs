@@ -2,7 +2,7 @@ use super::host_mapping::{HostMapping, MappingOptions, PageTier};
 use crate::cuda::page_lock::{HostRegistration, mapped_device_pointer};
 use crate::cuda::{CudaDevice, MAX_HOST_REGISTRATION};
 use crate::descriptor::MemoryDescriptor;
-use crate::error::{Error, Result};
+use crate::error::{BoundsError, Error, Result};
 use crate::host::HostMemory;
 use crate::kind::StorageKind;
 use crate::nixl::{MemType, NixlCompatible, NixlDescriptor};
@@ -115,9 +115,9 @@ impl MappedPinnedStorage {
     /// Allocates `size` bytes pinned for (and from the context of) `device`.
     ///
     /// # Errors
-    /// [`Error::ZeroSize`] for `size == 0`; [`Error::HostAlloc`] when the OS refuses the mapping;
-    /// [`Error::NumaPlacement`] for a NUMA node that does not exist; [`Error::PinnedOutOfMemory`]
-    /// or [`Error::Cuda`] when the driver cannot page-lock it. Nothing is left mapped or
+    /// [`BoundsError::ZeroSize`] for `size == 0`; [`MemoryError::HostAlloc`](crate::error::MemoryError::HostAlloc) when the OS refuses the mapping;
+    /// [`MemoryError::NumaPlacement`](crate::error::MemoryError::NumaPlacement) for a NUMA node that does not exist; [`MemoryError::PinnedOutOfMemory`](crate::error::MemoryError::PinnedOutOfMemory)
+    /// or [`CudaError::Driver`](crate::error::CudaError::Driver) when the driver cannot page-lock it. Nothing is left mapped or
     /// registered on error.
     pub fn with_options(
         device: &CudaDevice,
@@ -125,9 +125,9 @@ impl MappedPinnedStorage {
         options: &MappedPinnedOptions,
     ) -> Result<Self> {
         if size == 0 {
-            return Err(Error::ZeroSize {
+            return Err(Error::Bounds(BoundsError::ZeroSize {
                 what: "mapped pinned storage",
-            });
+            }));
         }
         let started = Instant::now();
         let mut mapping = HostMapping::new(
@@ -201,7 +201,7 @@ impl MappedPinnedStorage {
     /// The address under which device kernels can read and write this memory directly.
     ///
     /// # Errors
-    /// [`Error::Cuda`] if the driver does not know the mapping.
+    /// [`CudaError::Driver`](crate::error::CudaError::Driver) if the driver does not know the mapping.
     pub fn device_pointer(&self) -> Result<u64> {
         mapped_device_pointer(&self.device, self.mapping.as_ptr())
     }

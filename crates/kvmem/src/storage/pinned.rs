@@ -2,7 +2,7 @@ use super::host_mapping::{parallel_chunks, worker_threads};
 use crate::cuda::page_lock::mapped_device_pointer;
 use crate::cuda::{CudaDevice, driver};
 use crate::descriptor::MemoryDescriptor;
-use crate::error::{Error, Result};
+use crate::error::{BoundsError, CudaError, Error, MemoryError, Result};
 use crate::host::HostMemory;
 use crate::kind::StorageKind;
 use crate::nixl::{MemType, NixlCompatible, NixlDescriptor};
@@ -34,32 +34,34 @@ impl PinnedStorage {
     /// Allocates `size` bytes of pinned memory through `device`'s context.
     ///
     /// # Errors
-    /// [`Error::ZeroSize`] for `size == 0`, [`Error::PinnedOutOfMemory`] when the driver cannot
-    /// lock that much memory, [`Error::Cuda`] for other driver failures.
+    /// [`BoundsError::ZeroSize`] for `size == 0`, [`MemoryError::PinnedOutOfMemory`] when the driver cannot
+    /// lock that much memory, [`CudaError::Driver`] for other driver failures.
     pub fn new(device: &CudaDevice, size: usize) -> Result<Self> {
         if size == 0 {
-            return Err(Error::ZeroSize {
+            return Err(Error::Bounds(BoundsError::ZeroSize {
                 what: "pinned storage",
-            });
+            }));
         }
         device.bind()?;
         let flags = sys::CU_MEMHOSTALLOC_PORTABLE | sys::CU_MEMHOSTALLOC_DEVICEMAP;
         // SAFETY: a plain allocation call; the returned memory is owned by the value built below.
         let raw = unsafe { result::malloc_host(size, flags) }.map_err(|e| {
             if driver::is_out_of_memory(&e) {
-                Error::PinnedOutOfMemory {
+                Error::Memory(MemoryError::PinnedOutOfMemory {
                     requested: size,
                     available: driver::host_memory_available(),
-                }
+                })
             } else {
                 driver::error("allocate pinned host memory (cuMemHostAlloc)", e)
             }
         })?;
-        let ptr = NonNull::new(raw.cast::<u8>()).ok_or_else(|| Error::Cuda {
-            op: "allocate pinned host memory (cuMemHostAlloc)",
-            code: 0,
-            name: "CUDA_SUCCESS".into(),
-            message: "the driver returned a null pointer".into(),
+        let ptr = NonNull::new(raw.cast::<u8>()).ok_or_else(|| {
+            Error::Cuda(CudaError::Driver {
+                op: "allocate pinned host memory (cuMemHostAlloc)",
+                code: 0,
+                name: "CUDA_SUCCESS".into(),
+                message: "the driver returned a null pointer".into(),
+            })
         })?;
         let storage = Self {
             ptr,
@@ -84,7 +86,7 @@ impl PinnedStorage {
     /// The address under which device kernels can read and write this memory directly.
     ///
     /// # Errors
-    /// [`Error::Cuda`] if the driver does not know the allocation.
+    /// [`CudaError::Driver`] if the driver does not know the allocation.
     pub fn device_pointer(&self) -> Result<u64> {
         mapped_device_pointer(&self.device, self.ptr.as_ptr())
     }

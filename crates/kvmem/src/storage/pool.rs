@@ -1,6 +1,6 @@
 use crate::cuda::{CudaDevice, driver};
 use crate::descriptor::MemoryDescriptor;
-use crate::error::{Error, Result};
+use crate::error::{BoundsError, Error, Result};
 use crate::kind::StorageKind;
 use crate::nixl::{MemType, NixlCompatible, NixlDescriptor};
 use cudarc::driver::{CudaStream, result, sys};
@@ -44,11 +44,13 @@ impl DevicePool {
     /// synchronizations (`u64::MAX`: never release on its own).
     ///
     /// # Errors
-    /// [`Error::Cuda`] if the device does not support memory pools or the driver refuses.
+    /// [`CudaError::Driver`](crate::error::CudaError::Driver) if the device does not support memory pools or the driver refuses.
     pub fn new(device: &CudaDevice, release_threshold: u64) -> Result<Self> {
         device.bind()?;
-        let ordinal = i32::try_from(device.ordinal()).map_err(|_| Error::Overflow {
-            what: "CUDA device ordinal",
+        let ordinal = i32::try_from(device.ordinal()).map_err(|_| {
+            Error::Bounds(BoundsError::Overflow {
+                what: "CUDA device ordinal",
+            })
         })?;
         // SAFETY: CUmemPoolProps is a plain C struct for which all-zero bytes are valid (and are
         // what the driver expects in its reserved fields).
@@ -96,13 +98,13 @@ impl DevicePool {
     /// until the allocation is usable.
     ///
     /// # Errors
-    /// [`Error::ZeroSize`] for `size == 0`, [`Error::DeviceOutOfMemory`] when the device has no
-    /// room, [`Error::Cuda`] for other driver failures.
+    /// [`BoundsError::ZeroSize`] for `size == 0`, [`CudaError::OutOfMemory`](crate::error::CudaError::OutOfMemory) when the device has no
+    /// room, [`CudaError::Driver`](crate::error::CudaError::Driver) for other driver failures.
     pub fn alloc(&self, size: usize) -> Result<PooledDeviceStorage> {
         if size == 0 {
-            return Err(Error::ZeroSize {
+            return Err(Error::Bounds(BoundsError::ZeroSize {
                 what: "pool allocation",
-            });
+            }));
         }
         let inner = &self.inner;
         inner.device.bind()?;
@@ -151,7 +153,7 @@ impl DevicePool {
     /// Waits for the pool's stream: every allocation and free issued so far has happened.
     ///
     /// # Errors
-    /// [`Error::Cuda`] if work on the stream failed.
+    /// [`CudaError::Driver`](crate::error::CudaError::Driver) if work on the stream failed.
     pub fn synchronize(&self) -> Result<()> {
         self.inner.device.bind()?;
         // SAFETY: the stream is alive for as long as `inner`.
@@ -162,7 +164,7 @@ impl DevicePool {
     /// Device memory the pool currently holds from the driver, in use or not.
     ///
     /// # Errors
-    /// [`Error::Cuda`] if the driver cannot say.
+    /// [`CudaError::Driver`](crate::error::CudaError::Driver) if the driver cannot say.
     pub fn reserved_bytes(&self) -> Result<u64> {
         self.attribute(sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT)
     }
@@ -170,7 +172,7 @@ impl DevicePool {
     /// Device memory currently handed out by the pool.
     ///
     /// # Errors
-    /// [`Error::Cuda`] if the driver cannot say.
+    /// [`CudaError::Driver`](crate::error::CudaError::Driver) if the driver cannot say.
     pub fn used_bytes(&self) -> Result<u64> {
         self.attribute(sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_CURRENT)
     }
@@ -184,7 +186,7 @@ impl DevicePool {
     /// reserved.
     ///
     /// # Errors
-    /// [`Error::Cuda`] if the driver refuses.
+    /// [`CudaError::Driver`](crate::error::CudaError::Driver) if the driver refuses.
     pub fn trim_to(&self, keep: usize) -> Result<()> {
         self.synchronize()?;
         // SAFETY: the pool is valid.

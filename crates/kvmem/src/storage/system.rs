@@ -1,5 +1,5 @@
 use crate::descriptor::MemoryDescriptor;
-use crate::error::{Error, Result};
+use crate::error::{BoundsError, Error, MemoryError, Result};
 use crate::host::HostMemory;
 use crate::kind::StorageKind;
 use crate::nixl::{MemType, NixlCompatible, NixlDescriptor};
@@ -32,7 +32,7 @@ impl SystemStorage {
     /// Allocates `size` zeroed bytes, with transparent huge pages from 2 MiB on.
     ///
     /// # Errors
-    /// [`Error::ZeroSize`] for `size == 0`, [`Error::HostAlloc`] when the OS refuses the mapping.
+    /// [`BoundsError::ZeroSize`] for `size == 0`, [`MemoryError::HostAlloc`] when the OS refuses the mapping.
     pub fn new(size: usize) -> Result<Self> {
         Self::with_pages(size, HostPages::Huge)
     }
@@ -43,11 +43,12 @@ impl SystemStorage {
     /// As for [`new`](Self::new).
     pub fn with_pages(size: usize, pages: HostPages) -> Result<Self> {
         if size == 0 {
-            return Err(Error::ZeroSize {
+            return Err(Error::Bounds(BoundsError::ZeroSize {
                 what: "system storage",
-            });
+            }));
         }
-        let map = MmapMut::map_anon(size).map_err(|source| Error::HostAlloc { size, source })?;
+        let map = MmapMut::map_anon(size)
+            .map_err(|source| Error::Memory(MemoryError::HostAlloc { size, source }))?;
         // Huge pages: physically contiguous 2 MiB pages make O_DIRECT I/O much cheaper (measured
         // on a virtio disk: 1 MiB writes from 4 KiB pages at 0.4-0.6 GiB/s, from huge pages at
         // 1.4-2.6 GiB/s) and cut TLB misses of large copies. Advisory only: a refusal changes
@@ -129,6 +130,9 @@ mod tests {
 
     #[test]
     fn zero_size_is_an_error() {
-        assert!(matches!(SystemStorage::new(0), Err(Error::ZeroSize { .. })));
+        assert!(matches!(
+            SystemStorage::new(0),
+            Err(Error::Bounds(BoundsError::ZeroSize { .. }))
+        ));
     }
 }

@@ -1,4 +1,4 @@
-use crate::error::{Error, Result};
+use crate::error::{ConfigError, Error, Result};
 
 /// Largest CPU number accepted in a list; guards against a malformed range allocating gigabytes.
 const MAX_CPU: u32 = 1 << 20;
@@ -6,9 +6,9 @@ const MAX_CPU: u32 = 1 << 20;
 /// Parses a kernel CPU list such as `0-3,8,10-11` (also `0-15:2` strides, empty for none).
 ///
 /// # Errors
-/// [`Error::InvalidTopology`] for malformed text, reversed ranges or CPU numbers above 2^20.
+/// [`ConfigError::Topology`] for malformed text, reversed ranges or CPU numbers above 2^20.
 pub fn parse_cpu_list(text: &str) -> Result<Vec<u32>> {
-    let bad = |why: &str| Error::InvalidTopology(format!("cpu list {text:?}: {why}"));
+    let bad = |why: &str| Error::Config(ConfigError::Topology(format!("cpu list {text:?}: {why}")));
     let mut cpus = Vec::new();
     for part in text
         .trim()

@@ -13,11 +13,12 @@
 
 use super::handle::Work;
 use super::plan::{CopyOp, TransferPath};
+use crate::Completion;
 use crate::cuda::CudaDevice;
 use crate::cuda::batch::{CopyCompletion, CopyMethod, CopyStream, DeviceCopy, Location};
 use crate::cuda::interop::Event;
 use crate::descriptor::MemoryDescriptor;
-use crate::error::{Error, Result};
+use crate::error::{BoundsError, Error, IoError, Result, TransferError, UnsupportedError};
 use crate::host::HostMemory;
 use crate::kind::StorageKind;
 use crate::storage::{PinnedStorage, expect_full, pread_all, pwrite_all};
@@ -109,10 +110,10 @@ impl GpuExecutor {
                         }
                         Task::Staged(work) => {
                             let result = if work.completion.cancelled() {
-                                Err(Error::TransferCancelled {
+                                Err(Error::Transfer(TransferError::Cancelled {
                                     done: 0,
                                     total: work.plan.total_bytes(),
-                                })
+                                }))
                             } else {
                                 run_staged(&shared, &mut bounce, &work, method, bounce_bytes)
                             };
@@ -124,7 +125,7 @@ impl GpuExecutor {
                     completion.complete(result);
                 }
             })
-            .map_err(|source| Error::HostAlloc { size: 0, source })?;
+            .map_err(|source| Error::spawn("CUDA copy worker", source))?;
         Ok(Self {
             streams,
             method,
@@ -248,11 +249,11 @@ fn location(kind: StorageKind) -> Location {
 fn device_of(src: StorageKind, dst: StorageKind) -> Result<u32> {
     src.device_id()
         .or(dst.device_id())
-        .ok_or(Error::UnsupportedTransfer {
+        .ok_or(Error::Unsupported(UnsupportedError::Transfer {
             src,
             dst,
             reason: "the CUDA executor needs device memory at one end",
-        })
+        }))
 }
 
 fn run_staged(
@@ -316,8 +317,10 @@ fn run_staged(
 }
 
 fn raw_fd(fd: u64) -> Result<i32> {
-    i32::try_from(fd).map_err(|_| Error::Overflow {
-        what: "file descriptor",
+    i32::try_from(fd).map_err(|_| {
+        Error::Bounds(BoundsError::Overflow {
+            what: "file descriptor",
+        })
     })
 }
 
@@ -409,24 +412,28 @@ fn with_fd<T>(fd: i32, f: impl FnOnce(rustix::fd::BorrowedFd<'_>) -> T) -> T {
 
 fn read_exact_at(fd: i32, buf: &mut [u8], offset: u64) -> Result<()> {
     let len = buf.len();
-    let done = with_fd(fd, |f| pread_all(f, buf, offset)).map_err(|source| Error::TransferIo {
-        op: "read",
-        fd,
-        offset,
-        len,
-        source,
+    let done = with_fd(fd, |f| pread_all(f, buf, offset)).map_err(|source| {
+        Error::Io(IoError::Transfer {
+            op: "read",
+            fd,
+            offset,
+            len,
+            source,
+        })
     })?;
     expect_full("read", offset, len, done)
 }
 
 fn write_all_at(fd: i32, buf: &[u8], offset: u64) -> Result<()> {
     let len = buf.len();
-    let done = with_fd(fd, |f| pwrite_all(f, buf, offset)).map_err(|source| Error::TransferIo {
-        op: "write",
-        fd,
-        offset,
-        len,
-        source,
+    let done = with_fd(fd, |f| pwrite_all(f, buf, offset)).map_err(|source| {
+        Error::Io(IoError::Transfer {
+            op: "write",
+            fd,
+            offset,
+            len,
+            source,
+        })
     })?;
     expect_full("write", offset, len, done)
 }

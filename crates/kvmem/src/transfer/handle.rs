@@ -1,7 +1,7 @@
 //! The handle a submitted transfer returns, and the executor's side of it.
 
 use super::plan::{TransferPath, TransferPlan};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, TransferError};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -43,7 +43,7 @@ impl Job {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// True once [`TransferHandle::cancel`] was called.
+    /// True once the handle's [`cancel`](crate::Completion::cancel) was called.
     pub(crate) fn cancelled(&self) -> bool {
         self.cancel.load(Ordering::Relaxed)
     }
@@ -78,7 +78,7 @@ pub(crate) struct Work {
 
 /// The executor's side of a [`TransferHandle`]. Dropping it without
 /// [`complete`](Self::complete) (an executor that panicked or was shut down) reports
-/// [`Error::TransferAborted`].
+/// [`TransferError::Aborted`].
 pub(crate) struct Completion {
     job: Arc<Job>,
     reported: bool,
@@ -101,12 +101,14 @@ impl Completion {
 impl Drop for Completion {
     fn drop(&mut self) {
         if !self.reported {
-            self.job.finish(Err(Error::TransferAborted));
+            self.job
+                .finish(Err(Error::Transfer(TransferError::Aborted)));
         }
     }
 }
 
-/// A submitted transfer: wait for it (optionally with a timeout), poll it, or cancel it.
+/// A submitted transfer: wait for it (optionally with a timeout), poll it, or cancel it, through
+/// [`Completion`](crate::Completion).
 ///
 /// Dropping the handle does not stop the transfer: it runs to completion in the background, and
 /// the executor keeps every source and destination buffer alive until then, so no copy ever runs
@@ -151,14 +153,16 @@ impl TransferHandle {
     pub fn bytes(&self) -> usize {
         self.job.bytes
     }
+}
 
-    /// True once the transfer has finished, successfully or not.
-    pub fn is_finished(&self) -> bool {
+impl crate::Completion for TransferHandle {
+    type Output = TransferStats;
+
+    fn is_done(&self) -> bool {
         !matches!(*self.job.lock(), State::Running { .. })
     }
 
-    /// Waits up to `timeout` for the transfer to finish; true if it has.
-    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+    fn wait_timeout(&self, timeout: Duration) -> bool {
         let state = self.job.lock();
         let (state, _) = self
             .job
@@ -171,9 +175,10 @@ impl TransferHandle {
     /// Waits for the transfer to finish and returns its outcome.
     ///
     /// # Errors
-    /// What the transfer failed with: [`Error::TransferIo`], [`Error::ShortIo`],
-    /// [`Error::TransferFailed`] (NIXL), [`Error::TransferCancelled`], [`Error::TransferAborted`].
-    pub fn wait(self) -> Result<TransferStats> {
+    /// What the transfer failed with: [`IoError::Transfer`](crate::error::IoError::Transfer),
+    /// [`IoError::Short`](crate::error::IoError::Short), [`TransferError::Failed`] (NIXL),
+    /// [`TransferError::Cancelled`], [`TransferError::Aborted`].
+    fn wait(self) -> Result<TransferStats> {
         let state = self.job.lock();
         let mut state = self
             .job
@@ -183,14 +188,14 @@ impl TransferHandle {
         match std::mem::replace(&mut *state, State::Taken) {
             State::Done(result) => result,
             // `wait` consumes the only handle, so the result cannot have been taken before.
-            State::Taken | State::Running { .. } => Err(Error::TransferAborted),
+            State::Taken | State::Running { .. } => Err(Error::Transfer(TransferError::Aborted)),
         }
     }
 
     /// Asks the transfer to stop early. Copies already running finish (for disk, the I/O in
     /// flight completes); the rest are skipped and the transfer reports
-    /// [`Error::TransferCancelled`] unless it had already finished.
-    pub fn cancel(&self) {
+    /// [`TransferError::Cancelled`] unless it had already finished.
+    fn cancel(&self) {
         self.job.cancel.store(true, Ordering::Relaxed);
     }
 }
@@ -208,7 +213,7 @@ impl std::fmt::Debug for TransferHandle {
         f.debug_struct("TransferHandle")
             .field("path", &self.job.path)
             .field("bytes", &self.job.bytes)
-            .field("finished", &self.is_finished())
+            .field("finished", &crate::Completion::is_done(self))
             .finish()
     }
 }

@@ -8,7 +8,7 @@
 
 use super::handle::{Completion, Work};
 use super::plan::{CopyOp, TransferPlan};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, TransferError};
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -39,10 +39,7 @@ impl HostExecutor {
             .num_threads(tuning.threads)
             .thread_name(|i| format!("kvmem-copy-{i}"))
             .build()
-            .map_err(|e| Error::HostAlloc {
-                size: 0,
-                source: std::io::Error::other(format!("could not start copy threads: {e}")),
-            })?;
+            .map_err(|e| Error::spawn("host copy pool", std::io::Error::other(e)))?;
         Ok(Self { pool, tuning })
     }
 
@@ -77,7 +74,7 @@ fn run(plan: &TransferPlan, completion: &Completion, tuning: Tuning) -> Result<(
     }
     let done = done.into_inner();
     if done < total {
-        return Err(Error::TransferCancelled { done, total });
+        return Err(Error::Transfer(TransferError::Cancelled { done, total }));
     }
     Ok(())
 }

@@ -7,18 +7,18 @@
 //!    [`CopyOp`], merge chunks contiguous on both sides, and pick the [`TransferPath`] from the
 //!    two storage kinds. Nothing has moved yet; every bad input fails here with a typed error.
 //! 2. **Route**: [`TransferEngine::submit`] finds the executor for the path, or fails with
-//!    [`Error::UnsupportedTransfer`] — still before any byte moves.
+//!    [`UnsupportedError::Transfer`] — still before any byte moves.
 //! 3. **Execute** in the background; the returned [`TransferHandle`] waits, polls or cancels.
 //!
 //! | path | executor here | notes |
 //! |---|---|---|
 //! | host ↔ host (system or pinned) | CPU copies on a rayon pool, split by bytes and with streaming stores when large | |
-//! | host ↔ disk | [`DiskBackend::IoUring`] (default): kvmem's own `io_uring` loop, `O_DIRECT`; or [`DiskBackend::NixlPosix`]: NIXL's POSIX backend, Linux AIO, `O_DIRECT` | both at `queue_depth` requests of at most `max_io_bytes`; NIXL needs its runtime ([`Error::NixlUnavailable`] at submit otherwise) |
+//! | host ↔ disk | [`DiskBackend::IoUring`] (default): kvmem's own `io_uring` loop, `O_DIRECT`; or [`DiskBackend::NixlPosix`]: NIXL's POSIX backend, Linux AIO, `O_DIRECT` | both at `queue_depth` requests of at most `max_io_bytes`; NIXL needs its runtime ([`NixlError::Unavailable`](crate::error::NixlError::Unavailable) at submit otherwise) |
 //! | pinned ↔ device, device ↔ device | a CUDA copy stream: `cuMemcpyBatchAsync` or kvmem's PTX copy kernel, chosen by copy size ([`CopyMethod`]) | needs the CUDA driver |
 //! | pageable host ↔ device, disk ↔ device | the same, through two pinned bounce buffers, pipelined | |
-//! | disk ↔ disk | none: [`Error::UnsupportedTransfer`] | stage through host memory |
+//! | disk ↔ disk | none: [`UnsupportedError::Transfer`] | stage through host memory |
 //! | local ↔ remote | NIXL READ/WRITE over the prepared lists of a [`RegisteredLayout`] and a [`RemoteLayout`] ([`TransferEngine::write_remote`], [`read_remote`](TransferEngine::read_remote)), completed by a polling thread | needs the NIXL runtime; one descriptor per chunk |
-//! | remote ↔ remote | none: [`Error::UnsupportedEndpoints`] from [`TransferEngine::transfer`] | read into a local layout, then write |
+//! | remote ↔ remote | none: [`UnsupportedError::Endpoints`] from [`TransferEngine::transfer`] | read into a local layout, then write |
 //!
 //! # Memory safety
 //! Executors write through raw addresses, so a transfer must be the only writer of its
@@ -43,9 +43,9 @@ pub use remote::{LAYOUT_DESCRIPTOR_FORMAT, LayoutDescriptor, RegisteredLayout, R
 
 pub use crate::cuda::batch::CopyMethod;
 use crate::descriptor::Buffer;
-use crate::error::{Error, Result};
+use crate::error::{BoundsError, Error, Result, UnsupportedError};
 use crate::layout::BlockLayout;
-use crate::nixl::TransferOp;
+use crate::nixl::raw::TransferOp;
 pub use gpu::DEFAULT_BOUNCE_BYTES;
 use gpu::GpuExecutor;
 use host::HostExecutor;
@@ -164,7 +164,7 @@ impl Default for EngineConfig {
 /// ```
 /// use kvmem::layout::{BlockDim, BlockLayout, LayoutConfig, LayoutKind};
 /// use kvmem::transfer::TransferEngine;
-/// use kvmem::{Buffer, SystemStorage};
+/// use kvmem::{Buffer, Completion, SystemStorage};
 ///
 /// let config = LayoutConfig {
 ///     num_blocks: 16, num_layers: 2, outer_dim: 2, page_size: 16, inner_dim: 64, dtype_bytes: 2,
@@ -220,7 +220,7 @@ impl TransferEngine {
     /// An engine with `config`. The disk backend starts on the first disk transfer.
     ///
     /// # Errors
-    /// [`Error::HostAlloc`] when the copy threads cannot be started.
+    /// [`MemoryError::HostAlloc`](crate::error::MemoryError::HostAlloc) when the copy threads cannot be started.
     pub fn new(config: EngineConfig) -> Result<Self> {
         let host = HostExecutor::new(host::Tuning {
             threads: config.host_threads,
@@ -265,7 +265,7 @@ impl TransferEngine {
     /// for `after` on the calling thread before they start.
     ///
     /// # Errors
-    /// As for [`copy_blocks`](Self::copy_blocks), and [`Error::Cuda`] when the stream cannot
+    /// As for [`copy_blocks`](Self::copy_blocks), and [`CudaError::Driver`](crate::error::CudaError::Driver) when the stream cannot
     /// be made to wait.
     pub fn copy_blocks_ordered(
         &self,
@@ -301,7 +301,7 @@ impl TransferEngine {
     /// ([`write_remote`](Self::write_remote)) or back ([`read_remote`](Self::read_remote)).
     ///
     /// # Errors
-    /// [`Error::UnsupportedEndpoints`] when both ends are remote, or one is remote and the
+    /// [`UnsupportedError::Endpoints`] when both ends are remote, or one is remote and the
     /// other a local layout not registered with NIXL; otherwise as for the method the pair
     /// dispatches to. Nothing has moved when this returns an error.
     pub fn transfer<'a>(
@@ -312,12 +312,14 @@ impl TransferEngine {
         dst_ids: &[usize],
     ) -> Result<TransferHandle> {
         use Endpoint::*;
-        let unregistered = |side: &str, peer: &str| Error::UnsupportedEndpoints {
-            reason: format!(
-                "the {side} is a local layout not registered with NIXL and the other end is in \
+        let unregistered = |side: &str, peer: &str| {
+            Error::Unsupported(UnsupportedError::Endpoints {
+                reason: format!(
+                    "the {side} is a local layout not registered with NIXL and the other end is in \
                  peer '{peer}'; build its regions from memory registered with the agent \
                  (Agent::register) and wrap it with RegisteredLayout::new"
-            ),
+                ),
+            })
         };
         match (src.into(), dst.into()) {
             (Local(s), Local(d)) => self.copy_blocks(s, src_ids, d, dst_ids),
@@ -330,7 +332,7 @@ impl TransferEngine {
             (Remote(s), Registered(d)) => self.read_remote(s, src_ids, d, dst_ids),
             (Local(_), Remote(d)) => Err(unregistered("source", d.peer().name())),
             (Remote(s), Local(_)) => Err(unregistered("destination", s.peer().name())),
-            (Remote(s), Remote(d)) => Err(Error::UnsupportedEndpoints {
+            (Remote(s), Remote(d)) => Err(Error::Unsupported(UnsupportedError::Endpoints {
                 reason: format!(
                     "both ends are remote (peers '{}' and '{}'); NIXL moves data between this \
                      process's memory and one peer: read into a local RegisteredLayout, then \
@@ -338,7 +340,7 @@ impl TransferEngine {
                     s.peer().name(),
                     d.peer().name()
                 ),
-            }),
+            })),
         }
     }
 
@@ -347,11 +349,11 @@ impl TransferEngine {
     /// once the data has landed there.
     ///
     /// # Errors
-    /// Before anything moves: [`Error::BlockCountMismatch`], [`Error::LayoutMismatch`],
-    /// [`Error::BlockOutOfRange`], [`Error::DuplicateBlock`] (destination ids),
-    /// [`Error::TransferMismatch`] (layouts prepared with different agents), the peer's errors
-    /// ([`Error::PeerInvalidated`], …) and NIXL's. A failure after posting, such as the peer
-    /// going away, is reported by the handle as [`Error::TransferFailed`].
+    /// Before anything moves: [`LayoutError::BlockCountMismatch`](crate::error::LayoutError::BlockCountMismatch), [`LayoutError::Mismatch`](crate::error::LayoutError::Mismatch),
+    /// [`LayoutError::BlockOutOfRange`](crate::error::LayoutError::BlockOutOfRange), [`LayoutError::DuplicateBlock`](crate::error::LayoutError::DuplicateBlock) (destination ids),
+    /// [`TransferError::Mismatch`](crate::error::TransferError::Mismatch) (layouts prepared with different agents), the peer's errors
+    /// ([`PeerError::Invalidated`](crate::error::PeerError::Invalidated), …) and NIXL's. A failure after posting, such as the peer
+    /// going away, is reported by the handle as [`TransferError::Failed`](crate::error::TransferError::Failed).
     pub fn write_remote(
         &self,
         src: &RegisteredLayout,
@@ -409,7 +411,7 @@ impl TransferEngine {
     /// Checks that this engine can execute `path`.
     ///
     /// # Errors
-    /// [`Error::UnsupportedTransfer`] naming the path's kinds and what is missing.
+    /// [`UnsupportedError::Transfer`] naming the path's kinds and what is missing.
     pub fn check_supported(&self, plan: &TransferPlan) -> Result<()> {
         let reason = match plan.path() {
             TransferPath::HostToHost | TransferPath::HostToDisk | TransferPath::DiskToHost => {
@@ -421,11 +423,11 @@ impl TransferEngine {
             path if gpu::handles(path) => {
                 if self.config.bounce_bytes == 0 || self.config.bounce_bytes % crate::PAGE_SIZE != 0
                 {
-                    return Err(Error::Misaligned {
+                    return Err(Error::Bounds(BoundsError::Misaligned {
                         what: "EngineConfig::bounce_bytes",
                         value: self.config.bounce_bytes as u64,
                         align: crate::PAGE_SIZE as u64,
-                    });
+                    }));
                 }
                 // Fails with `CudaUnavailable` (and what to do) on machines without a driver.
                 crate::cuda::load_driver()?;
@@ -434,16 +436,20 @@ impl TransferEngine {
             _ => "no executor handles this pair of storage kinds",
         };
         let (src, dst) = plan.kinds();
-        Err(Error::UnsupportedTransfer { src, dst, reason })
+        Err(Error::Unsupported(UnsupportedError::Transfer {
+            src,
+            dst,
+            reason,
+        }))
     }
 
     /// Starts executing a plan.
     ///
     /// # Errors
-    /// [`Error::UnsupportedTransfer`] for a path without an executor;
-    /// [`Error::DiskBackendUnavailable`] when the disk backend cannot start; for
-    /// [`DiskBackend::NixlPosix`], [`Error::NixlUnavailable`] without the NIXL runtime and
-    /// [`Error::UnknownBackend`] / [`Error::BackendUnavailable`] without a working POSIX plugin.
+    /// [`UnsupportedError::Transfer`] for a path without an executor;
+    /// [`IoError::BackendUnavailable`](crate::error::IoError::BackendUnavailable) when the disk backend cannot start; for
+    /// [`DiskBackend::NixlPosix`], [`NixlError::Unavailable`](crate::error::NixlError::Unavailable) without the NIXL runtime and
+    /// [`NixlError::UnknownBackend`](crate::error::NixlError::UnknownBackend) / [`NixlError::BackendUnavailable`](crate::error::NixlError::BackendUnavailable) without a working POSIX plugin.
     /// Nothing has been copied when this returns an error.
     pub fn submit(&self, plan: TransferPlan) -> Result<TransferHandle> {
         self.check_supported(&plan)?;

@@ -29,7 +29,7 @@
 //! # Failure and cancellation
 //! A transfer is posted as requests of one kernel queue's worth of descriptors, two at a time
 //! (while the older completes, the newer's I/O waits queued, so the kernel queue stays full);
-//! [`TransferHandle::cancel`](super::TransferHandle::cancel) is honoured before each request is
+//! [`cancel`](crate::Completion::cancel) is honoured before each request is
 //! posted (the I/O of posted requests always completes first). A request NIXL reports as failed
 //! is an error of the transfer, never a success. Because NIXL does not promise that every I/O
 //! of a failed request has stopped when it reports the failure, the executor then keeps the
@@ -40,12 +40,11 @@
 use super::handle::{Completion, Work};
 use super::plan::{TransferPath, TransferPlan};
 use crate::descriptor::{Buffer, MemoryDescriptor};
-use crate::error::{Error, Result};
+use crate::error::{Error, IoError, LayoutError, Result, TransferError};
 use crate::kind::StorageKind;
+use crate::nixl::raw::{LocalBlocks, RawTransfers, Transfer};
 use crate::nixl::registration::Space;
-use crate::nixl::{
-    Agent, AgentConfig, LocalBlocks, MemType, NixlCompatible, NixlDescriptor, Registered, Transfer,
-};
+use crate::nixl::{Agent, AgentConfig, MemType, NixlCompatible, NixlDescriptor, Registered};
 use std::any::Any;
 use std::collections::VecDeque;
 use std::sync::mpsc;
@@ -88,18 +87,20 @@ impl NixlPosixExecutor {
     /// reported by `submit`) and the worker.
     ///
     /// # Errors
-    /// [`Error::NixlUnavailable`] without the NIXL runtime; [`Error::UnknownBackend`] when the
-    /// POSIX plugin is not installed; [`Error::BackendUnavailable`] when it fails to start;
-    /// [`Error::DiskBackendUnavailable`] when the worker thread cannot be started.
+    /// [`NixlError::Unavailable`](crate::error::NixlError::Unavailable) without the NIXL runtime; [`NixlError::UnknownBackend`](crate::error::NixlError::UnknownBackend) when the
+    /// POSIX plugin is not installed; [`NixlError::BackendUnavailable`](crate::error::NixlError::BackendUnavailable) when it fails to start;
+    /// [`IoError::BackendUnavailable`] when the worker thread cannot be started.
     pub(crate) fn start(config: PosixConfig) -> Result<Self> {
         let agent = new_agent(config)?;
         let (tx, rx) = mpsc::channel::<Work>();
         let worker = std::thread::Builder::new()
             .name("kvmem-nixl-posix".into())
             .spawn(move || worker(agent, rx, config))
-            .map_err(|source| Error::DiskBackendUnavailable {
-                backend: "nixl-posix",
-                source,
+            .map_err(|source| {
+                Error::Io(IoError::BackendUnavailable {
+                    backend: "nixl-posix",
+                    source,
+                })
             })?;
         Ok(Self {
             tx: Some(tx),
@@ -108,7 +109,7 @@ impl NixlPosixExecutor {
     }
 
     /// Queues `work`; if the worker is gone, the work's completion reports
-    /// [`Error::TransferAborted`] when dropped.
+    /// [`TransferError::Aborted`] when dropped.
     pub(crate) fn submit(&self, work: Work) {
         let Some(tx) = &self.tx else {
             // Only `drop` takes the sender; nothing submits after it.
@@ -290,11 +291,11 @@ fn locate(
         .filter(|e| e.space == space && addr.checked_add(len).is_some_and(|end| end <= e.end))
         .map(|e| (&e.registered, addr - e.start))
         .ok_or_else(|| {
-            Error::InvalidLayout(format!(
+            Error::Layout(LayoutError::Invalid(format!(
                 "copy range {addr:#x}+{len} ({:?}, device {}) lies in none of the plan's buffers",
                 space.mem_type(),
                 space.device_id
-            ))
+            )))
         })
 }
 
@@ -318,9 +319,9 @@ fn run(
         TransferPath::HostToDisk => true,
         TransferPath::DiskToHost => false,
         other => {
-            return Ok(Err(Error::InvalidLayout(format!(
+            return Ok(Err(Error::Layout(LayoutError::Invalid(format!(
                 "the NIXL POSIX executor runs host<->disk plans, not {other}"
-            ))));
+            )))));
         }
     };
     let started = Instant::now();
@@ -398,10 +399,10 @@ impl Session<'_> {
         }
         Ok(match issued {
             Issued::All => Ok(()),
-            Issued::Cancelled => Err(Error::TransferCancelled {
+            Issued::Cancelled => Err(Error::Transfer(TransferError::Cancelled {
                 done: self.done,
                 total: self.total,
-            }),
+            })),
             Issued::Refused(e) => Err(e),
         })
     }
@@ -417,9 +418,8 @@ impl Session<'_> {
                 batch.src_kind
             };
             let StorageKind::Disk(fd) = file_kind else {
-                return Ok(Issued::Refused(Error::InvalidLayout(format!(
-                    "disk side of a {} batch is {file_kind} memory",
-                    plan.path()
+                return Ok(Issued::Refused(Error::Layout(LayoutError::Invalid(
+                    format!("disk side of a {} batch is {file_kind} memory", plan.path()),
                 ))));
             };
             let file_space = Space::new(MemType::File, fd);
@@ -478,7 +478,7 @@ impl Session<'_> {
                 Ok(None)
             }
             // Refused while posting: NIXL may have queued part of the request.
-            Err(e @ Error::TransferFailed { .. }) => Err(e),
+            Err(e @ Error::Transfer(TransferError::Failed { .. })) => Err(e),
             // Refused while building the request: nothing was queued.
             Err(e) => Ok(Some(Issued::Refused(e))),
         }

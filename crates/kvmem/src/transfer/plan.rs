@@ -6,7 +6,7 @@
 //! the CUDA (batched memcpy, copy kernel) and NIXL executors that build on the same lists.
 
 use crate::descriptor::{Buffer, MemoryDescriptor};
-use crate::error::{Error, Result};
+use crate::error::{BoundsError, Error, LayoutError, Result, SizeRule};
 use crate::kind::StorageKind;
 use crate::layout::{BlockDim, BlockLayout, LayoutConfig, LayoutKind};
 use crate::storage::DIRECT_IO_ALIGN;
@@ -146,10 +146,10 @@ impl TransferPlan {
     /// layout, the destination ids.
     ///
     /// # Errors
-    /// Before anything is copied: [`Error::BlockCountMismatch`], [`Error::LayoutMismatch`]
-    /// (chunk size, layer count or outer dimension differ), [`Error::BlockOutOfRange`],
-    /// [`Error::DuplicateBlock`], [`Error::OverlappingCopy`] (e.g. a copy within one layout onto
-    /// its own source blocks), and for paths touching disk [`Error::Misaligned`] when an address
+    /// Before anything is copied: [`LayoutError::BlockCountMismatch`], [`LayoutError::Mismatch`]
+    /// (chunk size, layer count or outer dimension differ), [`LayoutError::BlockOutOfRange`],
+    /// [`LayoutError::DuplicateBlock`], [`BoundsError::OverlappingCopy`] (e.g. a copy within one layout onto
+    /// its own source blocks), and for paths touching disk [`BoundsError::Misaligned`] when an address
     /// or length is not a multiple of [`DIRECT_IO_ALIGN`].
     pub fn blocks(
         src: &BlockLayout,
@@ -216,9 +216,9 @@ impl TransferPlan {
             .checked_mul(sc.num_layers)
             .and_then(|n| n.checked_mul(sc.outer_dim))
             .and_then(|n| n.checked_mul(src_ids.len()))
-            .ok_or(Error::Overflow {
+            .ok_or(Error::Bounds(BoundsError::Overflow {
                 what: "transfer size",
-            })?;
+            }))?;
         // Chunks of distinct blocks never overlap inside one layout region; only regions that
         // overlap each other (or a copy within one layout) need the per-copy check.
         let used = |l: &BlockLayout| -> Vec<Extent> {
@@ -243,19 +243,21 @@ impl TransferPlan {
     /// transfer is measured against.
     ///
     /// # Errors
-    /// [`Error::DestinationTooSmall`]; [`Error::OverlappingCopy`]; [`Error::Misaligned`] as for
+    /// [`BoundsError::SizeMismatch`]; [`BoundsError::OverlappingCopy`]; [`BoundsError::Misaligned`] as for
     /// [`blocks`](Self::blocks).
     pub fn region(src: &Buffer, dst: &Buffer) -> Result<Self> {
         if dst.size() < src.size() {
-            return Err(Error::DestinationTooSmall {
+            return Err(Error::Bounds(BoundsError::SizeMismatch {
+                op: "a region copy",
                 src: src.size(),
                 dst: dst.size(),
-            });
+                rule: SizeRule::AtLeast,
+            }));
         }
         for b in [src, dst] {
-            b.end_addr().ok_or(Error::Overflow {
+            b.end_addr().ok_or(Error::Bounds(BoundsError::Overflow {
                 what: "region end address",
-            })?;
+            }))?;
         }
         let batches = vec![CopyBatch {
             src_kind: src.storage_kind(),
@@ -349,10 +351,10 @@ pub(crate) fn check_shapes(
     dst_ids: &[usize],
 ) -> Result<()> {
     if src_ids.len() != dst_ids.len() {
-        return Err(Error::BlockCountMismatch {
+        return Err(Error::Layout(LayoutError::BlockCountMismatch {
             src: src_ids.len(),
             dst: dst_ids.len(),
-        });
+        }));
     }
     for (what, s, d) in [
         ("chunk size", sc.chunk_bytes()?, dc.chunk_bytes()?),
@@ -360,19 +362,19 @@ pub(crate) fn check_shapes(
         ("outer dimension", sc.outer_dim, dc.outer_dim),
     ] {
         if s != d {
-            return Err(Error::LayoutMismatch {
+            return Err(Error::Layout(LayoutError::Mismatch {
                 what,
                 src: s,
                 dst: d,
-            });
+            }));
         }
     }
     if let Some(&block) = src_ids.iter().find(|&&id| id >= sc.num_blocks) {
-        return Err(Error::BlockOutOfRange {
+        return Err(Error::Layout(LayoutError::BlockOutOfRange {
             side: "source",
             block,
             num_blocks: sc.num_blocks,
-        });
+        }));
     }
     Ok(())
 }
@@ -388,16 +390,16 @@ pub(crate) fn by_destination(
     src_ids: &[usize],
 ) -> Result<Vec<(usize, usize)>> {
     if let Some(&block) = dst_ids.iter().find(|&&id| id >= num_blocks) {
-        return Err(Error::BlockOutOfRange {
+        return Err(Error::Layout(LayoutError::BlockOutOfRange {
             side: "destination",
             block,
             num_blocks,
-        });
+        }));
     }
     let zipped = || dst_ids.iter().copied().zip(src_ids.iter().copied());
     if dst_ids.is_sorted() {
         if let Some(w) = dst_ids.windows(2).find(|w| w[0] == w[1]) {
-            return Err(Error::DuplicateBlock { block: w[0] });
+            return Err(Error::Layout(LayoutError::DuplicateBlock { block: w[0] }));
         }
         return Ok(zipped().collect());
     }
@@ -405,7 +407,7 @@ pub(crate) fn by_destination(
         let mut slot = vec![usize::MAX; num_blocks];
         for (d, s) in zipped() {
             if std::mem::replace(&mut slot[d], s) != usize::MAX {
-                return Err(Error::DuplicateBlock { block: d });
+                return Err(Error::Layout(LayoutError::DuplicateBlock { block: d }));
             }
         }
         return Ok(slot
@@ -417,7 +419,7 @@ pub(crate) fn by_destination(
     let mut pairs: Vec<(usize, usize)> = zipped().collect();
     pairs.sort_unstable_by_key(|p| p.0);
     if let Some(w) = pairs.windows(2).find(|w| w[0].0 == w[1].0) {
-        return Err(Error::DuplicateBlock { block: w[0].0 });
+        return Err(Error::Layout(LayoutError::DuplicateBlock { block: w[0].0 }));
     }
     Ok(pairs)
 }
@@ -513,10 +515,10 @@ fn check_disjoint(batches: &[CopyBatch]) -> Result<()> {
     dst.sort_unstable();
     for w in dst.windows(2) {
         if w[0].0 == w[1].0 && w[0].1.saturating_add(w[0].2) > w[1].1 {
-            return Err(Error::OverlappingCopy {
+            return Err(Error::Bounds(BoundsError::OverlappingCopy {
                 what: "destination ranges",
                 addr: w[1].1,
-            });
+            }));
         }
     }
     let dst_spaces: HashSet<(u8, u64)> = dst.iter().map(|d| d.0).collect();
@@ -537,10 +539,10 @@ fn check_disjoint(batches: &[CopyBatch]) -> Result<()> {
             && d.0 == s.0
             && d.1 < s.1.saturating_add(s.2)
         {
-            return Err(Error::OverlappingCopy {
+            return Err(Error::Bounds(BoundsError::OverlappingCopy {
                 what: "source and destination ranges",
                 addr: d.1.max(s.1),
-            });
+            }));
         }
     }
     Ok(())
@@ -555,11 +557,11 @@ fn check_direct_io_alignment(batches: &[CopyBatch]) -> Result<()> {
             ("O_DIRECT transfer length", op.len),
         ] {
             if value % align != 0 {
-                return Err(Error::Misaligned {
+                return Err(Error::Bounds(BoundsError::Misaligned {
                     what,
                     value: value as u64,
                     align: align as u64,
-                });
+                }));
             }
         }
     }
@@ -725,12 +727,12 @@ mod tests {
         assert!(TransferPlan::blocks(&fc, &[0, 1], &fc, &[2, 3]).is_ok());
         assert!(matches!(
             TransferPlan::blocks(&fc, &[0, 1], &fc, &[1, 2]),
-            Err(Error::OverlappingCopy { .. })
+            Err(Error::Bounds(BoundsError::OverlappingCopy { .. }))
         ));
         let whole = fc.regions()[0].clone();
         assert!(matches!(
             TransferPlan::region(&whole, &whole),
-            Err(Error::OverlappingCopy { .. })
+            Err(Error::Bounds(BoundsError::OverlappingCopy { .. }))
         ));
     }
 

@@ -18,12 +18,13 @@
 use super::handle::Completion;
 use super::plan::{by_destination, check_shapes};
 use crate::descriptor::MemoryDescriptor;
-use crate::error::{Error, Result};
+use crate::error::{BoundsError, Error, NixlError, Result, TransferError};
 use crate::layout::{BlockLayout, LayoutConfig, LayoutKind, strides};
-use crate::nixl::{
-    Agent, LocalBlocks, NixlDescriptor, Peer, PreparedLocal, PreparedRemote, RemoteBlock,
-    RemoteBlocks, Transfer, TransferOp,
+use crate::nixl::raw::{
+    LocalBlocks, PreparedLocal, PreparedRemote, RawTransfers, RemoteBlock, RemoteBlocks, Transfer,
+    TransferOp,
 };
+use crate::nixl::{Agent, NixlDescriptor, Peer};
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
@@ -65,9 +66,9 @@ fn entry_count(c: &LayoutConfig) -> Result<usize> {
     c.num_blocks
         .checked_mul(chunks)
         .filter(|&n| i32::try_from(n).is_ok())
-        .ok_or(Error::Overflow {
+        .ok_or(Error::Bounds(BoundsError::Overflow {
             what: "chunk count of a NIXL descriptor list (at most 2^31 - 1 chunks)",
-        })
+        }))
 }
 
 /// Calls `f(region, offset)` for every chunk of a `kind` layout of `c`, in entry order.
@@ -121,9 +122,9 @@ impl RegisteredLayout {
     /// Prepares `layout` for transfers through `agent`: one descriptor per chunk.
     ///
     /// # Errors
-    /// [`Error::NotRegistered`] when a region is not registered memory (wrap each region's
+    /// [`NixlError::NotRegistered`] when a region is not registered memory (wrap each region's
     /// storage with [`Agent::register`] before building the layout); NIXL's errors when the
-    /// regions are registered with another agent; [`Error::Overflow`] for layouts of more than
+    /// regions are registered with another agent; [`BoundsError::Overflow`] for layouts of more than
     /// 2^31 − 1 chunks.
     pub fn new(agent: &Agent, layout: BlockLayout) -> Result<Self> {
         let c = *layout.config();
@@ -131,13 +132,15 @@ impl RegisteredLayout {
             .regions()
             .iter()
             .map(|r| {
-                r.nixl_descriptor().ok_or_else(|| Error::NotRegistered {
-                    what: format!(
-                        "layout region of {} memory at {:#x} ({} bytes)",
-                        r.storage_kind(),
-                        r.addr(),
-                        r.size()
-                    ),
+                r.nixl_descriptor().ok_or_else(|| {
+                    Error::Nixl(NixlError::NotRegistered {
+                        what: format!(
+                            "layout region of {} memory at {:#x} ({} bytes)",
+                            r.storage_kind(),
+                            r.addr(),
+                            r.size()
+                        ),
+                    })
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -199,13 +202,13 @@ impl RemoteLayout {
     /// `agent` (the agent that loaded `peer`).
     ///
     /// # Errors
-    /// [`Error::TransferMismatch`] when the descriptor is of another format, names another
+    /// [`TransferError::Mismatch`] when the descriptor is of another format, names another
     /// agent than `peer`, has the wrong region count, regions too small for the layout, or
-    /// regions of different memory types; [`Error::RemoteOutOfBounds`] when a region lies
+    /// regions of different memory types; [`PeerError::OutOfBounds`](crate::error::PeerError::OutOfBounds) when a region lies
     /// outside what the peer registered (checked when the peer sent a manifest); layout
     /// dimension errors as for [`BlockLayout::new`]; NIXL's errors from preparing the list.
     pub fn new(agent: &Agent, peer: &Peer, descriptor: LayoutDescriptor) -> Result<Self> {
-        let bad = |reason: String| Error::TransferMismatch { reason };
+        let bad = |reason: String| Error::Transfer(TransferError::Mismatch { reason });
         if descriptor.format != LAYOUT_DESCRIPTOR_FORMAT {
             return Err(bad(format!(
                 "layout descriptor format {} (this kvmem reads format {LAYOUT_DESCRIPTOR_FORMAT})",
@@ -246,9 +249,9 @@ impl RemoteLayout {
             }
             r.addr
                 .checked_add(region_bytes as u64)
-                .ok_or(Error::Overflow {
+                .ok_or(Error::Bounds(BoundsError::Overflow {
                     what: "remote layout region end address",
-                })?;
+                }))?;
         }
         let chunk = c.chunk_bytes()?;
         let mut blocks = RemoteBlocks::with_capacity(peer, entry_count(&c)?);
@@ -335,9 +338,9 @@ pub(super) fn post(
     let n = lc
         .chunks_per_block()?
         .checked_mul(local_ids.len())
-        .ok_or(Error::Overflow {
+        .ok_or(Error::Bounds(BoundsError::Overflow {
             what: "chunk count of a remote transfer",
-        })?;
+        }))?;
     let (mut li, mut ri) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for (&l, &r) in local_ids.iter().zip(remote_ids) {
         for layer in 0..lc.num_layers {
@@ -375,8 +378,14 @@ pub(super) struct Flight {
 impl Flight {
     /// Waits for the transfer on this thread and reports the outcome: the fallback when no
     /// polling thread can take it.
-    pub(super) fn finish_here(mut self) {
-        let result = self.posted.transfer.wait(Duration::MAX);
+    pub(super) fn finish_here(self) {
+        let result = loop {
+            match self.posted.transfer.poll_for(Duration::from_secs(1)) {
+                Ok(true) => break Ok(()),
+                Ok(false) => {}
+                Err(e) => break Err(e),
+            }
+        };
         self.finish(result);
     }
 
@@ -405,7 +414,7 @@ impl RemotePoller {
         std::thread::Builder::new()
             .name("kvmem-nixl-poll".into())
             .spawn(move || poll_loop(rx))
-            .map_err(|source| Error::HostAlloc { size: 0, source })?;
+            .map_err(|source| Error::spawn("NIXL polling", source))?;
         Ok(Self { tx })
     }
 
@@ -437,10 +446,10 @@ fn poll_loop(rx: mpsc::Receiver<Flight>) {
         while i < flying.len() {
             let f = &mut flying[i];
             let outcome = if f.completion.cancelled() {
-                Some(Err(Error::TransferCancelled {
+                Some(Err(Error::Transfer(TransferError::Cancelled {
                     done: 0,
                     total: f.posted.bytes,
-                }))
+                })))
             } else {
                 match f.posted.transfer.poll() {
                     Ok(true) => Some(Ok(())),

@@ -3,7 +3,7 @@
 
 use super::handle::Work;
 use super::plan::{TransferPath, TransferPlan};
-use crate::error::{Error, Result};
+use crate::error::{BoundsError, Error, IoError, LayoutError, Result, TransferError};
 use io_uring::{IoUring, opcode, types};
 use rustix::io::Errno;
 use std::sync::mpsc;
@@ -24,11 +24,13 @@ pub(crate) struct UringExecutor {
 impl UringExecutor {
     /// Starts the worker, which creates the ring on its own thread (so that the ring can be
     /// single-issuer) and reports whether that worked; a kernel without `io_uring` is reported
-    /// here, as [`Error::DiskBackendUnavailable`].
+    /// here, as [`IoError::BackendUnavailable`].
     pub(crate) fn start(config: UringConfig) -> Result<Self> {
-        let unavailable = |source| Error::DiskBackendUnavailable {
-            backend: "io_uring",
-            source,
+        let unavailable = |source| {
+            Error::Io(IoError::BackendUnavailable {
+                backend: "io_uring",
+                source,
+            })
         };
         let (tx, rx) = mpsc::channel::<Work>();
         let (ready_tx, ready_rx) = mpsc::sync_channel::<std::io::Result<()>>(1);
@@ -55,7 +57,7 @@ impl UringExecutor {
     }
 
     /// Queues `work`; if the worker is gone, the returned work's completion reports
-    /// [`Error::TransferAborted`] when dropped.
+    /// [`TransferError::Aborted`] when dropped.
     pub(crate) fn submit(&self, work: Work) {
         if let Err(mpsc::SendError(work)) = self.tx.send(work) {
             tracing::error!("io_uring worker has stopped; failing the transfer");
@@ -140,9 +142,9 @@ fn requests(plan: &TransferPlan, max: usize) -> Result<Vec<Io>> {
         TransferPath::HostToDisk => true,
         TransferPath::DiskToHost => false,
         other => {
-            return Err(Error::InvalidLayout(format!(
+            return Err(Error::Layout(LayoutError::Invalid(format!(
                 "the io_uring executor runs host<->disk plans, not {other}"
-            )));
+            ))));
         }
     };
     let mut out = Vec::new();
@@ -153,13 +155,15 @@ fn requests(plan: &TransferPlan, max: usize) -> Result<Vec<Io>> {
             batch.src_kind
         };
         let crate::StorageKind::Disk(fd) = file else {
-            return Err(Error::InvalidLayout(format!(
+            return Err(Error::Layout(LayoutError::Invalid(format!(
                 "disk side of a {} batch is {file} memory",
                 plan.path()
-            )));
+            ))));
         };
-        let fd = i32::try_from(fd).map_err(|_| Error::Overflow {
-            what: "file descriptor",
+        let fd = i32::try_from(fd).map_err(|_| {
+            Error::Bounds(BoundsError::Overflow {
+                what: "file descriptor",
+            })
         })?;
         for op in &batch.ops {
             let (mem, offset) = if write {
@@ -259,10 +263,10 @@ fn run(
                 .raw_os_error()
                 .is_some_and(|n| transient(n) || n == Errno::BUSY.raw_os_error())
             {
-                return Err(Error::DiskBackendUnavailable {
+                return Err(Error::Io(IoError::BackendUnavailable {
                     backend: "io_uring",
                     source: e,
-                });
+                }));
             }
         }
         for cqe in ring.completion() {
@@ -279,22 +283,22 @@ fn run(
                 if transient(errno) {
                     retry.push(io);
                 } else if failure.is_none() {
-                    failure = Some(Error::TransferIo {
+                    failure = Some(Error::Io(IoError::Transfer {
                         op: io.op(),
                         fd: io.fd,
                         offset: io.offset,
                         len: io.len,
                         source: std::io::Error::from_raw_os_error(errno),
-                    });
+                    }));
                 }
             } else if res == 0 {
                 if failure.is_none() {
-                    failure = Some(Error::ShortIo {
+                    failure = Some(Error::Io(IoError::Short {
                         op: io.op(),
                         offset: io.offset,
                         expected: io.len,
                         actual: 0,
-                    });
+                    }));
                 }
             } else {
                 let n = (res as usize).min(io.len);
@@ -309,7 +313,10 @@ fn run(
         return Ok(Err(e));
     }
     if done < total {
-        return Ok(Err(Error::TransferCancelled { done, total }));
+        return Ok(Err(Error::Transfer(TransferError::Cancelled {
+            done,
+            total,
+        })));
     }
     Ok(Ok(()))
 }

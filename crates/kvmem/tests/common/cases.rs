@@ -2,6 +2,7 @@
 //! and a byte-for-byte comparison with a reference computed from the documented dimension orders.
 
 use super::{Tier, random_region, read_region};
+use kvmem::Completion;
 use kvmem::layout::{BlockDim, BlockLayout, LayoutConfig, LayoutKind};
 use kvmem::transfer::TransferEngine;
 use rand::rngs::StdRng;

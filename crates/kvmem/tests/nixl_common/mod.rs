@@ -3,8 +3,11 @@
 //! throw-away etcd server on loopback.
 #![allow(dead_code)]
 
+// The verbs every NIXL test calls; not every binary that includes this module uses both.
 use kvmem::nixl::{Agent, AgentConfig, Registered};
 use kvmem::{Buffer, HostMemory, MemoryDescriptor, SystemStorage};
+#[allow(unused_imports)]
+pub use kvmem::{Completion, nixl::raw::RawTransfers};
 use rand::rngs::SmallRng;
 use rand::{RngCore, SeedableRng};
 use std::io::{BufRead, BufReader, Write};
@@ -388,3 +391,20 @@ fn find_etcd() -> Option<PathBuf> {
         .map(|d| d.join("etcd"))
         .find(|p| p.is_file())
 }
+
+/// Waiting with a limit: a test fails with [`kvmem::Error::Timeout`] instead of hanging.
+pub trait WaitFor: Completion + Sized {
+    /// Waits at most `timeout`, then returns the outcome; a completion still running after
+    /// `timeout` is an error.
+    fn wait_for(self, timeout: Duration) -> kvmem::Result<Self::Output> {
+        if !self.wait_timeout(timeout) {
+            return Err(kvmem::Error::Timeout {
+                what: "a transfer to finish".into(),
+                waited: timeout,
+            });
+        }
+        self.wait()
+    }
+}
+
+impl<C: Completion> WaitFor for C {}

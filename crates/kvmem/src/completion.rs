@@ -1,0 +1,82 @@
+//! One vocabulary for everything kvmem starts in the background and finishes later.
+//!
+//! A copy list on a CUDA stream ([`CopyCompletion`](crate::cuda::batch::CopyCompletion)), a
+//! block transfer of the [`TransferEngine`](crate::transfer::TransferEngine)
+//! ([`TransferHandle`](crate::transfer::TransferHandle)) and a raw NIXL request
+//! ([`Transfer`](crate::nixl::raw::Transfer)) all implement [`Completion`], with the same four
+//! verbs and return types:
+//!
+//! | verb | blocks | returns |
+//! |---|---|---|
+//! | [`is_done`](Completion::is_done) | never | `true` once it finished, successfully or not |
+//! | [`wait_timeout`](Completion::wait_timeout) | at most `timeout` | `true` if it finished meanwhile |
+//! | [`wait`](Completion::wait) | until it finished | the outcome, `Result<Output>` |
+//! | [`cancel`](Completion::cancel) | never | — (asks it to stop as early as it can) |
+//!
+//! ```
+//! use kvmem::Completion;
+//! use std::time::Duration;
+//!
+//! /// Waits for any completion, giving up (and cancelling) after a second.
+//! fn finish<C: Completion>(c: C) -> kvmem::Result<Option<C::Output>> {
+//!     if !c.wait_timeout(Duration::from_secs(1)) {
+//!         c.cancel();
+//!         // A cancelled operation still has to be waited for: its memory is in use until then.
+//!         return c.wait().map(|_| None);
+//!     }
+//!     c.wait().map(Some)
+//! }
+//! # let _ = finish::<kvmem::transfer::TransferHandle>;
+//! ```
+
+use crate::error::Result;
+use std::time::Duration;
+
+/// An operation running in the background: poll it, wait for it (with or without a limit), or ask
+/// it to stop.
+///
+/// # What a caller may reuse, and when
+///
+/// * While it runs — after [`is_done`](Self::is_done) or [`wait_timeout`](Self::wait_timeout)
+///   returned `false` — nothing changed: the operation keeps running, the handle is as good as
+///   before and every verb may be called again. The memory the operation reads and writes is still
+///   in use: do not write its sources nor read its destinations.
+/// * After [`cancel`](Self::cancel), the operation stops as early as it can, but it is not over
+///   yet: the caller still waits ([`wait`](Self::wait), or `wait_timeout` until it returns `true`).
+///   `wait` then returns the outcome: `Ok` if everything had finished before the cancel took
+///   effect, [`TransferError::Cancelled`](crate::error::TransferError::Cancelled) (or the failure
+///   it ran into) otherwise. After a cancel the destination is partly written, with undefined
+///   contents: write it again before reading it; the sources are unchanged.
+/// * Once it finished (`is_done` or `wait_timeout` returned `true`, or `wait` returned), the
+///   sources and destinations may be reused — with the exception each implementation documents
+///   (a raw NIXL request that was cancelled or lost its peer keeps its buffers for the rest of the
+///   process, because the backend may still touch them).
+///
+/// Dropping a handle never frees memory under a running operation; what else it does is the
+/// implementation's to say (a [`TransferHandle`](crate::transfer::TransferHandle) lets the
+/// transfer run on, a raw NIXL [`Transfer`](crate::nixl::raw::Transfer) cancels it, a
+/// [`CopyCompletion`](crate::cuda::batch::CopyCompletion) waits).
+pub trait Completion {
+    /// What a successful operation reports.
+    type Output;
+
+    /// True once the operation has finished, successfully or not. Never blocks.
+    fn is_done(&self) -> bool;
+
+    /// Blocks at most `timeout` for the operation to finish; true if it has.
+    fn wait_timeout(&self, timeout: Duration) -> bool;
+
+    /// Blocks until the operation has finished and returns its outcome.
+    ///
+    /// # Errors
+    /// What the operation failed with (each implementation lists its errors), or
+    /// [`TransferError::Cancelled`](crate::error::TransferError::Cancelled) after a
+    /// [`cancel`](Self::cancel) that took effect.
+    fn wait(self) -> Result<Self::Output>
+    where
+        Self: Sized;
+
+    /// Asks the operation to stop as early as it can; wait for it afterwards (see the
+    /// [trait docs](Self)). Does nothing once it has finished.
+    fn cancel(&self);
+}
