@@ -9,6 +9,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ./scripts/setup-etcd.sh
 # shellcheck source=env.sh
 source scripts/env.sh
+# The library's modules import each other without a cycle (docs/ARCHITECTURE.md).
+./scripts/module-deps.sh --quiet
 cargo test --workspace --locked "$@"
 # The Python package: built into the venv (editable; the dev profile reuses the test build of
 # the library) and tested with pytest; its GPU

@@ -14,8 +14,8 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use kvmem::Completion;
-use kvmem::nixl::raw::{LocalBlocks, RawTransfers, RemoteBlock, RemoteBlocks, TransferOp};
-use kvmem::nixl::{Agent, AgentConfig};
+use kvmem::nixl::raw::{LocalBlocks, RawTransfers, RemoteBlocks, TransferOp};
+use kvmem::nixl::{Agent, AgentConfig, NixlDescriptor};
 use kvmem::{Buffer, HostMemory, MemoryDescriptor, SystemStorage};
 use nixl_sys::{MemType, XferDescList, XferOp, XferStatus};
 use std::hint::black_box;
@@ -291,7 +291,7 @@ impl Kv {
         let mut r = RemoteBlocks::with_capacity(peer, blocks.len());
         for &(off, len) in blocks {
             l.push_range(&self.src, off, len).unwrap();
-            r.push(RemoteBlock::dram((self.dst.addr() + off) as u64, len))
+            r.push(NixlDescriptor::dram((self.dst.addr() + off) as u64, len))
                 .unwrap();
         }
         (l, r)

@@ -4,7 +4,7 @@ use crate::PAGE_SIZE;
 use crate::descriptor::{Buffer, MemoryDescriptor, Storage};
 use crate::error::{BoundsError, Error, MemoryError, Result};
 use crate::kind::StorageKind;
-use crate::nixl::{MemType, NixlCompatible, NixlDescriptor};
+use crate::region::{MemType, NixlCompatible, NixlDescriptor};
 use crate::view::OffsetBuffer;
 use offset_allocator::{Allocation, Allocator};
 use std::any::Any;

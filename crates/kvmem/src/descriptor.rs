@@ -1,7 +1,7 @@
 //! The memory descriptor trait every region implements, and [`Buffer`], a type-erased handle.
 
 use crate::kind::StorageKind;
-use crate::nixl::{MemType, NixlCompatible, NixlDescriptor};
+use crate::region::{MemType, NixlCompatible, NixlDescriptor};
 use std::any::Any;
 use std::fmt;
 use std::sync::Arc;

@@ -19,8 +19,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::StorageKind;
-use crate::nixl::MemType;
+use crate::kind::StorageKind;
+use crate::region::MemType;
 
 /// Result with kvmem's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -15,6 +15,13 @@ pub trait HostMemory: MemoryDescriptor {
     /// The whole region as mutable bytes.
     fn as_mut_slice(&mut self) -> &mut [u8];
 
+    /// For memory page-locked with CUDA in several registrations: the address range of each
+    /// (one DMA copy must not cross from one registration into the next). `None`, the default,
+    /// when one copy may cover the whole region.
+    fn page_locked_ranges(&self) -> Option<Vec<std::ops::Range<usize>>> {
+        None
+    }
+
     /// Sets every byte to `value`.
     fn memset(&mut self, value: u8) {
         self.as_mut_slice().fill(value);

@@ -9,8 +9,9 @@
 //! | module | owns |
 //! |---|---|
 //! | [`kind`] | [`StorageKind`], the tier a region lives in |
+//! | [`region`] | NIXL's vocabulary for memory: [`nixl::MemType`], the one region type [`nixl::NixlDescriptor`], [`nixl::AddressSpace`], [`nixl::NixlCompatible`] (re-exported by [`nixl`]) |
 //! | [`descriptor`] | the [`MemoryDescriptor`] trait and the type-erased [`Buffer`] handle |
-//! | [`nixl`] | NIXL's types ([`nixl::MemType`], [`nixl::NixlDescriptor`], [`nixl::NixlCompatible`]) and loading the NIXL runtime |
+//! | [`nixl`] | kvmem's NIXL agent: loading the runtime, registration, peers, transfers, notifications |
 //! | [`storage`] | storages that own or wrap memory: [`SystemStorage`], [`DiskStorage`], external memory, and on CUDA [`DeviceStorage`], [`PinnedStorage`], [`MappedPinnedStorage`], [`DevicePool`] |
 //! | [`cuda`] | the CUDA driver: loading it, devices and their contexts, page-locking, copy helpers |
 //! | [`host`] | safe byte access to host-accessible storage ([`HostMemory`]) |
@@ -45,6 +46,7 @@ pub mod host;
 pub mod kind;
 pub mod layout;
 pub mod nixl;
+pub mod region;
 pub mod storage;
 pub mod tensor;
 pub mod topology;

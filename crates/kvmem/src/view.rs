@@ -4,7 +4,7 @@ use crate::descriptor::{Buffer, MemoryDescriptor};
 use crate::error::{BoundsError, Error, Result};
 use crate::host::checked_range;
 use crate::kind::StorageKind;
-use crate::nixl::{MemType, NixlCompatible, NixlDescriptor};
+use crate::region::{MemType, NixlCompatible, NixlDescriptor};
 use std::any::Any;
 
 /// `size` bytes starting `offset` bytes into a [`Buffer`].

@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use kvmem::error::{BoundsError, ConfigError, NixlError, PeerError, TransferError};
-use kvmem::nixl::raw::{LocalBlocks, RemoteBlock, RemoteBlocks, TransferOp};
+use kvmem::nixl::raw::{LocalBlocks, RemoteBlocks, TransferOp};
 use kvmem::nixl::{Agent, AgentConfig, MemType, NixlCompatible, NixlDescriptor};
 use kvmem::{Buffer, DiskStorage, Error, MemoryDescriptor, StorageKind, SystemStorage};
 use std::any::Any;
@@ -159,12 +159,12 @@ fn descriptor_outside_the_peers_registered_memory() {
     let peer = a.load_peer(&b.local_metadata().unwrap()).unwrap();
     let mut r = RemoteBlocks::new(&peer);
     for bad in [
-        RemoteBlock::dram(end, 4096),                      // just past the end
-        RemoteBlock::dram(end - 4096, 8192),               // straddles the end
-        RemoteBlock::dram(dst.addr() as u64 - 4096, 4096), // before the start
-        RemoteBlock {
+        NixlDescriptor::dram(end, 4096),        // just past the end
+        NixlDescriptor::dram(end - 4096, 8192), // straddles the end
+        NixlDescriptor::dram(dst.addr() as u64 - 4096, 4096), // before the start
+        NixlDescriptor {
             mem_type: MemType::Vram,
-            ..RemoteBlock::dram(dst.addr() as u64, 4096)
+            ..NixlDescriptor::dram(dst.addr() as u64, 4096)
         },
     ] {
         let err = r.push(bad).unwrap_err();
@@ -181,8 +181,9 @@ fn descriptor_outside_the_peers_registered_memory() {
     assert!(peer.manifest().is_none());
     let src_c = filled(&c, &random_bytes(22, 8192));
     let mut r = RemoteBlocks::new(&peer);
-    r.push(RemoteBlock::dram(dst.addr() as u64, 4096)).unwrap();
-    r.push(RemoteBlock::dram(end - 4096, 8192)).unwrap();
+    r.push(NixlDescriptor::dram(dst.addr() as u64, 4096))
+        .unwrap();
+    r.push(NixlDescriptor::dram(end - 4096, 8192)).unwrap();
     let mut l = LocalBlocks::new();
     l.push_range(&src_c, 0, 4096).unwrap();
     l.push_range(&src_c, 0, 8192).unwrap();
@@ -382,7 +383,7 @@ fn lists_that_do_not_fit_together() {
         Err(Error::Transfer(TransferError::Mismatch { .. }))
     ));
     assert!(matches!(
-        r.push(RemoteBlock::dram(0, 0)),
+        r.push(NixlDescriptor::dram(0, 0)),
         Err(Error::Bounds(BoundsError::ZeroSize { .. }))
     ));
     assert!(matches!(

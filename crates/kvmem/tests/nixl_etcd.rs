@@ -12,8 +12,8 @@ mod common;
 use common::*;
 use kvmem::Error;
 use kvmem::error::PeerError;
-use kvmem::nixl::PeerSource;
-use kvmem::nixl::raw::{LocalBlocks, RemoteBlock, RemoteBlocks};
+use kvmem::nixl::raw::{LocalBlocks, RemoteBlocks};
+use kvmem::nixl::{NixlDescriptor, PeerSource};
 use libtest_mimic::{Arguments, Failed, Trial};
 use std::time::{Duration, Instant};
 
@@ -66,7 +66,7 @@ fn etcd_round_trip() -> Result<(), Failed> {
     let peer = agent.connect_etcd(&name, Duration::from_secs(30))?;
     assert_eq!(peer.source(), &PeerSource::Etcd);
     let mut remote = RemoteBlocks::new(&peer);
-    remote.push(RemoteBlock::dram(target.addr, target.len))?;
+    remote.push(NixlDescriptor::dram(target.addr, target.len))?;
     verified_write(&agent, &local, &remote, &mut target, "over-etcd")?;
 
     // Coordinated shutdown: let go of the peer, then the peer withdraws and exits cleanly.
@@ -83,7 +83,7 @@ fn etcd_round_trip() -> Result<(), Failed> {
         "old lists are refused: {err}"
     );
     let mut remote = RemoteBlocks::new(&peer);
-    remote.push(RemoteBlock::dram(target.addr, target.len))?;
+    remote.push(NixlDescriptor::dram(target.addr, target.len))?;
     verified_write(&agent, &local, &remote, &mut target, "after-restart")?;
 
     // This time the peer withdraws while still known here: NIXL's etcd watch drops it.

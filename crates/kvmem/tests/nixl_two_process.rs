@@ -9,8 +9,8 @@ mod common;
 use common::*;
 use kvmem::Error;
 use kvmem::error::{NixlError, PeerError, TransferError};
-use kvmem::nixl::Agent;
-use kvmem::nixl::raw::{LocalBlocks, RemoteBlock, RemoteBlocks};
+use kvmem::nixl::raw::{LocalBlocks, RemoteBlocks};
+use kvmem::nixl::{Agent, NixlDescriptor};
 use libtest_mimic::{Arguments, Failed, Trial};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -45,7 +45,7 @@ fn remote_of(agent: &Agent, target: &TargetProcess, port: u16) -> Result<RemoteB
         "the listener carries NIXL metadata only"
     );
     let mut remote = RemoteBlocks::new(&peer);
-    remote.push(RemoteBlock::dram(target.addr, target.len))?;
+    remote.push(NixlDescriptor::dram(target.addr, target.len))?;
     Ok(remote)
 }
 
@@ -104,7 +104,7 @@ fn listener_round_trip() -> Result<(), Failed> {
         "{err}"
     );
     let mut remote = RemoteBlocks::new(&peer);
-    remote.push(RemoteBlock::dram(target.addr, target.len))?;
+    remote.push(NixlDescriptor::dram(target.addr, target.len))?;
     write_and_verify(&agent, &local, &remote, &mut target, 31, "after-restart")?;
     agent.invalidate_peer(&name)?;
     let status = target.exit(Duration::from_secs(20));

@@ -6,8 +6,8 @@ mod common;
 
 use common::*;
 use kvmem::error::{NixlError, PeerError, TransferError};
-use kvmem::nixl::raw::{LocalBlocks, RemoteBlock, RemoteBlocks, TransferOp};
-use kvmem::nixl::{Agent, register};
+use kvmem::nixl::raw::{LocalBlocks, RemoteBlocks, TransferOp};
+use kvmem::nixl::{Agent, NixlDescriptor, register};
 use kvmem::{Buffer, Error, MemoryDescriptor, OffsetBuffer, SystemStorage};
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ const WAIT: Duration = Duration::from_secs(60);
 
 fn remote_whole(peer: &kvmem::nixl::Peer, buffer: &Buffer) -> RemoteBlocks {
     let mut r = RemoteBlocks::new(peer);
-    r.push(RemoteBlock::dram(buffer.addr() as u64, buffer.size()))
+    r.push(NixlDescriptor::dram(buffer.addr() as u64, buffer.size()))
         .expect("block inside the peer's memory");
     r
 }
@@ -30,12 +30,10 @@ fn write_then_read(size: usize, seed: u64) {
     // b's metadata is taken after it registered `dst`: it carries the registration.
     let peer = a.load_peer(&b.local_metadata().unwrap()).unwrap();
     assert_eq!(peer.name(), b.name());
-    assert!(peer.manifest().is_some_and(|m| m.contains(
-        kvmem::nixl::MemType::Dram,
-        0,
-        dst.addr() as u64,
-        size
-    )));
+    assert!(
+        peer.manifest()
+            .is_some_and(|m| m.contains(&NixlDescriptor::dram(dst.addr() as u64, size)))
+    );
     let remote = remote_whole(&peer, &dst);
 
     // WRITE a -> b with a notification.
@@ -129,12 +127,12 @@ fn registering_a_view_registers_its_range() {
     assert_eq!(registered.addr(), base.addr() + (256 << 10));
     let peer = a.load_peer(&b.local_metadata().unwrap()).unwrap();
     assert_eq!(peer.regions().len(), 1);
-    assert_eq!(peer.regions()[0].len, 256 << 10);
+    assert_eq!(peer.regions()[0].size, 256 << 10);
     assert_eq!(peer.regions()[0].addr, (base.addr() + (256 << 10)) as u64);
     // Outside the view is outside what the peer registered.
     let mut r = RemoteBlocks::new(&peer);
     assert!(matches!(
-        r.push(RemoteBlock::dram(base.addr() as u64, 4096)),
+        r.push(NixlDescriptor::dram(base.addr() as u64, 4096)),
         Err(Error::Peer(PeerError::OutOfBounds { .. }))
     ));
     // Inside works end to end.

@@ -16,7 +16,7 @@ use crate::error::{CliError, Result};
 use indicatif::ProgressBar;
 use kvmem::Completion;
 use kvmem::layout::{BlockLayout, LayoutConfig, LayoutKind};
-use kvmem::nixl::raw::{LocalBlocks, RawTransfers, RemoteBlock, RemoteBlocks, TransferOp};
+use kvmem::nixl::raw::{LocalBlocks, RawTransfers, RemoteBlocks, TransferOp};
 use kvmem::nixl::{Agent, AgentConfig, MemType, NixlDescriptor, Peer};
 use kvmem::transfer::{
     LAYOUT_DESCRIPTOR_FORMAT, LayoutDescriptor, RegisteredLayout, RemoteLayout, TransferEngine,
@@ -79,7 +79,7 @@ impl NixlEnds {
 
     fn remote_range(&self, offset: usize, len: usize) -> Result<RemoteBlocks> {
         let mut r = RemoteBlocks::new(&self.peer);
-        r.push(RemoteBlock::dram(self.remote_addr + offset as u64, len))?;
+        r.push(NixlDescriptor::dram(self.remote_addr + offset as u64, len))?;
         Ok(r)
     }
 

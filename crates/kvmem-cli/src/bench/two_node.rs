@@ -9,7 +9,7 @@ use super::report::Report;
 use super::{BenchArgs, Pattern};
 use crate::error::{CliError, Result};
 use kvmem::nixl::raw::TransferOp;
-use kvmem::nixl::{Agent, AgentConfig, MemType, PeerManifest};
+use kvmem::nixl::{Agent, AgentConfig, MemType, NixlDescriptor, PeerManifest};
 use kvmem::transfer::{EngineConfig, TransferEngine};
 use kvmem::{HostMemory, MemoryDescriptor, SystemStorage};
 use serde::{Deserialize, Serialize};
@@ -62,12 +62,7 @@ pub fn target(args: &BenchArgs) -> Result<()> {
         manifest: PeerManifest {
             format: kvmem::nixl::peer::MANIFEST_FORMAT,
             agent: agent.name().to_owned(),
-            regions: vec![kvmem::nixl::ManifestRegion {
-                addr: region.addr() as u64,
-                len: len as u64,
-                mem_type: MemType::Dram,
-                device_id: 0,
-            }],
+            regions: vec![NixlDescriptor::dram(region.addr() as u64, len)],
         },
         block_size: block_size as u64,
         blocks: blocks as u64,
@@ -149,9 +144,8 @@ pub fn initiator(args: &BenchArgs) -> Result<Report> {
         .first()
         .filter(|r| r.mem_type == MemType::Dram)
         .ok_or_else(|| CliError::Bench("the target sent no host region".into()))?;
-    let region_len = usize::try_from(region.len)
-        .map_err(|_| CliError::Bench("the target's region does not fit this machine".into()))?;
-    let len = region_len.min(args.nixl_bytes);
+    // Parsing the manifest checked that the length fits this machine.
+    let len = region.size.min(args.nixl_bytes);
     tracing::info!(target = %peer.name(), blocks = blocks.blocks, block_size = blocks.block_size, "got the target's blocks");
 
     let engine = TransferEngine::new(EngineConfig::default())?;

@@ -11,7 +11,6 @@ use crate::descriptor::MemoryDescriptor;
 use crate::error::{BoundsError, CudaError, Error, Result, SizeRule, UnsupportedError};
 use crate::host::HostMemory;
 use crate::kind::StorageKind;
-use crate::storage::{ExternalPinnedMemory, MappedPinnedStorage};
 use cudarc::driver::{result, sys};
 use std::ops::Range;
 
@@ -97,19 +96,12 @@ where
 }
 
 /// The offset ranges of `host` that one CUDA copy each may cover: one per page-lock registration
-/// for kvmem's registered storages (a copy must not cross from one registration into the next),
+/// for memory page-locked in several ([`HostMemory::page_locked_ranges`]: a copy must not cross
+/// from one registration into the next),
 /// the whole region otherwise.
 fn pieces<H: HostMemory + ?Sized>(host: &H) -> Vec<Range<usize>> {
-    let any = host.as_any();
-    let registered = any
-        .downcast_ref::<MappedPinnedStorage>()
-        .map(MappedPinnedStorage::registered_ranges)
-        .or_else(|| {
-            any.downcast_ref::<ExternalPinnedMemory>()
-                .map(ExternalPinnedMemory::registered_ranges)
-        });
     let base = host.addr();
-    match registered {
+    match host.page_locked_ranges() {
         Some(ranges) if ranges.len() > 1 => ranges
             .into_iter()
             .map(|r| r.start - base..r.end - base)

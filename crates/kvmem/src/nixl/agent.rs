@@ -2,10 +2,10 @@
 //! bookkeeping kvmem keeps next to it (registered ranges, known peers, received notifications).
 
 use super::config::AgentConfig;
-use super::notification::Inbox;
-use super::peer::PeerTable;
-use super::registration::Registry;
+use super::metadata::PeerTable;
+use super::registry::Registry;
 use crate::error::{Error, NixlError, Result};
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -38,6 +38,12 @@ pub(crate) struct Shared {
     pub(crate) registry: Mutex<Registry>,
     pub(crate) peers: Mutex<PeerTable>,
     pub(crate) inbox: Inbox,
+}
+
+/// Received notifications, per sending peer.
+#[derive(Default)]
+pub(crate) struct Inbox {
+    pub(crate) queues: Mutex<HashMap<String, VecDeque<Vec<u8>>>>,
 }
 
 struct RunningBackend {

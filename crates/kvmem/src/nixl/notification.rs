@@ -8,8 +8,6 @@
 
 use super::agent::{Agent, lock};
 use crate::error::{Error, Result};
-use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// A notification and the peer that sent it.
@@ -19,12 +17,6 @@ pub struct Notification {
     pub peer: String,
     /// The message.
     pub message: Vec<u8>,
-}
-
-/// Received notifications, per sending peer.
-#[derive(Default)]
-pub(crate) struct Inbox {
-    queues: Mutex<HashMap<String, VecDeque<Vec<u8>>>>,
 }
 
 impl Agent {

@@ -63,6 +63,6 @@
 //! ```
 
 pub use super::transfer::{
-    LocalBlocks, PreparedLocal, PreparedRemote, RawTransfers, RemoteBlock, RemoteBlocks, Transfer,
+    LocalBlocks, PreparedLocal, PreparedRemote, RawTransfers, RemoteBlocks, Transfer,
     TransferMemory, TransferOp,
 };

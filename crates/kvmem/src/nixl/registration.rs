@@ -21,14 +21,12 @@
 //! [`Buffer`]: crate::Buffer
 
 use super::agent::{Agent, lock};
-use super::peer::ManifestRegion;
-use super::{MemType, NixlCompatible, NixlDescriptor};
 use crate::descriptor::{MemoryDescriptor, Storage};
 use crate::error::{BoundsError, Error, NixlError, Result};
 use crate::host::HostMemory;
 use crate::kind::StorageKind;
+use crate::region::{AddressSpace, MemType, NixlCompatible, NixlDescriptor};
 use std::any::Any;
-use std::collections::BTreeMap;
 use std::fmt;
 
 /// Registers `storage` with `agent`. See [`Agent::register`].
@@ -80,13 +78,14 @@ impl Agent {
     }
 
     fn register_boxed<S: Storage>(&self, storage: &S) -> Result<Registration> {
-        let (ptr, len, mem_type, device_id) = storage.nixl_params();
+        let region = storage.nixl_region();
+        let (len, mem_type, device_id) = (region.size, region.mem_type, region.device_id);
         if len == 0 {
             return Err(Error::Bounds(BoundsError::ZeroSize {
                 what: "memory to register",
             }));
         }
-        let start = ptr as u64;
+        let start = region.addr;
         let len64 = u64::try_from(len).map_err(|_| {
             Error::Bounds(BoundsError::Overflow {
                 what: "registration length",
@@ -98,7 +97,7 @@ impl Agent {
                 what: "registered range",
             }))?;
         let chunk = self.shared.config.registration_chunk;
-        let space = Space::new(mem_type, device_id);
+        let space = region.space();
 
         // The registry lock is held across the NIXL calls so that two overlapping registrations
         // cannot both pass the check.
@@ -120,12 +119,8 @@ impl Agent {
         let mut offset = 0u64;
         while offset < len64 {
             let piece = (len64 - offset).min(chunk);
-            let desc = Chunk {
-                addr: (start + offset) as usize,
-                len: piece as usize,
-                mem_type,
-                device_id,
-            };
+            // In range: `piece` is at most `len`, a usize.
+            let desc = NixlDescriptor::new(space, start + offset, piece as usize);
             match self.nixl().register_memory(&desc, None) {
                 Ok(h) => handles.push(h),
                 Err(source) => {
@@ -159,12 +154,7 @@ impl Agent {
             space,
             start,
             id,
-            descriptor: NixlDescriptor {
-                addr: start,
-                size: len,
-                mem_type,
-                device_id,
-            },
+            descriptor: region,
         })
     }
 
@@ -172,7 +162,7 @@ impl Agent {
     /// (inside one registration).
     pub fn is_registered(&self, mem_type: MemType, device_id: u64, addr: u64, len: usize) -> bool {
         lock(&self.shared.registry)
-            .covering(Space::new(mem_type, device_id), addr, len as u64)
+            .covering(AddressSpace::new(mem_type, device_id), addr, len as u64)
             .is_some()
     }
 }
@@ -260,6 +250,9 @@ impl<S: Storage + HostMemory> HostMemory for Registered<S> {
     fn as_mut_slice(&mut self) -> &mut [u8] {
         self.storage.as_mut_slice()
     }
+    fn page_locked_ranges(&self) -> Option<Vec<std::ops::Range<usize>>> {
+        self.storage.page_locked_ranges()
+    }
 }
 
 /// A failed registration: the storage, given back, and why.
@@ -310,7 +303,7 @@ impl<S> From<RegisterError<S>> for Error {
 struct Registration {
     handles: Vec<nixl_sys::RegistrationHandle>,
     agent: Agent,
-    space: Space,
+    space: AddressSpace,
     start: u64,
     id: u64,
     descriptor: NixlDescriptor,
@@ -329,162 +322,23 @@ impl Drop for Registration {
     }
 }
 
-/// One NIXL registration: a chunk of a registered region.
-#[derive(Debug)]
-struct Chunk {
-    addr: usize,
-    len: usize,
-    mem_type: MemType,
-    device_id: u64,
-}
-
-impl nixl_sys::MemoryRegion for Chunk {
+// One NIXL registration (a chunk of a registered region) is named by its descriptor.
+impl nixl_sys::MemoryRegion for NixlDescriptor {
     unsafe fn as_ptr(&self) -> *const u8 {
         // An address only, never dereferenced here: NIXL's registration reads it as a number.
-        self.addr as *const u8
+        std::ptr::without_provenance(self.addr as usize)
     }
     fn size(&self) -> usize {
-        self.len
+        self.size
     }
 }
 
-impl nixl_sys::NixlDescriptor for Chunk {
+impl nixl_sys::NixlDescriptor for NixlDescriptor {
     fn mem_type(&self) -> MemType {
         self.mem_type
     }
     fn device_id(&self) -> u64 {
         self.device_id
-    }
-}
-
-/// An address space: memory type and device (CUDA ordinal, file descriptor, or 0).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub(crate) struct Space {
-    mem: u8,
-    pub(crate) device_id: u64,
-}
-
-impl Space {
-    pub(crate) fn new(mem_type: MemType, device_id: u64) -> Self {
-        let mem = match mem_type {
-            MemType::Dram => 0,
-            MemType::Vram => 1,
-            MemType::Block => 2,
-            MemType::Object => 3,
-            MemType::File => 4,
-            MemType::Unknown => 5,
-        };
-        Self { mem, device_id }
-    }
-
-    pub(crate) fn mem_type(&self) -> MemType {
-        match self.mem {
-            0 => MemType::Dram,
-            1 => MemType::Vram,
-            2 => MemType::Block,
-            3 => MemType::Object,
-            4 => MemType::File,
-            _ => MemType::Unknown,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Entry {
-    end: u64,
-    id: u64,
-    chunk: u64,
-}
-
-/// The ranges an agent has registered, per address space: for the overlap check, for splitting
-/// transfer blocks at chunk boundaries, and for the manifest peers receive.
-#[derive(Debug, Default)]
-pub(crate) struct Registry {
-    spaces: BTreeMap<Space, BTreeMap<u64, Entry>>,
-    next_id: u64,
-    /// Registrations made of more than one chunk.
-    chunked: usize,
-}
-
-impl Registry {
-    /// Records `start..start+len`, or returns the registration it overlaps.
-    fn reserve(
-        &mut self,
-        space: Space,
-        start: u64,
-        len: u64,
-        chunk: u64,
-    ) -> std::result::Result<u64, (u64, u64)> {
-        let end = start + len;
-        let ranges = self.spaces.entry(space).or_default();
-        if let Some((&s, e)) = ranges.range(..end).next_back()
-            && e.end > start
-        {
-            return Err((s, e.end - s));
-        }
-        self.next_id += 1;
-        let id = self.next_id;
-        ranges.insert(start, Entry { end, id, chunk });
-        if len > chunk {
-            self.chunked += 1;
-        }
-        Ok(id)
-    }
-
-    fn release(&mut self, space: Space, start: u64, id: u64) {
-        let Some(ranges) = self.spaces.get_mut(&space) else {
-            return;
-        };
-        if ranges.get(&start).is_some_and(|e| e.id == id)
-            && let Some(e) = ranges.remove(&start)
-            && e.end - start > e.chunk
-        {
-            self.chunked -= 1;
-        }
-        if ranges.is_empty() {
-            self.spaces.remove(&space);
-        }
-    }
-
-    /// The registration holding all of `addr..addr+len`: `(start, end, chunk)`.
-    pub(crate) fn covering(&self, space: Space, addr: u64, len: u64) -> Option<(u64, u64, u64)> {
-        let end = addr.checked_add(len)?;
-        let (&s, e) = self.spaces.get(&space)?.range(..=addr).next_back()?;
-        (end <= e.end).then_some((s, e.end, e.chunk))
-    }
-
-    /// True when some registration is made of several chunks.
-    pub(crate) fn has_chunked(&self) -> bool {
-        self.chunked > 0
-    }
-
-    /// The chunk boundaries strictly inside `addr..addr+len`, for a range inside one
-    /// registration (none when it is not registered or not chunked).
-    pub(crate) fn chunk_cuts(&self, space: Space, addr: u64, len: u64) -> Vec<u64> {
-        let Some((start, _, chunk)) = self.covering(space, addr, len) else {
-            return Vec::new();
-        };
-        let end = addr + len;
-        let first = start + ((addr - start) / chunk + 1) * chunk;
-        (0..)
-            .map(|i| first + i * chunk)
-            .take_while(|&cut| cut < end)
-            .collect()
-    }
-
-    /// Every registration, for a peer manifest.
-    pub(crate) fn regions(&self) -> Vec<ManifestRegion> {
-        self.spaces
-            .iter()
-            .flat_map(|(space, ranges)| {
-                ranges.iter().map(move |(&start, e)| ManifestRegion {
-                    addr: start,
-                    len: e.end - start,
-                    mem_type: space.mem_type(),
-                    device_id: space.device_id,
-                })
-            })
-            .collect()
     }
 }
 
@@ -494,32 +348,6 @@ mod tests {
     use crate::nixl::AgentConfig;
     use crate::{Buffer, HostMemory, OffsetBuffer, SystemStorage};
     use std::sync::{Arc, Mutex};
-
-    #[test]
-    fn registry_refuses_overlaps_and_finds_cuts() {
-        let mut r = Registry::default();
-        let s = Space::new(MemType::Dram, 0);
-        let id = r.reserve(s, 1000, 100, 40).unwrap();
-        assert_eq!(r.reserve(s, 1099, 10, 40), Err((1000, 100)));
-        assert_eq!(r.reserve(s, 990, 11, 40), Err((1000, 100)));
-        assert!(r.reserve(s, 1100, 10, 40).is_ok());
-        assert!(r.reserve(s, 990, 10, 40).is_ok());
-        let vram = Space::new(MemType::Vram, 0);
-        let vid = r.reserve(vram, 1000, 100, 40).unwrap();
-        assert!(r.has_chunked());
-        assert_eq!(r.covering(s, 1010, 90), Some((1000, 1100, 40)));
-        assert_eq!(r.covering(s, 1010, 91), None);
-        assert_eq!(r.chunk_cuts(s, 1010, 80), vec![1040, 1080]);
-        assert_eq!(r.chunk_cuts(s, 1040, 40), Vec::<u64>::new());
-        r.release(s, 1000, id);
-        assert!(r.has_chunked(), "the VRAM registration is still chunked");
-        r.release(vram, 1000, vid + 1); // a stale id releases nothing
-        assert!(r.has_chunked());
-        r.release(vram, 1000, vid);
-        assert!(!r.has_chunked());
-        assert!(r.reserve(s, 1000, 100, 400).is_ok());
-        assert_eq!(r.regions().len(), 3);
-    }
 
     /// A storage that, when it frees its memory, records whether NIXL still had it registered.
     #[derive(Debug)]

@@ -6,17 +6,19 @@
 //! [`ensure_loaded`], which looks for the library in known places, loads it, and returns
 //! [`NixlError::Unavailable`] if it is nowhere to be found.
 //!
-//! Where kvmem looks: if `$KVMEM_NIXL_LIB_DIR` is set, there alone (a directory that holds
-//! `libnixl_capi.so`; an explicit setting that is wrong is an error, not a hint). Otherwise, in
-//! order:
-//! 1. the parent of `$NIXL_PLUGIN_DIR`;
-//! 2. the project-local virtual environment kvmem was built in (`.venv/lib/python3*/site-packages/
-//!    .nixl_cu12.mesonpy.libs`, as installed by the PyPI wheel `nixl-cu12`), and one next to the
-//!    running executable;
-//! 3. NIXL's own install prefix, `$NIXL_PREFIX` or `/opt/nvidia/nvda_nixl`;
+//! Where kvmem looks, the ways a user installs NIXL: if `$KVMEM_NIXL_LIB_DIR` is set, there
+//! alone (a directory that holds `libnixl_capi.so`; an explicit setting that is wrong is an
+//! error, not a hint). Otherwise, in order:
+//! 1. NIXL's install prefix: `$NIXL_PREFIX/lib{/x86_64-linux-gnu,64,}`, and the parent of
+//!    `$NIXL_PLUGIN_DIR`;
+//! 2. the active Python environment's `nixl-cu12` / `nixl-cu13` wheel (its
+//!    `.nixl_cu1x.mesonpy.libs` directory): the site-packages of `$VIRTUAL_ENV` when set,
+//!    otherwise those of the `python3` on the `PATH`;
+//! 3. NIXL's default prefix, `/opt/nvidia/nvda_nixl`;
 //! 4. the dynamic loader's search path (`LD_LIBRARY_PATH`, `ld.so.cache`).
 
 use crate::error::{Error, NixlError, Result};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -56,56 +58,93 @@ pub fn is_available() -> bool {
     ensure_loaded().is_ok()
 }
 
+/// NIXL's default install prefix.
+const DEFAULT_PREFIX: &str = "/opt/nvidia/nvda_nixl";
+
 fn candidate_dirs() -> Vec<PathBuf> {
-    let mut dirs = Vec::new();
-    if let Some(dir) = std::env::var_os(LIB_DIR_ENV) {
+    search_dirs(&|name| std::env::var_os(name), &python_site_packages)
+}
+
+/// The directories to search, in order, given the environment (`env`) and a way to ask the
+/// `python3` on the `PATH` for its site-packages (called only without `VIRTUAL_ENV`).
+fn search_dirs(
+    env: &dyn Fn(&str) -> Option<OsString>,
+    python_sites: &dyn Fn() -> Vec<PathBuf>,
+) -> Vec<PathBuf> {
+    if let Some(dir) = env(LIB_DIR_ENV) {
         return vec![PathBuf::from(dir)];
     }
-    if let Some(plugins) = std::env::var_os("NIXL_PLUGIN_DIR")
+    let prefix_libs = |prefix: &Path| {
+        ["lib/x86_64-linux-gnu", "lib64", "lib"]
+            .into_iter()
+            .map(|lib| prefix.join(lib))
+            .collect::<Vec<_>>()
+    };
+    let mut dirs = Vec::new();
+    if let Some(prefix) = env("NIXL_PREFIX") {
+        dirs.extend(prefix_libs(Path::new(&prefix)));
+    }
+    if let Some(plugins) = env("NIXL_PLUGIN_DIR")
         && let Some(parent) = Path::new(&plugins).parent()
     {
         dirs.push(parent.to_path_buf());
     }
-    // The workspace this crate was built from, and the directory of the running executable
-    // and its ancestors: a `.venv` made by `scripts/setup.sh` sits at the workspace root.
-    let mut roots = vec![PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))];
-    if let Ok(exe) = std::env::current_exe() {
-        roots.extend(exe.ancestors().skip(1).take(4).map(Path::to_path_buf));
-    }
-    for root in roots {
-        dirs.extend(venv_nixl_dirs(&root.join(".venv")));
-    }
-    let prefix = std::env::var_os("NIXL_PREFIX")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/opt/nvidia/nvda_nixl"));
-    dirs.push(prefix.join("lib/x86_64-linux-gnu"));
-    dirs.push(prefix.join("lib64"));
-    dirs.push(prefix.join("lib"));
+    let sites = match env("VIRTUAL_ENV") {
+        Some(venv) => venv_site_packages(Path::new(&venv)),
+        None => python_sites(),
+    };
+    dirs.extend(sites.iter().flat_map(|site| wheel_lib_dirs(site)));
+    dirs.extend(prefix_libs(Path::new(DEFAULT_PREFIX)));
     dirs
 }
 
-/// The library directories of a `nixl-cu12`/`nixl-cu13` wheel installed in the venv at `venv`.
-fn venv_nixl_dirs(venv: &Path) -> Vec<PathBuf> {
+/// `lib/python3*/site-packages` of a virtual environment.
+fn venv_site_packages(venv: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(venv.join("lib")) else {
+        return Vec::new();
+    };
+    let mut sites: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("python3"))
+        .map(|e| e.path().join("site-packages"))
+        .filter(|p| p.is_dir())
+        .collect();
+    sites.sort();
+    sites
+}
+
+/// The site-packages directories of the `python3` on the `PATH` (none when there is none).
+fn python_site_packages() -> Vec<PathBuf> {
+    const SCRIPT: &str =
+        "import site\nfor p in site.getsitepackages() + [site.getusersitepackages()]: print(p)";
+    match std::process::Command::new("python3")
+        .args(["-c", SCRIPT])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+    {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(PathBuf::from)
+            .filter(|p| p.is_dir())
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The library directories a `nixl-cu12`/`nixl-cu13` wheel installed into `site`.
+fn wheel_lib_dirs(site: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(site) else {
         return Vec::new();
     };
     let mut dirs: Vec<PathBuf> = entries
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("python3"))
-        .map(|e| e.path().join("site-packages"))
-        .flat_map(|sp| {
-            std::fs::read_dir(&sp)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .filter(|e| {
-                    let name = e.file_name();
-                    let name = name.to_string_lossy();
-                    name.starts_with(".nixl") && name.ends_with(".libs")
-                })
-                .map(|e| e.path())
-                .collect::<Vec<_>>()
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with(".nixl_cu1") && name.ends_with(".libs")
         })
+        .map(|e| e.path())
         .collect();
     dirs.sort();
     dirs
@@ -203,4 +242,59 @@ pub fn available_plugins() -> Result<Vec<String>> {
         .collect();
     plugins.sort();
     Ok(plugins)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn search_follows_the_users_installation_not_the_build_tree() {
+        let root = tempfile::tempdir().unwrap();
+        let venv = root.path().join("venv");
+        let site = venv.join("lib/python3.12/site-packages");
+        for d in [".nixl_cu13.mesonpy.libs", "nixl_cu13", "numpy.libs"] {
+            std::fs::create_dir_all(site.join(d)).unwrap();
+        }
+        let vars = |pairs: Vec<(&'static str, String)>| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| OsString::from(v))
+            }
+        };
+        let no_python = || -> Vec<PathBuf> { panic!("python3 asked although VIRTUAL_ENV is set") };
+
+        // KVMEM_NIXL_LIB_DIR alone.
+        let env = vars(vec![
+            (LIB_DIR_ENV, "/x".into()),
+            ("NIXL_PREFIX", "/p".into()),
+        ]);
+        let only = search_dirs(&env, &no_python);
+        assert_eq!(only, [PathBuf::from("/x")]);
+
+        // NIXL_PREFIX, then the active virtual environment's wheel, then the default prefix.
+        let env = vars(vec![
+            ("NIXL_PREFIX", "/p".into()),
+            ("VIRTUAL_ENV", venv.display().to_string()),
+        ]);
+        let dirs = search_dirs(&env, &no_python);
+        let wheel = site.join(".nixl_cu13.mesonpy.libs");
+        let pos = |p: &Path| dirs.iter().position(|d| d == p);
+        assert_eq!(pos(Path::new("/p/lib")), Some(2));
+        assert_eq!(pos(&wheel), Some(3));
+        assert!(pos(&Path::new(DEFAULT_PREFIX).join("lib")) > pos(&wheel));
+        assert_eq!(dirs.len(), 7, "{dirs:?}");
+        assert!(
+            dirs.iter()
+                .all(|d| !d.starts_with(env!("CARGO_MANIFEST_DIR"))),
+            "{dirs:?}"
+        );
+
+        // Without VIRTUAL_ENV: the python3 on the PATH says where its packages are.
+        let sites = || vec![site.clone()];
+        let dirs = search_dirs(&vars(Vec::new()), &sites);
+        assert_eq!(dirs.first(), Some(&wheel));
+    }
 }

@@ -1,11 +1,10 @@
 //! The implementation of [`raw`](super::raw): block lists, prepared lists, requests.
 
-use super::MemType;
 use super::agent::{Agent, lock};
 use super::peer::Peer;
-use super::registration::Space;
 use crate::descriptor::{Buffer, MemoryDescriptor};
 use crate::error::{BoundsError, Error, NixlError, NixlStatus, PeerError, Result, TransferError};
+use crate::region::{MemType, NixlDescriptor};
 use crate::view::OffsetBuffer;
 use nixl_sys::{NixlError as SysError, XferDescList, XferStatus};
 use std::sync::{Arc, Mutex};
@@ -56,27 +55,20 @@ impl TransferMemory for OffsetBuffer {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Desc {
-    addr: u64,
-    len: usize,
-    dev: u64,
-}
-
 /// Adds `d` of type `mem_type` to a list, keeping the list to one memory type.
 fn add(
-    list: &mut Vec<Desc>,
+    list: &mut Vec<NixlDescriptor>,
     list_type: &mut Option<MemType>,
-    mem_type: MemType,
-    d: Desc,
+    d: NixlDescriptor,
 ) -> Result<()> {
-    if d.len == 0 {
+    let mem_type = d.mem_type;
+    if d.size == 0 {
         return Err(Error::Bounds(BoundsError::ZeroSize {
             what: "transfer block",
         }));
     }
     d.addr
-        .checked_add(d.len as u64)
+        .checked_add(d.size as u64)
         .ok_or(Error::Bounds(BoundsError::Overflow {
             what: "transfer block",
         }))?;
@@ -100,7 +92,7 @@ fn add(
 #[derive(Debug, Clone, Default)]
 pub struct LocalBlocks {
     mem_type: Option<MemType>,
-    descs: Vec<Desc>,
+    descs: Vec<NixlDescriptor>,
     owners: Vec<Buffer>,
 }
 
@@ -166,16 +158,7 @@ impl LocalBlocks {
                 size: d.size,
             }));
         };
-        add(
-            &mut self.descs,
-            &mut self.mem_type,
-            d.mem_type,
-            Desc {
-                addr: d.addr,
-                len,
-                dev: d.device_id,
-            },
-        )?;
+        add(&mut self.descs, &mut self.mem_type, d)?;
         let owner = mem.owner();
         if !self.owners.last().is_some_and(|o| o.ptr_eq(owner)) {
             self.owners.push(owner.clone());
@@ -195,7 +178,7 @@ impl LocalBlocks {
 
     /// Total bytes.
     pub fn bytes(&self) -> u64 {
-        self.descs.iter().map(|d| d.len as u64).sum()
+        self.descs.iter().map(|d| d.size as u64).sum()
     }
 
     /// The memory type of the blocks (`None` while empty).
@@ -204,37 +187,12 @@ impl LocalBlocks {
     }
 }
 
-/// A block of a peer's memory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RemoteBlock {
-    /// Start address in the peer's address space (file offset for files).
-    pub addr: u64,
-    /// Length in bytes.
-    pub len: usize,
-    /// NIXL memory type.
-    pub mem_type: MemType,
-    /// CUDA ordinal, file descriptor, or 0.
-    pub device_id: u64,
-}
-
-impl RemoteBlock {
-    /// `len` bytes of the peer's host memory at `addr`.
-    pub fn dram(addr: u64, len: usize) -> Self {
-        Self {
-            addr,
-            len,
-            mem_type: MemType::Dram,
-            device_id: 0,
-        }
-    }
-}
-
 /// Blocks of one peer's registered memory, in transfer order.
 #[derive(Debug, Clone)]
 pub struct RemoteBlocks {
     peer: Peer,
     mem_type: Option<MemType>,
-    descs: Vec<Desc>,
+    descs: Vec<NixlDescriptor>,
 }
 
 impl RemoteBlocks {
@@ -261,30 +219,21 @@ impl RemoteBlocks {
     /// [`PeerError::OutOfBounds`] for a block outside the peer's registered regions;
     /// [`BoundsError::ZeroSize`]; [`TransferError::Mismatch`] for a memory type different from the
     /// list's.
-    pub fn push(&mut self, block: RemoteBlock) -> Result<&mut Self> {
+    pub fn push(&mut self, block: NixlDescriptor) -> Result<&mut Self> {
         if let Some(m) = &self.peer.manifest
-            && block.len > 0
-            && !m.contains(block.mem_type, block.device_id, block.addr, block.len)
+            && block.size > 0
+            && !m.contains(&block)
         {
             return Err(Error::Peer(PeerError::OutOfBounds {
                 peer: self.peer.name().to_owned(),
                 index: self.descs.len(),
                 addr: block.addr,
-                len: block.len,
+                len: block.size,
                 mem_type: block.mem_type,
                 device_id: block.device_id,
             }));
         }
-        add(
-            &mut self.descs,
-            &mut self.mem_type,
-            block.mem_type,
-            Desc {
-                addr: block.addr,
-                len: block.len,
-                dev: block.device_id,
-            },
-        )?;
+        add(&mut self.descs, &mut self.mem_type, block)?;
         Ok(self)
     }
 
@@ -307,12 +256,7 @@ impl RemoteBlocks {
                 what: "remote block address",
             }));
         };
-        self.push(RemoteBlock {
-            addr,
-            len,
-            mem_type: r.mem_type,
-            device_id: r.device_id,
-        })
+        self.push(NixlDescriptor::new(r.space(), addr, len))
     }
 
     /// The peer.
@@ -338,7 +282,7 @@ enum Side<'a> {
 }
 
 impl Side<'_> {
-    fn descs(&self) -> &[Desc] {
+    fn descs(&self) -> &[NixlDescriptor] {
         match self {
             Side::Peer(r) => &r.descs,
             Side::Own(l) => &l.descs,
@@ -633,7 +577,7 @@ impl Agent {
             .map_err(|e| Error::nixl("create a descriptor list", e))?;
         let mut r = XferDescList::new(remote_type)
             .map_err(|e| Error::nixl("create a descriptor list", e))?;
-        self.fill_lists(local_type, local, &side, &mut l, &mut r);
+        self.fill_lists(local, &side, &mut l, &mut r);
         let args = notification_args(notification)?;
         let target = self.target_of(&side);
         let request = match self
@@ -664,7 +608,6 @@ impl Agent {
     /// registration chunk boundary.
     fn fill_lists(
         &self,
-        local_type: MemType,
         local: &LocalBlocks,
         side: &Side<'_>,
         l: &mut XferDescList<'_>,
@@ -678,20 +621,20 @@ impl Agent {
         };
         for (ld, rd) in local.descs.iter().zip(side.descs()) {
             if !split {
-                l.add_desc(ld.addr as usize, ld.len, ld.dev);
-                r.add_desc(rd.addr as usize, rd.len, rd.dev);
+                l.add_desc(ld.addr as usize, ld.size, ld.device_id);
+                r.add_desc(rd.addr as usize, rd.size, rd.device_id);
                 continue;
             }
             // Offsets (from the block start) at which either side changes registration.
             let mut cuts: Vec<u64> = registry
-                .chunk_cuts(Space::new(local_type, ld.dev), ld.addr, ld.len as u64)
+                .chunk_cuts(ld.space(), ld.addr, ld.size as u64)
                 .into_iter()
                 .map(|c| c - ld.addr)
                 .collect();
-            if let Some(t) = own_type {
+            if own_type.is_some() {
                 cuts.extend(
                     registry
-                        .chunk_cuts(Space::new(t, rd.dev), rd.addr, rd.len as u64)
+                        .chunk_cuts(rd.space(), rd.addr, rd.size as u64)
                         .into_iter()
                         .map(|c| c - rd.addr),
                 );
@@ -699,10 +642,10 @@ impl Agent {
             cuts.sort_unstable();
             cuts.dedup();
             let mut from = 0u64;
-            for to in cuts.into_iter().chain(std::iter::once(ld.len as u64)) {
+            for to in cuts.into_iter().chain(std::iter::once(ld.size as u64)) {
                 let n = (to - from) as usize;
-                l.add_desc((ld.addr + from) as usize, n, ld.dev);
-                r.add_desc((rd.addr + from) as usize, n, rd.dev);
+                l.add_desc((ld.addr + from) as usize, n, ld.device_id);
+                r.add_desc((rd.addr + from) as usize, n, rd.device_id);
                 from = to;
             }
         }
@@ -756,7 +699,7 @@ impl Agent {
     fn diagnose(
         &self,
         local_type: MemType,
-        local: &[Desc],
+        local: &[NixlDescriptor],
         side: &Side<'_>,
         source: SysError,
         op: &'static str,
@@ -771,16 +714,16 @@ impl Agent {
         }
         {
             let registry = lock(&self.shared.registry);
-            let unregistered = |t: MemType, descs: &[Desc], what: &str| {
+            let unregistered = |t: MemType, descs: &[NixlDescriptor], what: &str| {
                 descs.iter().enumerate().find_map(|(i, d)| {
                     registry
-                        .covering(Space::new(t, d.dev), d.addr, d.len as u64)
+                        .covering(d.space(), d.addr, d.size as u64)
                         .is_none()
                         .then(|| {
                             Error::Nixl(NixlError::NotRegistered {
                                 what: format!(
                                     "{what} {i} ({t:?} {:#x}+{}, device {})",
-                                    d.addr, d.len, d.dev
+                                    d.addr, d.size, d.device_id
                                 ),
                             })
                         })
@@ -803,15 +746,15 @@ impl Agent {
                 let Ok(mut one) = XferDescList::new(t) else {
                     break;
                 };
-                one.add_desc(d.addr as usize, d.len, d.dev);
+                one.add_desc(d.addr as usize, d.size, d.device_id);
                 if !self.nixl().check_remote_metadata(r.peer.name(), Some(&one)) {
                     return Error::Peer(PeerError::OutOfBounds {
                         peer: r.peer.name().to_owned(),
                         index: i,
                         addr: d.addr,
-                        len: d.len,
+                        len: d.size,
                         mem_type: t,
-                        device_id: d.dev,
+                        device_id: d.device_id,
                     });
                 }
             }
@@ -826,7 +769,7 @@ fn mismatch(reason: impl Into<String>) -> Error {
     })
 }
 
-fn check_pairs(local: &[Desc], remote: &[Desc]) -> Result<()> {
+fn check_pairs(local: &[NixlDescriptor], remote: &[NixlDescriptor]) -> Result<()> {
     if local.is_empty() || remote.is_empty() {
         return Err(mismatch("a transfer needs at least one block on each side"));
     }
@@ -841,11 +784,11 @@ fn check_pairs(local: &[Desc], remote: &[Desc]) -> Result<()> {
         .iter()
         .zip(remote)
         .enumerate()
-        .find(|(_, (l, r))| l.len != r.len)
+        .find(|(_, (l, r))| l.size != r.size)
     {
         return Err(mismatch(format!(
             "block {i} is {} bytes locally but {} bytes remotely",
-            l.len, r.len
+            l.size, r.size
         )));
     }
     Ok(())
@@ -1170,7 +1113,7 @@ impl Agent {
     fn prepare(
         &self,
         mem_type: Option<MemType>,
-        descs: &[Desc],
+        descs: &[NixlDescriptor],
         agent_name: &str,
         local_memory: bool,
         diagnose: impl FnOnce(SysError) -> Error,
@@ -1186,23 +1129,23 @@ impl Agent {
             for (i, d) in descs.iter().enumerate() {
                 if check_cuts
                     && let Some(&cut) = registry
-                        .chunk_cuts(Space::new(mem_type, d.dev), d.addr, d.len as u64)
+                        .chunk_cuts(d.space(), d.addr, d.size as u64)
                         .first()
                 {
                     return Err(mismatch(format!(
                         "block {i} ({:#x}+{}) crosses a registration chunk boundary at {cut:#x}; \
                          split it there (a prepared list keeps one NIXL descriptor per block)",
-                        d.addr, d.len
+                        d.addr, d.size
                     )));
                 }
-                list.add_desc(d.addr as usize, d.len, d.dev);
+                list.add_desc(d.addr as usize, d.size, d.device_id);
             }
         }
         let handle = self
             .nixl()
             .prepare_xfer_dlist(agent_name, &list, None)
             .map_err(diagnose)?;
-        Ok((DlistHandle(handle), descs.iter().map(|d| d.len).collect()))
+        Ok((DlistHandle(handle), descs.iter().map(|d| d.size).collect()))
     }
 
     fn post_made(

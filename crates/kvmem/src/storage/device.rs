@@ -1,10 +1,7 @@
 use crate::cuda::{CudaDevice, driver};
-use crate::descriptor::MemoryDescriptor;
 use crate::error::{BoundsError, Error, Result};
 use crate::kind::StorageKind;
-use crate::nixl::{MemType, NixlCompatible, NixlDescriptor};
 use cudarc::driver::{result, sys};
-use std::any::Any;
 use std::fmt;
 
 /// Memory of one CUDA device (`cuMemAlloc`), freed on drop with the device's context bound.
@@ -79,31 +76,9 @@ impl fmt::Debug for DeviceStorage {
     }
 }
 
-impl MemoryDescriptor for DeviceStorage {
-    fn addr(&self) -> usize {
-        self.ptr as usize
-    }
-    fn size(&self) -> usize {
-        self.size
-    }
-    fn storage_kind(&self) -> StorageKind {
-        StorageKind::Device(self.device.kind_id())
-    }
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-    fn nixl_descriptor(&self) -> Option<NixlDescriptor> {
-        None
-    }
-}
-
-impl NixlCompatible for DeviceStorage {
-    fn nixl_params(&self) -> (*const u8, usize, MemType, u64) {
-        (
-            self.ptr as usize as *const u8,
-            self.size,
-            MemType::Vram,
-            self.device.ordinal() as u64,
-        )
-    }
-}
+storage_region!(
+    DeviceStorage,
+    |s| s.ptr as usize,
+    s.size,
+    StorageKind::Device(s.device.kind_id())
+);

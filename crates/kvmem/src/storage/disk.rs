@@ -1,11 +1,8 @@
-use crate::descriptor::MemoryDescriptor;
 use crate::error::{BoundsError, Error, IoError, Result};
 use crate::host::checked_range;
 use crate::kind::StorageKind;
-use crate::nixl::{MemType, NixlCompatible, NixlDescriptor};
 use rustix::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use rustix::fs::{FallocateFlags, Mode, OFlags};
-use std::any::Any;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -321,31 +318,9 @@ impl fmt::Debug for DiskStorage {
     }
 }
 
-impl MemoryDescriptor for DiskStorage {
-    fn addr(&self) -> usize {
-        0
-    }
-    fn size(&self) -> usize {
-        self.size
-    }
-    fn storage_kind(&self) -> StorageKind {
-        StorageKind::Disk(self.fd.as_raw_fd() as u64)
-    }
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-    fn nixl_descriptor(&self) -> Option<NixlDescriptor> {
-        None
-    }
-}
-
-impl NixlCompatible for DiskStorage {
-    fn nixl_params(&self) -> (*const u8, usize, MemType, u64) {
-        (
-            std::ptr::null(),
-            self.size,
-            MemType::File,
-            self.fd.as_raw_fd() as u64,
-        )
-    }
-}
+storage_region!(
+    DiskStorage,
+    |s| 0,
+    s.size,
+    StorageKind::Disk(s.fd.as_raw_fd() as u64)
+);

@@ -1,9 +1,6 @@
-use crate::descriptor::MemoryDescriptor;
 use crate::error::{BoundsError, Error, Result};
 use crate::host::HostMemory;
 use crate::kind::StorageKind;
-use crate::nixl::{MemType, NixlCompatible, NixlDescriptor};
-use std::any::Any;
 use std::fmt;
 
 /// Device memory that another owner (a framework's KV-cache tensor, say) allocated.
@@ -31,10 +28,15 @@ impl ExternalDeviceMemory {
     /// it) exists.
     ///
     /// # Errors
-    /// [`BoundsError::ZeroSize`] for `size == 0`; [`BoundsError::Overflow`] for a null pointer or a range that
-    /// wraps the address space.
+    /// [`BoundsError::ZeroSize`] for `size == 0`; [`BoundsError::Overflow`] for a null pointer, a
+    /// range that wraps the address space, or a device id beyond `u32` (no CUDA ordinal is).
     pub unsafe fn new(ptr: *const u8, size: usize, device_id: u64) -> Result<Self> {
         check_range(ptr, size, "external device memory")?;
+        if u32::try_from(device_id).is_err() {
+            return Err(Error::Bounds(BoundsError::Overflow {
+                what: "external device memory's CUDA device id",
+            }));
+        }
         Ok(Self {
             ptr,
             size,
@@ -73,30 +75,12 @@ impl fmt::Debug for ExternalDeviceMemory {
     }
 }
 
-impl MemoryDescriptor for ExternalDeviceMemory {
-    fn addr(&self) -> usize {
-        self.ptr as usize
-    }
-    fn size(&self) -> usize {
-        self.size
-    }
-    fn storage_kind(&self) -> StorageKind {
-        // Ordinals beyond u32 do not exist in CUDA; saturate rather than wrap.
-        StorageKind::Device(u32::try_from(self.device_id).unwrap_or(u32::MAX))
-    }
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-    fn nixl_descriptor(&self) -> Option<NixlDescriptor> {
-        None
-    }
-}
-
-impl NixlCompatible for ExternalDeviceMemory {
-    fn nixl_params(&self) -> (*const u8, usize, MemType, u64) {
-        (self.ptr, self.size, MemType::Vram, self.device_id)
-    }
-}
+storage_region!(
+    ExternalDeviceMemory,
+    |s| s.ptr as usize,
+    s.size,
+    StorageKind::Device(s.device_id as u32)
+);
 
 /// Host memory that another owner allocated — a framework's pinned tensor, a shared-memory
 /// segment — described without taking ownership.
@@ -164,33 +148,16 @@ impl fmt::Debug for ExternalHostMemory {
     }
 }
 
-impl MemoryDescriptor for ExternalHostMemory {
-    fn addr(&self) -> usize {
-        self.ptr as usize
+storage_region!(
+    ExternalHostMemory,
+    |s| s.ptr as usize,
+    s.size,
+    if s.pinned {
+        StorageKind::Pinned
+    } else {
+        StorageKind::System
     }
-    fn size(&self) -> usize {
-        self.size
-    }
-    fn storage_kind(&self) -> StorageKind {
-        if self.pinned {
-            StorageKind::Pinned
-        } else {
-            StorageKind::System
-        }
-    }
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-    fn nixl_descriptor(&self) -> Option<NixlDescriptor> {
-        None
-    }
-}
-
-impl NixlCompatible for ExternalHostMemory {
-    fn nixl_params(&self) -> (*const u8, usize, MemType, u64) {
-        (self.ptr, self.size, MemType::Dram, 0)
-    }
-}
+);
 
 impl HostMemory for ExternalHostMemory {
     fn as_slice(&self) -> &[u8] {
@@ -207,6 +174,8 @@ impl HostMemory for ExternalHostMemory {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::MemoryDescriptor;
+    use crate::nixl::{MemType, NixlCompatible};
 
     #[test]
     fn external_host_memory_reads_and_writes_the_owners_bytes() {
@@ -236,10 +205,16 @@ mod tests {
                 ExternalDeviceMemory::new(usize::MAX as *const u8, 2, 0),
                 Err(Error::Bounds(BoundsError::Overflow { .. }))
             ));
+            // No CUDA ordinal exceeds u32: refused rather than reported as another device.
+            assert!(matches!(
+                ExternalDeviceMemory::new(0x1000 as *const u8, 2, 1 << 32),
+                Err(Error::Bounds(BoundsError::Overflow { .. }))
+            ));
         }
         // SAFETY: only described, never dereferenced.
         let d = unsafe { ExternalDeviceMemory::new(0x2000 as *const u8, 10, 3) }.unwrap();
         assert_eq!(d.storage_kind(), StorageKind::Device(3));
         assert_eq!(d.nixl_params().2, MemType::Vram);
+        assert_eq!(d.nixl_params().3, 3);
     }
 }

@@ -5,8 +5,6 @@ use crate::descriptor::MemoryDescriptor;
 use crate::error::Result;
 use crate::host::HostMemory;
 use crate::kind::StorageKind;
-use crate::nixl::{MemType, NixlCompatible, NixlDescriptor};
-use std::any::Any;
 use std::fmt;
 
 /// Host memory someone else allocated, page-locked by kvmem (`cuMemHostRegister`, portable and
@@ -83,29 +81,12 @@ impl fmt::Debug for ExternalPinnedMemory {
     }
 }
 
-impl MemoryDescriptor for ExternalPinnedMemory {
-    fn addr(&self) -> usize {
-        self.host.addr()
-    }
-    fn size(&self) -> usize {
-        self.host.size()
-    }
-    fn storage_kind(&self) -> StorageKind {
-        StorageKind::Pinned
-    }
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-    fn nixl_descriptor(&self) -> Option<NixlDescriptor> {
-        None
-    }
-}
-
-impl NixlCompatible for ExternalPinnedMemory {
-    fn nixl_params(&self) -> (*const u8, usize, MemType, u64) {
-        self.host.nixl_params()
-    }
-}
+storage_region!(
+    ExternalPinnedMemory,
+    |s| s.host.addr(),
+    s.host.size(),
+    StorageKind::Pinned
+);
 
 impl HostMemory for ExternalPinnedMemory {
     fn as_slice(&self) -> &[u8] {
@@ -113,5 +94,8 @@ impl HostMemory for ExternalPinnedMemory {
     }
     fn as_mut_slice(&mut self) -> &mut [u8] {
         self.host.as_mut_slice()
+    }
+    fn page_locked_ranges(&self) -> Option<Vec<std::ops::Range<usize>>> {
+        Some(self.registered_ranges())
     }
 }

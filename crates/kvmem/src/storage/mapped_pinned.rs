@@ -5,9 +5,7 @@ use crate::descriptor::MemoryDescriptor;
 use crate::error::{BoundsError, Error, Result};
 use crate::host::HostMemory;
 use crate::kind::StorageKind;
-use crate::nixl::{MemType, NixlCompatible, NixlDescriptor};
 use serde::Serialize;
-use std::any::Any;
 use std::fmt;
 use std::mem::ManuallyDrop;
 use std::time::{Duration, Instant};
@@ -237,29 +235,12 @@ impl fmt::Debug for MappedPinnedStorage {
     }
 }
 
-impl MemoryDescriptor for MappedPinnedStorage {
-    fn addr(&self) -> usize {
-        self.mapping.as_ptr() as usize
-    }
-    fn size(&self) -> usize {
-        self.mapping.len()
-    }
-    fn storage_kind(&self) -> StorageKind {
-        StorageKind::Pinned
-    }
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-    fn nixl_descriptor(&self) -> Option<NixlDescriptor> {
-        None
-    }
-}
-
-impl NixlCompatible for MappedPinnedStorage {
-    fn nixl_params(&self) -> (*const u8, usize, MemType, u64) {
-        (self.mapping.as_ptr(), self.mapping.len(), MemType::Dram, 0)
-    }
-}
+storage_region!(
+    MappedPinnedStorage,
+    |s| s.mapping.as_ptr() as usize,
+    s.mapping.len(),
+    StorageKind::Pinned
+);
 
 impl HostMemory for MappedPinnedStorage {
     fn as_slice(&self) -> &[u8] {
@@ -267,5 +248,8 @@ impl HostMemory for MappedPinnedStorage {
     }
     fn as_mut_slice(&mut self) -> &mut [u8] {
         self.mapping.as_mut_slice()
+    }
+    fn page_locked_ranges(&self) -> Option<Vec<std::ops::Range<usize>>> {
+        Some(self.registered_ranges())
     }
 }

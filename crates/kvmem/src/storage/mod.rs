@@ -13,6 +13,58 @@
 //! | [`ExternalPinnedMemory`] | [`StorageKind::Pinned`](crate::StorageKind::Pinned) | no, but page-locks it while alive |
 //!
 //! The CUDA storages need a [`CudaDevice`](crate::cuda::CudaDevice), and so a loaded driver.
+//!
+//! Each storage states its region once — address, length, tier — with `storage_region!`; its
+//! [`MemoryDescriptor`](crate::MemoryDescriptor) and [`NixlCompatible`](crate::nixl::NixlCompatible)
+//! impls follow from that (the NIXL memory type and device from the tier, see
+//! [`AddressSpace::of_kind`](crate::nixl::AddressSpace::of_kind)).
+
+/// Implements [`MemoryDescriptor`](crate::MemoryDescriptor) and
+/// [`NixlCompatible`](crate::nixl::NixlCompatible) for an owning storage from one statement of its
+/// region: `storage_region!(Type, |s| address, length, kind)`. A storage is not registered by
+/// itself ([`nixl_descriptor`](crate::MemoryDescriptor::nixl_descriptor) is `None`); its NIXL
+/// memory type and device follow from its kind.
+macro_rules! storage_region {
+    ($ty:ty, |$s:ident| $addr:expr, $size:expr, $kind:expr) => {
+        impl $crate::descriptor::MemoryDescriptor for $ty {
+            #[allow(unused_variables)] // a region may not need its storage: a file starts at 0
+            fn addr(&self) -> usize {
+                let $s = self;
+                $addr
+            }
+            #[allow(unused_variables)] // a region may not need its storage: a file starts at 0
+            fn size(&self) -> usize {
+                let $s = self;
+                $size
+            }
+            #[allow(unused_variables)] // a region may not need its storage: a file starts at 0
+            fn storage_kind(&self) -> $crate::kind::StorageKind {
+                let $s = self;
+                $kind
+            }
+            fn as_any(&self) -> &dyn std::any::Any {
+                self
+            }
+            fn nixl_descriptor(&self) -> Option<$crate::region::NixlDescriptor> {
+                None
+            }
+        }
+
+        impl $crate::region::NixlCompatible for $ty {
+            fn nixl_params(&self) -> (*const u8, usize, $crate::region::MemType, u64) {
+                use $crate::descriptor::MemoryDescriptor as _;
+                let space = $crate::region::AddressSpace::of_kind(self.storage_kind());
+                // An address only (a file offset for files): NIXL reads it as a number.
+                (
+                    std::ptr::without_provenance(self.addr()),
+                    self.size(),
+                    space.mem_type(),
+                    space.device_id(),
+                )
+            }
+        }
+    };
+}
 
 mod device;
 mod disk;

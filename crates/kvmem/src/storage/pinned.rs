@@ -1,13 +1,10 @@
 use super::host_mapping::{parallel_chunks, worker_threads};
 use crate::cuda::page_lock::mapped_device_pointer;
 use crate::cuda::{CudaDevice, driver};
-use crate::descriptor::MemoryDescriptor;
 use crate::error::{BoundsError, CudaError, Error, MemoryError, Result};
 use crate::host::HostMemory;
 use crate::kind::StorageKind;
-use crate::nixl::{MemType, NixlCompatible, NixlDescriptor};
 use cudarc::driver::{result, sys};
-use std::any::Any;
 use std::fmt;
 use std::ptr::NonNull;
 
@@ -115,29 +112,12 @@ impl fmt::Debug for PinnedStorage {
     }
 }
 
-impl MemoryDescriptor for PinnedStorage {
-    fn addr(&self) -> usize {
-        self.ptr.as_ptr() as usize
-    }
-    fn size(&self) -> usize {
-        self.size
-    }
-    fn storage_kind(&self) -> StorageKind {
-        StorageKind::Pinned
-    }
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-    fn nixl_descriptor(&self) -> Option<NixlDescriptor> {
-        None
-    }
-}
-
-impl NixlCompatible for PinnedStorage {
-    fn nixl_params(&self) -> (*const u8, usize, MemType, u64) {
-        (self.ptr.as_ptr(), self.size, MemType::Dram, 0)
-    }
-}
+storage_region!(
+    PinnedStorage,
+    |s| s.ptr.as_ptr() as usize,
+    s.size,
+    StorageKind::Pinned
+);
 
 impl HostMemory for PinnedStorage {
     fn as_slice(&self) -> &[u8] {

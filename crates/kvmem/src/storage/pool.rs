@@ -1,10 +1,7 @@
 use crate::cuda::{CudaDevice, driver};
-use crate::descriptor::MemoryDescriptor;
 use crate::error::{BoundsError, Error, Result};
 use crate::kind::StorageKind;
-use crate::nixl::{MemType, NixlCompatible, NixlDescriptor};
 use cudarc::driver::{CudaStream, result, sys};
-use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
 
@@ -273,31 +270,9 @@ impl fmt::Debug for PooledDeviceStorage {
     }
 }
 
-impl MemoryDescriptor for PooledDeviceStorage {
-    fn addr(&self) -> usize {
-        self.ptr as usize
-    }
-    fn size(&self) -> usize {
-        self.size
-    }
-    fn storage_kind(&self) -> StorageKind {
-        StorageKind::Device(self.pool.device.kind_id())
-    }
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-    fn nixl_descriptor(&self) -> Option<NixlDescriptor> {
-        None
-    }
-}
-
-impl NixlCompatible for PooledDeviceStorage {
-    fn nixl_params(&self) -> (*const u8, usize, MemType, u64) {
-        (
-            self.ptr as usize as *const u8,
-            self.size,
-            MemType::Vram,
-            self.pool.device.ordinal() as u64,
-        )
-    }
-}
+storage_region!(
+    PooledDeviceStorage,
+    |s| s.ptr as usize,
+    s.size,
+    StorageKind::Device(s.pool.device.kind_id())
+);

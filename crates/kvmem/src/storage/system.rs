@@ -2,9 +2,7 @@ use crate::descriptor::MemoryDescriptor;
 use crate::error::{BoundsError, Error, MemoryError, Result};
 use crate::host::HostMemory;
 use crate::kind::StorageKind;
-use crate::nixl::{MemType, NixlCompatible, NixlDescriptor};
 use memmap2::MmapMut;
-use std::any::Any;
 use std::fmt;
 
 /// Size of a transparent huge page on x86_64 and most aarch64 kernels.
@@ -79,29 +77,12 @@ impl fmt::Debug for SystemStorage {
     }
 }
 
-impl MemoryDescriptor for SystemStorage {
-    fn addr(&self) -> usize {
-        self.map.as_ptr() as usize
-    }
-    fn size(&self) -> usize {
-        self.map.len()
-    }
-    fn storage_kind(&self) -> StorageKind {
-        StorageKind::System
-    }
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-    fn nixl_descriptor(&self) -> Option<NixlDescriptor> {
-        None
-    }
-}
-
-impl NixlCompatible for SystemStorage {
-    fn nixl_params(&self) -> (*const u8, usize, MemType, u64) {
-        (self.map.as_ptr(), self.map.len(), MemType::Dram, 0)
-    }
-}
+storage_region!(
+    SystemStorage,
+    |s| s.map.as_ptr() as usize,
+    s.map.len(),
+    StorageKind::System
+);
 
 impl HostMemory for SystemStorage {
     fn as_slice(&self) -> &[u8] {
@@ -115,6 +96,8 @@ impl HostMemory for SystemStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::MemoryDescriptor;
+    use crate::nixl::{MemType, NixlCompatible};
 
     #[test]
     fn zeroed_page_aligned_and_writable() {

@@ -18,10 +18,11 @@ use crate::cuda::CudaDevice;
 use crate::cuda::batch::{CopyCompletion, CopyMethod, CopyStream, DeviceCopy, Location};
 use crate::cuda::interop::Event;
 use crate::descriptor::MemoryDescriptor;
-use crate::error::{BoundsError, Error, IoError, Result, TransferError, UnsupportedError};
+use crate::error::{Error, IoError, Result, TransferError, UnsupportedError};
 use crate::host::HostMemory;
 use crate::kind::StorageKind;
 use crate::storage::{PinnedStorage, expect_full, pread_all, pwrite_all};
+use rustix::fd::{AsRawFd, BorrowedFd};
 use std::collections::HashMap;
 use std::sync::mpsc;
 
@@ -30,11 +31,12 @@ pub const DEFAULT_BOUNCE_BYTES: usize = 16 << 20;
 
 /// Where the non-device side of a staged transfer lives.
 #[derive(Clone, Copy)]
-enum Staged {
+enum Staged<'a> {
     /// Pageable host memory, copied with memcpy.
     Memory,
-    /// A file (descriptor), read or written with `pread`/`pwrite`.
-    File(i32),
+    /// A file, borrowed from the `DiskStorage` that owns it, read or written with
+    /// `pread`/`pwrite`.
+    File(BorrowedFd<'a>),
 }
 
 /// What the worker thread does with a transfer.
@@ -279,7 +281,7 @@ fn run_staged(
         };
         let staged = |kind: StorageKind| -> Result<Staged> {
             match kind {
-                StorageKind::Disk(fd) => Ok(Staged::File(raw_fd(fd)?)),
+                StorageKind::Disk(_) => Ok(Staged::File(work.plan.file(kind)?)),
                 _ => Ok(Staged::Memory),
             }
         };
@@ -314,14 +316,6 @@ fn run_staged(
         }
     }
     Ok(())
-}
-
-fn raw_fd(fd: u64) -> Result<i32> {
-    i32::try_from(fd).map_err(|_| {
-        Error::Bounds(BoundsError::Overflow {
-            what: "file descriptor",
-        })
-    })
 }
 
 fn device_copy(op: &CopyOp) -> DeviceCopy {
@@ -364,7 +358,7 @@ fn slabs(ops: &[CopyOp], max: usize) -> Vec<Vec<CopyOp>> {
 }
 
 /// Fills `buf` from the staged side of `slab`, packed in order.
-fn stage_in(buf: &mut PinnedStorage, slab: &[CopyOp], from: Staged) -> Result<()> {
+fn stage_in(buf: &mut PinnedStorage, slab: &[CopyOp], from: Staged<'_>) -> Result<()> {
     let mut off = 0;
     let dst = buf.as_mut_slice();
     for op in slab {
@@ -384,7 +378,7 @@ fn stage_in(buf: &mut PinnedStorage, slab: &[CopyOp], from: Staged) -> Result<()
 }
 
 /// Writes the packed contents of `buf` out to the staged side of `slab`.
-fn stage_out(buf: &PinnedStorage, slab: &[CopyOp], to: Staged) -> Result<()> {
+fn stage_out(buf: &PinnedStorage, slab: &[CopyOp], to: Staged<'_>) -> Result<()> {
     let mut off = 0;
     let src = buf.as_slice();
     for op in slab {
@@ -403,19 +397,12 @@ fn stage_out(buf: &PinnedStorage, slab: &[CopyOp], to: Staged) -> Result<()> {
     Ok(())
 }
 
-fn with_fd<T>(fd: i32, f: impl FnOnce(rustix::fd::BorrowedFd<'_>) -> T) -> T {
-    // SAFETY: the descriptor belongs to a `DiskStorage` the plan keeps alive (open) for the whole
-    // transfer; it is only borrowed for this call.
-    let fd = unsafe { rustix::fd::BorrowedFd::borrow_raw(fd) };
-    f(fd)
-}
-
-fn read_exact_at(fd: i32, buf: &mut [u8], offset: u64) -> Result<()> {
+fn read_exact_at(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> Result<()> {
     let len = buf.len();
-    let done = with_fd(fd, |f| pread_all(f, buf, offset)).map_err(|source| {
+    let done = pread_all(fd, buf, offset).map_err(|source| {
         Error::Io(IoError::Transfer {
             op: "read",
-            fd,
+            fd: fd.as_raw_fd(),
             offset,
             len,
             source,
@@ -424,12 +411,12 @@ fn read_exact_at(fd: i32, buf: &mut [u8], offset: u64) -> Result<()> {
     expect_full("read", offset, len, done)
 }
 
-fn write_all_at(fd: i32, buf: &[u8], offset: u64) -> Result<()> {
+fn write_all_at(fd: BorrowedFd<'_>, buf: &[u8], offset: u64) -> Result<()> {
     let len = buf.len();
-    let done = with_fd(fd, |f| pwrite_all(f, buf, offset)).map_err(|source| {
+    let done = pwrite_all(fd, buf, offset).map_err(|source| {
         Error::Io(IoError::Transfer {
             op: "write",
-            fd,
+            fd: fd.as_raw_fd(),
             offset,
             len,
             source,

@@ -29,6 +29,7 @@
 //! half: every buffer a transfer touches stays allocated until the transfer has stopped, even if
 //! the handle is dropped.
 
+mod files;
 mod gpu;
 mod handle;
 mod host;
@@ -58,12 +59,9 @@ use uring::{UringConfig, UringExecutor};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum DiskBackend {
-    /// Linux `io_uring` with `O_DIRECT`, one worker thread per engine. The default: at 1 MiB
-    /// blocks neither backend is consistently faster (H100 machine, 4 interleaved runs: io_uring
-    /// +1.7% on writes in 8 of 8 points, NIXL POSIX +1.3–1.8% on reads; the development VM
-    /// leaned the other way by 1–3%, within its noise), and this one needs no NIXL runtime and
-    /// has the lower fixed cost per transfer (~50 µs against ~85 µs for one 4 KiB block on the
-    /// development VM). See docs/PERFORMANCE.md.
+    /// Linux `io_uring` with `O_DIRECT`, one worker thread per engine. The default: it needs no
+    /// NIXL runtime, and the two backends' measured speeds and fixed costs per transfer are in
+    /// the repository's docs/PERFORMANCE.md ("Disk backends").
     #[default]
     IoUring,
     /// NIXL's POSIX backend (Linux AIO underneath, `O_DIRECT`), one worker thread and one NIXL

@@ -22,9 +22,9 @@
 //! transfer has finished, before the plan (which keeps the memory and files alive) is dropped.
 //! Each registration is a [`Registered`] over a [`Span`] that itself holds clones of the
 //! buffers it covers, so it cannot outlive them even by mistake. Nothing is cached between
-//! transfers: the POSIX backend's registration is bookkeeping only (no pinning, no I/O);
-//! registering and deregistering a host and a file region took 2.2 µs on the development VM
-//! (`benches/transfer_host.rs`, docs/PERFORMANCE.md), against ~85 µs for a whole 4 KiB transfer.
+//! transfers: the POSIX backend's registration is bookkeeping only (no pinning, no I/O), a small
+//! part of a transfer's fixed cost (measured by `benches/transfer_host.rs`; figures in the
+//! repository's docs/PERFORMANCE.md, "Disk backends").
 //!
 //! # Failure and cancellation
 //! A transfer is posted as requests of one kernel queue's worth of descriptors, two at a time
@@ -43,8 +43,9 @@ use crate::descriptor::{Buffer, MemoryDescriptor};
 use crate::error::{Error, IoError, LayoutError, Result, TransferError};
 use crate::kind::StorageKind;
 use crate::nixl::raw::{LocalBlocks, RawTransfers, Transfer};
-use crate::nixl::registration::Space;
-use crate::nixl::{Agent, AgentConfig, MemType, NixlCompatible, NixlDescriptor, Registered};
+use crate::nixl::{
+    AddressSpace, Agent, AgentConfig, MemType, NixlCompatible, NixlDescriptor, Registered,
+};
 use std::any::Any;
 use std::collections::VecDeque;
 use std::sync::mpsc;
@@ -173,20 +174,18 @@ struct Unsettled {
 /// registration can never outlive them.
 #[derive(Debug)]
 pub(crate) struct Span {
-    addr: usize,
-    len: usize,
-    mem_type: MemType,
-    device_id: u64,
+    region: NixlDescriptor,
     kind: StorageKind,
     _covers: Vec<Buffer>,
 }
 
 impl MemoryDescriptor for Span {
     fn addr(&self) -> usize {
-        self.addr
+        // A host address or file offset of a live buffer: it fits in usize.
+        self.region.addr as usize
     }
     fn size(&self) -> usize {
-        self.len
+        self.region.size
     }
     fn storage_kind(&self) -> StorageKind {
         self.kind
@@ -202,18 +201,19 @@ impl MemoryDescriptor for Span {
 impl NixlCompatible for Span {
     fn nixl_params(&self) -> (*const u8, usize, MemType, u64) {
         // An address only (a file offset for files): NIXL's registration reads it as a number.
+        let r = self.region;
         (
-            std::ptr::without_provenance(self.addr),
-            self.len,
-            self.mem_type,
-            self.device_id,
+            std::ptr::without_provenance(r.addr as usize),
+            r.size,
+            r.mem_type,
+            r.device_id,
         )
     }
 }
 
 /// A registered span: its address space and range, and the registered buffer.
 struct SpanEntry {
-    space: Space,
+    space: AddressSpace,
     start: usize,
     end: usize,
     registered: Buffer,
@@ -221,37 +221,28 @@ struct SpanEntry {
 
 /// Buffers as merged spans per address space (overlapping or touching ranges become one),
 /// sorted by (space, start).
-fn spans(buffers: &[Buffer]) -> Vec<(Space, Span)> {
-    let mut ranges: Vec<(Space, usize, usize, &Buffer)> = buffers
+fn spans(buffers: &[Buffer]) -> Vec<(AddressSpace, Span)> {
+    let mut ranges: Vec<(NixlDescriptor, &Buffer)> = buffers
         .iter()
-        .filter_map(|b| {
-            let (ptr, len, mem_type, dev) = b.nixl_params();
-            let start = ptr.addr();
-            (len > 0).then(|| {
-                (
-                    Space::new(mem_type, dev),
-                    start,
-                    start.saturating_add(len),
-                    b,
-                )
-            })
-        })
+        .map(|b| (b.nixl_region(), b))
+        .filter(|(r, _)| r.size > 0)
         .collect();
-    ranges.sort_by_key(|&(space, start, end, _)| (space, start, end));
-    let mut out: Vec<(Space, Span)> = Vec::new();
-    for (space, start, end, buffer) in ranges {
+    ranges.sort_by_key(|(r, _)| (r.space(), r.addr, r.end()));
+    let mut out: Vec<(AddressSpace, Span)> = Vec::new();
+    for (region, buffer) in ranges {
+        let end = region.end().unwrap_or(u64::MAX);
         match out.last_mut() {
-            Some((s, span)) if *s == space && start <= span.addr + span.len => {
-                span.len = span.len.max(end - span.addr);
+            Some((s, span))
+                if *s == region.space() && span.region.end().is_some_and(|e| region.addr <= e) =>
+            {
+                // Within one live address range: the difference fits in usize.
+                span.region.size = span.region.size.max((end - span.region.addr) as usize);
                 span._covers.push(buffer.clone());
             }
             _ => out.push((
-                space,
+                region.space(),
                 Span {
-                    addr: start,
-                    len: end - start,
-                    mem_type: space.mem_type(),
-                    device_id: space.device_id,
+                    region,
                     kind: buffer.storage_kind(),
                     _covers: vec![buffer.clone()],
                 },
@@ -266,7 +257,7 @@ fn register(agent: &Agent, plan: &TransferPlan) -> Result<Vec<SpanEntry>> {
     spans(plan.buffers())
         .into_iter()
         .map(|(space, span)| {
-            let (start, end) = (span.addr, span.addr + span.len);
+            let (start, end) = (span.addr(), span.addr() + span.size());
             let registered: Registered<Span> = agent.register(span)?;
             Ok(SpanEntry {
                 space,
@@ -281,7 +272,7 @@ fn register(agent: &Agent, plan: &TransferPlan) -> Result<Vec<SpanEntry>> {
 /// The registered span holding `addr..addr+len` of `space`, and the offset of `addr` in it.
 fn locate(
     entries: &[SpanEntry],
-    space: Space,
+    space: AddressSpace,
     addr: usize,
     len: usize,
 ) -> Result<(&Buffer, usize)> {
@@ -294,7 +285,7 @@ fn locate(
             Error::Layout(LayoutError::Invalid(format!(
                 "copy range {addr:#x}+{len} ({:?}, device {}) lies in none of the plan's buffers",
                 space.mem_type(),
-                space.device_id
+                space.device_id()
             )))
         })
 }
@@ -409,7 +400,7 @@ impl Session<'_> {
 
     fn issue(&mut self, plan: &TransferPlan, max_io_bytes: usize) -> Result<Issued> {
         let max = max_io_bytes.clamp(crate::PAGE_SIZE, 1 << 30);
-        let host = Space::new(MemType::Dram, 0);
+        let host = AddressSpace::HOST;
         let mut request = Request::default();
         for batch in plan.batches() {
             let file_kind = if self.write {
@@ -417,12 +408,12 @@ impl Session<'_> {
             } else {
                 batch.src_kind
             };
-            let StorageKind::Disk(fd) = file_kind else {
+            let StorageKind::Disk(_) = file_kind else {
                 return Ok(Issued::Refused(Error::Layout(LayoutError::Invalid(
                     format!("disk side of a {} batch is {file_kind} memory", plan.path()),
                 ))));
             };
-            let file_space = Space::new(MemType::File, fd);
+            let file_space = AddressSpace::of_kind(file_kind);
             for op in &batch.ops {
                 let (mut mem, mut offset) = if self.write {
                     (op.src, op.dst)
@@ -532,11 +523,11 @@ mod tests {
         all.extend([view(8192, 4096), view(4096, 16384), other.clone()]);
         all.push(fview(32768, 4096));
         let got = spans(&all);
-        let host = Space::new(MemType::Dram, 0);
+        let host = AddressSpace::HOST;
         let host_spans: Vec<(usize, usize)> = got
             .iter()
             .filter(|(s, _)| *s == host)
-            .map(|(_, sp)| (sp.addr, sp.len))
+            .map(|(_, sp)| (sp.addr(), sp.size()))
             .collect();
         let mut want = vec![(base.addr(), 20480), (other.addr(), 8192)];
         want.sort();
@@ -544,7 +535,7 @@ mod tests {
         let file_spans: Vec<(usize, usize)> = got
             .iter()
             .filter(|(s, _)| *s != host)
-            .map(|(_, sp)| (sp.addr, sp.len))
+            .map(|(_, sp)| (sp.addr(), sp.size()))
             .collect();
         assert_eq!(file_spans, vec![(0, 8192), (32768, 4096)]);
     }

@@ -2,13 +2,15 @@
 //!
 //! Planning is pure: it reads addresses, validates, merges and never touches a byte. Its output,
 //! a [`TransferPlan`] — per pair of storage kinds, a list of `(src, dst, len)` [`CopyOp`]s — is
-//! the input of every executor: the host memcpy and the `io_uring` executors in this module, and
-//! the CUDA (batched memcpy, copy kernel) and NIXL executors that build on the same lists.
+//! the input of every executor, each in its own module of [`transfer`](super): host memcpy
+//! (`host`), `io_uring` (`uring`), NIXL POSIX (`nixl_posix`), CUDA copy streams (`gpu`) and NIXL
+//! with a peer (`remote`).
 
 use crate::descriptor::{Buffer, MemoryDescriptor};
 use crate::error::{BoundsError, Error, LayoutError, Result, SizeRule};
 use crate::kind::StorageKind;
 use crate::layout::{BlockDim, BlockLayout, LayoutConfig, LayoutKind};
+use crate::region::AddressSpace;
 use crate::storage::DIRECT_IO_ALIGN;
 use serde::Serialize;
 use std::collections::HashSet;
@@ -224,7 +226,13 @@ impl TransferPlan {
         let used = |l: &BlockLayout| -> Vec<Extent> {
             l.regions()
                 .iter()
-                .map(|r| (space(r.storage_kind()), r.addr(), l.region_bytes()))
+                .map(|r| {
+                    (
+                        AddressSpace::of_kind(r.storage_kind()),
+                        r.addr(),
+                        l.region_bytes(),
+                    )
+                })
                 .collect()
         };
         let per_op_check = !regions_disjoint(&used(src), &used(dst));
@@ -479,18 +487,9 @@ fn push_merged(ops: &mut Vec<CopyOp>, op: CopyOp) {
     ops.push(op);
 }
 
-/// The address space a kind's addresses live in: all host memory shares one, each device and
-/// each file descriptor has its own.
-fn space(kind: StorageKind) -> (u8, u64) {
-    match kind {
-        StorageKind::System | StorageKind::Pinned => (0, 0),
-        StorageKind::Device(d) => (1, u64::from(d)),
-        StorageKind::Disk(fd) => (2, fd),
-    }
-}
-
-/// A range in an address space: `(space, start, length)`.
-type Extent = ((u8, u64), usize, usize);
+/// A range in an address space, `(space, start, length)`: the planner's sort key (a
+/// [`NixlDescriptor`](crate::nixl::NixlDescriptor) names a range, this tuple sorts fast).
+type Extent = (AddressSpace, usize, usize);
 
 fn overlap(a: &Extent, b: &Extent) -> bool {
     a.0 == b.0 && a.1 < b.1.saturating_add(b.2) && b.1 < a.1.saturating_add(a.2)
@@ -508,7 +507,10 @@ fn check_disjoint(batches: &[CopyBatch]) -> Result<()> {
     let mut dst: Vec<Extent> = Vec::new();
     let mut src: Vec<Extent> = Vec::new();
     for b in batches {
-        let (ds, ss) = (space(b.dst_kind), space(b.src_kind));
+        let (ds, ss) = (
+            AddressSpace::of_kind(b.dst_kind),
+            AddressSpace::of_kind(b.src_kind),
+        );
         dst.extend(b.ops.iter().map(|o| (ds, o.dst, o.len)));
         src.extend(b.ops.iter().map(|o| (ss, o.src, o.len)));
     }
@@ -521,7 +523,7 @@ fn check_disjoint(batches: &[CopyBatch]) -> Result<()> {
             }));
         }
     }
-    let dst_spaces: HashSet<(u8, u64)> = dst.iter().map(|d| d.0).collect();
+    let dst_spaces: HashSet<AddressSpace> = dst.iter().map(|d| d.0).collect();
     src.retain(|s| dst_spaces.contains(&s.0));
     if src.is_empty() {
         return Ok(());

@@ -21,8 +21,7 @@ use crate::descriptor::MemoryDescriptor;
 use crate::error::{BoundsError, Error, NixlError, Result, TransferError};
 use crate::layout::{BlockLayout, LayoutConfig, LayoutKind, strides};
 use crate::nixl::raw::{
-    LocalBlocks, PreparedLocal, PreparedRemote, RawTransfers, RemoteBlock, RemoteBlocks, Transfer,
-    TransferOp,
+    LocalBlocks, PreparedLocal, PreparedRemote, RawTransfers, RemoteBlocks, Transfer, TransferOp,
 };
 use crate::nixl::{Agent, NixlDescriptor, Peer};
 use serde::{Deserialize, Serialize};
@@ -258,12 +257,11 @@ impl RemoteLayout {
         for_each_chunk(&c, descriptor.kind, |region, offset| {
             let r = &descriptor.regions[region];
             blocks
-                .push(RemoteBlock {
-                    addr: r.addr + offset as u64,
-                    len: chunk,
-                    mem_type: r.mem_type,
-                    device_id: r.device_id,
-                })
+                .push(NixlDescriptor::new(
+                    r.space(),
+                    r.addr + offset as u64,
+                    chunk,
+                ))
                 .map(|_| ())
         })?;
         Ok(Self {
@@ -470,5 +468,27 @@ fn poll_loop(rx: mpsc::Receiver<Flight>) {
         } else {
             std::thread::sleep(Duration::from_micros(20));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::BlockDim;
+    use crate::nixl::MemType;
+
+    /// A layout descriptor as kvmem 4ac4a08 wrote it: it still parses, and writes back the same.
+    #[test]
+    fn layout_descriptors_written_by_the_previous_version_still_parse() {
+        let old = r#"{"format":1,"agent":"prefill-0","config":{"num_blocks":4,"num_layers":2,"outer_dim":2,"page_size":16,"inner_dim":64,"dtype_bytes":2},"kind":{"LayerSeparate":"Second"},"regions":[{"addr":139872004849664,"size":32768,"mem_type":"Vram","device_id":0},{"addr":139872004882432,"size":32768,"mem_type":"Vram","device_id":0}]}"#;
+        let d: LayoutDescriptor = serde_json::from_str(old).unwrap();
+        assert_eq!(d.kind, LayoutKind::LayerSeparate(BlockDim::Second));
+        assert_eq!(d.config.num_blocks, 4);
+        assert_eq!(d.regions.len(), 2);
+        assert_eq!(
+            (d.regions[1].addr, d.regions[1].size, d.regions[1].mem_type),
+            (139872004882432, 32768, MemType::Vram)
+        );
+        assert_eq!(serde_json::to_string(&d).unwrap(), old);
     }
 }
