@@ -124,6 +124,7 @@ remote_all="write_and_read_between_every_layout_pair notification_arrives_after_
     bad_requests_fail_before_anything_moves a_dropped_handle_keeps_the_memory_until_the_transfer_ends
     device_layouts_write_to_and_read_from_a_peer"
 errors_gpu=device_paths_refuse_bad_requests_before_anything_moves
+cache_all=llama3_8b_blocks_through_host_and_disk_at_engine_speed
 count() { set -- $1; echo $#; }
 # shellcheck disable=SC2086 # the name lists are split on purpose
 if [ "$quick" != 1 ]; then
@@ -138,6 +139,7 @@ want=$(count "$transfer_all") step "transfer-engine GPU tests" "$out/tests.log" 
 want=$(count "$errors_gpu") step "transfer-engine error tests on the GPU" "$out/tests.log" "$bin/transfer_errors" --ignored --exact $errors_gpu --test-threads=1
 # NIXL with GPU memory (UCX's CUDA transport), and the host remote tests, on this machine.
 want=$(count "$remote_all") step "remote transfer tests (GPU and host)" "$out/tests.log" "$bin/transfer_remote" --include-ignored --exact $remote_all --test-threads=1
+want=$(count "$cache_all") step "block cache GPU data path" "$out/tests.log" "$bin/cache_gpu" --ignored --exact $cache_all --nocapture --test-threads=1
 
 # memcheck STEP TIMEOUT [--report-api-errors no] BIN TESTS...: the named tests under memcheck.
 memcheck() {

@@ -17,6 +17,7 @@
 //! | [`host`] | safe byte access to host-accessible storage ([`HostMemory`]) |
 //! | [`view`] | checked sub-ranges of a buffer ([`OffsetBuffer`]) |
 //! | [`arena`] | sub-allocation of one storage into many buffers ([`ArenaAllocator`]) |
+//! | [`cache`] | the KV block cache: content keys to blocks in pinned host memory and on disk ([`cache::BlockCache`]) |
 //! | [`layout`] | KV-cache block layouts over any storage ([`layout::BlockLayout`]) |
 //! | [`transfer`] | planning and executing block copies between layouts and tiers ([`transfer::TransferEngine`]) |
 //! | [`tensor`] | shape/stride descriptions of tensors laid over a buffer ([`TensorDescriptor`]) |
@@ -38,6 +39,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod arena;
+pub mod cache;
 pub mod completion;
 pub mod cuda;
 pub mod descriptor;
