@@ -17,7 +17,7 @@
 # The device tool brings back at most 8 files: the bench outputs beyond the main JSON, plot and
 # table are packed into kvbench.tgz.
 # Every test is named exactly and each step checks how many tests passed, so a renamed test fails
-# the step. Logs go to $OUT (the device tool's output folder), else to .gpu/out. Exits non-zero
+# the step; a GPU test that no list names fails the run too (else it would never run). Logs go to $OUT (the device tool's output folder), else to .gpu/out. Exits non-zero
 # if any step failed; summary.txt lists each step's outcome (SKIPPED for the steps a quick run
 # leaves out, memcheck's error summaries under their step's name) and ends with one result line,
 # which says "full run" only when nothing was skipped.
@@ -126,6 +126,24 @@ remote_all="write_and_read_between_every_layout_pair notification_arrives_after_
 errors_gpu=device_paths_refuse_bad_requests_before_anything_moves
 cache_all=llama3_8b_blocks_through_host_and_disk_at_engine_speed
 count() { set -- $1; echo $#; }
+# named BIN NAMES: every GPU (ignored) test of BIN must be in NAMES, or no step would run it.
+named() {
+    local binary="$1" names t missing=""
+    names=" $(echo $2) "
+    for t in $("$binary" --list --ignored 2>/dev/null | sed -n 's/: test$//p'); do
+        case "$names" in *" $t "*) ;; *) missing="$missing $t" ;; esac
+    done
+    if [ -n "$missing" ]; then
+        echo "test lists: FAILED: $(basename "$binary") has GPU tests that run.sh names nowhere:$missing" | tee -a "$summary"
+        failed=1
+    fi
+}
+named "$bin/cuda_gpu" "$gpu_all $gpu_errors $hugetlb"
+named "$bin/cuda_batch_gpu" "$batch_all $batch_errors"
+named "$bin/cuda_transfer_gpu" "$transfer_all"
+named "$bin/transfer_errors" "$errors_gpu"
+named "$bin/transfer_remote" "$remote_all"
+named "$bin/cache_gpu" "$cache_all"
 # shellcheck disable=SC2086 # the name lists are split on purpose
 if [ "$quick" != 1 ]; then
 want=$(count "$gpu_all $gpu_errors") step "GPU tests" "$out/tests.log" "$bin/cuda_gpu" --ignored --exact $gpu_all $gpu_errors --test-threads=1
