@@ -51,6 +51,7 @@ pub mod cuda;
 pub mod descriptor;
 pub mod error;
 pub mod host;
+mod key;
 pub mod kind;
 pub mod layout;
 pub mod nixl;

@@ -1,7 +1,7 @@
 //! Handles of cache operations and what they report.
 
-use super::error::{CacheError, CacheResult};
-use super::key::BlockKey;
+use crate::error::{CacheError, CacheResult};
+use crate::key::BlockKey;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;

@@ -4,10 +4,10 @@
 
 use super::config::{Admission, WritePolicy};
 use super::journal::{Entry, EntryKind};
-use super::key::{BlockKey, KeyBuild};
 use super::policy::{Policy, Scan};
 use super::slots::{NO_SLOT, Slot, SlotAllocator};
 use super::stats::{Counters, TierLabel};
+use crate::key::{BlockKey, KeyBuild};
 use std::collections::{HashMap, HashSet, VecDeque};
 
 /// A block's state in one tier.

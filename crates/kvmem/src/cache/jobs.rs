@@ -1,15 +1,15 @@
 //! What the cache's workers do: an operation's copies, in order, each to its deadline, and the
 //! index updates once each copy has stopped.
 
-use super::error::CacheError;
 use super::handle::{LoadReport, OpState, StoreReport};
 use super::index::{Prelude, Res, WriteBack};
 use super::journal::{Entry, EntryKind};
-use super::key::BlockKey;
 use super::slots::{NO_SLOT, Slot};
 use super::stats::{Counters, InFlight, TierLabel};
 use super::{Shared, WritePolicy};
 use crate::Completion;
+use crate::error::CacheError;
+use crate::key::BlockKey;
 use crate::layout::BlockLayout;
 use crate::transfer::TransferHandle;
 use std::time::{Duration, Instant};

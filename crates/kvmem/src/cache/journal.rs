@@ -8,7 +8,7 @@
 //! Opening replays the records in order and cuts the file at the first record that does not
 //! verify (a torn append).
 
-use super::key::BlockKey;
+use crate::key::BlockKey;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};

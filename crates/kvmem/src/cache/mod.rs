@@ -62,21 +62,19 @@
 //! ```
 
 mod config;
-mod error;
 mod handle;
 mod index;
 mod jobs;
 mod journal;
-mod key;
 mod policy;
 mod slots;
 mod stats;
 mod tier;
 
+pub use crate::error::{CacheError, CacheResult};
+pub use crate::key::{BlockKey, chain_keys};
 pub use config::{Admission, CacheConfig, Capacity, DiskConfig, WritePolicy};
-pub use error::{CacheError, CacheResult};
 pub use handle::{CacheHandle, LoadReport, StoreReport};
-pub use key::{BlockKey, chain_keys};
 pub use policy::{Lru, Policy, PolicyKind, S3Fifo, Scan};
 pub use stats::CacheStats;
 pub use tier::{HostMemoryKind, HostPoolKind};
@@ -687,7 +685,8 @@ fn recover(
     policy: PolicyKind,
 ) -> (TierState, Vec<(Slot, BlockKey)>) {
     let mut slot_key: Vec<Option<(BlockKey, u64)>> = vec![None; capacity];
-    let mut key_slot: std::collections::HashMap<BlockKey, Slot, key::KeyBuild> = Default::default();
+    let mut key_slot: std::collections::HashMap<BlockKey, Slot, crate::key::KeyBuild> =
+        Default::default();
     for e in entries {
         let s = e.slot as usize;
         if s >= capacity {

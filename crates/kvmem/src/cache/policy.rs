@@ -5,8 +5,8 @@
 //! says whether the block may go now (a claimed or half-written block may not) — so the policy
 //! never needs to know about claims.
 
-use super::key::BlockKey;
 use super::slots::{NO_SLOT, Slot};
+use crate::key::BlockKey;
 use std::collections::{HashSet, VecDeque};
 
 /// What the cache says about a candidate the policy offers.
@@ -196,7 +196,7 @@ pub struct S3Fifo {
     generation: Vec<u32>,
     keys: Vec<u64>,
     ghost: VecDeque<u64>,
-    ghost_set: HashSet<u64, super::key::KeyBuild>,
+    ghost_set: HashSet<u64, crate::key::KeyBuild>,
     small_target: usize,
     small_len: usize,
     ghost_cap: usize,

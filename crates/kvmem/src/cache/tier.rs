@@ -3,9 +3,9 @@
 #![allow(unsafe_code)]
 //! The cache's own tiers: the host pool of block slots and the disk directory.
 
-use super::error::{CacheError, CacheResult};
 use super::journal::{Entry, Journal};
 use crate::descriptor::{Buffer, MemoryDescriptor};
+use crate::error::{CacheError, CacheResult};
 use crate::layout::{BlockLayout, LayoutConfig, LayoutKind};
 use crate::storage::{DiskStorage, MappedPinnedStorage, SystemStorage};
 use serde::{Deserialize, Serialize};

@@ -1,22 +1,13 @@
-//! The disk side of the engine: the queue settings both disk backends share, the running
-//! backend, and the lane through which host ↔ disk transfers (and the GPU executor's disk
+//! The disk side of the engine: the running backend, and the lane through which host ↔ disk transfers (and the GPU executor's disk
 //! staging) reach it.
 
+use super::disk_queue::DiskQueue;
 use super::handle::{TransferHandle, Work};
 use super::plan::TransferPlan;
 use super::worker::Worker;
 use super::{DiskBackend, nixl_posix, uring};
 use crate::error::Result;
 use std::sync::Mutex;
-
-/// How a disk backend queues I/O: the same two settings for `io_uring` and NIXL POSIX.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct DiskQueue {
-    /// Requests kept in flight.
-    pub(crate) queue_depth: u32,
-    /// Largest single request in bytes; longer copies are split.
-    pub(crate) max_io_bytes: usize,
-}
 
 /// Starts the worker of `backend`.
 fn start(backend: DiskBackend, queue: DiskQueue) -> Result<Worker<Work>> {

@@ -568,7 +568,7 @@ mod tests {
     #[test]
     fn staging_runs_through_the_selected_disk_backend() {
         use super::super::DiskBackend;
-        use super::super::disk::DiskQueue;
+        use super::super::disk_queue::DiskQueue;
         use crate::{DiskStorage, HostMemory, SystemStorage};
         const P: usize = crate::PAGE_SIZE;
         // Page-aligned host memory, as `O_DIRECT` file I/O needs.

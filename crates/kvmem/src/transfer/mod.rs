@@ -30,6 +30,7 @@
 //! the handle is dropped.
 
 mod disk;
+mod disk_queue;
 mod files;
 mod gpu;
 mod handle;
@@ -49,7 +50,8 @@ use crate::descriptor::Buffer;
 use crate::error::{BoundsError, Error, Result, UnsupportedError};
 use crate::layout::BlockLayout;
 use crate::nixl::raw::TransferOp;
-use disk::{DiskLane, DiskQueue};
+use disk::DiskLane;
+use disk_queue::DiskQueue;
 pub use gpu::DEFAULT_BOUNCE_BYTES;
 use gpu::GpuExecutor;
 use host::HostExecutor;

@@ -37,7 +37,7 @@
 //! leak, where the alternative could be a write into freed memory; a leaked `DiskStorage` also
 //! keeps its file), and continues with a fresh agent.
 
-use super::disk::DiskQueue;
+use super::disk_queue::DiskQueue;
 use super::handle::{Completion, Work};
 use super::plan::{TransferPath, TransferPlan};
 use super::worker::{Backend, Health, Worker};

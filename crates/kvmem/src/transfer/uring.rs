@@ -4,7 +4,7 @@
 // This module submits io_uring requests over raw buffers: unsafe code is allowed here (denied at the crate root).
 #![allow(unsafe_code)]
 
-use super::disk::DiskQueue;
+use super::disk_queue::DiskQueue;
 use super::handle::Work;
 use super::plan::{TransferPath, TransferPlan};
 use super::worker::{Backend, Health, Worker};

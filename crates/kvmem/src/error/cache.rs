@@ -1,6 +1,6 @@
 //! The cache's errors: the [`Cache`](crate::Error::Cache) domain of kvmem's error.
 
-use super::key::BlockKey;
+use crate::key::BlockKey;
 use std::path::PathBuf;
 use std::time::Duration;
 
