@@ -4,7 +4,7 @@
 
 use super::config::{Admission, WritePolicy};
 use super::journal::{Entry, EntryKind};
-use super::policy::{Policy, Scan};
+use super::policy::{Policy, PolicyKind, Scan};
 use super::slots::{NO_SLOT, Slot, SlotAllocator};
 use super::stats::{Counters, TierLabel};
 use crate::key::{BlockKey, KeyBuild};
@@ -383,4 +383,55 @@ fn pick_victim(
     let (_, slot) = best?;
     policy.remove(slot);
     Some(slot)
+}
+
+/// The disk tier's state from its journal: the last complete write of each slot, unless a
+/// later entry freed it; a key written to two slots keeps the later one.
+pub(super) fn recover(
+    entries: &[Entry],
+    capacity: usize,
+    block_bytes: usize,
+    policy: PolicyKind,
+) -> (TierState, Vec<(Slot, BlockKey)>) {
+    let mut slot_key: Vec<Option<(BlockKey, u64)>> = vec![None; capacity];
+    let mut key_slot: HashMap<BlockKey, Slot, KeyBuild> = Default::default();
+    for e in entries {
+        let s = e.slot as usize;
+        if s >= capacity {
+            continue;
+        }
+        match e.kind {
+            EntryKind::Written if e.len as usize == block_bytes => {
+                if let Some((old, _)) = slot_key[s] {
+                    key_slot.remove(&old);
+                }
+                if let Some(prev) = key_slot.insert(e.key, e.slot)
+                    && prev != e.slot
+                {
+                    slot_key[prev as usize] = None;
+                }
+                slot_key[s] = Some((e.key, e.sum));
+            }
+            EntryKind::Written => {}
+            EntryKind::Freed => {
+                if slot_key[s].is_some_and(|(k, _)| k == e.key) {
+                    slot_key[s] = None;
+                    key_slot.remove(&e.key);
+                }
+            }
+        }
+    }
+    let used: Vec<bool> = slot_key.iter().map(Option::is_some).collect();
+    let mut tier = TierState::new(capacity, policy.build(capacity), true);
+    tier.slots = SlotAllocator::with_used(capacity, &used);
+    let mut recovered = Vec::new();
+    for (s, entry) in slot_key.iter().enumerate() {
+        if let Some((key, sum)) = entry {
+            tier.owner[s] = *key;
+            tier.sums[s] = *sum;
+            tier.policy.insert(s as Slot, *key);
+            recovered.push((s as Slot, *key));
+        }
+    }
+    (tier, recovered)
 }

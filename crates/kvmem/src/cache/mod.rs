@@ -82,9 +82,8 @@ pub use tier::{HostMemoryKind, HostPoolKind};
 use crate::layout::BlockLayout;
 use crate::transfer::TransferEngine;
 use handle::OpState;
-use index::{Index, Prelude, REMOVED, Record, Res, TierState};
-use journal::{Entry, EntryKind};
-use slots::{NO_SLOT, Slot, SlotAllocator};
+use index::{Index, Prelude, REMOVED, Record, Res, TierState, recover};
+use slots::{NO_SLOT, Slot};
 use stats::Counters;
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::thread::JoinHandle;
@@ -674,56 +673,4 @@ impl std::fmt::Debug for BlockCache {
             .field("host_pool", &self.shared.host.kind)
             .finish()
     }
-}
-
-/// The disk tier's state from its journal: the last complete write of each slot, unless a
-/// later entry freed it; a key written to two slots keeps the later one.
-fn recover(
-    entries: &[Entry],
-    capacity: usize,
-    block_bytes: usize,
-    policy: PolicyKind,
-) -> (TierState, Vec<(Slot, BlockKey)>) {
-    let mut slot_key: Vec<Option<(BlockKey, u64)>> = vec![None; capacity];
-    let mut key_slot: std::collections::HashMap<BlockKey, Slot, crate::key::KeyBuild> =
-        Default::default();
-    for e in entries {
-        let s = e.slot as usize;
-        if s >= capacity {
-            continue;
-        }
-        match e.kind {
-            EntryKind::Written if e.len as usize == block_bytes => {
-                if let Some((old, _)) = slot_key[s] {
-                    key_slot.remove(&old);
-                }
-                if let Some(prev) = key_slot.insert(e.key, e.slot)
-                    && prev != e.slot
-                {
-                    slot_key[prev as usize] = None;
-                }
-                slot_key[s] = Some((e.key, e.sum));
-            }
-            EntryKind::Written => {}
-            EntryKind::Freed => {
-                if slot_key[s].is_some_and(|(k, _)| k == e.key) {
-                    slot_key[s] = None;
-                    key_slot.remove(&e.key);
-                }
-            }
-        }
-    }
-    let used: Vec<bool> = slot_key.iter().map(Option::is_some).collect();
-    let mut tier = TierState::new(capacity, policy.build(capacity), true);
-    tier.slots = SlotAllocator::with_used(capacity, &used);
-    let mut recovered = Vec::new();
-    for (s, entry) in slot_key.iter().enumerate() {
-        if let Some((key, sum)) = entry {
-            tier.owner[s] = *key;
-            tier.sums[s] = *sum;
-            tier.policy.insert(s as Slot, *key);
-            recovered.push((s as Slot, *key));
-        }
-    }
-    (tier, recovered)
 }

@@ -1,0 +1,194 @@
+//! Unit tests of the plan module.
+
+use super::*;
+use crate::SystemStorage;
+use crate::layout::{BlockDim, LayoutConfig, LayoutKind};
+
+fn layout(kind: LayoutKind, blocks: usize) -> BlockLayout {
+    let c = LayoutConfig {
+        num_blocks: blocks,
+        num_layers: 4,
+        outer_dim: 2,
+        page_size: 2,
+        inner_dim: 8,
+        dtype_bytes: 2,
+    };
+    BlockLayout::allocate(c, kind, 32, |n| Ok(Buffer::new(SystemStorage::new(n)?))).unwrap()
+}
+
+#[test]
+fn merging_yields_the_fewest_copies() {
+    let fc = layout(LayoutKind::FullyContiguous, 16);
+    let fc2 = layout(LayoutKind::FullyContiguous, 16);
+    let first = layout(LayoutKind::LayerSeparate(BlockDim::First), 16);
+    let second = layout(LayoutKind::LayerSeparate(BlockDim::Second), 16);
+    let seq: Vec<usize> = (2..10).collect();
+    // Whole run of blocks, contiguous on both sides: one copy.
+    assert_eq!(
+        TransferPlan::blocks(&fc, &seq, &fc2, &seq)
+            .unwrap()
+            .op_count(),
+        1
+    );
+    // Per layer contiguous on both sides: one copy per layer.
+    let first2 = layout(LayoutKind::LayerSeparate(BlockDim::First), 16);
+    let p = TransferPlan::blocks(&first, &seq, &first2, &(0..8).collect::<Vec<_>>());
+    assert_eq!(p.unwrap().op_count(), 4);
+    // vLLM order: contiguous per (layer, outer).
+    let p = TransferPlan::blocks(
+        &second,
+        &seq,
+        &layout(LayoutKind::LayerSeparate(BlockDim::Second), 16),
+        &seq,
+    );
+    assert_eq!(p.unwrap().op_count(), 8);
+    // fully contiguous -> block-first: a block's (layer) pieces are contiguous on the source
+    // but in different regions on the destination: one copy per (block, layer).
+    assert_eq!(
+        TransferPlan::blocks(&fc, &seq, &first, &seq)
+            .unwrap()
+            .op_count(),
+        8 * 4
+    );
+    // Reversed ids: nothing merges.
+    let rev: Vec<usize> = seq.iter().rev().copied().collect();
+    let p = TransferPlan::blocks(&fc, &seq, &fc2, &rev).unwrap();
+    assert_eq!(p.op_count(), 8);
+    assert_eq!(p.total_bytes(), 8 * 4 * 2 * 32);
+    assert_eq!(p.path(), TransferPath::HostToHost);
+}
+
+#[test]
+fn push_merged_extends_only_copies_contiguous_on_both_sides() {
+    let op = |src, dst, len| CopyOp { src, dst, len };
+    let mut ops = Vec::new();
+    for o in [
+        op(0, 500, 50),
+        op(50, 550, 50), // continues both sides
+        op(100, 0, 10),  // source continues, destination does not
+        op(110, 10, 10), // continues both sides
+        op(200, 20, 10), // destination continues, source does not
+    ] {
+        push_merged(&mut ops, o);
+    }
+    assert_eq!(ops, vec![op(0, 500, 100), op(100, 0, 20), op(200, 20, 10)]);
+}
+
+/// Every (block, layer, outer) chunk pair of the request, as `(src, dst, len)`.
+fn expected_chunks(
+    src: &BlockLayout,
+    s_ids: &[usize],
+    dst: &BlockLayout,
+    d_ids: &[usize],
+) -> Vec<CopyOp> {
+    let c = src.config();
+    let mut out = Vec::new();
+    for (&s, &d) in s_ids.iter().zip(d_ids) {
+        for l in 0..c.num_layers {
+            for o in 0..c.outer_dim {
+                let (a, b) = (src.chunk(s, l, o).unwrap(), dst.chunk(d, l, o).unwrap());
+                out.push(CopyOp {
+                    src: a.addr,
+                    dst: b.addr,
+                    len: a.len,
+                });
+            }
+        }
+    }
+    out.sort_unstable_by_key(|o| o.dst);
+    out
+}
+
+fn kind_of(i: u8) -> LayoutKind {
+    match i % 3 {
+        0 => LayoutKind::FullyContiguous,
+        1 => LayoutKind::LayerSeparate(BlockDim::First),
+        _ => LayoutKind::LayerSeparate(BlockDim::Second),
+    }
+}
+
+proptest::proptest! {
+    /// The plan covers exactly the request's chunks, and no two of its copies could be
+    /// merged: it holds the fewest copies.
+    #[test]
+    fn plans_cover_every_chunk_with_the_fewest_copies(
+        kinds in (0u8..3, 0u8..3),
+        blocks in 1usize..24,
+        picks in proptest::collection::vec((0usize..24, 0usize..24), 1..24),
+        sparse in proptest::bool::ANY,
+    ) {
+        // A layout of `blocks` blocks, or (sparse) of many more, so that every way of
+        // ordering destination ids is exercised.
+        let n = if sparse { blocks * 8 } else { blocks };
+        let src = layout(kind_of(kinds.0), n);
+        let dst = layout(kind_of(kinds.1), n);
+        let mut d_ids: Vec<usize> = picks.iter().map(|p| p.1 % n).collect();
+        let mut seen = HashSet::new();
+        d_ids.retain(|d| seen.insert(*d));
+        let s_ids: Vec<usize> = picks.iter().take(d_ids.len()).map(|p| p.0 % n).collect();
+        let plan = TransferPlan::blocks(&src, &s_ids, &dst, &d_ids).unwrap();
+        let mut ops: Vec<CopyOp> = plan.batches().iter().flat_map(|b| b.ops.clone()).collect();
+        for b in plan.batches() {
+            proptest::prop_assert!(b.ops.is_sorted_by_key(|o| o.dst));
+        }
+        ops.sort_unstable_by_key(|o| o.dst);
+        for w in ops.windows(2) {
+            proptest::prop_assert!(
+                !(w[0].src + w[0].len == w[1].src && w[0].dst + w[0].len == w[1].dst),
+                "mergeable copies left apart: {:?}", w
+            );
+        }
+        let chunk = src.chunk_bytes();
+        let split: Vec<CopyOp> = ops
+            .iter()
+            .flat_map(|o| (0..o.len / chunk).map(move |i| CopyOp {
+                src: o.src + i * chunk,
+                dst: o.dst + i * chunk,
+                len: chunk,
+            }))
+            .collect();
+        proptest::prop_assert_eq!(split, expected_chunks(&src, &s_ids, &dst, &d_ids));
+    }
+}
+
+#[test]
+fn overlapping_copies_within_one_layout_are_refused() {
+    let fc = layout(LayoutKind::FullyContiguous, 8);
+    assert!(TransferPlan::blocks(&fc, &[0, 1], &fc, &[2, 3]).is_ok());
+    assert!(matches!(
+        TransferPlan::blocks(&fc, &[0, 1], &fc, &[1, 2]),
+        Err(Error::Bounds(BoundsError::OverlappingCopy { .. }))
+    ));
+    let whole = fc.regions()[0].clone();
+    assert!(matches!(
+        TransferPlan::region(&whole, &whole),
+        Err(Error::Bounds(BoundsError::OverlappingCopy { .. }))
+    ));
+}
+
+#[test]
+fn path_selection() {
+    use StorageKind::*;
+    assert_eq!(
+        TransferPath::select(Pinned, System),
+        TransferPath::HostToHost
+    );
+    assert_eq!(
+        TransferPath::select(System, Disk(3)),
+        TransferPath::HostToDisk
+    );
+    assert_eq!(
+        TransferPath::select(Disk(3), Pinned),
+        TransferPath::DiskToHost
+    );
+    assert_eq!(
+        TransferPath::select(Device(0), Pinned),
+        TransferPath::DeviceToHost
+    );
+    assert_eq!(
+        TransferPath::select(Device(0), Disk(1)),
+        TransferPath::DeviceToDisk
+    );
+    assert!(TransferPath::DiskToDevice.touches_disk());
+    assert!(!TransferPath::HostToDevice.touches_disk());
+}
