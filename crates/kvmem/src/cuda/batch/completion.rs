@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// The completion of one [`CopyStream::copy_async`]: poll it, wait for it (through
-/// [`Completion`]), or drop it (which waits).
+/// [`Completion`](crate::Completion)), or drop it (which waits).
 ///
 /// Copies queued on a stream cannot be taken back: [`cancel`](crate::Completion::cancel) does
 /// nothing, and the copies run to their end.
