@@ -124,7 +124,7 @@ impl ArenaAllocator {
     }
 
     /// The largest single allocation that could succeed now, in bytes.
-    pub fn largest_free_bytes(&self) -> usize {
+    pub(crate) fn largest_free_bytes(&self) -> usize {
         self.inner.lock().storage_report().largest_free_region as usize * PAGE_SIZE
     }
 

@@ -76,7 +76,7 @@ impl Buffer {
     }
 
     /// True if both handles refer to the same storage.
-    pub fn ptr_eq(&self, other: &Buffer) -> bool {
+    pub(crate) fn ptr_eq(&self, other: &Buffer) -> bool {
         Arc::ptr_eq(&self.inner, &other.inner)
     }
 }

@@ -17,7 +17,7 @@ pub enum Capacity {
 
 impl Capacity {
     /// The capacity in blocks of `block_bytes` bytes.
-    pub fn blocks(self, block_bytes: usize) -> usize {
+    pub(crate) fn blocks(self, block_bytes: usize) -> usize {
         match self {
             Self::Blocks(n) => n,
             Self::Bytes(b) => usize::try_from(b / block_bytes.max(1) as u64).unwrap_or(usize::MAX),

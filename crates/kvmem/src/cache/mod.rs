@@ -3,7 +3,7 @@
 //! The engine keeps its GPU memory and decides what leaves it; the cache owns the tiers below.
 //! Blocks are named by a 128-bit [`BlockKey`] (the engine's chained prefix hash, or
 //! [`chain_keys`] over token ids) and move between the engine's layout and the cache's tiers
-//! through the [`TransferEngine`](crate::transfer::TransferEngine):
+//! through the [`TransferEngine`]:
 //!
 //! | operation | does | I/O |
 //! |---|---|---|

@@ -50,7 +50,7 @@ pub enum PolicyKind {
 
 impl PolicyKind {
     /// A policy of this kind for `capacity` slots.
-    pub fn build(self, capacity: usize) -> Box<dyn Policy> {
+    pub(crate) fn build(self, capacity: usize) -> Box<dyn Policy> {
         match self {
             Self::Lru => Box::new(Lru::new(capacity)),
             Self::S3Fifo => Box::new(S3Fifo::new(capacity)),
@@ -92,7 +92,7 @@ pub struct Lru {
 
 impl Lru {
     /// An empty LRU list over `capacity` slots.
-    pub fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         Self {
             prev: vec![NO_SLOT; capacity],
             next: vec![NO_SLOT; capacity],
@@ -206,7 +206,7 @@ pub struct S3Fifo {
 
 impl S3Fifo {
     /// An empty S3-FIFO over `capacity` slots.
-    pub fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         Self {
             small: VecDeque::with_capacity(capacity),
             main: VecDeque::with_capacity(capacity),

@@ -141,7 +141,7 @@ impl Event {
     ///
     /// # Errors
     /// [`CudaError::Driver`] if the work before it failed.
-    pub fn synchronize(&self) -> Result<()> {
+    pub(crate) fn synchronize(&self) -> Result<()> {
         self.event
             .synchronize()
             .map_err(|e| driver::error("wait for an event", e))

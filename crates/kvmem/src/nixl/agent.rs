@@ -154,7 +154,7 @@ impl Agent {
     }
 
     /// The configuration the agent was started with.
-    pub fn config(&self) -> &AgentConfig {
+    pub(crate) fn config(&self) -> &AgentConfig {
         &self.shared.config
     }
 

@@ -272,7 +272,7 @@ impl AgentConfig {
     ///
     /// # Errors
     /// As for [`from_env`](Self::from_env).
-    pub fn from_vars<I, K, V>(vars: I) -> Result<Self>
+    pub(crate) fn from_vars<I, K, V>(vars: I) -> Result<Self>
     where
         I: IntoIterator<Item = (K, V)>,
         K: Into<String>,
@@ -397,7 +397,7 @@ impl AgentConfig {
     ///
     /// # Errors
     /// [`ConfigError::Agent`] naming the problem.
-    pub fn validate(&self, origin: &str) -> Result<()> {
+    pub(crate) fn validate(&self, origin: &str) -> Result<()> {
         let bad = |message: String| {
             Err(Error::Config(ConfigError::Agent {
                 origin: origin.to_owned(),
@@ -442,7 +442,7 @@ impl AgentConfig {
     }
 
     /// The parameters configured for `backend` (matched case-insensitively).
-    pub fn params_for(&self, backend: &str) -> Option<&BTreeMap<String, String>> {
+    pub(crate) fn params_for(&self, backend: &str) -> Option<&BTreeMap<String, String>> {
         self.backend_params
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(backend))
@@ -484,7 +484,7 @@ fn parse_u64(var: &str, value: &str) -> Result<u64> {
 
 /// Parses a byte count: an integer, optionally followed by a binary suffix (`K`, `KiB`, `M`,
 /// `MiB`, `G`, `GiB`, `T`, `TiB`, case-insensitive; `B` alone means bytes).
-pub fn parse_bytes(value: &str) -> std::result::Result<u64, String> {
+pub(crate) fn parse_bytes(value: &str) -> std::result::Result<u64, String> {
     let v = value.trim();
     let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
     let (digits, suffix) = v.split_at(split);

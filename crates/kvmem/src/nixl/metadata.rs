@@ -71,7 +71,7 @@ impl PeerMetadata {
     ///
     /// # Errors
     /// [`BoundsError::Overflow`] for a manifest over 4 GiB.
-    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+    pub(crate) fn to_bytes(&self) -> Result<Vec<u8>> {
         let Some(manifest) = &self.manifest else {
             return Ok(self.nixl.clone());
         };
@@ -99,7 +99,7 @@ impl PeerMetadata {
     /// # Errors
     /// [`PeerError::MalformedMetadata`] for an empty blob, a truncated envelope, invalid manifest
     /// JSON or an unsupported manifest format.
-    pub fn parse(bytes: &[u8]) -> Result<Self> {
+    pub(crate) fn parse(bytes: &[u8]) -> Result<Self> {
         let bad = |reason: String| {
             Error::Peer(PeerError::MalformedMetadata {
                 reason,

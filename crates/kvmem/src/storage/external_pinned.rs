@@ -59,7 +59,7 @@ impl ExternalPinnedMemory {
     /// The ranges (absolute addresses) page-locked by one `cuMemHostRegister` call each, in
     /// address order. A single CUDA copy must stay inside one of them (see
     /// [`MAX_HOST_REGISTRATION`]).
-    pub fn registered_ranges(&self) -> Vec<std::ops::Range<usize>> {
+    pub(crate) fn registered_ranges(&self) -> Vec<std::ops::Range<usize>> {
         self.registration.ranges()
     }
 

@@ -16,8 +16,7 @@
 //!
 //! Each storage states its region once — address, length, tier — with `storage_region!`; its
 //! [`MemoryDescriptor`](crate::MemoryDescriptor) and [`NixlCompatible`](crate::nixl::NixlCompatible)
-//! impls follow from that (the NIXL memory type and device from the tier, see
-//! [`AddressSpace::of_kind`](crate::nixl::AddressSpace::of_kind)).
+//! impls follow from that (the NIXL memory type and device follow from the tier).
 
 /// Implements [`MemoryDescriptor`](crate::MemoryDescriptor) and
 /// [`NixlCompatible`](crate::nixl::NixlCompatible) for an owning storage from one statement of its

@@ -7,7 +7,7 @@ const MAX_CPU: u32 = 1 << 20;
 ///
 /// # Errors
 /// [`ConfigError::Topology`] for malformed text, reversed ranges or CPU numbers above 2^20.
-pub fn parse_cpu_list(text: &str) -> Result<Vec<u32>> {
+pub(crate) fn parse_cpu_list(text: &str) -> Result<Vec<u32>> {
     let bad = |why: &str| Error::Config(ConfigError::Topology(format!("cpu list {text:?}: {why}")));
     let mut cpus = Vec::new();
     for part in text

@@ -13,7 +13,8 @@ mod memory;
 mod pci;
 
 pub use cgroup::CgroupLimits;
-pub use cpulist::{format_cpu_list, parse_cpu_list};
+pub use cpulist::format_cpu_list;
+use cpulist::parse_cpu_list;
 pub use memory::{HugepagePool, ThpMode};
 pub use pci::{GpuInfo, PcieLink};
 

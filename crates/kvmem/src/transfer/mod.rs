@@ -395,7 +395,9 @@ impl TransferEngine {
     /// Copies all of `src` to the start of `dst` as one copy.
     ///
     /// # Errors
-    /// Everything [`TransferPlan::region`] and [`submit`](Self::submit) return.
+    /// [`BoundsError::SizeMismatch`] when `dst` is smaller than `src`,
+    /// [`BoundsError::Overflow`], [`BoundsError::OverlappingCopy`], [`BoundsError::Misaligned`] as for
+    /// [`TransferPlan::blocks`]; then everything [`submit`](Self::submit) returns.
     pub fn copy_region(&self, src: &Buffer, dst: &Buffer) -> Result<TransferHandle> {
         self.submit(TransferPlan::region(src, dst)?)
     }
@@ -404,7 +406,7 @@ impl TransferEngine {
     ///
     /// # Errors
     /// [`UnsupportedError::Transfer`] naming the path's kinds and what is missing.
-    pub fn check_supported(&self, plan: &TransferPlan) -> Result<()> {
+    pub(crate) fn check_supported(&self, plan: &TransferPlan) -> Result<()> {
         let reason = match plan.path() {
             TransferPath::HostToHost | TransferPath::HostToDisk | TransferPath::DiskToHost => {
                 return Ok(());

@@ -173,7 +173,7 @@ impl CopyStream {
     }
 
     /// The device the stream belongs to.
-    pub fn device(&self) -> &CudaDevice {
+    pub(crate) fn device(&self) -> &CudaDevice {
         &self.inner.device
     }
 

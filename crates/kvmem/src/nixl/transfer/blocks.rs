@@ -128,7 +128,7 @@ impl LocalBlocks {
     }
 
     /// Total bytes.
-    pub fn bytes(&self) -> u64 {
+    pub(crate) fn bytes(&self) -> u64 {
         self.descs.iter().map(|d| d.size as u64).sum()
     }
 

@@ -101,10 +101,10 @@ pub trait RawTransfers: sealed::Sealed {
     /// peer once the data has landed.
     ///
     /// # Errors
-    /// Before anything moves: [`TransferError::Mismatch`] (empty lists, different block counts
-    /// or lengths), [`PeerError::Unknown`] / [`PeerError::Invalidated`] /
-    /// [`PeerError::Unavailable`], [`NixlError::NotRegistered`], [`PeerError::OutOfBounds`],
-    /// [`NixlError::Call`]. Later failures come from [`Completion::wait`](crate::Completion::wait).
+    /// Before anything moves: [`TransferError::Mismatch`](crate::error::TransferError::Mismatch) (empty lists, different block counts
+    /// or lengths), [`PeerError::Unknown`](crate::error::PeerError::Unknown) / [`PeerError::Invalidated`](crate::error::PeerError::Invalidated) /
+    /// [`PeerError::Unavailable`](crate::error::PeerError::Unavailable), [`NixlError::NotRegistered`](crate::error::NixlError::NotRegistered), [`PeerError::OutOfBounds`](crate::error::PeerError::OutOfBounds),
+    /// [`NixlError::Call`](crate::error::NixlError::Call). Later failures come from [`Completion::wait`](crate::Completion::wait).
     fn write(
         &self,
         local: &LocalBlocks,
@@ -127,7 +127,7 @@ pub trait RawTransfers: sealed::Sealed {
     /// Writes memory blocks `src` into blocks of registered files `file`.
     ///
     /// # Errors
-    /// As for [`write`](Self::write); [`NixlError::Call`] when no running backend handles files
+    /// As for [`write`](Self::write); [`NixlError::Call`](crate::error::NixlError::Call) when no running backend handles files
     /// (start POSIX, GDS or GDS_MT).
     fn write_to_file(&self, src: &LocalBlocks, file: &LocalBlocks) -> Result<Transfer>;
 
@@ -141,8 +141,8 @@ pub trait RawTransfers: sealed::Sealed {
     /// chunk (prepared lists keep one NIXL descriptor per block).
     ///
     /// # Errors
-    /// [`TransferError::Mismatch`] for an empty list or a block that crosses a chunk boundary;
-    /// [`NixlError::NotRegistered`] when NIXL does not have a block registered; [`NixlError::Call`].
+    /// [`TransferError::Mismatch`](crate::error::TransferError::Mismatch) for an empty list or a block that crosses a chunk boundary;
+    /// [`NixlError::NotRegistered`](crate::error::NixlError::NotRegistered) when NIXL does not have a block registered; [`NixlError::Call`](crate::error::NixlError::Call).
     fn prepare_local(&self, blocks: &LocalBlocks) -> Result<PreparedLocal>;
 
     /// Prepares a peer's blocks for repeated transfers. The list belongs to the peer's current
@@ -176,10 +176,10 @@ pub trait RawTransfers: sealed::Sealed {
     /// `remote[remote_indices[k]]`.
     ///
     /// # Errors
-    /// [`TransferError::Mismatch`] for lists prepared on another agent, index lists of
+    /// [`TransferError::Mismatch`](crate::error::TransferError::Mismatch) for lists prepared on another agent, index lists of
     /// different lengths, indices out of range or blocks of different lengths;
-    /// [`PeerError::Invalidated`] / [`PeerError::Unknown`] when the peer's connection changed
-    /// since the list was prepared; [`PeerError::Unavailable`]; [`NixlError::Call`].
+    /// [`PeerError::Invalidated`](crate::error::PeerError::Invalidated) / [`PeerError::Unknown`](crate::error::PeerError::Unknown) when the peer's connection changed
+    /// since the list was prepared; [`PeerError::Unavailable`](crate::error::PeerError::Unavailable); [`NixlError::Call`](crate::error::NixlError::Call).
     fn post_prepared_selected(
         &self,
         op: TransferOp,

@@ -25,7 +25,7 @@ unsafe impl Send for DlistHandle {}
 // SAFETY: as above: shared use only reads it.
 unsafe impl Sync for DlistHandle {}
 
-/// Local blocks prepared once for repeated transfers (see [`RawTransfers::prepare_local`]).
+/// Local blocks prepared once for repeated transfers (see [`RawTransfers::prepare_local`](super::RawTransfers::prepare_local)).
 pub struct PreparedLocal {
     // Declared first: released before the registrations it refers to and the agent.
     pub(super) handle: DlistHandle,

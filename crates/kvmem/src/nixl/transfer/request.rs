@@ -26,7 +26,7 @@ pub(super) struct Live {
 
 /// A posted transfer. Poll it, wait for it or cancel it through
 /// [`Completion`](crate::Completion); dropping it while it runs cancels it (see the
-/// [module docs](super::raw)).
+/// [module docs](crate::nixl::raw)).
 ///
 /// [`cancel`](crate::Completion::cancel) releases the request, which makes NIXL cancel it; its
 /// local buffers (and the files it names) are then kept alive for the rest of the process,

@@ -73,7 +73,7 @@ impl TransferPath {
     /// The path between a source of kind `src` and a destination of kind `dst` (both local;
     /// the remote paths are taken by [`TransferEngine::write_remote`](super::TransferEngine::write_remote)
     /// and [`read_remote`](super::TransferEngine::read_remote)).
-    pub fn select(src: StorageKind, dst: StorageKind) -> Self {
+    pub(crate) fn select(src: StorageKind, dst: StorageKind) -> Self {
         use StorageKind::*;
         match (src, dst) {
             (System | Pinned, System | Pinned) => Self::HostToHost,
@@ -89,7 +89,7 @@ impl TransferPath {
     }
 
     /// True when either end is a file.
-    pub fn touches_disk(&self) -> bool {
+    pub(crate) fn touches_disk(&self) -> bool {
         matches!(
             self,
             Self::HostToDisk
@@ -253,7 +253,7 @@ impl TransferPlan {
     /// # Errors
     /// [`BoundsError::SizeMismatch`]; [`BoundsError::OverlappingCopy`]; [`BoundsError::Misaligned`] as for
     /// [`blocks`](Self::blocks).
-    pub fn region(src: &Buffer, dst: &Buffer) -> Result<Self> {
+    pub(crate) fn region(src: &Buffer, dst: &Buffer) -> Result<Self> {
         if dst.size() < src.size() {
             return Err(Error::Bounds(BoundsError::SizeMismatch {
                 op: "a region copy",
@@ -329,23 +329,23 @@ impl TransferPlan {
     }
 
     /// The path the transfer crosses.
-    pub fn path(&self) -> TransferPath {
+    pub(crate) fn path(&self) -> TransferPath {
         self.path
     }
 
     /// The storage kinds of the source and the destination (of their first regions, for
     /// layouts over several files).
-    pub fn kinds(&self) -> (StorageKind, StorageKind) {
+    pub(crate) fn kinds(&self) -> (StorageKind, StorageKind) {
         (self.src_kind, self.dst_kind)
     }
 
     /// The copies, grouped by pair of storages.
-    pub fn batches(&self) -> &[CopyBatch] {
+    pub(crate) fn batches(&self) -> &[CopyBatch] {
         &self.batches
     }
 
     /// Bytes the transfer moves.
-    pub fn total_bytes(&self) -> usize {
+    pub(crate) fn total_bytes(&self) -> usize {
         self.bytes
     }
 
@@ -355,7 +355,7 @@ impl TransferPlan {
     }
 
     /// The buffers the plan keeps alive.
-    pub fn buffers(&self) -> &[Buffer] {
+    pub(crate) fn buffers(&self) -> &[Buffer] {
         &self.keep_alive
     }
 }
