@@ -1,6 +1,7 @@
 //! The handle a submitted transfer returns, and the executor's side of it.
 
 use super::plan::{TransferPath, TransferPlan};
+use super::worker::Health;
 use crate::error::{Error, Result, TransferError};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -74,6 +75,32 @@ pub(crate) struct Work {
     pub(crate) plan: TransferPlan,
     /// Where the outcome goes.
     pub(crate) completion: Completion,
+}
+
+impl Work {
+    /// Reports how a disk backend ran this work's plan and tells the backend's worker what to do
+    /// next. `Ok(result)`: every request has settled, so the plan (and the memory and files it
+    /// keeps alive) is dropped before `result` is reported. `Err(error)`: I/O may still be in
+    /// flight into the plan's buffers, so they are leaked, never freed; `error` is reported and
+    /// the backend is [`Broken`](Health::Broken), to be rebuilt.
+    pub(crate) fn settle(
+        plan: TransferPlan,
+        completion: Completion,
+        outcome: std::result::Result<Result<()>, Error>,
+    ) -> Health {
+        match outcome {
+            Ok(result) => {
+                drop(plan);
+                completion.complete(result);
+                Health::Ok
+            }
+            Err(error) => {
+                std::mem::forget(plan);
+                completion.complete(Err(error));
+                Health::Broken
+            }
+        }
+    }
 }
 
 /// The executor's side of a [`TransferHandle`]. Dropping it without

@@ -103,21 +103,13 @@ impl Backend for PosixAgent {
     type Job = Work;
 
     fn run(&mut self, Work { plan, completion }: Work) -> Health {
-        match run(&self.agent, &plan, self.config, &completion) {
-            Ok(result) => {
-                drop(plan);
-                completion.complete(result);
-                Health::Ok
-            }
-            Err(unsettled) => {
-                let Unsettled { error, keep } = *unsettled;
-                tracing::error!(error = %error, "NIXL POSIX transfer failed with I/O possibly in flight; leaking its buffers and starting a fresh agent");
-                std::mem::forget(keep);
-                std::mem::forget(plan);
-                completion.complete(Err(error));
-                Health::Broken
-            }
-        }
+        let outcome = run(&self.agent, &plan, self.config, &completion).map_err(|unsettled| {
+            let Unsettled { error, keep } = *unsettled;
+            tracing::error!(error = %error, "NIXL POSIX transfer failed with I/O possibly in flight; leaking its buffers and starting a fresh agent");
+            std::mem::forget(keep);
+            error
+        });
+        Work::settle(plan, completion, outcome)
     }
 }
 

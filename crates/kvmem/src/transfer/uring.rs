@@ -54,21 +54,12 @@ impl Backend for Ring {
 
     fn run(&mut self, Work { plan, completion }: Work) -> Health {
         let cancelled = || completion.cancelled();
-        match run(&mut self.ring, &plan, self.config, &cancelled) {
-            Ok(result) => {
-                drop(plan);
-                completion.complete(result);
-                Health::Ok
-            }
-            Err(fatal) => {
-                // The ring failed with I/O possibly still in flight into the plan's buffers:
-                // never free them; the worker starts over with a fresh ring.
-                tracing::error!(error = %fatal, "io_uring failed with I/O in flight; leaking the transfer's buffers");
-                std::mem::forget(plan);
-                completion.complete(Err(fatal));
-                Health::Broken
-            }
-        }
+        let outcome = run(&mut self.ring, &plan, self.config, &cancelled).inspect_err(|fatal| {
+            // The ring failed with I/O possibly still in flight into the plan's buffers: they
+            // are never freed; the worker starts over with a fresh ring.
+            tracing::error!(error = %fatal, "io_uring failed with I/O in flight; leaking the transfer's buffers");
+        });
+        Work::settle(plan, completion, outcome)
     }
 }
 
