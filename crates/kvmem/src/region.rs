@@ -79,12 +79,12 @@ impl NixlDescriptor {
     }
 
     /// One past the last address, or `None` when that overflows `u64`.
-    pub(crate) fn end(&self) -> Option<u64> {
+    pub fn end(&self) -> Option<u64> {
         self.addr.checked_add(u64::try_from(self.size).ok()?)
     }
 
     /// True when all of `other` lies inside this region, in the same address space.
-    pub(crate) fn contains(&self, other: &NixlDescriptor) -> bool {
+    pub fn contains(&self, other: &NixlDescriptor) -> bool {
         match (self.end(), other.end()) {
             (Some(end), Some(other_end)) => {
                 self.space() == other.space() && other.addr >= self.addr && other_end <= end
@@ -108,7 +108,7 @@ impl NixlDescriptor {
 
     /// The descriptor of `size` bytes starting `offset` bytes into this one, or `None` when that
     /// range does not lie inside it.
-    pub(crate) fn slice(&self, offset: usize, size: usize) -> Option<NixlDescriptor> {
+    pub fn slice(&self, offset: usize, size: usize) -> Option<NixlDescriptor> {
         let end = offset.checked_add(size)?;
         if end > self.size {
             return None;

@@ -103,11 +103,6 @@ impl Event {
         })
     }
 
-    /// The device whose context the event belongs to.
-    pub fn device(&self) -> &CudaDevice {
-        &self.device
-    }
-
     /// Records the event on `stream`: it completes once the work queued there so far has.
     ///
     /// # Safety

@@ -35,12 +35,12 @@ const KERNEL_NAME: &str = "kvmem_copy_chunks";
 const KERNEL_THREADS: u32 = 256;
 /// Blocks per multiprocessor the kernel is launched with (when there are enough copies).
 const KERNEL_BLOCKS_PER_SM: u32 = 8;
-/// Default for [`CopyStream::kernel_max_avg_len`]: copies to or from host memory averaging at
+/// The threshold of [`CopyMethod::Auto`]: copies to or from host memory averaging at
 /// most this many bytes go to the kernel under [`CopyMethod::Auto`], larger ones to the copy
 /// engines (`cuMemcpyBatchAsync`); device-to-device copies use the kernel up to four times this.
 /// Chosen from the H100 measurements in PERFORMANCE.md.
 pub const DEFAULT_KERNEL_MAX_AVG_LEN: usize = 1 << 20;
-/// Device-to-device copies use the kernel up to this many times [`CopyStream::kernel_max_avg_len`].
+/// Device-to-device copies use the kernel up to this many times [`DEFAULT_KERNEL_MAX_AVG_LEN`].
 const D2D_KERNEL_FACTOR: usize = 4;
 /// The kernel splits longer copies into pieces of at most this many bytes, so that one large
 /// copy is spread over many thread blocks instead of occupying one; pieces shrink (down to
@@ -191,11 +191,6 @@ impl CopyStream {
     /// True when the copy kernel is loaded.
     pub fn kernel_loaded(&self) -> bool {
         self.inner.kernel.is_some()
-    }
-
-    /// Copies averaging at most this many bytes use the kernel under [`CopyMethod::Auto`].
-    pub fn kernel_max_avg_len(&self) -> usize {
-        self.inner.kernel_max_avg_len
     }
 
     /// The method `Auto` resolves to for `copies` between `src` and `dst`, or the requested one

@@ -210,11 +210,6 @@ impl RemoteBlocks {
         self.push(NixlDescriptor::new(r.space(), addr, len))
     }
 
-    /// The peer.
-    pub fn peer(&self) -> &Peer {
-        &self.peer
-    }
-
     /// Number of blocks.
     pub fn len(&self) -> usize {
         self.descs.len()
