@@ -309,3 +309,90 @@ fn two_hosts_joined_by_a_veth_pair_over_tcp() {
     println!("target veth end: {rx} bytes received, {tx} bytes sent");
     assert!(rx >= 16 << 20 && tx >= 16 << 20, "rx {rx}, tx {tx}");
 }
+
+/// The target is killed while the initiator sweeps: the initiator fails promptly with the
+/// transfer's failure, not with the failure of its goodbye to the dead target (the first error
+/// wins; issue 13 item 2).
+#[test]
+fn a_killed_target_is_reported_as_the_transfer_failure() {
+    let port = free_port();
+    let out_dir = tempfile::tempdir().unwrap();
+    let mut target = Reaped(
+        kvmem()
+            .args(["bench", "--role", "target", "--listen-port"])
+            .arg(port.to_string())
+            .args([
+                "--blocks",
+                "16",
+                "--block-size",
+                "1M",
+                "--target-wait",
+                "120",
+            ])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the target"),
+    );
+    let stderr = target.0.stderr.take().unwrap();
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut initiator = Reaped(
+        kvmem()
+            .args(["bench", "--role", "initiator", "--json", "--peer"])
+            .arg(format!("127.0.0.1:{port}"))
+            .args(["--sizes", "4K", "--iterations", "100000", "--out-dir"])
+            .arg(out_dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the initiator"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the target sends its block list");
+        if line.contains("sent the block list") {
+            break;
+        }
+    }
+    // Let the sweep get going, then kill the target under it.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        initiator.0.try_wait().unwrap().is_none(),
+        "the initiator finished before the target was killed"
+    );
+    target.0.kill().unwrap();
+    target.0.wait().unwrap();
+    let killed = Instant::now();
+    let status = wait_with_timeout(&mut initiator, Duration::from_secs(150), "the initiator");
+    let waited = killed.elapsed();
+    let mut err = String::new();
+    use std::io::Read;
+    initiator
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(!status.success(), "the initiator succeeded: {err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        !last.contains("notification") && !last.contains("bye"),
+        "the goodbye's failure masked the transfer's: {err}"
+    );
+    assert!(
+        last.contains("transfer") || last.contains("peer") || last.contains("within"),
+        "not a transfer failure: {err}"
+    );
+    println!("killed target: initiator exited {status} after {waited:?}: {last}");
+}

@@ -28,6 +28,23 @@ pub const BYE: &[u8] = b"kvmem-bench-bye";
 
 /// How long the protocol's steps may take (metadata fetch, answers).
 const STEP: Duration = Duration::from_secs(30);
+/// How long the initiator waits for the target's goodbye after a failed sweep (the target may be
+/// the part that failed).
+const AFTER_FAILURE: Duration = Duration::from_secs(5);
+
+/// The first error wins: `failure` (what went wrong first) when there is one, with the
+/// `cleanup`'s own error only logged; otherwise the cleanup's result. `cleanup` names the step
+/// for the log.
+fn first_error(failure: Option<CliError>, later: Result<()>, cleanup: &str) -> Result<()> {
+    match (failure, later) {
+        (Some(first), Err(second)) => {
+            tracing::warn!(error = %second, "could not {cleanup} after an earlier failure");
+            Err(first)
+        }
+        (Some(first), Ok(())) => Err(first),
+        (None, later) => later,
+    }
+}
 
 /// What the target tells the initiator about its blocks: its manifest (the `PeerManifest` kvmem
 /// ships in metadata envelopes) plus the block geometry. Block `i` is `block_size` bytes at
@@ -201,13 +218,23 @@ pub fn initiator(args: &BenchArgs) -> Result<Report> {
         }
     }
     bar.finish_and_clear();
-    // Tell the target to exit whatever happened, and wait for its goodbye.
+    // Tell the target to exit whatever happened, and wait for its goodbye. After a failure the
+    // target may be what failed (a killed process): the failure is the error reported, and the
+    // goodbye's own failure is only logged.
     drop(ends);
-    agent.notify(peer.name(), DONE)?;
-    agent.wait_for_message(peer.name(), BYE, STEP)?;
-    if let Some(e) = failure {
-        return Err(e);
-    }
+    let bye_wait = if failure.is_some() {
+        AFTER_FAILURE
+    } else {
+        STEP
+    };
+    let goodbye = agent
+        .notify(peer.name(), DONE)
+        .and_then(|()| agent.wait_for_message(peer.name(), BYE, bye_wait));
+    first_error(
+        failure,
+        goodbye.map_err(CliError::from),
+        "tell the target to exit",
+    )?;
     let mut report = super::sweep::report_of(&config, args, started, load_before, points, skipped);
     report.two_node = Some(format!(
         "initiator '{}' -> target '{}' at {addr} ({} blocks of {} bytes; {len} bytes used)",
@@ -217,4 +244,22 @@ pub fn initiator(args: &BenchArgs) -> Result<Report> {
         blocks.block_size
     ));
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_error_wins_over_a_failed_cleanup() {
+        let first = CliError::Bench("the transfer failed".into());
+        let second = Err(CliError::Bench("the notification failed".into()));
+        let e = first_error(Some(first), second, "notify").unwrap_err();
+        assert_eq!(e.to_string(), "bench: the transfer failed");
+        let e = first_error(None, Err(CliError::Bench("only".into())), "notify").unwrap_err();
+        assert_eq!(e.to_string(), "bench: only");
+        let e = first_error(Some(CliError::Bench("first".into())), Ok(()), "notify").unwrap_err();
+        assert_eq!(e.to_string(), "bench: first");
+        assert!(first_error(None, Ok(()), "notify").is_ok());
+    }
 }
