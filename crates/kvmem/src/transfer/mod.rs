@@ -40,7 +40,9 @@ mod uring;
 
 pub use handle::{TransferHandle, TransferStats};
 pub use plan::{CopyBatch, CopyOp, TransferPath, TransferPlan};
-pub use remote::{LAYOUT_DESCRIPTOR_FORMAT, LayoutDescriptor, RegisteredLayout, RemoteLayout};
+pub use remote::{
+    LAYOUT_DESCRIPTOR_FORMAT, LayoutDescriptor, MAX_REMOTE_CHUNKS, RegisteredLayout, RemoteLayout,
+};
 
 pub use crate::cuda::batch::CopyMethod;
 use crate::descriptor::Buffer;
