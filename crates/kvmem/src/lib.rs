@@ -37,6 +37,7 @@
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod accounting;
 pub mod arena;
 pub mod completion;
 pub mod cuda;

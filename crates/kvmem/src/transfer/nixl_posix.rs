@@ -149,7 +149,7 @@ fn worker(mut agent: Agent, rx: mpsc::Receiver<Work>, config: PosixConfig) {
                 let Unsettled { error, keep } = *unsettled;
                 tracing::error!(error = %error, "NIXL POSIX transfer failed with I/O possibly in flight; leaking its buffers and starting a fresh agent");
                 std::mem::forget(keep);
-                std::mem::forget(plan);
+                plan.quarantine();
                 completion.complete(Err(error));
                 match new_agent(config) {
                     Ok(fresh) => agent = fresh,

@@ -91,7 +91,7 @@ fn worker(mut ring: IoUring, rx: mpsc::Receiver<Work>, config: UringConfig) {
                 // The ring failed with I/O possibly still in flight into the plan's buffers:
                 // never free them, and start over with a fresh ring.
                 tracing::error!(error = %fatal, "io_uring failed with I/O in flight; leaking the transfer's buffers");
-                std::mem::forget(plan);
+                plan.quarantine();
                 completion.complete(Err(fatal));
                 match new_ring(config.queue_depth) {
                     Ok(fresh) => ring = fresh,
