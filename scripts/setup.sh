@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # Idempotent setup on a fresh Debian machine: a project-local venv holding the NIXL runtime
-# (PyPI nixl-cu12==1.5.1, installed --no-deps) and libclang for bindgen. Re-running is cheap.
+# (PyPI nixl-cu13==1.5.1 on a CUDA 13 driver, nixl-cu12==1.5.1 elsewhere, installed --no-deps;
+# KVMEM_NIXL_WHEEL=nixl-cu12==1.5.1 or nixl-cu13==1.5.1 chooses) and libclang for bindgen.
+# Re-running is cheap.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$root/.venv"
-NIXL_WHEEL="nixl-cu12==1.5.1"
+# shellcheck source=nixl-runtime.sh
+source "$root/scripts/nixl-runtime.sh"
+flavor=$(kvmem_nixl_flavor)
+NIXL_WHEEL=$(kvmem_nixl_requirement "$flavor")
 LIBCLANG_WHEEL="libclang==18.1.1"
 
 if [ ! -x "$venv/bin/python" ]; then
@@ -12,7 +17,7 @@ if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"
 fi
 have() { "$venv/bin/python" -m pip show -q "$1" >/dev/null 2>&1; }
-if ! have nixl-cu12 || ! have libclang; then
+if ! have "nixl-$flavor" || ! have libclang; then
     echo "setup: installing $NIXL_WHEEL and $LIBCLANG_WHEEL into $venv"
     "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps "$NIXL_WHEEL" "$LIBCLANG_WHEEL"
 fi

@@ -15,6 +15,9 @@ pub enum CliError {
     /// `kvmem bench` was given settings it cannot run, or could not write its output.
     #[error("bench: {0}")]
     Bench(String),
+    /// `kvmem replay` was given a trace or settings it cannot use.
+    #[error("replay: {0}")]
+    Replay(String),
     /// A bench point's destination did not hold its source's bytes after a transfer that
     /// reported success.
     #[error(

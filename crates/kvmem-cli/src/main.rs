@@ -5,6 +5,7 @@ mod bench;
 mod demo;
 mod error;
 mod info;
+mod replay;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -28,6 +29,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Sweep the transfer paths over block sizes against same-run references (and fio).
     Bench(Box<bench::BenchArgs>),
+    /// Replay a request trace (Mooncake format) through the block cache; report hit rates.
+    Replay(Box<replay::ReplayArgs>),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +45,7 @@ fn main() -> ExitCode {
         Command::Info(args) => info::run(&args),
         Command::Demo(args) => demo::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Replay(args) => replay::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -286,3 +286,84 @@ fn bad_bench_settings_are_refused_with_a_message() {
     let out = kvmem().args(["bench", "--sizes", "4Q"]).output().unwrap();
     assert!(!out.status.success());
 }
+
+/// The engines' patterns: gather (scattered source blocks into one contiguous run) and scatter
+/// (the reverse) on the host and disk paths, every byte checked, and each point says how much
+/// CPU its submitting thread spent per chunk.
+#[test]
+fn gather_and_scatter_points_check_their_bytes_and_report_submit_cpu() {
+    let out_dir = tempfile::tempdir().unwrap();
+    let disk_dir = tempfile::tempdir().unwrap();
+    let v = bench_json(
+        &[
+            "--paths",
+            "host,disk-write,disk-read",
+            "--patterns",
+            "gather,scatter",
+            "--sizes",
+            "64K",
+            "--iterations",
+            "2",
+            "--host-bytes",
+            "2M",
+            "--disk-bytes",
+            "2M",
+            "--compare-disk-backend",
+            "none",
+            "--no-fio",
+        ],
+        out_dir.path(),
+        disk_dir.path(),
+    );
+    let points = v["points"].as_array().unwrap();
+    assert_eq!(points.len(), 6, "3 paths x 2 patterns: {v}");
+    for p in points {
+        assert!(p["pattern"] == "gather" || p["pattern"] == "scatter", "{p}");
+        assert_eq!(p["verified_bytes"], p["bytes"], "{p}");
+        assert_eq!(p["chunks"], 32, "{p}");
+        // One side is a random order: the blocks do not merge into one copy.
+        let copies = p["copies"].as_u64().unwrap();
+        assert!(copies > 1 && copies <= 32, "{p}");
+        let us = p["submit_cpu_us_per_chunk"].as_f64().unwrap();
+        assert!(us.is_finite() && us >= 0.0, "{p}");
+    }
+    assert_eq!(v["settings"]["gpu_method"], "auto");
+    let table = std::fs::read_to_string(out_dir.path().join("table.txt")).unwrap();
+    assert!(
+        table.contains("gather") && table.contains("sub us/chk"),
+        "{table}"
+    );
+
+    // A wrong byte in a gathered destination fails the run.
+    let out = bench(
+        &[
+            "--paths",
+            "host",
+            "--patterns",
+            "gather",
+            "--sizes",
+            "64K",
+            "--iterations",
+            "1",
+            "--host-bytes",
+            "1M",
+        ],
+        &[("KVMEM_BENCH_TEST_CORRUPT", "host->host")],
+        out_dir.path(),
+        disk_dir.path(),
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("gather"), "{err}");
+}
+
+#[test]
+fn a_preset_fixes_its_paths_and_patterns() {
+    let out = kvmem()
+        .args(["bench", "--preset", "vllm", "--paths", "host"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--preset") && err.contains("--paths"), "{err}");
+}

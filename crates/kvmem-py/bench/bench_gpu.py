@@ -6,16 +6,26 @@ layers, 8 KV heads, head 128, bf16, 16-token blocks; vLLM FlashAttention layout)
   staging tensor + index_copy_ back), both as ratios to one large pinned<->GPU copy of the same
   bytes in this process;
 - Python overhead: a 4096-block copy through kvmem.Engine.copy, per-call time and bandwidth, to
-  compare with the Rust benchmark (`kvmem bench`) of the same shape.
+  compare with the Rust benchmark (`kvmem bench`) of the same shape;
+- the points of `kvmem bench --preset vllm` (``vllm_points``): 16 and 32 KiB chunks (16-token
+  blocks of 4 or 8 heads), as many blocks as that bench moves (1 GiB per transfer, at most 1024
+  blocks), every block of the GPU cache in a random order: gather (GPU cache -> one contiguous
+  pinned run, the offload) and scatter (the reverse, the onboard), by kvmem (host side
+  ``cross_layer``, as in `kvmem bench`) and by plain torch (``index_select`` into a GPU staging
+  tensor + one copy per layer; one copy + ``index_copy_`` back), each checked byte for byte once
+  and timed as the median of ``--iters`` runs against the median of one large pinned<->GPU copy
+  of the same bytes.
 
-Usage: python bench/bench_gpu.py [--iters N] [--json out.json]
+Usage: python bench/bench_gpu.py [--iters N] [--json out.json] [--vllm-only]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -37,15 +47,143 @@ def timed(fn, iters: int) -> float:  # type: ignore[no-untyped-def]
     return best
 
 
+def median_time(fn: Callable[[], Any], iters: int) -> float:
+    """Median seconds of ``fn`` (synchronized) over ``iters`` runs, after one untimed run."""
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bitwise equality (bf16 NaN payloads compare unequal as numbers)."""
+    return torch.equal(a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8))
+
+
+def vllm_point(engine: kvmem.Engine, chunk: int, iters: int, seed: int) -> dict[str, Any]:
+    """One gather and one scatter point of `kvmem bench --preset vllm` at ``chunk`` bytes."""
+    heads = chunk // (BS * HEAD * 2)
+    n = min((1 << 30) // (LAYERS * 2) // chunk, 1024)
+    nbytes = n * LAYERS * 2 * chunk
+    shape = (2, n, BS, heads, HEAD)
+    kv = [torch.empty(shape, dtype=torch.bfloat16, device="cuda") for _ in range(LAYERS)]
+    for t in kv:
+        t.view(torch.uint8).random_()
+    gpu = kvmem.Layout.from_tensors(kv, "flash_attn")
+    # kvmem's host side: one contiguous pinned run, block-major (all layers of a block together).
+    host = torch.empty((n, LAYERS, 2, BS, heads, HEAD), dtype=torch.bfloat16, pin_memory=True)
+    pinned = kvmem.Layout.from_tensors(host, "cross_layer")
+    ids = np.random.default_rng(seed).permutation(n).astype(np.int64)
+    idx = torch.from_numpy(ids).cuda()
+    run = list(range(n))
+    # torch's host side: one pinned tensor per layer, and one GPU staging tensor per layer.
+    stage = [torch.empty(shape, dtype=torch.bfloat16, device="cuda") for _ in range(LAYERS)]
+    host_t = [torch.empty(shape, dtype=torch.bfloat16, pin_memory=True) for _ in range(LAYERS)]
+
+    def kvmem_gather() -> None:
+        engine.copy(gpu, ids, pinned, run).wait()
+
+    def kvmem_scatter() -> None:
+        engine.copy(pinned, run, gpu, ids).wait()
+
+    def torch_gather() -> None:
+        for layer, st, h in zip(kv, stage, host_t):
+            torch.index_select(layer, 1, idx, out=st)
+            h.copy_(st, non_blocking=True)
+
+    def torch_scatter() -> None:
+        for layer, st, h in zip(kv, stage, host_t):
+            st.copy_(h, non_blocking=True)
+            layer.index_copy_(1, idx, st)
+
+    def gathered_ok(h_of: Callable[[int], torch.Tensor]) -> bool:
+        """Host block k of every layer holds GPU block ids[k], byte for byte."""
+        return all(same_bytes(h_of(i).cuda(), kv[i].index_select(1, idx)) for i in range(LAYERS))
+
+    # Checks: poison the destination, move once, compare every byte.
+    checks: dict[str, bool] = {}
+    host.view(torch.uint8).fill_(0xA5)
+    kvmem_gather()
+    checks["kvmem_gather"] = gathered_ok(lambda i: host[:, i].transpose(0, 1))
+    for h in host_t:
+        h.view(torch.uint8).fill_(0xA5)
+    torch_gather()
+    torch.cuda.synchronize()
+    checks["torch_gather"] = gathered_ok(lambda i: host_t[i])
+    # Scatter from what was gathered (random bytes), into a poisoned GPU cache.
+    for t in kv:
+        t.view(torch.uint8).fill_(0xA5)
+    kvmem_scatter()
+    checks["kvmem_scatter"] = gathered_ok(lambda i: host[:, i].transpose(0, 1))
+    for t in kv:
+        t.view(torch.uint8).fill_(0xA5)
+    torch_scatter()
+    torch.cuda.synchronize()
+    checks["torch_scatter"] = gathered_ok(lambda i: host_t[i])
+    bad = [k for k, ok in checks.items() if not ok]
+    if bad:
+        raise SystemExit(f"vllm point {chunk} B chunks: wrong bytes after {', '.join(bad)}")
+
+    big_host = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+    big_dev = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    one_d2h = median_time(lambda: big_host.copy_(big_dev, non_blocking=True), iters)
+    one_h2d = median_time(lambda: big_dev.copy_(big_host, non_blocking=True), iters)
+    t = {
+        "kvmem_gather": median_time(kvmem_gather, iters),
+        "torch_gather": median_time(torch_gather, iters),
+        "kvmem_scatter": median_time(kvmem_scatter, iters),
+        "torch_scatter": median_time(torch_scatter, iters),
+    }
+    res: dict[str, Any] = {
+        "chunk_bytes": chunk,
+        "heads": heads,
+        "blocks": n,
+        "chunks": n * LAYERS * 2,
+        "bytes": nbytes,
+        "verified": sorted(checks),
+        "one_copy_d2h_GiBps": nbytes / one_d2h / 2**30,
+        "one_copy_h2d_GiBps": nbytes / one_h2d / 2**30,
+    }
+    for k, secs in t.items():
+        one = one_d2h if k.endswith("gather") else one_h2d
+        res[f"{k}_GiBps"] = nbytes / secs / 2**30
+        res[f"{k}_ratio"] = one / secs
+    del kv, gpu, host, pinned, stage, host_t, big_host, big_dev
+    torch.cuda.empty_cache()
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--blocks", type=int, default=8192)
     ap.add_argument("--json")
+    ap.add_argument("--vllm-only", action="store_true", help="only the `kvmem bench --preset vllm` points")
+    ap.add_argument("--vllm-chunks", default="16384,32768", help="chunk bytes of the vllm points")
     a = ap.parse_args()
+    engine = kvmem.Engine()
+    res: dict[str, Any] = {"device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d")}
+    res["vllm_points"] = [
+        vllm_point(engine, int(c), a.iters, seed=i) for i, c in enumerate(a.vllm_chunks.split(","))
+    ]
+    if not a.vllm_only:
+        res.update(legacy(a, engine))
+    print(json.dumps(res, indent=2))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(res, f, indent=2)
+
+
+def legacy(a: argparse.Namespace, engine: kvmem.Engine) -> dict[str, Any]:
+    """256 scattered blocks of 32 KiB chunks out of ``--blocks``, best of ``--iters``; the Python
+    overhead of a 4096-block copy."""
     kv = [torch.empty((2, a.blocks, BS, HEADS, HEAD), dtype=torch.bfloat16, device="cuda") for _ in range(LAYERS)]
     gpu = kvmem.Layout.from_tensors(kv, "flash_attn")
-    engine = kvmem.Engine()
     ids = np.random.default_rng(0).choice(a.blocks, 256, replace=False).astype(np.int64)
     idx = torch.from_numpy(ids).cuda()
     n = len(ids)
@@ -83,9 +221,7 @@ def main() -> None:
     submit = (time.perf_counter() - t0) / 10
     for h in handles:
         h.wait()
-    res = {
-        "device": torch.cuda.get_device_name(),
-        "date": time.strftime("%Y-%m-%d"),
+    return {
         "bytes_256_blocks": nbytes,
         "one_copy_d2h_GBps": nbytes / one_d2h / 1e9,
         "one_copy_h2d_GBps": nbytes / one_h2d / 1e9,
@@ -97,10 +233,6 @@ def main() -> None:
         "kvmem_4096_blocks_GBps": big * gpu.block_bytes / t_big / 1e9,
         "kvmem_submit_us_per_call": submit * 1e6,
     }
-    print(json.dumps(res, indent=2))
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(res, f, indent=2)
 
 
 if __name__ == "__main__":

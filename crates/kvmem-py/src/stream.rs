@@ -3,8 +3,7 @@
 use crate::errors::invalid;
 use kvmem::StorageKind;
 use kvmem::cuda::CudaDevice;
-use kvmem::cuda::cudarc::driver::sys;
-use kvmem::cuda::interop::Event;
+use kvmem::cuda::interop::{Event, RawStream};
 use kvmem::descriptor::MemoryDescriptor;
 use kvmem::layout::BlockLayout;
 use kvmem::transfer::{TransferEngine, TransferHandle};
@@ -61,7 +60,7 @@ pub(crate) fn copy(
             // SAFETY: the caller passed the engine's live stream of this device (torch and
             // CuPy use the primary context kvmem binds); the driver rejects a handle of another
             // context with an error.
-            unsafe { event.record(raw as sys::CUstream) }?;
+            unsafe { event.record(raw as RawStream) }?;
             Some(event)
         }
     };
@@ -76,5 +75,5 @@ pub(crate) fn copy(
 /// Makes the engine's stream `raw` wait for the transfer's end event.
 pub(crate) fn wait_on(end: &Event, raw: u64) -> kvmem::Result<()> {
     // SAFETY: as in `copy`: the caller's live stream of the event's device.
-    unsafe { end.wait_in(raw as sys::CUstream) }
+    unsafe { end.wait_in(raw as RawStream) }
 }

@@ -59,6 +59,9 @@ pub enum Error {
     /// Something this machine, driver or build does not offer was asked for.
     #[error(transparent)]
     Unsupported(#[from] UnsupportedError),
+    /// The block cache refused an operation or could not complete it.
+    #[error(transparent)]
+    Cache(#[from] crate::cache::CacheError),
     /// A wait ran out of time.
     #[error(
         "timed out after {waited:?} waiting for {what}; wait longer or check that the other side is running"

@@ -17,6 +17,7 @@
 //! | [`host`] | safe byte access to host-accessible storage ([`HostMemory`]) |
 //! | [`view`] | checked sub-ranges of a buffer ([`OffsetBuffer`]) |
 //! | [`arena`] | sub-allocation of one storage into many buffers ([`ArenaAllocator`]) |
+//! | [`cache`] | the KV block cache: content keys to blocks in pinned host memory and on disk ([`cache::BlockCache`]) |
 //! | [`layout`] | KV-cache block layouts over any storage ([`layout::BlockLayout`]) |
 //! | [`transfer`] | planning and executing block copies between layouts and tiers ([`transfer::TransferEngine`]) |
 //! | [`tensor`] | shape/stride descriptions of tensors laid over a buffer ([`TensorDescriptor`]) |
@@ -36,9 +37,16 @@
 //! ```
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
+// Unsafe code is denied here and allowed, with `#![allow(unsafe_code)]` at the top of the file,
+// only in the modules that own a raw resource (the CUDA driver, pinned and mapped memory, NIXL
+// registrations, io_uring and raw copies); every unsafe block there says why it is sound.
+#![deny(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod accounting;
 pub mod arena;
+mod backoff;
+pub mod cache;
 pub mod completion;
 pub mod cuda;
 pub mod descriptor;

@@ -69,6 +69,23 @@ fn methods(stream: &CopyStream) -> Vec<CopyMethod> {
     ]
 }
 
+/// Checks that a list submitted with `asked` ran with that method, or, for `Auto`, with the one
+/// `resolve` picks for it (never `Auto` itself).
+fn assert_ran_as(
+    stream: &CopyStream,
+    asked: CopyMethod,
+    used: CopyMethod,
+    (copies, src, dst): (&[DeviceCopy], Location, Location),
+    what: &str,
+) {
+    let want = match asked {
+        CopyMethod::Auto => stream.resolve(CopyMethod::Auto, copies, src, dst).unwrap(),
+        forced => forced,
+    };
+    assert_ne!(used, CopyMethod::Auto, "{what}: Auto was not resolved");
+    assert_eq!(used, want, "{what}: asked for {asked:?}");
+}
+
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn scattered_copies_host_device_and_back_by_every_method() {
@@ -108,6 +125,14 @@ fn scattered_copies_host_device_and_back_by_every_method() {
                 unsafe { stream.copy_async(&copies, method, Location::Host, Location::Device(0)) }
                     .unwrap();
             let used = c.method();
+            let (h, d) = (Location::Host, Location::Device(0));
+            assert_ran_as(
+                &stream,
+                method,
+                used,
+                (&copies, h, d),
+                &format!("H2D chunk {chunk}"),
+            );
             c.wait().unwrap();
             let mut back = PinnedStorage::new(&gpu, size).unwrap();
             back.memset(0xee);
@@ -134,6 +159,14 @@ fn scattered_copies_host_device_and_back_by_every_method() {
             let c =
                 unsafe { stream.copy_async(&copies, method, Location::Device(0), Location::Host) }
                     .unwrap();
+            let d2h = (&copies[..], d, h);
+            assert_ran_as(
+                &stream,
+                method,
+                c.method(),
+                d2h,
+                &format!("D2H chunk {chunk}"),
+            );
             c.wait().unwrap();
             let want = expected(back.as_slice(), &before, &pairs, chunk, stride);
             assert!(
@@ -157,6 +190,14 @@ fn scattered_copies_host_device_and_back_by_every_method() {
                 stream.copy_async(&copies, method, Location::Device(0), Location::Device(0))
             }
             .unwrap();
+            let d2d = (&copies[..], d, d);
+            assert_ran_as(
+                &stream,
+                method,
+                c.method(),
+                d2d,
+                &format!("D2D chunk {chunk}"),
+            );
             assert!(c.wait_timeout(std::time::Duration::from_secs(10)));
             assert!(c.is_done());
             c.wait().unwrap();

@@ -50,15 +50,25 @@ fn every_layout_pair_over_gpu_tiers_auto() {
     sweep(&engine(CopyMethod::Auto), &GPU_PAIRS, 0x6B00);
 }
 
+// Each forced method over every GPU tier pair, staged ones included (one test per method, so
+// that the GPU harness can run each by name, under memcheck too).
+
 #[test]
 #[ignore = "needs a CUDA GPU"]
-fn every_layout_pair_over_gpu_tiers_each_method() {
-    for (i, m) in [CopyMethod::Batched, CopyMethod::Kernel, CopyMethod::PerCopy]
-        .into_iter()
-        .enumerate()
-    {
-        sweep(&engine(m), &GPU_PAIRS[..3], 0x7C00 + 1000 * i as u64);
-    }
+fn every_layout_pair_over_gpu_tiers_batched() {
+    sweep(&engine(CopyMethod::Batched), &GPU_PAIRS, 0x7C00);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn every_layout_pair_over_gpu_tiers_kernel() {
+    sweep(&engine(CopyMethod::Kernel), &GPU_PAIRS, 0x8C00);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn every_layout_pair_over_gpu_tiers_per_copy() {
+    sweep(&engine(CopyMethod::PerCopy), &GPU_PAIRS, 0x9C00);
 }
 
 /// Pinned host memory to and from files, on each disk backend (the host ↔ disk executors, with

@@ -117,6 +117,9 @@ const KILL_ROUNDS: usize = 20;
 const STREAM_BLOCK: usize = 8 << 20;
 /// How quickly the survivor must see an error after the kill.
 const DETECT: Duration = Duration::from_secs(5);
+/// How long the killer waits for a transfer to be in flight before killing anyway (and failing
+/// the round): longer than `DETECT`, so that a `write()` that blocks shows as such.
+const KILL_WAIT: Duration = Duration::from_secs(30);
 
 fn killed_peer() -> Result<(), Failed> {
     let survivor = listening_agent("kill-survivor");
@@ -137,34 +140,57 @@ fn killed_peer() -> Result<(), Failed> {
         let port = free_port();
         let victim = TargetProcess::spawn(&name, STREAM_BLOCK, Publish::Listener(port));
         let remote = remote_of(&survivor, &victim, port)?;
-        // Kill it from another thread after a short, varying delay, while this thread streams.
+        // Kill it from another thread after a short, varying delay, while this thread streams,
+        // at a moment when a transfer is in flight: posted, its completion not yet seen. The
+        // killer holds `in_flight` across the kill, so the stream cannot move on meanwhile.
         let delay = Duration::from_millis(20 + 13 * round as u64);
-        let kill_time = Arc::new(Mutex::new(None::<Instant>));
+        let in_flight = Arc::new(Mutex::new(None::<Instant>));
+        // When the victim was killed, and whether a transfer was in flight then.
+        let kill_time = Arc::new(Mutex::new(None::<(Instant, bool)>));
         let killer = {
-            let kill_time = kill_time.clone();
+            let (kill_time, in_flight) = (kill_time.clone(), in_flight.clone());
             std::thread::spawn(move || {
                 let mut victim = victim;
                 std::thread::sleep(delay);
-                let now = Instant::now();
-                victim.kill();
-                *kill_time.lock().unwrap() = Some(now);
+                let give_up = Instant::now() + KILL_WAIT;
+                loop {
+                    let flying = in_flight.lock().unwrap();
+                    if flying.is_some() || Instant::now() > give_up {
+                        let now = Instant::now();
+                        victim.kill();
+                        *kill_time.lock().unwrap() = Some((now, flying.is_some()));
+                        break;
+                    }
+                    drop(flying);
+                    std::thread::yield_now();
+                }
                 victim.wait(Duration::from_secs(10));
             })
         };
         let mut completed = 0u32;
+        // The longest a `write()` call itself took: posting must not block on a dead peer.
+        let mut longest_write = Duration::ZERO;
         let failure = loop {
-            match survivor.write(&local, &remote, None) {
+            let posting = Instant::now();
+            let posted = survivor.write(&local, &remote, None);
+            longest_write = longest_write.max(posting.elapsed());
+            match posted {
                 Err(e) => break (Instant::now(), e),
-                Ok(t) => match t.wait_for(DETECT * 2) {
-                    Ok(()) => completed += 1,
-                    Err(e) => break (Instant::now(), e),
-                },
+                Ok(t) => {
+                    *in_flight.lock().unwrap() = Some(posting);
+                    let outcome = t.wait_for(DETECT * 2);
+                    *in_flight.lock().unwrap() = None;
+                    match outcome {
+                        Ok(()) => completed += 1,
+                        Err(e) => break (Instant::now(), e),
+                    }
+                }
             }
             // Transfers still succeed long after the kill: that is a hang too.
             if kill_time
                 .lock()
                 .unwrap()
-                .is_some_and(|k| k.elapsed() > DETECT * 2)
+                .is_some_and(|(k, _)| k.elapsed() > DETECT * 2)
             {
                 break (
                     Instant::now(),
@@ -176,14 +202,25 @@ fn killed_peer() -> Result<(), Failed> {
             }
         };
         killer.join().expect("killer thread");
-        let killed_at = kill_time.lock().unwrap().expect("the victim was killed");
+        let (killed_at, was_in_flight) = kill_time.lock().unwrap().expect("the victim was killed");
+        assert!(
+            was_in_flight,
+            "round {round}: no transfer was in flight when the peer was killed (none seen in flight for {KILL_WAIT:?})"
+        );
+        assert!(
+            longest_write <= DETECT,
+            "round {round}: a write() call took {longest_write:?}: posting blocked on the peer"
+        );
         let (failed_at, error) = failure;
         assert!(
             failed_at >= killed_at,
             "round {round}: the stream failed before the peer was killed: {error}"
         );
         let detected = failed_at - killed_at;
-        eprintln!("round {round}: {completed} transfers done, then after {detected:?}: {error}");
+        eprintln!(
+            "round {round}: {completed} transfers done, killed with one in flight, then after \
+             {detected:?}: {error} (longest write() {longest_write:?})"
+        );
         if matches!(error, Error::Timeout { .. }) || detected > DETECT {
             hangs += 1;
         }

@@ -67,6 +67,64 @@ fn assert_untouched(layout: &BlockLayout, images: &[Vec<u8>]) {
     }
 }
 
+/// Bad block lists between `src` and `dst` (layouts of `CONFIG`): each refused with its error.
+fn assert_bad_block_lists_refused(
+    e: &TransferEngine,
+    src: &BlockLayout,
+    dst: &BlockLayout,
+    ctx: &str,
+) {
+    let err = e.copy_blocks(src, &[0, 8], dst, &[0, 1]).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Layout(LayoutError::BlockOutOfRange {
+                side: "source",
+                block: 8,
+                num_blocks: 8
+            })
+        ),
+        "{ctx}: {err}"
+    );
+    let err = e
+        .copy_blocks(src, &[0, 1], dst, &[0, usize::MAX])
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Layout(LayoutError::BlockOutOfRange {
+                side: "destination",
+                ..
+            })
+        ),
+        "{ctx}: {err}"
+    );
+    let err = e.copy_blocks(src, &[0, 1, 2], dst, &[0, 1]).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Layout(LayoutError::BlockCountMismatch { src: 3, dst: 2 })
+        ),
+        "{ctx}: {err}"
+    );
+    let err = e.copy_blocks(src, &[0, 1], dst, &[4, 4]).unwrap_err();
+    assert!(
+        matches!(err, Error::Layout(LayoutError::DuplicateBlock { block: 4 })),
+        "{ctx}: {err}"
+    );
+}
+
+/// Waits for a copy of blocks that must succeed; its byte count.
+fn copied(
+    e: &TransferEngine,
+    src: &BlockLayout,
+    s: &[usize],
+    dst: &BlockLayout,
+    d: &[usize],
+) -> usize {
+    e.copy_blocks(src, s, dst, d).unwrap().wait().unwrap().bytes
+}
+
 #[test]
 fn bad_block_lists_are_refused() {
     let mut f = Fixture::new();
@@ -78,33 +136,7 @@ fn bad_block_lists_are_refused() {
             CONFIG,
             4096,
         );
-        let e = &f.engine;
-        assert!(matches!(
-            e.copy_blocks(&src, &[0, 8], &dst, &[0, 1]),
-            Err(Error::Layout(LayoutError::BlockOutOfRange {
-                side: "source",
-                block: 8,
-                num_blocks: 8
-            }))
-        ));
-        assert!(matches!(
-            e.copy_blocks(&src, &[0, 1], &dst, &[0, usize::MAX]),
-            Err(Error::Layout(LayoutError::BlockOutOfRange {
-                side: "destination",
-                ..
-            }))
-        ));
-        assert!(matches!(
-            e.copy_blocks(&src, &[0, 1, 2], &dst, &[0, 1]),
-            Err(Error::Layout(LayoutError::BlockCountMismatch {
-                src: 3,
-                dst: 2
-            }))
-        ));
-        assert!(matches!(
-            e.copy_blocks(&src, &[0, 1], &dst, &[4, 4]),
-            Err(Error::Layout(LayoutError::DuplicateBlock { block: 4 }))
-        ));
+        assert_bad_block_lists_refused(&f.engine, &src, &dst, &format!("host -> {dst_tier:?}"));
         assert_untouched(&dst, &poison);
     }
 }
@@ -209,13 +241,8 @@ fn overlapping_copies_are_refused() {
         }))
     ));
     assert!(read_region(&shared) == shared_image);
-    let done = f
-        .engine
-        .copy_blocks(&layout, &[1, 2], &layout, &[5, 6])
-        .unwrap()
-        .wait()
-        .unwrap();
-    assert_eq!(done.bytes, 2 * CONFIG.block_bytes().unwrap());
+    let done = copied(&f.engine, &layout, &[1, 2], &layout, &[5, 6]);
+    assert_eq!(done, 2 * CONFIG.block_bytes().unwrap());
 }
 
 #[test]
@@ -250,15 +277,27 @@ fn unsupported_paths_are_refused_before_anything_moves() {
     ));
     assert!(err.to_string().contains("not supported"), "{err}");
     assert_untouched(&b, &poison);
+}
 
-    // Device memory without a CUDA driver (CI): refused with what to do, before anything moves.
-    // (With a driver the device paths are executed; tests/cuda_transfer_gpu.rs covers them.)
-    if kvmem::cuda::load_driver().is_ok() {
-        return;
-    }
+/// Whether the dynamic loader finds the CUDA driver library (asked directly, not through kvmem).
+fn libcuda_loadable() -> bool {
+    ["libcuda.so.1", "libcuda.so"].iter().any(|name| {
+        // SAFETY: loading the driver library runs its initialisers only; nothing is called.
+        unsafe { libloading::Library::new(name) }.is_ok()
+    })
+}
+
+/// Device memory, refused before anything moves. Without a CUDA driver (CI) every device path is
+/// refused with what to do. With one, bad block lists over a device layout (here at an address
+/// that must never be touched) are refused by validation, before any copy reaches the driver;
+/// the device paths themselves run in `device_paths_refuse_bad_requests_before_anything_moves`.
+#[test]
+fn device_paths_are_refused_before_anything_moves() {
+    let mut f = Fixture::new();
     let (_, bytes) = CONFIG.regions(LayoutKind::FullyContiguous).unwrap();
     // SAFETY: the address is never dereferenced: without a driver the engine refuses device
-    // paths before executing anything, and the layout only computes addresses.
+    // paths before executing anything, with one every request below is invalid and refused by
+    // validation, and the layout only computes addresses.
     let device =
         unsafe { ExternalDeviceMemory::new(0x7000_0000_0000 as *const u8, bytes, 0) }.unwrap();
     let device = BlockLayout::new(
@@ -269,21 +308,97 @@ fn unsupported_paths_are_refused_before_anything_moves() {
     )
     .unwrap();
     let (host, host_poison) = f.layout(Tier::Host, LayoutKind::FullyContiguous, CONFIG, 4096);
-    for (src, dst) in [
+    let (disk, disk_poison) = f.layout(Tier::Disk, LayoutKind::FullyContiguous, CONFIG, 4096);
+    let pairs = [
         (&host, &device),
         (&device, &host),
         (&device, &device),
-        (&device, &b),
-    ] {
-        let err = f.engine.copy_blocks(src, &[0], dst, &[1]).unwrap_err();
-        assert!(
-            matches!(err, Error::Cuda(CudaError::Unavailable { .. })),
-            "{err}"
-        );
-        assert!(err.to_string().contains("libcuda"), "{err}");
+        (&device, &disk),
+    ];
+    if libcuda_loadable() {
+        for (src, dst) in pairs {
+            let err = f.engine.copy_blocks(src, &[0], dst, &[8]).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    Error::Layout(LayoutError::BlockOutOfRange {
+                        side: "destination",
+                        block: 8,
+                        ..
+                    })
+                ),
+                "{err}"
+            );
+        }
+    } else {
+        for (src, dst) in pairs {
+            let err = f.engine.copy_blocks(src, &[0], dst, &[1]).unwrap_err();
+            assert!(
+                matches!(err, Error::Cuda(CudaError::Unavailable { .. })),
+                "{err}"
+            );
+            assert!(err.to_string().contains("libcuda"), "{err}");
+        }
     }
     assert_untouched(&host, &host_poison);
-    assert_untouched(&b, &poison);
+    assert_untouched(&disk, &disk_poison);
+}
+
+/// On a GPU: bad requests between device layouts and every other tier are refused with typed
+/// errors, and the device destinations (read back through the driver) keep their poison; then a
+/// valid request over the same layouts moves its blocks.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn device_paths_refuse_bad_requests_before_anything_moves() {
+    let mut f = Fixture::new();
+    let fc = LayoutKind::FullyContiguous;
+    let (device, device_poison) = f.layout(Tier::Device, fc, CONFIG, 4096);
+    let (device2, device2_poison) = f.layout(
+        Tier::Device,
+        LayoutKind::LayerSeparate(BlockDim::Second),
+        CONFIG,
+        4096,
+    );
+    for other_tier in [Tier::Host, Tier::Pinned, Tier::Disk] {
+        let (other, other_poison) = f.layout(other_tier, fc, CONFIG, 4096);
+        for (src, dst) in [(&other, &device), (&device, &other), (&device, &device2)] {
+            let ctx = format!("{other_tier:?} and device");
+            assert_bad_block_lists_refused(&f.engine, src, dst, &ctx);
+        }
+        assert_untouched(&other, &other_poison);
+    }
+    // Blocks onto overlapping blocks of the same device layout.
+    let err = f
+        .engine
+        .copy_blocks(&device, &[1, 2], &device, &[2, 3])
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Bounds(BoundsError::OverlappingCopy { .. })),
+        "{err}"
+    );
+    // A device layout of another shape.
+    let fewer_layers = LayoutConfig {
+        num_layers: 1,
+        ..CONFIG
+    };
+    let (small, small_poison) = f.layout(Tier::Device, fc, fewer_layers, 4096);
+    let err = f
+        .engine
+        .copy_blocks(&device, &[0], &small, &[0])
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Layout(LayoutError::Mismatch { what: "layers", .. })
+        ),
+        "{err}"
+    );
+    assert_untouched(&device, &device_poison);
+    assert_untouched(&device2, &device2_poison);
+    assert_untouched(&small, &small_poison);
+    // The engine still moves blocks between the same layouts.
+    let done = copied(&f.engine, &device, &[3, 5], &device2, &[0, 7]);
+    assert_eq!(done, 2 * CONFIG.block_bytes().unwrap());
 }
 
 /// A read past the end of a file (truncated behind the engine's back) fails the transfer; it

@@ -14,13 +14,36 @@ use rand::rngs::StdRng;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Test double over host memory that, when freed, records whether it then held `expected`: a
-/// destination freed before its copy finished records `false`.
-#[derive(Debug)]
+/// Test double over host memory that, when freed, records whether the transfer using it was
+/// complete by then, as told by `check` (for a destination, that it holds the source's bytes; for
+/// a source, that the destination does): a buffer freed before its copy finished records `false`.
 struct Watched {
     inner: SystemStorage,
-    expected: Vec<u8>,
+    check: Box<dyn Fn(&SystemStorage) -> bool + Send + Sync>,
     report: Arc<Mutex<Option<bool>>>,
+}
+
+impl std::fmt::Debug for Watched {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watched")
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+impl Watched {
+    /// A destination: complete once it holds `expected`.
+    fn destination(
+        inner: SystemStorage,
+        expected: Vec<u8>,
+        report: &Arc<Mutex<Option<bool>>>,
+    ) -> Self {
+        Self {
+            inner,
+            check: Box::new(move |s| s.as_slice() == &expected[..]),
+            report: Arc::clone(report),
+        }
+    }
 }
 
 impl MemoryDescriptor for Watched {
@@ -49,7 +72,7 @@ impl NixlCompatible for Watched {
 
 impl Drop for Watched {
     fn drop(&mut self) {
-        *self.report.lock().unwrap() = Some(self.inner.as_slice() == &self.expected[..]);
+        *self.report.lock().unwrap() = Some((self.check)(&self.inner));
     }
 }
 
@@ -85,11 +108,11 @@ fn dropping_the_handle_keeps_a_host_copy_s_memory_alive_until_it_is_done() {
     let data = random_bytes(BIG, 1);
     let report = Arc::new(Mutex::new(None));
     let src = Buffer::new(host_with(&data));
-    let dst = Buffer::new(Watched {
-        inner: host_with(&random_bytes(BIG, 2)),
-        expected: data,
-        report: Arc::clone(&report),
-    });
+    let dst = Buffer::new(Watched::destination(
+        host_with(&random_bytes(BIG, 2)),
+        data,
+        &report,
+    ));
     let handle = engine.copy_region(&src, &dst).unwrap();
     drop((handle, src, dst));
     assert!(
@@ -121,7 +144,7 @@ fn dropping_the_handle_keeps_disk_transfers_alive_until_done(backend: DiskBacken
     let engine = disk_engine(backend);
     let dir = tempfile::tempdir().unwrap();
 
-    // host -> disk: the file ends up with the source's bytes, which stayed allocated meanwhile.
+    // host -> disk: the source stays allocated until the file holds its bytes.
     let path = dir.path().join("dst.kvd");
     std::fs::File::create(&path)
         .unwrap()
@@ -131,13 +154,21 @@ fn dropping_the_handle_keeps_disk_transfers_alive_until_done(backend: DiskBacken
     let report = Arc::new(Mutex::new(None));
     let src = Buffer::new(Watched {
         inner: host_with(&data),
-        expected: data.clone(),
+        // The source never changes: what tells a finished write is the file's contents, read
+        // (through the page cache, which O_DIRECT writes keep coherent) when the source is freed.
+        check: {
+            let (path, data) = (path.clone(), data.clone());
+            Box::new(move |_| std::fs::read(&path).is_ok_and(|f| f == data))
+        },
         report: Arc::clone(&report),
     });
     let dst = Buffer::new(DiskStorage::open_existing(&path).unwrap());
     let handle = engine.copy_region(&src, &dst).unwrap();
     drop((handle, src, dst));
-    assert!(wait_for(&report));
+    assert!(
+        wait_for(&report),
+        "source freed before the file held its bytes"
+    );
     assert!(
         std::fs::read(&path).unwrap() == data,
         "file does not hold the source bytes"
@@ -147,11 +178,11 @@ fn dropping_the_handle_keeps_disk_transfers_alive_until_done(backend: DiskBacken
     let mut rng = StdRng::seed_from_u64(4);
     let (file, image) = random_region(Tier::Disk, BIG, 0, dir.path(), &mut rng);
     let report = Arc::new(Mutex::new(None));
-    let dst = Buffer::new(Watched {
-        inner: host_with(&random_bytes(BIG, 5)),
-        expected: image,
-        report: Arc::clone(&report),
-    });
+    let dst = Buffer::new(Watched::destination(
+        host_with(&random_bytes(BIG, 5)),
+        image,
+        &report,
+    ));
     let handle = engine.copy_region(&file, &dst).unwrap();
     drop((handle, file, dst));
     assert!(wait_for(&report));

@@ -358,15 +358,17 @@ fn a_dropped_handle_keeps_the_memory_until_the_transfer_ends() {
     let (target, _) = registered(&b, config, fc, &mut rng);
     let remote = remote_of(&a, &b, &target);
     let (first, second): (Vec<usize>, Vec<usize>) = ((0..32).collect(), (32..64).collect());
-    {
-        let (local, _) = registered(&a, config, fc, &mut rng);
+    let first_img = {
+        let (local, local_img) = registered(&a, config, fc, &mut rng);
+        // The notification tells the peer when the dropped transfer's blocks are all in place.
         let handle = engine
-            .write_remote(&local, &first, &remote, &first, None)
+            .write_remote(&local, &first, &remote, &first, Some(b"first half"))
             .unwrap();
         drop(handle);
         // `local`, its registrations and prepared list are dropped here, under a possibly
         // running transfer that keeps what it uses alive.
-    }
+        local_img
+    };
     // A later transfer over the same peer layout still completes and is correct.
     let (local, local_img) = registered(&a, config, fc, &mut rng);
     engine
@@ -374,9 +376,20 @@ fn a_dropped_handle_keeps_the_memory_until_the_transfer_ends() {
         .unwrap()
         .wait()
         .unwrap();
+    // The dropped transfer ran to the end, from memory that stayed alive: the peer has its bytes.
+    let note = b
+        .wait_notification(a.name(), std::time::Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("the dropped transfer never completed: {e}"));
+    assert_eq!(note, b"first half");
     let half = local_img[0].len() / 2;
+    let target_img = images(&target);
     assert_same(
-        &images(&target)[0][half..],
+        &target_img[0][..half],
+        &first_img[0][..half],
+        "peer's first half (the dropped transfer)",
+    );
+    assert_same(
+        &target_img[0][half..],
         &local_img[0][half..],
         "peer's second half",
     );

@@ -41,6 +41,9 @@ pub enum BenchPath {
     /// A layer-separate GPU layout (32 layers, k/v, vLLM's block-second order) to a fully
     /// contiguous pinned layout; the block size is the chunk size.
     LayersD2h,
+    /// The reverse of `layers-d2h`: a fully contiguous pinned layout to a layer-separate GPU
+    /// layout (an engine's onboard).
+    LayersH2d,
     /// NIXL WRITE of host blocks to a second agent in this process over UCX (loopback peer).
     NixlWrite,
     /// NIXL READ of host blocks from a second agent in this process over UCX (loopback peer).
@@ -57,7 +60,15 @@ impl BenchPath {
     }
 
     fn needs_gpu(self) -> bool {
-        matches!(self, Self::H2d | Self::D2h | Self::D2d | Self::LayersD2h)
+        matches!(
+            self,
+            Self::H2d | Self::D2h | Self::D2d | Self::LayersD2h | Self::LayersH2d
+        )
+    }
+
+    /// True for the layer-separate GPU paths (32 layers × k/v chunks per block).
+    fn is_layered(self) -> bool {
+        matches!(self, Self::LayersD2h | Self::LayersH2d)
     }
 
     /// The paths swept by default: the host and disk paths, plus the GPU paths where a CUDA
@@ -127,7 +138,67 @@ pub enum Pattern {
     Sequential,
     /// A random permutation of the blocks on each side: nothing merges.
     Scattered,
+    /// Blocks in a random order into blocks 0..n: scattered blocks gathered into one contiguous
+    /// run (an engine's offload, with a device source and a host destination).
+    Gather,
+    /// Blocks 0..n into blocks in a random order: one contiguous run scattered into blocks
+    /// (an engine's onboard, with a host source and a device destination).
+    Scatter,
 }
+
+impl Pattern {
+    /// True when the source blocks are taken in a random order.
+    pub fn src_scattered(self) -> bool {
+        matches!(self, Self::Scattered | Self::Gather)
+    }
+
+    /// True when the destination blocks are taken in a random order.
+    pub fn dst_scattered(self) -> bool {
+        matches!(self, Self::Scattered | Self::Scatter)
+    }
+}
+
+/// A fixed set of points that models one engine's transfers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Preset {
+    /// vLLM's KV offload: 32 layers × k/v, each chunk one 16-token block of one layer's K or V
+    /// (8 heads × 128 × bf16 = 32 KiB; 16 KiB with 4 heads), layer-separate on the GPU and
+    /// contiguous per block on the host: `layers-d2h` gather (the offload) and `layers-h2d`
+    /// scatter (the onboard), at 16 and 32 KiB chunks unless `--sizes` says otherwise.
+    Vllm,
+}
+
+impl Preset {
+    /// The (path, pattern) pairs of the preset.
+    fn points(self) -> Vec<(BenchPath, Pattern)> {
+        match self {
+            Self::Vllm => vec![
+                (BenchPath::LayersD2h, Pattern::Gather),
+                (BenchPath::LayersH2d, Pattern::Scatter),
+            ],
+        }
+    }
+
+    /// The chunk sizes of the preset.
+    fn sizes(self) -> Vec<usize> {
+        match self {
+            Self::Vllm => vec![16 << 10, 32 << 10],
+        }
+    }
+}
+
+/// Block sizes swept without `--sizes` or `--preset`.
+const DEFAULT_SIZES: [usize; 8] = [
+    4 << 10,
+    16 << 10,
+    64 << 10,
+    256 << 10,
+    1 << 20,
+    2 << 20,
+    4 << 20,
+    16 << 20,
+];
 
 /// The side a process plays in the two-node mode (see `docs/TWO_NODE.md`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -156,12 +227,16 @@ pub struct BenchArgs {
     /// How GPU copy lists are executed.
     #[arg(long, value_enum, default_value_t = GpuMethod::Auto)]
     pub gpu_method: GpuMethod,
-    /// Block sizes (comma-separated; K/M/G suffixes are powers of 1024).
-    #[arg(long, value_delimiter = ',', value_parser = parse_size, default_value = "4K,16K,64K,256K,1M,2M,4M,16M")]
-    pub sizes: Vec<usize>,
+    /// Block sizes (comma-separated; K/M/G suffixes are powers of 1024). Default:
+    /// 4K,16K,64K,256K,1M,2M,4M,16M, or the preset's.
+    #[arg(long, value_delimiter = ',', value_parser = parse_size)]
+    pub sizes: Option<Vec<usize>>,
     /// Block-id patterns (comma-separated).
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Pattern::Sequential, Pattern::Scattered])]
     pub patterns: Vec<Pattern>,
+    /// Sweep a preset's paths and patterns instead of `--paths` × `--patterns`.
+    #[arg(long, value_enum, conflicts_with_all = ["paths", "patterns", "role"])]
+    pub preset: Option<Preset>,
     /// Bytes moved per host transfer; the block count is this divided by the block size.
     #[arg(long, value_parser = parse_size, default_value = "64M")]
     pub host_bytes: usize,
@@ -236,6 +311,29 @@ pub struct BenchArgs {
     /// Seed of the scattered block orders.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+}
+
+impl BenchArgs {
+    /// The block sizes to sweep: `--sizes`, else the preset's, else [`DEFAULT_SIZES`].
+    pub fn sizes(&self) -> Vec<usize> {
+        match (&self.sizes, self.preset) {
+            (Some(s), _) => s.clone(),
+            (None, Some(p)) => p.sizes(),
+            (None, None) => DEFAULT_SIZES.to_vec(),
+        }
+    }
+
+    /// The (path, pattern) pairs to sweep: the preset's, else `--paths` × `--patterns`.
+    fn path_patterns(&self) -> Vec<(BenchPath, Pattern)> {
+        if let Some(p) = self.preset {
+            return p.points();
+        }
+        let paths = self.paths.clone().unwrap_or_else(BenchPath::defaults);
+        paths
+            .iter()
+            .flat_map(|&path| self.patterns.iter().map(move |&pattern| (path, pattern)))
+            .collect()
+    }
 }
 
 /// The sweep's progress bar over `len` steps.

@@ -210,6 +210,7 @@ impl Candidate for Nixl<'_> {
             secs: self.run(&self.blocks, &self.local_ids, &self.remote_ids)?,
             plan_secs: 0.0,
             copies: self.local_ids.len(),
+            submit_cpu_secs: None,
         })
     }
 

@@ -40,6 +40,11 @@ impl PointSpec {
         )
     }
 
+    /// Chunk pairs per transfer before merging: blocks times the chunks of each block.
+    pub fn chunks(&self) -> usize {
+        self.bytes / self.block_bytes.max(1)
+    }
+
     /// `label pattern size`, for messages.
     pub fn describe(&self) -> String {
         format!(
@@ -52,13 +57,17 @@ impl PointSpec {
 }
 
 /// The block ids of a point: pair `k` moves block `src[k]` to block `dst[k]`. Sequential: both
-/// `0..blocks`; scattered: two independent random permutations, so that nothing merges.
+/// `0..blocks`; scattered: two independent random permutations, so that nothing merges;
+/// gather: a random permutation into `0..blocks`; scatter: `0..blocks` into a random
+/// permutation.
 pub fn block_ids(pattern: Pattern, blocks: usize, seed: u64) -> (Vec<usize>, Vec<usize>) {
     let mut src: Vec<usize> = (0..blocks).collect();
     let mut dst = src.clone();
-    if pattern == Pattern::Scattered {
-        let mut rng = StdRng::seed_from_u64(seed);
+    let mut rng = StdRng::seed_from_u64(seed);
+    if pattern.src_scattered() {
         src.shuffle(&mut rng);
+    }
+    if pattern.dst_scattered() {
         dst.shuffle(&mut rng);
     }
     (src, dst)
@@ -73,6 +82,9 @@ pub struct Sample {
     pub plan_secs: f64,
     /// Copies (or descriptors) the transfer was executed as.
     pub copies: usize,
+    /// CPU time of the calling thread spent submitting (building and enqueueing the copies,
+    /// planning excluded), in seconds; `None` where the candidate does not measure it.
+    pub submit_cpu_secs: Option<f64>,
 }
 
 /// One way of moving a point's blocks, with its reference: one copy of the same bytes over
@@ -99,6 +111,8 @@ pub struct Measured {
     pub plan: Vec<f64>,
     /// Reference times.
     pub refs: Vec<f64>,
+    /// Submit CPU times ([`Sample::submit_cpu_secs`]) of the timed transfers that had one.
+    pub submit_cpu: Vec<f64>,
     /// Copies of the block transfer.
     pub copies: usize,
     /// Bytes compared by [`Candidate::verify`].
@@ -142,8 +156,18 @@ impl Measured {
             fio: None,
             memcpy: None,
             verified_bytes: self.verified_bytes,
+            chunks: spec.chunks(),
+            submit_cpu_us_per_chunk: (!self.submit_cpu.is_empty())
+                .then(|| Percentiles::of(&self.submit_cpu).p50 * 1e6 / spec.chunks().max(1) as f64),
         }
     }
+}
+
+/// CPU time consumed so far by the calling thread, in seconds
+/// (`clock_gettime(CLOCK_THREAD_CPUTIME_ID)`).
+pub fn thread_cpu_secs() -> f64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
 }
 
 /// `bytes` in `secs`, in GiB/s.
@@ -200,6 +224,7 @@ pub fn run(
                     let s = candidates[i].transfer()?;
                     measured[i].times.push(s.secs);
                     measured[i].plan.push(s.plan_secs);
+                    measured[i].submit_cpu.extend(s.submit_cpu_secs);
                 }
                 Run::Reference(i) => measured[i].refs.push(candidates[i].reference()?),
                 Run::Yardstick(i) => (yardsticks[i])()?,
@@ -229,6 +254,42 @@ mod tests {
         assert_eq!(block_ids(Pattern::Sequential, 100, 7), (all.clone(), all));
     }
 
+    #[test]
+    fn gather_scatters_the_source_only_and_scatter_the_destination_only() {
+        let all: Vec<usize> = (0..100).collect();
+        let sorted = |mut v: Vec<usize>| {
+            v.sort_unstable();
+            v
+        };
+        let (s, d) = block_ids(Pattern::Gather, 100, 7);
+        assert_eq!(d, all, "gather writes one contiguous run");
+        assert_ne!(s, all, "gather reads scattered blocks");
+        assert_eq!(sorted(s), all);
+        let (s, d) = block_ids(Pattern::Scatter, 100, 7);
+        assert_eq!(s, all, "scatter reads one contiguous run");
+        assert_ne!(d, all, "scatter writes scattered blocks");
+        assert_eq!(sorted(d), all);
+    }
+
+    #[test]
+    fn thread_cpu_time_counts_this_threads_work_only() {
+        let t0 = thread_cpu_secs();
+        let mut x = 1u64;
+        for i in 0..20_000_000u64 {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(i));
+        }
+        std::hint::black_box(x);
+        let busy = thread_cpu_secs() - t0;
+        assert!(busy > 0.0, "busy loop consumed no thread CPU time");
+        let t1 = thread_cpu_secs();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let slept = thread_cpu_secs() - t1;
+        assert!(
+            slept < 0.1,
+            "sleeping consumed {slept} s of thread CPU time"
+        );
+    }
+
     /// Records the order in which the runner calls it.
     struct Logged<'a> {
         name: &'static str,
@@ -249,6 +310,7 @@ mod tests {
                 secs: 2.0,
                 plan_secs: 1.0,
                 copies: 3,
+                submit_cpu_secs: Some(4e-6),
             })
         }
         fn reference(&self) -> Result<f64> {
@@ -322,5 +384,9 @@ mod tests {
         assert_eq!((m[0].times.len(), m[0].refs.len(), m[0].copies), (2, 2, 3));
         let p = m[0].point(&spec, "test");
         assert_eq!((p.ratio, p.exec_ratio, p.verified_bytes), (0.5, 1.0, 10));
+        // 4 µs of submit CPU over 16 bytes / 4-byte blocks = 4 chunks.
+        assert_eq!(p.chunks, 4);
+        let us = p.submit_cpu_us_per_chunk.unwrap();
+        assert!((us - 1.0).abs() < 1e-9, "{us}");
     }
 }

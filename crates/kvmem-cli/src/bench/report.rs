@@ -74,6 +74,8 @@ pub struct Settings {
     pub queue_depth: u32,
     pub max_io_bytes: usize,
     pub disk_backend: &'static str,
+    /// How GPU copy lists were executed (`--gpu-method`).
+    pub gpu_method: super::GpuMethod,
     pub iterations: usize,
     pub disk_dir: Option<String>,
     /// Whether the disk file is open with O_DIRECT (false: the file system refused it).
@@ -164,6 +166,12 @@ pub struct Point {
     /// Bytes of the destination compared with their source after one block transfer into a
     /// poisoned destination, before timing (every block pair; the run fails on a difference).
     pub verified_bytes: u64,
+    /// Chunk pairs per transfer before merging (blocks times the chunks of each block).
+    pub chunks: usize,
+    /// CPU time of the thread that submits the transfer (building and enqueueing its copies;
+    /// planning excluded), median over the timed runs, divided by [`chunks`](Self::chunks), in
+    /// microseconds. `None` where the path does not measure it.
+    pub submit_cpu_us_per_chunk: Option<f64>,
 }
 
 /// One single-threaded `memcpy` of the same bytes (host path).
@@ -224,7 +232,7 @@ pub fn table(r: &Report) -> String {
     let s = &r.settings;
     let _ = writeln!(
         out,
-        "kvmem bench {} on {} ({} cpus, Linux {}); {} host threads, disk: {} queue depth {}{}, {} runs per point, host buffers in {} pages",
+        "kvmem bench {} on {} ({} cpus, Linux {}); {} host threads, disk: {} queue depth {}{}, GPU method {}, {} runs per point, host buffers in {} pages",
         r.kvmem_version,
         r.machine.cpu,
         r.machine.cpus,
@@ -237,6 +245,7 @@ pub fn table(r: &Report) -> String {
             Some(false) => ", BUFFERED (file system refused O_DIRECT)".to_string(),
             None => String::new(),
         },
+        format!("{:?}", s.gpu_method).to_lowercase(),
         s.iterations,
         if s.small_pages {
             "4 KiB"
@@ -250,7 +259,7 @@ pub fn table(r: &Report) -> String {
     }
     let _ = writeln!(
         out,
-        "{:<23} {:<10} {:>6} {:>6} {:>6} {:>8} {:>8} {:>6} {:>8} {:>6} {:>9} {:>9} {:>9} {:>8} {:>9} {:>7}",
+        "{:<23} {:<10} {:>6} {:>6} {:>6} {:>8} {:>8} {:>6} {:>8} {:>6} {:>9} {:>9} {:>9} {:>8} {:>9} {:>7} {:>11}",
         "path",
         "pattern",
         "block",
@@ -266,7 +275,8 @@ pub fn table(r: &Report) -> String {
         "p99 ms",
         "baseline",
         "GiB/s",
-        "vs it"
+        "vs it",
+        "sub us/chk"
     );
     for p in &r.points {
         let (base, base_bw, base_ratio) = match (&p.fio, &p.memcpy) {
@@ -283,7 +293,7 @@ pub fn table(r: &Report) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<23} {:<10} {:>6} {:>6} {:>6} {:>8.3} {:>9.3} {:>5.2}x {:>8.3} {:>5.2}x {:>9.3} {:>9.3} {:>9.3} {:>8} {:>9} {:>7}",
+            "{:<23} {:<10} {:>6} {:>6} {:>6} {:>8.3} {:>9.3} {:>5.2}x {:>8.3} {:>5.2}x {:>9.3} {:>9.3} {:>9.3} {:>8} {:>9} {:>7} {:>11}",
             p.path,
             format!("{:?}", p.pattern).to_lowercase(),
             human(p.block_bytes),
@@ -299,7 +309,9 @@ pub fn table(r: &Report) -> String {
             p.latency_ms.p99,
             base,
             base_bw,
-            base_ratio
+            base_ratio,
+            p.submit_cpu_us_per_chunk
+                .map_or("-".to_string(), |us| format!("{us:.4}"))
         );
     }
     for p in r
@@ -318,7 +330,8 @@ pub fn table(r: &Report) -> String {
         "ratio: block transfer (planning included) / reference (one copy of the same bytes over the same path), medians; \
          plan ms: planning time within the transfer; exec: the ratio with planning excluded; \
          baseline: fio (disk, same block size, pattern and queue depth) or one single-threaded memcpy \
-         (host); latency per transfer; {:.0} s in all; load average {} -> {}",
+         (host); latency per transfer; sub us/chk: CPU time of the submitting thread per chunk \
+         (building and enqueueing the copies, planning excluded), median; {:.0} s in all; load average {} -> {}",
         r.duration_s,
         r.machine
             .load_average_before

@@ -6,7 +6,7 @@ use super::memory::random_host;
 use super::point::{self, Candidate, PointSpec, Sample, Yardstick};
 use super::report::{FioPoint, Machine, MemcpyPoint, Percentiles, Point, Report, Settings};
 use super::verify::{self, POISON};
-use super::{BenchArgs, BenchPath, Pattern};
+use super::{BenchArgs, BenchPath};
 use crate::error::{CliError, Result};
 use indicatif::ProgressBar;
 use kvmem::Completion;
@@ -118,11 +118,17 @@ struct Sweep<'a> {
 }
 
 pub fn run(args: &BenchArgs) -> Result<Report> {
-    let paths = args.paths.clone().unwrap_or_else(BenchPath::defaults);
+    let pairs = args.path_patterns();
+    let mut paths: Vec<BenchPath> = Vec::new();
+    for &(path, _) in &pairs {
+        if !paths.contains(&path) {
+            paths.push(path);
+        }
+    }
     if args.iterations == 0 {
         return Err(CliError::Bench("--iterations must be at least 1".into()));
     }
-    let mut sizes = args.sizes.clone();
+    let mut sizes = args.sizes();
     sizes.sort_unstable();
     sizes.dedup();
     let wants_disk = paths.iter().any(|p| p.touches_disk());
@@ -265,11 +271,9 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
     };
 
     let mut plan = Vec::new();
-    for &path in &paths {
-        for &pattern in &args.patterns {
-            for &size in &sizes {
-                plan.push((path, pattern, size));
-            }
+    for &(path, pattern) in &pairs {
+        for &size in &sizes {
+            plan.push((path, pattern, size));
         }
     }
     let bar = super::progress_bar((plan.len() * (args.iterations + 1)) as u64);
@@ -280,12 +284,12 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
         let total = match path {
             p if p.uses_nixl() => nixl_bytes,
             p if p.touches_disk() => disk_bytes,
-            BenchPath::LayersD2h => args.layers_bytes / (LAYERS * KV),
+            p if p.is_layered() => args.layers_bytes / (LAYERS * KV),
             p if p.needs_gpu() => args.gpu_bytes,
             _ => host_bytes,
         };
         let blocks = args.blocks.unwrap_or(match path {
-            BenchPath::LayersD2h => (total / size).min(1024),
+            p if p.is_layered() => (total / size).min(1024),
             _ => total / size,
         });
         if blocks == 0 {
@@ -300,10 +304,7 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
             continue;
         }
         bar.set_message(format!("{} {:?} {}", path_name(path), pattern, human(size)));
-        let chunks = match path {
-            BenchPath::LayersD2h => LAYERS * KV,
-            _ => 1,
-        };
+        let chunks = if path.is_layered() { LAYERS * KV } else { 1 };
         let spec = PointSpec {
             label: path_name(path),
             pattern,
@@ -390,11 +391,17 @@ impl Candidate for Local<'_> {
         let t = Instant::now();
         let plan = TransferPlan::blocks(&b.src, &b.src_ids, &b.dst, &b.dst_ids)?;
         let plan_secs = t.elapsed().as_secs_f64();
-        let stats = self.engine.submit(plan)?.wait()?;
+        // The GPU executor builds and enqueues direct copies on this thread, inside `submit`:
+        // its CPU time here is the submit cost (staged and host transfers only hand off).
+        let cpu = point::thread_cpu_secs();
+        let handle = self.engine.submit(plan)?;
+        let submit_cpu_secs = point::thread_cpu_secs() - cpu;
+        let stats = handle.wait()?;
         Ok(Sample {
             secs: t.elapsed().as_secs_f64(),
             plan_secs,
             copies: stats.ops,
+            submit_cpu_secs: Some(submit_cpu_secs),
         })
     }
 
@@ -430,7 +437,9 @@ impl Sweep<'_> {
             BenchPath::Host => (b.host_src.clone(), b.host_dst.clone()),
             BenchPath::DiskWrite => (b.host_src.clone(), disk()?),
             BenchPath::DiskRead => (disk()?, b.host_dst.clone()),
-            BenchPath::H2d => (gpu()?.pinned_src.clone(), gpu()?.dev_dst.clone()),
+            BenchPath::H2d | BenchPath::LayersH2d => {
+                (gpu()?.pinned_src.clone(), gpu()?.dev_dst.clone())
+            }
             BenchPath::D2h | BenchPath::LayersD2h => {
                 (gpu()?.dev_src.clone(), gpu()?.pinned_dst.clone())
             }
@@ -446,9 +455,10 @@ impl Sweep<'_> {
     /// The layouts, ids and regions of a point of `path`.
     fn blocks(&self, path: BenchPath, spec: &PointSpec) -> Result<Blocks> {
         let (src, dst) = self.ends(path)?;
-        let (layers, outer) = match path {
-            BenchPath::LayersD2h => (LAYERS, KV),
-            _ => (1, 1),
+        let (layers, outer) = if path.is_layered() {
+            (LAYERS, KV)
+        } else {
+            (1, 1)
         };
         let config = LayoutConfig {
             num_blocks: spec.blocks,
@@ -458,26 +468,32 @@ impl Sweep<'_> {
             inner_dim: spec.block_bytes,
             dtype_bytes: 1,
         };
-        let src_layout = if path == BenchPath::LayersD2h {
-            // One region per layer, each `blocks * k/v * size` bytes, in vLLM's block-second
-            // order.
+        // The GPU side of a layered path: one region per layer, each `blocks * k/v * size`
+        // bytes, in vLLM's block-second order; everything else fully contiguous.
+        let layout = |base: &Buffer, layered: bool| -> Result<BlockLayout> {
+            if !layered {
+                return Ok(BlockLayout::new(
+                    config,
+                    LayoutKind::FullyContiguous,
+                    vec![base.clone()],
+                    4096,
+                )?);
+            }
             let kind = LayoutKind::LayerSeparate(BlockDim::Second);
             let (count, region) = config.regions(kind)?;
             let regions = (0..count)
                 .map(|l| {
                     Ok(Buffer::new(OffsetBuffer::new(
-                        src.clone(),
+                        base.clone(),
                         l * region,
                         region,
                     )?))
                 })
                 .collect::<Result<Vec<_>>>()?;
-            BlockLayout::new(config, kind, regions, 4096)?
-        } else {
-            BlockLayout::new(config, LayoutKind::FullyContiguous, vec![src.clone()], 4096)?
+            Ok(BlockLayout::new(config, kind, regions, 4096)?)
         };
-        let dst_layout =
-            BlockLayout::new(config, LayoutKind::FullyContiguous, vec![dst.clone()], 4096)?;
+        let src_layout = layout(&src, path == BenchPath::LayersD2h)?;
+        let dst_layout = layout(&dst, path == BenchPath::LayersH2d)?;
         let (src_ids, dst_ids) = spec.ids();
         Ok(Blocks {
             src: src_layout,
@@ -550,7 +566,12 @@ impl Sweep<'_> {
                 size: spec.bytes,
                 block: spec.block_bytes,
                 write: path == BenchPath::DiskWrite,
-                random: spec.pattern == Pattern::Scattered,
+                // fio drives the disk side: random where the disk's blocks are scattered.
+                random: if path == BenchPath::DiskWrite {
+                    spec.pattern.dst_scattered()
+                } else {
+                    spec.pattern.src_scattered()
+                },
                 queue_depth: self.engine.config().queue_depth,
             }),
             _ => None,
@@ -659,6 +680,7 @@ pub fn report_of(
             queue_depth: config.queue_depth,
             max_io_bytes: config.max_io_bytes,
             disk_backend: config.disk_backend.name(),
+            gpu_method: args.gpu_method,
             iterations: args.iterations,
             disk_dir: None,
             direct_io: None,
@@ -686,6 +708,7 @@ pub fn path_name(path: BenchPath) -> &'static str {
         BenchPath::D2h => "device->pinned",
         BenchPath::D2d => "device->device",
         BenchPath::LayersD2h => "layers(device)->contiguous(pinned)",
+        BenchPath::LayersH2d => "contiguous(pinned)->layers(device)",
         BenchPath::NixlWrite => "nixl-write",
         BenchPath::NixlRead => "nixl-read",
     }

@@ -244,11 +244,11 @@ pub fn initiator(args: &BenchArgs) -> Result<Report> {
     let engine = TransferEngine::new(EngineConfig::default())?;
     let config = EngineConfig::default();
     let ends = NixlEnds::new(agent.clone(), peer.clone(), region.addr, len, args.seed)?;
-    let mut sizes: Vec<usize> = args.sizes.iter().copied().filter(|s| *s <= len).collect();
+    let all_sizes = args.sizes();
+    let mut sizes: Vec<usize> = all_sizes.iter().copied().filter(|s| *s <= len).collect();
     sizes.sort_unstable();
     sizes.dedup();
-    let mut skipped: Vec<String> = args
-        .sizes
+    let mut skipped: Vec<String> = all_sizes
         .iter()
         .filter(|s| **s > len)
         .map(|s| format!("remote {s}: larger than the {len} bytes used of the target's region"))

@@ -12,18 +12,23 @@
 //! [`CopyCompletion`] can be polled or waited on, and waits on drop so nothing it uses is freed
 //! while the GPU still reads or writes it.
 
+// This module owns a CUDA stream, kernel and pinned/device descriptor buffers, and enqueues raw copies: unsafe code is allowed here (denied at the crate root).
+#![allow(unsafe_code)]
+
 use super::CudaDevice;
-use super::driver::{self, check};
+use super::driver::{self, DeferredErrors};
 use crate::Completion;
+use crate::backoff::Backoff;
 use crate::error::{BoundsError, Error, Result, UnsupportedError};
-use cudarc::driver::sys;
+use cudarc::driver::{CudaEvent, CudaFunction, CudaStream, result};
+use cudarc::nvrtc::Ptx;
 use std::ffi::c_void;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The copy kernel, as PTX.
-const COPY_PTX: &str = concat!(include_str!("../../kernels/copy.ptx"), "\0");
-const KERNEL_NAME: &std::ffi::CStr = c"kvmem_copy_chunks";
+const COPY_PTX: &str = include_str!("../../kernels/copy.ptx");
+const KERNEL_NAME: &str = "kvmem_copy_chunks";
 /// Threads per block of the copy kernel.
 const KERNEL_THREADS: u32 = 256;
 /// Blocks per multiprocessor the kernel is launched with (when there are enough copies).
@@ -81,7 +86,7 @@ pub enum CopyMethod {
 /// A reusable pair of descriptor buffers (pinned staging + device copy) for the kernel.
 struct DescBuffers {
     host: *mut DeviceCopy,
-    dev: sys::CUdeviceptr,
+    dev: u64,
     capacity: usize,
 }
 
@@ -90,22 +95,17 @@ unsafe impl Send for DescBuffers {}
 
 struct Inner {
     device: CudaDevice,
-    stream: sys::CUstream,
-    module: sys::CUmodule,
-    kernel: Option<sys::CUfunction>,
+    stream: Arc<CudaStream>,
+    /// The copy kernel; it keeps its module loaded.
+    kernel: Option<CudaFunction>,
     batch_supported: bool,
     host_pointers_are_device_pointers: bool,
     sm_count: u32,
     kernel_max_avg_len: usize,
     free_descs: Mutex<Vec<DescBuffers>>,
+    /// Last field: logs what destroying the stream and unloading the module recorded.
+    _deferred: DeferredErrors,
 }
-
-// SAFETY: stream, module and function handles may be used from any thread once the owning context
-// is current, which every method ensures with `device.bind()`. The descriptor free list is behind
-// a mutex.
-unsafe impl Send for Inner {}
-// SAFETY: as above; shared use only issues driver calls, which are thread-safe.
-unsafe impl Sync for Inner {}
 
 /// A CUDA stream that executes lists of copies. Cheap to clone; clones share the stream.
 #[derive(Clone)]
@@ -133,50 +133,26 @@ impl CopyStream {
     /// [`CudaError::Driver`](crate::error::CudaError::Driver) if the stream cannot be created.
     pub fn new(device: &CudaDevice) -> Result<Self> {
         device.bind()?;
-        let mut stream = std::ptr::null_mut();
-        // SAFETY: the device's context is current; `stream` is a valid out-pointer.
-        check("create a stream", unsafe {
-            sys::cuStreamCreate(
-                &mut stream,
-                sys::CUstream_flags::CU_STREAM_NON_BLOCKING as u32,
-            )
-        })?;
-        let mut module = std::ptr::null_mut();
-        // SAFETY: COPY_PTX is NUL-terminated PTX text; `module` is a valid out-pointer.
-        let loaded = unsafe { sys::cuModuleLoadData(&mut module, COPY_PTX.as_ptr().cast()) };
-        let kernel = match check("load the copy kernel's PTX", loaded) {
-            Ok(()) => {
-                let mut function = std::ptr::null_mut();
-                // SAFETY: `module` was just loaded; the name is NUL-terminated.
-                let status = unsafe {
-                    sys::cuModuleGetFunction(&mut function, module, KERNEL_NAME.as_ptr())
-                };
-                check("find the copy kernel", status)
-                    .map(|()| function)
-                    .map_err(|e| tracing::warn!(error = %e, "copy kernel unavailable"))
-                    .ok()
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "copy kernel unavailable");
-                module = std::ptr::null_mut();
-                None
-            }
-        };
-        let attr = |a| -> i32 {
-            let mut v = 0;
-            // SAFETY: a plain attribute query on a valid device.
-            let s = unsafe { sys::cuDeviceGetAttribute(&mut v, a, device.cu_device()) };
-            if s == sys::CUresult::CUDA_SUCCESS {
-                v
-            } else {
-                0
-            }
-        };
-        use sys::CUdevice_attribute as A;
+        let ctx = device.context();
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| driver::error("create a stream", e))?;
+        let kernel = ctx
+            .load_module(Ptx::from_src(COPY_PTX))
+            .map_err(|e| driver::error("load the copy kernel's PTX", e))
+            .and_then(|module| {
+                module
+                    .load_function(KERNEL_NAME)
+                    .map_err(|e| driver::error("find the copy kernel", e))
+            })
+            .map_err(|e| tracing::warn!(error = %e, "copy kernel unavailable"))
+            .ok();
+        // An attribute the driver cannot report counts as 0 (feature absent).
+        let attr = |a| ctx.attribute(a).unwrap_or(0);
+        use driver::DeviceAttribute as A;
         let inner = Inner {
             device: device.clone(),
             stream,
-            module,
             kernel,
             batch_supported: driver::has_symbol("cuMemcpyBatchAsync_v2"),
             host_pointers_are_device_pointers: attr(
@@ -187,6 +163,7 @@ impl CopyStream {
                 .unwrap_or(1),
             kernel_max_avg_len: DEFAULT_KERNEL_MAX_AVG_LEN,
             free_descs: Mutex::new(Vec::new()),
+            _deferred: DeferredErrors::new(ctx.clone(), "release a copy stream"),
         };
         Ok(Self {
             inner: Arc::new(inner),
@@ -200,8 +177,8 @@ impl CopyStream {
 
     /// The raw stream handle, for ordering it with other streams through events
     /// ([`interop::Event`](super::interop::Event)).
-    pub(crate) fn raw(&self) -> sys::CUstream {
-        self.inner.stream
+    pub(crate) fn raw(&self) -> driver::RawStream {
+        self.inner.stream.cu_stream()
     }
 
     /// True when the driver offers `cuMemcpyBatchAsync`.
@@ -318,8 +295,8 @@ impl CopyStream {
                 Err(e)
             }
             (_, Err(e)) => {
-                // SAFETY: a plain stream synchronize on our own stream.
-                let _ = unsafe { sys::cuStreamSynchronize(inner.stream) };
+                // Let whatever was enqueued finish before the caller may free memory.
+                driver::log_failure("synchronize the copy stream", inner.stream.synchronize());
                 Err(e)
             }
         }
@@ -334,36 +311,22 @@ impl CopyStream {
             })?;
             // SAFETY: the caller of `copy_async` guarantees both ranges are valid for the device
             // until completion; the stream is ours.
-            check("enqueue a copy (cuMemcpyAsync)", unsafe {
-                sys::cuMemcpyAsync(c.dst, c.src, len, self.inner.stream)
-            })?;
+            unsafe { driver::memcpy_async(c.dst, c.src, len, &self.inner.stream) }
+                .map_err(|e| driver::error("enqueue a copy (cuMemcpyAsync)", e))?;
         }
         Ok(())
     }
 
     fn enqueue_batched(&self, copies: &[DeviceCopy], src: Location, dst: Location) -> Result<()> {
-        let location = |l: Location| match l {
-            Location::Host => sys::CUmemLocation {
-                type_: sys::CUmemLocationType::CU_MEM_LOCATION_TYPE_HOST,
-                id: 0,
-            },
-            Location::Device(d) => sys::CUmemLocation {
-                type_: sys::CUmemLocationType::CU_MEM_LOCATION_TYPE_DEVICE,
-                id: i32::try_from(d).unwrap_or(i32::MAX),
-            },
+        let device = |l: Location| match l {
+            Location::Host => None,
+            Location::Device(d) => Some(d),
         };
-        let mut attrs = [sys::CUmemcpyAttributes {
-            srcAccessOrder: sys::CUmemcpySrcAccessOrder::CU_MEMCPY_SRC_ACCESS_ORDER_STREAM,
-            srcLocHint: location(src),
-            dstLocHint: location(dst),
-            flags: 0,
-        }];
-        let mut attr_idx = [0usize];
         // The driver takes the whole list in one call; split very long lists to bound the
         // temporary arrays.
         for chunk in copies.chunks(1 << 16) {
-            let mut dsts: Vec<sys::CUdeviceptr> = chunk.iter().map(|c| c.dst).collect();
-            let mut srcs: Vec<sys::CUdeviceptr> = chunk.iter().map(|c| c.src).collect();
+            let mut dsts: Vec<u64> = chunk.iter().map(|c| c.dst).collect();
+            let mut srcs: Vec<u64> = chunk.iter().map(|c| c.src).collect();
             let mut sizes = chunk
                 .iter()
                 .map(|c| {
@@ -374,28 +337,26 @@ impl CopyStream {
                     })
                 })
                 .collect::<Result<Vec<usize>>>()?;
-            // SAFETY: the three arrays hold `chunk.len()` entries and live across the call (the
-            // driver reads them during it); the ranges they name are valid per `copy_async`'s
-            // contract; one attribute applies to every copy (index 0).
-            check("enqueue batched copies (cuMemcpyBatchAsync)", unsafe {
-                sys::cuMemcpyBatchAsync_v2(
-                    dsts.as_mut_ptr(),
-                    srcs.as_mut_ptr(),
-                    sizes.as_mut_ptr(),
-                    chunk.len(),
-                    attrs.as_mut_ptr(),
-                    attr_idx.as_mut_ptr(),
-                    1,
-                    self.inner.stream,
+            // SAFETY: the three arrays hold `chunk.len()` entries each; the ranges they name are
+            // valid for the device, and destinations disjoint, per `copy_async`'s contract.
+            unsafe {
+                driver::memcpy_batch_async(
+                    &mut dsts,
+                    &mut srcs,
+                    &mut sizes,
+                    device(src),
+                    device(dst),
+                    &self.inner.stream,
                 )
-            })?;
+            }
+            .map_err(|e| driver::error("enqueue batched copies (cuMemcpyBatchAsync)", e))?;
         }
         Ok(())
     }
 
     fn enqueue_kernel(&self, copies: &[DeviceCopy], slot: &mut Option<DescBuffers>) -> Result<()> {
         let inner = &self.inner;
-        let Some(kernel) = inner.kernel else {
+        let Some(kernel) = &inner.kernel else {
             return Err(Error::Unsupported(UnsupportedError::Feature {
                 what: "the copy kernel did not load".into(),
             }));
@@ -435,11 +396,14 @@ impl CopyStream {
         let dev = descs.dev;
         let host = descs.host;
         *slot = Some(descs);
-        // SAFETY: both buffers hold at least `bytes`; the staging buffer stays untouched until
-        // the completion (which owns it now) has finished.
-        check("upload copy descriptors", unsafe {
-            sys::cuMemcpyHtoDAsync_v2(dev, host.cast::<c_void>(), bytes, inner.stream)
-        })?;
+        // SAFETY: `host` holds `copies.len()` initialised descriptors (written just above) and
+        // stays allocated, and untouched, until the completion (which owns it now) has finished.
+        let staged = unsafe { std::slice::from_raw_parts(host.cast_const(), copies.len()) };
+        debug_assert_eq!(std::mem::size_of_val(staged), bytes);
+        // SAFETY: the device buffer holds at least `bytes`; the pinned source stays in place
+        // until the upload, ordered before the launch on the same stream, has finished.
+        unsafe { result::memcpy_htod_async(dev, staged, inner.stream.cu_stream()) }
+            .map_err(|e| driver::error("upload copy descriptors", e))?;
         for (i, chunk) in copies.chunks(u32::MAX as usize).enumerate() {
             let mut descs_ptr: u64 =
                 dev + (i as u64) * (u32::MAX as u64) * std::mem::size_of::<DeviceCopy>() as u64;
@@ -454,21 +418,17 @@ impl CopyStream {
             // SAFETY: the kernel takes (const CopyDesc*, u32); `params` points at values of
             // exactly those types that outlive the call; the descriptor array was uploaded on the
             // same stream before the launch; the ranges it names are valid per the contract.
-            check("launch the copy kernel", unsafe {
-                sys::cuLaunchKernel(
-                    kernel,
-                    grid,
-                    1,
-                    1,
-                    KERNEL_THREADS,
-                    1,
-                    1,
+            unsafe {
+                result::launch_kernel(
+                    kernel.cu_function(),
+                    (grid, 1, 1),
+                    (KERNEL_THREADS, 1, 1),
                     0,
-                    inner.stream,
-                    params.as_mut_ptr(),
-                    std::ptr::null_mut(),
+                    inner.stream.cu_stream(),
+                    &mut params,
                 )
-            })?;
+            }
+            .map_err(|e| driver::error("launch the copy kernel", e))?;
         }
         Ok(())
     }
@@ -489,20 +449,21 @@ impl CopyStream {
             .ok_or(Error::Bounds(BoundsError::Overflow {
                 what: "descriptor buffer",
             }))?;
-        let mut host = std::ptr::null_mut();
-        // SAFETY: the context is current (bound in `copy_async`); `host` is a valid out-pointer.
-        check("allocate pinned copy descriptors", unsafe {
-            sys::cuMemHostAlloc(&mut host, bytes, sys::CU_MEMHOSTALLOC_PORTABLE)
-        })?;
-        let mut dev = 0;
-        // SAFETY: as above.
-        if let Err(e) = check("allocate device copy descriptors", unsafe {
-            sys::cuMemAlloc_v2(&mut dev, bytes)
-        }) {
-            // SAFETY: `host` was just allocated by cuMemHostAlloc and is not used.
-            unsafe { sys::cuMemFreeHost(host) };
-            return Err(e);
-        }
+        // SAFETY: the context is current (bound in `copy_async`); the memory is only written
+        // (by `enqueue_kernel`) before it is read.
+        let host = unsafe { result::malloc_host(bytes, driver::HOST_ALLOC_PORTABLE) }
+            .map_err(|e| driver::error("allocate pinned copy descriptors", e))?;
+        // SAFETY: as above; the device buffer is only read after an upload fills it.
+        let dev = match unsafe { result::malloc_sync(bytes) } {
+            Ok(dev) => dev,
+            Err(e) => {
+                // SAFETY: `host` was just allocated by `malloc_host` and is not used.
+                driver::log_failure("free pinned copy descriptors", unsafe {
+                    result::free_host(host)
+                });
+                return Err(driver::error("allocate device copy descriptors", e));
+            }
+        };
         Ok(DescBuffers {
             host: host.cast(),
             dev,
@@ -524,37 +485,40 @@ impl CopyStream {
     /// # Errors
     /// [`CudaError::Driver`](crate::error::CudaError::Driver) if any of that work failed.
     pub fn synchronize(&self) -> Result<()> {
-        self.inner.device.bind()?;
-        // SAFETY: our own stream.
-        check("synchronize the copy stream", unsafe {
-            sys::cuStreamSynchronize(self.inner.stream)
-        })
+        self.inner
+            .stream
+            .synchronize()
+            .map_err(|e| driver::error("synchronize the copy stream", e))
     }
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         if self.device.bind().is_err() {
-            tracing::warn!("cannot bind the context to release a copy stream; leaking it");
+            tracing::warn!("cannot bind the context to release a copy stream; leaking its buffers");
             return;
         }
-        // SAFETY: our own handles; every completion holds an `Arc<Inner>`, so none is pending.
-        unsafe {
-            sys::cuStreamSynchronize(self.stream);
-            for d in self
-                .free_descs
-                .get_mut()
-                .unwrap_or_else(|p| p.into_inner())
-                .drain(..)
-            {
-                sys::cuMemFreeHost(d.host.cast());
-                sys::cuMemFree_v2(d.dev);
-            }
-            sys::cuStreamDestroy_v2(self.stream);
-            if !self.module.is_null() {
-                sys::cuModuleUnload(self.module);
-            }
+        // Every completion holds an `Arc<Inner>`, so none is pending; the synchronize is for
+        // work whose completion could not be recorded.
+        driver::log_failure("synchronize the copy stream", self.stream.synchronize());
+        for d in self
+            .free_descs
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            // SAFETY: both buffers were allocated by `take_descs`, are freed once, here, and no
+            // work uses them (the stream is idle).
+            driver::log_failure("free pinned copy descriptors", unsafe {
+                result::free_host(d.host.cast())
+            });
+            // SAFETY: as above.
+            driver::log_failure("free device copy descriptors", unsafe {
+                result::free_sync(d.dev)
+            });
         }
+        // The stream, kernel and module are released by their own drops, after this; the
+        // `_deferred` field logs what they record.
     }
 }
 
@@ -564,8 +528,10 @@ impl Drop for Inner {
 /// Copies queued on a stream cannot be taken back: [`cancel`](crate::Completion::cancel) does
 /// nothing, and the copies run to their end.
 pub struct CopyCompletion {
+    event: CudaEvent,
+    /// After `event`: logs what destroying it recorded.
+    _deferred: DeferredErrors,
     stream: CopyStream,
-    event: sys::CUevent,
     method: CopyMethod,
     state: Mutex<CopyState>,
 }
@@ -579,34 +545,28 @@ struct CopyState {
     descs: Option<DescBuffers>,
 }
 
-// SAFETY: the event handle may be queried and synchronized from any thread with the context bound,
-// which every method does.
-unsafe impl Send for CopyCompletion {}
-// SAFETY: as above; every method that touches the event holds the state's lock, so two threads
-// never use it at once.
-unsafe impl Sync for CopyCompletion {}
-
 impl CopyCompletion {
     fn record(stream: CopyStream, method: CopyMethod, descs: Option<DescBuffers>) -> Result<Self> {
-        let mut event = std::ptr::null_mut();
-        // SAFETY: the context is current; `event` is a valid out-pointer.
-        let created = check("create an event", unsafe {
-            sys::cuEventCreate(
-                &mut event,
-                sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as u32,
-            )
-        });
-        if let Err(e) = created {
-            if let Some(d) = descs {
-                // SAFETY: synchronize before the descriptors are reused.
-                unsafe { sys::cuStreamSynchronize(stream.inner.stream) };
-                stream.give_back(d);
+        let ctx = stream.inner.device.context();
+        // Without flags cudarc creates it with timing disabled, the cheap kind.
+        let event = match ctx.new_event(None) {
+            Ok(event) => event,
+            Err(e) => {
+                if let Some(d) = descs {
+                    // Synchronize before the descriptors are reused.
+                    driver::log_failure(
+                        "synchronize the copy stream",
+                        stream.inner.stream.synchronize(),
+                    );
+                    stream.give_back(d);
+                }
+                return Err(driver::error("create an event", e));
             }
-            return Err(e);
-        }
+        };
         let completion = Self {
-            stream,
             event,
+            _deferred: DeferredErrors::new(ctx.clone(), "release a copy completion's event"),
+            stream,
             method,
             state: Mutex::new(CopyState {
                 finished: false,
@@ -614,10 +574,10 @@ impl CopyCompletion {
                 descs,
             }),
         };
-        // SAFETY: both handles are valid and belong to the current context.
-        check("record an event", unsafe {
-            sys::cuEventRecord(completion.event, completion.stream.inner.stream)
-        })?;
+        completion
+            .event
+            .record(&completion.stream.inner.stream)
+            .map_err(|e| driver::error("record an event", e))?;
         Ok(completion)
     }
 
@@ -640,16 +600,14 @@ impl CopyCompletion {
             state.failed = Some(e);
             return true;
         }
-        // SAFETY: a valid event of the current context.
-        let status = unsafe { sys::cuEventQuery(self.event) };
-        match status {
-            sys::CUresult::CUDA_SUCCESS => {
+        match self.event.try_is_complete() {
+            Ok(true) => {
                 self.finish(state);
                 true
             }
-            sys::CUresult::CUDA_ERROR_NOT_READY => false,
-            other => {
-                state.failed = check("query copy completion", other).err();
+            Ok(false) => false,
+            Err(e) => {
+                state.failed = Some(driver::error("query copy completion", e));
                 true
             }
         }
@@ -659,16 +617,27 @@ impl CopyCompletion {
         if state.finished {
             return state.failed.take().map_or(Ok(()), Err);
         }
-        self.stream.inner.device.bind()?;
-        // SAFETY: a valid event of the current context.
-        let result = check("wait for copies", unsafe {
-            sys::cuEventSynchronize(self.event)
+        let waited = self.stream.inner.device.bind().and_then(|()| {
+            self.event
+                .synchronize()
+                .map_err(|e| driver::error("wait for copies", e))
         });
-        self.finish(state);
-        match state.failed.take() {
+        // A failure an earlier query saw comes first.
+        let result = match state.failed.take() {
             Some(e) => Err(e),
-            None => result,
+            None => waited,
+        };
+        if result.is_err() {
+            // The copies may still read the descriptors: never reuse them (a small leak on a
+            // context that has failed anyway).
+            state.finished = true;
+            if state.descs.take().is_some() {
+                tracing::warn!("leaking a copy-descriptor buffer after a failed wait");
+            }
+            return result;
         }
+        self.finish(state);
+        result
     }
 
     fn finish(&self, state: &mut CopyState) {
@@ -689,6 +658,7 @@ impl crate::Completion for CopyCompletion {
 
     fn wait_timeout(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
+        let mut backoff = Backoff::new();
         loop {
             if self.is_done() {
                 return true;
@@ -696,7 +666,7 @@ impl crate::Completion for CopyCompletion {
             if Instant::now() >= deadline {
                 return false;
             }
-            std::thread::sleep(Duration::from_micros(20));
+            backoff.snooze();
         }
     }
 
@@ -727,7 +697,6 @@ impl Drop for CopyCompletion {
         if let Err(e) = self.synchronize(&mut state) {
             tracing::warn!(error = %e, "copies failed after their completion was dropped");
         }
-        // SAFETY: the event was created by `record` and is destroyed once.
-        unsafe { sys::cuEventDestroy_v2(self.event) };
+        // The event is destroyed by its own drop, after this.
     }
 }

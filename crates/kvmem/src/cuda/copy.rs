@@ -6,12 +6,15 @@
 //! must lie inside one device allocation of the device its [`StorageKind`] names. The block
 //! transfer engine, not these helpers, is how KV blocks move in production.
 
+// This module copies between raw host and device addresses through the driver: unsafe code is allowed here (denied at the crate root).
+#![allow(unsafe_code)]
+
 use super::{CudaDevice, driver};
 use crate::descriptor::MemoryDescriptor;
 use crate::error::{BoundsError, CudaError, Error, Result, SizeRule, UnsupportedError};
 use crate::host::HostMemory;
 use crate::kind::StorageKind;
-use cudarc::driver::{result, sys};
+use cudarc::driver::result;
 use std::ops::Range;
 
 /// Copies all of host region `src` into device region `dst`.
@@ -31,7 +34,7 @@ where
     same_size(OP, bytes.len(), dst.size())?;
     check_device_range(OP, &device, dst.addr(), dst.size())?;
     for piece in pieces(src) {
-        let dst_ptr = (dst.addr() + piece.start) as sys::CUdeviceptr;
+        let dst_ptr = (dst.addr() + piece.start) as u64;
         // SAFETY: `dst` was checked to lie inside one allocation of this device and `piece` lies
         // inside it; `bytes` is a live borrow of the source for the whole (synchronous) copy.
         unsafe { result::memcpy_htod_sync(dst_ptr, &bytes[piece]) }
@@ -57,7 +60,7 @@ where
     let pieces = pieces(dst);
     let bytes = dst.as_mut_slice();
     for piece in pieces {
-        let src_ptr = (addr + piece.start) as sys::CUdeviceptr;
+        let src_ptr = (addr + piece.start) as u64;
         // SAFETY: `src` was checked to lie inside one allocation of this device and `piece` lies
         // inside it; `bytes` is an exclusive borrow of the destination for the whole
         // (synchronous) copy.
@@ -84,14 +87,8 @@ where
     check_device_range(OP, &dst_device, dst.addr(), dst.size())?;
     dst_device.bind()?;
     // SAFETY: both ranges were checked to lie inside device allocations the driver knows.
-    unsafe {
-        result::memcpy_dtod_sync(
-            dst.addr() as sys::CUdeviceptr,
-            src.addr() as sys::CUdeviceptr,
-            src.size(),
-        )
-    }
-    .map_err(|e| driver::error(OP, e))?;
+    unsafe { result::memcpy_dtod_sync(dst.addr() as u64, src.addr() as u64, src.size()) }
+        .map_err(|e| driver::error(OP, e))?;
     finish(OP)
 }
 
@@ -151,43 +148,15 @@ pub(crate) fn check_device_range(
             reason,
         })
     };
-    let ptr = addr as sys::CUdeviceptr;
-    let mut memory_type: u32 = 0;
-    let mut ordinal: i32 = -1;
-    let mut start: sys::CUdeviceptr = 0;
-    let mut range: usize = 0;
-    let queries: [(sys::CUpointer_attribute, *mut std::ffi::c_void); 4] = [
-        (
-            sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_MEMORY_TYPE,
-            (&raw mut memory_type).cast(),
-        ),
-        (
-            sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL,
-            (&raw mut ordinal).cast(),
-        ),
-        (
-            sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_RANGE_START_ADDR,
-            (&raw mut start).cast(),
-        ),
-        (
-            sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_RANGE_SIZE,
-            (&raw mut range).cast(),
-        ),
-    ];
-    for (attribute, out) in queries {
-        // SAFETY: each `out` points to a live local of the type the attribute writes (an
-        // unsigned int, an int, a CUdeviceptr and a size_t); the driver only reads its tables.
-        let status = unsafe { sys::cuPointerGetAttribute(out, attribute, ptr) };
-        if let Err(e) = status.result() {
-            let (name, _) = driver::names(e);
-            return Err(not_device(format!(
-                "the driver does not know the address: {name}"
-            )));
-        }
-    }
-    if memory_type != sys::CUmemorytype::CU_MEMORYTYPE_DEVICE as u32 {
+    let found = driver::pointer_range(addr as u64).map_err(|e| {
+        let (name, _) = driver::names(e);
+        not_device(format!("the driver does not know the address: {name}"))
+    })?;
+    let (ordinal, start, range) = (found.ordinal, found.start, found.size);
+    if !found.is_device {
         return Err(not_device(format!(
-            "memory type {memory_type} is not device memory"
+            "memory type {} is not device memory",
+            found.memory_type
         )));
     }
     if usize::try_from(ordinal).ok() != Some(device.ordinal()) {

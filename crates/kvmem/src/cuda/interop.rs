@@ -8,9 +8,16 @@
 //! ([`TransferEngine::copy_blocks_ordered`](crate::transfer::TransferEngine::copy_blocks_ordered)),
 //! and the event a transfer records after its copies, which the engine's stream can wait for.
 
-use super::{CudaDevice, copy::check_device_range, driver};
+// This module hands raw stream handles of other libraries to the driver: unsafe code is allowed
+// here (denied at the crate root).
+#![allow(unsafe_code)]
+
+use super::driver::{self, DeferredErrors, MemoryKind};
+use super::{CudaDevice, copy::check_device_range};
 use crate::error::{CudaError, Error, Result};
-use cudarc::driver::sys;
+use cudarc::driver::{CudaEvent, result};
+
+pub use super::driver::RawStream;
 
 /// The ordinal of the CUDA device that owns device pointer `addr`.
 ///
@@ -27,32 +34,15 @@ pub fn device_of_pointer(addr: usize) -> Result<u32> {
             reason,
         })
     };
-    let mut memory_type: u32 = 0;
-    let mut ordinal: i32 = -1;
-    for (attribute, out) in [
-        (
-            sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_MEMORY_TYPE,
-            (&raw mut memory_type).cast::<std::ffi::c_void>(),
-        ),
-        (
-            sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL,
-            (&raw mut ordinal).cast(),
-        ),
-    ] {
-        // SAFETY: `out` points to a live local of the type the attribute writes (an unsigned
-        // int and an int); the driver only reads its tables.
-        let status =
-            unsafe { sys::cuPointerGetAttribute(out, attribute, addr as sys::CUdeviceptr) };
-        if let Err(e) = status.result() {
-            let (name, _) = driver::names(e);
-            return Err(not_device(format!(
-                "the driver does not know the address: {name}"
-            )));
-        }
-    }
-    if memory_type != sys::CUmemorytype::CU_MEMORYTYPE_DEVICE as u32 {
+    let unknown = |e| {
+        let (name, _) = driver::names(e);
+        not_device(format!("the driver does not know the address: {name}"))
+    };
+    let kind = driver::pointer_memory_kind(addr as u64).map_err(unknown)?;
+    let ordinal = driver::pointer_device_ordinal(addr as u64).map_err(unknown)?;
+    if kind != MemoryKind::Device {
         return Err(not_device(format!(
-            "memory type {memory_type} is not device memory"
+            "memory type {kind:?} is not device memory"
         )));
     }
     u32::try_from(ordinal).map_err(|_| not_device(format!("device ordinal {ordinal}")))
@@ -79,34 +69,21 @@ pub fn host_is_pinned(addr: usize, size: usize) -> bool {
     let Some(last) = addr.checked_add(size - 1) else {
         return false;
     };
-    [addr, last].into_iter().all(|a| {
-        let mut memory_type: u32 = 0;
-        // SAFETY: `memory_type` is a live unsigned int, the type this attribute writes; an
-        // unknown (pageable) address makes the driver return an error, not fault.
-        let status = unsafe {
-            sys::cuPointerGetAttribute(
-                (&raw mut memory_type).cast(),
-                sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_MEMORY_TYPE,
-                a as sys::CUdeviceptr,
-            )
-        };
-        status.result().is_ok() && memory_type == sys::CUmemorytype::CU_MEMORYTYPE_HOST as u32
-    })
+    // An unknown (pageable) address is an error from the driver, hence not pinned.
+    [addr, last]
+        .into_iter()
+        .all(|a| driver::pointer_memory_kind(a as u64) == Ok(MemoryKind::Host))
 }
 
 /// A CUDA event of one device's primary context, for ordering kvmem's copy stream with a stream
 /// that another library owns (torch, CuPy): record it on one stream, make the other wait for it.
 /// Neither blocks the CPU.
 pub struct Event {
-    event: sys::CUevent,
+    event: CudaEvent,
+    /// After `event`: logs what destroying it recorded.
+    _deferred: DeferredErrors,
     device: CudaDevice,
 }
-
-// SAFETY: a CUevent may be recorded, waited for and destroyed from any thread once its context is
-// current, which every method makes it first.
-unsafe impl Send for Event {}
-// SAFETY: as above; shared use only issues driver calls, which are thread-safe.
-unsafe impl Sync for Event {}
 
 impl Event {
     /// A new event (without timing) on `device`'s primary context.
@@ -114,19 +91,14 @@ impl Event {
     /// # Errors
     /// [`CudaError::Driver`] if the driver refuses.
     pub fn new(device: &CudaDevice) -> Result<Self> {
-        device.bind()?;
-        let mut event = std::ptr::null_mut();
-        // SAFETY: the context is current; `event` is a valid out-pointer.
-        unsafe {
-            sys::cuEventCreate(
-                &mut event,
-                sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as u32,
-            )
-        }
-        .result()
-        .map_err(|e| driver::error("create an event", e))?;
+        let ctx = device.context();
+        // Without flags cudarc creates the event with timing disabled.
+        let event = ctx
+            .new_event(None)
+            .map_err(|e| driver::error("create an event", e))?;
         Ok(Self {
             event,
+            _deferred: DeferredErrors::new(ctx.clone(), "release an event"),
             device: device.clone(),
         })
     }
@@ -139,16 +111,15 @@ impl Event {
     /// Records the event on `stream`: it completes once the work queued there so far has.
     ///
     /// # Safety
-    /// `stream` must be a live stream of this device's primary context (or 0, the legacy
+    /// `stream` must be a live stream of this device's primary context (or null, the legacy
     /// default stream), for the duration of the call.
     ///
     /// # Errors
     /// [`CudaError::Driver`] if the driver refuses (for example a stream of another context).
-    pub unsafe fn record(&self, stream: sys::CUstream) -> Result<()> {
+    pub unsafe fn record(&self, stream: RawStream) -> Result<()> {
         self.device.bind()?;
         // SAFETY: a live event of the current context; the caller vouches for the stream.
-        unsafe { sys::cuEventRecord(self.event, stream) }
-            .result()
+        unsafe { result::event::record(self.event.cu_event(), stream) }
             .map_err(|e| driver::error("record an event on a stream", e))
     }
 
@@ -159,11 +130,10 @@ impl Event {
     ///
     /// # Errors
     /// [`CudaError::Driver`] if the driver refuses.
-    pub unsafe fn wait_in(&self, stream: sys::CUstream) -> Result<()> {
+    pub unsafe fn wait_in(&self, stream: RawStream) -> Result<()> {
         self.device.bind()?;
-        // SAFETY: a live event of the current context; the caller vouches for the stream.
-        unsafe { sys::cuStreamWaitEvent(stream, self.event, 0) }
-            .result()
+        // SAFETY: the caller vouches for the stream.
+        unsafe { driver::stream_wait_event(stream, &self.event) }
             .map_err(|e| driver::error("make a stream wait for an event", e))
     }
 
@@ -172,10 +142,8 @@ impl Event {
     /// # Errors
     /// [`CudaError::Driver`] if the work before it failed.
     pub fn synchronize(&self) -> Result<()> {
-        self.device.bind()?;
-        // SAFETY: a live event of the current context.
-        unsafe { sys::cuEventSynchronize(self.event) }
-            .result()
+        self.event
+            .synchronize()
             .map_err(|e| driver::error("wait for an event", e))
     }
 }
@@ -185,15 +153,5 @@ impl std::fmt::Debug for Event {
         f.debug_struct("Event")
             .field("device", &self.device.ordinal())
             .finish()
-    }
-}
-
-impl Drop for Event {
-    fn drop(&mut self) {
-        if self.device.bind().is_ok() {
-            // SAFETY: created by `new`, destroyed once; the driver defers the release until any
-            // pending record or wait has completed.
-            unsafe { sys::cuEventDestroy_v2(self.event) };
-        }
     }
 }

@@ -35,7 +35,7 @@ pub use driver::{DriverInfo, load as load_driver};
 pub use page_lock::MAX_HOST_REGISTRATION;
 
 use crate::error::{CudaError, Error, Result};
-use cudarc::driver::{CudaContext, result, sys};
+use cudarc::driver::{CudaContext, result};
 use serde::Serialize;
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -85,11 +85,6 @@ impl CudaDevice {
         self.ctx.ordinal()
     }
 
-    /// The driver's handle of the device.
-    pub(crate) fn cu_device(&self) -> sys::CUdevice {
-        self.ctx.cu_device()
-    }
-
     /// The ordinal as a [`StorageKind::Device`](crate::StorageKind::Device) carries it.
     pub(crate) fn kind_id(&self) -> u32 {
         // CUDA ordinals are small `int`s; `new` only accepts ordinals below the device count.
@@ -102,15 +97,9 @@ impl CudaDevice {
     /// # Errors
     /// [`CudaError::Driver`] if the driver refuses.
     pub fn bind(&self) -> Result<()> {
-        let current = result::ctx::get_current()
-            .map_err(|e| driver::error("query the current context", e))?;
-        if current != Some(self.ctx.cu_ctx()) {
-            // SAFETY: the context is retained by `self.ctx` (and the process-wide registry) for as
-            // long as this value exists.
-            unsafe { result::ctx::set_current(self.ctx.cu_ctx()) }
-                .map_err(|e| driver::error("make the device's context current", e))?;
-        }
-        Ok(())
+        // The context is retained by `self.ctx` (and the process-wide registry) for as long as
+        // this value exists.
+        driver::make_current(&self.ctx)
     }
 
     /// Waits for all work on the device's context to finish.
@@ -138,15 +127,16 @@ impl CudaDevice {
     /// # Errors
     /// [`CudaError::Driver`] if the driver cannot say.
     pub fn info(&self) -> Result<DeviceInfo> {
-        let dev = self.ctx.cu_device();
-        let attribute = |attr: sys::CUdevice_attribute| {
-            // SAFETY: `dev` is a valid device handle obtained from the driver.
-            unsafe { result::device::get_attribute(dev, attr) }
+        let attribute = |attr: driver::DeviceAttribute| {
+            self.ctx
+                .attribute(attr)
                 .map_err(|e| driver::error("query a device attribute", e))
         };
-        use sys::CUdevice_attribute as A;
-        let name =
-            result::device::get_name(dev).map_err(|e| driver::error("query the device name", e))?;
+        use driver::DeviceAttribute as A;
+        let name = self
+            .ctx
+            .name()
+            .map_err(|e| driver::error("query the device name", e))?;
         let memory = self.memory_info()?;
         let pci_bus_id = format!(
             "{:04x}:{:02x}:{:02x}.0",

@@ -1,9 +1,11 @@
 //! Page-locking host memory that is already mapped (`cuMemHostRegister`), and the device
 //! addresses of pinned host memory.
 
+// This module page-locks raw host ranges with the driver: unsafe code is allowed here (denied at the crate root).
+#![allow(unsafe_code)]
+
 use super::{CudaDevice, driver};
 use crate::error::{Error, MemoryError, Result};
-use cudarc::driver::sys;
 use std::time::{Duration, Instant};
 
 /// The largest range kvmem page-locks with one `cuMemHostRegister` call: 64 GiB. Drivers from
@@ -14,10 +16,6 @@ use std::time::{Duration, Instant};
 /// the boundaries; other code that moves data out of a large pinned region should use the
 /// storage's `registered_ranges()` to do the same.
 pub const MAX_HOST_REGISTRATION: usize = 64 << 30;
-
-/// Flags for every registration kvmem makes: usable from every context, and mapped into the
-/// device address space.
-const REGISTER_FLAGS: u32 = sys::CU_MEMHOSTREGISTER_PORTABLE | sys::CU_MEMHOSTREGISTER_DEVICEMAP;
 
 /// A failed [`HostRegistration::new`].
 #[derive(Debug)]
@@ -75,10 +73,8 @@ impl HostRegistration {
             let start = base + offset;
             // SAFETY: the caller guarantees the whole range is mapped host memory that outlives
             // the registration; this chunk lies inside it.
-            let status = unsafe {
-                sys::cuMemHostRegister_v2(start as *mut std::ffi::c_void, n, REGISTER_FLAGS)
-            };
-            if let Err(e) = status.result() {
+            let status = unsafe { driver::host_register(start, n) };
+            if let Err(e) = status {
                 let error = if driver::is_out_of_memory(&e) {
                     Error::Memory(MemoryError::PinnedOutOfMemory {
                         requested: len,
@@ -136,8 +132,10 @@ impl HostRegistration {
         let mut first_error = None;
         for (start, _) in std::mem::take(&mut self.chunks) {
             // SAFETY: `start` was registered by `new` and has not been unregistered since.
-            let status = unsafe { sys::cuMemHostUnregister(start as *mut std::ffi::c_void) };
-            if let Err(e) = driver::check("unregister host memory (cuMemHostUnregister)", status) {
+            let status = unsafe { driver::host_unregister(start) };
+            if let Err(e) =
+                status.map_err(|e| driver::error("unregister host memory (cuMemHostUnregister)", e))
+            {
                 first_error.get_or_insert(e);
             }
         }
@@ -160,10 +158,6 @@ impl Drop for HostRegistration {
 /// [`CudaError::Driver`](crate::error::CudaError::Driver) when `host` is not pinned memory the driver mapped.
 pub(crate) fn mapped_device_pointer(device: &CudaDevice, host: *const u8) -> Result<u64> {
     device.bind()?;
-    let mut dptr: sys::CUdeviceptr = 0;
-    // SAFETY: `dptr` is a valid out-pointer; the driver only looks `host` up in its tables.
-    let status =
-        unsafe { sys::cuMemHostGetDevicePointer_v2(&mut dptr, host as *mut std::ffi::c_void, 0) };
-    driver::check("find the device address of pinned host memory", status)?;
-    Ok(dptr)
+    driver::host_device_pointer(host)
+        .map_err(|e| driver::error("find the device address of pinned host memory", e))
 }

@@ -130,6 +130,7 @@ impl Agent {
         wanted: impl Fn(&[u8]) -> bool,
     ) -> Result<Vec<u8>> {
         let start = Instant::now();
+        let mut backoff = crate::backoff::Backoff::patient();
         loop {
             {
                 let mut queues = lock(&self.shared.inbox.queues);
@@ -148,11 +149,7 @@ impl Agent {
                 });
             }
             if self.poll_notifications()? == 0 {
-                std::thread::sleep(if waited < Duration::from_millis(5) {
-                    Duration::from_micros(20)
-                } else {
-                    Duration::from_micros(200)
-                });
+                backoff.snooze();
             }
         }
     }

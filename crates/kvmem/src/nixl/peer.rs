@@ -469,6 +469,7 @@ impl Agent {
     ) -> Result<()> {
         let start = Instant::now();
         let mut asked = None::<Instant>;
+        let mut backoff = crate::backoff::Backoff::patient();
         loop {
             if asked.is_none_or(|t| t.elapsed() >= retry) {
                 fetch()?;
@@ -484,7 +485,7 @@ impl Agent {
                     waited,
                 });
             }
-            std::thread::sleep(Duration::from_millis(2));
+            backoff.snooze();
         }
     }
 }

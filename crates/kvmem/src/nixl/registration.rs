@@ -20,6 +20,9 @@
 //! [`OffsetBuffer`]: crate::OffsetBuffer
 //! [`Buffer`]: crate::Buffer
 
+// This module hands raw memory regions to NIXL: unsafe code is allowed here (denied at the crate root).
+#![allow(unsafe_code)]
+
 use super::agent::{Agent, lock};
 use crate::descriptor::{MemoryDescriptor, Storage};
 use crate::error::{BoundsError, Error, NixlError, Result};

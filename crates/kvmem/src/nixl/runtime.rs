@@ -17,6 +17,9 @@
 //! 3. NIXL's default prefix, `/opt/nvidia/nvda_nixl`;
 //! 4. the dynamic loader's search path (`LD_LIBRARY_PATH`, `ld.so.cache`).
 
+// This module loads the NIXL runtime library: unsafe code is allowed here (denied at the crate root).
+#![allow(unsafe_code)]
+
 use crate::error::{Error, NixlError, Result};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};

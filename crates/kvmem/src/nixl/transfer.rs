@@ -1,5 +1,8 @@
 //! The implementation of [`raw`](super::raw): block lists, prepared lists, requests.
 
+// This module owns NIXL transfer requests over raw memory: unsafe code is allowed here (denied at the crate root).
+#![allow(unsafe_code)]
+
 use super::agent::{Agent, lock};
 use super::peer::Peer;
 use crate::descriptor::{Buffer, MemoryDescriptor};
@@ -922,6 +925,13 @@ impl Transfer {
     /// polls themselves move the data).
     pub(crate) fn poll_for(&self, timeout: Duration) -> Result<bool> {
         let start = Instant::now();
+        // Without NIXL's progress thread, each poll is what moves the data: keep polling. With
+        // it, back off to short sleeps once the transfer turns out to be a long one.
+        let mut backoff = if self.agent.config().progress_thread {
+            crate::backoff::Backoff::new()
+        } else {
+            crate::backoff::Backoff::busy()
+        };
         loop {
             if self.poll()? {
                 return Ok(true);
@@ -930,11 +940,7 @@ impl Transfer {
             if waited >= timeout {
                 return Ok(false);
             }
-            if waited < Duration::from_millis(2) || !self.agent.config().progress_thread {
-                std::thread::yield_now();
-            } else {
-                std::thread::sleep(Duration::from_micros(50));
-            }
+            backoff.snooze();
         }
     }
 

@@ -1,7 +1,9 @@
+// This module owns a raw device allocation: unsafe code is allowed here (denied at the crate root).
+#![allow(unsafe_code)]
 use crate::cuda::{CudaDevice, driver};
 use crate::error::{BoundsError, Error, Result};
 use crate::kind::StorageKind;
-use cudarc::driver::{result, sys};
+use cudarc::driver::result;
 use std::fmt;
 
 /// Memory of one CUDA device (`cuMemAlloc`), freed on drop with the device's context bound.
@@ -9,7 +11,7 @@ use std::fmt;
 /// The CPU cannot read it directly; move data in and out with the
 /// [`cuda`](crate::cuda) copy helpers or a transfer engine. Its contents start undefined.
 pub struct DeviceStorage {
-    ptr: sys::CUdeviceptr,
+    ptr: u64,
     size: usize,
     device: CudaDevice,
 }

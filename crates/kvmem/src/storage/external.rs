@@ -1,3 +1,5 @@
+// This module wraps memory owned by others, by raw address: unsafe code is allowed here (denied at the crate root).
+#![allow(unsafe_code)]
 use crate::error::{BoundsError, Error, Result};
 use crate::host::HostMemory;
 use crate::kind::StorageKind;

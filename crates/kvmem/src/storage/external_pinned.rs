@@ -1,3 +1,5 @@
+// This module page-locks memory owned by others, by raw address: unsafe code is allowed here (denied at the crate root).
+#![allow(unsafe_code)]
 use super::ExternalHostMemory;
 use crate::cuda::page_lock::{HostRegistration, mapped_device_pointer};
 use crate::cuda::{CudaDevice, MAX_HOST_REGISTRATION};

@@ -2,6 +2,9 @@
 //! them, transparent huge pages otherwise; optionally placed on one NUMA node; first touched by
 //! several threads at once so that page faults and zeroing run in parallel.
 
+// This module owns raw memory mappings: unsafe code is allowed here (denied at the crate root).
+#![allow(unsafe_code)]
+
 use crate::error::{BoundsError, Error, MemoryError, Result};
 use memmap2::{Advice, MmapMut, MmapOptions};
 use serde::Serialize;

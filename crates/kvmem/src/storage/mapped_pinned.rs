@@ -1,3 +1,5 @@
+// This module owns a mapping page-locked with the driver: unsafe code is allowed here (denied at the crate root).
+#![allow(unsafe_code)]
 use super::host_mapping::{HostMapping, MappingOptions, PageTier};
 use crate::cuda::page_lock::{HostRegistration, mapped_device_pointer};
 use crate::cuda::{CudaDevice, MAX_HOST_REGISTRATION};

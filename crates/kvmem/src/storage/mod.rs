@@ -78,7 +78,6 @@ mod system;
 
 pub use device::DeviceStorage;
 pub use disk::{DIRECT_IO_ALIGN, DISK_DIR_ENV, DiskStorage};
-pub(crate) use disk::{expect_full, pread_all, pwrite_all};
 pub use external::{ExternalDeviceMemory, ExternalHostMemory};
 pub use external_pinned::ExternalPinnedMemory;
 pub use host_mapping::PageTier;

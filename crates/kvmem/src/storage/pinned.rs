@@ -1,10 +1,12 @@
+// This module owns a raw pinned host allocation: unsafe code is allowed here (denied at the crate root).
+#![allow(unsafe_code)]
 use super::host_mapping::{parallel_chunks, worker_threads};
 use crate::cuda::page_lock::mapped_device_pointer;
 use crate::cuda::{CudaDevice, driver};
 use crate::error::{BoundsError, CudaError, Error, MemoryError, Result};
 use crate::host::HostMemory;
 use crate::kind::StorageKind;
-use cudarc::driver::{result, sys};
+use cudarc::driver::result;
 use std::fmt;
 use std::ptr::NonNull;
 
@@ -40,7 +42,7 @@ impl PinnedStorage {
             }));
         }
         device.bind()?;
-        let flags = sys::CU_MEMHOSTALLOC_PORTABLE | sys::CU_MEMHOSTALLOC_DEVICEMAP;
+        let flags = driver::HOST_ALLOC_MAPPED;
         // SAFETY: a plain allocation call; the returned memory is owned by the value built below.
         let raw = unsafe { result::malloc_host(size, flags) }.map_err(|e| {
             if driver::is_out_of_memory(&e) {

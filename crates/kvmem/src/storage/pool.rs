@@ -1,7 +1,9 @@
+// This module owns a CUDA memory pool and its raw allocations: unsafe code is allowed here (denied at the crate root).
+#![allow(unsafe_code)]
 use crate::cuda::{CudaDevice, driver};
 use crate::error::{BoundsError, Error, Result};
 use crate::kind::StorageKind;
-use cudarc::driver::{CudaStream, result, sys};
+use cudarc::driver::{CudaStream, result};
 use std::fmt;
 use std::sync::Arc;
 
@@ -24,7 +26,7 @@ pub struct DevicePool {
 }
 
 struct PoolInner {
-    pool: sys::CUmemoryPool,
+    pool: driver::PoolHandle,
     stream: Arc<CudaStream>,
     device: CudaDevice,
     release_threshold: u64,
@@ -49,17 +51,7 @@ impl DevicePool {
                 what: "CUDA device ordinal",
             })
         })?;
-        // SAFETY: CUmemPoolProps is a plain C struct for which all-zero bytes are valid (and are
-        // what the driver expects in its reserved fields).
-        let mut props: sys::CUmemPoolProps = unsafe { std::mem::zeroed() };
-        props.allocType = sys::CUmemAllocationType::CU_MEM_ALLOCATION_TYPE_PINNED;
-        props.handleTypes = sys::CUmemAllocationHandleType::CU_MEM_HANDLE_TYPE_NONE;
-        props.location = sys::CUmemLocation {
-            type_: sys::CUmemLocationType::CU_MEM_LOCATION_TYPE_DEVICE,
-            id: ordinal,
-        };
-        // SAFETY: `props` is a valid, initialised CUmemPoolProps.
-        let pool = unsafe { result::mem_pool::create(&props) }
+        let pool = driver::mem_pool_create(ordinal)
             .map_err(|e| driver::error("create a device memory pool", e))?;
         let stream = match device.context().new_stream() {
             Ok(stream) => stream,
@@ -81,7 +73,7 @@ impl DevicePool {
         unsafe {
             result::mem_pool::set_attribute(
                 inner.pool,
-                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                driver::PoolAttribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
                 (&raw mut threshold).cast(),
             )
         }
@@ -163,7 +155,7 @@ impl DevicePool {
     /// # Errors
     /// [`CudaError::Driver`](crate::error::CudaError::Driver) if the driver cannot say.
     pub fn reserved_bytes(&self) -> Result<u64> {
-        self.attribute(sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT)
+        self.attribute(driver::PoolAttribute::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT)
     }
 
     /// Device memory currently handed out by the pool.
@@ -171,7 +163,7 @@ impl DevicePool {
     /// # Errors
     /// [`CudaError::Driver`](crate::error::CudaError::Driver) if the driver cannot say.
     pub fn used_bytes(&self) -> Result<u64> {
-        self.attribute(sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_CURRENT)
+        self.attribute(driver::PoolAttribute::CU_MEMPOOL_ATTR_USED_MEM_CURRENT)
     }
 
     /// The release threshold the pool was created with.
@@ -196,7 +188,7 @@ impl DevicePool {
         &self.inner.device
     }
 
-    fn attribute(&self, attr: sys::CUmemPool_attribute) -> Result<u64> {
+    fn attribute(&self, attr: driver::PoolAttribute) -> Result<u64> {
         self.inner.device.bind()?;
         let mut value: u64 = 0;
         // SAFETY: the queried attributes are cuuint64_t, which `value` is; the pool is valid.
@@ -234,7 +226,7 @@ impl fmt::Debug for DevicePool {
 
 /// Device memory allocated from a [`DevicePool`]; returned to the pool (stream-ordered) on drop.
 pub struct PooledDeviceStorage {
-    ptr: sys::CUdeviceptr,
+    ptr: u64,
     size: usize,
     pool: Arc<PoolInner>,
 }

@@ -6,6 +6,9 @@
 //! about 5 GiB/s with `memcpy` and 8–10 GiB/s with streaming stores (docs/PERFORMANCE.md).
 //! Small transfers, whose destination is likely read soon, keep ordinary cached `memcpy`.
 
+// This module copies between raw host addresses: unsafe code is allowed here (denied at the crate root).
+#![allow(unsafe_code)]
+
 use super::handle::{Completion, Work};
 use super::plan::{CopyOp, TransferPlan};
 use crate::error::{Error, Result, TransferError};

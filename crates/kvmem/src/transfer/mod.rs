@@ -15,7 +15,7 @@
 //! | host ↔ host (system or pinned) | CPU copies on a rayon pool, split by bytes and with streaming stores when large | |
 //! | host ↔ disk | [`DiskBackend::IoUring`] (default): kvmem's own `io_uring` loop, `O_DIRECT`; or [`DiskBackend::NixlPosix`]: NIXL's POSIX backend, Linux AIO, `O_DIRECT` | both at `queue_depth` requests of at most `max_io_bytes`; NIXL needs its runtime ([`NixlError::Unavailable`](crate::error::NixlError::Unavailable) at submit otherwise) |
 //! | pinned ↔ device, device ↔ device | a CUDA copy stream: `cuMemcpyBatchAsync` or kvmem's PTX copy kernel, chosen by copy size ([`CopyMethod`]) | needs the CUDA driver |
-//! | pageable host ↔ device, disk ↔ device | the same, through two pinned bounce buffers, pipelined | |
+//! | pageable host ↔ device, disk ↔ device | the same, through two pinned bounce buffers, pipelined | the file side runs on the configured [`DiskBackend`], at its queue depth |
 //! | disk ↔ disk | none: [`UnsupportedError::Transfer`] | stage through host memory |
 //! | local ↔ remote | NIXL READ/WRITE over the prepared lists of a [`RegisteredLayout`] and a [`RemoteLayout`] ([`TransferEngine::write_remote`], [`read_remote`](TransferEngine::read_remote)), completed by a polling thread | needs the NIXL runtime; one descriptor per chunk |
 //! | remote ↔ remote | none: [`UnsupportedError::Endpoints`] from [`TransferEngine::transfer`] | read into a local layout, then write |
@@ -29,6 +29,7 @@
 //! half: every buffer a transfer touches stays allocated until the transfer has stopped, even if
 //! the handle is dropped.
 
+mod disk;
 mod files;
 mod gpu;
 mod handle;
@@ -37,6 +38,7 @@ mod nixl_posix;
 mod plan;
 mod remote;
 mod uring;
+mod worker;
 
 pub use handle::{TransferHandle, TransferStats};
 pub use plan::{CopyBatch, CopyOp, TransferPath, TransferPlan};
@@ -49,13 +51,12 @@ use crate::descriptor::Buffer;
 use crate::error::{BoundsError, Error, Result, UnsupportedError};
 use crate::layout::BlockLayout;
 use crate::nixl::raw::TransferOp;
+use disk::{DiskLane, DiskQueue};
 pub use gpu::DEFAULT_BOUNCE_BYTES;
 use gpu::GpuExecutor;
 use host::HostExecutor;
-use nixl_posix::{NixlPosixExecutor, PosixConfig};
 use remote::{Flight, RemotePoller};
-use std::sync::Mutex;
-use uring::{UringConfig, UringExecutor};
+use std::sync::{Arc, Mutex};
 
 /// How host ↔ disk transfers reach the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -88,34 +89,6 @@ impl DiskBackend {
 impl std::fmt::Display for DiskBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
-    }
-}
-
-/// The running executor of the configured [`DiskBackend`].
-enum DiskExecutor {
-    IoUring(UringExecutor),
-    NixlPosix(NixlPosixExecutor),
-}
-
-impl DiskExecutor {
-    fn start(config: &EngineConfig) -> Result<Self> {
-        Ok(match config.disk_backend {
-            DiskBackend::IoUring => Self::IoUring(UringExecutor::start(UringConfig {
-                queue_depth: config.queue_depth,
-                max_io_bytes: config.max_io_bytes,
-            })?),
-            DiskBackend::NixlPosix => Self::NixlPosix(NixlPosixExecutor::start(PosixConfig {
-                queue_depth: config.queue_depth,
-                max_io_bytes: config.max_io_bytes,
-            })?),
-        })
-    }
-
-    fn submit(&self, work: handle::Work) {
-        match self {
-            Self::IoUring(e) => e.submit(work),
-            Self::NixlPosix(e) => e.submit(work),
-        }
     }
 }
 
@@ -182,7 +155,8 @@ impl Default for EngineConfig {
 pub struct TransferEngine {
     config: EngineConfig,
     host: HostExecutor,
-    disk: Mutex<Option<DiskExecutor>>,
+    /// Shared with the GPU executor, which stages disk ↔ device transfers through it.
+    disk: Arc<DiskLane>,
     gpu: Mutex<Option<GpuExecutor>>,
     remote: Mutex<Option<RemotePoller>>,
 }
@@ -220,7 +194,7 @@ impl TransferEngine {
     /// An engine with `config`. The disk backend starts on the first disk transfer.
     ///
     /// # Errors
-    /// [`MemoryError::HostAlloc`](crate::error::MemoryError::HostAlloc) when the copy threads cannot be started.
+    /// [`TransferError::WorkerSpawn`](crate::error::TransferError::WorkerSpawn) when the copy threads cannot be started.
     pub fn new(config: EngineConfig) -> Result<Self> {
         let host = HostExecutor::new(host::Tuning {
             threads: config.host_threads,
@@ -230,7 +204,13 @@ impl TransferEngine {
         Ok(Self {
             config,
             host,
-            disk: Mutex::new(None),
+            disk: Arc::new(DiskLane::new(
+                config.disk_backend,
+                DiskQueue {
+                    queue_depth: config.queue_depth,
+                    max_io_bytes: config.max_io_bytes,
+                },
+            )),
             gpu: Mutex::new(None),
             remote: Mutex::new(None),
         })
@@ -283,17 +263,29 @@ impl TransferEngine {
             return Ok((self.submit(plan)?, None));
         }
         self.check_supported(&plan)?;
+        let path = plan.path();
+        let (handle, work) = TransferHandle::new(plan);
+        let end = self.with_gpu(path, |executor| executor.submit_ordered(work, after))??;
+        Ok((handle, end))
+    }
+
+    /// Runs `f` with the GPU executor, starting it on first use. For a path staged through the
+    /// disk, the disk backend is started first, so that a backend that cannot run fails here,
+    /// before any byte moves.
+    fn with_gpu<T>(&self, path: TransferPath, f: impl FnOnce(&GpuExecutor) -> T) -> Result<T> {
+        if path.touches_disk() {
+            self.disk.start()?;
+        }
         let mut gpu = self.gpu.lock().unwrap_or_else(|e| e.into_inner());
         let executor = match &mut *gpu {
             Some(executor) => executor,
             empty => empty.insert(GpuExecutor::start(
                 self.config.gpu_method,
                 self.config.bounce_bytes,
+                Arc::clone(&self.disk),
             )?),
         };
-        let (handle, work) = TransferHandle::new(plan);
-        let end = executor.submit_ordered(work, after)?;
-        Ok((handle, end))
+        Ok(f(executor))
     }
 
     /// Copies blocks `src_ids[i]` of `src` to blocks `dst_ids[i]` of `dst`, wherever the two
@@ -429,7 +421,7 @@ impl TransferEngine {
                         align: crate::PAGE_SIZE as u64,
                     }));
                 }
-                // Fails with `CudaUnavailable` (and what to do) on machines without a driver.
+                // Fails with `CudaError::Unavailable` (and what to do) on machines without a driver.
                 crate::cuda::load_driver()?;
                 return Ok(());
             }
@@ -449,22 +441,17 @@ impl TransferEngine {
     /// [`UnsupportedError::Transfer`] for a path without an executor;
     /// [`IoError::BackendUnavailable`](crate::error::IoError::BackendUnavailable) when the disk backend cannot start; for
     /// [`DiskBackend::NixlPosix`], [`NixlError::Unavailable`](crate::error::NixlError::Unavailable) without the NIXL runtime and
-    /// [`NixlError::UnknownBackend`](crate::error::NixlError::UnknownBackend) / [`NixlError::BackendUnavailable`](crate::error::NixlError::BackendUnavailable) without a working POSIX plugin.
+    /// [`NixlError::UnknownBackend`](crate::error::NixlError::UnknownBackend) / [`NixlError::BackendUnavailable`](crate::error::NixlError::BackendUnavailable) without a working POSIX plugin
+    /// (for disk ↔ device transfers too: they are staged through the disk backend).
     /// Nothing has been copied when this returns an error.
     pub fn submit(&self, plan: TransferPlan) -> Result<TransferHandle> {
         self.check_supported(&plan)?;
         let path = plan.path();
         if gpu::handles(path) {
-            let mut gpu = self.gpu.lock().unwrap_or_else(|e| e.into_inner());
-            let executor = match &mut *gpu {
-                Some(executor) => executor,
-                empty => empty.insert(GpuExecutor::start(
-                    self.config.gpu_method,
-                    self.config.bounce_bytes,
-                )?),
-            };
+            // If the executor cannot start, `work` is dropped with the closure, and the error
+            // returned: nothing has moved.
             let (handle, work) = TransferHandle::new(plan);
-            executor.submit(work);
+            self.with_gpu(path, |executor| executor.submit(work))?;
             return Ok(handle);
         }
         if path == TransferPath::HostToHost {
@@ -472,14 +459,7 @@ impl TransferEngine {
             self.host.submit(work);
             return Ok(handle);
         }
-        let mut disk = self.disk.lock().unwrap_or_else(|e| e.into_inner());
-        let executor = match &mut *disk {
-            Some(executor) => executor,
-            empty => empty.insert(DiskExecutor::start(&self.config)?),
-        };
-        let (handle, work) = TransferHandle::new(plan);
-        executor.submit(work);
-        Ok(handle)
+        self.disk.submit(plan)
     }
 }
 

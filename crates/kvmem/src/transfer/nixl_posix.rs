@@ -37,10 +37,12 @@
 //! leak, where the alternative could be a write into freed memory; a leaked `DiskStorage` also
 //! keeps its file), and continues with a fresh agent.
 
+use super::disk::DiskQueue;
 use super::handle::{Completion, Work};
 use super::plan::{TransferPath, TransferPlan};
+use super::worker::{Backend, Health, Worker};
 use crate::descriptor::{Buffer, MemoryDescriptor};
-use crate::error::{Error, IoError, LayoutError, Result, TransferError};
+use crate::error::{Error, LayoutError, Result, TransferError};
 use crate::kind::StorageKind;
 use crate::nixl::raw::{LocalBlocks, RawTransfers, Transfer};
 use crate::nixl::{
@@ -48,84 +50,37 @@ use crate::nixl::{
 };
 use std::any::Any;
 use std::collections::VecDeque;
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// NIXL's name of the backend.
 const BACKEND: &str = "POSIX";
 
-/// Settings of the NIXL POSIX disk backend.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct PosixConfig {
-    pub(crate) queue_depth: u32,
-    pub(crate) max_io_bytes: usize,
-}
-
-/// The worker thread and the queue feeding it. Transfers run one after another.
-pub(crate) struct NixlPosixExecutor {
-    tx: Option<mpsc::Sender<Work>>,
-    worker: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for NixlPosixExecutor {
-    /// Closes the queue and waits for the worker to finish what was queued and destroy its
-    /// agent, so that the agent never outlives the engine: a process that returns from `main`
-    /// while another thread is still tearing down a NIXL agent races the exit-time destructors
-    /// of NIXL's libraries: without this join, 2 of 40 short `kvmem bench` runs with the NIXL
-    /// POSIX backend died of SIGSEGV at exit (one of them in CI); with it, 0 of 60.
-    fn drop(&mut self) {
-        drop(self.tx.take());
-        if let Some(worker) = self.worker.take()
-            && worker.join().is_err()
-        {
-            tracing::error!("the NIXL POSIX worker panicked");
-        }
-    }
-}
-
-impl NixlPosixExecutor {
-    /// Starts the agent (on the caller's thread, so that a missing runtime or plugin is
-    /// reported by `submit`) and the worker.
-    ///
-    /// # Errors
-    /// [`NixlError::Unavailable`](crate::error::NixlError::Unavailable) without the NIXL runtime; [`NixlError::UnknownBackend`](crate::error::NixlError::UnknownBackend) when the
-    /// POSIX plugin is not installed; [`NixlError::BackendUnavailable`](crate::error::NixlError::BackendUnavailable) when it fails to start;
-    /// [`IoError::BackendUnavailable`] when the worker thread cannot be started.
-    pub(crate) fn start(config: PosixConfig) -> Result<Self> {
-        let agent = new_agent(config)?;
-        let (tx, rx) = mpsc::channel::<Work>();
-        let worker = std::thread::Builder::new()
-            .name("kvmem-nixl-posix".into())
-            .spawn(move || worker(agent, rx, config))
-            .map_err(|source| {
-                Error::Io(IoError::BackendUnavailable {
-                    backend: "nixl-posix",
-                    source,
-                })
-            })?;
-        Ok(Self {
-            tx: Some(tx),
-            worker: Some(worker),
-        })
-    }
-
-    /// Queues `work`; if the worker is gone, the work's completion reports
-    /// [`TransferError::Aborted`] when dropped.
-    pub(crate) fn submit(&self, work: Work) {
-        let Some(tx) = &self.tx else {
-            // Only `drop` takes the sender; nothing submits after it.
-            return;
-        };
-        if let Err(mpsc::SendError(work)) = tx.send(work) {
-            tracing::error!("NIXL POSIX worker has stopped; failing the transfer");
-            drop(work);
-        }
-    }
+/// Starts the worker that owns the agent; transfers run one after another. The worker creates
+/// the agent and reports whether that worked, so that a missing runtime or plugin is reported
+/// here.
+///
+/// Dropping the worker waits for it to finish what was queued and destroy its agent, so that
+/// the agent never outlives the engine: a process that returns from `main` while another thread
+/// is still tearing down a NIXL agent races the exit-time destructors of NIXL's libraries
+/// (without the join, 2 of 40 short `kvmem bench` runs with this backend died of SIGSEGV at
+/// exit; with it, 0 of 60).
+///
+/// # Errors
+/// [`NixlError::Unavailable`](crate::error::NixlError::Unavailable) without the NIXL runtime;
+/// [`NixlError::UnknownBackend`](crate::error::NixlError::UnknownBackend) when the POSIX plugin
+/// is not installed; [`NixlError::BackendUnavailable`](crate::error::NixlError::BackendUnavailable)
+/// when it fails to start; [`TransferError::WorkerSpawn`] when the worker thread cannot be
+/// started.
+pub(crate) fn start(config: DiskQueue) -> Result<Worker<Work>> {
+    crate::nixl::ensure_loaded()?;
+    Worker::start("kvmem-nixl-posix", move || {
+        new_agent(config).map(|agent| PosixAgent { agent, config })
+    })
 }
 
 /// An agent running the POSIX backend alone, polled by the worker (no progress thread: the
 /// POSIX backend moves data only when polled).
-fn new_agent(config: PosixConfig) -> Result<Agent> {
+fn new_agent(config: DiskQueue) -> Result<Agent> {
     crate::nixl::ensure_loaded()?;
     let depth = kernel_queue_size(config.queue_depth);
     let agent = Agent::new(
@@ -138,12 +93,21 @@ fn new_agent(config: PosixConfig) -> Result<Agent> {
     Ok(agent)
 }
 
-fn worker(mut agent: Agent, rx: mpsc::Receiver<Work>, config: PosixConfig) {
-    while let Ok(Work { plan, completion }) = rx.recv() {
-        match run(&agent, &plan, config, &completion) {
+/// The worker's backend: the agent and its settings.
+struct PosixAgent {
+    agent: Agent,
+    config: DiskQueue,
+}
+
+impl Backend for PosixAgent {
+    type Job = Work;
+
+    fn run(&mut self, Work { plan, completion }: Work) -> Health {
+        match run(&self.agent, &plan, self.config, &completion) {
             Ok(result) => {
                 drop(plan);
                 completion.complete(result);
+                Health::Ok
             }
             Err(unsettled) => {
                 let Unsettled { error, keep } = *unsettled;
@@ -151,13 +115,7 @@ fn worker(mut agent: Agent, rx: mpsc::Receiver<Work>, config: PosixConfig) {
                 std::mem::forget(keep);
                 plan.quarantine();
                 completion.complete(Err(error));
-                match new_agent(config) {
-                    Ok(fresh) => agent = fresh,
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot restart the NIXL POSIX agent; disk worker stops");
-                        return;
-                    }
-                }
+                Health::Broken
             }
         }
     }
@@ -303,7 +261,7 @@ struct Request {
 fn run(
     agent: &Agent,
     plan: &TransferPlan,
-    config: PosixConfig,
+    config: DiskQueue,
     completion: &Completion,
 ) -> std::result::Result<Result<()>, Box<Unsettled>> {
     let write = match plan.path() {
@@ -483,10 +441,10 @@ impl Session<'_> {
     }
 
     /// Polls every posted request until the oldest has completed. The POSIX backend only
-    /// submits more I/O when polled, so the first 200 µs are polled back to back, then every
-    /// ~20 µs. On error the requests stay in `inflight`.
+    /// submits more I/O when polled, so polls follow each other closely (the crate's
+    /// [`Backoff`](crate::backoff::Backoff)). On error the requests stay in `inflight`.
     fn complete_oldest(&mut self) -> Result<()> {
-        let start = Instant::now();
+        let mut backoff = crate::backoff::Backoff::new();
         loop {
             let mut oldest_done = false;
             for (i, (transfer, _)) in self.inflight.iter_mut().enumerate() {
@@ -502,11 +460,7 @@ impl Session<'_> {
                 }
                 return Ok(());
             }
-            if start.elapsed() < Duration::from_micros(200) {
-                std::thread::yield_now();
-            } else {
-                std::thread::sleep(Duration::from_micros(20));
-            }
+            backoff.snooze();
         }
     }
 }
@@ -520,7 +474,10 @@ mod tests {
     fn spans_merge_overlapping_and_touching_buffers_per_space() {
         let base = Buffer::new(SystemStorage::new(64 << 10).unwrap());
         let view = |o, l| Buffer::new(OffsetBuffer::new(base.clone(), o, l).unwrap());
-        let other = Buffer::new(SystemStorage::new(8192).unwrap());
+        // A view with a page of its own allocation on either side, so that it never touches
+        // `base` even when the two mappings are adjacent (as successive mmaps usually are).
+        let other_base = Buffer::new(SystemStorage::new(4 * 4096).unwrap());
+        let other = Buffer::new(OffsetBuffer::new(other_base, 4096, 8192).unwrap());
         let dir = tempfile::tempdir().unwrap();
         let file = Buffer::new(crate::DiskStorage::new_in(dir.path(), 64 << 10).unwrap());
         let fview = |o, l| Buffer::new(OffsetBuffer::new(file.clone(), o, l).unwrap());

@@ -285,6 +285,24 @@ impl TransferPlan {
         )
     }
 
+    /// A plan of copies already resolved to addresses and file offsets, all between one pair
+    /// of storages (the GPU executor's disk staging), keeping `keep_alive` allocated. It is
+    /// checked as [`region`](Self::region) plans are: disjoint copies, and `O_DIRECT`
+    /// alignment when it touches disk.
+    pub(crate) fn copies(
+        (src_kind, dst_kind): (StorageKind, StorageKind),
+        ops: Vec<CopyOp>,
+        keep_alive: Vec<Buffer>,
+    ) -> Result<Self> {
+        let bytes = ops.iter().map(|op| op.len).sum();
+        let batches = vec![CopyBatch {
+            src_kind,
+            dst_kind,
+            ops,
+        }];
+        Self::finish((src_kind, dst_kind), batches, bytes, keep_alive, true)
+    }
+
     fn finish(
         (src_kind, dst_kind): (StorageKind, StorageKind),
         mut batches: Vec<CopyBatch>,

@@ -17,6 +17,8 @@
 
 use super::handle::Completion;
 use super::plan::{by_destination, check_shapes};
+use super::worker::{Backend, Health, Worker};
+use crate::backoff::Backoff;
 use crate::descriptor::MemoryDescriptor;
 use crate::error::{BoundsError, Error, NixlError, Result, TransferError};
 use crate::layout::{BlockLayout, LayoutConfig, LayoutKind, strides};
@@ -25,8 +27,8 @@ use crate::nixl::raw::{
 };
 use crate::nixl::{Agent, NixlDescriptor, Peer};
 use serde::{Deserialize, Serialize};
-use std::sync::{Arc, mpsc};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// The wire format version of [`LayoutDescriptor`].
 pub const LAYOUT_DESCRIPTOR_FORMAT: u32 = 1;
@@ -447,46 +449,61 @@ impl Flight {
     }
 }
 
-/// Watches posted NIXL transfers on one thread and reports each through its handle.
+/// Watches posted NIXL transfers on one thread and reports each through its handle. Dropping
+/// it waits for the transfers in flight to finish (or fail).
 pub(super) struct RemotePoller {
-    tx: mpsc::Sender<Flight>,
+    worker: Worker<Flight>,
 }
 
 impl RemotePoller {
     /// Starts the thread.
+    ///
+    /// # Errors
+    /// [`TransferError::WorkerSpawn`] when it cannot be started.
     pub(super) fn start() -> Result<Self> {
-        let (tx, rx) = mpsc::channel();
-        std::thread::Builder::new()
-            .name("kvmem-nixl-poll".into())
-            .spawn(move || poll_loop(rx))
-            .map_err(|source| Error::spawn("NIXL polling", source))?;
-        Ok(Self { tx })
+        let worker = Worker::start("kvmem-nixl-poll", || {
+            Ok(Flights {
+                flying: Vec::new(),
+                backoff: Backoff::new(),
+            })
+        })?;
+        Ok(Self { worker })
     }
 
     /// Hands a posted transfer to the thread. If the thread is gone, the transfer is waited
     /// for here.
     pub(super) fn watch(&self, flight: Flight) {
-        if let Err(mpsc::SendError(flight)) = self.tx.send(flight) {
+        if let Err(flight) = self.worker.submit(flight) {
             tracing::error!("the NIXL polling thread has stopped; waiting on the caller's thread");
             flight.finish_here();
         }
     }
 }
 
-/// Polls every transfer in flight until it finishes, fails or is cancelled; blocks on the
-/// queue when none is. Exits once the engine is gone and nothing is in flight.
-fn poll_loop(rx: mpsc::Receiver<Flight>) {
-    let mut flying: Vec<Flight> = Vec::new();
-    let mut busy_since = Instant::now();
-    loop {
-        if flying.is_empty() {
-            match rx.recv() {
-                Ok(flight) => flying.push(flight),
-                Err(mpsc::RecvError) => return,
-            }
-            busy_since = Instant::now();
+/// The polling thread's backend: every transfer in flight, polled until it finishes, fails or
+/// is cancelled.
+struct Flights {
+    flying: Vec<Flight>,
+    backoff: Backoff,
+}
+
+impl Backend for Flights {
+    type Job = Flight;
+
+    fn run(&mut self, flight: Flight) -> Health {
+        if self.flying.is_empty() {
+            self.backoff.reset();
         }
-        flying.extend(rx.try_iter());
+        self.flying.push(flight);
+        Health::Ok
+    }
+
+    fn busy(&self) -> bool {
+        !self.flying.is_empty()
+    }
+
+    fn poll(&mut self) -> Health {
+        let flying = &mut self.flying;
         let mut i = 0;
         while i < flying.len() {
             let f = &mut flying[i];
@@ -507,14 +524,14 @@ fn poll_loop(rx: mpsc::Receiver<Flight>) {
                 Some(result) => flying.swap_remove(i).finish(result),
             }
         }
-        // Without NIXL's progress thread the polls move the data: keep polling. With it, spin
-        // while transfers are short and sleep briefly once they turn out to be long.
-        let all_progress = flying.iter().all(|f| f.posted.progress_thread);
-        if !all_progress || busy_since.elapsed() < Duration::from_millis(2) {
-            std::thread::yield_now();
-        } else {
-            std::thread::sleep(Duration::from_micros(20));
+        if !flying.is_empty() {
+            // Without NIXL's progress thread the polls move the data: keep polling. With it,
+            // spin while transfers are short and sleep briefly once they turn out to be long.
+            let all_progress = flying.iter().all(|f| f.posted.progress_thread);
+            self.backoff.set_busy(!all_progress);
+            self.backoff.snooze();
         }
+        Health::Ok
     }
 }
 

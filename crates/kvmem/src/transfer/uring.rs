@@ -1,69 +1,33 @@
 //! Host ↔ disk transfers through `io_uring`: `O_DIRECT` reads and writes kept at a fixed queue
 //! depth by one worker thread that owns the ring.
 
+// This module submits io_uring requests over raw buffers: unsafe code is allowed here (denied at the crate root).
+#![allow(unsafe_code)]
+
+use super::disk::DiskQueue;
 use super::handle::Work;
 use super::plan::{TransferPath, TransferPlan};
-use crate::error::{BoundsError, Error, IoError, LayoutError, Result, TransferError};
+use super::worker::{Backend, Health, Worker};
+use crate::error::{Error, IoError, LayoutError, Result, TransferError};
 use io_uring::{IoUring, opcode, types};
+use rustix::fd::AsRawFd;
 use rustix::io::Errno;
-use std::sync::mpsc;
 
-/// Settings of the `io_uring` disk backend.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct UringConfig {
-    pub(crate) queue_depth: u32,
-    pub(crate) max_io_bytes: usize,
-}
-
-/// The worker thread and the queue feeding it. Transfers run one after another, each at the
-/// full queue depth.
-pub(crate) struct UringExecutor {
-    tx: mpsc::Sender<Work>,
-}
-
-impl UringExecutor {
-    /// Starts the worker, which creates the ring on its own thread (so that the ring can be
-    /// single-issuer) and reports whether that worked; a kernel without `io_uring` is reported
-    /// here, as [`IoError::BackendUnavailable`].
-    pub(crate) fn start(config: UringConfig) -> Result<Self> {
-        let unavailable = |source| {
-            Error::Io(IoError::BackendUnavailable {
-                backend: "io_uring",
-                source,
+/// Starts the worker that owns the ring. Transfers run one after another, each at the full
+/// queue depth. The worker creates the ring on its own thread (so that the ring can be
+/// single-issuer) and reports whether that worked; a kernel without `io_uring` is reported
+/// here, as [`IoError::BackendUnavailable`].
+pub(crate) fn start(config: DiskQueue) -> Result<Worker<Work>> {
+    Worker::start("kvmem-io-uring", move || {
+        new_ring(config.queue_depth)
+            .map(|ring| Ring { ring, config })
+            .map_err(|source| {
+                Error::Io(IoError::BackendUnavailable {
+                    backend: "io_uring",
+                    source,
+                })
             })
-        };
-        let (tx, rx) = mpsc::channel::<Work>();
-        let (ready_tx, ready_rx) = mpsc::sync_channel::<std::io::Result<()>>(1);
-        std::thread::Builder::new()
-            .name("kvmem-io-uring".into())
-            .spawn(move || match new_ring(config.queue_depth) {
-                Ok(ring) => {
-                    // The receiver waits for this message; if it is gone, nobody will submit.
-                    let _ = ready_tx.send(Ok(()));
-                    worker(ring, rx, config);
-                }
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                }
-            })
-            .map_err(unavailable)?;
-        match ready_rx.recv() {
-            Ok(Ok(())) => Ok(Self { tx }),
-            Ok(Err(e)) => Err(unavailable(e)),
-            Err(_) => Err(unavailable(std::io::Error::other(
-                "the io_uring worker stopped while starting",
-            ))),
-        }
-    }
-
-    /// Queues `work`; if the worker is gone, the returned work's completion reports
-    /// [`TransferError::Aborted`] when dropped.
-    pub(crate) fn submit(&self, work: Work) {
-        if let Err(mpsc::SendError(work)) = self.tx.send(work) {
-            tracing::error!("io_uring worker has stopped; failing the transfer");
-            drop(work);
-        }
-    }
+    })
 }
 
 /// A ring for one submitting thread: single issuer with deferred task work (completions are run
@@ -79,27 +43,30 @@ fn new_ring(queue_depth: u32) -> std::io::Result<IoUring> {
         .or_else(|_| IoUring::new(entries))
 }
 
-fn worker(mut ring: IoUring, rx: mpsc::Receiver<Work>, config: UringConfig) {
-    while let Ok(Work { plan, completion }) = rx.recv() {
+/// The worker's backend: the ring and its settings.
+struct Ring {
+    ring: IoUring,
+    config: DiskQueue,
+}
+
+impl Backend for Ring {
+    type Job = Work;
+
+    fn run(&mut self, Work { plan, completion }: Work) -> Health {
         let cancelled = || completion.cancelled();
-        match run(&mut ring, &plan, config, &cancelled) {
+        match run(&mut self.ring, &plan, self.config, &cancelled) {
             Ok(result) => {
                 drop(plan);
                 completion.complete(result);
+                Health::Ok
             }
             Err(fatal) => {
                 // The ring failed with I/O possibly still in flight into the plan's buffers:
-                // never free them, and start over with a fresh ring.
+                // never free them; the worker starts over with a fresh ring.
                 tracing::error!(error = %fatal, "io_uring failed with I/O in flight; leaking the transfer's buffers");
                 plan.quarantine();
                 completion.complete(Err(fatal));
-                match new_ring(config.queue_depth) {
-                    Ok(fresh) => ring = fresh,
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot recreate the io_uring; disk worker stops");
-                        return;
-                    }
-                }
+                Health::Broken
             }
         }
     }
@@ -154,17 +121,9 @@ fn requests(plan: &TransferPlan, max: usize) -> Result<Vec<Io>> {
         } else {
             batch.src_kind
         };
-        let crate::StorageKind::Disk(fd) = file else {
-            return Err(Error::Layout(LayoutError::Invalid(format!(
-                "disk side of a {} batch is {file} memory",
-                plan.path()
-            ))));
-        };
-        let fd = i32::try_from(fd).map_err(|_| {
-            Error::Bounds(BoundsError::Overflow {
-                what: "file descriptor",
-            })
-        })?;
+        // The file is reached through the `DiskStorage` among the plan's buffers that owns it
+        // (the plan keeps it open until the I/O has finished), never by trusting the raw number.
+        let fd = plan.file(file)?.as_raw_fd();
         for op in &batch.ops {
             let (mem, offset) = if write {
                 (op.src, op.dst)
@@ -196,7 +155,7 @@ fn requests(plan: &TransferPlan, max: usize) -> Result<Vec<Io>> {
 fn run(
     ring: &mut IoUring,
     plan: &TransferPlan,
-    config: UringConfig,
+    config: DiskQueue,
     cancelled: &dyn Fn() -> bool,
 ) -> std::result::Result<Result<()>, Error> {
     let max = config.max_io_bytes.clamp(crate::PAGE_SIZE, 1 << 30);

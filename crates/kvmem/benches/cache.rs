@@ -1,0 +1,116 @@
+//! Criterion benchmarks of the block cache's bookkeeping, with 1M resident blocks.
+//!
+//! Blocks are 64 bytes so that the copies cost next to nothing and what is measured is the
+//! cache's own work: the lock, the index, the policy, slot allocation and eviction, the worker
+//! hand-off, planning, and waiting. Per-block numbers come from 1,000-block operations
+//! (criterion's throughput, in elements = blocks). The index's memory per resident block is
+//! printed once. The new-block stores run last: they evict the oldest blocks.
+//!
+//! `cargo bench -p kvmem --bench cache`
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use kvmem::Completion;
+use kvmem::cache::{BlockCache, BlockKey, CacheConfig, Capacity, HostMemoryKind};
+use kvmem::layout::{BlockLayout, LayoutConfig, LayoutKind};
+use kvmem::{Buffer, SystemStorage};
+use std::hint::black_box;
+use std::time::Duration;
+
+const RESIDENT: usize = 1 << 20;
+const BATCH: usize = 1000;
+const T: Duration = Duration::from_secs(60);
+
+fn block() -> LayoutConfig {
+    LayoutConfig {
+        num_blocks: 1,
+        num_layers: 1,
+        outer_dim: 1,
+        page_size: 1,
+        inner_dim: 64,
+        dtype_bytes: 1,
+    }
+}
+
+fn key(i: u64) -> BlockKey {
+    BlockKey::from_u64(i)
+}
+
+fn bench(c: &mut Criterion) {
+    let mut config = CacheConfig::new(block(), Capacity::Blocks(RESIDENT));
+    config.host_memory = HostMemoryKind::System;
+    let cache = BlockCache::open(config).unwrap();
+    let fill = 8192;
+    let gpu = BlockLayout::allocate(
+        LayoutConfig {
+            num_blocks: fill,
+            ..block()
+        },
+        LayoutKind::FullyContiguous,
+        64,
+        |n| Ok(Buffer::new(SystemStorage::new(n)?)),
+    )
+    .unwrap();
+    let ids: Vec<usize> = (0..fill).collect();
+    let mut next = 0u64;
+    while (next as usize) < RESIDENT {
+        let ks: Vec<_> = (next..next + fill as u64).map(key).collect();
+        cache.store(&ks, &gpu, &ids, T).unwrap().wait().unwrap();
+        next += fill as u64;
+    }
+    let (resident, _) = cache.resident();
+    eprintln!(
+        "cache index: {} bytes for {resident} resident blocks = {:.1} bytes per block",
+        cache.index_bytes(),
+        cache.index_bytes() as f64 / resident as f64
+    );
+
+    let mut g = c.benchmark_group("cache_1M_resident");
+    g.throughput(Throughput::Elements(BATCH as u64));
+    let present: Vec<_> = (next - 50_000..next - 50_000 + BATCH as u64)
+        .map(key)
+        .collect();
+    g.bench_function("lookup_1000", |b| {
+        b.iter(|| black_box(cache.lookup(black_box(&present))))
+    });
+    let batch_ids: Vec<usize> = (0..BATCH).collect();
+    g.bench_function("load_1000", |b| {
+        b.iter(|| {
+            let r = cache
+                .load(&present, &gpu, &batch_ids, T)
+                .unwrap()
+                .wait()
+                .unwrap();
+            assert_eq!(r.from_host, BATCH);
+        })
+    });
+    g.bench_function("store_1000_present", |b| {
+        b.iter(|| {
+            let r = cache
+                .store(&present, &gpu, &batch_ids, T)
+                .unwrap()
+                .wait()
+                .unwrap();
+            assert_eq!(r.present, BATCH);
+        })
+    });
+    g.bench_function("store_1000_new_evicting", |b| {
+        b.iter(|| {
+            let ks: Vec<_> = (next..next + BATCH as u64).map(key).collect();
+            next += BATCH as u64;
+            let r = cache
+                .store(&ks, &gpu, &batch_ids, T)
+                .unwrap()
+                .wait()
+                .unwrap();
+            assert_eq!(r.stored, BATCH);
+        })
+    });
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(30).measurement_time(Duration::from_secs(3));
+    targets = bench
+}
+criterion_main!(benches);

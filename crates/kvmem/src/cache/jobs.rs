@@ -1,0 +1,464 @@
+//! What the cache's workers do: an operation's copies, in order, each to its deadline, and the
+//! index updates once each copy has stopped.
+
+use super::error::CacheError;
+use super::handle::{LoadReport, OpState, StoreReport};
+use super::index::{Prelude, Res, WriteBack};
+use super::journal::{Entry, EntryKind};
+use super::key::BlockKey;
+use super::slots::{NO_SLOT, Slot};
+use super::stats::{Counters, InFlight, TierLabel};
+use super::{Shared, WritePolicy};
+use crate::Completion;
+use crate::layout::BlockLayout;
+use crate::transfer::TransferHandle;
+use std::time::{Duration, Instant};
+use xxhash_rust::xxh3::xxh3_64;
+
+/// A disk block being loaded: read into host slot `host`, checked against `sum`, then copied to
+/// GPU block `gpu`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DiskPart {
+    pub(crate) key: BlockKey,
+    pub(crate) disk: Slot,
+    pub(crate) host: Slot,
+    pub(crate) gpu: usize,
+    pub(crate) sum: u64,
+}
+
+/// A load or prefetch as planned under the lock.
+#[derive(Debug, Default)]
+pub(crate) struct LoadPlan {
+    pub(crate) prelude: Prelude,
+    /// Keys whose claim this operation holds.
+    pub(crate) claimed: Vec<BlockKey>,
+    /// (key, host slot, GPU block) for blocks in host memory.
+    pub(crate) host: Vec<(BlockKey, Slot, usize)>,
+    pub(crate) disk: Vec<DiskPart>,
+    pub(crate) report: LoadReport,
+}
+
+/// How a copy ended when it did not succeed.
+enum CopyEnd {
+    /// It failed; nothing was reported yet.
+    Failed(crate::Error),
+    /// It missed the deadline or was cancelled; the failure is reported and the copy stopped.
+    Late,
+}
+
+/// Waits for `h` until `deadline`. On timeout or cancellation the operation's failure is
+/// reported at once, and then this still waits for the copy to stop, so that its slots can be
+/// reused safely.
+fn finish_copy<T>(
+    h: TransferHandle,
+    deadline: Instant,
+    op: &OpState<T>,
+    name: &'static str,
+    keys: usize,
+) -> Result<usize, CopyEnd> {
+    let start = Instant::now();
+    loop {
+        let now = Instant::now();
+        let late = if op.cancelled() {
+            Some(CacheError::Cancelled { op: name })
+        } else if now >= deadline {
+            Some(CacheError::Timeout {
+                op: name,
+                keys,
+                waited: now - start,
+            })
+        } else {
+            None
+        };
+        if let Some(e) = late {
+            h.cancel();
+            op.report(Err(e.into()));
+            // The outcome no longer matters; what matters is that no copy still runs.
+            let _ = h.wait();
+            return Err(CopyEnd::Late);
+        }
+        if h.wait_timeout((deadline - now).min(Duration::from_millis(20))) {
+            return h.wait().map(|s| s.bytes).map_err(CopyEnd::Failed);
+        }
+    }
+}
+
+impl Shared {
+    /// Appends `entries` to the journal (nothing without a disk tier or with no entries).
+    pub(crate) fn journal(&self, entries: &[Entry]) -> bool {
+        let Some(disk) = &self.disk else { return true };
+        if entries.is_empty() {
+            return true;
+        }
+        let mut j = disk.journal.lock().unwrap_or_else(|e| e.into_inner());
+        match j.append(entries) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(path = %j.path().display(), error = %e, "cache journal append failed");
+                false
+            }
+        }
+    }
+
+    /// Writes the prelude's blocks from host memory to disk and journals them. Returns how many
+    /// reached disk, or `Late` when the deadline passed (the operation's failure is reported).
+    fn run_prelude<T>(
+        &self,
+        p: Prelude,
+        deadline: Instant,
+        op: &OpState<T>,
+        name: &'static str,
+    ) -> Result<usize, ()> {
+        let Some(disk) = &self.disk else { return Ok(0) };
+        if p.writebacks.is_empty() {
+            self.journal(&p.freed);
+            return Ok(0);
+        }
+        let hs: Vec<usize> = p.writebacks.iter().map(|w| w.host as usize).collect();
+        let ds: Vec<usize> = p.writebacks.iter().map(|w| w.disk as usize).collect();
+        let mut late = false;
+        let outcome = match self
+            .engine
+            .copy_blocks(&self.host.flat, &hs, &disk.layout, &ds)
+        {
+            Err(e) => Err(e),
+            Ok(h) => match finish_copy(h, deadline, op, name, p.writebacks.len()) {
+                Ok(_) => Ok(()),
+                Err(CopyEnd::Failed(e)) => Err(e),
+                Err(CopyEnd::Late) => {
+                    late = true;
+                    Err(crate::Error::Transfer(crate::error::TransferError::Aborted))
+                }
+            },
+        };
+        let mut entries = p.freed;
+        let mut sums = Vec::with_capacity(p.writebacks.len());
+        let ok = match outcome {
+            Ok(()) => {
+                for w in &p.writebacks {
+                    // The host slot is claimed by this write-back: nothing writes it now.
+                    let sum = xxh3_64(self.host.block(w.host));
+                    sums.push(sum);
+                    entries.push(Entry {
+                        kind: EntryKind::Written,
+                        slot: w.disk,
+                        len: self.block_bytes as u32,
+                        key: w.key,
+                        sum,
+                    });
+                }
+                self.journal(&entries)
+            }
+            Err(e) => {
+                if !late {
+                    tracing::warn!(error = %e, blocks = p.writebacks.len(), "cache: writing blocks to disk failed");
+                }
+                self.journal(&entries);
+                false
+            }
+        };
+        let n = p.writebacks.len();
+        if ok {
+            self.stats.bytes_out(TierLabel::Host, n * self.block_bytes);
+            self.stats.bytes_in(TierLabel::Disk, n * self.block_bytes);
+        } else {
+            self.stats.disk_write_failed(n);
+        }
+        self.finish_writebacks(&p.writebacks, ok.then_some(&sums[..]));
+        if late {
+            Err(())
+        } else {
+            Ok(if ok { n } else { 0 })
+        }
+    }
+
+    /// Publishes (with their checksums) or drops the disk copies of `wbs`, and releases their
+    /// claims.
+    fn finish_writebacks(&self, wbs: &[WriteBack], sums: Option<&[u64]>) {
+        let mut freed = Vec::new();
+        {
+            let mut guard = self.lock();
+            let ix = &mut *guard;
+            for (i, w) in wbs.iter().enumerate() {
+                let Some(mut rec) = ix.map.get(&w.key).copied() else {
+                    continue;
+                };
+                if rec.disk == w.disk && rec.disk_state == Res::Writing {
+                    match (sums, ix.disk.as_mut()) {
+                        (Some(s), Some(d)) => {
+                            rec.disk_state = Res::Ready;
+                            d.sums[w.disk as usize] = s[i];
+                            d.policy.insert(w.disk, w.key);
+                        }
+                        _ => {
+                            if let Some(d) = ix.disk.as_mut() {
+                                d.slots.release(w.disk);
+                            }
+                            rec.disk = NO_SLOT;
+                            rec.disk_state = Res::None;
+                        }
+                    }
+                }
+                ix.put(w.key, rec);
+                ix.release(std::slice::from_ref(&w.key), &mut freed);
+            }
+        }
+        self.journal(&freed);
+    }
+
+    /// Gives up the host slots of blocks whose copy into host memory did not complete.
+    fn drop_writing(&self, parts: &[(BlockKey, Slot)]) {
+        let mut ix = self.lock();
+        for (key, slot) in parts {
+            let Some(mut rec) = ix.map.get(key).copied() else {
+                continue;
+            };
+            if rec.host == *slot && rec.host_state == Res::Writing {
+                ix.drop_host(*key, &mut rec);
+            }
+            ix.put(*key, rec);
+        }
+    }
+
+    /// Releases the claims of `keys`.
+    fn release(&self, keys: &[BlockKey]) {
+        let mut freed = Vec::new();
+        self.lock().release(keys, &mut freed);
+        self.journal(&freed);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn store_job(
+        &self,
+        op: &OpState<StoreReport>,
+        prelude: Prelude,
+        new: Vec<(BlockKey, Slot)>,
+        held: Vec<BlockKey>,
+        gpu: BlockLayout,
+        src: Vec<usize>,
+        mut report: StoreReport,
+        deadline: Instant,
+    ) {
+        let _flight = InFlight::start("store");
+        let keys: Vec<BlockKey> = new.iter().map(|(k, _)| *k).collect();
+        let finish = |ok: bool| {
+            if !ok {
+                self.drop_writing(&new);
+            }
+            self.release(&keys);
+            self.release(&held);
+        };
+        match self.run_prelude(prelude, deadline, op, "store") {
+            Ok(n) => report.written_to_disk += n,
+            Err(()) => return finish(false),
+        }
+        if new.is_empty() {
+            finish(true);
+            op.report(Ok(report));
+            return;
+        }
+        let dst: Vec<usize> = new.iter().map(|(_, s)| *s as usize).collect();
+        let copied = match self.engine.copy_blocks(&gpu, &src, &self.host.layout, &dst) {
+            Err(e) => Err(CopyEnd::Failed(e)),
+            Ok(h) => finish_copy(h, deadline, op, "store", new.len()),
+        };
+        match copied {
+            Err(CopyEnd::Late) => return finish(false),
+            Err(CopyEnd::Failed(e)) => {
+                finish(false);
+                op.report(Err(CacheError::Failed {
+                    op: "store",
+                    keys,
+                    source: Box::new(e),
+                }
+                .into()));
+                return;
+            }
+            Ok(bytes) => self.stats.bytes_in(TierLabel::Host, bytes),
+        }
+        // Publish; with write-through, claim the disk copies to write next.
+        let mut through = Prelude::default();
+        {
+            let mut guard = self.lock();
+            let ix = &mut *guard;
+            let write_through = ix.write == WritePolicy::WriteThrough && ix.disk.is_some();
+            for (key, slot) in &new {
+                let Some(mut rec) = ix.map.get(key).copied() else {
+                    continue;
+                };
+                if rec.host == *slot && rec.host_state == Res::Writing {
+                    rec.host_state = Res::Ready;
+                    ix.host.policy.insert(*slot, *key);
+                    report.stored += 1;
+                    if write_through
+                        && rec.disk_state == Res::None
+                        && ix.admit(&rec, *key, &self.stats)
+                    {
+                        ix.put(*key, rec);
+                        if let Some(d) = ix.alloc_disk(&mut through, &self.stats) {
+                            let r = ix.map.get_mut(key).map(|r| {
+                                r.disk = d;
+                                r.disk_state = Res::Writing;
+                                r.claims += 1;
+                            });
+                            if r.is_some()
+                                && let Some(disk) = ix.disk.as_mut()
+                            {
+                                disk.owner[d as usize] = *key;
+                                through.writebacks.push(WriteBack {
+                                    key: *key,
+                                    host: *slot,
+                                    disk: d,
+                                });
+                            } else if let Some(disk) = ix.disk.as_mut() {
+                                disk.slots.release(d);
+                            }
+                        }
+                        continue;
+                    }
+                }
+                ix.put(*key, rec);
+            }
+        }
+        Counters::add(&self.stats.stored, report.stored);
+        let has_through = !through.writebacks.is_empty() || !through.freed.is_empty();
+        // Release the claims before reporting, so that a caller who waited sees the blocks
+        // evictable again.
+        finish(true);
+        if !has_through {
+            op.report(Ok(report));
+            return;
+        }
+        // The host copies are loadable now; the disk copies follow.
+        let kept = op.report(Ok(report.clone()));
+        let n = self
+            .run_prelude(through, deadline, op, "store")
+            .unwrap_or(0);
+        if !kept {
+            tracing::debug!(
+                written = n,
+                "cache store: write-through after the store was reported"
+            );
+        }
+    }
+
+    pub(crate) fn load_job(
+        &self,
+        op: &OpState<LoadReport>,
+        mut plan: LoadPlan,
+        gpu: Option<BlockLayout>,
+        deadline: Instant,
+    ) {
+        let _flight = InFlight::start(if gpu.is_some() { "load" } else { "prefetch" });
+        let name = if gpu.is_some() { "load" } else { "prefetch" };
+        let staged: Vec<(BlockKey, Slot)> = plan.disk.iter().map(|p| (p.key, p.host)).collect();
+        let finish = |staged_ok: bool| {
+            if !staged_ok {
+                self.drop_writing(&staged);
+            }
+            self.release(&plan.claimed);
+        };
+        if self
+            .run_prelude(std::mem::take(&mut plan.prelude), deadline, op, name)
+            .is_err()
+        {
+            return finish(false);
+        }
+        let mut failed: Vec<BlockKey> = Vec::new();
+        let mut failure: Option<crate::Error> = None;
+        let mut good: Vec<DiskPart> = Vec::with_capacity(plan.disk.len());
+        if let (Some(disk), false) = (&self.disk, plan.disk.is_empty()) {
+            let ds: Vec<usize> = plan.disk.iter().map(|p| p.disk as usize).collect();
+            let hs: Vec<usize> = plan.disk.iter().map(|p| p.host as usize).collect();
+            let read = match self
+                .engine
+                .copy_blocks(&disk.layout, &ds, &self.host.flat, &hs)
+            {
+                Err(e) => Err(CopyEnd::Failed(e)),
+                Ok(h) => finish_copy(h, deadline, op, name, plan.disk.len()),
+            };
+            match read {
+                Err(CopyEnd::Late) => return finish(false),
+                Err(CopyEnd::Failed(e)) => {
+                    self.drop_writing(&staged);
+                    failed.extend(plan.disk.iter().map(|p| p.key));
+                    failure = Some(e);
+                }
+                Ok(bytes) => {
+                    self.stats.bytes_out(TierLabel::Disk, bytes);
+                    self.stats.bytes_in(TierLabel::Host, bytes);
+                    let mut corrupt = Vec::new();
+                    let mut freed = Vec::new();
+                    {
+                        let mut guard = self.lock();
+                        let ix = &mut *guard;
+                        for p in &plan.disk {
+                            // The staging slot is held by this load and not yet published.
+                            let ok = xxh3_64(self.host.block(p.host)) == p.sum;
+                            let Some(mut rec) = ix.map.get(&p.key).copied() else {
+                                continue;
+                            };
+                            if !ok {
+                                ix.drop_host(p.key, &mut rec);
+                                freed.extend(ix.drop_disk(p.key, &mut rec));
+                                corrupt.push(p.key);
+                            } else if rec.host == p.host && rec.host_state == Res::Writing {
+                                rec.host_state = Res::Ready;
+                                ix.host.policy.insert(p.host, p.key);
+                                good.push(*p);
+                            }
+                            ix.put(p.key, rec);
+                        }
+                    }
+                    self.journal(&freed);
+                    if !corrupt.is_empty() {
+                        tracing::warn!(
+                            blocks = corrupt.len(),
+                            "cache: disk blocks failed their checksum and were dropped"
+                        );
+                        self.stats.corrupt(corrupt.len());
+                    }
+                    plan.report.corrupt = corrupt;
+                    plan.report.from_disk = good.len();
+                }
+            }
+        }
+        if let Some(gpu) = &gpu {
+            let mut src: Vec<usize> = plan.host.iter().map(|(_, s, _)| *s as usize).collect();
+            let mut dst: Vec<usize> = plan.host.iter().map(|(_, _, g)| *g).collect();
+            src.extend(good.iter().map(|p| p.host as usize));
+            dst.extend(good.iter().map(|p| p.gpu));
+            if !src.is_empty() {
+                let copied = match self.engine.copy_blocks(&self.host.layout, &src, gpu, &dst) {
+                    Err(e) => Err(CopyEnd::Failed(e)),
+                    Ok(h) => finish_copy(h, deadline, op, name, src.len()),
+                };
+                match copied {
+                    Err(CopyEnd::Late) => return finish(true),
+                    Err(CopyEnd::Failed(e)) => {
+                        failed.extend(plan.host.iter().map(|(k, _, _)| *k));
+                        failed.extend(good.iter().map(|p| p.key));
+                        failure = Some(e);
+                        plan.report.from_disk = 0;
+                    }
+                    Ok(bytes) => {
+                        self.stats.bytes_out(TierLabel::Host, bytes);
+                        plan.report.from_host = plan.host.len();
+                        Counters::add(&self.stats.loaded_host, plan.host.len());
+                        Counters::add(&self.stats.loaded_disk, good.len());
+                    }
+                }
+            }
+        }
+        finish(true);
+        match failure {
+            Some(source) => op.report(Err(CacheError::Failed {
+                op: name,
+                keys: failed,
+                source: Box::new(source),
+            }
+            .into())),
+            None => op.report(Ok(plan.report)),
+        };
+    }
+}
