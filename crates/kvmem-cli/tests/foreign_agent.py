@@ -71,6 +71,19 @@ def next_message(agent: nixl_agent, peer: str, timeout: float = STEP) -> bytes:
     raise AssertionError  # unreachable: fail exits
 
 
+def fetch_until_loaded(agent: nixl_agent, name: str, ip: str, port: int) -> None:
+    """One fetch fails when the target is not up yet: ask again until the metadata arrives."""
+    deadline = time.monotonic() + STEP
+    while not agent.check_remote_metadata(name):
+        if time.monotonic() > deadline:
+            fail(f"no metadata from '{name}' at {ip}:{port} within {STEP} s")
+        agent.fetch_remote_metadata(name, ip, port)
+        for _ in range(100):
+            if agent.check_remote_metadata(name):
+                break
+            time.sleep(0.005)
+
+
 def target(args: argparse.Namespace) -> None:
     agent = nixl_agent(
         args.name,
@@ -114,16 +127,7 @@ def initiator(args: argparse.Namespace) -> None:
         nixl_agent_config(enable_listen_thread=True, listen_port=args.own_port, backends=["UCX"]),
     )
     name = args.target
-    # One fetch fails when the target is not up yet: ask again until the metadata arrives.
-    deadline = time.monotonic() + STEP
-    while not agent.check_remote_metadata(name):
-        if time.monotonic() > deadline:
-            fail(f"no metadata from '{name}' at {args.peer} within {STEP} s")
-        agent.fetch_remote_metadata(name, ip, int(port))
-        for _ in range(100):
-            if agent.check_remote_metadata(name):
-                break
-            time.sleep(0.005)
+    fetch_until_loaded(agent, name, ip, int(port))
     agent.send_local_metadata(ip, int(port))
     agent.send_notif(name, HELLO)
     answer = next_message(agent, name)
@@ -138,6 +142,10 @@ def initiator(args: argparse.Namespace) -> None:
     if total > int(region["len"]):
         fail(f"{count} blocks of {size} bytes exceed the {region['len']}-byte region")
     base = int(region["addr"])
+    # The metadata fetched above may predate the target's registration (its listener runs from
+    # the agent's start): fetch it again now that the block list says the region is registered.
+    agent.remove_remote_agent(name)
+    fetch_until_loaded(agent, name, ip, int(port))
 
     rng = np.random.default_rng(args.seed)
     src = rng.integers(0, 256, total, dtype=np.uint8)

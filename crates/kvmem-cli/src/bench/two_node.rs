@@ -236,6 +236,9 @@ pub fn initiator(args: &BenchArgs) -> Result<Report> {
             )));
         }
     };
+    // The metadata fetched above may predate the target's registration (its listener runs
+    // from the agent's start): fetch it again, now that the block list says it is registered.
+    let peer = agent.connect_listener(&args.name, addr, STEP)?;
     // Checked: exactly one host region, holding the blocks.
     let region = blocks.manifest.regions[0];
     let len = region.size.min(args.nixl_bytes);
