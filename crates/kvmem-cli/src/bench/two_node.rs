@@ -238,7 +238,10 @@ pub fn initiator(args: &BenchArgs) -> Result<Report> {
     };
     // The metadata fetched above may predate the target's registration (its listener runs
     // from the agent's start): fetch it again, now that the block list says it is registered.
-    let peer = agent.connect_listener(&args.name, addr, STEP)?;
+    agent.connect_listener(&args.name, addr, STEP)?;
+    // With the block list's manifest, a block NIXL no longer knows (a target that died) is
+    // reported as the target being unavailable, not as a wrong block.
+    let peer = agent.attach_manifest(blocks.manifest.clone())?;
     // Checked: exactly one host region, holding the blocks.
     let region = blocks.manifest.regions[0];
     let len = region.size.min(args.nixl_bytes);

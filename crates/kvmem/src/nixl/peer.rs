@@ -39,6 +39,7 @@ pub use super::metadata::{
 };
 use crate::error::{ConfigError, Error, NixlStatus, PeerError, Result};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 impl Agent {
@@ -342,6 +343,41 @@ impl Agent {
             }),
             None => Err(self.missing_peer(&peers, name)),
         }
+    }
+
+    /// Attaches `manifest` to the live peer it names, whose metadata came without one
+    /// (listener, etcd, a plain NIXL blob) and whose manifest arrived over another channel
+    /// (the two-node block list, an application's own control plane). The connection stays the
+    /// same (lists built for it remain valid); from then on remote blocks are checked against
+    /// the manifest, and a block inside it that NIXL no longer knows is reported as the peer
+    /// being unavailable (it disconnected) rather than as out of bounds.
+    ///
+    /// # Errors
+    /// [`PeerError::Unknown`] / [`PeerError::Invalidated`] when the peer is not live;
+    /// [`PeerError::MalformedMetadata`] for a manifest of another format.
+    pub fn attach_manifest(&self, manifest: PeerManifest) -> Result<Peer> {
+        if manifest.format != super::metadata::MANIFEST_FORMAT {
+            return Err(Error::Peer(PeerError::MalformedMetadata {
+                reason: format!(
+                    "manifest format {} is not supported (this kvmem reads format {})",
+                    manifest.format,
+                    super::metadata::MANIFEST_FORMAT
+                ),
+                source: None,
+            }));
+        }
+        let name = manifest.agent.clone();
+        let mut peers = lock(&self.shared.peers);
+        let Some(entry) = peers.live.get_mut(&name) else {
+            return Err(self.missing_peer(&peers, &name));
+        };
+        entry.manifest = Some(Arc::new(manifest));
+        Ok(Peer {
+            name: name.as_str().into(),
+            generation: entry.generation,
+            manifest: entry.manifest.clone(),
+            source: entry.source.clone(),
+        })
     }
 
     /// The peers this agent has metadata for.

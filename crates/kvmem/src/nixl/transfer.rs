@@ -757,6 +757,14 @@ impl Agent {
                 };
                 one.add_desc(d.addr as usize, d.size, d.device_id);
                 if !self.nixl().check_remote_metadata(r.peer.name(), Some(&one)) {
+                    // Inside what the peer said it registered, yet NIXL no longer knows it:
+                    // NIXL dropped the peer's memory (it disconnected); the block is not wrong.
+                    if r.peer.manifest().is_some_and(|m| m.contains(d)) {
+                        return Error::Peer(PeerError::Unavailable {
+                            agent: self.name().to_owned(),
+                            peer: r.peer.name().to_owned(),
+                        });
+                    }
                     return Error::Peer(PeerError::OutOfBounds {
                         peer: r.peer.name().to_owned(),
                         index: i,
