@@ -48,6 +48,29 @@ fn wait_with_timeout(
     }
 }
 
+/// `kvmem bench --role target` on `port` with `blocks` blocks of `block_size`, from `command`
+/// (plain `kvmem` or a wrapper).
+fn spawn_target(
+    mut command: Command,
+    port: u16,
+    blocks: &str,
+    block_size: &str,
+    out: Stdio,
+    err: Stdio,
+) -> Reaped {
+    Reaped(
+        command
+            .args(["bench", "--role", "target", "--listen-port"])
+            .arg(port.to_string())
+            .args(["--blocks", blocks, "--block-size", block_size])
+            .args(["--target-wait", "120"])
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawn the target"),
+    )
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -113,22 +136,13 @@ fn two_node_run(wrap: [&[&str]; 2], env: &[(&str, &str)], target_ip: &str) {
         c.envs(env.iter().copied());
         c
     };
-    let mut target = Reaped(
-        command(wrap[0])
-            .args(["bench", "--role", "target", "--listen-port"])
-            .arg(port.to_string())
-            .args([
-                "--blocks",
-                "8",
-                "--block-size",
-                "256K",
-                "--target-wait",
-                "120",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn the target"),
+    let mut target = spawn_target(
+        command(wrap[0]),
+        port,
+        "8",
+        "256K",
+        Stdio::piped(),
+        Stdio::inherit(),
     );
     let stdout = target.0.stdout.take().unwrap();
     let (tx, rx) = channel();
@@ -159,24 +173,7 @@ fn two_node_run(wrap: [&[&str]; 2], env: &[(&str, &str)], target_ip: &str) {
             .expect("spawn the initiator"),
     );
     // Bounded: the initiator's own protocol steps time out after 30 s each.
-    let out = {
-        let mut initiator = initiator;
-        let status = wait_with_timeout(&mut initiator, Duration::from_secs(180), "the initiator");
-        let mut stdout = Vec::new();
-        let mut stderr = Vec::new();
-        use std::io::Read;
-        if let Some(mut s) = initiator.0.stdout.take() {
-            s.read_to_end(&mut stdout).unwrap();
-        }
-        if let Some(mut s) = initiator.0.stderr.take() {
-            s.read_to_end(&mut stderr).unwrap();
-        }
-        Output {
-            status,
-            stdout,
-            stderr,
-        }
-    };
+    let out = output_of(initiator, Duration::from_secs(180), "the initiator");
     let v = json_of(&out);
     let target_status = wait_with_timeout(&mut target, Duration::from_secs(30), "the target");
     assert!(
@@ -317,24 +314,9 @@ fn two_hosts_joined_by_a_veth_pair_over_tcp() {
 fn a_killed_target_is_reported_as_the_transfer_failure() {
     let port = free_port();
     let out_dir = tempfile::tempdir().unwrap();
-    let mut target = Reaped(
-        kvmem()
-            .args(["bench", "--role", "target", "--listen-port"])
-            .arg(port.to_string())
-            .args([
-                "--blocks",
-                "16",
-                "--block-size",
-                "1M",
-                "--target-wait",
-                "120",
-            ])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn the target"),
-    );
+    let mut logging = kvmem();
+    logging.env("RUST_LOG", "info");
+    let mut target = spawn_target(logging, port, "16", "1M", Stdio::null(), Stdio::piped());
     let stderr = target.0.stderr.take().unwrap();
     let (tx, rx) = channel();
     std::thread::spawn(move || {
@@ -467,23 +449,7 @@ fn a_python_nixl_initiator_against_a_kvmem_target() {
             .expect("spawn the Python initiator"),
     );
     std::thread::sleep(Duration::from_secs(1));
-    let target = Reaped(
-        kvmem()
-            .args(["bench", "--role", "target", "--listen-port"])
-            .arg(port.to_string())
-            .args([
-                "--blocks",
-                "16",
-                "--block-size",
-                "64K",
-                "--target-wait",
-                "120",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn the target"),
-    );
+    let target = spawn_target(kvmem(), port, "16", "64K", Stdio::piped(), Stdio::piped());
     let out = output_of(initiator, Duration::from_secs(120), "the Python initiator");
     let line = String::from_utf8_lossy(&out.stdout);
     let v: serde_json::Value = serde_json::from_str(line.lines().last().unwrap_or_default())
