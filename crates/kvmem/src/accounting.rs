@@ -137,6 +137,82 @@ impl Drop for OpenFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use metrics::{
+        Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
+    };
+    use std::sync::Arc;
+
+    /// The last value of each gauge, by name and labels.
+    #[derive(Default)]
+    struct Gauges(Mutex<BTreeMap<String, Arc<Value>>>);
+
+    #[derive(Default)]
+    struct Value(Mutex<f64>);
+
+    impl metrics::GaugeFn for Value {
+        fn increment(&self, v: f64) {
+            *self.0.lock().unwrap() += v;
+        }
+        fn decrement(&self, v: f64) {
+            *self.0.lock().unwrap() -= v;
+        }
+        fn set(&self, v: f64) {
+            *self.0.lock().unwrap() = v;
+        }
+    }
+
+    impl Gauges {
+        fn get(&self, name: &str) -> Option<f64> {
+            let map = self.0.lock().unwrap();
+            map.get(name).map(|v| *v.0.lock().unwrap())
+        }
+    }
+
+    impl Recorder for Gauges {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn register_counter(&self, _: &Key, _: &Metadata<'_>) -> Counter {
+            Counter::noop()
+        }
+        fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
+            let mut name = key.name().to_string();
+            for l in key.labels() {
+                name += &format!(",{}={}", l.key(), l.value());
+            }
+            Gauge::from_arc(Arc::clone(self.0.lock().unwrap().entry(name).or_default()))
+        }
+        fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+            Histogram::noop()
+        }
+    }
+
+    #[test]
+    fn the_counts_reach_the_metrics_facade() {
+        let gauges = Gauges::default();
+        let agent = "accounting-metrics-test-agent";
+        metrics::with_local_recorder(&gauges, || {
+            registered(agent, 8192);
+            let key = format!("kvmem_registered_bytes,agent={agent}");
+            assert_eq!(gauges.get(&key), Some(8192.0));
+            deregistered(agent, 8192);
+            assert_eq!(gauges.get(&key), Some(0.0));
+            let file = OpenFile::new();
+            assert!(
+                gauges
+                    .get("kvmem_open_disk_files")
+                    .is_some_and(|n| n >= 1.0)
+            );
+            drop(file);
+            transfer_started();
+            assert!(
+                gauges
+                    .get("kvmem_transfers_in_flight")
+                    .is_some_and(|n| n >= 1.0)
+            );
+            transfer_ended();
+        });
+    }
 
     #[test]
     fn registered_bytes_per_agent_return_to_absent() {
