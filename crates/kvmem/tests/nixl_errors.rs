@@ -437,3 +437,49 @@ fn etcd_without_endpoints_and_bad_listener_addresses() {
     assert!(matches!(err, Error::Timeout { .. }), "{err}");
     assert!(start.elapsed() < Duration::from_secs(5));
 }
+
+/// A manifest attached to a listener-fetched peer (which came without one) bounds its remote
+/// blocks from then on, on the same connection: lists built before stay valid.
+#[test]
+fn an_attached_manifest_bounds_a_listener_peers_blocks() {
+    let port = free_port();
+    let b = Agent::new(config("attach-b").with_listener(port)).unwrap();
+    let dst = poisoned(&b, 1 << 16);
+    let a = listening_agent("attach-a");
+    let peer = a.connect_listener(b.name(), loopback(port), WAIT).unwrap();
+    assert!(peer.manifest().is_none());
+    let inside = NixlDescriptor::dram(dst.addr() as u64, 4096);
+    let outside = NixlDescriptor::dram(dst.addr() as u64 + (1 << 16), 4096);
+    let mut before = RemoteBlocks::new(&peer);
+    before.push(inside).unwrap();
+    // Without a manifest kvmem cannot check the block; with one it can.
+    RemoteBlocks::new(&peer).push(outside).unwrap();
+    let manifest = kvmem::nixl::PeerMetadata::parse(&b.local_metadata().unwrap())
+        .unwrap()
+        .manifest
+        .unwrap();
+    let peer = a.attach_manifest(manifest.clone()).unwrap();
+    assert_eq!(peer.manifest(), Some(&manifest));
+    let err = RemoteBlocks::new(&peer).push(outside).unwrap_err();
+    assert!(
+        matches!(err, Error::Peer(PeerError::OutOfBounds { .. })),
+        "{err}"
+    );
+    let src = filled(&a, &random_bytes(9, 4096));
+    let t = a
+        .write(&LocalBlocks::whole(&src).unwrap(), &before, None)
+        .unwrap();
+    t.wait_for(WAIT).unwrap();
+    assert_same(
+        &bytes(&dst)[..4096],
+        bytes(&src),
+        "written through the older list",
+    );
+    let mut wrong = manifest;
+    wrong.agent = "nobody-knows-me".into();
+    let err = a.attach_manifest(wrong).unwrap_err();
+    assert!(
+        matches!(err, Error::Peer(PeerError::Unknown { .. })),
+        "{err}"
+    );
+}

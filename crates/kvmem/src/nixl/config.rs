@@ -18,6 +18,7 @@
 //! listener_delay_us = 100000    # how often NIXL's listener/etcd thread wakes up
 //! thread_sync = "rw"            # none | strict | rw | default (NIXL's thread-safety mode)
 //! registration_chunk = "64GiB"  # bytes (integer) or with a binary suffix K/M/G/T[iB]
+//! allowed_peers = ["decode-0"]  # peers whose metadata and notifications are taken; [] = any
 //!
 //! [backend_params.UCX]          # parameters handed to a backend, on top of NIXL's defaults
 //! ucx_error_handling_mode = "peer"
@@ -39,6 +40,7 @@
 //! | `KVMEM_NIXL_LISTEN` | enable the metadata listener (boolean as above) |
 //! | `KVMEM_NIXL_LISTEN_PORT` | listener port |
 //! | `KVMEM_NIXL_LISTENER_DELAY_US` | microseconds |
+//! | `KVMEM_NIXL_ALLOWED_PEERS` | comma-separated peer agent names (empty: any peer) |
 //! | `KVMEM_NIXL_THREAD_SYNC` | `none`, `strict`, `rw` or `default` |
 //! | `KVMEM_NIXL_REGISTRATION_CHUNK` | bytes, e.g. `68719476736` or `64GiB` |
 //!
@@ -136,6 +138,11 @@ pub struct AgentConfig {
     /// this size. A multiple of [`PAGE_SIZE`](crate::PAGE_SIZE).
     #[serde(deserialize_with = "deserialize_bytes")]
     pub registration_chunk: u64,
+    /// The peer agents this agent takes metadata and notifications from; empty: any peer.
+    /// Metadata of another agent is refused ([`PeerError::NotAllowed`](crate::error::PeerError::NotAllowed)),
+    /// its notifications are dropped and logged. See docs/SECURITY.md for what this does not
+    /// stop (NIXL's listener serves this agent's metadata to anyone who asks).
+    pub allowed_peers: Vec<String>,
 }
 
 impl Default for AgentConfig {
@@ -151,6 +158,7 @@ impl Default for AgentConfig {
             listener_delay_us: 100_000,
             thread_sync: ThreadSync::Rw,
             registration_chunk: DEFAULT_REGISTRATION_CHUNK,
+            allowed_peers: Vec::new(),
         }
     }
 }
@@ -199,6 +207,22 @@ impl AgentConfig {
     pub fn with_listener_delay_us(mut self, delay_us: u64) -> Self {
         self.listener_delay_us = delay_us;
         self
+    }
+
+    /// Takes metadata and notifications only from the agents named in `peers` (see
+    /// [`allowed_peers`](Self::allowed_peers)); an empty list allows any peer.
+    pub fn with_allowed_peers<I, S>(mut self, peers: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.allowed_peers = peers.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// True when `peer` may send this agent metadata and notifications.
+    pub fn allows_peer(&self, peer: &str) -> bool {
+        self.allowed_peers.is_empty() || self.allowed_peers.iter().any(|p| p == peer)
     }
 
     /// Turns NIXL's progress thread on or off.
@@ -326,6 +350,14 @@ impl AgentConfig {
                     })?;
                 }
                 "LISTENER_DELAY_US" => self.listener_delay_us = parse_u64(var, value)?,
+                "ALLOWED_PEERS" => {
+                    self.allowed_peers = value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|p| !p.is_empty())
+                        .map(str::to_owned)
+                        .collect();
+                }
                 "THREAD_SYNC" => {
                     self.thread_sync = ThreadSync::parse(value).ok_or_else(|| {
                         bad(

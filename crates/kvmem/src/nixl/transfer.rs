@@ -669,6 +669,10 @@ impl Agent {
                 request: Some(request),
                 state: State::InFlight,
                 unsettled: false,
+                counted: {
+                    crate::accounting::transfer_started();
+                    true
+                },
             }),
             owners: Some((owners, file_owners)),
             agent: self.clone(),
@@ -678,10 +682,12 @@ impl Agent {
         };
         match posted {
             Ok(true) => {}
-            Ok(false) => transfer.lock().state = State::Done,
+            Ok(false) => transfer.lock().settle(State::Done),
             Err(source) => {
                 // Not running: release normally.
-                transfer.lock().state = State::Failed(NixlStatus::of(&source));
+                transfer
+                    .lock()
+                    .settle(State::Failed(NixlStatus::of(&source)));
                 if matches!(source, SysError::NotFound) && transfer.target != self.name() {
                     return Err(Error::Peer(PeerError::Unavailable {
                         agent: self.name().to_owned(),
@@ -751,6 +757,14 @@ impl Agent {
                 };
                 one.add_desc(d.addr as usize, d.size, d.device_id);
                 if !self.nixl().check_remote_metadata(r.peer.name(), Some(&one)) {
+                    // Inside what the peer said it registered, yet NIXL no longer knows it:
+                    // NIXL dropped the peer's memory (it disconnected); the block is not wrong.
+                    if r.peer.manifest().is_some_and(|m| m.contains(d)) {
+                        return Error::Peer(PeerError::Unavailable {
+                            agent: self.name().to_owned(),
+                            peer: r.peer.name().to_owned(),
+                        });
+                    }
                     return Error::Peer(PeerError::OutOfBounds {
                         peer: r.peer.name().to_owned(),
                         index: i,
@@ -824,6 +838,19 @@ struct Live {
     /// Failed or cancelled in a way that leaves it unknown whether the backend still uses the
     /// memory.
     unsettled: bool,
+    /// Counted in [`accounting`](crate::accounting)'s in-flight transfers.
+    counted: bool,
+}
+
+impl Live {
+    /// Moves to `state`; leaving [`State::InFlight`] ends the in-flight count.
+    fn settle(&mut self, state: State) {
+        if self.counted && !matches!(state, State::InFlight) {
+            self.counted = false;
+            crate::accounting::transfer_ended();
+        }
+        self.state = state;
+    }
 }
 
 /// A posted transfer. Poll it, wait for it or cancel it through
@@ -878,12 +905,12 @@ impl Transfer {
             State::InFlight => {}
         }
         let Some(request) = live.request.as_ref() else {
-            live.state = State::Done;
+            live.settle(State::Done);
             return Ok(true);
         };
         match self.agent.nixl().get_xfer_status(request) {
             Ok(XferStatus::Success) => {
-                live.state = State::Done;
+                live.settle(State::Done);
                 Ok(true)
             }
             Ok(XferStatus::InProgress) => Ok(false),
@@ -892,7 +919,7 @@ impl Transfer {
                 // it without saying whether the backend is done with the memory.
                 live.unsettled = matches!(source, SysError::NotFound);
                 let status = NixlStatus::of(&source);
-                live.state = State::Failed(status);
+                live.settle(State::Failed(status));
                 Err(self.failed(status))
             }
         }
@@ -974,7 +1001,7 @@ impl crate::Completion for Transfer {
         }
         // Releasing a running request cancels it.
         drop(live.request.take());
-        live.state = State::Cancelled;
+        live.settle(State::Cancelled);
         live.unsettled = true;
         tracing::warn!(
             agent = %self.agent.name(),
@@ -1009,6 +1036,10 @@ impl Drop for Transfer {
                 });
         // Releasing a running request cancels it.
         drop(live.request.take());
+        if live.counted {
+            live.counted = false;
+            crate::accounting::transfer_ended();
+        }
         if running {
             tracing::warn!(
                 agent = %self.agent.name(),
@@ -1017,7 +1048,11 @@ impl Drop for Transfer {
                 "transfer dropped while running: cancelled; its local buffers are kept alive for \
                  the rest of the process because the backend may still touch them"
             );
-            std::mem::forget(self.owners.take());
+            if let Some((owners, files)) = self.owners.take() {
+                let n = owners.len() + files.as_ref().map_or(0, |f| f.len());
+                crate::accounting::quarantined(n as u64, self.bytes as u64);
+                std::mem::forget((owners, files));
+            }
         }
     }
 }

@@ -64,7 +64,7 @@ impl Backend for Ring {
                 // The ring failed with I/O possibly still in flight into the plan's buffers:
                 // never free them; the worker starts over with a fresh ring.
                 tracing::error!(error = %fatal, "io_uring failed with I/O in flight; leaking the transfer's buffers");
-                std::mem::forget(plan);
+                plan.quarantine();
                 completion.complete(Err(fatal));
                 Health::Broken
             }
