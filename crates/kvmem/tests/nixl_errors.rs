@@ -299,14 +299,7 @@ fn malformed_metadata_blobs() {
 
 #[test]
 fn transfers_after_the_peer_was_invalidated() {
-    let Pair {
-        a,
-        b,
-        data,
-        src,
-        dst,
-        peer,
-    } = pair("inval", 24, 1 << 20);
+    let (a, b, data, src, dst, peer) = pair("inval", 24, 1 << 20);
     let mut remote = RemoteBlocks::new(&peer);
     remote.push_region(0, 0, 1 << 20).unwrap();
     let local = LocalBlocks::whole(&src).unwrap();
@@ -355,14 +348,7 @@ fn transfers_after_the_peer_was_invalidated() {
 
 #[test]
 fn lists_that_do_not_fit_together() {
-    let Pair {
-        a,
-        b: _b,
-        src,
-        dst: _dst,
-        peer,
-        ..
-    } = pair("fit", 25, 8192);
+    let (a, _b, _, src, _dst, peer) = pair("fit", 25, 8192);
     let mut r = RemoteBlocks::new(&peer);
     r.push_region(0, 0, 4096).unwrap();
     let whole = LocalBlocks::whole(&src).unwrap();

@@ -82,14 +82,7 @@ fn write_and_read_64m() {
 
 #[test]
 fn views_move_only_their_range() {
-    let Pair {
-        a,
-        b: _b,
-        data,
-        src,
-        dst,
-        peer,
-    } = pair("view", 3, 1 << 20);
+    let (a, _b, data, src, dst, peer) = pair("view", 3, 1 << 20);
     // 64 KiB from offset 128 KiB of src to offset 512 KiB of dst, through a view.
     let view = OffsetBuffer::new(src.clone(), 128 << 10, 64 << 10).unwrap();
     assert!(
@@ -316,14 +309,7 @@ fn backends_are_tracked_case_insensitively() {
 
 #[test]
 fn dropping_transfers_is_safe_and_the_agent_keeps_working() {
-    let Pair {
-        a,
-        b,
-        data,
-        src,
-        dst,
-        peer,
-    } = pair("drop", 6, 16 << 20);
+    let (a, b, data, src, dst, peer) = pair("drop", 6, 16 << 20);
     let remote = remote_whole(&peer, &dst);
     let local = LocalBlocks::whole(&src).unwrap();
     for _ in 0..5 {
@@ -336,14 +322,7 @@ fn dropping_transfers_is_safe_and_the_agent_keeps_working() {
 
 #[test]
 fn cancelled_transfers_finish_and_report_cancelled_or_success() {
-    let Pair {
-        a,
-        b,
-        data,
-        src,
-        dst,
-        peer,
-    } = pair("cancel", 7, 64 << 20);
+    let (a, b, data, src, dst, peer) = pair("cancel", 7, 64 << 20);
     let remote = remote_whole(&peer, &dst);
     let local = LocalBlocks::whole(&src).unwrap();
     let (mut cancelled, mut finished) = (0, 0);

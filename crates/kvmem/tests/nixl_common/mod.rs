@@ -68,34 +68,18 @@ pub fn poisoned(agent: &Agent, len: usize) -> Buffer {
     Buffer::new(agent.register(s).expect("register"))
 }
 
-/// Two agents for a transfer: `a` holds `src` (`data`, random bytes from `seed`), `b` holds
-/// `dst` (as many poisoned bytes), and `a` has loaded `b`'s metadata as `peer` (taken after `dst`
-/// was registered, so it carries the registration).
-pub struct Pair {
-    pub a: Agent,
-    pub b: Agent,
-    pub data: Vec<u8>,
-    pub src: Buffer,
-    pub dst: Buffer,
-    pub peer: Peer,
-}
-
-/// A [`Pair`] of agents named after `prefix`, moving `len` bytes.
-pub fn pair(prefix: &str, seed: u64, len: usize) -> Pair {
+/// Two agents for a transfer, as `(a, b, data, src, dst, peer)`: `a` holds `src` (`data`, `len`
+/// random bytes from `seed`), `b` holds `dst` (as many poisoned bytes), and `a` has loaded `b`'s
+/// metadata as `peer` (taken after `dst` was registered, so it carries the registration). The
+/// agents are named after `prefix`.
+pub fn pair(prefix: &str, seed: u64, len: usize) -> (Agent, Agent, Vec<u8>, Buffer, Buffer, Peer) {
     let a = agent(&format!("{prefix}-a"));
     let b = agent(&format!("{prefix}-b"));
     let data = random_bytes(seed, len);
     let src = filled(&a, &data);
     let dst = poisoned(&b, len);
     let peer = a.load_peer(&b.local_metadata().unwrap()).unwrap();
-    Pair {
-        a,
-        b,
-        data,
-        src,
-        dst,
-        peer,
-    }
+    (a, b, data, src, dst, peer)
 }
 
 /// How long a test waits for a transfer or a message on loopback.
