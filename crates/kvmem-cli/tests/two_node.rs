@@ -3,20 +3,14 @@
 //! namespaces joined by a veth pair, UCX restricted to TCP), every byte checked by the
 //! initiator, both exiting 0.
 
+mod common;
+
+use common::{json_of, kvmem};
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc::channel;
 use std::time::{Duration, Instant};
-
-/// `kvmem` with the UCX InfiniBand module left out: on machines without InfiniBand, the bundled
-/// libnl-route crashes in its exit-time destructor once UCX's ib module has loaded it (the
-/// process has finished its work by then, but exits with SIGSEGV). Nothing here uses InfiniBand.
-fn kvmem() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_kvmem"));
-    c.env("UCX_MODULES", "^ib");
-    c
-}
 
 /// Kills the child if the test fails before it exited.
 struct Reaped(Child);
@@ -76,16 +70,6 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port")
-}
-
-fn json_of(out: &Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "kvmem failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
 }
 
 #[test]

@@ -299,12 +299,7 @@ fn malformed_metadata_blobs() {
 
 #[test]
 fn transfers_after_the_peer_was_invalidated() {
-    let a = agent("inval-a");
-    let b = agent("inval-b");
-    let data = random_bytes(24, 1 << 20);
-    let src = filled(&a, &data);
-    let dst = poisoned(&b, 1 << 20);
-    let peer = a.load_peer(&b.local_metadata().unwrap()).unwrap();
+    let (a, b, data, src, dst, peer) = pair("inval", 24, 1 << 20);
     let mut remote = RemoteBlocks::new(&peer);
     remote.push_region(0, 0, 1 << 20).unwrap();
     let local = LocalBlocks::whole(&src).unwrap();
@@ -347,21 +342,13 @@ fn transfers_after_the_peer_was_invalidated() {
     assert!(is_invalidated(&e), "{e}");
     let mut remote2 = RemoteBlocks::new(&peer2);
     remote2.push_region(0, 0, 1 << 20).unwrap();
-    a.write(&local, &remote2, Some(b"again"))
-        .unwrap()
-        .wait_for(WAIT)
-        .unwrap();
-    b.wait_for_message(a.name(), b"again", WAIT).unwrap();
+    wait_landed(a.write(&local, &remote2, Some(b"again")), &a, &b, b"again");
     assert_same(bytes(&dst), &data, "after reconnecting");
 }
 
 #[test]
 fn lists_that_do_not_fit_together() {
-    let a = agent("fit-a");
-    let b = agent("fit-b");
-    let src = filled(&a, &random_bytes(25, 8192));
-    let _dst = poisoned(&b, 8192);
-    let peer = a.load_peer(&b.local_metadata().unwrap()).unwrap();
+    let (a, _b, _, src, _dst, peer) = pair("fit", 25, 8192);
     let mut r = RemoteBlocks::new(&peer);
     r.push_region(0, 0, 4096).unwrap();
     let whole = LocalBlocks::whole(&src).unwrap();
