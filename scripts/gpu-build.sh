@@ -37,21 +37,17 @@ list=$( {
 rm -rf "$stage"
 mkdir -p "$stage/bin"
 while read -r name exe; do
-    # Keep the line tables (for backtraces) but compress them: the carry limit is tight.
-    case "$name" in
-    # Benchmarks need no backtraces: drop their line tables, the carry limit is tight.
-    plan | cuda_pinned_alloc) objcopy --strip-debug "$exe" "$stage/bin/$name" ;;
-    *) objcopy --compress-debug-sections=zlib "$exe" "$stage/bin/$name" ;;
-    esac
+    # Line tables dropped (symbols kept, so backtraces still name functions): the carry limit
+    # is tight, and the binaries with compressed line tables no longer fit in it.
+    objcopy --strip-debug "$exe" "$stage/bin/$name"
 done <<<"$list"
 for want in cuda_gpu cuda_no_driver cuda_batch_gpu cuda_transfer_gpu transfer_remote transfer_errors cache_gpu cuda_pinned_alloc plan kvmem; do
     [ -x "$stage/bin/$want" ] || { echo "gpu-build.sh: $want was not built" >&2; exit 1; }
 done
 # The NIXL runtimes (UCX and POSIX plugins, the libraries they load, UCX's modules), packed with
-# their directory structure (the libraries find each other through $ORIGIN rpaths): nixl-cu12 and
-# nixl-cu13 (or only the one KVMEM_NIXL_WHEEL names), as nixl-cu12.tar.xz / nixl-cu13.tar.xz;
-# run.sh unpacks the one that fits the driver (scripts/nixl-runtime.sh) and points
-# KVMEM_NIXL_LIB_DIR at it. About 10 MiB each compressed. A wheel the venv lacks is installed
+# their directory structure (the libraries find each other through $ORIGIN rpaths): nixl-cu13 (or
+# the one KVMEM_NIXL_WHEEL names) as nixl-<flavor>.tar.xz; run.sh unpacks the one that fits the
+# driver (scripts/nixl-runtime.sh) and points KVMEM_NIXL_LIB_DIR at it. About 9 MiB compressed. A wheel the venv lacks is installed
 # (--no-deps) into target/, never into the venv.
 pack_nixl() {
     local flavor="$1" site
@@ -80,7 +76,8 @@ pack_nixl() {
 if [ -n "${KVMEM_NIXL_WHEEL:-}" ]; then
     pack_nixl "$(kvmem_nixl_flavor)"
 else
-    pack_nixl cu12
+    # Both runtimes do not fit the carry limit beside the binaries: stage the one for the GPU
+    # machine this harness targets (CUDA 13 driver); KVMEM_NIXL_WHEEL picks the other.
     pack_nixl cu13
 fi
 cp scripts/nixl-runtime.sh "$stage/nixl-runtime.sh"

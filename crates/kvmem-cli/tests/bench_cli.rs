@@ -1,17 +1,11 @@
 //! `kvmem bench` end to end, on a tiny sweep: the table, the JSON and the plot (SVG and PNG) all
 //! appear, say what was measured, and every point checked its bytes.
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
 
-fn kvmem() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_kvmem"));
-    // The default sweep starts UCX agents (the NIXL loopback paths): leave UCX's InfiniBand
-    // module out, whose bundled libnl-route crashes at process exit on machines without
-    // InfiniBand (see tests/two_node.rs).
-    c.env("UCX_MODULES", "^ib");
-    c
-}
+use common::{args, json_of, kvmem, stderr_of_failure};
+use std::process::{Command, Output};
+use tempfile::TempDir;
 
 fn fio_on_path() -> bool {
     Command::new("fio")
@@ -20,58 +14,51 @@ fn fio_on_path() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// Runs `kvmem bench --json` with `args` and environment `env`, writing to `out_dir` and
-/// putting its disk files in `disk_dir`.
-fn bench(args: &[&str], env: &[(&str, &str)], out_dir: &Path, disk_dir: &Path) -> Output {
-    kvmem()
-        .envs(env.iter().copied())
-        .args(["bench", "--json"])
-        .args(args)
-        .arg("--out-dir")
-        .arg(out_dir)
-        .arg("--disk-dir")
-        .arg(disk_dir)
-        .output()
-        .unwrap()
+/// A run's output folder and the folder for its disk files.
+struct Dirs {
+    out: TempDir,
+    disk: TempDir,
 }
 
-/// [`bench`] without extra environment; returns the JSON it printed, or fails with its exit
-/// status and output.
-#[track_caller]
-fn bench_json(args: &[&str], out_dir: &Path, disk_dir: &Path) -> serde_json::Value {
-    let out = bench(args, &[], out_dir, disk_dir);
-    assert!(
-        out.status.success(),
-        "kvmem bench: {}\nstderr: {}\nstdout: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+impl Dirs {
+    fn new() -> Dirs {
+        Dirs {
+            out: tempfile::tempdir().unwrap(),
+            disk: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// Runs `kvmem bench --json` with the options in `line` and environment `env`, writing to
+    /// the output folder and putting its disk files in the disk folder.
+    fn bench(&self, line: &str, env: &[(&str, &str)]) -> Output {
+        kvmem()
+            .envs(env.iter().copied())
+            .args(["bench", "--json"])
+            .args(args(line))
+            .arg("--out-dir")
+            .arg(self.out.path())
+            .arg("--disk-dir")
+            .arg(self.disk.path())
+            .output()
+            .unwrap()
+    }
+
+    /// [`Dirs::bench`] without extra environment; the JSON it printed, or a failure with its
+    /// exit status and output.
+    #[track_caller]
+    fn json(&self, line: &str) -> serde_json::Value {
+        json_of(&self.bench(line, &[]))
+    }
 }
 
 #[test]
 fn a_small_sweep_writes_table_json_and_plot() {
-    let out_dir = tempfile::tempdir().unwrap();
-    let disk_dir = tempfile::tempdir().unwrap();
-    let v = bench_json(
-        &[
-            "--sizes",
-            "4K,64K",
-            "--iterations",
-            "2",
-            "--host-bytes",
-            "1M",
-            "--disk-bytes",
-            "1M",
-            "--nixl-bytes",
-            "1M",
-        ],
-        out_dir.path(),
-        disk_dir.path(),
-    );
+    let dirs = Dirs::new();
+    let v =
+        dirs.json("--sizes 4K,64K --iterations 2 --host-bytes 1M --disk-bytes 1M --nixl-bytes 1M");
     let on_disk: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out_dir.path().join("bench.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(dirs.out.path().join("bench.json")).unwrap())
+            .unwrap();
     assert_eq!(v, on_disk);
 
     // 5 paths (host, disk write/read, NIXL loopback write/read: CI has the NIXL runtime) x 2
@@ -129,15 +116,15 @@ fn a_small_sweep_writes_table_json_and_plot() {
         }
     }
     // Disk and fio files are gone.
-    assert_eq!(std::fs::read_dir(disk_dir.path()).unwrap().count(), 0);
+    assert_eq!(std::fs::read_dir(dirs.disk.path()).unwrap().count(), 0);
 
-    let table = std::fs::read_to_string(out_dir.path().join("table.txt")).unwrap();
+    let table = std::fs::read_to_string(dirs.out.path().join("table.txt")).unwrap();
     assert!(
         table.contains("host->disk") && table.contains("disk->host") && table.contains("ratio")
     );
     // The plot: one panel per path family, each series once in the legend beside it, as SVG
     // and as PNG.
-    let svg = std::fs::read_to_string(out_dir.path().join("bench.svg")).unwrap();
+    let svg = std::fs::read_to_string(dirs.out.path().join("bench.svg")).unwrap();
     assert!(svg.starts_with("<svg"), "{}", &svg[..200.min(svg.len())]);
     for text in [
         "host memory",
@@ -155,7 +142,7 @@ fn a_small_sweep_writes_table_json_and_plot() {
         1,
         "one legend entry per series"
     );
-    let png = std::fs::read(out_dir.path().join("bench.png")).unwrap();
+    let png = std::fs::read(dirs.out.path().join("bench.png")).unwrap();
     assert!(
         png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000,
         "{} bytes",
@@ -168,27 +155,10 @@ fn a_small_sweep_writes_table_json_and_plot() {
 #[test]
 fn disk_points_compare_the_two_disk_backends() {
     for (own, other) in [("nixl-posix", "io_uring"), ("io_uring", "nixl-posix")] {
-        let disk_dir = tempfile::tempdir().unwrap();
-        let out_dir = tempfile::tempdir().unwrap();
-        let v = bench_json(
-            &[
-                "--no-fio",
-                "--paths",
-                "disk-write,disk-read",
-                "--sizes",
-                "16K,64K",
-                "--compare-disk-backend",
-                "64K",
-                "--iterations",
-                "2",
-                "--disk-bytes",
-                "1M",
-                "--disk-backend",
-                own,
-            ],
-            out_dir.path(),
-            disk_dir.path(),
-        );
+        let v = Dirs::new().json(&format!(
+            "--no-fio --paths disk-write,disk-read --sizes 16K,64K --compare-disk-backend 64K \
+             --iterations 2 --disk-bytes 1M --disk-backend {own}"
+        ));
         assert_eq!(v["settings"]["disk_backend"], own);
         let points = v["points"].as_array().unwrap();
         // 2 paths x 2 patterns x 2 sizes, plus the 64K points again on the other backend.
@@ -230,34 +200,12 @@ fn a_wrong_byte_in_the_destination_fails_the_run() {
         "nixl-write",
         "nixl-read",
     ] {
-        let disk_dir = tempfile::tempdir().unwrap();
-        let out_dir = tempfile::tempdir().unwrap();
-        let out = bench(
-            &[
-                "--no-fio",
-                "--sizes",
-                "64K",
-                "--iterations",
-                "1",
-                "--host-bytes",
-                "1M",
-                "--disk-bytes",
-                "1M",
-                "--nixl-bytes",
-                "1M",
-                "--compare-disk-backend",
-                "none",
-            ],
+        let out = Dirs::new().bench(
+            "--no-fio --sizes 64K --iterations 1 --host-bytes 1M --disk-bytes 1M --nixl-bytes 1M \
+             --compare-disk-backend none",
             &[("KVMEM_BENCH_TEST_CORRUPT", path)],
-            out_dir.path(),
-            disk_dir.path(),
         );
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            !out.status.success(),
-            "{path}: a corrupted destination passed: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+        let err = stderr_of_failure(&out);
         assert!(
             err.contains("WRONG BYTES") && err.contains(&format!("{path} sequential")),
             "{path}: {err}"
@@ -268,23 +216,9 @@ fn a_wrong_byte_in_the_destination_fails_the_run() {
 
 #[test]
 fn bad_bench_settings_are_refused_with_a_message() {
-    let out = kvmem()
-        .args([
-            "bench",
-            "--paths",
-            "disk-write",
-            "--sizes",
-            "1000",
-            "--out-dir",
-        ])
-        .arg(tempfile::tempdir().unwrap().path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = stderr_of_failure(&Dirs::new().bench("--paths disk-write --sizes 1000", &[]));
     assert!(err.contains("multiples of 4096"), "{err}");
-    let out = kvmem().args(["bench", "--sizes", "4Q"]).output().unwrap();
-    assert!(!out.status.success());
+    stderr_of_failure(&kvmem().args(args("bench --sizes 4Q")).output().unwrap());
 }
 
 /// The engines' patterns: gather (scattered source blocks into one contiguous run) and scatter
@@ -292,28 +226,10 @@ fn bad_bench_settings_are_refused_with_a_message() {
 /// CPU its submitting thread spent per chunk.
 #[test]
 fn gather_and_scatter_points_check_their_bytes_and_report_submit_cpu() {
-    let out_dir = tempfile::tempdir().unwrap();
-    let disk_dir = tempfile::tempdir().unwrap();
-    let v = bench_json(
-        &[
-            "--paths",
-            "host,disk-write,disk-read",
-            "--patterns",
-            "gather,scatter",
-            "--sizes",
-            "64K",
-            "--iterations",
-            "2",
-            "--host-bytes",
-            "2M",
-            "--disk-bytes",
-            "2M",
-            "--compare-disk-backend",
-            "none",
-            "--no-fio",
-        ],
-        out_dir.path(),
-        disk_dir.path(),
+    let dirs = Dirs::new();
+    let v = dirs.json(
+        "--paths host,disk-write,disk-read --patterns gather,scatter --sizes 64K --iterations 2 \
+         --host-bytes 2M --disk-bytes 2M --compare-disk-backend none --no-fio",
     );
     let points = v["points"].as_array().unwrap();
     assert_eq!(points.len(), 6, "3 paths x 2 patterns: {v}");
@@ -328,42 +244,27 @@ fn gather_and_scatter_points_check_their_bytes_and_report_submit_cpu() {
         assert!(us.is_finite() && us >= 0.0, "{p}");
     }
     assert_eq!(v["settings"]["gpu_method"], "auto");
-    let table = std::fs::read_to_string(out_dir.path().join("table.txt")).unwrap();
+    let table = std::fs::read_to_string(dirs.out.path().join("table.txt")).unwrap();
     assert!(
         table.contains("gather") && table.contains("sub us/chk"),
         "{table}"
     );
 
     // A wrong byte in a gathered destination fails the run.
-    let out = bench(
-        &[
-            "--paths",
-            "host",
-            "--patterns",
-            "gather",
-            "--sizes",
-            "64K",
-            "--iterations",
-            "1",
-            "--host-bytes",
-            "1M",
-        ],
+    let out = dirs.bench(
+        "--paths host --patterns gather --sizes 64K --iterations 1 --host-bytes 1M",
         &[("KVMEM_BENCH_TEST_CORRUPT", "host->host")],
-        out_dir.path(),
-        disk_dir.path(),
     );
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = stderr_of_failure(&out);
     assert!(err.contains("gather"), "{err}");
 }
 
 #[test]
 fn a_preset_fixes_its_paths_and_patterns() {
     let out = kvmem()
-        .args(["bench", "--preset", "vllm", "--paths", "host"])
+        .args(args("bench --preset vllm --paths host"))
         .output()
         .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = stderr_of_failure(&out);
     assert!(err.contains("--preset") && err.contains("--paths"), "{err}");
 }

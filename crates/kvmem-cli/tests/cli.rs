@@ -1,20 +1,12 @@
 //! The `kvmem` binary end to end.
 
-use std::process::Command;
+mod common;
 
-fn kvmem() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_kvmem"))
-}
+use common::{json_of, kvmem, stdout_of};
 
 #[test]
 fn info_reports_the_installed_nixl_runtime_and_its_plugins() {
-    let out = kvmem().args(["info", "--json"]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = json_of(&kvmem().args(["info", "--json"]).output().unwrap());
     assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(v["nixl"]["available"], true, "{v}");
     let plugins: Vec<&str> = v["nixl"]["plugins"]
@@ -47,17 +39,14 @@ fn info_reports_the_installed_nixl_runtime_and_its_plugins() {
 fn info_without_the_runtime_says_so_and_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let empty = dir.path();
-    let out = kvmem()
-        .args(["info", "--json"])
-        .env("KVMEM_NIXL_LIB_DIR", empty)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let info = |args: &[&str]| {
+        kvmem()
+            .args(args)
+            .env("KVMEM_NIXL_LIB_DIR", empty)
+            .output()
+            .unwrap()
+    };
+    let v = json_of(&info(&["info", "--json"]));
     assert_eq!(v["nixl"]["available"], false);
     let err = v["nixl"]["error"].as_str().unwrap();
     assert!(
@@ -65,22 +54,11 @@ fn info_without_the_runtime_says_so_and_exits_cleanly() {
         "{err}"
     );
 
-    let text = kvmem()
-        .arg("info")
-        .env("KVMEM_NIXL_LIB_DIR", empty)
-        .output()
-        .unwrap();
-    assert!(text.status.success());
-    assert!(String::from_utf8_lossy(&text.stdout).contains("NIXL runtime:  no"));
+    assert!(stdout_of(&info(&["info"])).contains("NIXL runtime:  no"));
 }
 
 #[test]
 fn demo_runs_its_checks() {
     let out = kvmem().args(["demo", "--blocks", "8"]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("all checks passed"));
+    assert!(stdout_of(&out).contains("all checks passed"));
 }

@@ -2,8 +2,10 @@
 //! is right — unlimited capacity equals the unlimited reference, a host tier alone equals plain
 //! LRU at the same capacity — and a disk tier that adds hits and serves nothing corrupt.
 
+mod common;
+
+use common::{args, json_of, kvmem};
 use std::path::PathBuf;
-use std::process::Command;
 
 fn trace() -> PathBuf {
     let rel = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -19,20 +21,16 @@ fn trace() -> PathBuf {
     path
 }
 
-fn replay(args: &[&str]) -> serde_json::Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_kvmem"))
+/// `kvmem replay` of the trace with 4 KiB blocks and the options in `line`; its JSON.
+fn replay(line: &str) -> serde_json::Value {
+    let out = kvmem()
         .arg("replay")
         .arg(trace())
         .args(["--block-bytes", "4096", "--json"])
-        .args(args)
+        .args(args(line))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    json_of(&out)
 }
 
 fn f(v: &serde_json::Value, path: &str) -> f64 {
@@ -44,7 +42,7 @@ fn f(v: &serde_json::Value, path: &str) -> f64 {
 
 #[test]
 fn unlimited_capacity_equals_the_infinite_reference() {
-    let v = replay(&["--host-blocks", "50000"]);
+    let v = replay("--host-blocks 50000");
     let hit = f(&v, "hit_rate");
     assert!(hit > 0.5, "the trace shares prefixes: {v}");
     assert_eq!(hit, f(&v, "reference.infinite_hit_rate"), "{v}");
@@ -57,7 +55,7 @@ fn unlimited_capacity_equals_the_infinite_reference() {
 #[test]
 fn host_only_equals_plain_lru() {
     for blocks in ["1000", "4000"] {
-        let v = replay(&["--host-blocks", blocks]);
+        let v = replay(&format!("--host-blocks {blocks}"));
         let (hit, lru) = (f(&v, "hit_rate"), f(&v, "reference.lru_hit_rate"));
         assert!(
             (hit - lru).abs() <= 0.001,
@@ -73,15 +71,8 @@ fn host_only_equals_plain_lru() {
 
 #[test]
 fn a_disk_tier_adds_hits_and_a_gpu_tier_takes_the_first() {
-    let host = replay(&["--host-blocks", "1000"]);
-    let v = replay(&[
-        "--host-blocks",
-        "1000",
-        "--disk-blocks",
-        "8000",
-        "--gpu-blocks",
-        "500",
-    ]);
+    let host = replay("--host-blocks 1000");
+    let v = replay("--host-blocks 1000 --disk-blocks 8000 --gpu-blocks 500");
     assert!(f(&v, "hit_rate") > f(&host, "hit_rate") + 0.05, "{v}");
     assert!(
         f(&v, "tiers.disk.hit_rate") > 0.0 && f(&v, "tiers.gpu.hit_rate") > 0.0,

@@ -3,20 +3,14 @@
 //! namespaces joined by a veth pair, UCX restricted to TCP), every byte checked by the
 //! initiator, both exiting 0.
 
+mod common;
+
+use common::{json_of, kvmem};
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc::channel;
 use std::time::{Duration, Instant};
-
-/// `kvmem` with the UCX InfiniBand module left out: on machines without InfiniBand, the bundled
-/// libnl-route crashes in its exit-time destructor once UCX's ib module has loaded it (the
-/// process has finished its work by then, but exits with SIGSEGV). Nothing here uses InfiniBand.
-fn kvmem() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_kvmem"));
-    c.env("UCX_MODULES", "^ib");
-    c
-}
 
 /// Kills the child if the test fails before it exited.
 struct Reaped(Child);
@@ -48,21 +42,34 @@ fn wait_with_timeout(
     }
 }
 
+/// `kvmem bench --role target` on `port` with `blocks` blocks of `block_size`, from `command`
+/// (plain `kvmem` or a wrapper).
+fn spawn_target(
+    mut command: Command,
+    port: u16,
+    blocks: &str,
+    block_size: &str,
+    out: Stdio,
+    err: Stdio,
+) -> Reaped {
+    Reaped(
+        command
+            .args(["bench", "--role", "target", "--listen-port"])
+            .arg(port.to_string())
+            .args(["--blocks", blocks, "--block-size", block_size])
+            .args(["--target-wait", "120"])
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawn the target"),
+    )
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port")
-}
-
-fn json_of(out: &Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "kvmem failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
 }
 
 #[test]
@@ -113,22 +120,13 @@ fn two_node_run(wrap: [&[&str]; 2], env: &[(&str, &str)], target_ip: &str) {
         c.envs(env.iter().copied());
         c
     };
-    let mut target = Reaped(
-        command(wrap[0])
-            .args(["bench", "--role", "target", "--listen-port"])
-            .arg(port.to_string())
-            .args([
-                "--blocks",
-                "8",
-                "--block-size",
-                "256K",
-                "--target-wait",
-                "120",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn the target"),
+    let mut target = spawn_target(
+        command(wrap[0]),
+        port,
+        "8",
+        "256K",
+        Stdio::piped(),
+        Stdio::inherit(),
     );
     let stdout = target.0.stdout.take().unwrap();
     let (tx, rx) = channel();
@@ -159,24 +157,7 @@ fn two_node_run(wrap: [&[&str]; 2], env: &[(&str, &str)], target_ip: &str) {
             .expect("spawn the initiator"),
     );
     // Bounded: the initiator's own protocol steps time out after 30 s each.
-    let out = {
-        let mut initiator = initiator;
-        let status = wait_with_timeout(&mut initiator, Duration::from_secs(180), "the initiator");
-        let mut stdout = Vec::new();
-        let mut stderr = Vec::new();
-        use std::io::Read;
-        if let Some(mut s) = initiator.0.stdout.take() {
-            s.read_to_end(&mut stdout).unwrap();
-        }
-        if let Some(mut s) = initiator.0.stderr.take() {
-            s.read_to_end(&mut stderr).unwrap();
-        }
-        Output {
-            status,
-            stdout,
-            stderr,
-        }
-    };
+    let out = output_of(initiator, Duration::from_secs(180), "the initiator");
     let v = json_of(&out);
     let target_status = wait_with_timeout(&mut target, Duration::from_secs(30), "the target");
     assert!(
@@ -308,4 +289,216 @@ fn two_hosts_joined_by_a_veth_pair_over_tcp() {
     let (rx, tx) = (counter("rx_bytes"), counter("tx_bytes"));
     println!("target veth end: {rx} bytes received, {tx} bytes sent");
     assert!(rx >= 16 << 20 && tx >= 16 << 20, "rx {rx}, tx {tx}");
+}
+
+/// The target is killed while the initiator sweeps: the initiator fails promptly with the
+/// transfer's failure, not with the failure of its goodbye to the dead target (the first error
+/// wins; issue 13 item 2).
+#[test]
+fn a_killed_target_is_reported_as_the_transfer_failure() {
+    let port = free_port();
+    let out_dir = tempfile::tempdir().unwrap();
+    let mut logging = kvmem();
+    logging.env("RUST_LOG", "info");
+    let mut target = spawn_target(logging, port, "16", "1M", Stdio::null(), Stdio::piped());
+    let stderr = target.0.stderr.take().unwrap();
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut initiator = Reaped(
+        kvmem()
+            .args(["bench", "--role", "initiator", "--json", "--peer"])
+            .arg(format!("127.0.0.1:{port}"))
+            .args(["--sizes", "4K", "--iterations", "100000", "--out-dir"])
+            .arg(out_dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the initiator"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the target sends its block list");
+        if line.contains("sent the block list") {
+            break;
+        }
+    }
+    // Let the sweep get going, then kill the target under it.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        initiator.0.try_wait().unwrap().is_none(),
+        "the initiator finished before the target was killed"
+    );
+    target.0.kill().unwrap();
+    target.0.wait().unwrap();
+    let killed = Instant::now();
+    let status = wait_with_timeout(&mut initiator, Duration::from_secs(150), "the initiator");
+    let waited = killed.elapsed();
+    let mut err = String::new();
+    use std::io::Read;
+    initiator
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(!status.success(), "the initiator succeeded: {err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        !last.contains("notification") && !last.contains("bye") && !last.contains("not inside"),
+        "the goodbye's failure masked the transfer's: {err}"
+    );
+    assert!(
+        ["WRITE", "READ", "transfer", "peer", "within"]
+            .iter()
+            .any(|w| last.contains(w)),
+        "not a transfer failure: {err}"
+    );
+    println!("killed target: initiator exited {status} after {waited:?}: {last}");
+}
+
+/// The project venv's Python (NIXL's wheel and numpy are installed there by scripts/setup.sh).
+fn venv_python() -> std::path::PathBuf {
+    let venv = std::env::var_os("KVMEM_VENV").map_or_else(
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv"),
+        std::path::PathBuf::from,
+    );
+    let python = venv.join("bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/setup.sh (it installs the NIXL wheel and numpy)",
+        python.display()
+    );
+    python
+}
+
+/// The agent written against NIXL's own Python API (`tests/foreign_agent.py`).
+fn foreign_agent() -> Command {
+    let mut c = Command::new(venv_python());
+    c.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/foreign_agent.py"
+    ));
+    c.env("UCX_MODULES", "^ib");
+    c
+}
+
+fn output_of(mut child: Reaped, timeout: Duration, what: &str) -> Output {
+    use std::io::Read;
+    let status = wait_with_timeout(&mut child, timeout, what);
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    if let Some(mut s) = child.0.stdout.take() {
+        s.read_to_end(&mut stdout).unwrap();
+    }
+    if let Some(mut s) = child.0.stderr.take() {
+        s.read_to_end(&mut stderr).unwrap();
+    }
+    assert!(
+        status.success(),
+        "{what} failed ({status}): {}",
+        String::from_utf8_lossy(&stderr)
+    );
+    Output {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
+/// A foreign initiator (NIXL's Python API) against a `kvmem bench` target. The initiator starts
+/// first, so its first metadata fetches fail and it must ask again (docs/TWO_NODE.md). It checks
+/// every byte: the target's poison, then its blocks written to a random permutation of the
+/// target's slots, read back.
+#[test]
+fn a_python_nixl_initiator_against_a_kvmem_target() {
+    let (port, own) = (free_port(), free_port());
+    let initiator = Reaped(
+        foreign_agent()
+            .args(["initiator", "--target", "kvmem-bench-target", "--peer"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--own-port")
+            .arg(own.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the Python initiator"),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let target = spawn_target(kvmem(), port, "16", "64K", Stdio::piped(), Stdio::piped());
+    let out = output_of(initiator, Duration::from_secs(120), "the Python initiator");
+    let line = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(line.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(v["blocks"], 16, "{v}");
+    assert_eq!(v["verified_bytes"], 2 * 16 * 65536, "{v}");
+    let t = output_of(target, Duration::from_secs(30), "the kvmem target");
+    let said = String::from_utf8_lossy(&t.stdout);
+    assert!(said.contains("is done; exiting"), "{said}");
+    println!("Python initiator -> kvmem target: {v}");
+}
+
+/// A `kvmem bench` initiator against a foreign target (NIXL's Python API): every point's bytes
+/// verified by kvmem, both exit 0. The initiator starts first here too.
+#[test]
+fn a_kvmem_initiator_against_a_python_nixl_target() {
+    let port = free_port();
+    let out_dir = tempfile::tempdir().unwrap();
+    let initiator = Reaped(
+        kvmem()
+            .args([
+                "bench",
+                "--role",
+                "initiator",
+                "--json",
+                "--name",
+                "py-target",
+                "--peer",
+            ])
+            .arg(format!("127.0.0.1:{port}"))
+            .args(["--sizes", "4K,64K", "--iterations", "1", "--out-dir"])
+            .arg(out_dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the initiator"),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let target = Reaped(
+        foreign_agent()
+            .args(["target", "--name", "py-target", "--port"])
+            .arg(port.to_string())
+            .args(["--blocks", "16", "--block-size", "65536"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the Python target"),
+    );
+    let v = json_of(&output_of(
+        initiator,
+        Duration::from_secs(120),
+        "the kvmem initiator",
+    ));
+    let points = v["points"].as_array().unwrap();
+    // 2 directions x 2 patterns x 2 sizes over the target's 1 MiB.
+    assert_eq!(points.len(), 8, "{v}");
+    for p in points {
+        assert_eq!(p["bytes"], 1 << 20, "{p}");
+        assert_eq!(p["verified_bytes"], p["bytes"], "{p}");
+    }
+    assert!(v["two_node"].as_str().unwrap().contains("py-target"), "{v}");
+    let t = output_of(target, Duration::from_secs(30), "the Python target");
+    let said = String::from_utf8_lossy(&t.stdout);
+    let done: serde_json::Value =
+        serde_json::from_str(said.lines().last().unwrap_or_default()).unwrap();
+    assert!(done["touched"].as_u64().unwrap() > 0, "{done}");
+    println!("kvmem initiator -> Python target: 8 points verified; target {done}");
 }

@@ -35,20 +35,8 @@ import kvmem
 LAYERS, HEADS, HEAD, BS = 32, 8, 128, 16
 
 
-def timed(fn, iters: int) -> float:  # type: ignore[no-untyped-def]
-    fn()
-    torch.cuda.synchronize()
-    best = float("inf")
-    for _ in range(iters):
-        t = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t)
-    return best
-
-
-def median_time(fn: Callable[[], Any], iters: int) -> float:
-    """Median seconds of ``fn`` (synchronized) over ``iters`` runs, after one untimed run."""
+def run_times(fn: Callable[[], Any], iters: int) -> list[float]:
+    """Seconds of each of ``iters`` runs of ``fn`` (synchronized), after one untimed run."""
     fn()
     torch.cuda.synchronize()
     times = []
@@ -57,12 +45,49 @@ def median_time(fn: Callable[[], Any], iters: int) -> float:
         fn()
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return times
+
+
+def timed(fn: Callable[[], Any], iters: int) -> float:
+    """Best seconds of ``fn`` over ``iters`` runs."""
+    return min(run_times(fn, iters))
+
+
+def median_time(fn: Callable[[], Any], iters: int) -> float:
+    """Median seconds of ``fn`` over ``iters`` runs."""
+    return statistics.median(run_times(fn, iters))
 
 
 def same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Bitwise equality (bf16 NaN payloads compare unequal as numbers)."""
     return torch.equal(a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8))
+
+
+Tensors = list[torch.Tensor]
+
+
+def torch_gather(kv: Tensors, idx: torch.Tensor, stage: Tensors, host: Tensors) -> None:
+    """torch's own offload: per layer, gather the blocks ``idx`` into a GPU staging tensor, then
+    copy it to that layer's pinned host tensor."""
+    for layer, st, h in zip(kv, stage, host):
+        torch.index_select(layer, 1, idx, out=st)
+        h.copy_(st, non_blocking=True)
+
+
+def torch_scatter(kv: Tensors, idx: torch.Tensor, stage: Tensors, host: Tensors) -> None:
+    """The reverse of `torch_gather`: host tensors to GPU staging, then into blocks ``idx``."""
+    for layer, st, h in zip(kv, stage, host):
+        st.copy_(h, non_blocking=True)
+        layer.index_copy_(1, idx, st)
+
+
+def one_copy_times(nbytes: int, iters: int, measure: Callable[[Callable[[], Any], int], float]) -> tuple[float, float]:
+    """Seconds of one ``nbytes`` pinned copy device-to-host and host-to-device, by ``measure``."""
+    big_host = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+    big_dev = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    d2h = measure(lambda: big_host.copy_(big_dev, non_blocking=True), iters)
+    h2d = measure(lambda: big_dev.copy_(big_host, non_blocking=True), iters)
+    return d2h, h2d
 
 
 def vllm_point(engine: kvmem.Engine, chunk: int, iters: int, seed: int) -> dict[str, Any]:
@@ -91,54 +116,39 @@ def vllm_point(engine: kvmem.Engine, chunk: int, iters: int, seed: int) -> dict[
     def kvmem_scatter() -> None:
         engine.copy(pinned, run, gpu, ids).wait()
 
-    def torch_gather() -> None:
-        for layer, st, h in zip(kv, stage, host_t):
-            torch.index_select(layer, 1, idx, out=st)
-            h.copy_(st, non_blocking=True)
-
-    def torch_scatter() -> None:
-        for layer, st, h in zip(kv, stage, host_t):
-            st.copy_(h, non_blocking=True)
-            layer.index_copy_(1, idx, st)
+    moves: dict[str, Callable[[], None]] = {
+        "kvmem_gather": kvmem_gather,
+        "torch_gather": lambda: torch_gather(kv, idx, stage, host_t),
+        "kvmem_scatter": kvmem_scatter,
+        "torch_scatter": lambda: torch_scatter(kv, idx, stage, host_t),
+    }
 
     def gathered_ok(h_of: Callable[[int], torch.Tensor]) -> bool:
         """Host block k of every layer holds GPU block ids[k], byte for byte."""
         return all(same_bytes(h_of(i).cuda(), kv[i].index_select(1, idx)) for i in range(LAYERS))
 
-    # Checks: poison the destination, move once, compare every byte.
+    # Checks: poison the destination, move once, compare every byte. Scatters go from what was
+    # gathered (random bytes) into a poisoned GPU cache.
+    kvmem_host: Callable[[int], torch.Tensor] = lambda i: host[:, i].transpose(0, 1)
+    torch_host: Callable[[int], torch.Tensor] = lambda i: host_t[i]
     checks: dict[str, bool] = {}
-    host.view(torch.uint8).fill_(0xA5)
-    kvmem_gather()
-    checks["kvmem_gather"] = gathered_ok(lambda i: host[:, i].transpose(0, 1))
-    for h in host_t:
-        h.view(torch.uint8).fill_(0xA5)
-    torch_gather()
-    torch.cuda.synchronize()
-    checks["torch_gather"] = gathered_ok(lambda i: host_t[i])
-    # Scatter from what was gathered (random bytes), into a poisoned GPU cache.
-    for t in kv:
-        t.view(torch.uint8).fill_(0xA5)
-    kvmem_scatter()
-    checks["kvmem_scatter"] = gathered_ok(lambda i: host[:, i].transpose(0, 1))
-    for t in kv:
-        t.view(torch.uint8).fill_(0xA5)
-    torch_scatter()
-    torch.cuda.synchronize()
-    checks["torch_scatter"] = gathered_ok(lambda i: host_t[i])
+    for name, poisoned, host_of in [
+        ("kvmem_gather", [host], kvmem_host),
+        ("torch_gather", host_t, torch_host),
+        ("kvmem_scatter", kv, kvmem_host),
+        ("torch_scatter", kv, torch_host),
+    ]:
+        for p in poisoned:
+            p.view(torch.uint8).fill_(0xA5)
+        moves[name]()
+        torch.cuda.synchronize()
+        checks[name] = gathered_ok(host_of)
     bad = [k for k, ok in checks.items() if not ok]
     if bad:
         raise SystemExit(f"vllm point {chunk} B chunks: wrong bytes after {', '.join(bad)}")
 
-    big_host = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
-    big_dev = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
-    one_d2h = median_time(lambda: big_host.copy_(big_dev, non_blocking=True), iters)
-    one_h2d = median_time(lambda: big_dev.copy_(big_host, non_blocking=True), iters)
-    t = {
-        "kvmem_gather": median_time(kvmem_gather, iters),
-        "torch_gather": median_time(torch_gather, iters),
-        "kvmem_scatter": median_time(kvmem_scatter, iters),
-        "torch_scatter": median_time(torch_scatter, iters),
-    }
+    one_d2h, one_h2d = one_copy_times(nbytes, iters, median_time)
+    t = {name: median_time(move, iters) for name, move in moves.items()}
     res: dict[str, Any] = {
         "chunk_bytes": chunk,
         "heads": heads,
@@ -153,7 +163,7 @@ def vllm_point(engine: kvmem.Engine, chunk: int, iters: int, seed: int) -> dict[
         one = one_d2h if k.endswith("gather") else one_h2d
         res[f"{k}_GiBps"] = nbytes / secs / 2**30
         res[f"{k}_ratio"] = one / secs
-    del kv, gpu, host, pinned, stage, host_t, big_host, big_dev
+    del kv, gpu, host, pinned, stage, host_t, moves
     torch.cuda.empty_cache()
     return res
 
@@ -168,9 +178,7 @@ def main() -> None:
     a = ap.parse_args()
     engine = kvmem.Engine()
     res: dict[str, Any] = {"device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d")}
-    res["vllm_points"] = [
-        vllm_point(engine, int(c), a.iters, seed=i) for i, c in enumerate(a.vllm_chunks.split(","))
-    ]
+    res["vllm_points"] = [vllm_point(engine, int(c), a.iters, seed=i) for i, c in enumerate(a.vllm_chunks.split(","))]
     if not a.vllm_only:
         res.update(legacy(a, engine))
     print(json.dumps(res, indent=2))
@@ -189,28 +197,14 @@ def legacy(a: argparse.Namespace, engine: kvmem.Engine) -> dict[str, Any]:
     n = len(ids)
     pinned = gpu.allocate_like(kvmem.Tier.pinned(0), num_blocks=n)
     nbytes = n * gpu.block_bytes
-    big_host = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
-    big_dev = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
-    one_d2h = timed(lambda: big_host.copy_(big_dev, non_blocking=True), a.iters)
-    one_h2d = timed(lambda: big_dev.copy_(big_host, non_blocking=True), a.iters)
+    one_d2h, one_h2d = one_copy_times(nbytes, a.iters, timed)
     dst_ids = list(range(n))
     k_d2h = timed(lambda: engine.copy(gpu, ids, pinned, dst_ids).wait(), a.iters)
     k_h2d = timed(lambda: engine.copy(pinned, dst_ids, gpu, ids).wait(), a.iters)
     stage = [torch.empty((2, n, BS, HEADS, HEAD), dtype=torch.bfloat16, device="cuda") for _ in range(LAYERS)]
     host = [torch.empty_like(s, device="cpu").pin_memory() for s in stage]
-
-    def torch_d2h() -> None:
-        for layer, s, h in zip(kv, stage, host):
-            torch.index_select(layer, 1, idx, out=s)
-            h.copy_(s, non_blocking=True)
-
-    def torch_h2d() -> None:
-        for layer, s, h in zip(kv, stage, host):
-            s.copy_(h, non_blocking=True)
-            layer.index_copy_(1, idx, s)
-
-    t_d2h = timed(torch_d2h, a.iters)
-    t_h2d = timed(torch_h2d, a.iters)
+    t_d2h = timed(lambda: torch_gather(kv, idx, stage, host), a.iters)
+    t_h2d = timed(lambda: torch_scatter(kv, idx, stage, host), a.iters)
     # Python overhead: 4096 blocks, per-call latency of the submit and the bandwidth.
     big = min(4096, a.blocks)
     pinned_big = gpu.allocate_like(kvmem.Tier.pinned(0), num_blocks=big)

@@ -14,7 +14,9 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use kvmem::Completion;
-use kvmem::nixl::raw::{LocalBlocks, RawTransfers, RemoteBlocks, TransferOp};
+use kvmem::nixl::raw::{
+    LocalBlocks, PreparedLocal, PreparedRemote, RawTransfers, RemoteBlocks, TransferOp,
+};
 use kvmem::nixl::{Agent, AgentConfig, NixlDescriptor};
 use kvmem::{Buffer, HostMemory, MemoryDescriptor, SystemStorage};
 use nixl_sys::{MemType, XferDescList, XferOp, XferStatus};
@@ -77,7 +79,27 @@ fn raw_agent(name: &str) -> nixl_sys::Agent {
     agent
 }
 
-/// Two raw agents, `a` holding `src`, `b` holding `dst`, and the registrations.
+/// A source filled with a pattern that depends on `seed`, and a destination poisoned with 0xA5.
+fn buffers(len: usize, seed: u8) -> (SystemStorage, SystemStorage) {
+    let mut src = SystemStorage::new(len).unwrap();
+    for (i, x) in src.as_mut_slice().iter_mut().enumerate() {
+        *x = (i as u8).wrapping_mul(31).wrapping_add(seed);
+    }
+    let mut dst = SystemStorage::new(len).unwrap();
+    dst.memset(0xA5);
+    (src, dst)
+}
+
+fn raw_register(agent: &nixl_sys::Agent, s: &SystemStorage) -> nixl_sys::RegistrationHandle {
+    let region = RawRegion {
+        addr: s.addr(),
+        len: s.size(),
+    };
+    agent.register_memory(&region, None).unwrap()
+}
+
+/// Raw agent `a` holding `src`, `b` holding `dst` (the same agent for one-agent transfers), and
+/// the registrations.
 struct Raw {
     a: nixl_sys::Agent,
     b_name: String,
@@ -91,31 +113,21 @@ impl Raw {
     fn new(tag: &str, len: usize, seed: u8) -> Raw {
         let a = raw_agent(&format!("raw-a-{tag}"));
         let b = raw_agent(&format!("raw-b-{tag}"));
-        let mut src = SystemStorage::new(len).unwrap();
-        for (i, x) in src.as_mut_slice().iter_mut().enumerate() {
-            *x = (i as u8).wrapping_mul(31).wrapping_add(seed);
-        }
-        let mut dst = SystemStorage::new(len).unwrap();
-        dst.memset(0xA5);
-        let regs = vec![
-            a.register_memory(
-                &RawRegion {
-                    addr: src.addr(),
-                    len,
-                },
-                None,
-            )
-            .unwrap(),
-            b.register_memory(
-                &RawRegion {
-                    addr: dst.addr(),
-                    len,
-                },
-                None,
-            )
-            .unwrap(),
-        ];
         let b_name = a.load_remote_md(&b.get_local_md().unwrap()).unwrap();
+        Raw::build(a, b, b_name, len, seed)
+    }
+
+    /// One agent holding both buffers: NIXL copies within the agent (UCX's self transport), so
+    /// the per-descriptor cost of the transport is small and the descriptor handling shows.
+    fn one_agent(tag: &str, len: usize, seed: u8) -> Raw {
+        let a = raw_agent(&format!("raw-one-{tag}"));
+        let b_name = a.name();
+        Raw::build(a.clone(), a, b_name, len, seed)
+    }
+
+    fn build(a: nixl_sys::Agent, b: nixl_sys::Agent, b_name: String, len: usize, seed: u8) -> Raw {
+        let (src, dst) = buffers(len, seed);
+        let regs = vec![raw_register(&a, &src), raw_register(&b, &dst)];
         Raw {
             a,
             b_name,
@@ -126,47 +138,19 @@ impl Raw {
         }
     }
 
-    /// Polls like `kvmem::nixl::raw::Transfer`'s waits do (yield for 2 ms, then 50 µs sleeps), so that
-    /// the comparison measures kvmem's code, not a different waiting strategy.
-    /// One agent holding both buffers: NIXL copies within the agent (UCX's self transport), so
-    /// the per-descriptor cost of the transport is small and the descriptor handling shows.
-    fn one_agent(tag: &str, len: usize, seed: u8) -> Raw {
-        let a = raw_agent(&format!("raw-one-{tag}"));
-        let mut src = SystemStorage::new(len).unwrap();
-        for (i, x) in src.as_mut_slice().iter_mut().enumerate() {
-            *x = (i as u8).wrapping_mul(31).wrapping_add(seed);
+    /// NIXL's lists for (offset, len) pairs of `src` and `dst`.
+    fn lists(&self, blocks: &[(usize, usize)]) -> (XferDescList<'_>, XferDescList<'_>) {
+        let mut l = XferDescList::new(MemType::Dram).unwrap();
+        let mut r = XferDescList::new(MemType::Dram).unwrap();
+        for &(off, len) in blocks {
+            l.add_desc(self.src.addr() + off, len, 0);
+            r.add_desc(self.dst.addr() + off, len, 0);
         }
-        let mut dst = SystemStorage::new(len).unwrap();
-        dst.memset(0xA5);
-        let regs = vec![
-            a.register_memory(
-                &RawRegion {
-                    addr: src.addr(),
-                    len,
-                },
-                None,
-            )
-            .unwrap(),
-            a.register_memory(
-                &RawRegion {
-                    addr: dst.addr(),
-                    len,
-                },
-                None,
-            )
-            .unwrap(),
-        ];
-        let b_name = a.name();
-        Raw {
-            _b: a.clone(),
-            a,
-            b_name,
-            src,
-            dst,
-            _regs: regs,
-        }
+        (l, r)
     }
 
+    /// Polls like `kvmem::nixl::raw::Transfer`'s waits do (yield for 2 ms, then 50 µs sleeps), so that
+    /// the comparison measures kvmem's code, not a different waiting strategy.
     fn wait(&self, req: &nixl_sys::XferRequest) {
         let start = std::time::Instant::now();
         while self.a.get_xfer_status(req).unwrap() == XferStatus::InProgress {
@@ -180,12 +164,7 @@ impl Raw {
 
     /// Builds both lists from (offset, len) pairs, creates, posts and waits.
     fn post_fresh(&self, blocks: &[(usize, usize)]) {
-        let mut l = XferDescList::new(MemType::Dram).unwrap();
-        let mut r = XferDescList::new(MemType::Dram).unwrap();
-        for &(off, len) in blocks {
-            l.add_desc(self.src.addr() + off, len, 0);
-            r.add_desc(self.dst.addr() + off, len, 0);
-        }
+        let (l, r) = self.lists(blocks);
         let req = self
             .a
             .create_xfer_req(XferOp::Write, &l, &r, &self.b_name, None)
@@ -202,12 +181,7 @@ impl Raw {
         nixl_sys::XferDlistHandle,
         Vec<i32>,
     ) {
-        let mut l = XferDescList::new(MemType::Dram).unwrap();
-        let mut r = XferDescList::new(MemType::Dram).unwrap();
-        for &(off, len) in blocks {
-            l.add_desc(self.src.addr() + off, len, 0);
-            r.add_desc(self.dst.addr() + off, len, 0);
-        }
+        let (l, r) = self.lists(blocks);
         let lh = self.a.prepare_xfer_dlist("", &l, None).unwrap();
         let rh = self.a.prepare_xfer_dlist(&self.b_name, &r, None).unwrap();
         (lh, rh, (0..blocks.len() as i32).collect())
@@ -248,40 +222,25 @@ impl Kv {
     fn new(tag: &str, len: usize, seed: u8) -> Kv {
         let a = Agent::new(bench_config(&format!("kv-a-{tag}"))).unwrap();
         let b = Agent::new(bench_config(&format!("kv-b-{tag}"))).unwrap();
-        let mut s = SystemStorage::new(len).unwrap();
-        for (i, x) in s.as_mut_slice().iter_mut().enumerate() {
-            *x = (i as u8).wrapping_mul(31).wrapping_add(seed);
-        }
-        let src = Buffer::new(a.register(s).unwrap());
-        let mut d = SystemStorage::new(len).unwrap();
-        d.memset(0xA5);
-        let dst = Buffer::new(b.register(d).unwrap());
         let peer = Some(a.load_peer(&b.local_metadata().unwrap()).unwrap());
+        Kv::build(a, b, peer, len, seed)
+    }
+
+    fn one_agent(tag: &str, len: usize, seed: u8) -> Kv {
+        let a = Agent::new(bench_config(&format!("kv-one-{tag}"))).unwrap();
+        Kv::build(a.clone(), a, None, len, seed)
+    }
+
+    fn build(a: Agent, b: Agent, peer: Option<kvmem::nixl::Peer>, len: usize, seed: u8) -> Kv {
+        let (s, d) = buffers(len, seed);
+        let src = Buffer::new(a.register(s).unwrap());
+        let dst = Buffer::new(b.register(d).unwrap());
         Kv {
             a,
             b,
             src,
             dst,
             peer,
-        }
-    }
-
-    fn one_agent(tag: &str, len: usize, seed: u8) -> Kv {
-        let a = Agent::new(bench_config(&format!("kv-one-{tag}"))).unwrap();
-        let mut s = SystemStorage::new(len).unwrap();
-        for (i, x) in s.as_mut_slice().iter_mut().enumerate() {
-            *x = (i as u8).wrapping_mul(31).wrapping_add(seed);
-        }
-        let src = Buffer::new(a.register(s).unwrap());
-        let mut d = SystemStorage::new(len).unwrap();
-        d.memset(0xA5);
-        let dst = Buffer::new(a.register(d).unwrap());
-        Kv {
-            b: a.clone(),
-            a,
-            src,
-            dst,
-            peer: None,
         }
     }
 
@@ -306,6 +265,39 @@ impl Kv {
             r.push_range(&self.dst, off, len).unwrap();
         }
         (l, r)
+    }
+
+    /// Builds the lists and writes them: to the peer, or within the one agent.
+    fn write_fresh(&self, blocks: &[(usize, usize)]) {
+        let transfer = if self.peer.is_some() {
+            let (l, r) = self.blocks(blocks);
+            self.a.write(&l, &r, None)
+        } else {
+            let (l, r) = self.local_blocks(blocks);
+            self.a.write_to_file(&l, &r)
+        };
+        transfer.unwrap().wait().unwrap();
+    }
+
+    /// Both sides' lists, prepared for repeated transfers.
+    fn prepare(&self, blocks: &[(usize, usize)]) -> (PreparedLocal, PreparedRemote) {
+        if self.peer.is_some() {
+            let (l, r) = self.blocks(blocks);
+            let pl = self.a.prepare_local(&l).unwrap();
+            (pl, self.a.prepare_remote(&r).unwrap())
+        } else {
+            let (l, r) = self.local_blocks(blocks);
+            let pl = self.a.prepare_local(&l).unwrap();
+            (pl, self.a.prepare_file(&r).unwrap())
+        }
+    }
+
+    fn post_prepared(&self, (pl, pr): &(PreparedLocal, PreparedRemote)) {
+        self.a
+            .post_prepared(TransferOp::Write, pl, pr, None)
+            .unwrap()
+            .wait()
+            .unwrap();
     }
 
     fn dst_bytes(&self) -> &[u8] {
@@ -387,99 +379,48 @@ fn bench_write_64m(c: &mut Criterion) {
 fn bench_small_two_agents(c: &mut Criterion) {
     kvmem::nixl::ensure_loaded().unwrap();
     let len = SMALL_N * SMALL_STRIDE;
-    let blocks = small_blocks();
     let mut raw = Raw::new("small", len, 2);
     let kv = Kv::new("small", len, 2);
-
-    // Verify every path once.
-    raw.post_fresh(&blocks);
-    check_blocks(raw.dst.as_slice(), raw.src.as_slice(), &blocks);
-    raw.reset_dst();
-    let (rlh, rrh, ridx) = raw.prepare(&blocks);
-    raw.post_prepared(&rlh, &rrh, &ridx);
-    check_blocks(raw.dst.as_slice(), raw.src.as_slice(), &blocks);
-    let (l, r) = kv.blocks(&blocks);
-    kv.a.write(&l, &r, None).unwrap().wait().unwrap();
-    check_blocks(kv.dst_bytes(), kv.src_bytes(), &blocks);
-    let pl = kv.a.prepare_local(&l).unwrap();
-    let pr = kv.a.prepare_remote(&r).unwrap();
-    kv.a.post_prepared(TransferOp::Write, &pl, &pr, None)
-        .unwrap()
-        .wait()
-        .unwrap();
-
-    let mut g = c.benchmark_group("small_10k_two_agents");
-    g.sample_size(20).measurement_time(Duration::from_secs(8));
-    g.throughput(criterion::Throughput::Elements(SMALL_N as u64));
-    pair(
-        &mut g,
-        "fresh/",
-        &|| raw.post_fresh(black_box(&blocks)),
-        &|| {
-            // Building the lists is part of the fresh path, as for the raw calls.
-            let (l, r) = kv.blocks(black_box(&blocks));
-            kv.a.write(&l, &r, None).unwrap().wait().unwrap()
-        },
-    );
-    pair(
-        &mut g,
-        "prepared/",
-        &|| raw.post_prepared(&rlh, &rrh, black_box(&ridx)),
-        &|| {
-            kv.a.post_prepared(TransferOp::Write, black_box(&pl), black_box(&pr), None)
-                .unwrap()
-                .wait()
-                .unwrap()
-        },
-    );
-    g.finish();
+    small(c, "small_10k_two_agents", &mut raw, &kv, &small_blocks());
 }
 
 fn small_one_agent(c: &mut Criterion, group: &str, stride: usize) {
     kvmem::nixl::ensure_loaded().unwrap();
     let len = SMALL_N * stride;
-    let blocks = blocks_with_stride(stride);
     let mut raw = Raw::one_agent(group, len, 3);
     let kv = Kv::one_agent(group, len, 3);
+    small(c, group, &mut raw, &kv, &blocks_with_stride(stride));
+}
 
-    raw.post_fresh(&blocks);
-    check_blocks(raw.dst.as_slice(), raw.src.as_slice(), &blocks);
+/// Verifies every path once (raw fresh and prepared lists, kvmem's fresh and prepared lists),
+/// then measures the fresh and the prepared paths of both.
+fn small(c: &mut Criterion, group: &str, raw: &mut Raw, kv: &Kv, blocks: &[(usize, usize)]) {
+    raw.post_fresh(blocks);
+    check_blocks(raw.dst.as_slice(), raw.src.as_slice(), blocks);
     raw.reset_dst();
-    let (rlh, rrh, ridx) = raw.prepare(&blocks);
+    let (rlh, rrh, ridx) = raw.prepare(blocks);
     raw.post_prepared(&rlh, &rrh, &ridx);
-    check_blocks(raw.dst.as_slice(), raw.src.as_slice(), &blocks);
-    let (l, r) = kv.local_blocks(&blocks);
-    kv.a.write_to_file(&l, &r).unwrap().wait().unwrap();
-    check_blocks(kv.dst_bytes(), kv.src_bytes(), &blocks);
-    let pl = kv.a.prepare_local(&l).unwrap();
-    let pr = kv.a.prepare_file(&r).unwrap();
-    kv.a.post_prepared(TransferOp::Write, &pl, &pr, None)
-        .unwrap()
-        .wait()
-        .unwrap();
+    check_blocks(raw.dst.as_slice(), raw.src.as_slice(), blocks);
+    kv.write_fresh(blocks);
+    check_blocks(kv.dst_bytes(), kv.src_bytes(), blocks);
+    let prepared = kv.prepare(blocks);
+    kv.post_prepared(&prepared);
 
     let mut g = c.benchmark_group(group);
     g.sample_size(20).measurement_time(Duration::from_secs(8));
     g.throughput(criterion::Throughput::Elements(SMALL_N as u64));
+    // Building the lists is part of the fresh path, as for the raw calls.
     pair(
         &mut g,
         "fresh/",
-        &|| raw.post_fresh(black_box(&blocks)),
-        &|| {
-            let (l, r) = kv.local_blocks(black_box(&blocks));
-            kv.a.write_to_file(&l, &r).unwrap().wait().unwrap()
-        },
+        &|| raw.post_fresh(black_box(blocks)),
+        &|| kv.write_fresh(black_box(blocks)),
     );
     pair(
         &mut g,
         "prepared/",
         &|| raw.post_prepared(&rlh, &rrh, black_box(&ridx)),
-        &|| {
-            kv.a.post_prepared(TransferOp::Write, black_box(&pl), black_box(&pr), None)
-                .unwrap()
-                .wait()
-                .unwrap()
-        },
+        &|| kv.post_prepared(black_box(&prepared)),
     );
     g.finish();
 }
@@ -505,12 +446,7 @@ fn bench_request_only(c: &mut Criterion) {
     g.throughput(criterion::Throughput::Elements(SMALL_N as u64));
     g.bench_function("create_from_fresh_lists/raw_nixl_sys", |bench| {
         bench.iter(|| {
-            let mut l = XferDescList::new(MemType::Dram).unwrap();
-            let mut r = XferDescList::new(MemType::Dram).unwrap();
-            for &(off, len) in black_box(&blocks) {
-                l.add_desc(raw.src.addr() + off, len, 0);
-                r.add_desc(raw.dst.addr() + off, len, 0);
-            }
+            let (l, r) = raw.lists(black_box(&blocks));
             raw.a
                 .create_xfer_req(XferOp::Write, &l, &r, &raw.b_name, None)
                 .unwrap()
@@ -539,12 +475,7 @@ fn bench_build(c: &mut Criterion) {
     g.throughput(criterion::Throughput::Elements(SMALL_N as u64));
     g.bench_function("nixl_lists/raw_nixl_sys", |bench| {
         bench.iter(|| {
-            let mut l = XferDescList::new(MemType::Dram).unwrap();
-            let mut r = XferDescList::new(MemType::Dram).unwrap();
-            for &(off, len) in black_box(&blocks) {
-                l.add_desc(raw.src.addr() + off, len, 0);
-                r.add_desc(raw.dst.addr() + off, len, 0);
-            }
+            let (l, r) = raw.lists(black_box(&blocks));
             (l, r)
         })
     });

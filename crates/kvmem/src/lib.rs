@@ -43,6 +43,7 @@
 #![deny(unsafe_code)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod accounting;
 pub mod arena;
 mod backoff;
 pub mod cache;

@@ -4,9 +4,8 @@
 
 mod common;
 
-use common::Tier;
-use common::cases::run_case;
-use kvmem::layout::LayoutKind;
+use common::cases::every_layout_pair;
+use common::{Tier, engine_with};
 use kvmem::transfer::{CopyMethod, EngineConfig, TransferEngine};
 
 fn engine(gpu_method: CopyMethod) -> TransferEngine {
@@ -19,18 +18,9 @@ fn engine(gpu_method: CopyMethod) -> TransferEngine {
     .unwrap()
 }
 
-fn sweep(engine: &TransferEngine, pairs: &[(Tier, Tier)], seed0: u64) {
-    let mut seed = seed0;
-    for &(src_tier, dst_tier) in pairs {
-        for src_kind in LayoutKind::ALL {
-            for dst_kind in LayoutKind::ALL {
-                for _ in 0..3 {
-                    seed += 1;
-                    run_case(engine, src_tier, dst_tier, src_kind, dst_kind, seed);
-                }
-            }
-        }
-    }
+/// Three random cases for every pair of layouts on each pair of tiers.
+fn sweep(engine: &TransferEngine, pairs: &[(Tier, Tier)], seed: u64) {
+    every_layout_pair(engine, pairs, seed, 3);
 }
 
 const GPU_PAIRS: [(Tier, Tier); 8] = [
@@ -77,13 +67,8 @@ fn every_layout_pair_over_gpu_tiers_per_copy() {
 #[ignore = "needs a CUDA GPU"]
 fn every_layout_pair_pinned_and_disk_each_disk_backend() {
     for (i, disk_backend) in kvmem::transfer::DiskBackend::ALL.into_iter().enumerate() {
-        let engine = TransferEngine::new(EngineConfig {
-            disk_backend,
-            ..EngineConfig::default()
-        })
-        .unwrap();
         sweep(
-            &engine,
+            &engine_with(disk_backend),
             &[(Tier::Pinned, Tier::Disk), (Tier::Disk, Tier::Pinned)],
             0x8D00 + 1000 * i as u64,
         );

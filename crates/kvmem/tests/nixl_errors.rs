@@ -299,12 +299,7 @@ fn malformed_metadata_blobs() {
 
 #[test]
 fn transfers_after_the_peer_was_invalidated() {
-    let a = agent("inval-a");
-    let b = agent("inval-b");
-    let data = random_bytes(24, 1 << 20);
-    let src = filled(&a, &data);
-    let dst = poisoned(&b, 1 << 20);
-    let peer = a.load_peer(&b.local_metadata().unwrap()).unwrap();
+    let (a, b, data, src, dst, peer) = pair("inval", 24, 1 << 20);
     let mut remote = RemoteBlocks::new(&peer);
     remote.push_region(0, 0, 1 << 20).unwrap();
     let local = LocalBlocks::whole(&src).unwrap();
@@ -347,21 +342,13 @@ fn transfers_after_the_peer_was_invalidated() {
     assert!(is_invalidated(&e), "{e}");
     let mut remote2 = RemoteBlocks::new(&peer2);
     remote2.push_region(0, 0, 1 << 20).unwrap();
-    a.write(&local, &remote2, Some(b"again"))
-        .unwrap()
-        .wait_for(WAIT)
-        .unwrap();
-    b.wait_for_message(a.name(), b"again", WAIT).unwrap();
+    wait_landed(a.write(&local, &remote2, Some(b"again")), &a, &b, b"again");
     assert_same(bytes(&dst), &data, "after reconnecting");
 }
 
 #[test]
 fn lists_that_do_not_fit_together() {
-    let a = agent("fit-a");
-    let b = agent("fit-b");
-    let src = filled(&a, &random_bytes(25, 8192));
-    let _dst = poisoned(&b, 8192);
-    let peer = a.load_peer(&b.local_metadata().unwrap()).unwrap();
+    let (a, _b, _, src, _dst, peer) = pair("fit", 25, 8192);
     let mut r = RemoteBlocks::new(&peer);
     r.push_region(0, 0, 4096).unwrap();
     let whole = LocalBlocks::whole(&src).unwrap();
@@ -436,4 +423,50 @@ fn etcd_without_endpoints_and_bad_listener_addresses() {
         .unwrap_err();
     assert!(matches!(err, Error::Timeout { .. }), "{err}");
     assert!(start.elapsed() < Duration::from_secs(5));
+}
+
+/// A manifest attached to a listener-fetched peer (which came without one) bounds its remote
+/// blocks from then on, on the same connection: lists built before stay valid.
+#[test]
+fn an_attached_manifest_bounds_a_listener_peers_blocks() {
+    let port = free_port();
+    let b = Agent::new(config("attach-b").with_listener(port)).unwrap();
+    let dst = poisoned(&b, 1 << 16);
+    let a = listening_agent("attach-a");
+    let peer = a.connect_listener(b.name(), loopback(port), WAIT).unwrap();
+    assert!(peer.manifest().is_none());
+    let inside = NixlDescriptor::dram(dst.addr() as u64, 4096);
+    let outside = NixlDescriptor::dram(dst.addr() as u64 + (1 << 16), 4096);
+    let mut before = RemoteBlocks::new(&peer);
+    before.push(inside).unwrap();
+    // Without a manifest kvmem cannot check the block; with one it can.
+    RemoteBlocks::new(&peer).push(outside).unwrap();
+    let manifest = kvmem::nixl::PeerMetadata::parse(&b.local_metadata().unwrap())
+        .unwrap()
+        .manifest
+        .unwrap();
+    let peer = a.attach_manifest(manifest.clone()).unwrap();
+    assert_eq!(peer.manifest(), Some(&manifest));
+    let err = RemoteBlocks::new(&peer).push(outside).unwrap_err();
+    assert!(
+        matches!(err, Error::Peer(PeerError::OutOfBounds { .. })),
+        "{err}"
+    );
+    let src = filled(&a, &random_bytes(9, 4096));
+    let t = a
+        .write(&LocalBlocks::whole(&src).unwrap(), &before, None)
+        .unwrap();
+    t.wait_for(WAIT).unwrap();
+    assert_same(
+        &bytes(&dst)[..4096],
+        bytes(&src),
+        "written through the older list",
+    );
+    let mut wrong = manifest;
+    wrong.agent = "nobody-knows-me".into();
+    let err = a.attach_manifest(wrong).unwrap_err();
+    assert!(
+        matches!(err, Error::Peer(PeerError::Unknown { .. })),
+        "{err}"
+    );
 }

@@ -82,12 +82,7 @@ fn write_and_read_64m() {
 
 #[test]
 fn views_move_only_their_range() {
-    let a = agent("view-a");
-    let b = agent("view-b");
-    let data = random_bytes(3, 1 << 20);
-    let src = filled(&a, &data);
-    let dst = poisoned(&b, 1 << 20);
-    let peer = a.load_peer(&b.local_metadata().unwrap()).unwrap();
+    let (a, _b, data, src, dst, peer) = pair("view", 3, 1 << 20);
     // 64 KiB from offset 128 KiB of src to offset 512 KiB of dst, through a view.
     let view = OffsetBuffer::new(src.clone(), 128 << 10, 64 << 10).unwrap();
     assert!(
@@ -190,11 +185,12 @@ fn prepared_lists_are_reused_and_indexable() {
         .unwrap();
         assert!(bytes(&dst).iter().all(|&x| x == POISON));
         let note = format!("round-{round}");
-        a.post_prepared(TransferOp::Write, &pl, &pr, Some(note.as_bytes()))
-            .unwrap()
-            .wait_for(WAIT)
-            .unwrap();
-        b.wait_for_message(a.name(), note.as_bytes(), WAIT).unwrap();
+        wait_landed(
+            a.post_prepared(TransferOp::Write, &pl, &pr, Some(note.as_bytes())),
+            &a,
+            &b,
+            note.as_bytes(),
+        );
         assert_same(bytes(&dst), &data, "prepared WRITE");
     }
 
@@ -313,34 +309,20 @@ fn backends_are_tracked_case_insensitively() {
 
 #[test]
 fn dropping_transfers_is_safe_and_the_agent_keeps_working() {
-    let a = agent("drop-a");
-    let b = agent("drop-b");
-    let data = random_bytes(6, 16 << 20);
-    let src = filled(&a, &data);
-    let dst = poisoned(&b, 16 << 20);
-    let peer = a.load_peer(&b.local_metadata().unwrap()).unwrap();
+    let (a, b, data, src, dst, peer) = pair("drop", 6, 16 << 20);
     let remote = remote_whole(&peer, &dst);
     let local = LocalBlocks::whole(&src).unwrap();
     for _ in 0..5 {
         // Dropped without waiting: cancelled if still running, released if done.
         drop(a.write(&local, &remote, None).unwrap());
     }
-    a.write(&local, &remote, Some(b"last"))
-        .unwrap()
-        .wait_for(WAIT)
-        .unwrap();
-    b.wait_for_message(a.name(), b"last", WAIT).unwrap();
+    wait_landed(a.write(&local, &remote, Some(b"last")), &a, &b, b"last");
     assert_same(bytes(&dst), &data, "after dropped transfers");
 }
 
 #[test]
 fn cancelled_transfers_finish_and_report_cancelled_or_success() {
-    let a = agent("cancel-a");
-    let b = agent("cancel-b");
-    let data = random_bytes(7, 64 << 20);
-    let src = filled(&a, &data);
-    let dst = poisoned(&b, 64 << 20);
-    let peer = a.load_peer(&b.local_metadata().unwrap()).unwrap();
+    let (a, b, data, src, dst, peer) = pair("cancel", 7, 64 << 20);
     let remote = remote_whole(&peer, &dst);
     let local = LocalBlocks::whole(&src).unwrap();
     let (mut cancelled, mut finished) = (0, 0);
@@ -361,11 +343,12 @@ fn cancelled_transfers_finish_and_report_cancelled_or_success() {
     }
     eprintln!("{cancelled} cancelled, {finished} finished before the cancel took effect");
     // The agent and the peer keep working after the cancels.
-    a.write(&local, &remote, Some(b"after-cancel"))
-        .unwrap()
-        .wait_for(WAIT)
-        .unwrap();
-    b.wait_for_message(a.name(), b"after-cancel", WAIT).unwrap();
+    wait_landed(
+        a.write(&local, &remote, Some(b"after-cancel")),
+        &a,
+        &b,
+        b"after-cancel",
+    );
     assert_same(bytes(&dst), &data, "after cancelled transfers");
 }
 

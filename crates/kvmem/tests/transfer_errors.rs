@@ -449,15 +449,7 @@ fn failed_disk_reads_are_errors(backend: DiskBackend) {
     assert!(read_region(&file) == image, "{backend}");
 }
 
-#[test]
-fn failed_disk_reads_are_errors_io_uring() {
-    failed_disk_reads_are_errors(DiskBackend::IoUring);
-}
-
-#[test]
-fn failed_disk_reads_are_errors_nixl_posix() {
-    failed_disk_reads_are_errors(DiskBackend::NixlPosix);
-}
+each_disk_backend!(failed_disk_reads_are_errors: failed_disk_reads_are_errors_io_uring, failed_disk_reads_are_errors_nixl_posix);
 
 /// Set in the child processes of the test below: what they lack (`runtime` or `plugin`).
 const CHILD_ENV: &str = "KVMEM_TEST_NIXL_POSIX_MISSING";

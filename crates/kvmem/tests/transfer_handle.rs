@@ -102,7 +102,7 @@ const BIG: usize = 32 << 20;
 fn dropping_the_handle_keeps_a_host_copy_s_memory_alive_until_it_is_done() {
     let engine = TransferEngine::new(EngineConfig {
         host_threads: 1,
-        ..Default::default()
+        ..EngineConfig::default()
     })
     .unwrap();
     let data = random_bytes(BIG, 1);
@@ -125,20 +125,12 @@ fn disk_engine(disk_backend: DiskBackend) -> TransferEngine {
     TransferEngine::new(EngineConfig {
         host_threads: 1,
         disk_backend,
-        ..Default::default()
+        ..EngineConfig::default()
     })
     .unwrap()
 }
 
-#[test]
-fn dropping_the_handle_keeps_disk_transfers_alive_until_done_io_uring() {
-    dropping_the_handle_keeps_disk_transfers_alive_until_done(DiskBackend::IoUring);
-}
-
-#[test]
-fn dropping_the_handle_keeps_disk_transfers_alive_until_done_nixl_posix() {
-    dropping_the_handle_keeps_disk_transfers_alive_until_done(DiskBackend::NixlPosix);
-}
+each_disk_backend!(dropping_the_handle_keeps_disk_transfers_alive_until_done: dropping_the_handle_keeps_disk_transfers_alive_until_done_io_uring, dropping_the_handle_keeps_disk_transfers_alive_until_done_nixl_posix);
 
 fn dropping_the_handle_keeps_disk_transfers_alive_until_done(backend: DiskBackend) {
     let engine = disk_engine(backend);
@@ -195,7 +187,7 @@ fn dropping_the_engine_lets_submitted_transfers_finish() {
     let dst = Buffer::new(SystemStorage::new(BIG).unwrap());
     let engine = TransferEngine::new(EngineConfig {
         host_threads: 1,
-        ..Default::default()
+        ..EngineConfig::default()
     })
     .unwrap();
     let handle = engine.copy_region(&src, &dst).unwrap();
@@ -213,7 +205,7 @@ fn dropping_the_engine_lets_submitted_transfers_finish() {
 fn cancelled_transfers_report_cancellation_and_others_complete() {
     let engine = TransferEngine::new(EngineConfig {
         host_threads: 1,
-        ..Default::default()
+        ..EngineConfig::default()
     })
     .unwrap();
     let size = 128 << 20;
@@ -256,15 +248,7 @@ fn cancelled_disk_transfers_report_cancellation(backend: DiskBackend) {
     assert!(read_region(&file) == data);
 }
 
-#[test]
-fn cancelled_disk_transfers_report_cancellation_io_uring() {
-    cancelled_disk_transfers_report_cancellation(DiskBackend::IoUring);
-}
-
-#[test]
-fn cancelled_disk_transfers_report_cancellation_nixl_posix() {
-    cancelled_disk_transfers_report_cancellation(DiskBackend::NixlPosix);
-}
+each_disk_backend!(cancelled_disk_transfers_report_cancellation: cancelled_disk_transfers_report_cancellation_io_uring, cancelled_disk_transfers_report_cancellation_nixl_posix);
 
 #[test]
 fn empty_transfers_complete_and_handles_poll() {

@@ -6,8 +6,8 @@
 
 mod common;
 
-use common::cases::{make_side, reference_offset, run_case};
-use common::{Tier, random_region, read_region};
+use common::cases::{every_layout_pair, make_side, reference_offset};
+use common::{Tier, engine_with, random_region, read_region};
 use kvmem::Completion;
 use kvmem::error::UnsupportedError;
 use kvmem::layout::{BlockDim, LayoutConfig, LayoutKind};
@@ -17,32 +17,10 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
-/// Every pair of layouts, six random cases each, for each pair of tiers.
-fn every_layout_pair(engine: &TransferEngine, tiers: &[(Tier, Tier)], mut seed: u64) {
-    for &(src_tier, dst_tier) in tiers {
-        for src_kind in LayoutKind::ALL {
-            for dst_kind in LayoutKind::ALL {
-                for _ in 0..6 {
-                    seed += 1;
-                    run_case(engine, src_tier, dst_tier, src_kind, dst_kind, seed);
-                }
-            }
-        }
-    }
-}
-
-fn engine_with(disk_backend: DiskBackend) -> TransferEngine {
-    TransferEngine::new(EngineConfig {
-        disk_backend,
-        ..EngineConfig::default()
-    })
-    .unwrap()
-}
-
 #[test]
 fn every_layout_pair_over_host_memory() {
     let engine = TransferEngine::new(EngineConfig::default()).unwrap();
-    every_layout_pair(&engine, &[(Tier::Host, Tier::Host)], 0xC0FFEE);
+    every_layout_pair(&engine, &[(Tier::Host, Tier::Host)], 0xC0FFEE, 6);
 }
 
 /// Host ↔ disk with one disk backend.
@@ -52,18 +30,11 @@ fn every_layout_pair_over_host_and_disk(backend: DiskBackend) {
         &engine,
         &[(Tier::Host, Tier::Disk), (Tier::Disk, Tier::Host)],
         0xD15C,
+        6,
     );
 }
 
-#[test]
-fn every_layout_pair_over_host_and_disk_io_uring() {
-    every_layout_pair_over_host_and_disk(DiskBackend::IoUring);
-}
-
-#[test]
-fn every_layout_pair_over_host_and_disk_nixl_posix() {
-    every_layout_pair_over_host_and_disk(DiskBackend::NixlPosix);
-}
+each_disk_backend!(every_layout_pair_over_host_and_disk: every_layout_pair_over_host_and_disk_io_uring, every_layout_pair_over_host_and_disk_nixl_posix);
 
 #[test]
 fn large_host_transfers_split_over_threads_are_exact() {
@@ -170,15 +141,7 @@ fn region_copies_over_every_supported_path(disk_backend: DiskBackend) {
     let _: &Buffer = &a;
 }
 
-#[test]
-fn region_copies_over_every_supported_path_io_uring() {
-    region_copies_over_every_supported_path(DiskBackend::IoUring);
-}
-
-#[test]
-fn region_copies_over_every_supported_path_nixl_posix() {
-    region_copies_over_every_supported_path(DiskBackend::NixlPosix);
-}
+each_disk_backend!(region_copies_over_every_supported_path: region_copies_over_every_supported_path_io_uring, region_copies_over_every_supported_path_nixl_posix);
 
 /// A layer-separate layout whose layers are views of one file with gaps between them (several
 /// disjoint registrations of one file descriptor for NIXL), and of one host allocation.
@@ -236,12 +199,4 @@ fn layers_as_views_of_one_file(disk_backend: DiskBackend) {
     );
 }
 
-#[test]
-fn layers_as_views_of_one_file_io_uring() {
-    layers_as_views_of_one_file(DiskBackend::IoUring);
-}
-
-#[test]
-fn layers_as_views_of_one_file_nixl_posix() {
-    layers_as_views_of_one_file(DiskBackend::NixlPosix);
-}
+each_disk_backend!(layers_as_views_of_one_file: layers_as_views_of_one_file_io_uring, layers_as_views_of_one_file_nixl_posix);

@@ -28,6 +28,23 @@ pub const BYE: &[u8] = b"kvmem-bench-bye";
 
 /// How long the protocol's steps may take (metadata fetch, answers).
 const STEP: Duration = Duration::from_secs(30);
+/// How long the initiator waits for the target's goodbye after a failed sweep (the target may be
+/// the part that failed).
+const AFTER_FAILURE: Duration = Duration::from_secs(5);
+
+/// The first error wins: `failure` (what went wrong first) when there is one, with the
+/// `cleanup`'s own error only logged; otherwise the cleanup's result. `cleanup` names the step
+/// for the log.
+fn first_error(failure: Option<CliError>, later: Result<()>, cleanup: &str) -> Result<()> {
+    match (failure, later) {
+        (Some(first), Err(second)) => {
+            tracing::warn!(error = %second, "could not {cleanup} after an earlier failure");
+            Err(first)
+        }
+        (Some(first), Ok(())) => Err(first),
+        (None, later) => later,
+    }
+}
 
 /// What the target tells the initiator about its blocks: its manifest (the `PeerManifest` kvmem
 /// ships in metadata envelopes) plus the block geometry. Block `i` is `block_size` bytes at
@@ -41,6 +58,85 @@ pub struct TargetBlocks {
     pub block_size: u64,
     /// Number of blocks.
     pub blocks: u64,
+}
+
+/// A notification of the two-node protocol, decoded from the bytes a peer sent.
+#[derive(Debug)]
+pub enum Message {
+    /// [`HELLO`].
+    Hello,
+    /// [`DONE`].
+    Done,
+    /// [`BYE`].
+    Bye,
+    /// [`BLOCKS_PREFIX`] and the target's block list, checked.
+    Blocks(TargetBlocks),
+}
+
+impl Message {
+    /// Decodes one notification.
+    ///
+    /// # Errors
+    /// [`CliError::Bench`] for bytes that are none of the protocol's messages, and for a block
+    /// list that is not valid JSON or not what `docs/TWO_NODE.md` allows (see
+    /// [`TargetBlocks::check`]).
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        match bytes {
+            HELLO => Ok(Self::Hello),
+            DONE => Ok(Self::Done),
+            BYE => Ok(Self::Bye),
+            _ => match bytes.strip_prefix(BLOCKS_PREFIX) {
+                Some(json) => {
+                    let blocks: TargetBlocks = serde_json::from_slice(json).map_err(|e| {
+                        CliError::Bench(format!("the target's block list is not valid JSON: {e}"))
+                    })?;
+                    blocks.check()?;
+                    Ok(Self::Blocks(blocks))
+                }
+                None => Err(CliError::Bench(format!(
+                    "not a message of the two-node protocol ({} bytes starting {:?})",
+                    bytes.len(),
+                    String::from_utf8_lossy(&bytes[..bytes.len().min(32)])
+                ))),
+            },
+        }
+    }
+}
+
+impl TargetBlocks {
+    /// Checks a block list as the initiator uses it: manifest format 1, exactly one host
+    /// (`Dram`, device 0) region, at least one block, and the blocks inside that region.
+    ///
+    /// # Errors
+    /// [`CliError::Bench`] naming what is wrong.
+    pub fn check(&self) -> Result<()> {
+        let bad = |what: String| Err(CliError::Bench(format!("the target's block list: {what}")));
+        if self.manifest.format != kvmem::nixl::peer::MANIFEST_FORMAT {
+            return bad(format!("manifest format {} is not 1", self.manifest.format));
+        }
+        let [region] = self.manifest.regions.as_slice() else {
+            return bad(format!(
+                "{} regions; the target registers exactly one",
+                self.manifest.regions.len()
+            ));
+        };
+        if region.mem_type != MemType::Dram || region.device_id != 0 {
+            return bad(format!(
+                "the region is {:?} memory on device {}; it must be host memory (Dram, device 0)",
+                region.mem_type, region.device_id
+            ));
+        }
+        if self.block_size == 0 || self.blocks == 0 {
+            return bad("no blocks (block_size or blocks is 0)".into());
+        }
+        match self.blocks.checked_mul(self.block_size) {
+            Some(n) if n <= region.size as u64 && region.addr.checked_add(n).is_some() => Ok(()),
+            _ => bad(format!(
+                "{} blocks of {} bytes do not fit the {}-byte region",
+                self.blocks, self.block_size, region.size
+            )),
+        }
+    }
 }
 
 /// `--role target`: serve blocks until an initiator says it is done (or `--target-wait`).
@@ -80,12 +176,13 @@ pub fn target(args: &BenchArgs) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(args.target_wait);
     while Instant::now() < deadline {
         for note in agent.take_all_notifications()? {
-            if note.message == HELLO {
+            let received = Message::decode(&note.message);
+            if matches!(received, Ok(Message::Hello)) {
                 // The initiator pushed its metadata to our listener before saying hello.
                 agent.accept_pushed_peer(&note.peer, STEP)?;
                 agent.notify(&note.peer, &message)?;
                 tracing::info!(initiator = %note.peer, "sent the block list");
-            } else if note.message == DONE {
+            } else if matches!(received, Ok(Message::Done)) {
                 agent.notify(&note.peer, BYE)?;
                 // Give the backend a moment to send BYE before the agent goes.
                 std::thread::sleep(Duration::from_millis(200));
@@ -95,7 +192,7 @@ pub fn target(args: &BenchArgs) -> Result<()> {
                 tracing::info!("target agent dropped");
                 return Ok(());
             } else {
-                tracing::warn!(peer = %note.peer, message = %String::from_utf8_lossy(&note.message), "unexpected notification");
+                tracing::warn!(peer = %note.peer, message = ?received, "unexpected notification; ignored");
             }
         }
         std::thread::sleep(Duration::from_millis(5));
@@ -131,20 +228,22 @@ pub fn initiator(args: &BenchArgs) -> Result<Report> {
     agent.publish_to_listener(addr)?;
     agent.notify(peer.name(), HELLO)?;
     let answer = agent.wait_notification(peer.name(), STEP)?;
-    let json = answer.strip_prefix(BLOCKS_PREFIX).ok_or_else(|| {
-        CliError::Bench(format!(
-            "the target answered {:?} instead of its block list",
-            String::from_utf8_lossy(&answer)
-        ))
-    })?;
-    let blocks: TargetBlocks = serde_json::from_slice(json)?;
-    let region = blocks
-        .manifest
-        .regions
-        .first()
-        .filter(|r| r.mem_type == MemType::Dram)
-        .ok_or_else(|| CliError::Bench("the target sent no host region".into()))?;
-    // Parsing the manifest checked that the length fits this machine.
+    let blocks = match Message::decode(&answer)? {
+        Message::Blocks(b) => b,
+        other => {
+            return Err(CliError::Bench(format!(
+                "the target answered {other:?} instead of its block list"
+            )));
+        }
+    };
+    // The metadata fetched above may predate the target's registration (its listener runs
+    // from the agent's start): fetch it again, now that the block list says it is registered.
+    agent.connect_listener(&args.name, addr, STEP)?;
+    // With the block list's manifest, a block NIXL no longer knows (a target that died) is
+    // reported as the target being unavailable, not as a wrong block.
+    let peer = agent.attach_manifest(blocks.manifest.clone())?;
+    // Checked: exactly one host region, holding the blocks.
+    let region = blocks.manifest.regions[0];
     let len = region.size.min(args.nixl_bytes);
     tracing::info!(target = %peer.name(), blocks = blocks.blocks, block_size = blocks.block_size, "got the target's blocks");
 
@@ -201,13 +300,23 @@ pub fn initiator(args: &BenchArgs) -> Result<Report> {
         }
     }
     bar.finish_and_clear();
-    // Tell the target to exit whatever happened, and wait for its goodbye.
+    // Tell the target to exit whatever happened, and wait for its goodbye. After a failure the
+    // target may be what failed (a killed process): the failure is the error reported, and the
+    // goodbye's own failure is only logged.
     drop(ends);
-    agent.notify(peer.name(), DONE)?;
-    agent.wait_for_message(peer.name(), BYE, STEP)?;
-    if let Some(e) = failure {
-        return Err(e);
-    }
+    let bye_wait = if failure.is_some() {
+        AFTER_FAILURE
+    } else {
+        STEP
+    };
+    let goodbye = agent
+        .notify(peer.name(), DONE)
+        .and_then(|()| agent.wait_for_message(peer.name(), BYE, bye_wait));
+    first_error(
+        failure,
+        goodbye.map_err(CliError::from),
+        "tell the target to exit",
+    )?;
     let mut report = super::sweep::report_of(&config, args, started, load_before, points, skipped);
     report.two_node = Some(format!(
         "initiator '{}' -> target '{}' at {addr} ({} blocks of {} bytes; {len} bytes used)",
@@ -217,4 +326,114 @@ pub fn initiator(args: &BenchArgs) -> Result<Report> {
         blocks.block_size
     ));
     Ok(report)
+}
+
+#[cfg(test)]
+#[path = "../../../kvmem/tests/fuzz_support/mod.rs"]
+mod fuzz_support;
+
+#[cfg(test)]
+mod tests {
+    use super::fuzz_support::{assert_clean, inputs, run};
+    use super::*;
+
+    fn block_list(regions: Vec<NixlDescriptor>, block_size: u64, blocks: u64) -> Vec<u8> {
+        let answer = TargetBlocks {
+            manifest: PeerManifest {
+                format: 1,
+                agent: "kvmem-bench-target".into(),
+                regions,
+            },
+            block_size,
+            blocks,
+        };
+        let mut m = BLOCKS_PREFIX.to_vec();
+        m.extend(serde_json::to_vec(&answer).unwrap());
+        m
+    }
+
+    fn seeds() -> Vec<Vec<u8>> {
+        let region = NixlDescriptor::dram(0x7f12_3456_0000, 64 << 20);
+        vec![
+            block_list(vec![region], 1 << 20, 64),
+            block_list(vec![region], 4096, 3),
+            block_list(vec![region, region], 4096, 3),
+            HELLO.to_vec(),
+            DONE.to_vec(),
+            BYE.to_vec(),
+        ]
+    }
+
+    /// The notifications a peer sends in the two-node protocol, the block list among them,
+    /// over generated and mutated inputs: no panic, every refusal `CliError::Bench`, and an
+    /// accepted block list always inside its one host region.
+    fn fuzz(n: u64) {
+        let t = run(
+            "two-node notifications and block list",
+            4,
+            n,
+            &seeds(),
+            |b| match Message::decode(b) {
+                Ok(Message::Blocks(blocks)) => {
+                    let r = blocks.manifest.regions[0];
+                    let end = blocks.blocks.checked_mul(blocks.block_size);
+                    if r.mem_type == MemType::Dram && end.is_some_and(|e| e <= r.size as u64) {
+                        Ok(true)
+                    } else {
+                        Err(format!(
+                            "accepted a block list outside its region: {blocks:?}"
+                        ))
+                    }
+                }
+                Ok(_) => Ok(true),
+                Err(CliError::Bench(_)) => Ok(false),
+                Err(e) => Err(e.to_string()),
+            },
+        );
+        assert_clean("two-node", &t);
+    }
+
+    #[test]
+    fn two_node_messages_survive_mutated_input() {
+        fuzz(inputs(100_000));
+    }
+
+    #[test]
+    #[ignore = "1M inputs: run in release by the lead"]
+    fn two_node_messages_survive_one_million_inputs() {
+        fuzz(1_000_000);
+    }
+
+    #[test]
+    fn block_lists_the_initiator_cannot_use_are_refused() {
+        let region = NixlDescriptor::dram(0x1000, 1 << 20);
+        let refused = |m: Vec<u8>| Message::decode(&m).unwrap_err().to_string();
+        assert!(refused(block_list(vec![], 4096, 1)).contains("0 regions"));
+        assert!(refused(block_list(vec![region, region], 4096, 1)).contains("2 regions"));
+        assert!(refused(block_list(vec![region], 4096, 257)).contains("do not fit"));
+        assert!(refused(block_list(vec![region], u64::MAX, 2)).contains("do not fit"));
+        assert!(refused(block_list(vec![region], 0, 2)).contains("no blocks"));
+        let mut vram = region;
+        vram.mem_type = MemType::Vram;
+        assert!(refused(block_list(vec![vram], 4096, 1)).contains("host memory"));
+        assert!(refused(b"kvmem-bench-blocks {".to_vec()).contains("not valid JSON"));
+        assert!(refused(b"hello".to_vec()).contains("not a message"));
+        assert!(matches!(
+            Message::decode(&block_list(vec![region], 4096, 256)),
+            Ok(Message::Blocks(_))
+        ));
+    }
+
+    #[test]
+    fn the_first_error_wins_over_a_failed_cleanup() {
+        let first = CliError::Bench("the transfer failed".into());
+        let second = Err(CliError::Bench("the notification failed".into()));
+        let e = first_error(Some(first), second, "notify").unwrap_err();
+        assert_eq!(e.to_string(), "bench: the transfer failed");
+        let e = first_error(None, Err(CliError::Bench("only".into())), "notify").unwrap_err();
+        assert_eq!(e.to_string(), "bench: only");
+        let e = first_error(Some(CliError::Bench("first".into())), Ok(()), "notify").unwrap_err();
+        assert_eq!(e.to_string(), "bench: first");
+        assert!(first_error(None, Ok(()), "notify").is_ok());
+    }
 }

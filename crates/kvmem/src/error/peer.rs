@@ -46,6 +46,20 @@ pub enum PeerError {
         peer: String,
     },
 
+    /// A peer that is not on the agent's allowlist ([`AgentConfig::allowed_peers`](crate::nixl::AgentConfig::allowed_peers)).
+    #[error(
+        "agent '{agent}' does not take metadata from '{peer}': it is not on the allowlist \
+         ({allowed}); add it to allowed_peers (KVMEM_NIXL_ALLOWED_PEERS) if it should be"
+    )]
+    NotAllowed {
+        /// The local agent's name.
+        agent: String,
+        /// The refused peer.
+        peer: String,
+        /// The allowed peers, comma-separated.
+        allowed: String,
+    },
+
     /// A remote block does not lie inside memory the peer registered.
     #[error(
         "remote block {index} ({addr:#x}+{len}, {mem_type:?}, device {device_id}) is not inside \

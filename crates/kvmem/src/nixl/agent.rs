@@ -44,6 +44,8 @@ pub(crate) struct Shared {
 #[derive(Default)]
 pub(crate) struct Inbox {
     pub(crate) queues: Mutex<HashMap<String, VecDeque<Vec<u8>>>>,
+    /// Notifications dropped because their sender is not on the allowlist.
+    pub(crate) refused: std::sync::atomic::AtomicU64,
 }
 
 struct RunningBackend {

@@ -38,6 +38,10 @@ pub const ENVELOPE_MAGIC: &[u8; 8] = b"KVMEMMD1";
 /// The manifest format this version writes and reads.
 pub const MANIFEST_FORMAT: u32 = 1;
 
+/// The most regions a peer's manifest may list: a longer list is refused while it is read,
+/// before more is allocated for it.
+pub const MAX_MANIFEST_REGIONS: usize = 1 << 16;
+
 /// What a peer registered, shipped next to its NIXL metadata. See the [module docs](self).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerManifest {
@@ -71,7 +75,7 @@ impl PeerMetadata {
     ///
     /// # Errors
     /// [`BoundsError::Overflow`] for a manifest over 4 GiB.
-    pub(crate) fn to_bytes(&self) -> Result<Vec<u8>> {
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let Some(manifest) = &self.manifest else {
             return Ok(self.nixl.clone());
         };
@@ -99,7 +103,7 @@ impl PeerMetadata {
     /// # Errors
     /// [`PeerError::MalformedMetadata`] for an empty blob, a truncated envelope, invalid manifest
     /// JSON or an unsupported manifest format.
-    pub(crate) fn parse(bytes: &[u8]) -> Result<Self> {
+    pub fn parse(bytes: &[u8]) -> Result<Self> {
         let bad = |reason: String| {
             Error::Peer(PeerError::MalformedMetadata {
                 reason,
@@ -246,7 +250,7 @@ impl PeerTable {
 /// The regions of a manifest as format 1 writes them: `{addr, len, mem_type, device_id}`.
 mod wire_regions {
     use crate::region::{MemType, NixlDescriptor};
-    use serde::de::Error as _;
+    use serde::de::{Error as _, SeqAccess, Visitor};
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
     #[derive(Serialize, Deserialize)]
@@ -272,23 +276,56 @@ mod wire_regions {
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(
         d: D,
     ) -> Result<Vec<NixlDescriptor>, D::Error> {
-        Vec::<Region>::deserialize(d)?
-            .into_iter()
-            .map(|r| {
+        d.deserialize_seq(Regions)
+    }
+
+    /// Reads the regions one by one, refusing the one past [`super::MAX_MANIFEST_REGIONS`]
+    /// before reading it: a peer's list never grows the vector beyond that bound.
+    struct Regions;
+
+    impl<'de> Visitor<'de> for Regions {
+        type Value = Vec<NixlDescriptor>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(
+                f,
+                "a list of at most {} regions",
+                super::MAX_MANIFEST_REGIONS
+            )
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let hint = seq.size_hint().unwrap_or(0);
+            if hint > super::MAX_MANIFEST_REGIONS {
+                return Err(A::Error::custom(too_many()));
+            }
+            let mut out = Vec::with_capacity(hint.min(64));
+            while let Some(r) = seq.next_element::<Region>()? {
+                if out.len() == super::MAX_MANIFEST_REGIONS {
+                    return Err(A::Error::custom(too_many()));
+                }
                 let size = usize::try_from(r.len).map_err(|_| {
-                    D::Error::custom(format!(
+                    A::Error::custom(format!(
                         "a region of {} bytes does not fit this machine's address space",
                         r.len
                     ))
                 })?;
-                Ok(NixlDescriptor {
+                out.push(NixlDescriptor {
                     addr: r.addr,
                     size,
                     mem_type: r.mem_type,
                     device_id: r.device_id,
-                })
-            })
-            .collect()
+                });
+            }
+            Ok(out)
+        }
+    }
+
+    fn too_many() -> String {
+        format!(
+            "the manifest lists more than {} regions",
+            super::MAX_MANIFEST_REGIONS
+        )
     }
 }
 

@@ -8,6 +8,7 @@
 
 use super::agent::{Agent, lock};
 use crate::error::{Error, Result};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// A notification and the peer that sent it.
@@ -57,10 +58,22 @@ impl Agent {
         let mut count = 0;
         let mut queues = lock(&self.shared.inbox.queues);
         for (peer, messages) in received {
+            if !self.config().allows_peer(&peer) {
+                let n = messages.len() as u64;
+                let total = self.shared.inbox.refused.fetch_add(n, Ordering::Relaxed) + n;
+                tracing::warn!(agent = %self.name(), %peer, dropped = n, total, "dropped notifications from a peer not on the allowlist");
+                continue;
+            }
             count += messages.len();
             queues.entry(peer).or_default().extend(messages);
         }
         Ok(count)
+    }
+
+    /// How many notifications this agent dropped because their sender is not on its allowlist
+    /// ([`AgentConfig::allowed_peers`](super::AgentConfig::allowed_peers)).
+    pub fn refused_notifications(&self) -> u64 {
+        self.shared.inbox.refused.load(Ordering::Relaxed)
     }
 
     /// Every queued notification from `peer` (after polling NIXL), oldest first.

@@ -39,6 +39,7 @@ pub use super::metadata::{
 };
 use crate::error::{ConfigError, Error, NixlStatus, PeerError, Result};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 impl Agent {
@@ -76,11 +77,13 @@ impl Agent {
     /// connection are refused afterwards.
     ///
     /// # Errors
+    /// [`PeerError::NotAllowed`] for a peer not on the [allowlist](super::AgentConfig::allowed_peers).
     /// [`PeerError::MalformedMetadata`] when the blob cannot be parsed or NIXL refuses it (with
     /// NIXL's error as the source).
     pub fn load_peer(&self, blob: &[u8]) -> Result<Peer> {
         let metadata = PeerMetadata::parse(blob)?;
         if let Some(m) = &metadata.manifest {
+            self.check_allowed(&m.agent)?;
             if m.agent == self.name() {
                 return Err(Error::Peer(PeerError::MalformedMetadata {
                     reason: format!("the blob is agent '{}''s own metadata", m.agent),
@@ -111,6 +114,13 @@ impl Agent {
                 source: Some(NixlStatus::of(&e)),
             })
         })?;
+        if let Err(e) = self.check_allowed(&name) {
+            // A plain NIXL blob names its agent only once NIXL has loaded it: drop it again.
+            if let Err(forget) = self.forget_in_nixl(&name) {
+                tracing::warn!(peer = %name, error = %forget, "could not drop a refused peer's metadata");
+            }
+            return Err(e);
+        }
         if let Some(m) = &metadata.manifest
             && m.agent != name
         {
@@ -136,6 +146,7 @@ impl Agent {
     /// `listener_delay_us`, so a fetch takes at least that long.
     ///
     /// # Errors
+    /// [`PeerError::NotAllowed`] for a peer not on the [allowlist](super::AgentConfig::allowed_peers).
     /// [`ConfigError::Agent`] for an IPv6 address or an agent without a listener; [`Error::Timeout`] when the metadata of an agent
     /// named `peer` did not arrive within `timeout` (wrong address, no listener, or another
     /// agent listening there); [`NixlError::Call`](crate::error::NixlError::Call) when NIXL refuses the request.
@@ -152,6 +163,7 @@ impl Agent {
             }));
         };
         self.require_comm_thread("connect_listener")?;
+        self.check_allowed(peer)?;
         self.forget_if_known(peer)?;
         let args = socket_args(v4)?;
         // NIXL drops a request whose cached connection turns out dead (a restarted peer on the
@@ -199,10 +211,15 @@ impl Agent {
     /// is not known, only its name (from a notification it sent).
     ///
     /// # Errors
+    /// [`PeerError::NotAllowed`] for a peer not on the [allowlist](super::AgentConfig::allowed_peers).
     /// [`ConfigError::Agent`] for an agent without a listener; [`Error::Timeout`] when no metadata
     /// of an agent named `peer` arrived within `timeout`.
     pub fn accept_pushed_peer(&self, peer: &str, timeout: Duration) -> Result<Peer> {
         self.require_comm_thread("accept_pushed_peer")?;
+        // NIXL's listener loads what any agent pushes on its own, and nixl-sys cannot drop
+        // metadata it did not load itself: a refused peer stays unknown to kvmem (no `Peer`,
+        // so no notification or transfer to it), though NIXL holds its metadata.
+        self.check_allowed(peer)?;
         self.fetch_until_loaded(peer, timeout, timeout, || Ok(()))?;
         Ok(lock(&self.shared.peers).insert(peer, None, PeerSource::Pushed))
     }
@@ -235,10 +252,12 @@ impl Agent {
     /// loaded it. NIXL waits for the key to appear, so the peer may publish a little later.
     ///
     /// # Errors
+    /// [`PeerError::NotAllowed`] for a peer not on the [allowlist](super::AgentConfig::allowed_peers).
     /// [`PeerError::EtcdNotConfigured`]; [`Error::Timeout`] when it did not arrive within `timeout`;
     /// [`NixlError::Call`](crate::error::NixlError::Call).
     pub fn connect_etcd(&self, peer: &str, timeout: Duration) -> Result<Peer> {
         self.require_etcd()?;
+        self.check_allowed(peer)?;
         self.forget_if_known(peer)?;
         // NIXL watches for a missing key only for a few seconds; ask again until the deadline.
         self.fetch_until_loaded(peer, timeout, Duration::from_secs(4), || {
@@ -326,6 +345,41 @@ impl Agent {
         }
     }
 
+    /// Attaches `manifest` to the live peer it names, whose metadata came without one
+    /// (listener, etcd, a plain NIXL blob) and whose manifest arrived over another channel
+    /// (the two-node block list, an application's own control plane). The connection stays the
+    /// same (lists built for it remain valid); from then on remote blocks are checked against
+    /// the manifest, and a block inside it that NIXL no longer knows is reported as the peer
+    /// being unavailable (it disconnected) rather than as out of bounds.
+    ///
+    /// # Errors
+    /// [`PeerError::Unknown`] / [`PeerError::Invalidated`] when the peer is not live;
+    /// [`PeerError::MalformedMetadata`] for a manifest of another format.
+    pub fn attach_manifest(&self, manifest: PeerManifest) -> Result<Peer> {
+        if manifest.format != super::metadata::MANIFEST_FORMAT {
+            return Err(Error::Peer(PeerError::MalformedMetadata {
+                reason: format!(
+                    "manifest format {} is not supported (this kvmem reads format {})",
+                    manifest.format,
+                    super::metadata::MANIFEST_FORMAT
+                ),
+                source: None,
+            }));
+        }
+        let name = manifest.agent.clone();
+        let mut peers = lock(&self.shared.peers);
+        let Some(entry) = peers.live.get_mut(&name) else {
+            return Err(self.missing_peer(&peers, &name));
+        };
+        entry.manifest = Some(Arc::new(manifest));
+        Ok(Peer {
+            name: name.as_str().into(),
+            generation: entry.generation,
+            manifest: entry.manifest.clone(),
+            source: entry.source.clone(),
+        })
+    }
+
     /// The peers this agent has metadata for.
     pub fn peers(&self) -> Vec<Peer> {
         let peers = lock(&self.shared.peers);
@@ -402,6 +456,19 @@ impl Agent {
                 agent: self.name().to_owned(),
             }))
         }
+    }
+
+    /// [`PeerError::NotAllowed`] unless the configuration allows `peer`.
+    pub(crate) fn check_allowed(&self, peer: &str) -> Result<()> {
+        let config = self.config();
+        if config.allows_peer(peer) {
+            return Ok(());
+        }
+        Err(Error::Peer(PeerError::NotAllowed {
+            agent: self.name().to_owned(),
+            peer: peer.to_owned(),
+            allowed: config.allowed_peers.join(", "),
+        }))
     }
 
     /// Drops a known peer's metadata before fetching it again.

@@ -151,6 +151,7 @@ impl Agent {
         }
         drop(registry);
         tracing::debug!(agent = %self.shared.name, addr = %format_args!("{start:#x}"), len, ?mem_type, device_id, chunks = handles.len(), "registered");
+        crate::accounting::registered(&self.shared.name, len as u64);
         Ok(Registration {
             handles,
             agent: self.clone(),
@@ -321,6 +322,7 @@ impl Drop for Registration {
         }
         // Only now may another registration of this range pass the overlap check.
         lock(&self.agent.shared.registry).release(self.space, self.start, self.id);
+        crate::accounting::deregistered(self.agent.name(), self.descriptor.size as u64);
         tracing::debug!(agent = %self.agent.name(), addr = %format_args!("{:#x}", self.start), "deregistered");
     }
 }

@@ -29,6 +29,8 @@ pub struct DiskStorage {
     direct: bool,
     /// Set for files this value created, and so removes on drop.
     created: Option<FileId>,
+    /// Counts the file in [`accounting`](crate::accounting) while it is open.
+    _open: crate::accounting::OpenFile,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +114,7 @@ impl DiskStorage {
             size,
             direct: false,
             created: Some(FileId::of(&st)),
+            _open: crate::accounting::OpenFile::new(),
         };
         storage.direct = enable_direct_io(&storage.fd, path);
         rustix::fs::fallocate(&storage.fd, FallocateFlags::empty(), 0, size as u64)
@@ -151,6 +154,7 @@ impl DiskStorage {
             size,
             direct,
             created: None,
+            _open: crate::accounting::OpenFile::new(),
         })
     }
 

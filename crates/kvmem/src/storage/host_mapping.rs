@@ -155,6 +155,7 @@ impl HostMapping {
             len = self.map.len(),
             "leaking a host mapping that could not be released safely"
         );
+        crate::accounting::quarantined(1, self.map.len() as u64);
         std::mem::forget(self.map);
     }
 }

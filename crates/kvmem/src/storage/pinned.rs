@@ -13,10 +13,18 @@ use std::ptr::NonNull;
 /// Page-locked host memory from the driver's own allocator (`cuMemHostAlloc`, portable and
 /// device-mapped), zero-filled, freed on drop with the device's context bound.
 ///
+/// The region starts on a [`PAGE_SIZE`](crate::PAGE_SIZE) boundary, so it can take part in
+/// `O_DIRECT` I/O: the driver aligns small allocations to less than a page (512 bytes for a
+/// 64 KiB one was seen on an H200), so up to a page more is allocated and the region starts at
+/// the first page boundary inside it.
+///
 /// This is the classic way to get pinned memory and the baseline the faster
 /// [`MappedPinnedStorage`](super::MappedPinnedStorage) is measured against; prefer that one for
 /// pools of many GiB.
 pub struct PinnedStorage {
+    /// What `cuMemHostAlloc` returned, freed on drop.
+    raw: NonNull<u8>,
+    /// The first page boundary at or after `raw`: the start of the region.
     ptr: NonNull<u8>,
     size: usize,
     device: CudaDevice,
@@ -41,10 +49,16 @@ impl PinnedStorage {
                 what: "pinned storage",
             }));
         }
+        let page = crate::PAGE_SIZE;
+        let alloc = size
+            .checked_add(page)
+            .ok_or(Error::Bounds(BoundsError::Overflow {
+                what: "pinned storage size",
+            }))?;
         device.bind()?;
         let flags = driver::HOST_ALLOC_MAPPED;
         // SAFETY: a plain allocation call; the returned memory is owned by the value built below.
-        let raw = unsafe { result::malloc_host(size, flags) }.map_err(|e| {
+        let raw = unsafe { result::malloc_host(alloc, flags) }.map_err(|e| {
             if driver::is_out_of_memory(&e) {
                 Error::Memory(MemoryError::PinnedOutOfMemory {
                     requested: size,
@@ -54,7 +68,7 @@ impl PinnedStorage {
                 driver::error("allocate pinned host memory (cuMemHostAlloc)", e)
             }
         })?;
-        let ptr = NonNull::new(raw.cast::<u8>()).ok_or_else(|| {
+        let raw = NonNull::new(raw.cast::<u8>()).ok_or_else(|| {
             Error::Cuda(CudaError::Driver {
                 op: "allocate pinned host memory (cuMemHostAlloc)",
                 code: 0,
@@ -62,7 +76,12 @@ impl PinnedStorage {
                 message: "the driver returned a null pointer".into(),
             })
         })?;
+        let skip = raw.as_ptr().align_offset(page);
+        // SAFETY: `skip < page`, so `raw + skip .. raw + skip + size` lies inside the `size + page`
+        // bytes just allocated, and the result is not null (it is at or after `raw`).
+        let ptr = unsafe { NonNull::new_unchecked(raw.as_ptr().add(skip)) };
         let storage = Self {
+            raw,
             ptr,
             size,
             device: device.clone(),
@@ -94,8 +113,8 @@ impl PinnedStorage {
 impl Drop for PinnedStorage {
     fn drop(&mut self) {
         let freed = self.device.bind().and_then(|()| {
-            // SAFETY: `ptr` came from cuMemHostAlloc and is freed exactly once, here.
-            unsafe { result::free_host(self.ptr.as_ptr().cast()) }
+            // SAFETY: `raw` came from cuMemHostAlloc and is freed exactly once, here.
+            unsafe { result::free_host(self.raw.as_ptr().cast()) }
                 .map_err(|e| driver::error("free pinned host memory (cuMemFreeHost)", e))
         });
         if let Err(e) = freed {

@@ -81,8 +81,9 @@ impl Work {
     /// Reports how a disk backend ran this work's plan and tells the backend's worker what to do
     /// next. `Ok(result)`: every request has settled, so the plan (and the memory and files it
     /// keeps alive) is dropped before `result` is reported. `Err(error)`: I/O may still be in
-    /// flight into the plan's buffers, so they are leaked, never freed; `error` is reported and
-    /// the backend is [`Broken`](Health::Broken), to be rebuilt.
+    /// flight into the plan's buffers, so they are quarantined (kept for the rest of the
+    /// process, never freed, counted in [`accounting`](crate::accounting)); `error` is
+    /// reported and the backend is [`Broken`](Health::Broken), to be rebuilt.
     pub(crate) fn settle(
         plan: TransferPlan,
         completion: Completion,
@@ -95,7 +96,7 @@ impl Work {
                 Health::Ok
             }
             Err(error) => {
-                std::mem::forget(plan);
+                plan.quarantine();
                 completion.complete(Err(error));
                 Health::Broken
             }

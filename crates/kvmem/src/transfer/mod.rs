@@ -43,7 +43,9 @@ mod worker;
 
 pub use handle::{TransferHandle, TransferStats};
 pub use plan::{CopyBatch, CopyOp, TransferPath, TransferPlan};
-pub use remote::{LAYOUT_DESCRIPTOR_FORMAT, LayoutDescriptor, RegisteredLayout, RemoteLayout};
+pub use remote::{
+    LAYOUT_DESCRIPTOR_FORMAT, LayoutDescriptor, MAX_REMOTE_CHUNKS, RegisteredLayout, RemoteLayout,
+};
 
 pub use crate::cuda::batch::CopyMethod;
 use crate::descriptor::Buffer;

@@ -336,7 +336,14 @@ impl Session<'_> {
     fn execute(&mut self, plan: &TransferPlan, max_io_bytes: usize) -> Result<Result<()>> {
         let issued = self.issue(plan, max_io_bytes)?;
         while !self.inflight.is_empty() {
-            self.complete_oldest()?;
+            if let Err(e) = self.complete_oldest() {
+                // Posted I/O failed, which is what the caller must hear (its memory stays
+                // held); a refusal met while posting later requests is logged, not lost.
+                if let Issued::Refused(refused) = &issued {
+                    tracing::warn!(error = %refused, "a disk request was refused after earlier requests of the same transfer failed");
+                }
+                return Err(e);
+            }
         }
         Ok(match issued {
             Issued::All => Ok(()),

@@ -56,6 +56,87 @@ pub struct LayoutDescriptor {
     pub regions: Vec<NixlDescriptor>,
 }
 
+/// The most chunks a [`RemoteLayout`] may have: a peer's descriptor claiming more is refused
+/// before anything is allocated for it (each chunk costs one NIXL descriptor, 32 bytes, here).
+pub const MAX_REMOTE_CHUNKS: usize = 1 << 25;
+
+impl LayoutDescriptor {
+    /// Decodes a descriptor a peer sent (JSON) and checks it as far as that is possible
+    /// without the peer's metadata (see [`check`](Self::check)).
+    ///
+    /// # Errors
+    /// [`TransferError::Mismatch`] for bytes that are not a layout descriptor's JSON, and the
+    /// errors of [`check`](Self::check).
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        let d: Self = serde_json::from_slice(bytes).map_err(|e| {
+            Error::Transfer(TransferError::Mismatch {
+                reason: format!("not a layout descriptor (JSON of format 1): {e}"),
+            })
+        })?;
+        d.check()?;
+        Ok(d)
+    }
+
+    /// Checks what the descriptor says about itself: its format, that its regions are as many
+    /// as its layout has, of one memory type and device, large enough for the layout and not
+    /// wrapping the address space, and that it has at most [`MAX_REMOTE_CHUNKS`] chunks.
+    /// Returns the chunk count.
+    ///
+    /// # Errors
+    /// [`TransferError::Mismatch`] for another format, the wrong region count, mixed or too
+    /// small regions; [`BoundsError::Overflow`] for more chunks than allowed or a region
+    /// wrapping the address space; layout dimension errors as for [`LayoutConfig::regions`].
+    pub fn check(&self) -> Result<usize> {
+        let bad = |reason: String| Error::Transfer(TransferError::Mismatch { reason });
+        if self.format != LAYOUT_DESCRIPTOR_FORMAT {
+            return Err(bad(format!(
+                "layout descriptor format {} (this kvmem reads format {LAYOUT_DESCRIPTOR_FORMAT})",
+                self.format
+            )));
+        }
+        let c = self.config;
+        let (count, region_bytes) = c.regions(self.kind)?;
+        if self.regions.len() != count {
+            return Err(bad(format!(
+                "a {} layout of {} layers has {count} region(s), the descriptor lists {}",
+                self.kind,
+                c.num_layers,
+                self.regions.len()
+            )));
+        }
+        let Some(&first) = self.regions.first() else {
+            return Err(bad("the layout descriptor lists no region".into()));
+        };
+        for (i, r) in self.regions.iter().enumerate() {
+            if (r.mem_type, r.device_id) != (first.mem_type, first.device_id) {
+                return Err(bad(format!(
+                    "region {i} is {:?} memory on device {}, region 0 {:?} on device {}; a \
+                     layout's regions are of one memory type and device",
+                    r.mem_type, r.device_id, first.mem_type, first.device_id
+                )));
+            }
+            if r.size < region_bytes {
+                return Err(bad(format!(
+                    "region {i} is {} bytes; the layout needs {region_bytes}",
+                    r.size
+                )));
+            }
+            r.addr
+                .checked_add(region_bytes as u64)
+                .ok_or(Error::Bounds(BoundsError::Overflow {
+                    what: "remote layout region end address",
+                }))?;
+        }
+        let entries = entry_count(&c)?;
+        if entries > MAX_REMOTE_CHUNKS {
+            return Err(Error::Bounds(BoundsError::Overflow {
+                what: "chunk count of a peer's layout (at most MAX_REMOTE_CHUNKS = 2^25)",
+            }));
+        }
+        Ok(entries)
+    }
+}
+
 /// Index of chunk `(block, layer, outer)` in a layout's prepared list.
 fn entry(c: &LayoutConfig, block: usize, layer: usize, outer: usize) -> usize {
     (block * c.num_layers + layer) * c.outer_dim + outer
@@ -209,53 +290,19 @@ impl RemoteLayout {
     /// outside what the peer registered (checked when the peer sent a manifest); layout
     /// dimension errors as for [`BlockLayout::new`]; NIXL's errors from preparing the list.
     pub fn new(agent: &Agent, peer: &Peer, descriptor: LayoutDescriptor) -> Result<Self> {
-        let bad = |reason: String| Error::Transfer(TransferError::Mismatch { reason });
-        if descriptor.format != LAYOUT_DESCRIPTOR_FORMAT {
-            return Err(bad(format!(
-                "layout descriptor format {} (this kvmem reads format {LAYOUT_DESCRIPTOR_FORMAT})",
-                descriptor.format
-            )));
-        }
+        let entries = descriptor.check()?;
         if descriptor.agent != peer.name() {
-            return Err(bad(format!(
-                "the layout descriptor is of agent '{}' but the peer is '{}'",
-                descriptor.agent,
-                peer.name()
-            )));
+            return Err(Error::Transfer(TransferError::Mismatch {
+                reason: format!(
+                    "the layout descriptor is of agent '{}' but the peer is '{}'",
+                    descriptor.agent,
+                    peer.name()
+                ),
+            }));
         }
         let c = descriptor.config;
-        let (count, region_bytes) = c.regions(descriptor.kind)?;
-        if descriptor.regions.len() != count {
-            return Err(bad(format!(
-                "a {} layout of {} layers has {count} region(s), the descriptor lists {}",
-                descriptor.kind,
-                c.num_layers,
-                descriptor.regions.len()
-            )));
-        }
-        let first = descriptor.regions[0];
-        for (i, r) in descriptor.regions.iter().enumerate() {
-            if (r.mem_type, r.device_id) != (first.mem_type, first.device_id) {
-                return Err(bad(format!(
-                    "region {i} is {:?} memory on device {}, region 0 {:?} on device {}; a \
-                     layout's regions are of one memory type and device",
-                    r.mem_type, r.device_id, first.mem_type, first.device_id
-                )));
-            }
-            if r.size < region_bytes {
-                return Err(bad(format!(
-                    "region {i} is {} bytes; the layout needs {region_bytes}",
-                    r.size
-                )));
-            }
-            r.addr
-                .checked_add(region_bytes as u64)
-                .ok_or(Error::Bounds(BoundsError::Overflow {
-                    what: "remote layout region end address",
-                }))?;
-        }
         let chunk = c.chunk_bytes()?;
-        let mut blocks = RemoteBlocks::with_capacity(peer, entry_count(&c)?);
+        let mut blocks = RemoteBlocks::with_capacity(peer, entries);
         for_each_chunk(&c, descriptor.kind, |region, offset| {
             let r = &descriptor.regions[region];
             blocks

@@ -9,6 +9,26 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
+/// Every pair of layouts, `cases` random cases each, for each pair of tiers; case seeds count up
+/// from `seed`.
+pub fn every_layout_pair(
+    engine: &TransferEngine,
+    tiers: &[(Tier, Tier)],
+    mut seed: u64,
+    cases: usize,
+) {
+    for &(src_tier, dst_tier) in tiers {
+        for src_kind in LayoutKind::ALL {
+            for dst_kind in LayoutKind::ALL {
+                for _ in 0..cases {
+                    seed += 1;
+                    run_case(engine, src_tier, dst_tier, src_kind, dst_kind, seed);
+                }
+            }
+        }
+    }
+}
+
 /// Offset of chunk (block, layer, outer) in its region, written out from the documented
 /// dimension orders; the region is 0 for fully contiguous layouts and `layer` otherwise.
 pub fn reference_offset(

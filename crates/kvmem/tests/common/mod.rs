@@ -5,6 +5,7 @@
 pub mod cases;
 
 use kvmem::cuda::{self, CudaDevice};
+use kvmem::transfer::{DiskBackend, EngineConfig, TransferEngine};
 use kvmem::{
     Buffer, DeviceStorage, DiskStorage, HostMemory, MemoryDescriptor, OffsetBuffer, PinnedStorage,
     SystemStorage,
@@ -126,4 +127,30 @@ pub fn read_region(region: &Buffer) -> Vec<u8> {
     let mut staging = SystemStorage::new(total.next_multiple_of(4096)).unwrap();
     d.read_at(0, &mut staging.as_mut_slice()[..total]).unwrap();
     staging.as_slice()[offset..offset + len].to_vec()
+}
+
+/// Two tests, `$io_uring` and `$nixl_posix`, that run `$run` (a `fn(DiskBackend)`) with each
+/// disk backend.
+#[macro_export]
+macro_rules! each_disk_backend {
+    ($run:ident: $io_uring:ident, $nixl_posix:ident) => {
+        #[test]
+        fn $io_uring() {
+            $run(kvmem::transfer::DiskBackend::IoUring);
+        }
+
+        #[test]
+        fn $nixl_posix() {
+            $run(kvmem::transfer::DiskBackend::NixlPosix);
+        }
+    };
+}
+
+/// An engine with the default settings but the given disk backend.
+pub fn engine_with(disk_backend: DiskBackend) -> TransferEngine {
+    TransferEngine::new(EngineConfig {
+        disk_backend,
+        ..EngineConfig::default()
+    })
+    .unwrap()
 }

@@ -4,7 +4,8 @@
 #![allow(dead_code)]
 
 // The verbs every NIXL test calls; not every binary that includes this module uses both.
-use kvmem::nixl::{Agent, AgentConfig, Registered};
+use kvmem::nixl::raw::Transfer;
+use kvmem::nixl::{Agent, AgentConfig, Peer, Registered};
 use kvmem::{Buffer, HostMemory, MemoryDescriptor, SystemStorage};
 #[allow(unused_imports)]
 pub use kvmem::{Completion, nixl::raw::RawTransfers};
@@ -65,6 +66,30 @@ pub fn poisoned(agent: &Agent, len: usize) -> Buffer {
     let mut s = SystemStorage::new(len).expect("allocate");
     s.memset(POISON);
     Buffer::new(agent.register(s).expect("register"))
+}
+
+/// Two agents for a transfer, as `(a, b, data, src, dst, peer)`: `a` holds `src` (`data`, `len`
+/// random bytes from `seed`), `b` holds `dst` (as many poisoned bytes), and `a` has loaded `b`'s
+/// metadata as `peer` (taken after `dst` was registered, so it carries the registration). The
+/// agents are named after `prefix`.
+pub fn pair(prefix: &str, seed: u64, len: usize) -> (Agent, Agent, Vec<u8>, Buffer, Buffer, Peer) {
+    let a = agent(&format!("{prefix}-a"));
+    let b = agent(&format!("{prefix}-b"));
+    let data = random_bytes(seed, len);
+    let src = filled(&a, &data);
+    let dst = poisoned(&b, len);
+    let peer = a.load_peer(&b.local_metadata().unwrap()).unwrap();
+    (a, b, data, src, dst, peer)
+}
+
+/// How long a test waits for a transfer or a message on loopback.
+pub const LOOPBACK_WAIT: Duration = Duration::from_secs(60);
+
+/// Waits for `transfer`, posted by `a` with notification `note`, and for `note` to reach `b`.
+#[track_caller]
+pub fn wait_landed(transfer: kvmem::Result<Transfer>, a: &Agent, b: &Agent, note: &[u8]) {
+    transfer.unwrap().wait_for(LOOPBACK_WAIT).unwrap();
+    b.wait_for_message(a.name(), note, LOOPBACK_WAIT).unwrap();
 }
 
 /// The bytes of a buffer made by [`filled`] or [`poisoned`].

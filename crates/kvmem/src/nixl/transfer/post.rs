@@ -125,6 +125,10 @@ impl Agent {
                 request: Some(request),
                 state: State::InFlight,
                 unsettled: false,
+                counted: {
+                    crate::accounting::transfer_started();
+                    true
+                },
             }),
             owners: Some((owners, file_owners)),
             agent: self.clone(),
@@ -134,10 +138,12 @@ impl Agent {
         };
         match posted {
             Ok(true) => {}
-            Ok(false) => transfer.lock().state = State::Done,
+            Ok(false) => transfer.lock().settle(State::Done),
             Err(source) => {
                 // Not running: release normally.
-                transfer.lock().state = State::Failed(NixlStatus::of(&source));
+                transfer
+                    .lock()
+                    .settle(State::Failed(NixlStatus::of(&source)));
                 if matches!(source, SysError::NotFound) && transfer.target != self.name() {
                     return Err(Error::Peer(PeerError::Unavailable {
                         agent: self.name().to_owned(),
@@ -207,6 +213,14 @@ impl Agent {
                 };
                 one.add_desc(d.addr as usize, d.size, d.device_id);
                 if !self.nixl().check_remote_metadata(r.peer.name(), Some(&one)) {
+                    // Inside what the peer said it registered, yet NIXL no longer knows it:
+                    // NIXL dropped the peer's memory (it disconnected); the block is not wrong.
+                    if r.peer.manifest().is_some_and(|m| m.contains(d)) {
+                        return Error::Peer(PeerError::Unavailable {
+                            agent: self.name().to_owned(),
+                            peer: r.peer.name().to_owned(),
+                        });
+                    }
                     return Error::Peer(PeerError::OutOfBounds {
                         peer: r.peer.name().to_owned(),
                         index: i,

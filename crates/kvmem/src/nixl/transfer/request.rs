@@ -22,6 +22,19 @@ pub(super) struct Live {
     /// Failed or cancelled in a way that leaves it unknown whether the backend still uses the
     /// memory.
     pub(super) unsettled: bool,
+    /// Counted in [`accounting`](crate::accounting)'s in-flight transfers.
+    pub(super) counted: bool,
+}
+
+impl Live {
+    /// Moves to `state`; leaving [`State::InFlight`] ends the in-flight count.
+    pub(super) fn settle(&mut self, state: State) {
+        if self.counted && !matches!(state, State::InFlight) {
+            self.counted = false;
+            crate::accounting::transfer_ended();
+        }
+        self.state = state;
+    }
 }
 
 /// A posted transfer. Poll it, wait for it or cancel it through
@@ -76,12 +89,12 @@ impl Transfer {
             State::InFlight => {}
         }
         let Some(request) = live.request.as_ref() else {
-            live.state = State::Done;
+            live.settle(State::Done);
             return Ok(true);
         };
         match self.agent.nixl().get_xfer_status(request) {
             Ok(XferStatus::Success) => {
-                live.state = State::Done;
+                live.settle(State::Done);
                 Ok(true)
             }
             Ok(XferStatus::InProgress) => Ok(false),
@@ -90,7 +103,7 @@ impl Transfer {
                 // it without saying whether the backend is done with the memory.
                 live.unsettled = matches!(source, SysError::NotFound);
                 let status = NixlStatus::of(&source);
-                live.state = State::Failed(status);
+                live.settle(State::Failed(status));
                 Err(self.failed(status))
             }
         }
@@ -172,7 +185,7 @@ impl crate::Completion for Transfer {
         }
         // Releasing a running request cancels it.
         drop(live.request.take());
-        live.state = State::Cancelled;
+        live.settle(State::Cancelled);
         live.unsettled = true;
         tracing::warn!(
             agent = %self.agent.name(),
@@ -207,6 +220,10 @@ impl Drop for Transfer {
                 });
         // Releasing a running request cancels it.
         drop(live.request.take());
+        if live.counted {
+            live.counted = false;
+            crate::accounting::transfer_ended();
+        }
         if running {
             tracing::warn!(
                 agent = %self.agent.name(),
@@ -215,7 +232,11 @@ impl Drop for Transfer {
                 "transfer dropped while running: cancelled; its local buffers are kept alive for \
                  the rest of the process because the backend may still touch them"
             );
-            std::mem::forget(self.owners.take());
+            if let Some((owners, files)) = self.owners.take() {
+                let n = owners.len() + files.as_ref().map_or(0, |f| f.len());
+                crate::accounting::quarantined(n as u64, self.bytes as u64);
+                std::mem::forget((owners, files));
+            }
         }
     }
 }

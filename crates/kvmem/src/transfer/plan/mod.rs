@@ -358,6 +358,14 @@ impl TransferPlan {
     pub(crate) fn buffers(&self) -> &[Buffer] {
         &self.keep_alive
     }
+
+    /// Keeps the plan's buffers alive for the rest of the process (a backend may still write
+    /// into them) and counts them in [`accounting`](crate::accounting)'s quarantine.
+    pub(crate) fn quarantine(self) {
+        let bytes = self.keep_alive.iter().map(|b| b.size() as u64).sum();
+        crate::accounting::quarantined(self.keep_alive.len() as u64, bytes);
+        std::mem::forget(self);
+    }
 }
 
 /// Block 0's chunk at one (layer, outer): its source and destination addresses (or file

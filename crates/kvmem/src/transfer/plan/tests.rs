@@ -4,6 +4,25 @@ use super::*;
 use crate::SystemStorage;
 use crate::layout::{BlockDim, LayoutConfig, LayoutKind};
 
+/// A quarantined plan's buffers are counted, exactly, in the accounting snapshot.
+#[test]
+fn a_quarantined_plan_is_counted_in_the_snapshot() {
+    let src = Buffer::new(SystemStorage::new(8192).unwrap());
+    let dst = Buffer::new(SystemStorage::new(8192).unwrap());
+    let plan = TransferPlan::region(&src, &dst).unwrap();
+    let (n, bytes) = (
+        plan.buffers().len() as u64,
+        plan.buffers().iter().map(|b| b.size() as u64).sum::<u64>(),
+    );
+    assert!(n >= 2 && bytes >= 16384, "{n} buffers, {bytes} bytes");
+    let before = crate::accounting::snapshot();
+    plan.quarantine();
+    let after = crate::accounting::snapshot();
+    // Other tests of this binary quarantine nothing; at least this plan is counted.
+    assert!(after.quarantined_buffers >= before.quarantined_buffers + n);
+    assert!(after.quarantined_bytes >= before.quarantined_bytes + bytes);
+}
+
 fn layout(kind: LayoutKind, blocks: usize) -> BlockLayout {
     let c = LayoutConfig {
         num_blocks: blocks,

@@ -18,6 +18,7 @@
 //! listener_delay_us = 100000    # how often NIXL's listener/etcd thread wakes up
 //! thread_sync = "rw"            # none | strict | rw | default (NIXL's thread-safety mode)
 //! registration_chunk = "64GiB"  # bytes (integer) or with a binary suffix K/M/G/T[iB]
+//! allowed_peers = ["decode-0"]  # peers whose metadata and notifications are taken; [] = any
 //!
 //! [backend_params.UCX]          # parameters handed to a backend, on top of NIXL's defaults
 //! ucx_error_handling_mode = "peer"
@@ -39,6 +40,7 @@
 //! | `KVMEM_NIXL_LISTEN` | enable the metadata listener (boolean as above) |
 //! | `KVMEM_NIXL_LISTEN_PORT` | listener port |
 //! | `KVMEM_NIXL_LISTENER_DELAY_US` | microseconds |
+//! | `KVMEM_NIXL_ALLOWED_PEERS` | comma-separated peer agent names (empty: any peer) |
 //! | `KVMEM_NIXL_THREAD_SYNC` | `none`, `strict`, `rw` or `default` |
 //! | `KVMEM_NIXL_REGISTRATION_CHUNK` | bytes, e.g. `68719476736` or `64GiB` |
 //!
@@ -136,6 +138,11 @@ pub struct AgentConfig {
     /// this size. A multiple of [`PAGE_SIZE`](crate::PAGE_SIZE).
     #[serde(deserialize_with = "deserialize_bytes")]
     pub registration_chunk: u64,
+    /// The peer agents this agent takes metadata and notifications from; empty: any peer.
+    /// Metadata of another agent is refused ([`PeerError::NotAllowed`](crate::error::PeerError::NotAllowed)),
+    /// its notifications are dropped and logged. See docs/SECURITY.md for what this does not
+    /// stop (NIXL's listener serves this agent's metadata to anyone who asks).
+    pub allowed_peers: Vec<String>,
 }
 
 impl Default for AgentConfig {
@@ -151,6 +158,7 @@ impl Default for AgentConfig {
             listener_delay_us: 100_000,
             thread_sync: ThreadSync::Rw,
             registration_chunk: DEFAULT_REGISTRATION_CHUNK,
+            allowed_peers: Vec::new(),
         }
     }
 }
@@ -199,6 +207,22 @@ impl AgentConfig {
     pub fn with_listener_delay_us(mut self, delay_us: u64) -> Self {
         self.listener_delay_us = delay_us;
         self
+    }
+
+    /// Takes metadata and notifications only from the agents named in `peers` (see
+    /// [`allowed_peers`](Self::allowed_peers)); an empty list allows any peer.
+    pub fn with_allowed_peers<I, S>(mut self, peers: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.allowed_peers = peers.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// True when `peer` may send this agent metadata and notifications.
+    pub fn allows_peer(&self, peer: &str) -> bool {
+        self.allowed_peers.is_empty() || self.allowed_peers.iter().any(|p| p == peer)
     }
 
     /// Turns NIXL's progress thread on or off.
@@ -272,7 +296,7 @@ impl AgentConfig {
     ///
     /// # Errors
     /// As for [`from_env`](Self::from_env).
-    pub(crate) fn from_vars<I, K, V>(vars: I) -> Result<Self>
+    pub fn from_vars<I, K, V>(vars: I) -> Result<Self>
     where
         I: IntoIterator<Item = (K, V)>,
         K: Into<String>,
@@ -326,6 +350,14 @@ impl AgentConfig {
                     })?;
                 }
                 "LISTENER_DELAY_US" => self.listener_delay_us = parse_u64(var, value)?,
+                "ALLOWED_PEERS" => {
+                    self.allowed_peers = value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|p| !p.is_empty())
+                        .map(str::to_owned)
+                        .collect();
+                }
                 "THREAD_SYNC" => {
                     self.thread_sync = ThreadSync::parse(value).ok_or_else(|| {
                         bad(
@@ -567,127 +599,4 @@ where
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn toml_with_underscored_backend_and_scalar_params() {
-        let c = AgentConfig::from_toml_str(
-            r#"
-            name = "a"
-            backends = ["UCX", "GDS_MT"]
-            listen = true
-            listen_port = 5555
-            thread_sync = "strict"
-            registration_chunk = "1GiB"
-            [backend_params.GDS_MT]
-            thread_count = 8
-            use_x = true
-            [backend_params.UCX]
-            ucx_devices = "mlx5_0:1"
-            "#,
-        )
-        .unwrap();
-        assert_eq!(c.backends, ["UCX", "GDS_MT"]);
-        assert_eq!(c.params_for("gds_mt").unwrap()["thread_count"], "8");
-        assert_eq!(c.params_for("GDS_MT").unwrap()["use_x"], "true");
-        assert_eq!(c.params_for("ucx").unwrap()["ucx_devices"], "mlx5_0:1");
-        assert_eq!((c.listen, c.listen_port), (true, 5555));
-        assert_eq!(c.thread_sync, ThreadSync::Strict);
-        assert_eq!(c.registration_chunk, 1 << 30);
-        let n = c.to_nixl();
-        assert!(n.enable_listen_thread && n.enable_prog_thread);
-        assert_eq!(n.listen_port, 5555);
-    }
-
-    #[test]
-    fn toml_errors_are_config_errors() {
-        for bad in [
-            "nmae = \"typo\"",
-            "backends = []",
-            "registration_chunk = 1000",
-            "registration_chunk = \"12XB\"",
-            "backends = [\"UCX\", \"ucx\"]",
-            "[backend_params.POSIX]\nx = 1",
-            "thread_sync = \"sometimes\"",
-        ] {
-            let err = AgentConfig::from_toml_str(bad).unwrap_err();
-            assert!(
-                matches!(err, Error::Config(ConfigError::Agent { .. })),
-                "{bad}: {err}"
-            );
-        }
-    }
-
-    #[test]
-    fn env_overrides_with_double_underscore_params() {
-        let c = AgentConfig::from_vars([
-            ("PATH", "/bin"),
-            ("KVMEM_NIXL_NAME", "env-agent"),
-            ("KVMEM_NIXL_BACKENDS", "UCX, gds_mt ,POSIX"),
-            ("KVMEM_NIXL_BACKEND_GDS_MT__THREAD_COUNT", "16"),
-            ("KVMEM_NIXL_BACKEND_UCX__UCX_ERROR_HANDLING_MODE", "none"),
-            ("KVMEM_NIXL_PROGRESS_THREAD", "off"),
-            ("KVMEM_NIXL_LISTEN", "yes"),
-            ("KVMEM_NIXL_LISTEN_PORT", "7000"),
-            ("KVMEM_NIXL_THREAD_SYNC", "RW"),
-            ("KVMEM_NIXL_REGISTRATION_CHUNK", "2M"),
-        ])
-        .unwrap();
-        assert_eq!(c.name, "env-agent");
-        assert_eq!(c.backends, ["UCX", "gds_mt", "POSIX"]);
-        assert_eq!(c.params_for("GDS_MT").unwrap()["thread_count"], "16");
-        assert_eq!(
-            c.params_for("UCX").unwrap()["ucx_error_handling_mode"],
-            "none"
-        );
-        assert!(!c.progress_thread && c.listen);
-        assert_eq!(c.listen_port, 7000);
-        assert_eq!(c.registration_chunk, 2 << 20);
-    }
-
-    #[test]
-    fn env_file_then_overrides() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("agent.toml");
-        std::fs::write(&path, "name = \"from-file\"\nbackends = [\"POSIX\"]\n").unwrap();
-        let c = AgentConfig::from_vars([
-            ("KVMEM_NIXL_CONFIG", path.to_str().unwrap()),
-            ("KVMEM_NIXL_LISTEN", "1"),
-        ])
-        .unwrap();
-        assert_eq!(
-            (c.name.as_str(), c.backends.as_slice()),
-            ("from-file", &["POSIX".to_owned()][..])
-        );
-        assert!(c.listen);
-    }
-
-    #[test]
-    fn env_errors_name_the_variable() {
-        for (var, value) in [
-            ("KVMEM_NIXL_LISTEN", "maybe"),
-            ("KVMEM_NIXL_LISTEN_PORT", "70000"),
-            ("KVMEM_NIXL_BACKEND_GDS_MT_THREAD_COUNT", "8"),
-            ("KVMEM_NIXL_BACKEND_POSIX__X", "1"),
-            ("KVMEM_NIXL_BAKCENDS", "UCX"),
-            ("KVMEM_NIXL_REGISTRATION_CHUNK", "0"),
-        ] {
-            let err = AgentConfig::from_vars([(var, value)]).unwrap_err();
-            let Error::Config(ConfigError::Agent { origin, .. }) = &err else {
-                panic!("{var}: {err}")
-            };
-            // Errors found while validating the whole config name the environment instead.
-            assert!(origin == var || origin == "environment", "{var}: {err}");
-        }
-    }
-
-    #[test]
-    fn byte_counts() {
-        assert_eq!(parse_bytes("4096"), Ok(4096));
-        assert_eq!(parse_bytes("64GiB"), Ok(64 << 30));
-        assert_eq!(parse_bytes("3 k"), Ok(3 << 10));
-        assert!(parse_bytes("GiB").is_err());
-        assert!(parse_bytes("99999999999T").is_err());
-    }
-}
+mod tests;
