@@ -138,6 +138,11 @@ impl Foreign {
         let claimed = dlpack_device(what, obj)?;
         if let Some(cai) = get_interface(obj, "__cuda_array_interface__") {
             let mut f = from_array_interface(what, obj, &cai)?;
+            // The array interface has no name for some dtypes (torch exports bfloat16 as the
+            // opaque "<V2"); DLPack names them, so ask it when the producer offers it.
+            if f.dtype.kind == 'V' && obj.hasattr("__dlpack__")? {
+                return from_dlpack(what, obj);
+            }
             f.device = match claimed {
                 Some(d @ Device::Cuda(_)) => d,
                 Some(other) => {
@@ -385,7 +390,9 @@ fn from_dlpack(what: &str, obj: &Bound<'_, PyAny>) -> PyResult<Foreign> {
             "{what}: __dlpack__() returned a capsule named {name:?}, not \"dltensor\""
         )));
     }
-    let ptr = capsule.pointer_checked(None).map(|p| p.as_ptr())?;
+    let ptr = capsule
+        .pointer_checked(Some(c"dltensor"))
+        .map(|p| p.as_ptr())?;
     // SAFETY: a "dltensor" capsule holds a DLManagedTensor*, whose first member is the DLTensor
     // described above (repr(C), DLPack ABI); it stays valid while the capsule lives, and we
     // hold the capsule.

@@ -82,8 +82,8 @@ def _race(use_stream: bool) -> int:
     torch.cuda.synchronize()
     with torch.cuda.stream(side):
         for layer in kv:  # slow enough to still be running when kvmem starts
-            for _ in range(4):
-                layer.mul_(0).add_(7)
+            for _ in range(4):  # zero_, not mul_(0): the random bf16 bits hold NaNs and infinities
+                layer.zero_().add_(7)
     h = engine.copy(gpu, ids, pinned, list(range(256)), stream=side if use_stream else None)
     h.wait(timeout=60)
     torch.cuda.synchronize()

@@ -62,6 +62,32 @@ def test_host_to_host_every_format_pair(engine: kvmem.Engine, fmt_s: str, fmt_d:
     assert same(dst_kv, want)
 
 
+class DLPackOnly:
+    """Exposes an array through DLPack alone (as JAX and some torch builds do): no array
+    interface, no buffer protocol."""
+
+    def __init__(self, a: Any) -> None:
+        self._a = a
+
+    def __dlpack__(self, **kwargs: Any) -> Any:
+        return self._a.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return self._a.__dlpack_device__()  # type: ignore[no-any-return]
+
+
+def test_dlpack_only_tensors_are_read_through_their_capsule(engine: kvmem.Engine) -> None:
+    rng = np.random.default_rng(5)
+    src_kv = make("flash_attn", 8, LAYERS, BS, HEADS, HD, rng)
+    dst_kv = poisoned(make("flash_attn", 8, LAYERS, BS, HEADS, HD, rng))
+    src = kvmem.Layout.from_tensors([DLPackOnly(t) for t in src_kv], "flash_attn", dtype="float16")
+    dst = kvmem.Layout.from_tensors(dst_kv, "flash_attn")
+    ids = [3, 0, 6]
+    want = expected("flash_attn", src_kv, "flash_attn", dst_kv, LAYERS, ids, ids)
+    engine.copy(src, ids, dst, ids).wait()
+    assert same(dst_kv, want)
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_host_to_disk_and_back(engine: kvmem.Engine, fmt: str, tmp_path: Path) -> None:
     rng = np.random.default_rng(7)
