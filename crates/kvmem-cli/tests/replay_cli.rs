@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 fn trace() -> PathBuf {
     let rel = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/traces/synthetic_trace.jsonl");
+        .join("../../data/traces/synthetic_trace.jsonl");
     let path = std::env::var_os("KVMEM_TRACE")
         .map(PathBuf::from)
         .unwrap_or(rel);
