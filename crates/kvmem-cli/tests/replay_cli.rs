@@ -8,8 +8,8 @@ use common::{args, json_of, kvmem};
 use std::path::PathBuf;
 
 fn trace() -> PathBuf {
-    let rel = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../data/traces/synthetic_trace.jsonl");
+    let rel =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/traces/synthetic_trace.jsonl");
     let path = std::env::var_os("KVMEM_TRACE")
         .map(PathBuf::from)
         .unwrap_or(rel);

@@ -4,9 +4,10 @@ use super::*;
 
 /// Staging moves file ranges into and out of a packed bounce buffer through the engine's
 /// disk backend (each backend in turn), no GPU needed: file → bounce in the slab's order,
-/// then bounce → other file ranges, read back.
+/// then bounce → other file ranges, read back. ("nixl" in the name: it loads the NIXL runtime,
+/// so scripts/valgrind.sh skips it, as it does every test that dlopens NIXL.)
 #[test]
-fn staging_runs_through_the_selected_disk_backend() {
+fn staging_runs_through_the_selected_disk_backend_io_uring_and_nixl_posix() {
     use super::super::DiskBackend;
     use super::super::disk_queue::DiskQueue;
     use crate::{DiskStorage, HostMemory, SystemStorage};
