@@ -1,13 +1,40 @@
-import json,sys,statistics as st
-def load(p):
-    return {(x['path'],x['pattern'],x['block_bytes']):x['ratio'] for x in json.load(open(p))['points']}
-base=sys.argv[1]
-old=[load(f'{base}/old-{i}/bench.json') for i in (1,2)]
-new=[load(f'{base}/new-{i}/bench.json') for i in (1,2)]
-rows=[];devs=[]
-for k in old[0]:
-    if k not in new[0]: continue
-    o=st.mean(d[k] for d in old if k in d); n=st.mean(d[k] for d in new if k in d)
-    devs.append(n/o-1); rows.append((k,o,n,n/o-1))
-for k,o,n,d in rows: print(f"{k[0]:36s} {k[1]:10s} {k[2]>>10:6d}K old {o:.3f} new {n:.3f} {d*100:+.1f}%")
-print(f"points {len(rows)}; mean change {st.mean(devs)*100:+.2f}%; within 2%: {sum(abs(d)<=0.02 for d in devs)}; worst {min(devs)*100:+.1f}% best {max(devs)*100:+.1f}%")
+#!/usr/bin/env python3
+"""Compares two builds' `kvmem bench` runs point by point: DIR holds old-1, old-2, new-1, new-2
+(each a `--out-dir` with bench.json). Prints each point's mean ratio, old and new, and a summary."""
+
+from __future__ import annotations
+
+import json
+import statistics as st
+import sys
+
+Key = tuple[str, str, int]
+
+
+def load(path: str) -> dict[Key, float]:
+    with open(path) as f:
+        points = json.load(f)["points"]
+    return {(p["path"], p["pattern"], p["block_bytes"]): p["ratio"] for p in points}
+
+
+def main(base: str) -> None:
+    old = [load(f"{base}/old-{i}/bench.json") for i in (1, 2)]
+    new = [load(f"{base}/new-{i}/bench.json") for i in (1, 2)]
+    changes = []
+    for key in old[0]:
+        if key not in new[0]:
+            continue
+        o = st.mean(d[key] for d in old if key in d)
+        n = st.mean(d[key] for d in new if key in d)
+        changes.append(n / o - 1)
+        path, pattern, size = key
+        print(f"{path:36s} {pattern:10s} {size >> 10:6d}K old {o:.3f} new {n:.3f} {(n / o - 1) * 100:+.1f}%")
+    within = sum(abs(c) <= 0.02 for c in changes)
+    print(
+        f"points {len(changes)}; mean change {st.mean(changes) * 100:+.2f}%; within 2%: {within}; "
+        f"worst {min(changes) * 100:+.1f}% best {max(changes) * 100:+.1f}%"
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
