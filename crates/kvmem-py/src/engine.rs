@@ -100,7 +100,10 @@ impl Engine {
         dst_ids: &Bound<'_, PyAny>,
         notification: Option<Vec<u8>>,
     ) -> PyResult<Handle> {
-        crate::nixl::write_remote(self, py, src, src_ids, dst, dst_ids, notification)
+        let (src, dst) = (Arc::clone(&src.inner), Arc::clone(&dst.inner));
+        self.post_remote(py, src_ids, dst_ids, move |engine, s, d| {
+            engine.write_remote(&src, s, &dst, d, notification.as_deref())
+        })
     }
 
     /// Reads blocks `src_ids[i]` of the peer's `src` into blocks `dst_ids[i]` of the registered
@@ -113,7 +116,28 @@ impl Engine {
         dst: &RegisteredLayout,
         dst_ids: &Bound<'_, PyAny>,
     ) -> PyResult<Handle> {
-        crate::nixl::read_remote(self, py, src, src_ids, dst, dst_ids)
+        let (src, dst) = (Arc::clone(&src.inner), Arc::clone(&dst.inner));
+        self.post_remote(py, src_ids, dst_ids, move |engine, s, d| {
+            engine.read_remote(&src, s, &dst, d)
+        })
+    }
+}
+
+impl Engine {
+    /// Reads both id lists, then posts a NIXL write or read (`post`) without the GIL.
+    fn post_remote(
+        &self,
+        py: Python<'_>,
+        src_ids: &Bound<'_, PyAny>,
+        dst_ids: &Bound<'_, PyAny>,
+        post: impl FnOnce(&TransferEngine, &[usize], &[usize]) -> kvmem::Result<TransferHandle> + Send,
+    ) -> PyResult<Handle> {
+        let s = block_ids("src_ids", src_ids)?;
+        let d = block_ids("dst_ids", dst_ids)?;
+        let engine = Arc::clone(&self.inner);
+        py.detach(move || post(&engine, &s, &d))
+            .map(|h| Handle::new(h, None))
+            .py()
     }
 }
 

@@ -9,12 +9,9 @@
 //! has dropped its last reference.
 
 use crate::errors::{IntoPy, invalid};
-use kvmem::descriptor::MemoryDescriptor;
-use kvmem::nixl::{MemType, NixlCompatible, NixlDescriptor};
-use kvmem::{Buffer, ExternalDeviceMemory, ExternalHostMemory, StorageKind};
+use kvmem::{Buffer, ExternalDeviceMemory, ExternalHostMemory};
 use pyo3::prelude::*;
 use pyo3::types::{PyCapsule, PyDict, PyTuple};
-use std::any::Any;
 use std::fmt;
 
 /// Where a foreign array's memory is.
@@ -472,26 +469,4 @@ impl<S: fmt::Debug> fmt::Debug for Owned<S> {
     }
 }
 
-impl<S: MemoryDescriptor + 'static> MemoryDescriptor for Owned<S> {
-    fn addr(&self) -> usize {
-        self.storage.addr()
-    }
-    fn size(&self) -> usize {
-        self.storage.size()
-    }
-    fn storage_kind(&self) -> StorageKind {
-        self.storage.storage_kind()
-    }
-    fn as_any(&self) -> &dyn Any {
-        self.storage.as_any()
-    }
-    fn nixl_descriptor(&self) -> Option<NixlDescriptor> {
-        self.storage.nixl_descriptor()
-    }
-}
-
-impl<S: NixlCompatible> NixlCompatible for Owned<S> {
-    fn nixl_params(&self) -> (*const u8, usize, MemType, u64) {
-        self.storage.nixl_params()
-    }
-}
+kvmem::forward_memory_descriptor!(impl[S: kvmem::Storage] Owned<S> => storage);

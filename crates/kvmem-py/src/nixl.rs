@@ -1,9 +1,7 @@
 //! NIXL from Python: `kvmem.Agent`, layouts registered with it, peers' layouts, and
 //! notifications. Moves go through `Engine.write_remote` / `Engine.read_remote`.
 
-use crate::engine::{Engine, Handle};
 use crate::errors::{IntoPy, invalid};
-use crate::ids::block_ids;
 use crate::layout::Layout;
 use kvmem::Buffer;
 use kvmem::layout::BlockLayout;
@@ -161,7 +159,7 @@ impl Agent {
 /// A local layout registered with an agent.
 #[pyclass(module = "kvmem", frozen)]
 pub struct RegisteredLayout {
-    inner: Arc<Registered>,
+    pub(crate) inner: Arc<Registered>,
 }
 
 #[pymethods]
@@ -184,7 +182,7 @@ impl RegisteredLayout {
 /// A peer's layout, as imported from its descriptor.
 #[pyclass(module = "kvmem", frozen)]
 pub struct RemoteLayout {
-    inner: Arc<Remote>,
+    pub(crate) inner: Arc<Remote>,
 }
 
 #[pymethods]
@@ -200,41 +198,4 @@ impl RemoteLayout {
     fn num_blocks(&self) -> usize {
         self.inner.config().num_blocks
     }
-}
-
-/// `Engine.write_remote`.
-pub(crate) fn write_remote(
-    engine: &Engine,
-    py: Python<'_>,
-    src: &RegisteredLayout,
-    src_ids: &Bound<'_, PyAny>,
-    dst: &RemoteLayout,
-    dst_ids: &Bound<'_, PyAny>,
-    notification: Option<Vec<u8>>,
-) -> PyResult<Handle> {
-    let s = block_ids("src_ids", src_ids)?;
-    let d = block_ids("dst_ids", dst_ids)?;
-    let (src, dst) = (Arc::clone(&src.inner), Arc::clone(&dst.inner));
-    let engine = Arc::clone(&engine.inner);
-    py.detach(move || engine.write_remote(&src, &s, &dst, &d, notification.as_deref()))
-        .map(|h| Handle::new(h, None))
-        .py()
-}
-
-/// `Engine.read_remote`.
-pub(crate) fn read_remote(
-    engine: &Engine,
-    py: Python<'_>,
-    src: &RemoteLayout,
-    src_ids: &Bound<'_, PyAny>,
-    dst: &RegisteredLayout,
-    dst_ids: &Bound<'_, PyAny>,
-) -> PyResult<Handle> {
-    let s = block_ids("src_ids", src_ids)?;
-    let d = block_ids("dst_ids", dst_ids)?;
-    let (src, dst) = (Arc::clone(&src.inner), Arc::clone(&dst.inner));
-    let engine = Arc::clone(&engine.inner);
-    py.detach(move || engine.read_remote(&src, &s, &dst, &d))
-        .map(|h| Handle::new(h, None))
-        .py()
 }

@@ -3,11 +3,8 @@
 use crate::PAGE_SIZE;
 use crate::descriptor::{Buffer, MemoryDescriptor, Storage};
 use crate::error::{BoundsError, Error, MemoryError, Result};
-use crate::kind::StorageKind;
-use crate::region::{MemType, NixlCompatible, NixlDescriptor};
 use crate::view::OffsetBuffer;
 use offset_allocator::{Allocation, Allocator};
-use std::any::Any;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -184,29 +181,7 @@ impl fmt::Debug for ArenaBuffer {
     }
 }
 
-impl MemoryDescriptor for ArenaBuffer {
-    fn addr(&self) -> usize {
-        self.view.addr()
-    }
-    fn size(&self) -> usize {
-        self.view.size()
-    }
-    fn storage_kind(&self) -> StorageKind {
-        self.view.storage_kind()
-    }
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-    fn nixl_descriptor(&self) -> Option<NixlDescriptor> {
-        self.view.nixl_descriptor()
-    }
-}
-
-impl NixlCompatible for ArenaBuffer {
-    fn nixl_params(&self) -> (*const u8, usize, MemType, u64) {
-        self.view.nixl_params()
-    }
-}
+crate::forward_memory_descriptor!(ArenaBuffer => view, as_any: self);
 
 #[cfg(test)]
 mod tests {

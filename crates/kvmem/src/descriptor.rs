@@ -1,7 +1,7 @@
 //! The memory descriptor trait every region implements, and [`Buffer`], a type-erased handle.
 
 use crate::kind::StorageKind;
-use crate::region::{MemType, NixlCompatible, NixlDescriptor};
+use crate::region::{NixlCompatible, NixlDescriptor};
 use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
@@ -38,6 +38,110 @@ pub trait MemoryDescriptor: Send + Sync + fmt::Debug {
 pub trait Storage: MemoryDescriptor + NixlCompatible + 'static {}
 
 impl<T: MemoryDescriptor + NixlCompatible + 'static> Storage for T {}
+
+/// Implements [`MemoryDescriptor`] and [`NixlCompatible`] for a wrapper by forwarding every
+/// method to one of its fields, for a type that adds something (ownership, a registration, a
+/// check on drop) to a region it holds without changing where the region lies.
+///
+/// `forward_memory_descriptor!(Wrapper => field)` forwards all five methods and
+/// [`nixl_params`](NixlCompatible::nixl_params). Generics go in brackets after `impl`. Two
+/// methods may be given instead of forwarded: `as_any: self` makes the wrapper itself the value
+/// [`as_any`](MemoryDescriptor::as_any) downcasts to, and `nixl_descriptor: f` answers
+/// [`nixl_descriptor`](MemoryDescriptor::nixl_descriptor) with `f(&wrapper)`.
+///
+/// ```
+/// use kvmem::{MemoryDescriptor, SystemStorage};
+///
+/// /// A host buffer that counts as never registered.
+/// #[derive(Debug)]
+/// struct Unregistered<S> {
+///     inner: S,
+/// }
+///
+/// kvmem::forward_memory_descriptor!(
+///     impl[S: kvmem::Storage] Unregistered<S> => inner,
+///     as_any: self,
+///     nixl_descriptor: |_| None,
+/// );
+///
+/// let wrapped = Unregistered { inner: SystemStorage::new(4096)? };
+/// assert_eq!(wrapped.size(), 4096);
+/// assert!(wrapped.nixl_descriptor().is_none());
+/// assert!(wrapped.as_any().downcast_ref::<Unregistered<SystemStorage>>().is_some());
+/// # Ok::<(), kvmem::Error>(())
+/// ```
+#[macro_export]
+macro_rules! forward_memory_descriptor {
+    (
+        impl[$($gen:tt)*] $ty:ty => $field:ident
+        $(, as_any: $as_any:tt)?
+        $(, nixl_descriptor: $descriptor:expr)?
+        $(,)?
+    ) => {
+        impl<$($gen)*> $crate::MemoryDescriptor for $ty {
+            fn addr(&self) -> usize {
+                #[allow(unused_imports)] // in scope already where the wrapper is defined in kvmem
+                use $crate::MemoryDescriptor as _;
+                self.$field.addr()
+            }
+            fn size(&self) -> usize {
+                #[allow(unused_imports)] // in scope already where the wrapper is defined in kvmem
+                use $crate::MemoryDescriptor as _;
+                self.$field.size()
+            }
+            fn storage_kind(&self) -> $crate::StorageKind {
+                #[allow(unused_imports)] // in scope already where the wrapper is defined in kvmem
+                use $crate::MemoryDescriptor as _;
+                self.$field.storage_kind()
+            }
+            fn as_any(&self) -> &dyn ::std::any::Any {
+                $crate::__forward_as_any!(self, $field $(, $as_any)?)
+            }
+            fn nixl_descriptor(&self) -> Option<$crate::nixl::NixlDescriptor> {
+                $crate::__forward_nixl_descriptor!(self, $field $(, $descriptor)?)
+            }
+        }
+
+        impl<$($gen)*> $crate::nixl::NixlCompatible for $ty {
+            fn nixl_params(&self) -> (*const u8, usize, $crate::nixl::MemType, u64) {
+                #[allow(unused_imports)] // in scope already where the wrapper is defined in kvmem
+                use $crate::nixl::NixlCompatible as _;
+                self.$field.nixl_params()
+            }
+        }
+    };
+    ($ty:ty => $($rest:tt)*) => {
+        $crate::forward_memory_descriptor!(impl[] $ty => $($rest)*);
+    };
+}
+
+/// [`forward_memory_descriptor!`]'s `as_any`: the field's, or with `self` the wrapper.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __forward_as_any {
+    ($this:ident, $field:ident) => {{
+        #[allow(unused_imports)] // in scope already where the wrapper is defined in kvmem
+        use $crate::MemoryDescriptor as _;
+        $this.$field.as_any()
+    }};
+    ($this:ident, $field:ident, self) => {
+        $this
+    };
+}
+
+/// [`forward_memory_descriptor!`]'s `nixl_descriptor`: the field's, or the given function's.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __forward_nixl_descriptor {
+    ($this:ident, $field:ident) => {{
+        #[allow(unused_imports)] // in scope already where the wrapper is defined in kvmem
+        use $crate::MemoryDescriptor as _;
+        $this.$field.nixl_descriptor()
+    }};
+    ($this:ident, $field:ident, $descriptor:expr) => {
+        ($descriptor)($this)
+    };
+}
 
 /// A cheap-to-clone, type-erased, shared handle over any [`Storage`].
 ///
@@ -87,26 +191,4 @@ impl fmt::Debug for Buffer {
     }
 }
 
-impl MemoryDescriptor for Buffer {
-    fn addr(&self) -> usize {
-        self.inner.addr()
-    }
-    fn size(&self) -> usize {
-        self.inner.size()
-    }
-    fn storage_kind(&self) -> StorageKind {
-        self.inner.storage_kind()
-    }
-    fn as_any(&self) -> &dyn Any {
-        self.inner.as_any()
-    }
-    fn nixl_descriptor(&self) -> Option<NixlDescriptor> {
-        self.inner.nixl_descriptor()
-    }
-}
-
-impl NixlCompatible for Buffer {
-    fn nixl_params(&self) -> (*const u8, usize, MemType, u64) {
-        self.inner.nixl_params()
-    }
-}
+crate::forward_memory_descriptor!(Buffer => inner);

@@ -6,9 +6,8 @@ mod common;
 use common::{Tier, random_bytes, random_region, read_region};
 use kvmem::Completion;
 use kvmem::error::TransferError;
-use kvmem::nixl::{MemType, NixlCompatible, NixlDescriptor};
 use kvmem::transfer::{DiskBackend, EngineConfig, TransferEngine};
-use kvmem::{Buffer, DiskStorage, Error, HostMemory, MemoryDescriptor, StorageKind, SystemStorage};
+use kvmem::{Buffer, DiskStorage, Error, HostMemory, SystemStorage};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use std::sync::{Arc, Mutex};
@@ -46,29 +45,7 @@ impl Watched {
     }
 }
 
-impl MemoryDescriptor for Watched {
-    fn addr(&self) -> usize {
-        self.inner.addr()
-    }
-    fn size(&self) -> usize {
-        self.inner.size()
-    }
-    fn storage_kind(&self) -> StorageKind {
-        StorageKind::System
-    }
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-    fn nixl_descriptor(&self) -> Option<NixlDescriptor> {
-        None
-    }
-}
-
-impl NixlCompatible for Watched {
-    fn nixl_params(&self) -> (*const u8, usize, MemType, u64) {
-        self.inner.nixl_params()
-    }
-}
+kvmem::forward_memory_descriptor!(Watched => inner, as_any: self, nixl_descriptor: |_| None);
 
 impl Drop for Watched {
     fn drop(&mut self) {

@@ -24,12 +24,10 @@
 #![allow(unsafe_code)]
 
 use super::agent::{Agent, lock};
-use crate::descriptor::{MemoryDescriptor, Storage};
+use crate::descriptor::Storage;
 use crate::error::{BoundsError, Error, NixlError, Result};
 use crate::host::HostMemory;
-use crate::kind::StorageKind;
-use crate::region::{AddressSpace, MemType, NixlCompatible, NixlDescriptor};
-use std::any::Any;
+use crate::region::{AddressSpace, MemType, NixlDescriptor};
 use std::fmt;
 
 /// Registers `storage` with `agent`. See [`Agent::register`].
@@ -223,29 +221,11 @@ impl<S: Storage> fmt::Debug for Registered<S> {
     }
 }
 
-impl<S: Storage> MemoryDescriptor for Registered<S> {
-    fn addr(&self) -> usize {
-        self.storage.addr()
-    }
-    fn size(&self) -> usize {
-        self.storage.size()
-    }
-    fn storage_kind(&self) -> StorageKind {
-        self.storage.storage_kind()
-    }
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-    fn nixl_descriptor(&self) -> Option<NixlDescriptor> {
-        Some(self.registration.descriptor)
-    }
-}
-
-impl<S: Storage> NixlCompatible for Registered<S> {
-    fn nixl_params(&self) -> (*const u8, usize, MemType, u64) {
-        self.storage.nixl_params()
-    }
-}
+crate::forward_memory_descriptor!(
+    impl[S: Storage] Registered<S> => storage,
+    as_any: self,
+    nixl_descriptor: |r: &Self| Some(r.registration.descriptor),
+);
 
 impl<S: Storage + HostMemory> HostMemory for Registered<S> {
     fn as_slice(&self) -> &[u8] {
@@ -351,7 +331,7 @@ impl nixl_sys::NixlDescriptor for NixlDescriptor {
 mod tests {
     use super::*;
     use crate::nixl::AgentConfig;
-    use crate::{Buffer, HostMemory, OffsetBuffer, SystemStorage};
+    use crate::{Buffer, HostMemory, MemoryDescriptor, OffsetBuffer, SystemStorage};
     use std::sync::{Arc, Mutex};
 
     /// A storage that, when it frees its memory, records whether NIXL still had it registered.
@@ -362,29 +342,11 @@ mod tests {
         log: Arc<Mutex<Vec<String>>>,
     }
 
-    impl MemoryDescriptor for Probe {
-        fn addr(&self) -> usize {
-            self.inner.addr()
-        }
-        fn size(&self) -> usize {
-            self.inner.size()
-        }
-        fn storage_kind(&self) -> StorageKind {
-            StorageKind::System
-        }
-        fn as_any(&self) -> &dyn Any {
-            self
-        }
-        fn nixl_descriptor(&self) -> Option<NixlDescriptor> {
-            None
-        }
-    }
-
-    impl NixlCompatible for Probe {
-        fn nixl_params(&self) -> (*const u8, usize, MemType, u64) {
-            self.inner.nixl_params()
-        }
-    }
+    crate::forward_memory_descriptor!(
+        Probe => inner,
+        as_any: self,
+        nixl_descriptor: |_| None,
+    );
 
     impl Drop for Probe {
         fn drop(&mut self) {
