@@ -246,8 +246,8 @@ impl Kv {
 
     fn blocks(&self, blocks: &[(usize, usize)]) -> (LocalBlocks, RemoteBlocks) {
         let peer = self.peer.as_ref().unwrap();
-        let mut l = LocalBlocks::with_capacity(blocks.len());
-        let mut r = RemoteBlocks::with_capacity(peer, blocks.len());
+        let mut l = LocalBlocks::new();
+        let mut r = RemoteBlocks::new(peer);
         for &(off, len) in blocks {
             l.push_range(&self.src, off, len).unwrap();
             r.push(NixlDescriptor::dram((self.dst.addr() + off) as u64, len))
@@ -258,8 +258,8 @@ impl Kv {
 
     /// Both sides as local blocks, for one-agent transfers.
     fn local_blocks(&self, blocks: &[(usize, usize)]) -> (LocalBlocks, LocalBlocks) {
-        let mut l = LocalBlocks::with_capacity(blocks.len());
-        let mut r = LocalBlocks::with_capacity(blocks.len());
+        let mut l = LocalBlocks::new();
+        let mut r = LocalBlocks::new();
         for &(off, len) in blocks {
             l.push_range(&self.src, off, len).unwrap();
             r.push_range(&self.dst, off, len).unwrap();

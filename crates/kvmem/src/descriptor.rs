@@ -169,11 +169,6 @@ impl Buffer {
         }
     }
 
-    /// Wraps a storage that is already shared.
-    pub fn from_arc(storage: Arc<dyn Storage>) -> Self {
-        Self { inner: storage }
-    }
-
     /// The concrete storage, if it is a `T`.
     pub fn downcast_ref<T: Any>(&self) -> Option<&T> {
         self.inner.as_any().downcast_ref::<T>()

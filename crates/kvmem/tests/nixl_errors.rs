@@ -29,7 +29,11 @@ fn unknown_backend() {
 
 #[test]
 fn invalid_config_from_code() {
-    let err = Agent::new(config("cfg").with_registration_chunk(1000)).unwrap_err();
+    let err = Agent::new(AgentConfig {
+        registration_chunk: 1000,
+        ..config("cfg")
+    })
+    .unwrap_err();
     assert!(
         matches!(err, Error::Config(ConfigError::Agent { .. })),
         "{err}"
@@ -79,8 +83,7 @@ fn registering_zero_bytes() {
         err.error
     );
     // The storage comes back with the cause.
-    let (storage, _) = err.into_parts();
-    assert_eq!(storage.size(), 0);
+    assert_eq!(err.storage.size(), 0);
 }
 
 #[test]

@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use kvmem::error::{NixlError, PeerError, TransferError};
 use kvmem::nixl::raw::{LocalBlocks, RemoteBlocks, TransferOp};
-use kvmem::nixl::{Agent, NixlDescriptor, register};
+use kvmem::nixl::{Agent, AgentConfig, NixlDescriptor};
 use kvmem::{Buffer, Error, MemoryDescriptor, OffsetBuffer, SystemStorage};
 use std::time::Duration;
 
@@ -118,7 +118,7 @@ fn registering_a_view_registers_its_range() {
     let base = Buffer::new(SystemStorage::new(1 << 20).unwrap());
     // Register only 256 KiB in the middle of an unregistered buffer.
     let view = OffsetBuffer::new(base.clone(), 256 << 10, 256 << 10).unwrap();
-    let registered = Buffer::new(register(view, &b).unwrap());
+    let registered = Buffer::new(b.register(view).unwrap());
     assert_eq!(registered.addr(), base.addr() + (256 << 10));
     let peer = a.load_peer(&b.local_metadata().unwrap()).unwrap();
     assert_eq!(peer.regions().len(), 1);
@@ -161,8 +161,8 @@ fn prepared_lists_are_reused_and_indexable() {
     let dst = poisoned(&b, N * BLOCK);
     let poison = filled(&a, &vec![POISON; N * BLOCK]);
     let peer = a.load_peer(&b.local_metadata().unwrap()).unwrap();
-    let mut local = LocalBlocks::with_capacity(N);
-    let mut remote = RemoteBlocks::with_capacity(&peer, N);
+    let mut local = LocalBlocks::new();
+    let mut remote = RemoteBlocks::new(&peer);
     for i in 0..N {
         local
             .push(&OffsetBuffer::new(src.clone(), i * BLOCK, BLOCK).unwrap())
@@ -223,7 +223,10 @@ fn prepared_lists_are_reused_and_indexable() {
 
 #[test]
 fn regions_larger_than_a_chunk_are_registered_in_chunks() {
-    let cfg = |p: &str| config(p).with_registration_chunk(1 << 20);
+    let cfg = |p: &str| AgentConfig {
+        registration_chunk: 1 << 20,
+        ..config(p)
+    };
     let a = Agent::new(cfg("chunk-a")).unwrap();
     let b = Agent::new(cfg("chunk-b")).unwrap();
     let size = (4 << 20) + (512 << 10);
@@ -354,8 +357,12 @@ fn cancelled_transfers_finish_and_report_cancelled_or_success() {
 
 #[test]
 fn agents_without_progress_thread_move_data_through_polling() {
-    let a = Agent::new(config("nopt-a").with_progress_thread(false)).unwrap();
-    let b = Agent::new(config("nopt-b").with_progress_thread(false)).unwrap();
+    let without_progress_thread = |p: &str| AgentConfig {
+        progress_thread: false,
+        ..config(p)
+    };
+    let a = Agent::new(without_progress_thread("nopt-a")).unwrap();
+    let b = Agent::new(without_progress_thread("nopt-b")).unwrap();
     let data = random_bytes(8, 16 << 20);
     let src = filled(&a, &data);
     let dst = poisoned(&b, 16 << 20);

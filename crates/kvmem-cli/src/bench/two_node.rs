@@ -32,6 +32,9 @@ const STEP: Duration = Duration::from_secs(30);
 /// the part that failed).
 const AFTER_FAILURE: Duration = Duration::from_secs(5);
 
+/// How often the agents' NIXL listener thread wakes up, in microseconds.
+const LISTENER_DELAY_US: u64 = 10_000;
+
 /// The first error wins: `failure` (what went wrong first) when there is one, with the
 /// `cleanup`'s own error only logged; otherwise the cleanup's result. `cleanup` names the step
 /// for the log.
@@ -146,11 +149,10 @@ pub fn target(args: &BenchArgs) -> Result<()> {
     let len = blocks
         .checked_mul(block_size)
         .ok_or_else(|| CliError::Bench("--blocks times --block-size overflows".into()))?;
-    let agent = Agent::new(
-        AgentConfig::new(args.name.clone())
-            .with_listener(args.listen_port)
-            .with_listener_delay_us(10_000),
-    )?;
+    let agent = Agent::new(AgentConfig {
+        listener_delay_us: LISTENER_DELAY_US,
+        ..AgentConfig::new(args.name.clone()).with_listener(args.listen_port)
+    })?;
     let mut storage = SystemStorage::new(len)?;
     storage.memset(0xA5);
     let region = agent.register(storage).map_err(|e| e.error)?;
@@ -219,11 +221,11 @@ pub fn initiator(args: &BenchArgs) -> Result<Report> {
         Some(p) => p,
         None => TcpListener::bind("0.0.0.0:0")?.local_addr()?.port(),
     };
-    let agent = Agent::new(
-        AgentConfig::new(format!("kvmem-bench-initiator-{}", std::process::id()))
+    let agent = Agent::new(AgentConfig {
+        listener_delay_us: LISTENER_DELAY_US,
+        ..AgentConfig::new(format!("kvmem-bench-initiator-{}", std::process::id()))
             .with_listener(port)
-            .with_listener_delay_us(10_000),
-    )?;
+    })?;
     let peer = agent.connect_listener(&args.name, addr, STEP)?;
     agent.publish_to_listener(addr)?;
     agent.notify(peer.name(), HELLO)?;

@@ -144,7 +144,7 @@ pub enum NixlError {
 
     /// Memory given to a transfer is not registered with NIXL.
     #[error(
-        "{what} is not registered with a NIXL agent; register it (kvmem::nixl::register) and \
+        "{what} is not registered with a NIXL agent; register it (`Agent::register`) and \
          use the registered value, or a view of it, in transfers"
     )]
     NotRegistered {

@@ -142,14 +142,6 @@ impl Agent {
         })
     }
 
-    /// Starts an agent configured from the environment ([`AgentConfig::from_env`]).
-    ///
-    /// # Errors
-    /// As for [`AgentConfig::from_env`] and [`new`](Self::new).
-    pub fn from_env() -> Result<Self> {
-        Self::new(AgentConfig::from_env()?)
-    }
-
     /// The agent's name, by which peers address it.
     pub fn name(&self) -> &str {
         &self.shared.name

@@ -38,5 +38,5 @@ pub use agent::Agent;
 pub use config::{AgentConfig, ThreadSync};
 pub use metadata::{Peer, PeerManifest, PeerMetadata, PeerSource};
 pub use notification::Notification;
-pub use registration::{RegisterError, Registered, register};
+pub use registration::{RegisterError, Registered};
 pub use runtime::{NixlRuntime, ensure_loaded};

@@ -30,17 +30,6 @@ use crate::host::HostMemory;
 use crate::region::{AddressSpace, MemType, NixlDescriptor};
 use std::fmt;
 
-/// Registers `storage` with `agent`. See [`Agent::register`].
-///
-/// # Errors
-/// As for [`Agent::register`].
-pub fn register<S: Storage>(
-    storage: S,
-    agent: &Agent,
-) -> std::result::Result<Registered<S>, RegisterError<S>> {
-    agent.register(storage)
-}
-
 impl Agent {
     /// Registers `storage` with this agent's backends and returns it wrapped in a [`Registered`]
     /// that deregisters before the memory is freed.
@@ -162,7 +151,14 @@ impl Agent {
 
     /// True when this agent has `len` bytes at `addr` of this memory type and device registered
     /// (inside one registration).
-    pub fn is_registered(&self, mem_type: MemType, device_id: u64, addr: u64, len: usize) -> bool {
+    #[cfg(test)] // the unit tests ask; transfers find registrations through `covering`
+    pub(crate) fn is_registered(
+        &self,
+        mem_type: MemType,
+        device_id: u64,
+        addr: u64,
+        len: usize,
+    ) -> bool {
         lock(&self.shared.registry)
             .covering(AddressSpace::new(mem_type, device_id), addr, len as u64)
             .is_some()
@@ -248,13 +244,6 @@ pub struct RegisterError<S> {
     pub storage: S,
     /// Why it was not registered.
     pub error: Error,
-}
-
-impl<S> RegisterError<S> {
-    /// The storage and the cause.
-    pub fn into_parts(self) -> (S, Error) {
-        (self.storage, self.error)
-    }
 }
 
 impl<S> fmt::Debug for RegisterError<S> {

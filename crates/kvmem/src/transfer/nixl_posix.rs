@@ -83,12 +83,12 @@ pub(crate) fn start(config: DiskQueue) -> Result<Worker<Work>> {
 fn new_agent(config: DiskQueue) -> Result<Agent> {
     crate::nixl::ensure_loaded()?;
     let depth = kernel_queue_size(config.queue_depth);
-    let agent = Agent::new(
-        AgentConfig::new("")
+    let agent = Agent::new(AgentConfig {
+        progress_thread: false,
+        ..AgentConfig::new("")
             .with_backends([BACKEND])
             .with_backend_param(BACKEND, "kernel_queue_size", depth.to_string())
-            .with_progress_thread(false),
-    )?;
+    })?;
     agent.require_backend(BACKEND)?;
     Ok(agent)
 }

@@ -41,7 +41,10 @@ pub fn listening_agent(prefix: &str) -> Agent {
 }
 
 pub fn config(prefix: &str) -> AgentConfig {
-    AgentConfig::new(unique(prefix)).with_listener_delay_us(2_000)
+    AgentConfig {
+        listener_delay_us: 2_000,
+        ..AgentConfig::new(unique(prefix))
+    }
 }
 
 /// `len` random bytes; the same seed gives the same bytes (in every process).
@@ -171,7 +174,10 @@ fn target_main() -> Result<(), Box<dyn std::error::Error>> {
     let name = std::env::var(NAME_ENV)?;
     let len: usize = std::env::var(LEN_ENV)?.parse()?;
     let etcd = std::env::var(ETCD_ENV).is_ok();
-    let mut cfg = AgentConfig::new(name).with_listener_delay_us(2_000);
+    let mut cfg = AgentConfig {
+        listener_delay_us: 2_000,
+        ..AgentConfig::new(name)
+    };
     if !etcd {
         cfg = cfg.with_listener(std::env::var(PORT_ENV)?.parse()?);
     }

@@ -203,12 +203,6 @@ impl AgentConfig {
         self
     }
 
-    /// Sets how often NIXL's listener/etcd thread wakes up.
-    pub fn with_listener_delay_us(mut self, delay_us: u64) -> Self {
-        self.listener_delay_us = delay_us;
-        self
-    }
-
     /// Takes metadata and notifications only from the agents named in `peers` (see
     /// [`allowed_peers`](Self::allowed_peers)); an empty list allows any peer.
     pub fn with_allowed_peers<I, S>(mut self, peers: I) -> Self
@@ -223,30 +217,6 @@ impl AgentConfig {
     /// True when `peer` may send this agent metadata and notifications.
     pub fn allows_peer(&self, peer: &str) -> bool {
         self.allowed_peers.is_empty() || self.allowed_peers.iter().any(|p| p == peer)
-    }
-
-    /// Turns NIXL's progress thread on or off.
-    pub fn with_progress_thread(mut self, on: bool) -> Self {
-        self.progress_thread = on;
-        self
-    }
-
-    /// Sets the delay between progress-thread iterations, in microseconds.
-    pub fn with_progress_delay_us(mut self, delay_us: u64) -> Self {
-        self.progress_delay_us = delay_us;
-        self
-    }
-
-    /// Sets NIXL's thread-safety mode.
-    pub fn with_thread_sync(mut self, mode: ThreadSync) -> Self {
-        self.thread_sync = mode;
-        self
-    }
-
-    /// Sets the largest single registration, in bytes.
-    pub fn with_registration_chunk(mut self, bytes: u64) -> Self {
-        self.registration_chunk = bytes;
-        self
     }
 
     /// Parses a TOML document.

@@ -54,7 +54,7 @@ impl LocalBlocks {
     }
 
     /// An empty list with room for `n` blocks.
-    pub fn with_capacity(n: usize) -> Self {
+    pub(crate) fn with_capacity(n: usize) -> Self {
         Self {
             mem_type: None,
             descs: Vec::with_capacity(n),
@@ -157,7 +157,7 @@ impl RemoteBlocks {
     }
 
     /// An empty list for `peer` with room for `n` blocks.
-    pub fn with_capacity(peer: &Peer, n: usize) -> Self {
+    pub(crate) fn with_capacity(peer: &Peer, n: usize) -> Self {
         Self {
             descs: Vec::with_capacity(n),
             ..Self::new(peer)
