@@ -6,10 +6,11 @@
 mod common;
 
 use common::{json_of, kvmem};
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc::channel;
+use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
 /// Kills the child if the test fails before it exited.
@@ -63,6 +64,44 @@ fn spawn_target(
             .spawn()
             .expect("spawn the target"),
     )
+}
+
+/// `kvmem bench --role initiator --json` from `command` against `peer` (`host:port`), with the
+/// `[sizes, iterations]` of `run` and the extra flags `extra`, writing its files to `out_dir`;
+/// its stderr is piped.
+fn spawn_initiator(
+    mut command: Command,
+    extra: &[&str],
+    peer: &str,
+    [sizes, iterations]: [&str; 2],
+    out_dir: &Path,
+    out: Stdio,
+) -> Reaped {
+    Reaped(
+        command
+            .args(["bench", "--role", "initiator", "--json"])
+            .args(extra)
+            .args(["--peer", peer, "--sizes", sizes, "--iterations", iterations])
+            .arg("--out-dir")
+            .arg(out_dir)
+            .stdout(out)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the initiator"),
+    )
+}
+
+/// The lines `pipe` yields, on a channel fed by a thread of its own.
+fn lines_of(pipe: impl Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 fn free_port() -> u16 {
@@ -129,14 +168,7 @@ fn two_node_run(wrap: [&[&str]; 2], env: &[(&str, &str)], target_ip: &str) {
         Stdio::inherit(),
     );
     let stdout = target.0.stdout.take().unwrap();
-    let (tx, rx) = channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = lines_of(stdout);
     let ready = rx
         .recv_timeout(Duration::from_secs(30))
         .expect("the target announces its blocks");
@@ -145,16 +177,13 @@ fn two_node_run(wrap: [&[&str]; 2], env: &[(&str, &str)], target_ip: &str) {
         "{ready}"
     );
 
-    let initiator = Reaped(
-        command(wrap[1])
-            .args(["bench", "--role", "initiator", "--json", "--peer"])
-            .arg(format!("{target_ip}:{port}"))
-            .args(["--sizes", "4K,64K,4M", "--iterations", "1", "--out-dir"])
-            .arg(out_dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn the initiator"),
+    let initiator = spawn_initiator(
+        command(wrap[1]),
+        &[],
+        &format!("{target_ip}:{port}"),
+        ["4K,64K,4M", "1"],
+        out_dir.path(),
+        Stdio::piped(),
     );
     // Bounded: the initiator's own protocol steps time out after 30 s each.
     let out = output_of(initiator, Duration::from_secs(180), "the initiator");
@@ -302,24 +331,14 @@ fn a_killed_target_is_reported_as_the_transfer_failure() {
     logging.env("RUST_LOG", "info");
     let mut target = spawn_target(logging, port, "16", "1M", Stdio::null(), Stdio::piped());
     let stderr = target.0.stderr.take().unwrap();
-    let (tx, rx) = channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut initiator = Reaped(
-        kvmem()
-            .args(["bench", "--role", "initiator", "--json", "--peer"])
-            .arg(format!("127.0.0.1:{port}"))
-            .args(["--sizes", "4K", "--iterations", "100000", "--out-dir"])
-            .arg(out_dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn the initiator"),
+    let rx = lines_of(stderr);
+    let mut initiator = spawn_initiator(
+        kvmem(),
+        &[],
+        &format!("127.0.0.1:{port}"),
+        ["4K", "100000"],
+        out_dir.path(),
+        Stdio::null(),
     );
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -452,24 +471,13 @@ fn a_python_nixl_initiator_against_a_kvmem_target() {
 fn a_kvmem_initiator_against_a_python_nixl_target() {
     let port = free_port();
     let out_dir = tempfile::tempdir().unwrap();
-    let initiator = Reaped(
-        kvmem()
-            .args([
-                "bench",
-                "--role",
-                "initiator",
-                "--json",
-                "--name",
-                "py-target",
-                "--peer",
-            ])
-            .arg(format!("127.0.0.1:{port}"))
-            .args(["--sizes", "4K,64K", "--iterations", "1", "--out-dir"])
-            .arg(out_dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn the initiator"),
+    let initiator = spawn_initiator(
+        kvmem(),
+        &["--name", "py-target"],
+        &format!("127.0.0.1:{port}"),
+        ["4K,64K", "1"],
+        out_dir.path(),
+        Stdio::piped(),
     );
     std::thread::sleep(Duration::from_secs(1));
     let target = Reaped(

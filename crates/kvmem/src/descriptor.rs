@@ -80,33 +80,25 @@ macro_rules! forward_memory_descriptor {
     ) => {
         impl<$($gen)*> $crate::MemoryDescriptor for $ty {
             fn addr(&self) -> usize {
-                #[allow(unused_imports)] // in scope already where the wrapper is defined in kvmem
-                use $crate::MemoryDescriptor as _;
-                self.$field.addr()
+                $crate::__forward_or!(self.$field.addr())
             }
             fn size(&self) -> usize {
-                #[allow(unused_imports)] // in scope already where the wrapper is defined in kvmem
-                use $crate::MemoryDescriptor as _;
-                self.$field.size()
+                $crate::__forward_or!(self.$field.size())
             }
             fn storage_kind(&self) -> $crate::StorageKind {
-                #[allow(unused_imports)] // in scope already where the wrapper is defined in kvmem
-                use $crate::MemoryDescriptor as _;
-                self.$field.storage_kind()
+                $crate::__forward_or!(self.$field.storage_kind())
             }
             fn as_any(&self) -> &dyn ::std::any::Any {
-                $crate::__forward_as_any!(self, $field $(, $as_any)?)
+                $crate::__forward_or!(self.$field.as_any() $(, $as_any)?)
             }
             fn nixl_descriptor(&self) -> Option<$crate::nixl::NixlDescriptor> {
-                $crate::__forward_nixl_descriptor!(self, $field $(, $descriptor)?)
+                $crate::__forward_or!(self.$field.nixl_descriptor() $(, $descriptor)?)
             }
         }
 
         impl<$($gen)*> $crate::nixl::NixlCompatible for $ty {
             fn nixl_params(&self) -> (*const u8, usize, $crate::nixl::MemType, u64) {
-                #[allow(unused_imports)] // in scope already where the wrapper is defined in kvmem
-                use $crate::nixl::NixlCompatible as _;
-                self.$field.nixl_params()
+                $crate::__forward_or!(self.$field.nixl_params())
             }
         }
     };
@@ -115,31 +107,21 @@ macro_rules! forward_memory_descriptor {
     };
 }
 
-/// [`forward_memory_descriptor!`]'s `as_any`: the field's, or with `self` the wrapper.
+/// One method of [`forward_memory_descriptor!`]: the field's answer, with `self` the wrapper
+/// itself, or with a function what it says for the wrapper.
 #[doc(hidden)]
 #[macro_export]
-macro_rules! __forward_as_any {
-    ($this:ident, $field:ident) => {{
+macro_rules! __forward_or {
+    ($this:ident . $field:ident . $method:ident()) => {{
         #[allow(unused_imports)] // in scope already where the wrapper is defined in kvmem
-        use $crate::MemoryDescriptor as _;
-        $this.$field.as_any()
+        use $crate::{MemoryDescriptor as _, nixl::NixlCompatible as _};
+        $this.$field.$method()
     }};
-    ($this:ident, $field:ident, self) => {
+    ($this:ident . $field:ident . $method:ident(), self) => {
         $this
     };
-}
-
-/// [`forward_memory_descriptor!`]'s `nixl_descriptor`: the field's, or the given function's.
-#[doc(hidden)]
-#[macro_export]
-macro_rules! __forward_nixl_descriptor {
-    ($this:ident, $field:ident) => {{
-        #[allow(unused_imports)] // in scope already where the wrapper is defined in kvmem
-        use $crate::MemoryDescriptor as _;
-        $this.$field.nixl_descriptor()
-    }};
-    ($this:ident, $field:ident, $descriptor:expr) => {
-        ($descriptor)($this)
+    ($this:ident . $field:ident . $method:ident(), $answer:expr) => {
+        ($answer)($this)
     };
 }
 

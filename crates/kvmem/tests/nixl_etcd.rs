@@ -12,13 +12,12 @@ mod common;
 use common::*;
 use kvmem::Error;
 use kvmem::error::PeerError;
-use kvmem::nixl::raw::{LocalBlocks, RemoteBlocks};
-use kvmem::nixl::{NixlDescriptor, PeerSource};
+use kvmem::nixl::PeerSource;
+use kvmem::nixl::raw::LocalBlocks;
 use libtest_mimic::{Arguments, Failed, Trial};
 use std::time::{Duration, Instant};
 
 const SIZE: usize = 64 << 20;
-const WAIT: Duration = Duration::from_secs(60);
 const NAME: &str = "etcd_write_64m_notification_shutdown_restart_withdraw";
 
 fn main() {
@@ -65,26 +64,14 @@ fn etcd_round_trip() -> Result<(), Failed> {
     let mut target = TargetProcess::spawn(&name, SIZE, Publish::Etcd);
     let peer = agent.connect_etcd(&name, Duration::from_secs(30))?;
     assert_eq!(peer.source(), &PeerSource::Etcd);
-    let mut remote = RemoteBlocks::new(&peer);
-    remote.push(NixlDescriptor::dram(target.addr, target.len))?;
-    verified_write(&agent, &local, &remote, &mut target, "over-etcd")?;
+    let remote = target.blocks(&peer)?;
+    target.verified_write(&agent, &local, &remote, 51, "over-etcd")?;
 
-    // Coordinated shutdown: let go of the peer, then the peer withdraws and exits cleanly.
-    agent.invalidate_peer(&name)?;
-    let status = target.exit(Duration::from_secs(20));
-    assert!(status.success(), "target exit status {status}");
-
-    // Restart under the same name: reconnect fetches the new metadata from etcd.
-    let mut target = TargetProcess::spawn(&name, SIZE, Publish::Etcd);
-    let peer = agent.reconnect(&name, Duration::from_secs(30))?;
-    let err = agent.write(&local, &remote, None).unwrap_err();
-    assert!(
-        matches!(err, Error::Peer(PeerError::Invalidated { .. })),
-        "old lists are refused: {err}"
-    );
-    let mut remote = RemoteBlocks::new(&peer);
-    remote.push(NixlDescriptor::dram(target.addr, target.len))?;
-    verified_write(&agent, &local, &remote, &mut target, "after-restart")?;
+    // Coordinated shutdown (the peer withdraws and exits cleanly), and a restart under the same
+    // name: reconnect fetches the new metadata from etcd.
+    let timeout = Duration::from_secs(30);
+    let (mut target, remote) = target.restart(&agent, &local, &remote, Publish::Etcd, timeout)?;
+    target.verified_write(&agent, &local, &remote, 51, "after-restart")?;
 
     // This time the peer withdraws while still known here: NIXL's etcd watch drops it.
     let status = target.exit(Duration::from_secs(20));
@@ -104,20 +91,5 @@ fn etcd_round_trip() -> Result<(), Failed> {
     );
     agent.invalidate_peer(&name)?;
     assert_same(bytes(&src), &data, "source");
-    Ok(())
-}
-
-fn verified_write(
-    agent: &kvmem::nixl::Agent,
-    local: &LocalBlocks,
-    remote: &RemoteBlocks,
-    target: &mut TargetProcess,
-    note: &str,
-) -> Result<(), Failed> {
-    target.send(&format!("VERIFY {} {note} 51", agent.name()));
-    agent
-        .write(local, remote, Some(note.as_bytes()))?
-        .wait_for(WAIT)?;
-    assert_eq!(target.expect_line(WAIT), "VERIFIED");
     Ok(())
 }

@@ -9,14 +9,13 @@ mod common;
 use common::*;
 use kvmem::Error;
 use kvmem::error::{NixlError, PeerError, TransferError};
+use kvmem::nixl::Agent;
 use kvmem::nixl::raw::{LocalBlocks, RemoteBlocks};
-use kvmem::nixl::{Agent, NixlDescriptor};
 use libtest_mimic::{Arguments, Failed, Trial};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const SIZE: usize = 64 << 20;
-const WAIT: Duration = Duration::from_secs(60);
 const NO_RUNTIME_ROLE: &str = "no-runtime";
 
 fn main() {
@@ -38,34 +37,22 @@ fn main() {
     libtest_mimic::run(&args, trials).exit();
 }
 
-fn remote_of(agent: &Agent, target: &TargetProcess, port: u16) -> Result<RemoteBlocks, Failed> {
+/// A target process named `prefix` plus a unique suffix with `len` bytes, listening on a free
+/// port; `agent` connected to it, and a list of its memory.
+fn listening_target(
+    agent: &Agent,
+    prefix: &str,
+    len: usize,
+) -> Result<(TargetProcess, RemoteBlocks, u16), Failed> {
+    let port = free_port();
+    let target = TargetProcess::spawn(&unique(prefix), len, Publish::Listener(port));
     let peer = agent.connect_listener(&target.name, loopback(port), Duration::from_secs(20))?;
     assert!(
         peer.manifest().is_none(),
         "the listener carries NIXL metadata only"
     );
-    let mut remote = RemoteBlocks::new(&peer);
-    remote.push(NixlDescriptor::dram(target.addr, target.len))?;
-    Ok(remote)
-}
-
-/// Writes `seed`'s data to the target with a notification and has the target check it.
-fn write_and_verify(
-    agent: &Agent,
-    local: &LocalBlocks,
-    remote: &RemoteBlocks,
-    target: &mut TargetProcess,
-    seed: u64,
-    note: &str,
-) -> Result<(), Failed> {
-    // The target starts waiting for the notification first, then the data goes out.
-    target.send(&format!("VERIFY {} {note} {seed}", agent.name()));
-    agent
-        .write(local, remote, Some(note.as_bytes()))?
-        .wait_for(WAIT)?;
-    let answer = target.expect_line(WAIT);
-    assert_eq!(answer, "VERIFIED", "the target compared its bytes");
-    Ok(())
+    let remote = target.blocks(&peer)?;
+    Ok((target, remote, port))
 }
 
 fn listener_round_trip() -> Result<(), Failed> {
@@ -73,11 +60,8 @@ fn listener_round_trip() -> Result<(), Failed> {
     let data = random_bytes(31, SIZE);
     let src = filled(&agent, &data);
     let local = LocalBlocks::whole(&src)?;
-    let name = unique("lsn-target");
-    let port = free_port();
-
-    let mut target = TargetProcess::spawn(&name, SIZE, Publish::Listener(port));
-    let remote = remote_of(&agent, &target, port)?;
+    let (mut target, remote, port) = listening_target(&agent, "lsn-target", SIZE)?;
+    let name = target.name.clone();
     // A transfer dropped right after posting is cancelled (or released, if already done); the
     // next transfer is unaffected and verified by the peer.
     let dropped = agent.write(&local, &remote, None)?;
@@ -86,26 +70,15 @@ fn listener_round_trip() -> Result<(), Failed> {
         dropped.is_done()
     );
     drop(dropped);
-    write_and_verify(&agent, &local, &remote, &mut target, 31, "first")?;
+    target.verified_write(&agent, &local, &remote, 31, "first")?;
     eprintln!("first transfer verified");
 
-    // Coordinated shutdown: this side lets go of the peer first, then the peer exits cleanly.
-    agent.invalidate_peer(&name)?;
-    let status = target.exit(Duration::from_secs(20));
-    assert!(status.success(), "target exit status {status}");
-
-    // The peer restarts under the same name on the same port (new memory, new process).
-    let mut target = TargetProcess::spawn(&name, SIZE, Publish::Listener(port));
-    let peer = agent.reconnect(&name, Duration::from_secs(20))?;
-    // Lists of the old connection are refused, not sent to stale addresses.
-    let err = agent.write(&local, &remote, None).unwrap_err();
-    assert!(
-        matches!(err, Error::Peer(PeerError::Invalidated { .. })),
-        "{err}"
-    );
-    let mut remote = RemoteBlocks::new(&peer);
-    remote.push(NixlDescriptor::dram(target.addr, target.len))?;
-    write_and_verify(&agent, &local, &remote, &mut target, 31, "after-restart")?;
+    // Coordinated shutdown (this side lets go of the peer first, then the peer exits cleanly);
+    // the peer restarts under the same name on the same port (new memory, new process).
+    let publish = Publish::Listener(port);
+    let timeout = Duration::from_secs(20);
+    let (mut target, remote) = target.restart(&agent, &local, &remote, publish, timeout)?;
+    target.verified_write(&agent, &local, &remote, 31, "after-restart")?;
     agent.invalidate_peer(&name)?;
     let status = target.exit(Duration::from_secs(20));
     assert!(status.success(), "target exit status {status}");
@@ -128,18 +101,13 @@ fn killed_peer() -> Result<(), Failed> {
     let local = LocalBlocks::whole(&src)?;
 
     // The other peer, alive for the whole test.
-    let other_name = unique("kill-other");
-    let other_port = free_port();
-    let mut other = TargetProcess::spawn(&other_name, STREAM_BLOCK, Publish::Listener(other_port));
-    let other_remote = remote_of(&survivor, &other, other_port)?;
+    let (mut other, other_remote, _) = listening_target(&survivor, "kill-other", STREAM_BLOCK)?;
 
     let mut detect_times = Vec::new();
     let mut hangs = 0;
     for round in 0..KILL_ROUNDS {
-        let name = unique("kill-victim");
-        let port = free_port();
-        let victim = TargetProcess::spawn(&name, STREAM_BLOCK, Publish::Listener(port));
-        let remote = remote_of(&survivor, &victim, port)?;
+        let (victim, remote, _) = listening_target(&survivor, "kill-victim", STREAM_BLOCK)?;
+        let name = victim.name.clone();
         // Kill it from another thread after a short, varying delay, while this thread streams,
         // at a moment when a transfer is in flight: posted, its completion not yet seen. The
         // killer holds `in_flight` across the kill, so the stream cannot move on meanwhile.
@@ -237,14 +205,8 @@ fn killed_peer() -> Result<(), Failed> {
         // The survivor's own memory is intact...
         assert_same(bytes(&src), &data, "survivor source after the peer died");
         // ...and it still moves data with the other peer (verified there).
-        write_and_verify(
-            &survivor,
-            &local,
-            &other_remote,
-            &mut other,
-            41,
-            &format!("round-{round}"),
-        )?;
+        let note = format!("round-{round}");
+        other.verified_write(&survivor, &local, &other_remote, 41, &note)?;
         // Forget the dead peer (NIXL may have dropped it already).
         let _ = survivor.invalidate_peer(&name);
     }
@@ -256,7 +218,7 @@ fn killed_peer() -> Result<(), Failed> {
         detect_times[KILL_ROUNDS - 1]
     );
     assert_eq!(hangs, 0, "rounds where no error came within {DETECT:?}");
-    survivor.invalidate_peer(&other_name)?;
+    survivor.invalidate_peer(&other.name)?;
     let status = other.exit(Duration::from_secs(20));
     assert!(status.success(), "other peer exit status {status}");
     Ok(())

@@ -4,8 +4,9 @@
 #![allow(dead_code)]
 
 // The verbs every NIXL test calls; not every binary that includes this module uses both.
-use kvmem::nixl::raw::Transfer;
-use kvmem::nixl::{Agent, AgentConfig, Peer, Registered};
+use kvmem::error::PeerError;
+use kvmem::nixl::raw::{LocalBlocks, RemoteBlocks, Transfer};
+use kvmem::nixl::{Agent, AgentConfig, NixlDescriptor, Peer, Registered};
 use kvmem::{Buffer, HostMemory, MemoryDescriptor, SystemStorage};
 #[allow(unused_imports)]
 pub use kvmem::{Completion, nixl::raw::RawTransfers};
@@ -321,6 +322,60 @@ impl TargetProcess {
     /// SIGKILL: the target dies without any cleanup.
     pub fn kill(&mut self) {
         self.child.kill().expect("kill the target");
+    }
+
+    /// The target's memory, as a one-block list for `peer` (its current connection).
+    pub fn blocks(&self, peer: &Peer) -> kvmem::Result<RemoteBlocks> {
+        let mut remote = RemoteBlocks::new(peer);
+        remote.push(NixlDescriptor::dram(self.addr, self.len))?;
+        Ok(remote)
+    }
+
+    /// Writes `local` (the bytes of `seed`) to `remote` with the notification `note`, and has
+    /// the target compare its memory with `seed`'s bytes. The target starts waiting for the
+    /// notification first, then the data goes out.
+    pub fn verified_write(
+        &mut self,
+        agent: &Agent,
+        local: &LocalBlocks,
+        remote: &RemoteBlocks,
+        seed: u64,
+        note: &str,
+    ) -> kvmem::Result<()> {
+        self.send(&format!("VERIFY {} {note} {seed}", agent.name()));
+        agent
+            .write(local, remote, Some(note.as_bytes()))?
+            .wait_for(LOOPBACK_WAIT)?;
+        let answer = self.expect_line(LOOPBACK_WAIT);
+        assert_eq!(answer, "VERIFIED", "the target compared its bytes");
+        Ok(())
+    }
+
+    /// Coordinated shutdown and restart: `agent` lets go of the peer, the target exits cleanly,
+    /// and a new target process starts under the same name (new memory) and is reconnected with
+    /// `reconnect`; lists of the old connection (`old`) are then refused, not sent to stale
+    /// addresses. Returns the new target and a list of its memory.
+    pub fn restart(
+        self,
+        agent: &Agent,
+        local: &LocalBlocks,
+        old: &RemoteBlocks,
+        publish: Publish,
+        reconnect: Duration,
+    ) -> kvmem::Result<(TargetProcess, RemoteBlocks)> {
+        let (name, len) = (self.name.clone(), self.len);
+        agent.invalidate_peer(&name)?;
+        let status = self.exit(Duration::from_secs(20));
+        assert!(status.success(), "target exit status {status}");
+        let target = TargetProcess::spawn(&name, len, publish);
+        let peer = agent.reconnect(&name, reconnect)?;
+        let err = agent.write(local, old, None).unwrap_err();
+        assert!(
+            matches!(err, kvmem::Error::Peer(PeerError::Invalidated { .. })),
+            "old lists are refused: {err}"
+        );
+        let remote = target.blocks(&peer)?;
+        Ok((target, remote))
     }
 }
 

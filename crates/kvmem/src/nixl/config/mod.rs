@@ -145,6 +145,11 @@ pub struct AgentConfig {
     pub allowed_peers: Vec<String>,
 }
 
+/// Owned strings from any list of string-likes (names of backends or peers).
+fn strings(items: impl IntoIterator<Item = impl Into<String>>) -> Vec<String> {
+    items.into_iter().map(Into::into).collect()
+}
+
 impl Default for AgentConfig {
     fn default() -> Self {
         Self {
@@ -173,12 +178,8 @@ impl AgentConfig {
     }
 
     /// Replaces the backend list.
-    pub fn with_backends<I, S>(mut self, backends: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        self.backends = backends.into_iter().map(Into::into).collect();
+    pub fn with_backends(mut self, backends: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.backends = strings(backends);
         self
     }
 
@@ -205,12 +206,11 @@ impl AgentConfig {
 
     /// Takes metadata and notifications only from the agents named in `peers` (see
     /// [`allowed_peers`](Self::allowed_peers)); an empty list allows any peer.
-    pub fn with_allowed_peers<I, S>(mut self, peers: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        self.allowed_peers = peers.into_iter().map(Into::into).collect();
+    pub fn with_allowed_peers(
+        mut self,
+        peers: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        self.allowed_peers = strings(peers);
         self
     }
 
