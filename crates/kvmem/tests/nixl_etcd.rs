@@ -13,7 +13,6 @@ use common::*;
 use kvmem::Error;
 use kvmem::error::PeerError;
 use kvmem::nixl::PeerSource;
-use kvmem::nixl::raw::LocalBlocks;
 use libtest_mimic::{Arguments, Failed, Trial};
 use std::time::{Duration, Instant};
 
@@ -56,9 +55,7 @@ fn etcd_round_trip() -> Result<(), Failed> {
         agent.uses_etcd(),
         "NIXL_ETCD_ENDPOINTS is set, so the agent uses etcd"
     );
-    let data = random_bytes(51, SIZE);
-    let src = filled(&agent, &data);
-    let local = LocalBlocks::whole(&src)?;
+    let (data, src, local) = filled_blocks(&agent, 51, SIZE);
     let name = unique("etcd-target");
 
     let mut target = TargetProcess::spawn(&name, SIZE, Publish::Etcd);

@@ -10,7 +10,7 @@ use common::*;
 use kvmem::Error;
 use kvmem::error::{NixlError, PeerError, TransferError};
 use kvmem::nixl::Agent;
-use kvmem::nixl::raw::{LocalBlocks, RemoteBlocks};
+use kvmem::nixl::raw::RemoteBlocks;
 use libtest_mimic::{Arguments, Failed, Trial};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -57,9 +57,7 @@ fn listening_target(
 
 fn listener_round_trip() -> Result<(), Failed> {
     let agent = listening_agent("lsn-init");
-    let data = random_bytes(31, SIZE);
-    let src = filled(&agent, &data);
-    let local = LocalBlocks::whole(&src)?;
+    let (data, src, local) = filled_blocks(&agent, 31, SIZE);
     let (mut target, remote, port) = listening_target(&agent, "lsn-target", SIZE)?;
     let name = target.name.clone();
     // A transfer dropped right after posting is cancelled (or released, if already done); the
@@ -96,9 +94,7 @@ const KILL_WAIT: Duration = Duration::from_secs(30);
 
 fn killed_peer() -> Result<(), Failed> {
     let survivor = listening_agent("kill-survivor");
-    let data = random_bytes(41, STREAM_BLOCK);
-    let src = filled(&survivor, &data);
-    let local = LocalBlocks::whole(&src)?;
+    let (data, src, local) = filled_blocks(&survivor, 41, STREAM_BLOCK);
 
     // The other peer, alive for the whole test.
     let (mut other, other_remote, _) = listening_target(&survivor, "kill-other", STREAM_BLOCK)?;

@@ -65,6 +65,15 @@ pub fn filled(agent: &Agent, data: &[u8]) -> Buffer {
     Buffer::new(agent.register(s).expect("register"))
 }
 
+/// `len` random bytes from `seed`, registered with `agent` as one block: the data, its buffer and
+/// the list.
+pub fn filled_blocks(agent: &Agent, seed: u64, len: usize) -> (Vec<u8>, Buffer, LocalBlocks) {
+    let data = random_bytes(seed, len);
+    let src = filled(agent, &data);
+    let local = LocalBlocks::whole(&src).expect("a list of the whole buffer");
+    (data, src, local)
+}
+
 /// A registered host buffer of `len` poisoned bytes.
 pub fn poisoned(agent: &Agent, len: usize) -> Buffer {
     let mut s = SystemStorage::new(len).expect("allocate");

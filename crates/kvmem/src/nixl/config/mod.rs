@@ -150,6 +150,11 @@ fn strings(items: impl IntoIterator<Item = impl Into<String>>) -> Vec<String> {
     items.into_iter().map(Into::into).collect()
 }
 
+/// The names in a comma-separated list, trimmed, empty ones left out.
+fn comma_list(value: &str) -> Vec<String> {
+    strings(value.split(',').map(str::trim).filter(|s| !s.is_empty()))
+}
+
 impl Default for AgentConfig {
     fn default() -> Self {
         Self {
@@ -303,14 +308,7 @@ impl AgentConfig {
             match key {
                 "CONFIG" => {}
                 "NAME" => self.name = value.trim().to_owned(),
-                "BACKENDS" => {
-                    self.backends = value
-                        .split(',')
-                        .map(str::trim)
-                        .filter(|s| !s.is_empty())
-                        .map(str::to_owned)
-                        .collect();
-                }
+                "BACKENDS" => self.backends = comma_list(value),
                 "PROGRESS_THREAD" => self.progress_thread = parse_bool(var, value)?,
                 "PROGRESS_DELAY_US" => self.progress_delay_us = parse_u64(var, value)?,
                 "LISTEN" => self.listen = parse_bool(var, value)?,
@@ -320,14 +318,7 @@ impl AgentConfig {
                     })?;
                 }
                 "LISTENER_DELAY_US" => self.listener_delay_us = parse_u64(var, value)?,
-                "ALLOWED_PEERS" => {
-                    self.allowed_peers = value
-                        .split(',')
-                        .map(str::trim)
-                        .filter(|p| !p.is_empty())
-                        .map(str::to_owned)
-                        .collect();
-                }
+                "ALLOWED_PEERS" => self.allowed_peers = comma_list(value),
                 "THREAD_SYNC" => {
                     self.thread_sync = ThreadSync::parse(value).ok_or_else(|| {
                         bad(
