@@ -20,6 +20,20 @@ fn remote_whole(peer: &kvmem::nixl::Peer, buffer: &Buffer) -> RemoteBlocks {
     r
 }
 
+/// `a` writes all of `src` to all of the peer's `dst` with notification `note`, and waits for the
+/// transfer (not for the notification).
+#[track_caller]
+fn write_whole(a: &Agent, src: &Buffer, peer: &kvmem::nixl::Peer, dst: &Buffer, note: &[u8]) {
+    a.write(
+        &LocalBlocks::whole(src).unwrap(),
+        &remote_whole(peer, dst),
+        Some(note),
+    )
+    .unwrap()
+    .wait_for(WAIT)
+    .unwrap();
+}
+
 fn write_then_read(size: usize, seed: u64) {
     let a = agent("ucx-a");
     let b = agent("ucx-b");
@@ -239,14 +253,7 @@ fn regions_larger_than_a_chunk_are_registered_in_chunks() {
     let dst = poisoned(&b, size);
     let peer = a.load_peer(&b.local_metadata().unwrap()).unwrap();
     // One block across all five chunks: kvmem splits it at the chunk boundaries.
-    a.write(
-        &LocalBlocks::whole(&src).unwrap(),
-        &remote_whole(&peer, &dst),
-        Some(b"chunked"),
-    )
-    .unwrap()
-    .wait_for(WAIT)
-    .unwrap();
+    write_whole(&a, &src, &peer, &dst, b"chunked");
     b.wait_for_message(a.name(), b"chunked", WAIT).unwrap();
     assert_same(bytes(&dst), &data, "chunked WRITE");
     // A prepared list keeps one descriptor per block, so a crossing block is refused clearly.
@@ -373,14 +380,7 @@ fn agents_without_progress_thread_move_data_through_polling() {
         let (b, a_name) = (b.clone(), a.name().to_owned());
         std::thread::spawn(move || b.wait_for_message(&a_name, b"polled", WAIT))
     };
-    a.write(
-        &LocalBlocks::whole(&src).unwrap(),
-        &remote_whole(&peer, &dst),
-        Some(b"polled"),
-    )
-    .unwrap()
-    .wait_for(WAIT)
-    .unwrap();
+    write_whole(&a, &src, &peer, &dst, b"polled");
     receiver.join().unwrap().unwrap();
     assert_same(bytes(&dst), &data, "WRITE without progress threads");
 }

@@ -188,70 +188,71 @@ fn store_fence() {
     }
 }
 
-/// Streaming copy with 32-byte AVX stores.
-///
-/// # Safety
-/// As for [`cached_copy`], and the CPU must support AVX2.
+/// Defines a streaming copy through `$vector` registers of `$width` bytes: an ordinary copy up
+/// to the first `$width`-aligned destination byte, four vectors per iteration, then one at a time,
+/// then an ordinary copy of the tail.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn stream_avx2(src: *const u8, dst: *mut u8, len: usize) {
-    use std::arch::x86_64::{__m256i, _mm256_loadu_si256, _mm256_stream_si256};
-    // SAFETY: every access below stays inside `src..src+len` / `dst..dst+len` (the caller's
-    // contract); loads are unaligned loads; streaming stores go to 32-byte aligned addresses
-    // because the head copy advances `dst` to that alignment.
-    unsafe {
-        let head = dst.align_offset(32).min(len);
-        std::ptr::copy_nonoverlapping(src, dst, head);
-        let (mut s, mut d, mut n) = (src.add(head), dst.add(head), len - head);
-        while n >= 128 {
-            let a = _mm256_loadu_si256(s.cast::<__m256i>());
-            let b = _mm256_loadu_si256(s.add(32).cast::<__m256i>());
-            let c = _mm256_loadu_si256(s.add(64).cast::<__m256i>());
-            let e = _mm256_loadu_si256(s.add(96).cast::<__m256i>());
-            _mm256_stream_si256(d.cast::<__m256i>(), a);
-            _mm256_stream_si256(d.add(32).cast::<__m256i>(), b);
-            _mm256_stream_si256(d.add(64).cast::<__m256i>(), c);
-            _mm256_stream_si256(d.add(96).cast::<__m256i>(), e);
-            (s, d, n) = (s.add(128), d.add(128), n - 128);
+macro_rules! streaming_copy {
+    ($(#[$attr:meta])* $name:ident, $vector:ident, $width:literal, $load:ident, $store:ident) => {
+        $(#[$attr])*
+        unsafe fn $name(src: *const u8, dst: *mut u8, len: usize) {
+            use std::arch::x86_64::{$load, $store, $vector};
+            const W: usize = $width;
+            // SAFETY: every access below stays inside `src..src+len` / `dst..dst+len` (the
+            // caller's contract); loads are unaligned loads; streaming stores go to `W`-byte
+            // aligned addresses because the head copy advances `dst` to that alignment; the CPU
+            // has the instructions (the caller's contract, or part of x86_64).
+            unsafe {
+                let head = dst.align_offset(W).min(len);
+                std::ptr::copy_nonoverlapping(src, dst, head);
+                let (mut s, mut d, mut n) = (src.add(head), dst.add(head), len - head);
+                while n >= 4 * W {
+                    let a = $load(s.cast::<$vector>());
+                    let b = $load(s.add(W).cast::<$vector>());
+                    let c = $load(s.add(2 * W).cast::<$vector>());
+                    let e = $load(s.add(3 * W).cast::<$vector>());
+                    $store(d.cast::<$vector>(), a);
+                    $store(d.add(W).cast::<$vector>(), b);
+                    $store(d.add(2 * W).cast::<$vector>(), c);
+                    $store(d.add(3 * W).cast::<$vector>(), e);
+                    (s, d, n) = (s.add(4 * W), d.add(4 * W), n - 4 * W);
+                }
+                while n >= W {
+                    $store(d.cast::<$vector>(), $load(s.cast::<$vector>()));
+                    (s, d, n) = (s.add(W), d.add(W), n - W);
+                }
+                std::ptr::copy_nonoverlapping(s, d, n);
+            }
         }
-        while n >= 32 {
-            _mm256_stream_si256(d.cast::<__m256i>(), _mm256_loadu_si256(s.cast::<__m256i>()));
-            (s, d, n) = (s.add(32), d.add(32), n - 32);
-        }
-        std::ptr::copy_nonoverlapping(s, d, n);
-    }
+    };
 }
 
-/// Streaming copy with 16-byte SSE2 stores (every x86_64 CPU has them).
-///
-/// # Safety
-/// As for [`cached_copy`].
 #[cfg(target_arch = "x86_64")]
-unsafe fn stream_sse2(src: *const u8, dst: *mut u8, len: usize) {
-    use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_stream_si128};
-    // SAFETY: as in `stream_avx2`, with 16-byte alignment; SSE2 is part of x86_64.
-    unsafe {
-        let head = dst.align_offset(16).min(len);
-        std::ptr::copy_nonoverlapping(src, dst, head);
-        let (mut s, mut d, mut n) = (src.add(head), dst.add(head), len - head);
-        while n >= 64 {
-            let a = _mm_loadu_si128(s.cast::<__m128i>());
-            let b = _mm_loadu_si128(s.add(16).cast::<__m128i>());
-            let c = _mm_loadu_si128(s.add(32).cast::<__m128i>());
-            let e = _mm_loadu_si128(s.add(48).cast::<__m128i>());
-            _mm_stream_si128(d.cast::<__m128i>(), a);
-            _mm_stream_si128(d.add(16).cast::<__m128i>(), b);
-            _mm_stream_si128(d.add(32).cast::<__m128i>(), c);
-            _mm_stream_si128(d.add(48).cast::<__m128i>(), e);
-            (s, d, n) = (s.add(64), d.add(64), n - 64);
-        }
-        while n >= 16 {
-            _mm_stream_si128(d.cast::<__m128i>(), _mm_loadu_si128(s.cast::<__m128i>()));
-            (s, d, n) = (s.add(16), d.add(16), n - 16);
-        }
-        std::ptr::copy_nonoverlapping(s, d, n);
-    }
-}
+streaming_copy!(
+    /// Streaming copy with 32-byte AVX stores.
+    ///
+    /// # Safety
+    /// As for [`cached_copy`], and the CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    stream_avx2,
+    __m256i,
+    32,
+    _mm256_loadu_si256,
+    _mm256_stream_si256
+);
+
+#[cfg(target_arch = "x86_64")]
+streaming_copy!(
+    /// Streaming copy with 16-byte SSE2 stores (every x86_64 CPU has them).
+    ///
+    /// # Safety
+    /// As for [`cached_copy`].
+    stream_sse2,
+    __m128i,
+    16,
+    _mm_loadu_si128,
+    _mm_stream_si128
+);
 
 #[cfg(test)]
 mod tests {
