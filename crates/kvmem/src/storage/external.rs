@@ -3,12 +3,12 @@
 use crate::error::{BoundsError, Error, Result};
 use crate::host::HostMemory;
 use crate::kind::StorageKind;
-use std::fmt;
 
 /// Device memory that another owner (a framework's KV-cache tensor, say) allocated.
 ///
 /// kvmem never frees it and never dereferences it on the host; it only describes it, so that it
 /// can be viewed, registered with NIXL and used as a transfer source or destination.
+#[derive(Debug)]
 pub struct ExternalDeviceMemory {
     ptr: *const u8,
     size: usize,
@@ -67,16 +67,6 @@ fn check_range(ptr: *const u8, size: usize, what: &'static str) -> Result<()> {
     Ok(())
 }
 
-impl fmt::Debug for ExternalDeviceMemory {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ExternalDeviceMemory")
-            .field("ptr", &self.ptr)
-            .field("size", &self.size)
-            .field("device_id", &self.device_id)
-            .finish()
-    }
-}
-
 storage_region!(
     ExternalDeviceMemory,
     |s| s.ptr as usize,
@@ -89,6 +79,7 @@ storage_region!(
 ///
 /// Unlike device memory, host memory can be read and written through [`HostMemory`]; the
 /// constructor's contract makes that sound.
+#[derive(Debug)]
 pub struct ExternalHostMemory {
     ptr: *mut u8,
     size: usize,
@@ -114,12 +105,7 @@ impl ExternalHostMemory {
     /// [`BoundsError::ZeroSize`] for `size == 0`; [`BoundsError::Overflow`] for a null pointer or a range that
     /// wraps the address space.
     pub unsafe fn new(ptr: *mut u8, size: usize) -> Result<Self> {
-        check_range(ptr, size, "external host memory")?;
-        Ok(Self {
-            ptr,
-            size,
-            pinned: false,
-        })
+        Self::checked(ptr, size, false)
     }
 
     /// Like [`new`](Self::new), for memory that its owner has already page-locked
@@ -131,22 +117,18 @@ impl ExternalHostMemory {
     /// # Errors
     /// As for [`new`](Self::new).
     pub unsafe fn new_pinned(ptr: *mut u8, size: usize) -> Result<Self> {
-        check_range(ptr, size, "external pinned memory")?;
-        Ok(Self {
-            ptr,
-            size,
-            pinned: true,
-        })
+        Self::checked(ptr, size, true)
     }
-}
 
-impl fmt::Debug for ExternalHostMemory {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ExternalHostMemory")
-            .field("ptr", &self.ptr)
-            .field("size", &self.size)
-            .field("pinned", &self.pinned)
-            .finish()
+    /// The value, once the range is checked (the constructors' callers vouch for the memory).
+    fn checked(ptr: *mut u8, size: usize, pinned: bool) -> Result<Self> {
+        let what = if pinned {
+            "external pinned memory"
+        } else {
+            "external host memory"
+        };
+        check_range(ptr, size, what)?;
+        Ok(Self { ptr, size, pinned })
     }
 }
 

@@ -5,7 +5,6 @@ use crate::cuda::page_lock::{HostRegistration, mapped_device_pointer};
 use crate::cuda::{CudaDevice, MAX_HOST_REGISTRATION};
 use crate::descriptor::MemoryDescriptor;
 use crate::error::Result;
-use crate::host::HostMemory;
 use crate::kind::StorageKind;
 use std::fmt;
 
@@ -87,17 +86,7 @@ storage_region!(
     ExternalPinnedMemory,
     |s| s.host.addr(),
     s.host.size(),
-    StorageKind::Pinned
+    StorageKind::Pinned,
+    host: s.host.as_slice(), s.host.as_mut_slice(),
+    page_locked: s.registered_ranges()
 );
-
-impl HostMemory for ExternalPinnedMemory {
-    fn as_slice(&self) -> &[u8] {
-        self.host.as_slice()
-    }
-    fn as_mut_slice(&mut self) -> &mut [u8] {
-        self.host.as_mut_slice()
-    }
-    fn page_locked_ranges(&self) -> Option<Vec<std::ops::Range<usize>>> {
-        Some(self.registered_ranges())
-    }
-}

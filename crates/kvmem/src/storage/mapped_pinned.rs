@@ -5,7 +5,6 @@ use crate::cuda::page_lock::{HostRegistration, mapped_device_pointer};
 use crate::cuda::{CudaDevice, MAX_HOST_REGISTRATION};
 use crate::descriptor::MemoryDescriptor;
 use crate::error::{BoundsError, Error, Result};
-use crate::host::HostMemory;
 use crate::kind::StorageKind;
 use serde::Serialize;
 use std::fmt;
@@ -241,17 +240,7 @@ storage_region!(
     MappedPinnedStorage,
     |s| s.mapping.as_ptr() as usize,
     s.mapping.len(),
-    StorageKind::Pinned
+    StorageKind::Pinned,
+    host: s.mapping.as_slice(), s.mapping.as_mut_slice(),
+    page_locked: s.registered_ranges()
 );
-
-impl HostMemory for MappedPinnedStorage {
-    fn as_slice(&self) -> &[u8] {
-        self.mapping.as_slice()
-    }
-    fn as_mut_slice(&mut self) -> &mut [u8] {
-        self.mapping.as_mut_slice()
-    }
-    fn page_locked_ranges(&self) -> Option<Vec<std::ops::Range<usize>>> {
-        Some(self.registered_ranges())
-    }
-}

@@ -23,7 +23,36 @@
 /// region: `storage_region!(Type, |s| address, length, kind)`. A storage is not registered by
 /// itself ([`nixl_descriptor`](crate::MemoryDescriptor::nixl_descriptor) is `None`); its NIXL
 /// memory type and device follow from its kind.
+///
+/// A host storage adds `host: slice, mutable slice` (of the same `s`) for
+/// [`HostMemory`](crate::HostMemory), and `page_locked: ranges` when it knows which of its bytes
+/// are page-locked.
 macro_rules! storage_region {
+    (
+        $ty:ty, |$s:ident| $addr:expr, $size:expr, $kind:expr,
+        host: $slice:expr, $slice_mut:expr
+        $(, page_locked: $locked:expr)?
+        $(,)?
+    ) => {
+        storage_region!($ty, |$s| $addr, $size, $kind);
+
+        impl $crate::host::HostMemory for $ty {
+            fn as_slice(&self) -> &[u8] {
+                let $s = self;
+                $slice
+            }
+            fn as_mut_slice(&mut self) -> &mut [u8] {
+                let $s = self;
+                $slice_mut
+            }
+            $(
+                fn page_locked_ranges(&self) -> Option<Vec<std::ops::Range<usize>>> {
+                    let $s = self;
+                    Some($locked)
+                }
+            )?
+        }
+    };
     ($ty:ty, |$s:ident| $addr:expr, $size:expr, $kind:expr) => {
         impl $crate::descriptor::MemoryDescriptor for $ty {
             #[allow(unused_variables)] // a region may not need its storage: a file starts at 0

@@ -1,6 +1,5 @@
 use crate::descriptor::MemoryDescriptor;
 use crate::error::{BoundsError, Error, MemoryError, Result};
-use crate::host::HostMemory;
 use crate::kind::StorageKind;
 use memmap2::MmapMut;
 use std::fmt;
@@ -81,23 +80,15 @@ storage_region!(
     SystemStorage,
     |s| s.map.as_ptr() as usize,
     s.map.len(),
-    StorageKind::System
+    StorageKind::System,
+    host: &s.map, &mut s.map
 );
-
-impl HostMemory for SystemStorage {
-    fn as_slice(&self) -> &[u8] {
-        &self.map
-    }
-    fn as_mut_slice(&mut self) -> &mut [u8] {
-        &mut self.map
-    }
-}
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::MemoryDescriptor;
     use crate::nixl::{MemType, NixlCompatible};
+    use crate::{HostMemory, MemoryDescriptor};
 
     #[test]
     fn zeroed_page_aligned_and_writable() {
