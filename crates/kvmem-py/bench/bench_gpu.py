@@ -252,6 +252,7 @@ def overhead(engine: kvmem.Engine, blocks: int, rounds: int, n: int = 4096) -> d
             t1 = time.perf_counter()
             h.wait()
             t2 = time.perf_counter()
+            del h  # dropped outside the timing, as the Rust loop drops its handle
             py_submit.append(t1 - t0)
             py_total.append(t2 - t0)
         for sub, tot in engine._rust_copy_timings(gpu, ids, pinned, dst_ids, reps):

@@ -81,6 +81,9 @@ def _race(use_stream: bool) -> int:
     pinned = gpu.allocate_like(kvmem.Tier.pinned(0), num_blocks=256)
     ids = scattered()
     engine = kvmem.Engine()
+    # A first copy loads the engine's copy kernel; CUDA loads kernels lazily, and loading one may
+    # synchronize the whole context, which would order even an unordered copy after the writes.
+    engine.copy(gpu, ids, pinned, list(range(256))).wait(timeout=60)
     side = torch.cuda.Stream()
     torch.cuda.synchronize()
     with torch.cuda.stream(side):
