@@ -145,48 +145,68 @@ fn bad_block_lists_are_refused() {
 fn mismatched_layouts_and_small_destinations_are_refused() {
     let mut f = Fixture::new();
     let (src, _) = f.layout(Tier::Host, LayoutKind::FullyContiguous, CONFIG, 4096);
-    let half_chunks = LayoutConfig {
-        inner_dim: 512,
-        ..CONFIG
-    };
-    let (dst, poison) = f.layout(Tier::Host, LayoutKind::FullyContiguous, half_chunks, 1024);
-    assert!(matches!(
-        f.engine.copy_blocks(&src, &[0], &dst, &[0]),
-        Err(Error::Layout(LayoutError::Mismatch {
-            what: "chunk size",
-            src: 4096,
-            dst: 2048
-        }))
-    ));
-    assert_untouched(&dst, &poison);
-    let fewer_layers = LayoutConfig {
-        num_layers: 1,
-        ..CONFIG
-    };
-    let (dst, poison) = f.layout(Tier::Disk, LayoutKind::FullyContiguous, fewer_layers, 4096);
-    assert!(matches!(
-        f.engine.copy_blocks(&src, &[0], &dst, &[0]),
-        Err(Error::Layout(LayoutError::Mismatch { what: "layers", .. }))
-    ));
-    assert_untouched(&dst, &poison);
-    let one_part = LayoutConfig {
-        outer_dim: 1,
-        ..CONFIG
-    };
-    let (dst, poison) = f.layout(
-        Tier::Host,
-        LayoutKind::LayerSeparate(BlockDim::First),
-        one_part,
-        4096,
-    );
-    assert!(matches!(
-        f.engine.copy_blocks(&src, &[0], &dst, &[0]),
-        Err(Error::Layout(LayoutError::Mismatch {
-            what: "outer dimension",
-            ..
-        }))
-    ));
-    assert_untouched(&dst, &poison);
+    // Destinations that differ from `src` in one dimension each: refused, and left untouched.
+    type Refused = fn(&Error) -> bool;
+    let mismatches: [(Tier, LayoutKind, LayoutConfig, usize, Refused); 3] = [
+        (
+            Tier::Host,
+            LayoutKind::FullyContiguous,
+            LayoutConfig {
+                inner_dim: 512,
+                ..CONFIG
+            },
+            1024,
+            |e| {
+                matches!(
+                    e,
+                    Error::Layout(LayoutError::Mismatch {
+                        what: "chunk size",
+                        src: 4096,
+                        dst: 2048
+                    })
+                )
+            },
+        ),
+        (
+            Tier::Disk,
+            LayoutKind::FullyContiguous,
+            LayoutConfig {
+                num_layers: 1,
+                ..CONFIG
+            },
+            4096,
+            |e| {
+                matches!(
+                    e,
+                    Error::Layout(LayoutError::Mismatch { what: "layers", .. })
+                )
+            },
+        ),
+        (
+            Tier::Host,
+            LayoutKind::LayerSeparate(BlockDim::First),
+            LayoutConfig {
+                outer_dim: 1,
+                ..CONFIG
+            },
+            4096,
+            |e| {
+                matches!(
+                    e,
+                    Error::Layout(LayoutError::Mismatch {
+                        what: "outer dimension",
+                        ..
+                    })
+                )
+            },
+        ),
+    ];
+    for (tier, kind, config, align, refused) in mismatches {
+        let (dst, poison) = f.layout(tier, kind, config, align);
+        let err = f.engine.copy_blocks(&src, &[0], &dst, &[0]).unwrap_err();
+        assert!(refused(&err), "{tier:?}/{kind}: {err}");
+        assert_untouched(&dst, &poison);
+    }
 
     // A region copy into a smaller destination.
     let (big, _) = random_region(Tier::Host, 8192, 0, f.dir.path(), &mut f.rng);

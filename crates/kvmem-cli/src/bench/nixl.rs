@@ -169,7 +169,7 @@ impl Candidate for Nixl<'_> {
     /// Every byte checked once, through the same prepared lists the timed runs use.
     fn verify(&self, spec: &PointSpec) -> Result<u64> {
         let (ends, bytes, size) = (self.ends, self.bytes, self.block_bytes);
-        match self.op {
+        let pairs = match self.op {
             TransferOp::Write => {
                 // Poison the peer's region, and see that it took (read back over `dst`,
                 // itself filled with source bytes first).
@@ -181,28 +181,22 @@ impl Candidate for Nixl<'_> {
                 self.poison_dst(spec)?;
                 ends.whole(TransferOp::Read, &ends.dst, bytes)?;
                 // Remote block r[k] now holds source block l[k].
-                let pairs = verify::contiguous_pairs(size, &self.local_ids, &self.remote_ids);
-                verify::compare(
-                    spec,
-                    host_bytes(&ends.dst)?,
-                    &host_bytes(&ends.src)?,
-                    &pairs,
-                )
+                verify::contiguous_pairs(size, &self.local_ids, &self.remote_ids)
             }
             TransferOp::Read => {
                 ends.whole(TransferOp::Write, &ends.src, bytes)?;
                 self.poison_dst(spec)?;
                 self.transfer()?;
                 // Local block l[k] now holds remote block r[k], which holds source block r[k].
-                let pairs = verify::contiguous_pairs(size, &self.remote_ids, &self.local_ids);
-                verify::compare(
-                    spec,
-                    host_bytes(&ends.dst)?,
-                    &host_bytes(&ends.src)?,
-                    &pairs,
-                )
+                verify::contiguous_pairs(size, &self.remote_ids, &self.local_ids)
             }
-        }
+        };
+        verify::compare(
+            spec,
+            host_bytes(&ends.dst)?,
+            &host_bytes(&ends.src)?,
+            &pairs,
+        )
     }
 
     fn transfer(&self) -> Result<Sample> {
