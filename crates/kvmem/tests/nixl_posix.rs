@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use kvmem::nixl::raw::{LocalBlocks, TransferOp};
+use kvmem::nixl::raw::{LocalBlocks, TransferMemory, TransferOp};
 use kvmem::nixl::{Agent, Registered};
 use kvmem::{Buffer, DiskStorage, HostMemory, OffsetBuffer, SystemStorage};
 use std::time::Duration;
@@ -17,6 +17,27 @@ fn posix_agent(prefix: &str) -> Agent {
 }
 
 /// The file's bytes, read with plain `pread` (not through NIXL).
+/// Moves all of `mem` to all of `file` (`Write`) or back (`Read`), as one block each, and waits.
+#[track_caller]
+fn whole_file_transfer(
+    agent: &Agent,
+    op: TransferOp,
+    mem: &impl TransferMemory,
+    file: &impl TransferMemory,
+) {
+    let (mem, file) = (
+        LocalBlocks::whole(mem).unwrap(),
+        LocalBlocks::whole(file).unwrap(),
+    );
+    match op {
+        TransferOp::Write => agent.write_to_file(&mem, &file),
+        TransferOp::Read => agent.read_from_file(&mem, &file),
+    }
+    .unwrap()
+    .wait_for(WAIT)
+    .unwrap();
+}
+
 fn file_bytes(file: &Buffer) -> Vec<u8> {
     let disk = file
         .downcast_ref::<Registered<DiskStorage>>()
@@ -51,25 +72,11 @@ fn dram_to_file_to_dram_64m() {
         .path()
         .to_path_buf();
 
-    agent
-        .write_to_file(
-            &LocalBlocks::whole(&src).unwrap(),
-            &LocalBlocks::whole(&file).unwrap(),
-        )
-        .unwrap()
-        .wait_for(WAIT)
-        .unwrap();
+    whole_file_transfer(&agent, TransferOp::Write, &src, &file);
     assert_same(&file_bytes(&file), &data, "file after NIXL write");
 
     let back = poisoned(&agent, SIZE);
-    agent
-        .read_from_file(
-            &LocalBlocks::whole(&back).unwrap(),
-            &LocalBlocks::whole(&file).unwrap(),
-        )
-        .unwrap()
-        .wait_for(WAIT)
-        .unwrap();
+    whole_file_transfer(&agent, TransferOp::Read, &back, &file);
     assert_same(bytes(&back), &data, "memory after NIXL read");
 
     // Dropping the last handle deregisters the file and then removes it.
@@ -105,34 +112,14 @@ fn file_blocks_at_offsets_and_prepared_file_lists() {
     let pm = agent.prepare_local(&mem).unwrap();
     let pf = agent.prepare_file(&blocks).unwrap();
     assert_eq!(pf.target(), agent.name());
-    let li: Vec<usize> = (0..N).collect();
-    let ri: Vec<usize> = (0..N).rev().collect();
-    agent
-        .post_prepared_selected(TransferOp::Write, &pm, &li, &pf, &ri, None)
-        .unwrap()
-        .wait_for(WAIT)
-        .unwrap();
+    write_reversed(&agent, &pm, &pf, N);
     let on_disk = file_bytes(&file);
-    for i in 0..N {
-        let j = N - 1 - i;
-        assert_same(
-            &on_disk[j * BLOCK..(j + 1) * BLOCK],
-            &data[i * BLOCK..(i + 1) * BLOCK],
-            "file block",
-        );
-    }
+    assert_reversed(&on_disk, &data, BLOCK, "file blocks");
 
     // Read file blocks 2..4 back into a poisoned buffer with a fresh (unprepared) list.
     let back = poisoned(&agent, 2 * BLOCK);
-    agent
-        .read_from_file(
-            &LocalBlocks::whole(&back).unwrap(),
-            &LocalBlocks::whole(&OffsetBuffer::new(file.clone(), 2 * BLOCK, 2 * BLOCK).unwrap())
-                .unwrap(),
-        )
-        .unwrap()
-        .wait_for(WAIT)
-        .unwrap();
+    let middle = OffsetBuffer::new(file.clone(), 2 * BLOCK, 2 * BLOCK).unwrap();
+    whole_file_transfer(&agent, TransferOp::Read, &back, &middle);
     assert_same(
         bytes(&back),
         &on_disk[2 * BLOCK..4 * BLOCK],

@@ -209,21 +209,8 @@ fn prepared_lists_are_reused_and_indexable() {
     }
 
     // Selected indices: local block i goes to remote block N-1-i.
-    let li: Vec<usize> = (0..N).collect();
-    let ri: Vec<usize> = (0..N).rev().collect();
-    a.post_prepared_selected(TransferOp::Write, &pl, &li, &pr, &ri, None)
-        .unwrap()
-        .wait_for(WAIT)
-        .unwrap();
-    let got = bytes(&dst);
-    for i in 0..N {
-        let j = N - 1 - i;
-        assert_same(
-            &got[j * BLOCK..(j + 1) * BLOCK],
-            &data[i * BLOCK..(i + 1) * BLOCK],
-            "reversed block",
-        );
-    }
+    write_reversed(&a, &pl, &pr, N);
+    assert_reversed(bytes(&dst), &data, BLOCK, "reversed blocks");
     // Bad selections are typed errors.
     assert!(matches!(
         a.post_prepared_selected(TransferOp::Write, &pl, &[N], &pr, &[0], None),

@@ -5,7 +5,9 @@
 
 // The verbs every NIXL test calls; not every binary that includes this module uses both.
 use kvmem::error::PeerError;
-use kvmem::nixl::raw::{LocalBlocks, RemoteBlocks, Transfer};
+use kvmem::nixl::raw::{
+    LocalBlocks, PreparedLocal, PreparedRemote, RemoteBlocks, Transfer, TransferOp,
+};
 use kvmem::nixl::{Agent, AgentConfig, NixlDescriptor, Peer, Registered};
 use kvmem::{Buffer, HostMemory, MemoryDescriptor, SystemStorage};
 #[allow(unused_imports)]
@@ -103,6 +105,29 @@ pub const LOOPBACK_WAIT: Duration = Duration::from_secs(60);
 pub fn wait_landed(transfer: kvmem::Result<Transfer>, a: &Agent, b: &Agent, note: &[u8]) {
     transfer.unwrap().wait_for(LOOPBACK_WAIT).unwrap();
     b.wait_for_message(a.name(), note, LOOPBACK_WAIT).unwrap();
+}
+
+/// Posts a WRITE of prepared block `i` of `local` to prepared block `n - 1 - i` of `remote`, for
+/// all `n` blocks, and waits for it.
+#[track_caller]
+pub fn write_reversed(agent: &Agent, local: &PreparedLocal, remote: &PreparedRemote, n: usize) {
+    let li: Vec<usize> = (0..n).collect();
+    let ri: Vec<usize> = (0..n).rev().collect();
+    agent
+        .post_prepared_selected(TransferOp::Write, local, &li, remote, &ri, None)
+        .unwrap()
+        .wait_for(LOOPBACK_WAIT)
+        .unwrap();
+}
+
+/// Checks that `got` holds the `block`-byte blocks of `data` in reverse order.
+#[track_caller]
+pub fn assert_reversed(got: &[u8], data: &[u8], block: usize, what: &str) {
+    assert_eq!(got.len(), data.len(), "{what}: length");
+    for (i, expected) in data.chunks(block).enumerate() {
+        let j = data.len() / block - 1 - i;
+        assert_same(&got[j * block..(j + 1) * block], expected, what);
+    }
 }
 
 /// The bytes of a buffer made by [`filled`] or [`poisoned`].
