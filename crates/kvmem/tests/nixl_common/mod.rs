@@ -9,7 +9,7 @@ use kvmem::nixl::raw::{
     LocalBlocks, PreparedLocal, PreparedRemote, RemoteBlocks, Transfer, TransferOp,
 };
 use kvmem::nixl::{Agent, AgentConfig, NixlDescriptor, Peer, Registered};
-use kvmem::{Buffer, HostMemory, MemoryDescriptor, SystemStorage};
+use kvmem::{Buffer, HostMemory, MemoryDescriptor, Storage, SystemStorage};
 #[allow(unused_imports)]
 pub use kvmem::{Completion, nixl::raw::RawTransfers};
 use rand::rngs::SmallRng;
@@ -105,6 +105,19 @@ pub const LOOPBACK_WAIT: Duration = Duration::from_secs(60);
 pub fn wait_landed(transfer: kvmem::Result<Transfer>, a: &Agent, b: &Agent, note: &[u8]) {
     transfer.unwrap().wait_for(LOOPBACK_WAIT).unwrap();
     b.wait_for_message(a.name(), note, LOOPBACK_WAIT).unwrap();
+}
+
+/// Registers `storage` with `agent`, which must refuse it and hand the storage back (`size`
+/// bytes, untouched); returns why it was refused.
+#[track_caller]
+pub fn refused<S: Storage>(agent: &Agent, storage: S, size: usize) -> kvmem::Error {
+    let err = agent.register(storage).unwrap_err();
+    assert_eq!(
+        err.storage.size(),
+        size,
+        "the storage comes back with the cause"
+    );
+    err.error
 }
 
 /// Posts a WRITE of prepared block `i` of `local` to prepared block `n - 1 - i` of `remote`, for
