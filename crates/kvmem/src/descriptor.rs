@@ -91,13 +91,13 @@ macro_rules! forward_memory_descriptor {
             fn as_any(&self) -> &dyn ::std::any::Any {
                 $crate::__forward_or!(self.$field.as_any() $(, $as_any)?)
             }
-            fn nixl_descriptor(&self) -> Option<$crate::nixl::NixlDescriptor> {
+            fn nixl_descriptor(&self) -> Option<$crate::region::NixlDescriptor> {
                 $crate::__forward_or!(self.$field.nixl_descriptor() $(, $descriptor)?)
             }
         }
 
-        impl<$($gen)*> $crate::nixl::NixlCompatible for $ty {
-            fn nixl_params(&self) -> (*const u8, usize, $crate::nixl::MemType, u64) {
+        impl<$($gen)*> $crate::region::NixlCompatible for $ty {
+            fn nixl_params(&self) -> (*const u8, usize, $crate::region::MemType, u64) {
                 $crate::__forward_or!(self.$field.nixl_params())
             }
         }
@@ -114,7 +114,7 @@ macro_rules! forward_memory_descriptor {
 macro_rules! __forward_or {
     ($this:ident . $field:ident . $method:ident()) => {{
         #[allow(unused_imports)] // in scope already where the wrapper is defined in kvmem
-        use $crate::{MemoryDescriptor as _, nixl::NixlCompatible as _};
+        use $crate::{MemoryDescriptor as _, region::NixlCompatible as _};
         $this.$field.$method()
     }};
     ($this:ident . $field:ident . $method:ident(), self) => {
