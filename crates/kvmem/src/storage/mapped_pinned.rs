@@ -137,6 +137,7 @@ impl MappedPinnedStorage {
                 transparent: options.transparent_huge_pages,
                 numa_node: options.numa_node,
                 threads: options.threads,
+                touch: true,
             },
         )?;
         let map_and_touch = started.elapsed();
