@@ -649,3 +649,36 @@ fn background_pinning_wait_times_out_with_a_typed_error() {
     // Dropping it while it pins stops the threads and unregisters what they pinned.
     drop(pool);
 }
+
+/// The compute load's kernel runs and computes what the CPU computes, in every thread of a grid
+/// that fills the device; its time grows with its iterations.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn compute_load_kernel_matches_the_cpu() {
+    use kvmem::cuda::compute::ComputeLoad;
+    let device = gpu();
+    let load = ComputeLoad::new(&device).unwrap();
+    let sms = device.info().unwrap().multiprocessors as usize;
+    assert!(load.threads() >= sms * 1024, "{} threads", load.threads());
+    for iterations in [0u32, 1, 1000, 100_003] {
+        load.launch(iterations).unwrap();
+        let out = load.outputs().unwrap();
+        assert_eq!(out.len(), load.threads());
+        for (i, v) in out.iter().enumerate() {
+            let want = ComputeLoad::expected(i, iterations);
+            assert_eq!(
+                v.to_bits(),
+                want.to_bits(),
+                "thread {i}, {iterations} iterations"
+            );
+        }
+    }
+    let iterations = load.calibrate(std::time::Duration::from_millis(5)).unwrap();
+    let one = load.time(iterations, 1).unwrap();
+    let four = load.time(iterations, 4).unwrap();
+    println!("{iterations} iterations: 1 launch {one:?}, 4 launches {four:?}");
+    assert!(four > one * 2, "4 launches {four:?} vs 1 {one:?}");
+    let end = load.record().unwrap();
+    load.synchronize().unwrap();
+    assert!(end.is_complete());
+}

@@ -1,5 +1,6 @@
 //! CUDA through the driver API: loading the driver, one primary context per device, device
-//! information, page-locking host memory, and whole-region copies for verification.
+//! information, page-locking host memory, whole-region copies for verification, and a compute
+//! load to measure copies beside ([`compute`]).
 //!
 //! kvmem uses [`cudarc`] (re-exported as [`cuda::cudarc`](self::cudarc)) with dynamic loading:
 //! the crate builds and runs on machines without CUDA, and every entry point here returns
@@ -24,6 +25,7 @@
 //! ```
 
 pub mod batch;
+pub mod compute;
 mod copy;
 pub mod driver;
 pub mod interop;
