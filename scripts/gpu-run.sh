@@ -297,6 +297,17 @@ for m in auto batched kernel per-copy; do
         --gpu-method "$m" --iterations 10 --out-dir "$kv/vllm-$m"
 done
 runs="$runs vllm-auto vllm-batched vllm-kernel vllm-per-copy"
+# Copies beside compute (issue 12 item 3): the same points, and scattered 16 KiB / 2 MiB
+# pinned<->device, each block transfer also run beside an SM-saturating FMA kernel on its own
+# stream; the tables' last columns: bandwidth beside the kernel and the kernel's slowdown.
+for m in auto batched kernel per-copy; do
+    step "kvmem bench (vllm preset with compute, $m)" "$out/kvbench.log" "$bin/kvmem" bench --preset vllm \
+        --gpu-method "$m" --iterations 5 --with-compute --out-dir "$kv/vllm-compute-$m"
+    step "kvmem bench (gpu with compute, $m)" "$out/kvbench.log" "$bin/kvmem" bench --paths h2d,d2h \
+        --patterns scattered --sizes 16K,2M --gpu-method "$m" --iterations 5 --with-compute \
+        --out-dir "$kv/compute-$m"
+    runs="$runs vllm-compute-$m compute-$m"
+done
 cp "$kv/auto/bench.json" "$out/kvbench.json" 2>/dev/null
 cp "$kv/auto/bench.svg" "$out/kvbench.svg" 2>/dev/null
 cp "$kv/auto/bench.png" "$out/kvbench.png" 2>/dev/null
