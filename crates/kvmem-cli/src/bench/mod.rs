@@ -98,6 +98,9 @@ pub enum GpuMethod {
     Kernel,
     /// One `cuMemcpyAsync` per copy.
     PerCopy,
+    /// Gather/scatter on the device through a staging ring with the copy kernel, one DMA per
+    /// staging slot, pipelined.
+    Staged,
 }
 
 impl From<GpuMethod> for kvmem::transfer::CopyMethod {
@@ -107,6 +110,7 @@ impl From<GpuMethod> for kvmem::transfer::CopyMethod {
             GpuMethod::Batched => Self::Batched,
             GpuMethod::Kernel => Self::Kernel,
             GpuMethod::PerCopy => Self::PerCopy,
+            GpuMethod::Staged => Self::Staged,
         }
     }
 }

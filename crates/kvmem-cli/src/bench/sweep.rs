@@ -765,6 +765,7 @@ mod tests {
             GpuMethod::Batched,
             GpuMethod::Kernel,
             GpuMethod::PerCopy,
+            GpuMethod::Staged,
         ] {
             let config = EngineConfig {
                 gpu_method: method.into(),
