@@ -21,12 +21,9 @@
 // This module launches a kernel with raw parameters: unsafe code is allowed here (denied at the crate root).
 #![allow(unsafe_code)]
 
+use super::CudaDevice;
 use super::driver::{self, DeferredErrors};
-use super::{CudaDevice, copy_device_to_host};
-use crate::descriptor::MemoryDescriptor;
 use crate::error::Result;
-use crate::host::HostMemory;
-use crate::storage::{DeviceStorage, SystemStorage};
 use cudarc::driver::{CudaEvent, CudaFunction, CudaStream, result};
 use cudarc::nvrtc::Ptx;
 use std::ffi::c_void;
@@ -49,7 +46,8 @@ pub struct ComputeLoad {
     device: CudaDevice,
     stream: Arc<CudaStream>,
     kernel: CudaFunction,
-    out: DeviceStorage,
+    /// One float per thread of the grid (`cuMemAlloc`), freed on drop.
+    out: u64,
     grid: u32,
     /// Last field: logs what destroying the stream and unloading the module recorded.
     _deferred: DeferredErrors,
@@ -76,7 +74,11 @@ impl ComputeLoad {
             .attribute(driver::DeviceAttribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(|e| driver::error("query a device attribute", e))?;
         let grid = u32::try_from(sms.max(1)).unwrap_or(1) * BLOCKS_PER_SM;
-        let out = DeviceStorage::new(device, (grid * THREADS) as usize * size_of::<f32>())?;
+        let bytes = (grid * THREADS) as usize * size_of::<f32>();
+        // SAFETY: a plain allocation in the bound context, owned by the value built below and
+        // freed in its Drop.
+        let out = unsafe { result::malloc_sync(bytes) }
+            .map_err(|e| driver::error("allocate the compute kernel's output", e))?;
         Ok(Self {
             device: device.clone(),
             stream,
@@ -98,7 +100,7 @@ impl ComputeLoad {
     /// [`CudaError::Driver`](crate::error::CudaError::Driver) if the launch is refused.
     pub fn launch(&self, iterations: u32) -> Result<()> {
         self.device.bind()?;
-        let mut out = self.out.addr() as u64;
+        let mut out = self.out;
         let mut iterations = iterations;
         let mut params = [
             (&mut out as *mut u64).cast::<c_void>(),
@@ -180,13 +182,13 @@ impl ComputeLoad {
     /// [`CudaError::Driver`](crate::error::CudaError::Driver) if a launch or the copy failed.
     pub fn outputs(&self) -> Result<Vec<f32>> {
         self.synchronize()?;
-        let mut host = SystemStorage::new(self.out.size())?;
-        copy_device_to_host(&self.out, &mut host)?;
-        Ok(host
-            .as_slice()
-            .chunks_exact(size_of::<f32>())
-            .map(|b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-            .collect())
+        self.device.bind()?;
+        let mut host = vec![0f32; self.threads()];
+        // SAFETY: `out` holds one float per thread, as many as `host`; the launches writing it
+        // have finished (synchronized above).
+        unsafe { result::memcpy_dtoh_sync(&mut host, self.out) }
+            .map_err(|e| driver::error("read the compute kernel's output", e))?;
+        Ok(host)
     }
 
     /// What thread `index` writes after a launch of `iterations`, computed on the CPU.
@@ -206,8 +208,19 @@ impl ComputeLoad {
 
 impl Drop for ComputeLoad {
     fn drop(&mut self) {
-        // The output buffer is freed after this; no launch may still write it.
-        driver::log_failure("wait for the compute kernel", self.stream.synchronize());
+        if self.device.bind().is_err() {
+            tracing::warn!("cannot bind the context to free the compute load; leaking its output");
+            return;
+        }
+        // No launch may still write the output when it is freed.
+        match self.stream.synchronize() {
+            // SAFETY: `out` came from `malloc_sync` in `new` and is freed once, here, with
+            // every launch that wrote it finished.
+            Ok(()) => driver::log_failure("free the compute kernel's output", unsafe {
+                result::free_sync(self.out)
+            }),
+            Err(e) => driver::log_failure("wait for the compute kernel (output leaked)", Err(e)),
+        }
     }
 }
 

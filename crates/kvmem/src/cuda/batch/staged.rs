@@ -13,7 +13,6 @@ use super::DescBuffers;
 use super::{CopyStream, DeviceCopy, Location, split_for_kernel};
 use crate::cuda::driver;
 use crate::error::{Error, Result, UnsupportedError};
-use crate::storage::DeviceStorage;
 use cudarc::driver::{CudaEvent, CudaFunction, CudaStream, result};
 use std::ops::Range;
 
@@ -129,19 +128,44 @@ pub(super) fn plan(
     Plan { kernel, slabs }
 }
 
-/// The device staging ring of a copy stream, with the stream its kernels run on.
+/// The device staging ring of a copy stream (`SLOTS * SLOT_BYTES` from `cuMemAlloc`, freed on
+/// drop), with the stream its kernels run on.
 pub(super) struct Ring {
-    memory: DeviceStorage,
+    memory: u64,
     kernel_stream: std::sync::Arc<CudaStream>,
+}
+
+impl Ring {
+    /// Allocates the ring and creates its kernel stream in `ctx` (bound by the caller).
+    fn new(ctx: &std::sync::Arc<cudarc::driver::CudaContext>) -> Result<Self> {
+        let kernel_stream = ctx
+            .new_stream()
+            .map_err(|e| driver::error("create the staging kernel's stream", e))?;
+        // SAFETY: a plain allocation in the bound context, owned by the value built below and
+        // freed in its Drop.
+        let memory = unsafe { result::malloc_sync(SLOT_BYTES as usize * SLOTS) }
+            .map_err(|e| driver::error("allocate the staging ring (cuMemAlloc)", e))?;
+        Ok(Self {
+            memory,
+            kernel_stream,
+        })
+    }
 }
 
 impl Drop for Ring {
     fn drop(&mut self) {
-        // The slots are freed after this: no kernel may still use them.
-        driver::log_failure(
-            "synchronize the staging kernel's stream",
-            self.kernel_stream.synchronize(),
-        );
+        // Dropped with its copy stream (whose context the stream's drop binds first); the slots
+        // are freed only once no kernel or DMA can still use them.
+        let idle = self.kernel_stream.synchronize();
+        match idle {
+            // SAFETY: `memory` came from `malloc_sync` in `new` and is freed once, here; the
+            // kernel stream is idle, and every DMA on the copy stream that used a slot was
+            // waited for by the copy stream's drop (which runs first) or its completions.
+            Ok(()) => driver::log_failure("free the staging ring", unsafe {
+                result::free_sync(self.memory)
+            }),
+            Err(e) => driver::log_failure("wait for the staging kernels (ring leaked)", Err(e)),
+        }
     }
 }
 
@@ -173,16 +197,7 @@ impl CopyStream {
         // GPU-side order between transfers comes from the events below).
         let mut ring = inner.ring.lock().unwrap_or_else(|p| p.into_inner());
         if ring.is_none() {
-            let memory = DeviceStorage::new(&inner.device, (SLOT_BYTES as usize) * SLOTS)?;
-            let kernel_stream = inner
-                .device
-                .context()
-                .new_stream()
-                .map_err(|e| driver::error("create the staging kernel's stream", e))?;
-            *ring = Some(Ring {
-                memory,
-                kernel_stream,
-            });
+            *ring = Some(Ring::new(inner.device.context())?);
         }
         let Some(ring) = ring.as_ref() else {
             return Err(Error::Unsupported(UnsupportedError::Feature {
@@ -209,17 +224,11 @@ impl CopyStream {
         gather: bool,
         descs: &mut Option<DescBuffers>,
     ) -> Result<()> {
-        use crate::descriptor::MemoryDescriptor as _;
         let inner = &self.inner;
         let sm_count = inner.sm_count;
-        let plan = plan(
-            copies,
-            gather,
-            ring.memory.addr() as u64,
-            SLOT_BYTES,
-            SLOTS,
-            |c| split_for_kernel(c, sm_count).into_owned(),
-        );
+        let plan = plan(copies, gather, ring.memory, SLOT_BYTES, SLOTS, |c| {
+            split_for_kernel(c, sm_count).into_owned()
+        });
         let main = &inner.stream;
         let ks = &ring.kernel_stream;
         let event = |stream: &CudaStream| -> Result<CudaEvent> {
