@@ -207,7 +207,7 @@ if [ -n "$sanitizer" ]; then
         memcheck "GPU tests" 900 "$bin/cuda_gpu" $gpu_all
         # These tests provoke driver errors on purpose; memcheck still checks memory, not API errors.
         memcheck "error tests" 600 --report-api-errors no "$bin/cuda_gpu" $gpu_errors
-        memcheck "copy-stream tests" 300 "$bin/cuda_batch_gpu" $batch_all
+        memcheck "copy-stream tests" 600 "$bin/cuda_batch_gpu" $batch_all
         memcheck "copy-stream error tests" 120 --report-api-errors no "$bin/cuda_batch_gpu" $batch_errors
     else
         skipped "memcheck: GPU tests"

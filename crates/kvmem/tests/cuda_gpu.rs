@@ -595,12 +595,17 @@ fn background_pinned_transfers_wait_for_their_chunks() {
     let src = Buffer::new(random_host(8 * MIB));
     // Host -> device -> the pool's tail (waits for the tail's chunks) -> device -> host.
     engine.copy_region(&src, &dev).unwrap().wait().unwrap();
+    let storage = pool.downcast_ref::<BackgroundPinnedStorage>().unwrap();
+    println!(
+        "tail pinned before the copy into it: {}; {:?}",
+        storage.is_pinned(size - 8 * MIB, 8 * MIB).unwrap(),
+        storage.progress()
+    );
     engine
         .copy_region(&dev, &Buffer::new(tail.clone()))
         .unwrap()
         .wait()
         .unwrap();
-    let storage = pool.downcast_ref::<BackgroundPinnedStorage>().unwrap();
     assert!(storage.is_pinned(size - 8 * MIB, 8 * MIB).unwrap());
     println!("after the first copy: {:?}", storage.progress());
     let back = Buffer::new(DeviceStorage::new(&device, 8 * MIB).unwrap());
