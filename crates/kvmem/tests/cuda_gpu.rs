@@ -537,7 +537,7 @@ fn background_pinned_storage_is_usable_at_once_and_round_trips() {
     let options = BackgroundPinnedOptions::default()
         .chunk(4 * MIB)
         .threads(2)
-        .numa_node(device.numa_node().unwrap());
+        .memory(MappedPinnedOptions::default().numa_node(device.numa_node().unwrap()));
     let mut host = BackgroundPinnedStorage::with_options(&device, size, &options).unwrap();
     assert_eq!(host.storage_kind(), StorageKind::Pinned);
     assert_eq!(host.chunk_bytes(), 4 * MIB);

@@ -235,8 +235,7 @@ pub fn run(
                     }
                     Some(threads) => {
                         let options = BackgroundPinnedOptions::default()
-                            .numa_node(node)
-                            .hugetlb(false)
+                            .memory(fast.clone())
                             .chunk(chunk)
                             .threads(threads);
                         let t = Instant::now();

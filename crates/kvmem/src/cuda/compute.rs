@@ -25,7 +25,6 @@ use super::CudaDevice;
 use super::driver::{self, DeferredErrors};
 use crate::error::Result;
 use cudarc::driver::{CudaEvent, CudaFunction, CudaStream, result};
-use cudarc::nvrtc::Ptx;
 use std::ffi::c_void;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -62,14 +61,9 @@ impl ComputeLoad {
     pub fn new(device: &CudaDevice) -> Result<Self> {
         device.bind()?;
         let ctx = device.context();
-        let stream = ctx
-            .new_stream()
-            .map_err(|e| driver::error("create a stream", e))?;
-        let kernel = ctx
-            .load_module(Ptx::from_src(COMPUTE_PTX))
-            .map_err(|e| driver::error("load the compute kernel's PTX", e))?
-            .load_function(KERNEL_NAME)
-            .map_err(|e| driver::error("find the compute kernel", e))?;
+        let (stream, kernel) =
+            super::stream_and_kernel(device, COMPUTE_PTX, KERNEL_NAME, "load the compute kernel")?;
+        let kernel = kernel?;
         let sms = ctx
             .attribute(driver::DeviceAttribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(|e| driver::error("query a device attribute", e))?;

@@ -4,6 +4,7 @@
 //! Pinned host pools that are usable at once and page-locked chunk by chunk in the background.
 
 use super::host_mapping::{HostMapping, MappingOptions, PageTier, populate};
+use super::mapped_pinned::MappedPinnedOptions;
 use crate::cuda::CudaDevice;
 use crate::cuda::page_lock::{register_range, unregister_range};
 use crate::error::{BoundsError, Error, MemoryError, Result};
@@ -25,28 +26,33 @@ pub const DEFAULT_PIN_CHUNK: usize = 256 << 20;
 /// How [`BackgroundPinnedStorage`] gets and page-locks its memory.
 #[derive(Debug, Clone)]
 pub struct BackgroundPinnedOptions {
+    memory: MappedPinnedOptions,
     chunk: usize,
     threads: usize,
-    numa_node: Option<u32>,
-    hugetlb: bool,
-    transparent_huge_pages: bool,
     wait_timeout: Duration,
 }
 
 impl Default for BackgroundPinnedOptions {
     fn default() -> Self {
         Self {
+            memory: MappedPinnedOptions::default(),
             chunk: DEFAULT_PIN_CHUNK,
             threads: 4,
-            numa_node: None,
-            hugetlb: true,
-            transparent_huge_pages: true,
             wait_timeout: Duration::from_secs(30),
         }
     }
 }
 
 impl BackgroundPinnedOptions {
+    /// Where the memory comes from, as for [`MappedPinnedStorage`](super::MappedPinnedStorage):
+    /// its NUMA node, hugetlb and transparent-huge-page settings apply (default: the defaults);
+    /// its touch threads and registration chunk do not (see [`threads`](Self::threads) and
+    /// [`chunk`](Self::chunk)).
+    pub fn memory(mut self, memory: MappedPinnedOptions) -> Self {
+        self.memory = memory;
+        self
+    }
+
     /// Bytes per `cuMemHostRegister` call (default [`DEFAULT_PIN_CHUNK`]); rounded up to whole
     /// pages of the mapping (2 MiB at least) and capped at
     /// [`MAX_HOST_REGISTRATION`](crate::cuda::MAX_HOST_REGISTRATION). One CUDA copy must stay
@@ -60,24 +66,6 @@ impl BackgroundPinnedOptions {
     /// address order, so the start of the pool is pinned first.
     pub fn threads(mut self, threads: usize) -> Self {
         self.threads = threads.max(1);
-        self
-    }
-
-    /// Places the pages on this NUMA node (the GPU's, ideally) when `Some`; "preferred" policy.
-    pub fn numa_node(mut self, node: Option<u32>) -> Self {
-        self.numa_node = node;
-        self
-    }
-
-    /// Whether to use reserved hugetlb pages when a pool has room (default: yes).
-    pub fn hugetlb(mut self, enabled: bool) -> Self {
-        self.hugetlb = enabled;
-        self
-    }
-
-    /// Whether to ask for transparent huge pages when hugetlb pages are not used (default: yes).
-    pub fn transparent_huge_pages(mut self, enabled: bool) -> Self {
-        self.transparent_huge_pages = enabled;
         self
     }
 
@@ -368,11 +356,9 @@ impl BackgroundPinnedStorage {
         let mut mapping = HostMapping::new(
             size,
             &MappingOptions {
-                hugetlb: options.hugetlb,
-                transparent: options.transparent_huge_pages,
-                numa_node: options.numa_node,
                 threads: None,
                 touch: false,
+                ..options.memory.mapping()
             },
         )?;
         let chunk = pin_chunk(options.chunk, mapping.page_size());

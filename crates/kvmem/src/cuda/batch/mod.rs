@@ -28,7 +28,6 @@ use super::driver::{self, DeferredErrors};
 use crate::Completion;
 use crate::error::{BoundsError, Error, Result, UnsupportedError};
 use cudarc::driver::{CudaFunction, CudaStream, result};
-use cudarc::nvrtc::Ptx;
 use std::borrow::Cow;
 use std::ffi::c_void;
 use std::sync::{Arc, Mutex};
@@ -148,17 +147,9 @@ impl CopyStream {
     pub fn new(device: &CudaDevice) -> Result<Self> {
         device.bind()?;
         let ctx = device.context();
-        let stream = ctx
-            .new_stream()
-            .map_err(|e| driver::error("create a stream", e))?;
-        let kernel = ctx
-            .load_module(Ptx::from_src(COPY_PTX))
-            .map_err(|e| driver::error("load the copy kernel's PTX", e))
-            .and_then(|module| {
-                module
-                    .load_function(KERNEL_NAME)
-                    .map_err(|e| driver::error("find the copy kernel", e))
-            })
+        let (stream, kernel) =
+            super::stream_and_kernel(device, COPY_PTX, KERNEL_NAME, "load the copy kernel")?;
+        let kernel = kernel
             .map_err(|e| tracing::warn!(error = %e, "copy kernel unavailable"))
             .ok();
         // An attribute the driver cannot report counts as 0 (feature absent).
