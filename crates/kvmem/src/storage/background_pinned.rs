@@ -338,7 +338,8 @@ impl BackgroundPinnedStorage {
     ///
     /// # Errors
     /// [`BoundsError::ZeroSize`] for `size == 0`; [`MemoryError::HostAlloc`] when the OS refuses
-    /// the mapping or a thread; [`MemoryError::NumaPlacement`] for a NUMA node that does not
+    /// the mapping; [`TransferError::WorkerSpawn`](crate::error::TransferError::WorkerSpawn) when
+    /// it refuses a pinning thread; [`MemoryError::NumaPlacement`] for a NUMA node that does not
     /// exist. A chunk the driver refuses later is reported by the waits
     /// ([`MemoryError::PinningFailed`]) and by [`progress`](Self::progress).
     pub fn with_options(
@@ -386,7 +387,7 @@ impl BackgroundPinnedStorage {
             match spawned {
                 Ok(handle) => storage.threads.push(handle),
                 // Drop stops and joins the threads started so far and undoes their chunks.
-                Err(source) => return Err(Error::Memory(MemoryError::HostAlloc { size, source })),
+                Err(source) => return Err(Error::spawn("background pinning", source)),
             }
         }
         Ok(storage)
