@@ -422,6 +422,12 @@ pub(super) struct Flight {
     pub(super) completion: Completion,
 }
 
+impl super::worker::Deadlined for Flight {
+    fn deadline(&self) -> std::time::Instant {
+        self.completion.deadline()
+    }
+}
+
 impl Flight {
     /// Waits for the transfer on this thread and reports the outcome: the fallback when no
     /// polling thread can take it.
