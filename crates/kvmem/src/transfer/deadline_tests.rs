@@ -148,14 +148,14 @@ fn stalled_disk_read(backend: DiskBackend) {
 }
 
 #[test]
-fn a_stalled_io_uring_read_times_out_and_the_lane_recovers() {
+fn a_stalled_io_uring_read_times_out_quarantines_and_the_lane_recovers() {
     within(Duration::from_secs(30), || {
         stalled_disk_read(DiskBackend::IoUring)
     });
 }
 
 #[test]
-fn a_stalled_nixl_posix_read_times_out_and_the_lane_recovers() {
+fn a_stalled_nixl_posix_read_times_out_quarantines_and_the_lane_recovers() {
     if crate::nixl::runtime::ensure_loaded().is_err() {
         panic!("the NIXL runtime is needed (source scripts/env.sh)");
     }
