@@ -163,3 +163,58 @@ fn a_stalled_nixl_posix_read_times_out_quarantines_and_the_lane_recovers() {
         stalled_disk_read(DiskBackend::NixlPosix)
     });
 }
+
+/// A NIXL WRITE to a peer that never answers (a test double in the polling thread: the request
+/// looks in flight for ever) times out, and the engine's next transfer to a live peer works.
+#[test]
+fn a_nixl_write_to_a_peer_that_never_answers_times_out() {
+    use crate::layout::{BlockLayout, LayoutConfig, LayoutKind};
+    use crate::nixl::{Agent, AgentConfig};
+    use crate::transfer::{RegisteredLayout, RemoteLayout};
+    if crate::nixl::runtime::ensure_loaded().is_err() {
+        panic!("the NIXL runtime is needed (source scripts/env.sh)");
+    }
+    within(Duration::from_secs(30), || {
+        let config = LayoutConfig {
+            num_blocks: 4,
+            num_layers: 2,
+            outer_dim: 2,
+            page_size: 4,
+            inner_dim: 64,
+            dtype_bytes: 2,
+        };
+        let layout = |agent: &Agent| {
+            let (count, len) = config.regions(LayoutKind::FullyContiguous).unwrap();
+            let regions = (0..count)
+                .map(|_| Buffer::new(agent.register(SystemStorage::new(len).unwrap()).unwrap()))
+                .collect();
+            let l = BlockLayout::new(config, LayoutKind::FullyContiguous, regions, 1).unwrap();
+            RegisteredLayout::new(agent, l).unwrap()
+        };
+        let pid = std::process::id();
+        let a = Agent::new(AgentConfig::new(format!("stall-initiator-{pid}"))).unwrap();
+        let engine = TransferEngine::new(short_deadline(DiskBackend::IoUring)).unwrap();
+        let src = layout(&a);
+        for (name, stalls) in [
+            (format!("{}{pid}", super::remote::stall::PREFIX), true),
+            (format!("answers-{pid}"), false),
+        ] {
+            let b = Agent::new(AgentConfig::new(name)).unwrap();
+            let dst = layout(&b);
+            let peer = a.load_peer(&b.local_metadata().unwrap()).unwrap();
+            let remote = RemoteLayout::new(&a, &peer, dst.descriptor()).unwrap();
+            let started = Instant::now();
+            let outcome = engine
+                .write_remote(&src, &[0, 1], &remote, &[2, 3], None)
+                .unwrap()
+                .wait();
+            assert!(started.elapsed() < Duration::from_secs(5));
+            if stalls {
+                // The request keeps its own buffers; the handle held none.
+                assert_timed_out(&outcome.unwrap_err(), 0, 0);
+            } else {
+                outcome.unwrap();
+            }
+        }
+    });
+}
