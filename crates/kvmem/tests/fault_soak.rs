@@ -264,37 +264,13 @@ impl Rig {
     }
 }
 
-/// Host → host: random blocks of a fresh source to random blocks of the destination.
-fn host_op(rig: &Rig, rng: &mut fastrand::Rng, r: &mut Report) {
-    let seed = rng.u64(..);
-    let src = host_source(seed);
-    let n = rng.usize(1..=16);
-    let (s, d) = (ids(rng, n), ids(rng, n));
-    let t = Instant::now();
-    let done = r.outcome(
-        "host copy",
-        rig.engine
-            .copy_blocks(&src, &s, &rig.host_dst, &d)
-            .and_then(|h| h.wait_for(HANG)),
-    );
-    r.op("host", t.elapsed());
-    if done.is_some() {
-        let bb = geometry().block_bytes().unwrap();
-        for (&sb, &db) in s.iter().zip(&d) {
-            r.check_block(
-                "host copy",
-                &read_host_block(&rig.host_dst, db),
-                &block_bytes(seed, sb, bb),
-            );
-        }
-    }
-}
-
-/// Host → disk → host of random blocks through `disk`, checked block by block.
-fn disk_round_trip(
+/// Random blocks of a fresh host source to random blocks of `dst` — straight there, or through
+/// `via` (disk or GPU) and back into `dst` — each block then checked against the source's.
+fn copy_checked(
     engine: &TransferEngine,
-    disk: &BlockLayout,
-    back: &BlockLayout,
+    via: Option<&BlockLayout>,
+    dst: &BlockLayout,
+    what: &'static str,
     rng: &mut fastrand::Rng,
     r: &mut Report,
 ) {
@@ -302,33 +278,21 @@ fn disk_round_trip(
     let src = host_source(seed);
     let n = rng.usize(1..=16);
     let (s, d) = (ids(rng, n), ids(rng, n));
-    let t = Instant::now();
-    let written = r.outcome(
-        "host->disk",
+    let copy = |a: &BlockLayout, ai: &[usize], b: &BlockLayout, bi: &[usize]| {
         engine
-            .copy_blocks(&src, &s, disk, &d)
-            .and_then(|h| h.wait_for(HANG)),
-    );
-    r.op("disk", t.elapsed());
-    if written.is_none() {
-        return;
-    }
+            .copy_blocks(a, ai, b, bi)
+            .and_then(|h| h.wait_for(HANG))
+    };
     let t = Instant::now();
-    let read = r.outcome(
-        "disk->host",
-        engine
-            .copy_blocks(disk, &d, back, &d)
-            .and_then(|h| h.wait_for(HANG)),
-    );
-    r.op("disk", t.elapsed());
-    if read.is_some() {
+    let result = match via {
+        None => copy(&src, &s, dst, &d),
+        Some(v) => copy(&src, &s, v, &d).and_then(|_| copy(v, &d, dst, &d)),
+    };
+    r.op(what, t.elapsed());
+    if r.outcome(what, result).is_some() {
         let bb = geometry().block_bytes().unwrap();
         for (&sb, &db) in s.iter().zip(&d) {
-            r.check_block(
-                "disk round trip",
-                &read_host_block(back, db),
-                &block_bytes(seed, sb, bb),
-            );
+            r.check_block(what, &read_host_block(dst, db), &block_bytes(seed, sb, bb));
         }
     }
 }
@@ -397,42 +361,6 @@ fn cache_op(rig: &Rig, rng: &mut fastrand::Rng, r: &mut Report) {
                     &cache_common::pattern(*k),
                 );
             }
-        }
-    }
-}
-
-/// Host → device → host where a GPU is present.
-fn gpu_op(rig: &Rig, rng: &mut fastrand::Rng, r: &mut Report) {
-    let Some(gpu) = &rig.gpu else { return };
-    let seed = rng.u64(..);
-    let src = host_source(seed);
-    let n = rng.usize(1..=16);
-    let (s, d) = (ids(rng, n), ids(rng, n));
-    let t = Instant::now();
-    let ok = r
-        .outcome(
-            "host->gpu",
-            rig.engine
-                .copy_blocks(&src, &s, gpu, &d)
-                .and_then(|h| h.wait_for(HANG)),
-        )
-        .and_then(|_| {
-            r.outcome(
-                "gpu->host",
-                rig.engine
-                    .copy_blocks(gpu, &d, &rig.host_back, &d)
-                    .and_then(|h| h.wait_for(HANG)),
-            )
-        });
-    r.op("gpu", t.elapsed());
-    if ok.is_some() {
-        let bb = geometry().block_bytes().unwrap();
-        for (&sb, &db) in s.iter().zip(&d) {
-            r.check_block(
-                "gpu round trip",
-                &read_host_block(&rig.host_back, db),
-                &block_bytes(seed, sb, bb),
-            );
         }
     }
 }
@@ -553,16 +481,7 @@ fn fault_disk_full(rig: &Rig, r: &mut Report) {
 fn fsize_child() -> ! {
     let dir = std::path::PathBuf::from(std::env::var(DIR_ENV).unwrap());
     let limit = 8 * geometry().block_bytes().unwrap() as u64;
-    // SAFETY: plain libc calls on this process: ignore SIGXFSZ (so that a write past the limit
-    // fails with EFBIG instead of killing the process) and set RLIMIT_FSIZE.
-    unsafe {
-        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-        let r = libc::rlimit {
-            rlim_cur: limit,
-            rlim_max: limit,
-        };
-        assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &r), 0);
-    }
+    cache_common::limit_file_size(limit);
     let disk = Buffer::new(DiskStorage::open_existing(dir.join("fsize.kvd")).unwrap());
     let disk = BlockLayout::new(geometry(), LayoutKind::FullyContiguous, vec![disk], 4096).unwrap();
     let engine = TransferEngine::new(EngineConfig {
@@ -597,7 +516,7 @@ fn fault_removed_file(rig: &Rig, rng: &mut fastrand::Rng, r: &mut Report) {
         std::fs::remove_file(entry.unwrap().path()).unwrap();
     }
     let problems = r.unexpected.len();
-    disk_round_trip(&rig.engine, &disk, &rig.host_back, rng, r);
+    copy_checked(&rig.engine, Some(&disk), &rig.host_back, "disk", rng, r);
     drop(disk);
     if r.unexpected.len() == problems {
         r.expected_failure("file removed under the disk tier");
@@ -664,6 +583,21 @@ fn fault_malformed_notifications(rig: &mut Rig, rng: &mut fastrand::Rng, r: &mut
 
 // ---------------------------------------------------------------------------------------------
 
+/// Operation `kind` of the five: host, disk, NIXL, cache, GPU (a no-op without one).
+fn operation(kind: usize, rig: &mut Rig, rng: &mut fastrand::Rng, r: &mut Report) {
+    match kind {
+        0 => copy_checked(&rig.engine, None, &rig.host_dst, "host", rng, r),
+        1 => copy_checked(&rig.engine, Some(&rig.disk), &rig.host_back, "disk", rng, r),
+        2 => peer_write(rig, rng, r),
+        3 => cache_op(rig, rng, r),
+        _ => {
+            if let Some(gpu) = &rig.gpu {
+                copy_checked(&rig.engine, Some(gpu), &rig.host_back, "gpu", rng, r);
+            }
+        }
+    }
+}
+
 fn soak() -> Result<(), Failed> {
     let secs: u64 = std::env::var("KVMEM_SOAK_SECS")
         .ok()
@@ -677,23 +611,15 @@ fn soak() -> Result<(), Failed> {
     let mut rig = Rig::new();
     let mut r = Report::default();
     // Warm up every path once, then take the baseline.
-    host_op(&rig, &mut rng, &mut r);
-    disk_round_trip(&rig.engine, &rig.disk, &rig.host_back, &mut rng, &mut r);
-    peer_write(&mut rig, &mut rng, &mut r);
-    cache_op(&rig, &mut rng, &mut r);
-    gpu_op(&rig, &mut rng, &mut r);
+    for kind in 0..5 {
+        operation(kind, &mut rig, &mut rng, &mut r);
+    }
     let baseline = accounting::snapshot();
     let started = Instant::now();
     let limit = Duration::from_secs(secs);
     while started.elapsed() < limit || r.rounds < 10 {
         for _ in 0..rng.usize(4..12) {
-            match rng.usize(..5) {
-                0 => host_op(&rig, &mut rng, &mut r),
-                1 => disk_round_trip(&rig.engine, &rig.disk, &rig.host_back, &mut rng, &mut r),
-                2 => peer_write(&mut rig, &mut rng, &mut r),
-                3 => cache_op(&rig, &mut rng, &mut r),
-                _ => gpu_op(&rig, &mut rng, &mut r),
-            }
+            operation(rng.usize(..5), &mut rig, &mut rng, &mut r);
         }
         // One fault a round, every kind in turn.
         let fds_before = rss_and_fds().1;
