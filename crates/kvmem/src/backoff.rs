@@ -11,6 +11,12 @@
 //!   typically milliseconds away: sleep [`PAUSE`], doubling up to [`MAX_PAUSE`].
 //! - [`Backoff::busy`]: each poll is what moves the data (a NIXL agent without a progress
 //!   thread): never sleep.
+//!
+//! A wait that can sleep on a condition variable instead (a [`TransferHandle`] waiting for its
+//! executor) first [`spin_until`]s the flag for at most [`HANDOFF_SPIN`]: a transfer that ends
+//! within that is seen at once, without paying a sleeping thread's wake-up.
+//!
+//! [`TransferHandle`]: crate::transfer::TransferHandle
 
 use std::time::{Duration, Instant};
 
@@ -20,6 +26,33 @@ pub(crate) const SPIN: Duration = Duration::from_millis(2);
 pub(crate) const PAUSE: Duration = Duration::from_micros(20);
 /// The longest sleep of a [`Backoff::patient`] wait.
 pub(crate) const MAX_PAUSE: Duration = Duration::from_micros(200);
+
+/// How long a waiter that can sleep on a condition variable polls its flag first: of the order of
+/// a small GPU copy and of a sleeping thread's wake-up (tens of µs), short enough that a long
+/// wait wastes little CPU.
+pub(crate) const HANDOFF_SPIN: Duration = Duration::from_micros(50);
+
+/// Polls `done` until it returns true or `limit` has passed, without sleeping (a CPU spin hint
+/// between polls, a yield every few, so that the thread that sets the flag can run on a busy
+/// machine). True if `done` returned true.
+pub(crate) fn spin_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let started = Instant::now();
+    let mut polls: u32 = 0;
+    loop {
+        if done() {
+            return true;
+        }
+        polls = polls.wrapping_add(1);
+        if polls % 64 == 0 {
+            if started.elapsed() >= limit {
+                return false;
+            }
+            std::thread::yield_now();
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+}
 
 /// The state of one polling wait: call [`snooze`](Self::snooze) after every poll that found
 /// nothing done.
@@ -120,6 +153,20 @@ mod tests {
         assert_eq!(patient.next_sleep(), Some(MAX_PAUSE));
         patient.reset();
         assert_eq!(patient.next_sleep(), None, "reset starts the spin over");
+    }
+
+    #[test]
+    fn spin_until_sees_a_flag_and_gives_up_after_its_limit() {
+        let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let f = flag.clone();
+        let setter =
+            std::thread::spawn(move || f.store(true, std::sync::atomic::Ordering::Release));
+        assert!(spin_until(Duration::from_secs(30), || flag
+            .load(std::sync::atomic::Ordering::Acquire)));
+        setter.join().unwrap();
+        let t = Instant::now();
+        assert!(!spin_until(Duration::from_millis(2), || false));
+        assert!(t.elapsed() >= Duration::from_millis(2));
     }
 
     #[test]

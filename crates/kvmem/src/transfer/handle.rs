@@ -30,6 +30,8 @@ enum State {
 pub(crate) struct Job {
     state: Mutex<State>,
     done: Condvar,
+    /// Set (after `state`) once the transfer finished: what a waiter spins on before it sleeps.
+    finished: AtomicBool,
     cancel: AtomicBool,
     path: TransferPath,
     bytes: usize,
@@ -63,8 +65,16 @@ impl Job {
             tracing::warn!(path = %self.path, error = %e, "a transfer whose handle was dropped failed");
         }
         *state = State::Done(result);
+        self.finished.store(true, Ordering::Release);
         drop(state);
         self.done.notify_all();
+    }
+
+    /// Spins a little for the transfer to finish before a waiter goes to sleep on the condition
+    /// variable: a short GPU copy ends within microseconds, and waking a sleeping thread costs
+    /// about as much again (see [`backoff::HANDOFF_SPIN`](crate::backoff::HANDOFF_SPIN)).
+    fn spin_for_finish(&self, limit: Duration) {
+        crate::backoff::spin_until(limit, || self.finished.load(Ordering::Acquire));
     }
 }
 
@@ -159,6 +169,7 @@ impl TransferHandle {
         let job = Arc::new(Job {
             state: Mutex::new(State::Running { detached: false }),
             done: Condvar::new(),
+            finished: AtomicBool::new(false),
             cancel: AtomicBool::new(false),
             path,
             bytes,
@@ -191,6 +202,8 @@ impl crate::Completion for TransferHandle {
     }
 
     fn wait_timeout(&self, timeout: Duration) -> bool {
+        self.job
+            .spin_for_finish(timeout.min(crate::backoff::HANDOFF_SPIN));
         let state = self.job.lock();
         let (state, _) = self
             .job
@@ -207,6 +220,7 @@ impl crate::Completion for TransferHandle {
     /// [`IoError::Short`](crate::error::IoError::Short), [`TransferError::Failed`] (NIXL),
     /// [`TransferError::Cancelled`], [`TransferError::Aborted`].
     fn wait(self) -> Result<TransferStats> {
+        self.job.spin_for_finish(crate::backoff::HANDOFF_SPIN);
         let state = self.job.lock();
         let mut state = self
             .job
