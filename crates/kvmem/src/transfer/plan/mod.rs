@@ -206,16 +206,13 @@ impl TransferPlan {
         // Chunks are emitted in destination address order (see `in_destination_order`), so every
         // chunk that continues another's destination range comes right after it, and merging
         // with the previous copy as it is emitted finds every merge.
-        let mut merged: Vec<Merger> = batches.iter().map(|_| Merger::default()).collect();
-        if let [only] = merged.as_mut_slice() {
-            in_destination_order(dst, &parts, &pairs, |p, d, s| only.push(op(p, d, s)));
+        if let [only] = batches.as_mut_slice() {
+            let ops = &mut only.ops;
+            in_destination_order(dst, &parts, &pairs, |p, d, s| push_merged(ops, op(p, d, s)));
         } else {
             in_destination_order(dst, &parts, &pairs, |p, d, s| {
-                merged[p.batch].push(op(p, d, s))
+                push_merged(&mut batches[p.batch].ops, op(p, d, s))
             });
-        }
-        for (batch, m) in batches.iter_mut().zip(merged) {
-            batch.ops = m.finish();
         }
         let bytes = chunk
             .checked_mul(sc.num_layers)
@@ -548,36 +545,17 @@ fn in_destination_order(
     }
 }
 
-/// A copy list under construction: each op is merged into the one before when it continues it
-/// on both sides. The op being extended is kept apart from the list (in registers, in the
-/// planner's loop) and appended once the next op does not continue it.
-#[derive(Default)]
-struct Merger {
-    ops: Vec<CopyOp>,
-    open: Option<CopyOp>,
-}
-
-impl Merger {
-    /// Appends `op`, extending the open copy instead when `op` continues it on both sides.
-    #[inline]
-    fn push(&mut self, op: CopyOp) {
-        if let Some(open) = &mut self.open {
-            if open.src.checked_add(open.len) == Some(op.src)
-                && open.dst.checked_add(open.len) == Some(op.dst)
-            {
-                open.len += op.len;
-                return;
-            }
-            self.ops.push(*open);
-        }
-        self.open = Some(op);
+/// Appends `op`, extending the last copy instead when `op` continues it on both sides.
+#[inline]
+fn push_merged(ops: &mut Vec<CopyOp>, op: CopyOp) {
+    if let Some(last) = ops.last_mut()
+        && last.src.checked_add(last.len) == Some(op.src)
+        && last.dst.checked_add(last.len) == Some(op.dst)
+    {
+        last.len += op.len;
+        return;
     }
-
-    /// The merged list.
-    fn finish(mut self) -> Vec<CopyOp> {
-        self.ops.extend(self.open);
-        self.ops
-    }
+    ops.push(op);
 }
 
 /// A range in an address space, `(space, start, length)`: the planner's sort key (a
