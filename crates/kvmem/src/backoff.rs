@@ -12,9 +12,11 @@
 //! - [`Backoff::busy`]: each poll is what moves the data (a NIXL agent without a progress
 //!   thread): never sleep.
 //!
-//! A wait that can sleep on a condition variable instead (a [`TransferHandle`] waiting for its
-//! executor) first [`spin_until`]s the flag for at most [`HANDOFF_SPIN`]: a transfer that ends
-//! within that is seen at once, without paying a sleeping thread's wake-up.
+//! A wait that can block instead (a [`TransferHandle`] waiting for its executor, an executor's
+//! worker waiting for its next job) first [`spin_until`]s for at most [`HANDOFF_SPIN`]: what
+//! arrives within that is seen at once, without paying a sleeping thread's wake-up, which on an
+//! otherwise idle machine costs microseconds on each side of a transfer (the figures are in
+//! docs/PERFORMANCE.md).
 //!
 //! [`TransferHandle`]: crate::transfer::TransferHandle
 
@@ -27,9 +29,8 @@ pub(crate) const PAUSE: Duration = Duration::from_micros(20);
 /// The longest sleep of a [`Backoff::patient`] wait.
 pub(crate) const MAX_PAUSE: Duration = Duration::from_micros(200);
 
-/// How long a waiter that can sleep on a condition variable polls its flag first: of the order of
-/// a small GPU copy and of a sleeping thread's wake-up (tens of µs), short enough that a long
-/// wait wastes little CPU.
+/// How long a waiter that could block polls first: of the order of a small GPU copy and of a
+/// sleeping thread's wake-up (tens of µs), short enough that a long wait wastes little CPU.
 pub(crate) const HANDOFF_SPIN: Duration = Duration::from_micros(50);
 
 /// Polls `done` until it returns true or `limit` has passed, without sleeping (a CPU spin hint
