@@ -13,13 +13,14 @@
 //!   thread): never sleep.
 //!
 //! A wait that can block instead (a [`TransferHandle`] waiting for its executor, an executor's
-//! worker waiting for its next job) first [`spin_until`]s for at most [`HANDOFF_SPIN`]: what
-//! arrives within that is seen at once, without paying a sleeping thread's wake-up, which on an
-//! otherwise idle machine costs microseconds on each side of a transfer (the figures are in
-//! docs/PERFORMANCE.md).
+//! worker waiting for its next job) first [`spin_until`]s for at most [`handoff_spin`]
+//! ([`HANDOFF_SPIN`] on machines of four CPUs or more): what arrives within that is seen at
+//! once, without paying a sleeping thread's wake-up, which on an otherwise idle machine costs
+//! microseconds on each side of a transfer (the figures are in docs/PERFORMANCE.md).
 //!
 //! [`TransferHandle`]: crate::transfer::TransferHandle
 
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// How long a wait spins (yields) before it starts to sleep.
@@ -33,10 +34,28 @@ pub(crate) const MAX_PAUSE: Duration = Duration::from_micros(200);
 /// sleeping thread's wake-up (tens of µs), short enough that a long wait wastes little CPU.
 pub(crate) const HANDOFF_SPIN: Duration = Duration::from_micros(50);
 
+/// How long a waiter that could block spins first here: [`HANDOFF_SPIN`], or nothing on a
+/// machine of fewer than four CPUs, where the thread it waits for most likely needs the CPU the
+/// spinner holds.
+pub(crate) fn handoff_spin() -> Duration {
+    static SPIN: OnceLock<Duration> = OnceLock::new();
+    *SPIN.get_or_init(|| {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if cpus >= 4 {
+            HANDOFF_SPIN
+        } else {
+            Duration::ZERO
+        }
+    })
+}
+
 /// Polls `done` until it returns true or `limit` has passed, without sleeping (a CPU spin hint
 /// between polls, a yield every few, so that the thread that sets the flag can run on a busy
 /// machine). True if `done` returned true.
 pub(crate) fn spin_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    if limit.is_zero() {
+        return done();
+    }
     let started = Instant::now();
     let mut polls: u32 = 0;
     loop {
@@ -168,6 +187,13 @@ mod tests {
         let t = Instant::now();
         assert!(!spin_until(Duration::from_millis(2), || false));
         assert!(t.elapsed() >= Duration::from_millis(2));
+        // No limit: one poll.
+        let mut polls = 0;
+        assert!(!spin_until(Duration::ZERO, || {
+            polls += 1;
+            false
+        }));
+        assert_eq!(polls, 1);
     }
 
     #[test]

@@ -72,7 +72,7 @@ impl Job {
 
     /// Spins a little for the transfer to finish before a waiter goes to sleep on the condition
     /// variable: a short GPU copy ends within microseconds, and waking a sleeping thread costs
-    /// about as much again (see [`backoff::HANDOFF_SPIN`](crate::backoff::HANDOFF_SPIN)).
+    /// about as much again (see [`backoff::handoff_spin`](crate::backoff::handoff_spin)).
     fn spin_for_finish(&self, limit: Duration) {
         crate::backoff::spin_until(limit, || self.finished.load(Ordering::Acquire));
     }
@@ -203,7 +203,7 @@ impl crate::Completion for TransferHandle {
 
     fn wait_timeout(&self, timeout: Duration) -> bool {
         self.job
-            .spin_for_finish(timeout.min(crate::backoff::HANDOFF_SPIN));
+            .spin_for_finish(timeout.min(crate::backoff::handoff_spin()));
         let state = self.job.lock();
         let (state, _) = self
             .job
@@ -220,7 +220,7 @@ impl crate::Completion for TransferHandle {
     /// [`IoError::Short`](crate::error::IoError::Short), [`TransferError::Failed`] (NIXL),
     /// [`TransferError::Cancelled`], [`TransferError::Aborted`].
     fn wait(self) -> Result<TransferStats> {
-        self.job.spin_for_finish(crate::backoff::HANDOFF_SPIN);
+        self.job.spin_for_finish(crate::backoff::handoff_spin());
         let state = self.job.lock();
         let mut state = self
             .job

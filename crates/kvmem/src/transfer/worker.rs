@@ -140,12 +140,12 @@ impl<J: Send + 'static> Drop for Worker<J> {
     }
 }
 
-/// The next job: one that arrives within [`HANDOFF_SPIN`](crate::backoff::HANDOFF_SPIN) (the
+/// The next job: one that arrives within [`handoff_spin`](crate::backoff::handoff_spin) (the
 /// next of a caller that submits, waits and submits again) is taken without the thread going to
 /// sleep, whose wake-up would add to that job's latency; after that, a blocking receive.
 fn recv_soon<J>(rx: &mpsc::Receiver<J>) -> std::result::Result<J, mpsc::RecvError> {
     let mut next = None;
-    crate::backoff::spin_until(crate::backoff::HANDOFF_SPIN, || match rx.try_recv() {
+    crate::backoff::spin_until(crate::backoff::handoff_spin(), || match rx.try_recv() {
         Ok(job) => {
             next = Some(Ok(job));
             true
