@@ -72,9 +72,10 @@ impl Job {
 
     /// Spins a little for the transfer to finish before a waiter goes to sleep on the condition
     /// variable: a short GPU copy ends within microseconds, and waking a sleeping thread costs
-    /// about as much again (see [`backoff::handoff_spin`](crate::backoff::handoff_spin)).
-    fn spin_for_finish(&self, limit: Duration) {
-        crate::backoff::spin_until(limit, || self.finished.load(Ordering::Acquire));
+    /// about as much again (see [`backoff::handoff_spin`](crate::backoff::handoff_spin)). True if
+    /// it finished meanwhile.
+    fn spin_for_finish(&self, limit: Duration) -> bool {
+        crate::backoff::spin_until(limit, || self.finished.load(Ordering::Acquire))
     }
 }
 
@@ -202,8 +203,12 @@ impl crate::Completion for TransferHandle {
     }
 
     fn wait_timeout(&self, timeout: Duration) -> bool {
-        self.job
-            .spin_for_finish(timeout.min(crate::backoff::handoff_spin()));
+        if self
+            .job
+            .spin_for_finish(timeout.min(crate::backoff::handoff_spin()))
+        {
+            return true;
+        }
         let state = self.job.lock();
         let (state, _) = self
             .job
@@ -220,7 +225,7 @@ impl crate::Completion for TransferHandle {
     /// [`IoError::Short`](crate::error::IoError::Short), [`TransferError::Failed`] (NIXL),
     /// [`TransferError::Cancelled`], [`TransferError::Aborted`].
     fn wait(self) -> Result<TransferStats> {
-        self.job.spin_for_finish(crate::backoff::handoff_spin());
+        let _ = self.job.spin_for_finish(crate::backoff::handoff_spin());
         let state = self.job.lock();
         let mut state = self
             .job
@@ -257,5 +262,45 @@ impl std::fmt::Debug for TransferHandle {
             .field("bytes", &self.job.bytes)
             .field("finished", &crate::Completion::is_done(self))
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Completion as _;
+
+    /// A waiter sees the outcome whether the transfer ends while it spins or after it went to
+    /// sleep, and `wait_timeout` reports both states.
+    #[test]
+    fn waits_see_a_finish_during_and_after_the_spin() {
+        for delay in [Duration::ZERO, Duration::from_millis(20)] {
+            let (handle, completion) = TransferHandle::start(TransferPath::HostToHost, 10, 1);
+            let finisher = std::thread::spawn(move || {
+                std::thread::sleep(delay);
+                completion.complete(Ok(()));
+            });
+            assert_eq!(handle.wait().unwrap().bytes, 10);
+            finisher.join().unwrap();
+        }
+        // The spin itself (which `handoff_spin` turns off on machines of fewer than four CPUs)
+        // ends when the executor reports.
+        let (handle, completion) = TransferHandle::start(TransferPath::HostToHost, 10, 1);
+        let finisher = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(1));
+            completion.complete(Ok(()));
+        });
+        assert!(handle.job.spin_for_finish(Duration::from_secs(30)));
+        assert!(handle.is_done());
+        finisher.join().unwrap();
+        let (handle, completion) = TransferHandle::start(TransferPath::HostToHost, 10, 1);
+        assert!(!handle.wait_timeout(Duration::from_millis(1)));
+        assert!(!handle.is_done());
+        completion.complete(Err(Error::Transfer(TransferError::Aborted)));
+        assert!(handle.wait_timeout(Duration::from_millis(1)));
+        assert!(matches!(
+            handle.wait(),
+            Err(Error::Transfer(TransferError::Aborted))
+        ));
     }
 }
