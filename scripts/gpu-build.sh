@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the GPU tests, the pinned-allocation and planner benchmarks and the kvmem CLI, packs the
+# Builds the GPU tests, the pinned-allocation, planner and copy-latency benchmarks and the kvmem CLI, packs the
 # NIXL runtime from the venv, builds a static fio (from Debian's source package, through apt), here (release mode, line tables only)
 # and stages them, with the runner scripts/gpu-run.sh as run.sh, in a git-ignored folder that is
 # carried to the GPU machine. There, `bash .gpu/run.sh` runs everything and writes logs to $OUT.
@@ -29,7 +29,8 @@ list=$( {
     cargo test --release -p kvmem --locked --no-run --message-format=json \
         --test cuda_gpu --test cuda_no_driver --test cuda_batch_gpu --test cuda_transfer_gpu \
         --test transfer_remote --test transfer_errors --test cache_gpu --test fault_soak
-    cargo bench -p kvmem --locked --no-run --message-format=json --bench cuda_pinned_alloc --bench plan
+    cargo bench -p kvmem --locked --no-run --message-format=json --bench cuda_pinned_alloc --bench plan \
+        --bench copy_latency
     cargo build --release -p kvmem-cli --locked --message-format=json --bin kvmem
 } 2>"$log" | artifacts) || { cat "$log" >&2; exit 1; }
 [ -n "$list" ] || { cat "$log" >&2; echo "gpu-build.sh: no binaries built" >&2; exit 1; }
@@ -41,7 +42,7 @@ while read -r name exe; do
     # is tight, and the binaries with compressed line tables no longer fit in it.
     objcopy --strip-debug "$exe" "$stage/bin/$name"
 done <<<"$list"
-for want in cuda_gpu cuda_no_driver cuda_batch_gpu cuda_transfer_gpu transfer_remote transfer_errors cache_gpu fault_soak cuda_pinned_alloc plan kvmem; do
+for want in cuda_gpu cuda_no_driver cuda_batch_gpu cuda_transfer_gpu transfer_remote transfer_errors cache_gpu fault_soak cuda_pinned_alloc plan copy_latency kvmem; do
     [ -x "$stage/bin/$want" ] || { echo "gpu-build.sh: $want was not built" >&2; exit 1; }
 done
 # The NIXL runtimes (UCX and POSIX plugins, the libraries they load, UCX's modules), packed with

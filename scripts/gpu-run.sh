@@ -244,6 +244,8 @@ else
 fi
 
 step "planner benchmark" "$out/plan.log" "$bin/plan" --bench
+# The fixed cost of a small transfer: engine vs CUDA layer vs one bare cuMemcpyDtoDAsync.
+step "copy latency" "$out/plan.log" "$bin/copy_latency"
 
 if [ "${KVMEM_SKIP_ALLOC_BENCH:-0}" != 1 ] && [ "$quick" != 1 ]; then
 # The benchmark measures the fast path on THP (the machine as found) and, with 2 MiB hugetlb

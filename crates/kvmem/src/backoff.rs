@@ -11,7 +11,16 @@
 //!   typically milliseconds away: sleep [`PAUSE`], doubling up to [`MAX_PAUSE`].
 //! - [`Backoff::busy`]: each poll is what moves the data (a NIXL agent without a progress
 //!   thread): never sleep.
+//!
+//! A wait that can block instead (a [`TransferHandle`] waiting for its executor, an executor's
+//! worker waiting for its next job) first [`spin_until`]s for at most [`handoff_spin`]
+//! ([`HANDOFF_SPIN`] on machines of four CPUs or more): what arrives within that is seen at
+//! once, without paying a sleeping thread's wake-up, which on an otherwise idle machine costs
+//! microseconds on each side of a transfer (the figures are in docs/PERFORMANCE.md).
+//!
+//! [`TransferHandle`]: crate::transfer::TransferHandle
 
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// How long a wait spins (yields) before it starts to sleep.
@@ -20,6 +29,50 @@ pub(crate) const SPIN: Duration = Duration::from_millis(2);
 pub(crate) const PAUSE: Duration = Duration::from_micros(20);
 /// The longest sleep of a [`Backoff::patient`] wait.
 pub(crate) const MAX_PAUSE: Duration = Duration::from_micros(200);
+
+/// How long a waiter that could block polls first: of the order of a small GPU copy and of a
+/// sleeping thread's wake-up (tens of µs), short enough that a long wait wastes little CPU.
+pub(crate) const HANDOFF_SPIN: Duration = Duration::from_micros(50);
+
+/// How long a waiter that could block spins first here: [`HANDOFF_SPIN`], or nothing on a
+/// machine of fewer than four CPUs, where the thread it waits for most likely needs the CPU the
+/// spinner holds.
+pub(crate) fn handoff_spin() -> Duration {
+    static SPIN: OnceLock<Duration> = OnceLock::new();
+    *SPIN.get_or_init(|| {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if cpus >= 4 {
+            HANDOFF_SPIN
+        } else {
+            Duration::ZERO
+        }
+    })
+}
+
+/// Polls `done` until it returns true or `limit` has passed, without sleeping (a CPU spin hint
+/// between polls, a yield every few, so that the thread that sets the flag can run on a busy
+/// machine). True if `done` returned true.
+pub(crate) fn spin_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    if limit.is_zero() {
+        return done();
+    }
+    let started = Instant::now();
+    let mut polls: u32 = 0;
+    loop {
+        if done() {
+            return true;
+        }
+        polls = polls.wrapping_add(1);
+        if polls % 64 == 0 {
+            if started.elapsed() >= limit {
+                return false;
+            }
+            std::thread::yield_now();
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+}
 
 /// The state of one polling wait: call [`snooze`](Self::snooze) after every poll that found
 /// nothing done.
@@ -120,6 +173,27 @@ mod tests {
         assert_eq!(patient.next_sleep(), Some(MAX_PAUSE));
         patient.reset();
         assert_eq!(patient.next_sleep(), None, "reset starts the spin over");
+    }
+
+    #[test]
+    fn spin_until_sees_a_flag_and_gives_up_after_its_limit() {
+        let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let f = flag.clone();
+        let setter =
+            std::thread::spawn(move || f.store(true, std::sync::atomic::Ordering::Release));
+        assert!(spin_until(Duration::from_secs(30), || flag
+            .load(std::sync::atomic::Ordering::Acquire)));
+        setter.join().unwrap();
+        let t = Instant::now();
+        assert!(!spin_until(Duration::from_millis(2), || false));
+        assert!(t.elapsed() >= Duration::from_millis(2));
+        // No limit: one poll.
+        let mut polls = 0;
+        assert!(!spin_until(Duration::ZERO, || {
+            polls += 1;
+            false
+        }));
+        assert_eq!(polls, 1);
     }
 
     #[test]

@@ -31,6 +31,8 @@ enum State {
 pub(crate) struct Job {
     state: Mutex<State>,
     done: Condvar,
+    /// Set (after `state`) once the transfer finished: what a waiter spins on before it sleeps.
+    finished: AtomicBool,
     cancel: AtomicBool,
     path: TransferPath,
     bytes: usize,
@@ -80,8 +82,17 @@ impl Job {
             &mut *self.held.lock().unwrap_or_else(|e| e.into_inner()),
         ));
         *state = State::Done(result);
+        self.finished.store(true, Ordering::Release);
         drop(state);
         self.done.notify_all();
+    }
+
+    /// Spins a little for the transfer to finish before a waiter goes to sleep on the condition
+    /// variable: a short GPU copy ends within microseconds, and waking a sleeping thread costs
+    /// about as much again (see [`backoff::handoff_spin`](crate::backoff::handoff_spin)). True if
+    /// it finished meanwhile.
+    fn spin_for_finish(&self, limit: Duration) -> bool {
+        crate::backoff::spin_until(limit, || self.finished.load(Ordering::Acquire))
     }
 
     /// Under the state lock: if the transfer still runs past its deadline, asks it to stop,
@@ -262,6 +273,7 @@ impl TransferHandle {
         let job = Arc::new(Job {
             state: Mutex::new(State::Running { detached: false }),
             done: Condvar::new(),
+            finished: AtomicBool::new(false),
             cancel: AtomicBool::new(false),
             path,
             bytes,
@@ -305,6 +317,12 @@ impl crate::Completion for TransferHandle {
     }
 
     fn wait_timeout(&self, timeout: Duration) -> bool {
+        if self
+            .job
+            .spin_for_finish(timeout.min(crate::backoff::handoff_spin()))
+        {
+            return true;
+        }
         let until = Instant::now().checked_add(timeout);
         let state = self
             .job
@@ -321,6 +339,7 @@ impl crate::Completion for TransferHandle {
     /// [`TransferError::TimedOut`] at the transfer's [deadline](TransferHandle#deadline): this
     /// never blocks past it.
     fn wait(self) -> Result<TransferStats> {
+        let _ = self.job.spin_for_finish(crate::backoff::handoff_spin());
         let mut state = self.job.wait_until(self.job.lock(), None);
         match std::mem::replace(&mut *state, State::Taken) {
             State::Done(result) => result,
@@ -352,5 +371,48 @@ impl std::fmt::Debug for TransferHandle {
             .field("bytes", &self.job.bytes)
             .field("finished", &crate::Completion::is_done(self))
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Completion as _;
+
+    /// A waiter sees the outcome whether the transfer ends while it spins or after it went to
+    /// sleep, and `wait_timeout` reports both states.
+    #[test]
+    fn waits_see_a_finish_during_and_after_the_spin() {
+        for delay in [Duration::ZERO, Duration::from_millis(20)] {
+            let (handle, completion) =
+                TransferHandle::start(TransferPath::HostToHost, 10, 1, Duration::from_secs(600));
+            let finisher = std::thread::spawn(move || {
+                std::thread::sleep(delay);
+                completion.complete(Ok(()));
+            });
+            assert_eq!(handle.wait().unwrap().bytes, 10);
+            finisher.join().unwrap();
+        }
+        // The spin itself (which `handoff_spin` turns off on machines of fewer than four CPUs)
+        // ends when the executor reports.
+        let (handle, completion) =
+            TransferHandle::start(TransferPath::HostToHost, 10, 1, Duration::from_secs(600));
+        let finisher = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(1));
+            completion.complete(Ok(()));
+        });
+        assert!(handle.job.spin_for_finish(Duration::from_secs(30)));
+        assert!(handle.is_done());
+        finisher.join().unwrap();
+        let (handle, completion) =
+            TransferHandle::start(TransferPath::HostToHost, 10, 1, Duration::from_secs(600));
+        assert!(!handle.wait_timeout(Duration::from_millis(1)));
+        assert!(!handle.is_done());
+        completion.complete(Err(Error::Transfer(TransferError::Aborted)));
+        assert!(handle.wait_timeout(Duration::from_millis(1)));
+        assert!(matches!(
+            handle.wait(),
+            Err(Error::Transfer(TransferError::Aborted))
+        ));
     }
 }

@@ -221,6 +221,25 @@ impl<J: Deadlined + Send + 'static> Drop for Worker<J> {
     }
 }
 
+/// The next job: one that arrives within [`handoff_spin`](crate::backoff::handoff_spin) (the
+/// next of a caller that submits, waits and submits again) is taken without the thread going to
+/// sleep, whose wake-up would add to that job's latency; after that, a blocking receive.
+fn recv_soon<J>(rx: &mpsc::Receiver<J>) -> std::result::Result<J, mpsc::RecvError> {
+    let mut next = None;
+    crate::backoff::spin_until(crate::backoff::handoff_spin(), || match rx.try_recv() {
+        Ok(job) => {
+            next = Some(Ok(job));
+            true
+        }
+        Err(TryRecvError::Empty) => false,
+        Err(TryRecvError::Disconnected) => {
+            next = Some(Err(mpsc::RecvError));
+            true
+        }
+    });
+    next.unwrap_or_else(|| rx.recv())
+}
+
 /// The worker's loop: jobs in order, polls while the backend is busy, a fresh backend after a
 /// failure. Returns once the queue is closed and nothing is in flight.
 fn serve<B: Backend>(
@@ -251,7 +270,7 @@ fn serve<B: Backend>(
                 }
             }
         } else if open {
-            match rx.recv() {
+            match recv_soon(&rx) {
                 Ok(job) => run(&mut backend, job),
                 Err(mpsc::RecvError) => return,
             }

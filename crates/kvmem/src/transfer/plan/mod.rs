@@ -413,16 +413,51 @@ pub(crate) fn check_shapes(
     Ok(())
 }
 
+/// The `(destination, source)` block pairs of a request, in destination id order.
+///
+/// Ids already in order are the request's own slices, so the common sequential request plans
+/// without copying (or allocating for) its ids; the others are sorted into a vector.
+pub(crate) enum Pairs<'a> {
+    /// Destination ids were already ascending: `dst[i]` takes `src[i]`.
+    InOrder {
+        /// Destination ids, ascending.
+        dst: &'a [usize],
+        /// Source ids, one per destination id.
+        src: &'a [usize],
+    },
+    /// The pairs, sorted by destination id.
+    Sorted(Vec<(usize, usize)>),
+}
+
+impl Pairs<'_> {
+    /// Calls `f(dst_block, src_block)` for every pair, in destination order.
+    #[inline]
+    fn for_each(&self, mut f: impl FnMut(usize, usize)) {
+        match self {
+            Self::InOrder { dst, src } => {
+                for (&d, &s) in dst.iter().zip(*src) {
+                    f(d, s);
+                }
+            }
+            Self::Sorted(pairs) => {
+                for &(d, s) in pairs {
+                    f(d, s);
+                }
+            }
+        }
+    }
+}
+
 /// The `(destination, source)` block pairs sorted by destination id, checking that destination
 /// ids are distinct.
 ///
-/// Ids already in order cost one pass; dense requests are bucketed by destination id (linear);
-/// sparse ones (few blocks of a large layout) are sorted.
-pub(crate) fn by_destination(
+/// Ids already in order cost one pass and no copy; dense requests are bucketed by destination
+/// id (linear); sparse ones (few blocks of a large layout) are sorted.
+pub(crate) fn by_destination<'a>(
     num_blocks: usize,
-    dst_ids: &[usize],
-    src_ids: &[usize],
-) -> Result<Vec<(usize, usize)>> {
+    dst_ids: &'a [usize],
+    src_ids: &'a [usize],
+) -> Result<Pairs<'a>> {
     if let Some(&block) = dst_ids.iter().find(|&&id| id >= num_blocks) {
         return Err(Error::Layout(LayoutError::BlockOutOfRange {
             side: "destination",
@@ -431,11 +466,22 @@ pub(crate) fn by_destination(
         }));
     }
     let zipped = || dst_ids.iter().copied().zip(src_ids.iter().copied());
-    if dst_ids.is_sorted() {
-        if let Some(w) = dst_ids.windows(2).find(|w| w[0] == w[1]) {
+    // One pass: ascending, hence (with no two equal neighbours) distinct.
+    let mut in_order = true;
+    for w in dst_ids.windows(2) {
+        if w[0] == w[1] {
             return Err(Error::Layout(LayoutError::DuplicateBlock { block: w[0] }));
         }
-        return Ok(zipped().collect());
+        if w[0] > w[1] {
+            in_order = false;
+            break;
+        }
+    }
+    if in_order {
+        return Ok(Pairs::InOrder {
+            dst: dst_ids,
+            src: src_ids,
+        });
     }
     if num_blocks / 4 <= dst_ids.len() {
         let mut slot = vec![usize::MAX; num_blocks];
@@ -444,18 +490,19 @@ pub(crate) fn by_destination(
                 return Err(Error::Layout(LayoutError::DuplicateBlock { block: d }));
             }
         }
-        return Ok(slot
-            .into_iter()
-            .enumerate()
-            .filter(|&(_, s)| s != usize::MAX)
-            .collect());
+        return Ok(Pairs::Sorted(
+            slot.into_iter()
+                .enumerate()
+                .filter(|&(_, s)| s != usize::MAX)
+                .collect(),
+        ));
     }
     let mut pairs: Vec<(usize, usize)> = zipped().collect();
     pairs.sort_unstable_by_key(|p| p.0);
     if let Some(w) = pairs.windows(2).find(|w| w[0].0 == w[1].0) {
         return Err(Error::Layout(LayoutError::DuplicateBlock { block: w[0].0 }));
     }
-    Ok(pairs)
+    Ok(Pairs::Sorted(pairs))
 }
 
 /// Calls `emit(part, dst_block, src_block)` for every chunk of `pairs` (sorted by destination
@@ -465,7 +512,7 @@ pub(crate) fn by_destination(
 fn in_destination_order(
     dst: &BlockLayout,
     parts: &[Part],
-    pairs: &[(usize, usize)],
+    pairs: &Pairs<'_>,
     mut emit: impl FnMut(&Part, usize, usize),
 ) {
     let outer_dim = dst.config().outer_dim;
@@ -473,27 +520,25 @@ fn in_destination_order(
     layers.sort_by_key(|l| l.first().map(|p| p.dst));
     match dst.kind() {
         LayoutKind::FullyContiguous => {
-            for &(d, s) in pairs {
+            pairs.for_each(|d, s| {
                 for p in parts {
                     emit(p, d, s);
                 }
-            }
+            });
         }
         LayoutKind::LayerSeparate(BlockDim::First) => {
             for layer in layers {
-                for &(d, s) in pairs {
+                pairs.for_each(|d, s| {
                     for p in layer {
                         emit(p, d, s);
                     }
-                }
+                });
             }
         }
         LayoutKind::LayerSeparate(BlockDim::Second) => {
             for layer in layers {
                 for p in layer {
-                    for &(d, s) in pairs {
-                        emit(p, d, s);
-                    }
+                    pairs.for_each(|d, s| emit(p, d, s));
                 }
             }
         }

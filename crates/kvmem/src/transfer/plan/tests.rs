@@ -211,3 +211,39 @@ fn path_selection() {
     assert!(TransferPath::DiskToDevice.touches_disk());
     assert!(!TransferPath::HostToDevice.touches_disk());
 }
+
+/// Every way of ordering destination ids refuses a repeated one and yields the pairs in
+/// destination order; ids already in order are borrowed, not copied.
+#[test]
+fn destination_pairs_are_ordered_checked_and_borrowed_when_in_order() {
+    let collect = |p: &Pairs<'_>| {
+        let mut v = Vec::new();
+        p.for_each(|d, s| v.push((d, s)));
+        v
+    };
+    let dup = |r: Result<Pairs<'_>>, block| {
+        assert!(
+            matches!(r, Err(Error::Layout(LayoutError::DuplicateBlock { block: b })) if b == block),
+            "expected duplicate {block}"
+        );
+    };
+    // In order: the request's own slices.
+    let (d, s) = (vec![1, 2, 5], vec![7, 8, 9]);
+    let p = by_destination(8, &d, &s).unwrap();
+    assert!(matches!(p, Pairs::InOrder { dst, .. } if std::ptr::eq(dst, d.as_slice())));
+    assert_eq!(collect(&p), vec![(1, 7), (2, 8), (5, 9)]);
+    dup(by_destination(8, &[1, 2, 2, 5], &[0, 0, 0, 0]), 2);
+    // Dense, out of order (bucketed), and sparse (sorted).
+    let p = by_destination(4, &[3, 0, 2], &[1, 2, 3]).unwrap();
+    assert_eq!(collect(&p), vec![(0, 2), (2, 3), (3, 1)]);
+    dup(by_destination(4, &[3, 0, 3], &[1, 2, 3]), 3);
+    let p = by_destination(1000, &[900, 5], &[1, 2]).unwrap();
+    assert_eq!(collect(&p), vec![(5, 2), (900, 1)]);
+    dup(by_destination(1000, &[900, 5, 900], &[1, 2, 3]), 900);
+    // A repeat before the first descent, in an otherwise unordered list.
+    dup(by_destination(8, &[1, 1, 0], &[0, 0, 0]), 1);
+    assert!(matches!(
+        by_destination(8, &[1, 8], &[0, 0]),
+        Err(Error::Layout(LayoutError::BlockOutOfRange { block: 8, .. }))
+    ));
+}
