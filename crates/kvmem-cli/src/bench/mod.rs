@@ -11,7 +11,7 @@
 mod fio;
 mod memory;
 mod nixl;
-mod plot;
+pub(crate) mod plot;
 mod point;
 mod report;
 mod sweep;

@@ -6,7 +6,7 @@ use super::config::{Admission, WritePolicy};
 use super::journal::{Entry, EntryKind};
 use super::policy::{Policy, PolicyKind, Scan};
 use super::slots::{NO_SLOT, Slot, SlotAllocator};
-use super::stats::{Counters, TierLabel};
+use super::stats::Counters;
 use super::table::{KeyTable, NO_REC, REMOVED, RecId, Record, Res};
 use crate::key::{BlockKey, KeyBuild};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -53,6 +53,8 @@ pub(crate) struct WriteBack {
 pub(crate) struct Prelude {
     pub(crate) writebacks: Vec<WriteBack>,
     pub(crate) freed: Vec<Entry>,
+    /// Blocks evicted from (host, disk) to make room: counted once the lock is released.
+    pub(crate) evicted: (usize, usize),
 }
 
 /// Keys recently refused by the disk admission filter ("admit on second use").
@@ -134,7 +136,7 @@ impl Index {
         }
         let slot = pick_victim(&mut self.host, &self.map, self.chain_aware, true)?;
         let id = self.host.owner[slot as usize];
-        stats.eviction(TierLabel::Host);
+        prelude.evicted.0 += 1;
         let mut rec = self.map[id];
         rec.host = NO_SLOT;
         rec.host_state = Res::None;
@@ -142,7 +144,7 @@ impl Index {
             && self.disk.is_some()
             && rec.disk_state == Res::None;
         if write_back && self.admit(&rec, stats) {
-            if let Some(d) = self.alloc_disk(prelude, stats) {
+            if let Some(d) = self.alloc_disk(prelude) {
                 rec.disk = d;
                 rec.disk_state = Res::Writing;
                 rec.claims += 1;
@@ -163,14 +165,14 @@ impl Index {
 
     /// A disk slot: a free one or one taken from an evictable disk block (its journal entry is
     /// freed in `prelude`).
-    pub(crate) fn alloc_disk(&mut self, prelude: &mut Prelude, stats: &Counters) -> Option<Slot> {
+    pub(crate) fn alloc_disk(&mut self, prelude: &mut Prelude) -> Option<Slot> {
         let disk = self.disk.as_mut()?;
         if let Some(s) = disk.slots.alloc() {
             return Some(s);
         }
         let slot = pick_victim(disk, &self.map, self.chain_aware, false)?;
         let id = disk.owner[slot as usize];
-        stats.eviction(TierLabel::Disk);
+        prelude.evicted.1 += 1;
         let rec = &mut self.map[id];
         prelude.freed.push(Entry::freed(slot, rec.key));
         rec.disk = NO_SLOT;

@@ -301,7 +301,7 @@ impl Shared {
                 if write_through
                     && rec.disk_state == Res::None
                     && ix.admit(&rec, &self.stats)
-                    && let Some(d) = ix.alloc_disk(&mut through, &self.stats)
+                    && let Some(d) = ix.alloc_disk(&mut through)
                     && let Some(disk) = ix.disk.as_mut()
                 {
                     let r = &mut ix.map[id];
@@ -318,6 +318,7 @@ impl Shared {
             }
         }
         Counters::add(&self.stats.stored, report.stored);
+        self.stats.evicted(through.evicted);
         let has_through = !through.writebacks.is_empty() || !through.freed.is_empty();
         // Release the claims before reporting, so that a caller who waited sees the blocks
         // evictable again.

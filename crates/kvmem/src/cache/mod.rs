@@ -452,6 +452,7 @@ impl BlockCache {
             }
             report.present = held.len();
         }
+        stats.evicted(prelude.evicted);
         Counters::add(&stats.store_present, report.present);
         Counters::add(&stats.no_space, report.no_space.len());
         let op = OpState::new();
@@ -562,6 +563,7 @@ impl BlockCache {
                 });
             }
         }
+        stats.evicted(plan.prelude.evicted);
         let op = OpState::new();
         let handle = CacheHandle::new(Arc::clone(&op));
         let shared = Arc::clone(&self.shared);

@@ -12,6 +12,7 @@
 use super::slots::{NO_SLOT, Slot};
 use crate::key::BlockKey;
 use hashbrown::HashTable;
+use hashbrown::hash_table::Entry;
 
 /// The id of a record in the slab.
 pub(crate) type RecId = u32;
@@ -138,30 +139,42 @@ impl KeyTable {
 
     /// The id of `key`'s record, inserting `Record::new(key, depth)` when there is none.
     pub(crate) fn find_or_insert(&mut self, key: BlockKey, depth: u16) -> RecId {
-        if let Some(id) = self.find(&key) {
-            return id;
-        }
+        let Self {
+            table,
+            slab,
+            vacant,
+        } = self;
+        let entry = {
+            let slab = &*slab;
+            table.entry(
+                hash(key),
+                |&id| slab[id as usize].key == key,
+                |&id| hash(slab[id as usize].key),
+            )
+        };
+        let entry = match entry {
+            Entry::Occupied(found) => return *found.get(),
+            Entry::Vacant(entry) => entry,
+        };
         let rec = Record::new(key, depth);
-        let id = if self.vacant != NO_REC {
-            let id = self.vacant;
-            self.vacant = self.slab[id as usize].host;
-            self.slab[id as usize] = rec;
+        let id = if *vacant != NO_REC {
+            let id = *vacant;
+            *vacant = slab[id as usize].host;
+            slab[id as usize] = rec;
             id
         } else {
             // Ids stay below NO_REC: the tiers hold fewer slots than that, and a record
             // without a slot lives only while an operation plans under the lock.
-            let id = self.slab.len() as RecId;
-            if self.slab.len() == self.slab.capacity() {
+            let id = slab.len() as RecId;
+            if slab.len() == slab.capacity() {
                 // Grow by a sixteenth rather than doubling: the slab is sized for the tiers,
                 // and doubling would add 32 bytes per block for a few records more.
-                self.slab.reserve_exact((self.slab.len() / 16).max(SLACK));
+                slab.reserve_exact((slab.len() / 16).max(SLACK));
             }
-            self.slab.push(rec);
+            slab.push(rec);
             id
         };
-        let slab = &self.slab;
-        self.table
-            .insert_unique(hash(key), id, |&i| hash(slab[i as usize].key));
+        entry.insert(id);
         id
     }
 
