@@ -28,7 +28,7 @@ trap 'rm -f "$log"' EXIT
 list=$( {
     cargo test --release -p kvmem --locked --no-run --message-format=json \
         --test cuda_gpu --test cuda_no_driver --test cuda_batch_gpu --test cuda_transfer_gpu \
-        --test transfer_remote --test transfer_errors --test cache_gpu
+        --test transfer_remote --test transfer_errors --test cache_gpu --test fault_soak
     cargo bench -p kvmem --locked --no-run --message-format=json --bench cuda_pinned_alloc --bench plan
     cargo build --release -p kvmem-cli --locked --message-format=json --bin kvmem
 } 2>"$log" | artifacts) || { cat "$log" >&2; exit 1; }
@@ -41,7 +41,7 @@ while read -r name exe; do
     # is tight, and the binaries with compressed line tables no longer fit in it.
     objcopy --strip-debug "$exe" "$stage/bin/$name"
 done <<<"$list"
-for want in cuda_gpu cuda_no_driver cuda_batch_gpu cuda_transfer_gpu transfer_remote transfer_errors cache_gpu cuda_pinned_alloc plan kvmem; do
+for want in cuda_gpu cuda_no_driver cuda_batch_gpu cuda_transfer_gpu transfer_remote transfer_errors cache_gpu fault_soak cuda_pinned_alloc plan kvmem; do
     [ -x "$stage/bin/$want" ] || { echo "gpu-build.sh: $want was not built" >&2; exit 1; }
 done
 # The NIXL runtimes (UCX and POSIX plugins, the libraries they load, UCX's modules), packed with

@@ -186,6 +186,13 @@ want=$(count "$errors_gpu") step "transfer-engine error tests on the GPU" "$out/
 # NIXL with GPU memory (UCX's CUDA transport), and the host remote tests, on this machine.
 want=$(count "$remote_all") step "remote transfer tests (GPU and host)" "$out/tests.log" "$bin/transfer_remote" --include-ignored --exact $remote_all --test-threads=1
 want=$(count "$cache_all") step "block cache GPU data path" "$out/tests.log" "$bin/cache_gpu" --ignored --exact $cache_all --nocapture --test-threads=1
+# The fault soak with the GPU tier (host <-> device transfers join the mix): KVMEM_SOAK_SECS
+# (default 300 s, 60 s in the quick run); its table and its SOAK-JSON line go to tests.log (no
+# file of its own: the device tool brings back at most 8).
+soak_secs="${KVMEM_SOAK_SECS:-300}"
+[ "$quick" = 1 ] && soak_secs="${KVMEM_SOAK_SECS:-60}"
+want=1 step "fault soak (${soak_secs} s)" "$out/tests.log" env KVMEM_SOAK_SECS="$soak_secs" \
+    "$bin/fault_soak" --exact fault_soak --nocapture
 
 # memcheck STEP TIMEOUT [--report-api-errors no] BIN TESTS...: the named tests under memcheck.
 memcheck() {

@@ -22,8 +22,10 @@ if ! have "nixl-$flavor" || ! have libclang; then
     "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps "$NIXL_WHEEL" "$LIBCLANG_WHEEL"
 fi
 # The Python package's build and test tools (scripts/test.sh builds the wheel into this venv).
-PY_TOOLS=("maturin>=1.7,<2" "numpy" "pytest")
-if ! have maturin || ! have numpy || ! have pytest; then
+# ruff and mypy check the Python code's format, lint and types (pinned: a new release's rules
+# must not fail CI by themselves).
+PY_TOOLS=("maturin>=1.7,<2" "numpy" "pytest" "ruff==0.17.6" "mypy==2.4.1")
+if ! have maturin || ! have numpy || ! have pytest || ! have ruff || ! have mypy; then
     echo "setup: installing ${PY_TOOLS[*]} into $venv"
     "$venv/bin/python" -m pip install -q --disable-pip-version-check "${PY_TOOLS[@]}"
 fi

@@ -17,3 +17,8 @@ cargo test --workspace --locked "$@"
 # tests are skipped here with a reason and run on the GPU machine (scripts/gpu-build.sh).
 (cd crates/kvmem-py && VIRTUAL_ENV="$KVMEM_VENV" "$KVMEM_VENV/bin/maturin" develop --locked --quiet)
 "$KVMEM_VENV/bin/python" -m pytest -q -rs -p no:cacheprovider crates/kvmem-py/tests
+# The Python code: formatted, linted (ruff.toml) and type-checked against the package's stubs.
+py_code=(crates/kvmem-py/python crates/kvmem-py/tests crates/kvmem-py/bench crates/kvmem-cli/tests/foreign_agent.py scripts/compare-bench.py)
+"$KVMEM_VENV/bin/ruff" format --check --quiet "${py_code[@]}"
+"$KVMEM_VENV/bin/ruff" check --quiet "${py_code[@]}"
+"$KVMEM_VENV/bin/mypy" --ignore-missing-imports --no-error-summary "${py_code[@]}"

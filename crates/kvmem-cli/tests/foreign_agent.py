@@ -106,9 +106,7 @@ def target(args: argparse.Namespace) -> None:
             for message in messages:
                 if message == HELLO:
                     # The initiator pushed its metadata before its hello; it may land after.
-                    wait_for(
-                        f"metadata of '{peer}'", lambda: agent.check_remote_metadata(peer)
-                    )
+                    wait_for(f"metadata of '{peer}'", lambda p=peer: agent.check_remote_metadata(p))
                     agent.send_notif(peer, BLOCKS_PREFIX + json.dumps(answer).encode())
                 elif message == DONE:
                     agent.send_notif(peer, BYE)

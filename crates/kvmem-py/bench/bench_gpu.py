@@ -25,12 +25,12 @@ import argparse
 import json
 import statistics
 import time
-from typing import Any, Callable
-
-import numpy as np
-import torch
+from collections.abc import Callable
+from typing import Any
 
 import kvmem
+import numpy as np
+import torch
 
 LAYERS, HEADS, HEAD, BS = 32, 8, 128, 16
 
@@ -69,14 +69,14 @@ Tensors = list[torch.Tensor]
 def torch_gather(kv: Tensors, idx: torch.Tensor, stage: Tensors, host: Tensors) -> None:
     """torch's own offload: per layer, gather the blocks ``idx`` into a GPU staging tensor, then
     copy it to that layer's pinned host tensor."""
-    for layer, st, h in zip(kv, stage, host):
+    for layer, st, h in zip(kv, stage, host, strict=True):
         torch.index_select(layer, 1, idx, out=st)
         h.copy_(st, non_blocking=True)
 
 
 def torch_scatter(kv: Tensors, idx: torch.Tensor, stage: Tensors, host: Tensors) -> None:
     """The reverse of `torch_gather`: host tensors to GPU staging, then into blocks ``idx``."""
-    for layer, st, h in zip(kv, stage, host):
+    for layer, st, h in zip(kv, stage, host, strict=True):
         st.copy_(h, non_blocking=True)
         layer.index_copy_(1, idx, st)
 
@@ -129,8 +129,12 @@ def vllm_point(engine: kvmem.Engine, chunk: int, iters: int, seed: int) -> dict[
 
     # Checks: poison the destination, move once, compare every byte. Scatters go from what was
     # gathered (random bytes) into a poisoned GPU cache.
-    kvmem_host: Callable[[int], torch.Tensor] = lambda i: host[:, i].transpose(0, 1)
-    torch_host: Callable[[int], torch.Tensor] = lambda i: host_t[i]
+    def kvmem_host(i: int) -> torch.Tensor:
+        return host[:, i].transpose(0, 1)
+
+    def torch_host(i: int) -> torch.Tensor:
+        return host_t[i]
+
     checks: dict[str, bool] = {}
     for name, poisoned, host_of in [
         ("kvmem_gather", [host], kvmem_host),
@@ -163,8 +167,6 @@ def vllm_point(engine: kvmem.Engine, chunk: int, iters: int, seed: int) -> dict[
         one = one_d2h if k.endswith("gather") else one_h2d
         res[f"{k}_GiBps"] = nbytes / secs / 2**30
         res[f"{k}_ratio"] = one / secs
-    del kv, gpu, host, pinned, stage, host_t, moves
-    torch.cuda.empty_cache()
     return res
 
 
@@ -178,9 +180,14 @@ def main() -> None:
     a = ap.parse_args()
     engine = kvmem.Engine()
     res: dict[str, Any] = {"device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d")}
-    res["vllm_points"] = [vllm_point(engine, int(c), a.iters, seed=i) for i, c in enumerate(a.vllm_chunks.split(","))]
+    res["vllm_points"] = []
+    for i, c in enumerate(a.vllm_chunks.split(",")):
+        res["vllm_points"].append(vllm_point(engine, int(c), a.iters, seed=i))
+        torch.cuda.empty_cache()  # the point's tensors are gone once it returns
     if not a.vllm_only:
         res.update(legacy(a, engine))
+        torch.cuda.empty_cache()
+        res["overhead"] = overhead(engine, a.blocks, rounds=a.iters)
     print(json.dumps(res, indent=2))
     if a.json:
         with open(a.json, "w") as f:
@@ -205,16 +212,6 @@ def legacy(a: argparse.Namespace, engine: kvmem.Engine) -> dict[str, Any]:
     host = [torch.empty_like(s, device="cpu").pin_memory() for s in stage]
     t_d2h = timed(lambda: torch_gather(kv, idx, stage, host), a.iters)
     t_h2d = timed(lambda: torch_scatter(kv, idx, stage, host), a.iters)
-    # Python overhead: 4096 blocks, per-call latency of the submit and the bandwidth.
-    big = min(4096, a.blocks)
-    pinned_big = gpu.allocate_like(kvmem.Tier.pinned(0), num_blocks=big)
-    ids_big = np.random.default_rng(1).choice(a.blocks, big, replace=False)
-    t_big = timed(lambda: engine.copy(gpu, ids_big, pinned_big, np.arange(big)).wait(), a.iters)
-    t0 = time.perf_counter()
-    handles = [engine.copy(gpu, ids_big, pinned_big, np.arange(big)) for _ in range(10)]
-    submit = (time.perf_counter() - t0) / 10
-    for h in handles:
-        h.wait()
     return {
         "bytes_256_blocks": nbytes,
         "one_copy_d2h_GBps": nbytes / one_d2h / 1e9,
@@ -223,10 +220,79 @@ def legacy(a: argparse.Namespace, engine: kvmem.Engine) -> dict[str, Any]:
         "kvmem_h2d_ratio": one_h2d / k_h2d,
         "torch_d2h_ratio": one_d2h / t_d2h,
         "torch_h2d_ratio": one_h2d / t_h2d,
-        "kvmem_4096_blocks_s": t_big,
-        "kvmem_4096_blocks_GBps": big * gpu.block_bytes / t_big / 1e9,
-        "kvmem_submit_us_per_call": submit * 1e6,
     }
+
+
+def overhead(engine: kvmem.Engine, blocks: int, rounds: int, n: int = 4096) -> dict[str, Any]:
+    """The Python path against the Rust path, in this process: ``n`` scattered blocks of a
+    layer-separate GPU cache with 16 KiB chunks (4 KV heads) into a contiguous pinned layout.
+    Each round runs the copy ``reps`` times through ``Engine.copy`` + ``Handle.wait`` and
+    ``reps`` times through the Rust engine alone (``Engine._rust_copy_timings``: ids converted
+    once, outside the timing), alternating so that drift hits both; medians of submit time (the
+    call until it returns a handle, engine idle) and of the whole copy."""
+    heads, reps = 4, 5
+    kv = [torch.empty((2, blocks, BS, heads, HEAD), dtype=torch.bfloat16, device="cuda") for _ in range(LAYERS)]
+    for layer in kv:
+        layer.view(torch.int16).random_()
+    gpu = kvmem.Layout.from_tensors(kv, "flash_attn")
+    n = min(n, blocks)
+    ids = np.random.default_rng(2).choice(blocks, n, replace=False).astype(np.int64)
+    dst_ids = np.arange(n, dtype=np.int64)
+    pinned = gpu.allocate_like(kvmem.Tier.pinned(0), num_blocks=n)
+    py_submit: list[float] = []
+    py_total: list[float] = []
+    rust_submit: list[float] = []
+    rust_total: list[float] = []
+    single: list[float] = []
+    engine.copy(gpu, ids, pinned, dst_ids).wait()  # warm-up (plans, staging)
+    engine._rust_copy_timings(gpu, ids, pinned, dst_ids, 1)
+    for _ in range(rounds):
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            h = engine.copy(gpu, ids, pinned, dst_ids)
+            t1 = time.perf_counter()
+            h.wait()
+            t2 = time.perf_counter()
+            del h  # dropped outside the timing, as the Rust loop drops its handle
+            py_submit.append(t1 - t0)
+            py_total.append(t2 - t0)
+        for sub, tot in engine._rust_copy_timings(gpu, ids, pinned, dst_ids, reps):
+            rust_submit.append(sub)
+            rust_total.append(tot)
+        # The Rust path entered once per run from Python: if this is as slow as the Python path,
+        # the difference is the state the process is in between calls, not the Python wrapper.
+        for _ in range(reps):
+            single.append(engine._rust_copy_timings(gpu, ids, pinned, dst_ids, 1)[0][0])
+    # The bytes of the last copy, block by block, against the GPU cache.
+    idx = torch.from_numpy(ids).cuda()
+    host = [np.asarray(r) for r in pinned.regions()]
+    if len(host) != LAYERS or not all(
+        np.array_equal(
+            h.reshape(2, n, -1),
+            layer.index_select(1, idx).view(torch.uint8).reshape(2, n, -1).cpu().numpy(),
+        )
+        for h, layer in zip(host, kv, strict=True)
+    ):
+        raise SystemExit("overhead point: the pinned copy differs from the GPU cache")
+    med = statistics.median
+    nbytes = n * gpu.block_bytes
+    res = {
+        "blocks": n,
+        "chunk_bytes": BS * heads * HEAD * 2,
+        "chunks": n * LAYERS * 2,
+        "bytes": nbytes,
+        "runs_each": len(py_total),
+        "verified": True,
+        "python_submit_us": med(py_submit) * 1e6,
+        "rust_submit_us": med(rust_submit) * 1e6,
+        "rust_submit_us_one_run_per_call": med(single) * 1e6,
+        "python_extra_us_per_call": (med(py_total) - med(rust_total)) * 1e6,
+        "python_extra_submit_us": (med(py_submit) - med(rust_submit)) * 1e6,
+        "python_GiBps": nbytes / med(py_total) / 2**30,
+        "rust_GiBps": nbytes / med(rust_total) / 2**30,
+        "python_to_rust_bandwidth": med(rust_total) / med(py_total),
+    }
+    return res
 
 
 if __name__ == "__main__":

@@ -88,6 +88,40 @@ impl Engine {
         started.map(|(h, end)| Handle::new(h, end)).py()
     }
 
+    /// Benchmark aid, not part of the API a user needs: the same copy as `copy` (no `stream`),
+    /// `iters` times through the Rust engine alone (ids converted once, outside the timing),
+    /// each waited for before the next. Returns `(submit_seconds, total_seconds)` per run, so a
+    /// benchmark can subtract the Rust path from the Python path in one process.
+    fn _rust_copy_timings(
+        &self,
+        py: Python<'_>,
+        src: &Layout,
+        src_ids: &Bound<'_, PyAny>,
+        dst: &Layout,
+        dst_ids: &Bound<'_, PyAny>,
+        iters: usize,
+    ) -> PyResult<Vec<(f64, f64)>> {
+        if dst.readonly {
+            return Err(invalid("dst: the destination's memory is read-only"));
+        }
+        let s = block_ids("src_ids", src_ids)?;
+        let d = block_ids("dst_ids", dst_ids)?;
+        let engine = Arc::clone(&self.inner);
+        let (src, dst) = (src.inner.clone(), dst.inner.clone());
+        py.detach(move || {
+            (0..iters)
+                .map(|_| {
+                    let t0 = Instant::now();
+                    let (h, _) = crate::stream::copy(&engine, &src, &s, &dst, &d, None)?;
+                    let submitted = t0.elapsed().as_secs_f64();
+                    h.wait()?;
+                    Ok((submitted, t0.elapsed().as_secs_f64()))
+                })
+                .collect::<kvmem::Result<Vec<_>>>()
+        })
+        .py()
+    }
+
     /// Writes blocks `src_ids[i]` of the registered local `src` to blocks `dst_ids[i]` of the
     /// peer's `dst` (one NIXL WRITE); `notification` reaches the peer once the data has landed.
     #[pyo3(signature = (src, src_ids, dst, dst_ids, notification=None))]

@@ -8,12 +8,14 @@ import gc
 import time
 import weakref
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import pytest
+from typing import TYPE_CHECKING, Any
 
 import kvmem
+
+if TYPE_CHECKING:
+    from kvmem._kvmem import Format
+import numpy as np
+import pytest
 from kvref import FORMATS, aligned, chunk, eq, expected, make, outer_dim, same
 
 LAYERS, BS, HEADS, HD = 3, 16, 2, 64
@@ -46,7 +48,7 @@ def test_mla_and_kv_layouts_do_not_mix(engine: kvmem.Engine) -> None:
 
 
 @pytest.mark.parametrize(("fmt_s", "fmt_d"), PAIRS)
-def test_host_to_host_every_format_pair(engine: kvmem.Engine, fmt_s: str, fmt_d: str) -> None:
+def test_host_to_host_every_format_pair(engine: kvmem.Engine, fmt_s: Format, fmt_d: Format) -> None:
     rng = np.random.default_rng(hash((fmt_s, fmt_d)) & 0xFFFF)
     src_kv = make(fmt_s, 12, LAYERS, BS, HEADS, HD, rng)
     dst_kv = poisoned(make(fmt_d, 9, LAYERS, BS, HEADS, HD, rng))
@@ -89,7 +91,7 @@ def test_dlpack_only_tensors_are_read_through_their_capsule(engine: kvmem.Engine
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_host_to_disk_and_back(engine: kvmem.Engine, fmt: str, tmp_path: Path) -> None:
+def test_host_to_disk_and_back(engine: kvmem.Engine, fmt: Format, tmp_path: Path) -> None:
     rng = np.random.default_rng(7)
     src_kv = make(fmt, 32, LAYERS, BS, HEADS, HD, rng)
     src = kvmem.Layout.from_tensors(src_kv, fmt)
@@ -113,8 +115,9 @@ def test_allocated_host_tier_views(engine: kvmem.Engine) -> None:
     rng = np.random.default_rng(3)
     kv = make("flash_attn", 8, LAYERS, BS, HEADS, HD, rng)
     src = kvmem.Layout.from_tensors(kv, "flash_attn", dtype="float16", device="cpu")
-    host = kvmem.Layout.allocate(kvmem.Tier.host(), num_blocks=8, num_layers=LAYERS, block_size=BS,
-                                 dtype="float16", heads=HEADS, head_dim=HD)
+    host = kvmem.Layout.allocate(
+        kvmem.Tier.host(), num_blocks=8, num_layers=LAYERS, block_size=BS, dtype="float16", heads=HEADS, head_dim=HD
+    )
     assert host.region_shape == [2, 8, BS, HEADS * HD]
     engine.copy(src, list(range(8)), host, list(range(8))).wait()
     for layer, region in enumerate(host.regions()):
@@ -239,6 +242,21 @@ def test_many_ids_from_numpy_are_read_in_rust(engine: kvmem.Engine) -> None:
     assert np.array_equal(dst_kv, kv)
 
 
+def test_rust_copy_timings_moves_the_same_blocks(engine: kvmem.Engine) -> None:
+    """The benchmark aid behind the Python-overhead figure runs the copy it is given."""
+    n = 512
+    kv = np.random.default_rng(3).integers(0, 256, (n, 1, 2, 1, 1, 64), dtype=np.uint8)
+    dst_kv = np.full_like(kv, 0xA5)
+    src = kvmem.Layout.from_tensors(kv, "cross_layer")
+    dst = kvmem.Layout.from_tensors(dst_kv, "cross_layer")
+    ids = np.random.default_rng(4).permutation(n)
+    runs = engine._rust_copy_timings(src, ids, dst, ids[::-1].copy(), 3)
+    assert len(runs) == 3 and all(0 < sub <= tot for sub, tot in runs)
+    assert np.array_equal(dst_kv[ids[::-1]], kv[ids])
+    with pytest.raises(ValueError):
+        engine._rust_copy_timings(src, [n], dst, [0], 1)
+
+
 # --- bad input: each a Python exception, never a crash -------------------------------------------
 
 
@@ -280,7 +298,7 @@ def test_bad_tensors_are_value_errors(engine: kvmem.Engine) -> None:
     with pytest.raises(ValueError, match="shape"):
         kvmem.Layout.from_tensors([good[0], np.zeros((2, 5, 16, 2, 64), np.float16)], "flash_attn")
     with pytest.raises(ValueError, match="unknown format"):
-        kvmem.Layout.from_tensors(good, "paged")
+        kvmem.Layout.from_tensors(good, "paged")  # type: ignore[arg-type]  # deliberately not a Format
     with pytest.raises(ValueError, match="none of"):
         kvmem.Layout.from_tensors([object()], "flash_attn")
     with pytest.raises(ValueError, match="big-endian"):
@@ -325,5 +343,6 @@ def test_error_hierarchy() -> None:
     assert issubclass(kvmem.CancelledError, kvmem.TransferError)
     assert issubclass(kvmem.OutOfMemoryError, MemoryError)
     with pytest.raises(kvmem.UnavailableError if not kvmem.cuda_available() else kvmem.Error):
-        kvmem.Layout.allocate(kvmem.Tier.device(0), num_blocks=1, num_layers=1, block_size=16,
-                              dtype="bfloat16", head_dim=128)
+        kvmem.Layout.allocate(
+            kvmem.Tier.device(0), num_blocks=1, num_layers=1, block_size=16, dtype="bfloat16", head_dim=128
+        )

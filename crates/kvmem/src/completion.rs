@@ -52,6 +52,12 @@ use std::time::Duration;
 ///   (a raw NIXL request that was cancelled or lost its peer keeps its buffers for the rest of the
 ///   process, because the backend may still touch them).
 ///
+/// * After a timeout — a [`TransferHandle`](crate::transfer::TransferHandle) past its
+///   [deadline](crate::transfer::TransferHandle#deadline) reports
+///   [`TransferError::TimedOut`](crate::error::TransferError::TimedOut) — the backend may still
+///   read the sources and write the destinations: reuse neither (their memory is quarantined,
+///   never freed); the handle's verbs all report the timeout from then on.
+///
 /// Dropping a handle never frees memory under a running operation; what else it does is the
 /// implementation's to say (a [`TransferHandle`](crate::transfer::TransferHandle) lets the
 /// transfer run on, a raw NIXL [`Transfer`](crate::nixl::raw::Transfer) cancels it, a

@@ -298,18 +298,7 @@ fn fault_child() {
         return;
     };
     let dir = std::path::PathBuf::from(std::env::var("KVMEM_CACHE_FAULT_DIR").unwrap());
-    let limit = |bytes: u64| {
-        // SAFETY: plain libc calls on this process: ignore SIGXFSZ (so a write past the limit
-        // fails with EFBIG instead of killing the process) and set RLIMIT_FSIZE.
-        unsafe {
-            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-            let r = libc::rlimit {
-                rlim_cur: bytes,
-                rlim_max: bytes,
-            };
-            assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &r), 0);
-        }
-    };
+    let limit = limit_file_size;
     match mode.as_str() {
         "fsize-tiny" => {
             limit(8 * 1024);

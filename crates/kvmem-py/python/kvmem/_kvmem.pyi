@@ -241,9 +241,7 @@ class Engine:
         bounce_bytes: int | None = None,
     ) -> None:
         """An engine."""
-    def copy(
-        self, src: Layout, src_ids: Ids, dst: Layout, dst_ids: Ids, stream: StreamLike | None = None
-    ) -> Handle:
+    def copy(self, src: Layout, src_ids: Ids, dst: Layout, dst_ids: Ids, stream: StreamLike | None = None) -> Handle:
         """Copies blocks ``src_ids[i]`` of ``src`` to ``dst_ids[i]`` of ``dst``; ordered after ``stream``."""
     def write_remote(
         self,
@@ -256,6 +254,11 @@ class Engine:
         """NIXL WRITE of local blocks to a peer's layout, then ``notification``."""
     def read_remote(self, src: RemoteLayout, src_ids: Ids, dst: RegisteredLayout, dst_ids: Ids) -> Handle:
         """NIXL READ of a peer's blocks into a local registered layout."""
+    def _rust_copy_timings(
+        self, src: Layout, src_ids: Ids, dst: Layout, dst_ids: Ids, iters: int
+    ) -> list[tuple[float, float]]:
+        """Benchmark aid: ``iters`` runs of the same copy through the Rust engine alone, each
+        waited for; ``(submit_seconds, total_seconds)`` per run."""
 
 class Agent:
     """A NIXL agent."""

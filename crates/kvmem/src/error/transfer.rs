@@ -1,6 +1,7 @@
 //! Transfer errors.
 
 use super::NixlStatus;
+use std::time::Duration;
 
 /// A transfer failed, was cancelled, or its two sides do not fit together.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +45,29 @@ pub enum TransferError {
         /// NIXL's status.
         #[source]
         source: NixlStatus,
+    },
+
+    /// A transfer did not finish by its deadline: the backend (disk, GPU, NIXL peer) stalled.
+    /// It was asked to stop, but it may still read the sources and write the destinations, so
+    /// the buffers it uses are quarantined: kept allocated (and their files open) for the rest
+    /// of the process, never freed, and counted in [`accounting`](crate::accounting).
+    #[error(
+        "{path} transfer of {bytes} bytes did not finish within {waited:?}: the backend stalled; \
+         {held_buffers} buffers ({held_bytes} bytes) it uses are quarantined for the rest of the \
+         process because it may still touch them (a NIXL request keeps its own); do not read \
+         its destination nor reuse its blocks, and check the disk, GPU or peer"
+    )]
+    TimedOut {
+        /// The path (`host->disk`, `local->remote`, …).
+        path: String,
+        /// Bytes the transfer was to move.
+        bytes: usize,
+        /// How long it had.
+        waited: Duration,
+        /// Buffers quarantined because of it.
+        held_buffers: usize,
+        /// Their bytes.
+        held_bytes: u64,
     },
 
     /// The two sides of a transfer do not fit together.

@@ -123,6 +123,23 @@ impl DiskStorage {
         Ok(storage)
     }
 
+    /// Test double for a stalled disk: opens the FIFO at `path` (read and write, so that a read
+    /// waits for data instead of seeing end-of-file) as a storage of `size` bytes. A read from
+    /// it blocks until someone writes into the FIFO.
+    #[cfg(test)]
+    pub(crate) fn stalling_fifo(path: &Path, size: usize) -> Result<Self> {
+        let fd = rustix::fs::open(path, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|e| Error::io("open", path, e.into()))?;
+        Ok(DiskStorage {
+            fd,
+            path: path.to_path_buf(),
+            size,
+            direct: false,
+            created: None,
+            _open: crate::accounting::OpenFile::new(),
+        })
+    }
+
     /// Opens an existing regular file (not a symbolic link) as disk storage covering its whole
     /// current length. The file is left in place on drop.
     ///

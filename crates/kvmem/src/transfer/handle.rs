@@ -1,7 +1,8 @@
 //! The handle a submitted transfer returns, and the executor's side of it.
 
 use super::plan::{TransferPath, TransferPlan};
-use super::worker::Health;
+use super::worker::{Deadlined, Health};
+use crate::descriptor::Buffer;
 use crate::error::{Error, Result, TransferError};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -35,6 +36,12 @@ pub(crate) struct Job {
     bytes: usize,
     ops: usize,
     submitted: Instant,
+    /// When the transfer is reported [`TransferError::TimedOut`] if it has not finished.
+    deadline: Instant,
+    /// Clones of the buffers the transfer uses: dropped when it finishes, leaked (quarantined)
+    /// when it misses its deadline, so that memory a stalled backend may still touch is never
+    /// freed, whatever the executor does later.
+    held: Mutex<Vec<Buffer>>,
 }
 
 impl Job {
@@ -49,6 +56,8 @@ impl Job {
         self.cancel.load(Ordering::Relaxed)
     }
 
+    /// Reports the executor's outcome, unless the transfer already timed out (the first outcome
+    /// wins: a copy that ends after its deadline never turns the timeout into a success).
     fn finish(&self, result: Result<()>) {
         let result = result.map(|()| TransferStats {
             path: self.path,
@@ -57,14 +66,80 @@ impl Job {
             elapsed: self.submitted.elapsed(),
         });
         let mut state = self.lock();
-        if let State::Running { detached: true } = *state
-            && let Err(e) = &result
-        {
+        let State::Running { detached } = *state else {
+            drop(state);
+            tracing::warn!(path = %self.path, late = ?result.as_ref().err().map(ToString::to_string), "a transfer ended after its deadline; it was reported as timed out and its buffers stay quarantined");
+            return;
+        };
+        if detached && let Err(e) = &result {
             tracing::warn!(path = %self.path, error = %e, "a transfer whose handle was dropped failed");
         }
+        // The executor has stopped touching the memory: release the clones before reporting,
+        // so that a caller who waits and then drops its own references sees the memory freed.
+        drop(std::mem::take(
+            &mut *self.held.lock().unwrap_or_else(|e| e.into_inner()),
+        ));
         *state = State::Done(result);
         drop(state);
         self.done.notify_all();
+    }
+
+    /// Under the state lock: if the transfer still runs past its deadline, asks it to stop,
+    /// quarantines the buffers it uses and reports [`TransferError::TimedOut`].
+    fn expire_if_late(&self, state: &mut State) {
+        if !matches!(state, State::Running { .. }) || Instant::now() < self.deadline {
+            return;
+        }
+        self.cancel.store(true, Ordering::Relaxed);
+        let held = std::mem::take(&mut *self.held.lock().unwrap_or_else(|e| e.into_inner()));
+        let held_bytes: u64 = held
+            .iter()
+            .map(|b| crate::MemoryDescriptor::size(b) as u64)
+            .sum();
+        crate::accounting::quarantined(held.len() as u64, held_bytes);
+        let error = TransferError::TimedOut {
+            path: self.path.to_string(),
+            bytes: self.bytes,
+            waited: self.deadline.saturating_duration_since(self.submitted),
+            held_buffers: held.len(),
+            held_bytes,
+        };
+        tracing::error!(error = %error, "transfer timed out");
+        // Never freed: the backend may still read or write them.
+        std::mem::forget(held);
+        *state = State::Done(Err(Error::Transfer(error)));
+        self.done.notify_all();
+    }
+
+    /// Waits on the condition variable until the transfer is no longer running or `until`
+    /// (capped at the deadline, where it is expired) has passed.
+    fn wait_until<'a>(
+        &'a self,
+        mut state: MutexGuard<'a, State>,
+        until: Option<Instant>,
+    ) -> MutexGuard<'a, State> {
+        loop {
+            self.expire_if_late(&mut state);
+            if !matches!(*state, State::Running { .. }) {
+                return state;
+            }
+            let now = Instant::now();
+            let stop = until.map_or(self.deadline, |u| u.min(self.deadline));
+            if until.is_some_and(|u| now >= u) {
+                return state;
+            }
+            let (s, _) = self
+                .done
+                .wait_timeout(state, stop.saturating_duration_since(now))
+                .unwrap_or_else(|e| e.into_inner());
+            state = s;
+        }
+    }
+}
+
+impl Deadlined for Work {
+    fn deadline(&self) -> Instant {
+        self.completion.deadline()
     }
 }
 
@@ -118,6 +193,11 @@ impl Completion {
         self.job.cancelled()
     }
 
+    /// When the transfer times out.
+    pub(crate) fn deadline(&self) -> Instant {
+        self.job.deadline
+    }
+
     /// Reports the outcome. Drop the plan before calling this, so that a caller who waits and
     /// then drops its own references sees the memory and files freed.
     pub(crate) fn complete(mut self, result: Result<()>) {
@@ -141,6 +221,19 @@ impl Drop for Completion {
 /// Dropping the handle does not stop the transfer: it runs to completion in the background, and
 /// the executor keeps every source and destination buffer alive until then, so no copy ever runs
 /// into freed memory. A failure nobody waits for is logged with `tracing`.
+///
+/// # Deadline
+/// Every transfer has a deadline, set at submission from
+/// [`EngineConfig::deadline`](super::EngineConfig::deadline) and
+/// [`deadline_per_gib`](super::EngineConfig::deadline_per_gib). No verb blocks past it: a
+/// transfer still running then (a stalled disk, GPU or peer) is asked to stop and reported as
+/// [`TransferError::TimedOut`], which says how many buffers (and bytes) it holds. Those buffers
+/// are quarantined — kept allocated, their files open, for the rest of the process, and counted
+/// in [`accounting::snapshot`](crate::accounting::snapshot) — because the backend may still
+/// touch them; an outcome the executor reports later is ignored. After a timeout the caller may
+/// reuse nothing the transfer named: not its destination blocks (they may still be written),
+/// not its source blocks (they may still be read). Drop its layouts (the memory stays
+/// allocated) and use fresh ones; the engine itself goes on taking transfers.
 #[must_use = "a transfer's result is only known by waiting on its handle"]
 pub struct TransferHandle {
     job: Arc<Job>,
@@ -148,14 +241,24 @@ pub struct TransferHandle {
 
 impl TransferHandle {
     /// A handle and the executor's side for `plan`.
-    pub(crate) fn new(plan: TransferPlan) -> (Self, Work) {
-        let (handle, completion) = Self::start(plan.path(), plan.total_bytes(), plan.op_count());
+    /// The transfer times out `limit` after submission.
+    pub(crate) fn new(plan: TransferPlan, limit: Duration) -> (Self, Work) {
+        let (handle, completion) =
+            Self::start(plan.path(), plan.total_bytes(), plan.op_count(), limit);
+        *handle.job.held.lock().unwrap_or_else(|e| e.into_inner()) = plan.buffers().to_vec();
         (handle, Work { plan, completion })
     }
 
     /// A handle and the executor's side for a transfer of `bytes` in `ops` copies over `path`
-    /// that is not described by a [`TransferPlan`] (a NIXL transfer to or from a peer).
-    pub(crate) fn start(path: TransferPath, bytes: usize, ops: usize) -> (Self, Completion) {
+    /// that is not described by a [`TransferPlan`] (a NIXL transfer to or from a peer, whose
+    /// request keeps its own buffers), timing out `limit` after submission.
+    pub(crate) fn start(
+        path: TransferPath,
+        bytes: usize,
+        ops: usize,
+        limit: Duration,
+    ) -> (Self, Completion) {
+        let submitted = Instant::now();
         let job = Arc::new(Job {
             state: Mutex::new(State::Running { detached: false }),
             done: Condvar::new(),
@@ -163,7 +266,11 @@ impl TransferHandle {
             path,
             bytes,
             ops,
-            submitted: Instant::now(),
+            submitted,
+            deadline: submitted
+                .checked_add(limit)
+                .unwrap_or(submitted + Duration::from_secs(1 << 32)),
+            held: Mutex::new(Vec::new()),
         });
         let completion = Completion {
             job: Arc::clone(&job),
@@ -181,22 +288,27 @@ impl TransferHandle {
     pub fn bytes(&self) -> usize {
         self.job.bytes
     }
+
+    /// When the transfer is reported as [`TransferError::TimedOut`] if it has not finished.
+    pub fn deadline(&self) -> Instant {
+        self.job.deadline
+    }
 }
 
 impl crate::Completion for TransferHandle {
     type Output = TransferStats;
 
     fn is_done(&self) -> bool {
-        !matches!(*self.job.lock(), State::Running { .. })
+        let mut state = self.job.lock();
+        self.job.expire_if_late(&mut state);
+        !matches!(*state, State::Running { .. })
     }
 
     fn wait_timeout(&self, timeout: Duration) -> bool {
-        let state = self.job.lock();
-        let (state, _) = self
+        let until = Instant::now().checked_add(timeout);
+        let state = self
             .job
-            .done
-            .wait_timeout_while(state, timeout, |s| matches!(s, State::Running { .. }))
-            .unwrap_or_else(|e| e.into_inner());
+            .wait_until(self.job.lock(), until.or(Some(self.job.deadline)));
         !matches!(*state, State::Running { .. })
     }
 
@@ -205,14 +317,11 @@ impl crate::Completion for TransferHandle {
     /// # Errors
     /// What the transfer failed with: [`IoError::Transfer`](crate::error::IoError::Transfer),
     /// [`IoError::Short`](crate::error::IoError::Short), [`TransferError::Failed`] (NIXL),
-    /// [`TransferError::Cancelled`], [`TransferError::Aborted`].
+    /// [`TransferError::Cancelled`], [`TransferError::Aborted`], and
+    /// [`TransferError::TimedOut`] at the transfer's [deadline](TransferHandle#deadline): this
+    /// never blocks past it.
     fn wait(self) -> Result<TransferStats> {
-        let state = self.job.lock();
-        let mut state = self
-            .job
-            .done
-            .wait_while(state, |s| matches!(s, State::Running { .. }))
-            .unwrap_or_else(|e| e.into_inner());
+        let mut state = self.job.wait_until(self.job.lock(), None);
         match std::mem::replace(&mut *state, State::Taken) {
             State::Done(result) => result,
             // `wait` consumes the only handle, so the result cannot have been taken before.

@@ -62,6 +62,8 @@ impl HostExecutor {
 /// `4 * threads` tasks balanced by bytes that the pool's threads steal from each other.
 fn run(plan: &TransferPlan, completion: &Completion, tuning: Tuning) -> Result<()> {
     let total = plan.total_bytes();
+    #[cfg(test)]
+    stall::wait_if(total);
     let done = AtomicUsize::new(0);
     let streaming = total >= tuning.streaming_threshold;
     let ops = plan.batches().iter().flat_map(|b| b.ops.iter().copied());
@@ -80,6 +82,32 @@ fn run(plan: &TransferPlan, completion: &Completion, tuning: Tuning) -> Result<(
         return Err(Error::Transfer(TransferError::Cancelled { done, total }));
     }
     Ok(())
+}
+
+/// Test double for a stalled host copy: a transfer of exactly the held number of bytes waits
+/// until the gate is released.
+#[cfg(test)]
+pub(crate) mod stall {
+    use std::sync::{Condvar, Mutex};
+
+    static HELD: Mutex<Option<usize>> = Mutex::new(None);
+    static RELEASED: Condvar = Condvar::new();
+
+    /// Transfers of `bytes` bytes stall from now on.
+    pub(crate) fn hold(bytes: usize) {
+        *HELD.lock().unwrap() = Some(bytes);
+    }
+
+    /// Lets stalled transfers go on.
+    pub(crate) fn release() {
+        *HELD.lock().unwrap() = None;
+        RELEASED.notify_all();
+    }
+
+    pub(super) fn wait_if(bytes: usize) {
+        let held = HELD.lock().unwrap();
+        let _held = RELEASED.wait_while(held, |h| *h == Some(bytes)).unwrap();
+    }
 }
 
 /// Groups ops into tasks of about `target` bytes, splitting ops that straddle a boundary.

@@ -29,6 +29,8 @@
 //! half: every buffer a transfer touches stays allocated until the transfer has stopped, even if
 //! the handle is dropped.
 
+#[cfg(test)]
+mod deadline_tests;
 mod disk;
 mod disk_queue;
 mod files;
@@ -59,6 +61,7 @@ use gpu::GpuExecutor;
 use host::HostExecutor;
 use remote::{Flight, RemotePoller};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// How host ↔ disk transfers reach the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -115,6 +118,25 @@ pub struct EngineConfig {
     /// Size of each of the two pinned bounce buffers per device, for pageable host and disk
     /// ↔ device transfers (default 16 MiB; a multiple of 4 KiB keeps `O_DIRECT` alignment).
     pub bounce_bytes: usize,
+    /// The time every transfer is given before it is reported as
+    /// [`TransferError::TimedOut`](crate::error::TransferError::TimedOut), whatever its size
+    /// (default 60 s); see [`TransferHandle`'s deadline](TransferHandle#deadline).
+    pub deadline: Duration,
+    /// The time added per GiB a transfer moves (default 10 s, about 100 MiB/s: far below any
+    /// working disk, GPU link or network).
+    pub deadline_per_gib: Duration,
+}
+
+impl EngineConfig {
+    /// The time a transfer of `bytes` bytes is given: [`deadline`](Self::deadline) plus
+    /// [`deadline_per_gib`](Self::deadline_per_gib) per GiB.
+    pub fn deadline_for(&self, bytes: usize) -> Duration {
+        let gib = bytes as f64 / (1u64 << 30) as f64;
+        self.deadline.saturating_add(
+            Duration::try_from_secs_f64(self.deadline_per_gib.as_secs_f64() * gib)
+                .unwrap_or(Duration::MAX),
+        )
+    }
 }
 
 impl Default for EngineConfig {
@@ -130,6 +152,8 @@ impl Default for EngineConfig {
             max_io_bytes: 1 << 20,
             gpu_method: CopyMethod::Auto,
             bounce_bytes: DEFAULT_BOUNCE_BYTES,
+            deadline: Duration::from_secs(60),
+            deadline_per_gib: Duration::from_secs(10),
         }
     }
 }
@@ -206,13 +230,16 @@ impl TransferEngine {
         Ok(Self {
             config,
             host,
-            disk: Arc::new(DiskLane::new(
-                config.disk_backend,
-                DiskQueue {
-                    queue_depth: config.queue_depth,
-                    max_io_bytes: config.max_io_bytes,
-                },
-            )),
+            disk: Arc::new(
+                DiskLane::new(
+                    config.disk_backend,
+                    DiskQueue {
+                        queue_depth: config.queue_depth,
+                        max_io_bytes: config.max_io_bytes,
+                    },
+                )
+                .with_deadlines(config),
+            ),
             gpu: Mutex::new(None),
             remote: Mutex::new(None),
         })
@@ -266,7 +293,8 @@ impl TransferEngine {
         }
         self.check_supported(&plan)?;
         let path = plan.path();
-        let (handle, work) = TransferHandle::new(plan);
+        let limit = self.config.deadline_for(plan.total_bytes());
+        let (handle, work) = TransferHandle::new(plan, limit);
         let end = self.with_gpu(path, |executor| executor.submit_ordered(work, after))??;
         Ok((handle, end))
     }
@@ -377,7 +405,8 @@ impl TransferEngine {
     }
 
     fn watch(&self, path: TransferPath, posted: remote::Posted) -> TransferHandle {
-        let (handle, completion) = TransferHandle::start(path, posted.bytes, posted.chunks);
+        let limit = self.config.deadline_for(posted.bytes);
+        let (handle, completion) = TransferHandle::start(path, posted.bytes, posted.chunks, limit);
         let flight = Flight { posted, completion };
         let mut poller = self.remote.lock().unwrap_or_else(|e| e.into_inner());
         match &mut *poller {
@@ -451,15 +480,16 @@ impl TransferEngine {
     pub fn submit(&self, plan: TransferPlan) -> Result<TransferHandle> {
         self.check_supported(&plan)?;
         let path = plan.path();
+        let limit = self.config.deadline_for(plan.total_bytes());
         if gpu::handles(path) {
             // If the executor cannot start, `work` is dropped with the closure, and the error
             // returned: nothing has moved.
-            let (handle, work) = TransferHandle::new(plan);
+            let (handle, work) = TransferHandle::new(plan, limit);
             self.with_gpu(path, |executor| executor.submit(work))?;
             return Ok(handle);
         }
         if path == TransferPath::HostToHost {
-            let (handle, work) = TransferHandle::new(plan);
+            let (handle, work) = TransferHandle::new(plan, limit);
             self.host.submit(work);
             return Ok(handle);
         }

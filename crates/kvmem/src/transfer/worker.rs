@@ -13,11 +13,37 @@
 //!   [`Health::Broken`] is dropped and built again; if that fails, the worker stops and later
 //!   jobs are failed.
 //! - **Drop**: closes the queue and waits for the thread to finish every queued job (and, for a
-//!   backend with work in flight, that work), so nothing a job uses outlives the executor.
+//!   backend with work in flight, that work), so nothing a job uses outlives the executor — but
+//!   never past the last job's deadline (plus a grace period): a thread stuck in a stalled
+//!   backend by then is detached, not joined. Every job it holds has been reported as timed
+//!   out by then, with its memory quarantined, and the thread owns what its backend uses, so
+//!   nothing is freed under it; dropping an executor never hangs.
+//! - **Stalls**: [`Worker::stalled`] tells when the job the thread runs is past its deadline;
+//!   the owner may then [`abandon`](Worker::abandon) the worker and start a fresh one.
 
 use crate::error::{Error, Result};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, TryRecvError};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How long past the last job's deadline dropping a worker waits for its thread.
+const STOP_GRACE: Duration = Duration::from_secs(1);
+
+/// A job with a deadline: past it, the job's handle reports a timeout and its memory is
+/// quarantined, so a worker still running it may be detached.
+pub(crate) trait Deadlined {
+    /// When the job times out.
+    fn deadline(&self) -> Instant;
+}
+
+/// Nanoseconds since `base` (0: nothing running).
+fn nanos_since(base: Instant, t: Instant) -> u64 {
+    u64::try_from(t.saturating_duration_since(base).as_nanos())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
 
 /// Whether a backend can go on after a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,13 +78,18 @@ pub(crate) trait Backend: Sized {
 }
 
 /// A running worker thread and the queue feeding it.
-pub(crate) struct Worker<J: Send + 'static> {
+pub(crate) struct Worker<J: Deadlined + Send + 'static> {
     name: &'static str,
     tx: Option<mpsc::Sender<J>>,
     thread: Option<JoinHandle<()>>,
+    /// The latest deadline of the jobs submitted.
+    latest: Mutex<Option<Instant>>,
+    /// The deadline of the job the thread is running, as nanoseconds since `base` (0: none).
+    running: Arc<AtomicU64>,
+    base: Instant,
 }
 
-impl<J: Send + 'static> Worker<J> {
+impl<J: Deadlined + Send + 'static> Worker<J> {
     /// Starts thread `name`, which builds its backend with `make` (again after every
     /// [`Health::Broken`]) and runs the jobs submitted to it.
     ///
@@ -72,6 +103,9 @@ impl<J: Send + 'static> Worker<J> {
     {
         let (tx, rx) = mpsc::channel::<J>();
         let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<()>>(1);
+        let running = Arc::new(AtomicU64::new(0));
+        let base = Instant::now();
+        let on_thread = Arc::clone(&running);
         let thread = std::thread::Builder::new()
             .name(name.into())
             .spawn(move || {
@@ -80,7 +114,7 @@ impl<J: Send + 'static> Worker<J> {
                     Ok(backend) => {
                         // `start` waits for this message; if it is gone, nobody will submit.
                         let _ = ready_tx.send(Ok(()));
-                        serve(name, backend, make, rx);
+                        serve(name, backend, make, rx, &on_thread, base);
                     }
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -92,6 +126,9 @@ impl<J: Send + 'static> Worker<J> {
             name,
             tx: Some(tx),
             thread: Some(thread),
+            latest: Mutex::new(None),
+            running,
+            base,
         };
         match ready_rx.recv() {
             Ok(Ok(())) => Ok(worker),
@@ -113,6 +150,11 @@ impl<J: Send + 'static> Worker<J> {
     /// Queues `job`. Hands it back if the worker has stopped (its backend could not be
     /// restarted, or it panicked), so the caller can fail it or run it another way.
     pub(crate) fn submit(&self, job: J) -> std::result::Result<(), J> {
+        let deadline = job.deadline();
+        {
+            let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+            *latest = Some(latest.map_or(deadline, |l| l.max(deadline)));
+        }
         match &self.tx {
             Some(tx) => tx.send(job).map_err(|mpsc::SendError(job)| {
                 tracing::error!(worker = self.name, "worker has stopped; failing the job");
@@ -123,18 +165,57 @@ impl<J: Send + 'static> Worker<J> {
         }
     }
 
-    /// Closes the queue and waits for the thread to finish what was queued.
+    /// True when the job the thread is running is past its deadline (plus a grace period):
+    /// the backend has stalled, and jobs queued behind it would only time out too.
+    pub(crate) fn stalled(&self) -> bool {
+        let running = self.running.load(Ordering::SeqCst);
+        running != 0
+            && nanos_since(self.base, Instant::now())
+                > running.saturating_add(STOP_GRACE.as_nanos() as u64)
+    }
+
+    /// Closes the queue and lets the thread go without waiting for it: for a worker that has
+    /// [`stalled`](Self::stalled). The thread keeps what its jobs use (their handles have
+    /// timed out and quarantined their memory, or will at their deadlines) and ends if its
+    /// backend ever returns.
+    pub(crate) fn abandon(mut self) {
+        drop(self.tx.take());
+        if self.thread.take().is_some() {
+            tracing::error!(
+                worker = self.name,
+                "backend stalled past a job's deadline; detaching its thread and starting a fresh one"
+            );
+        }
+    }
+
+    /// Closes the queue and waits for the thread to finish what was queued, but not past the
+    /// latest deadline of what was queued (plus a grace period): a thread still stuck then is
+    /// detached.
     fn stop(&mut self) {
         drop(self.tx.take());
-        if let Some(thread) = self.thread.take()
-            && thread.join().is_err()
-        {
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        let latest = *self.latest.lock().unwrap_or_else(|e| e.into_inner());
+        let give_up = latest.map(|l| l.max(Instant::now()) + STOP_GRACE);
+        let mut backoff = crate::backoff::Backoff::patient();
+        while !thread.is_finished() {
+            if give_up.is_some_and(|g| Instant::now() >= g) {
+                tracing::error!(
+                    worker = self.name,
+                    "worker thread still stuck past its jobs' deadlines; detaching it (its jobs timed out and their memory is quarantined)"
+                );
+                return;
+            }
+            backoff.snooze();
+        }
+        if thread.join().is_err() {
             tracing::error!(worker = self.name, "worker thread panicked");
         }
     }
 }
 
-impl<J: Send + 'static> Drop for Worker<J> {
+impl<J: Deadlined + Send + 'static> Drop for Worker<J> {
     fn drop(&mut self) {
         self.stop();
     }
@@ -147,12 +228,22 @@ fn serve<B: Backend>(
     mut backend: B,
     mut make: impl FnMut() -> Result<B>,
     rx: mpsc::Receiver<B::Job>,
-) {
+    running: &AtomicU64,
+    base: Instant,
+) where
+    B::Job: Deadlined,
+{
+    let run = |backend: &mut B, job: B::Job| {
+        running.store(nanos_since(base, job.deadline()), Ordering::SeqCst);
+        let health = backend.run(job);
+        running.store(0, Ordering::SeqCst);
+        health
+    };
     let mut open = true;
     loop {
         let health = if backend.busy() {
             match rx.try_recv() {
-                Ok(job) => backend.run(job),
+                Ok(job) => run(&mut backend, job),
                 Err(TryRecvError::Empty) => backend.poll(),
                 Err(TryRecvError::Disconnected) => {
                     open = false;
@@ -161,7 +252,7 @@ fn serve<B: Backend>(
             }
         } else if open {
             match rx.recv() {
-                Ok(job) => backend.run(job),
+                Ok(job) => run(&mut backend, job),
                 Err(mpsc::RecvError) => return,
             }
         } else {
@@ -186,8 +277,13 @@ fn serve<B: Backend>(
 mod tests {
     use super::*;
     use crate::error::BoundsError;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::{Arc, Mutex};
+    use std::sync::atomic::AtomicUsize;
+
+    impl Deadlined for u32 {
+        fn deadline(&self) -> Instant {
+            Instant::now() + Duration::from_secs(3600)
+        }
+    }
 
     /// Records the jobs it ran; a job of 0 breaks it.
     struct Recorder {

@@ -85,3 +85,19 @@ pub fn read_block(layout: &BlockLayout, b: usize) -> Vec<u8> {
 pub fn key(i: u64) -> BlockKey {
     BlockKey::from_u64(i)
 }
+
+/// Caps the size of every file this process writes at `bytes` (`RLIMIT_FSIZE`), with `SIGXFSZ`
+/// ignored, so that a write past the cap fails with `EFBIG` instead of killing the process: a
+/// full disk, for a test's child process.
+pub fn limit_file_size(bytes: u64) {
+    // SAFETY: plain libc calls on this process: ignore SIGXFSZ (so a write past the limit
+    // fails with EFBIG instead of killing the process) and set RLIMIT_FSIZE.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+        let r = libc::rlimit {
+            rlim_cur: bytes,
+            rlim_max: bytes,
+        };
+        assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &r), 0);
+    }
+}

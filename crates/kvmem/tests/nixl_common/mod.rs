@@ -136,6 +136,7 @@ const PORT_ENV: &str = "KVMEM_TEST_PORT";
 const LEN_ENV: &str = "KVMEM_TEST_LEN";
 const SEED_ENV: &str = "KVMEM_TEST_SEED";
 const ETCD_ENV: &str = "KVMEM_TEST_ETCD";
+const BLOB_ENV: &str = "KVMEM_TEST_BLOB";
 
 /// How the target publishes its metadata.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,6 +145,9 @@ pub enum Publish {
     Listener(u16),
     /// etcd (NIXL_ETCD_ENDPOINTS must be in the environment).
     Etcd,
+    /// A `METADATA <hex>` line after `READY`, for [`Agent::load_peer`]: no socket of NIXL's
+    /// listener stays behind when the target dies.
+    Blob,
 }
 
 /// Runs the target role when this process was started as one; returns false otherwise.
@@ -171,8 +175,9 @@ fn target_main() -> Result<(), Box<dyn std::error::Error>> {
     let name = std::env::var(NAME_ENV)?;
     let len: usize = std::env::var(LEN_ENV)?.parse()?;
     let etcd = std::env::var(ETCD_ENV).is_ok();
+    let blob = std::env::var(BLOB_ENV).is_ok();
     let mut cfg = AgentConfig::new(name).with_listener_delay_us(2_000);
-    if !etcd {
+    if !etcd && !blob {
         cfg = cfg.with_listener(std::env::var(PORT_ENV)?.parse()?);
     }
     let agent = Agent::new(cfg)?;
@@ -182,6 +187,14 @@ fn target_main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let mut out = std::io::stdout().lock();
     writeln!(out, "READY {} {}", dst.addr(), dst.size())?;
+    if blob {
+        let hex: String = agent
+            .local_metadata()?
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        writeln!(out, "METADATA {hex}")?;
+    }
     out.flush()?;
     for line in std::io::stdin().lock().lines() {
         let line = line?;
@@ -236,6 +249,7 @@ impl TargetProcess {
         match publish {
             Publish::Listener(port) => cmd.env(PORT_ENV, port.to_string()),
             Publish::Etcd => cmd.env(ETCD_ENV, "1"),
+            Publish::Blob => cmd.env(BLOB_ENV, "1"),
         };
         let mut child = cmd.spawn().expect("spawn the target process");
         let stdout = child.stdout.take().expect("stdout");

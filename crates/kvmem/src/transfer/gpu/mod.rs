@@ -62,6 +62,14 @@ enum Task {
     Staged(Work),
 }
 
+impl super::worker::Deadlined for Task {
+    fn deadline(&self) -> std::time::Instant {
+        match self {
+            Task::Enqueued { work, .. } | Task::Staged(work) => work.completion.deadline(),
+        }
+    }
+}
+
 /// One copy stream per device, shared by `submit` (direct paths) and the worker.
 #[derive(Default)]
 struct Streams {
