@@ -6,10 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import kvmem
 import numpy as np
 import pytest
-
-import kvmem
 from kvref import make
 
 LAYERS, BS, HEADS, HD = 3, 16, 2, 64  # 24 KiB blocks: whole pages, as the disk tier needs
@@ -72,7 +71,7 @@ def test_bad_input_raises() -> None:
     with pytest.raises(ValueError):
         cache.load([1], layout(kv), [0], timeout=-1.0)
     with pytest.raises(ValueError, match="policy"):
-        kvmem.BlockCache(layout(kv), host_blocks=4, policy="fifo")
+        kvmem.BlockCache(layout(kv), host_blocks=4, policy="fifo")  # type: ignore[arg-type]
     with pytest.raises(OverflowError):
         cache.lookup([-1])
     with pytest.raises(ValueError, match="host tier"):

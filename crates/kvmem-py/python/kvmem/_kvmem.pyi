@@ -193,14 +193,10 @@ class BlockCache:
     @property
     def disk_blocks(self) -> int:
         """Capacity of the disk tier in blocks (0 without one)."""
-    def store(
-        self, keys: Sequence[int], layout: Layout, block_ids: Ids, timeout: float = 60.0
-    ) -> StoreReport:
+    def store(self, keys: Sequence[int], layout: Layout, block_ids: Ids, timeout: float = 60.0) -> StoreReport:
         """Copies ``layout``'s blocks ``block_ids[i]`` in under ``keys[i]`` and waits; present
         keys are skipped. Raises ``TimeoutError`` past ``timeout`` seconds (keys stay absent)."""
-    def load(
-        self, keys: Sequence[int], layout: Layout, block_ids: Ids, timeout: float = 60.0
-    ) -> LoadReport:
+    def load(self, keys: Sequence[int], layout: Layout, block_ids: Ids, timeout: float = 60.0) -> LoadReport:
         """Copies the blocks of ``keys`` into ``layout``'s blocks ``block_ids[i]`` and waits;
         the keys listed in the report were not loaded."""
     def lookup(self, keys: Sequence[int]) -> tuple[int, int, int]:
