@@ -16,6 +16,9 @@
 //! - `MappedPinnedStorage (hugetlb)`: the fast path from a reserved hugetlb pool, only when the
 //!   pool has room for the size.
 //!
+//! With `--background` it measures background pinning instead ([`BackgroundPinnedStorage`]; see
+//! `pinned_alloc/background.rs`): `--pin-threads 1,2,4,8`, `--pin-chunk-mib 256`.
+//!
 //! Prints a table and, last, one JSON object (also written to `--json PATH`). Needs a CUDA GPU.
 //! Every copy's bytes are checked; the run exits 3 when any copy read back wrong bytes (the speed
 //! goals are only reported).
@@ -29,6 +32,9 @@ use kvmem::{
 use serde::Serialize;
 use std::time::{Duration, Instant};
 
+#[path = "pinned_alloc/background.rs"]
+mod background;
+
 const GIB: usize = 1 << 30;
 
 #[derive(Debug)]
@@ -39,6 +45,8 @@ struct Args {
     copy_gib: usize,
     copies: usize,
     json: Option<String>,
+    /// `--background`: the background-pinning bench instead.
+    background: Option<background::BackgroundArgs>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -49,7 +57,11 @@ fn parse_args() -> Result<Args, String> {
         copy_gib: 1,
         copies: 10,
         json: None,
+        background: None,
     };
+    let mut pin_threads = vec![1, 2, 4, 8];
+    let mut pin_chunk_mib = kvmem::storage::DEFAULT_PIN_CHUNK >> 20;
+    let mut background = false;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or(format!("{flag} needs a value"));
@@ -66,11 +78,23 @@ fn parse_args() -> Result<Args, String> {
             "--copy-gib" => args.copy_gib = number(value()?)?.max(1),
             "--copies" => args.copies = number(value()?)?.max(1),
             "--json" => args.json = Some(value()?),
+            "--background" => background = true,
+            "--pin-threads" => {
+                pin_threads = value()?
+                    .split(',')
+                    .map(|s| number(s.to_string()).map(|n| n.max(1)))
+                    .collect::<Result<_, _>>()?
+            }
+            "--pin-chunk-mib" => pin_chunk_mib = number(value()?)?,
             // `cargo bench` passes --bench; ignore it and anything libtest-like.
             "--bench" => {}
             other => return Err(format!("unknown argument {other}")),
         }
     }
+    args.background = background.then_some(background::BackgroundArgs {
+        threads: pin_threads,
+        chunk_mib: pin_chunk_mib,
+    });
     Ok(args)
 }
 
@@ -505,6 +529,31 @@ fn main() {
             std::process::exit(2);
         }
     };
+    if let Some(bg) = &args.background {
+        let outcome = CudaDevice::new(0)
+            .map_err(|e| e.to_string())
+            .and_then(|device| {
+                background::run(
+                    &device,
+                    &args.sizes_gib,
+                    args.reps,
+                    Duration::from_millis(args.settle_ms),
+                    bg,
+                    args.json.as_deref(),
+                )
+            });
+        match outcome {
+            Ok(true) => return,
+            Ok(false) => {
+                eprintln!("cuda_pinned_alloc: a small copy read back wrong bytes");
+                std::process::exit(3);
+            }
+            Err(e) => {
+                eprintln!("cuda_pinned_alloc: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
     match run(&args) {
         Ok(report) => {
             print_table(&report);

@@ -70,9 +70,9 @@ pub use error::{Error, Result};
 pub use host::HostMemory;
 pub use kind::StorageKind;
 pub use storage::{
-    DevicePool, DeviceStorage, DiskStorage, ExternalDeviceMemory, ExternalHostMemory,
-    ExternalPinnedMemory, MappedPinnedOptions, MappedPinnedStorage, PageTier, PinnedStorage,
-    PooledDeviceStorage, SystemStorage,
+    BackgroundPinnedOptions, BackgroundPinnedStorage, DevicePool, DeviceStorage, DiskStorage,
+    ExternalDeviceMemory, ExternalHostMemory, ExternalPinnedMemory, MappedPinnedOptions,
+    MappedPinnedStorage, PageTier, PinnedStorage, PooledDeviceStorage, SystemStorage,
 };
 pub use tensor::TensorDescriptor;
 pub use view::OffsetBuffer;

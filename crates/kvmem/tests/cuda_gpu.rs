@@ -4,13 +4,15 @@
 //! Tests whose names start with `error_` provoke driver errors on purpose; the harness runs them
 //! under compute-sanitizer with API-error reporting off, and all others with it on.
 
+use kvmem::Completion as _;
 use kvmem::cuda::{self, CudaDevice};
-use kvmem::error::{BoundsError, CudaError};
+use kvmem::error::{BoundsError, CudaError, MemoryError};
 use kvmem::nixl::{MemType, NixlCompatible};
 use kvmem::{
-    DevicePool, DeviceStorage, Error, ExternalDeviceMemory, ExternalPinnedMemory, HostMemory,
-    MappedPinnedOptions, MappedPinnedStorage, MemoryDescriptor, PageTier, PinnedStorage,
-    StorageKind, SystemStorage,
+    BackgroundPinnedOptions, BackgroundPinnedStorage, Buffer, DevicePool, DeviceStorage, Error,
+    ExternalDeviceMemory, ExternalPinnedMemory, HostMemory, MappedPinnedOptions,
+    MappedPinnedStorage, MemoryDescriptor, OffsetBuffer, PageTier, PinnedStorage, StorageKind,
+    SystemStorage,
 };
 
 const MIB: usize = 1 << 20;
@@ -523,4 +525,165 @@ fn error_one_copy_cannot_span_two_registrations() {
     poison(&mut back);
     cuda::copy_device_to_host(&dev, &mut back).unwrap();
     assert!(host.as_slice() == back.as_slice());
+}
+
+/// The background-pinned pool: CPU writes while the threads page-lock it, the first chunk is
+/// ready soon, and every byte survives the trip to the device and back once it is all pinned.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn background_pinned_storage_is_usable_at_once_and_round_trips() {
+    let device = gpu();
+    let size = 64 * MIB + 4096;
+    let options = BackgroundPinnedOptions::default()
+        .chunk(4 * MIB)
+        .threads(2)
+        .memory(MappedPinnedOptions::default().numa_node(device.numa_node().unwrap()));
+    let mut host = BackgroundPinnedStorage::with_options(&device, size, &options).unwrap();
+    assert_eq!(host.storage_kind(), StorageKind::Pinned);
+    assert_eq!(host.chunk_bytes(), 4 * MIB);
+    let ranges = host.registered_ranges();
+    assert_eq!(ranges.len(), 17);
+    assert_eq!(ranges[0].start, host.addr());
+    assert_eq!(ranges[16].end, host.end_addr().unwrap());
+    assert!(
+        host.as_slice().iter().all(|b| *b == 0),
+        "background-pinned storage starts zeroed"
+    );
+    // Written while (part of) it is still being page-locked: pinning must keep the bytes.
+    randomize(&mut host);
+    let expected = host.as_slice().to_vec();
+    host.wait_range_pinned(0, 4096, std::time::Duration::from_secs(30))
+        .unwrap();
+    assert!(host.is_pinned(0, 4 * MIB).unwrap());
+    host.wait_pinned(std::time::Duration::from_secs(60))
+        .unwrap();
+    let progress = host.progress();
+    println!("{progress:?}");
+    assert!(host.is_fully_pinned());
+    assert_eq!(host.pinned_bytes(), size);
+    assert_eq!((progress.pinned_chunks, progress.chunks), (17, 17));
+    assert!(progress.first_chunk.unwrap() <= progress.fully_pinned.unwrap());
+    assert_eq!(progress.failure, None);
+    assert!(
+        host.as_slice() == expected.as_slice(),
+        "pinning changed bytes"
+    );
+    let dev = DeviceStorage::new(&device, size).unwrap();
+    cuda::copy_host_to_device(&host, &dev).unwrap();
+    host.memset(0xa5);
+    cuda::copy_device_to_host(&dev, &mut host).unwrap();
+    assert!(
+        host.as_slice() == expected.as_slice(),
+        "round trip changed bytes"
+    );
+}
+
+/// A transfer engine copy from and to a pool that is still being page-locked waits for the
+/// chunks it uses (and only those), then moves every byte right.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn background_pinned_transfers_wait_for_their_chunks() {
+    use kvmem::transfer::{EngineConfig, TransferEngine};
+    let device = gpu();
+    let engine = TransferEngine::new(EngineConfig::default()).unwrap();
+    // One thread and small chunks: the end of 2 GiB is pinned a good while after the start.
+    let size = 2048 * MIB;
+    let options = BackgroundPinnedOptions::default().chunk(2 * MIB).threads(1);
+    let pool = Buffer::new(BackgroundPinnedStorage::with_options(&device, size, &options).unwrap());
+    let tail = OffsetBuffer::new(pool.clone(), size - 8 * MIB, 8 * MIB).unwrap();
+    let dev = Buffer::new(DeviceStorage::new(&device, 8 * MIB).unwrap());
+    let src = Buffer::new(random_host(8 * MIB));
+    // Host -> device -> the pool's tail (waits for the tail's chunks) -> device -> host.
+    engine.copy_region(&src, &dev).unwrap().wait().unwrap();
+    let storage = pool.downcast_ref::<BackgroundPinnedStorage>().unwrap();
+    println!(
+        "tail pinned before the copy into it: {}; {:?}",
+        storage.is_pinned(size - 8 * MIB, 8 * MIB).unwrap(),
+        storage.progress()
+    );
+    engine
+        .copy_region(&dev, &Buffer::new(tail.clone()))
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert!(storage.is_pinned(size - 8 * MIB, 8 * MIB).unwrap());
+    println!("after the first copy: {:?}", storage.progress());
+    let back = Buffer::new(DeviceStorage::new(&device, 8 * MIB).unwrap());
+    engine
+        .copy_region(&Buffer::new(tail), &back)
+        .unwrap()
+        .wait()
+        .unwrap();
+    let mut out = SystemStorage::new(8 * MIB).unwrap();
+    out.memset(0x5a);
+    let out = Buffer::new(out);
+    engine.copy_region(&back, &out).unwrap().wait().unwrap();
+    let got = out.downcast_ref::<SystemStorage>().unwrap().as_slice();
+    let want = src.downcast_ref::<SystemStorage>().unwrap().as_slice();
+    assert!(
+        got == want,
+        "bytes through the background-pinned pool differ"
+    );
+    storage
+        .wait_pinned(std::time::Duration::from_secs(120))
+        .unwrap();
+}
+
+/// A wait that cannot be met in time fails with the typed error, naming the numbers.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn background_pinning_wait_times_out_with_a_typed_error() {
+    let device = gpu();
+    let size = 4096 * MIB;
+    let options = BackgroundPinnedOptions::default().chunk(2 * MIB).threads(1);
+    let pool = BackgroundPinnedStorage::with_options(&device, size, &options).unwrap();
+    let e = pool
+        .wait_range_pinned(size - 4096, 4096, std::time::Duration::from_millis(1))
+        .unwrap_err();
+    match e {
+        Error::Memory(MemoryError::PinningTimeout { total, pinned, .. }) => {
+            assert_eq!(total, size);
+            assert!(pinned < size);
+        }
+        other => panic!("expected PinningTimeout, got {other}"),
+    }
+    assert!(matches!(
+        pool.wait_range_pinned(size, 1, std::time::Duration::ZERO),
+        Err(Error::Bounds(BoundsError::OutOfBounds { .. }))
+    ));
+    // Dropping it while it pins stops the threads and unregisters what they pinned.
+    drop(pool);
+}
+
+/// The compute load's kernel runs and computes what the CPU computes, in every thread of a grid
+/// that fills the device; its time grows with its iterations.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn compute_load_kernel_matches_the_cpu() {
+    use kvmem::cuda::compute::ComputeLoad;
+    let device = gpu();
+    let load = ComputeLoad::new(&device).unwrap();
+    let sms = device.info().unwrap().multiprocessors as usize;
+    assert!(load.threads() >= sms * 1024, "{} threads", load.threads());
+    for iterations in [0u32, 1, 1000, 100_003] {
+        load.launch(iterations).unwrap();
+        let out = load.outputs().unwrap();
+        assert_eq!(out.len(), load.threads());
+        for (i, v) in out.iter().enumerate() {
+            let want = ComputeLoad::expected(i, iterations);
+            assert_eq!(
+                v.to_bits(),
+                want.to_bits(),
+                "thread {i}, {iterations} iterations"
+            );
+        }
+    }
+    let iterations = load.calibrate(std::time::Duration::from_millis(5)).unwrap();
+    let one = load.time(iterations, 1).unwrap();
+    let four = load.time(iterations, 4).unwrap();
+    println!("{iterations} iterations: 1 launch {one:?}, 4 launches {four:?}");
+    assert!(four > one * 2, "4 launches {four:?} vs 1 {one:?}");
+    let end = load.record().unwrap();
+    load.synchronize().unwrap();
+    assert!(end.is_complete());
 }

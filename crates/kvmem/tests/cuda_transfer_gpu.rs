@@ -61,6 +61,12 @@ fn every_layout_pair_over_gpu_tiers_per_copy() {
     sweep(&engine(CopyMethod::PerCopy), &GPU_PAIRS, 0x9C00);
 }
 
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn every_layout_pair_over_gpu_tiers_staged() {
+    sweep(&engine(CopyMethod::Staged), &GPU_PAIRS, 0xAC00);
+}
+
 /// Pinned host memory to and from files, on each disk backend (the host ↔ disk executors, with
 /// page-locked buffers).
 #[test]

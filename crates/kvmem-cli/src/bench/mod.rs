@@ -8,6 +8,7 @@
 //! queue depth, block size and pattern, on a file in the same directory), run in the same
 //! interleaved loop when `fio` is on `PATH`.
 
+mod compute;
 mod fio;
 mod memory;
 mod nixl;
@@ -97,6 +98,9 @@ pub enum GpuMethod {
     Kernel,
     /// One `cuMemcpyAsync` per copy.
     PerCopy,
+    /// Gather/scatter on the device through a staging ring with the copy kernel, one DMA per
+    /// staging slot, pipelined.
+    Staged,
 }
 
 impl From<GpuMethod> for kvmem::transfer::CopyMethod {
@@ -106,6 +110,7 @@ impl From<GpuMethod> for kvmem::transfer::CopyMethod {
             GpuMethod::Batched => Self::Batched,
             GpuMethod::Kernel => Self::Kernel,
             GpuMethod::PerCopy => Self::PerCopy,
+            GpuMethod::Staged => Self::Staged,
         }
     }
 }
@@ -311,6 +316,11 @@ pub struct BenchArgs {
     /// Seed of the scattered block orders.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// GPU points: also run each block transfer beside an SM-saturating compute kernel on its
+    /// own stream (an engine's matmuls), and report the copy bandwidth beside it and the
+    /// kernel's slowdown (its time alone vs beside the copies, same run).
+    #[arg(long)]
+    pub with_compute: bool,
 }
 
 impl BenchArgs {

@@ -159,6 +159,7 @@ impl Measured {
             chunks: spec.chunks(),
             submit_cpu_us_per_chunk: (!self.submit_cpu.is_empty())
                 .then(|| Percentiles::of(&self.submit_cpu).p50 * 1e6 / spec.chunks().max(1) as f64),
+            compute: None,
         }
     }
 }

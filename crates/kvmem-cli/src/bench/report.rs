@@ -172,6 +172,30 @@ pub struct Point {
     /// planning excluded), median over the timed runs, divided by [`chunks`](Self::chunks), in
     /// microseconds. `None` where the path does not measure it.
     pub submit_cpu_us_per_chunk: Option<f64>,
+    /// `--with-compute`, GPU points: the block transfer beside an SM-saturating kernel.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compute: Option<ComputePoint>,
+}
+
+/// A GPU point's block transfer beside the compute kernel (`--with-compute`), same run.
+#[derive(Debug, Serialize)]
+pub struct ComputePoint {
+    /// The kernel's window alone (`launches` back-to-back launches), median, ms.
+    pub kernel_alone_ms: f64,
+    /// The same window with the point's transfers running back to back beside it, median, ms.
+    pub kernel_with_copy_ms: f64,
+    /// `kernel_with_copy_ms / kernel_alone_ms - 1` (0.03 = 3% slower).
+    pub slowdown: f64,
+    /// Kernel launches per window (each about 1 ms alone).
+    pub launches: usize,
+    /// FMA iterations per chain per launch (calibrated once per sweep).
+    pub iterations_per_launch: u32,
+    /// Median bandwidth of the block transfers beside the kernel, GiB/s.
+    pub copy_gib_s: f64,
+    /// `copy_gib_s` over the point's reference alone (one DMA copy, no kernel).
+    pub copy_ratio: f64,
+    /// Block transfers timed beside the kernel.
+    pub transfers: usize,
 }
 
 /// One single-threaded `memcpy` of the same bytes (host path).
@@ -259,7 +283,7 @@ pub fn table(r: &Report) -> String {
     }
     let _ = writeln!(
         out,
-        "{:<23} {:<10} {:>6} {:>6} {:>6} {:>8} {:>8} {:>6} {:>8} {:>6} {:>9} {:>9} {:>9} {:>8} {:>9} {:>7} {:>11}",
+        "{:<23} {:<10} {:>6} {:>6} {:>6} {:>8} {:>8} {:>6} {:>8} {:>6} {:>9} {:>9} {:>9} {:>8} {:>9} {:>7} {:>11} {:>10} {:>9}",
         "path",
         "pattern",
         "block",
@@ -276,7 +300,9 @@ pub fn table(r: &Report) -> String {
         "baseline",
         "GiB/s",
         "vs it",
-        "sub us/chk"
+        "sub us/chk",
+        "GiB/s+comp",
+        "comp slow"
     );
     for p in &r.points {
         let (base, base_bw, base_ratio) = match (&p.fio, &p.memcpy) {
@@ -293,7 +319,7 @@ pub fn table(r: &Report) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<23} {:<10} {:>6} {:>6} {:>6} {:>8.3} {:>9.3} {:>5.2}x {:>8.3} {:>5.2}x {:>9.3} {:>9.3} {:>9.3} {:>8} {:>9} {:>7} {:>11}",
+            "{:<23} {:<10} {:>6} {:>6} {:>6} {:>8.3} {:>9.3} {:>5.2}x {:>8.3} {:>5.2}x {:>9.3} {:>9.3} {:>9.3} {:>8} {:>9} {:>7} {:>11} {:>10} {:>9}",
             p.path,
             format!("{:?}", p.pattern).to_lowercase(),
             human(p.block_bytes),
@@ -311,7 +337,13 @@ pub fn table(r: &Report) -> String {
             base_bw,
             base_ratio,
             p.submit_cpu_us_per_chunk
-                .map_or("-".to_string(), |us| format!("{us:.4}"))
+                .map_or("-".to_string(), |us| format!("{us:.4}")),
+            p.compute
+                .as_ref()
+                .map_or("-".to_string(), |c| format!("{:.3}", c.copy_gib_s)),
+            p.compute
+                .as_ref()
+                .map_or("-".to_string(), |c| format!("{:+.1}%", c.slowdown * 100.0))
         );
     }
     for p in r
@@ -331,7 +363,9 @@ pub fn table(r: &Report) -> String {
          plan ms: planning time within the transfer; exec: the ratio with planning excluded; \
          baseline: fio (disk, same block size, pattern and queue depth) or one single-threaded memcpy \
          (host); latency per transfer; sub us/chk: CPU time of the submitting thread per chunk \
-         (building and enqueueing the copies, planning excluded), median; {:.0} s in all; load average {} -> {}",
+         (building and enqueueing the copies, planning excluded), median; GiB/s+comp, comp slow \
+         (--with-compute): the block transfer's bandwidth beside an SM-saturating FMA kernel, and \
+         that kernel's slowdown against its time alone (medians, same run); {:.0} s in all; load average {} -> {}",
         r.duration_s,
         r.machine
             .load_average_before

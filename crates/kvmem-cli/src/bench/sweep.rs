@@ -1,6 +1,7 @@
 //! The sweep of this machine's paths: buffers and engines set up once, then one point per path,
 //! pattern and block size, each run by [`point::run`](super::point::run).
 
+use super::compute::ComputeProbe;
 use super::fio::{self, FioJob, FioRun};
 use super::memory::random_host;
 use super::point::{self, Candidate, PointSpec, Sample, Yardstick};
@@ -115,6 +116,8 @@ struct Sweep<'a> {
     memcpy: Option<(SystemStorage, SystemStorage)>,
     /// kvmem's disk file, when fio runs on it.
     fio_file: Option<PathBuf>,
+    /// `--with-compute`: the compute kernel run beside GPU points.
+    compute: Option<ComputeProbe>,
 }
 
 pub fn run(args: &BenchArgs) -> Result<Report> {
@@ -260,7 +263,16 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
         }
     }
     let direct_io = buffers.disk.as_ref().map(|(_, _, d)| *d);
+    let compute = match (args.with_compute, wants_gpu) {
+        (true, true) => Some(ComputeProbe::new()?),
+        (true, false) => {
+            skipped.push("--with-compute: no GPU paths in this sweep".to_string());
+            None
+        }
+        (false, _) => None,
+    };
     let mut sweep = Sweep {
+        compute,
         args,
         engine,
         gpu_reference,
@@ -637,6 +649,11 @@ impl Sweep<'_> {
             });
             points.push(p);
         }
+        if let (Some(probe), true) = (&self.compute, path.needs_gpu()) {
+            let transfer_s = Percentiles::of(&measured[0].times).p50;
+            let reference = points[0].reference_gib_s;
+            points[0].compute = Some(probe.measure(&own, spec, transfer_s, reference)?);
+        }
         if path.touches_disk() {
             points[0].disk_backend = Some(self.engine.config().disk_backend.name());
             if let (Some(p), Some(o)) = (points.get_mut(1), &other) {
@@ -748,6 +765,7 @@ mod tests {
             GpuMethod::Batched,
             GpuMethod::Kernel,
             GpuMethod::PerCopy,
+            GpuMethod::Staged,
         ] {
             let config = EngineConfig {
                 gpu_method: method.into(),

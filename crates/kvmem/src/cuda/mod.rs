@@ -1,5 +1,6 @@
 //! CUDA through the driver API: loading the driver, one primary context per device, device
-//! information, page-locking host memory, and whole-region copies for verification.
+//! information, page-locking host memory, whole-region copies for verification, and a compute
+//! load to measure copies beside ([`compute`]).
 //!
 //! kvmem uses [`cudarc`] (re-exported as [`cuda::cudarc`](self::cudarc)) with dynamic loading:
 //! the crate builds and runs on machines without CUDA, and every entry point here returns
@@ -24,6 +25,7 @@
 //! ```
 
 pub mod batch;
+pub mod compute;
 mod copy;
 pub mod driver;
 pub mod interop;
@@ -209,6 +211,34 @@ impl PartialEq for CudaDevice {
 }
 
 impl Eq for CudaDevice {}
+
+/// A new stream in `device`'s context (bound by the caller) and the kernel `name` of the PTX
+/// module `ptx` (which stays loaded as long as the function lives). `what` names the kernel in
+/// errors: the stream's error is returned as is; the kernel's comes second, so a caller may
+/// carry on without it.
+pub(crate) fn stream_and_kernel(
+    device: &CudaDevice,
+    ptx: &'static str,
+    name: &'static str,
+    what: &'static str,
+) -> Result<(
+    Arc<cudarc::driver::CudaStream>,
+    Result<cudarc::driver::CudaFunction>,
+)> {
+    let ctx = device.context();
+    let stream = ctx
+        .new_stream()
+        .map_err(|e| driver::error("create a stream", e))?;
+    let kernel = ctx
+        .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
+        .map_err(|e| driver::error(what, e))
+        .and_then(|module| {
+            module
+                .load_function(name)
+                .map_err(|e| driver::error(what, e))
+        });
+    Ok((stream, kernel))
+}
 
 /// Free and total memory of a device, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -75,14 +75,7 @@ impl HostRegistration {
             // the registration; this chunk lies inside it.
             let status = unsafe { driver::host_register(start, n) };
             if let Err(e) = status {
-                let error = if driver::is_out_of_memory(&e) {
-                    Error::Memory(MemoryError::PinnedOutOfMemory {
-                        requested: len,
-                        available: driver::host_memory_available(),
-                    })
-                } else {
-                    driver::error("page-lock host memory (cuMemHostRegister)", e)
-                };
+                let error = registration_error(e, len);
                 // Undo the chunks done so far; if that fails, the caller must not unmap.
                 let still_registered = registration.unregister_all().is_err();
                 return Err(RegistrationError {
@@ -149,6 +142,56 @@ impl Drop for HostRegistration {
             tracing::error!(error = %e, "could not unregister page-locked host memory");
         }
     }
+}
+
+/// The error for a refused `cuMemHostRegister` of (a part of) `requested` bytes.
+fn registration_error(e: cudarc::driver::result::DriverError, requested: usize) -> Error {
+    if driver::is_out_of_memory(&e) {
+        Error::Memory(MemoryError::PinnedOutOfMemory {
+            requested,
+            available: driver::host_memory_available(),
+        })
+    } else {
+        driver::error("page-lock host memory (cuMemHostRegister)", e)
+    }
+}
+
+/// Page-locks `start..start + len` with one `cuMemHostRegister` call (portable, device-mapped),
+/// binding `device` on the calling thread first; `pool` is the size of the whole allocation the
+/// range belongs to, for the error's message. Undo with [`unregister_range`].
+///
+/// # Safety
+/// The range must be mapped host memory that stays mapped until it is unregistered, and must not
+/// overlap a range registered before.
+///
+/// # Errors
+/// [`MemoryError::PinnedOutOfMemory`] when the driver cannot lock that much memory;
+/// [`CudaError::Driver`](crate::error::CudaError::Driver) for other refusals.
+pub(crate) unsafe fn register_range(
+    device: &CudaDevice,
+    start: usize,
+    len: usize,
+    pool: usize,
+) -> Result<()> {
+    device.bind()?;
+    // SAFETY: forwarded to the caller.
+    unsafe { driver::host_register(start, len) }.map_err(|e| registration_error(e, pool))
+}
+
+/// Undoes [`register_range`] of the range starting at `start`.
+///
+/// # Safety
+/// `start` must start a range registered by [`register_range`] and not unregistered since; no
+/// work in flight may still use it as pinned memory.
+///
+/// # Errors
+/// [`CudaError::Driver`](crate::error::CudaError::Driver) if the driver refuses: the range is then
+/// still page-locked and must not be unmapped.
+pub(crate) unsafe fn unregister_range(device: &CudaDevice, start: usize) -> Result<()> {
+    device.bind()?;
+    // SAFETY: forwarded to the caller.
+    unsafe { driver::host_unregister(start) }
+        .map_err(|e| driver::error("unregister host memory (cuMemHostUnregister)", e))
 }
 
 /// The device address under which pinned, device-mapped host memory at `host` is visible to

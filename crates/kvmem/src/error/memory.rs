@@ -54,4 +54,38 @@ pub enum MemoryError {
         #[source]
         source: std::io::Error,
     },
+
+    /// A range of a background-pinned pool was not page-locked within the time allowed.
+    #[error(
+        "bytes {offset}..{end} of a background-pinned pool were not page-locked after {waited:?} \
+         ({pinned} of {total} bytes pinned so far); wait longer (wait_pinned), start the pool \
+         earlier, or give it more pinning threads (BackgroundPinnedOptions::threads)"
+    )]
+    PinningTimeout {
+        /// First byte (offset into the pool) of the range waited for.
+        offset: usize,
+        /// One past its last byte.
+        end: usize,
+        /// How long the caller waited.
+        waited: std::time::Duration,
+        /// Bytes of the pool page-locked when the wait gave up.
+        pinned: usize,
+        /// Bytes in the pool.
+        total: usize,
+    },
+
+    /// Page-locking a background-pinned pool failed, so part of it will never be pinned.
+    #[error(
+        "page-locking a pinned pool in the background failed: {reason}; bytes {offset}..{end} \
+         are not pinned and never will be: free memory or raise RLIMIT_MEMLOCK, then create the \
+         pool again"
+    )]
+    PinningFailed {
+        /// What the driver said.
+        reason: String,
+        /// First byte (offset into the pool) of the range asked for.
+        offset: usize,
+        /// One past its last byte.
+        end: usize,
+    },
 }

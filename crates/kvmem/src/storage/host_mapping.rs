@@ -53,6 +53,9 @@ pub(crate) struct MappingOptions {
     pub(crate) transparent: bool,
     pub(crate) numa_node: Option<u32>,
     pub(crate) threads: Option<usize>,
+    /// First-touch every page now (in parallel). Off for memory that is populated later, range
+    /// by range ([`HostMapping::populate`]): the pages are then faulted in on first use.
+    pub(crate) touch: bool,
 }
 
 /// A private anonymous mapping, every page touched (so present and zeroed), unmapped on drop.
@@ -92,18 +95,25 @@ impl HostMapping {
         if let Some(node) = options.numa_node {
             prefer_node(&map, node)?;
         }
-        let threads = worker_threads(len, options.threads);
+        let threads = if options.touch {
+            worker_threads(len, options.threads)
+        } else {
+            0
+        };
         let stride = huge_page.unwrap_or(crate::PAGE_SIZE);
         let base = map.as_ptr() as usize;
-        parallel_chunks(map.len(), stride, threads, |range| {
-            for offset in range.step_by(stride) {
-                // SAFETY: `offset` lies inside the mapping, which is alive and writable for the
-                // whole call; the chunks of different threads are disjoint.
-                unsafe { std::ptr::write_volatile((base + offset) as *mut u8, 0) };
-            }
-        });
+        if options.touch {
+            parallel_chunks(map.len(), stride, threads, |range| {
+                for offset in range.step_by(stride) {
+                    // SAFETY: `offset` lies inside the mapping, which is alive and writable for
+                    // the whole call; the chunks of different threads are disjoint.
+                    unsafe { std::ptr::write_volatile((base + offset) as *mut u8, 0) };
+                }
+            });
+        }
         let tier = match huge_page {
             Some(page_size) => PageTier::HugeTlb { page_size },
+            None if !options.touch => PageTier::Base,
             None => match anon_huge_bytes(base) {
                 Some(huge_bytes) if huge_bytes > 0 => PageTier::Transparent {
                     huge_bytes: huge_bytes.min(len),
@@ -148,6 +158,14 @@ impl HostMapping {
         &mut self.map[..self.len]
     }
 
+    /// The size of the pages backing the mapping: the hugetlb page size, else the base page.
+    pub(crate) fn page_size(&self) -> usize {
+        match self.tier {
+            PageTier::HugeTlb { page_size } => page_size,
+            _ => crate::PAGE_SIZE,
+        }
+    }
+
     /// Gives up the mapping without unmapping it: for memory a driver may still be using.
     pub(crate) fn leak(self) {
         tracing::error!(
@@ -158,6 +176,19 @@ impl HostMapping {
         crate::accounting::quarantined(1, self.map.len() as u64);
         std::mem::forget(self.map);
     }
+}
+
+/// Faults in the pages of `addr..addr + len` writable without writing them
+/// (`MADV_POPULATE_WRITE`, Linux 5.14+), so other threads may use the bytes meanwhile. Returns
+/// false when the kernel refuses (too old: the pages are then faulted in by whoever touches or
+/// page-locks them first).
+///
+/// # Safety
+/// The range must lie inside a private anonymous mapping that stays mapped for the call.
+pub(crate) unsafe fn populate(addr: usize, len: usize) -> bool {
+    // SAFETY: the caller vouches for the range; MADV_POPULATE_WRITE neither reads nor writes
+    // the bytes (it only faults the pages in, as a write fault would), so it races with nothing.
+    unsafe { libc::madvise(addr as *mut libc::c_void, len, libc::MADV_POPULATE_WRITE) == 0 }
 }
 
 /// Threads to touch `len` bytes with: as asked, else one per available CPU but no more than one
@@ -304,6 +335,7 @@ mod tests {
             transparent: true,
             numa_node: None,
             threads: Some(3),
+            touch: true,
         }
     }
 

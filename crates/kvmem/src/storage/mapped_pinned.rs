@@ -62,6 +62,17 @@ impl MappedPinnedOptions {
         self
     }
 
+    /// The mapping these options ask for (first-touched by `threads`).
+    pub(super) fn mapping(&self) -> MappingOptions {
+        MappingOptions {
+            hugetlb: self.hugetlb,
+            transparent: self.transparent_huge_pages,
+            numa_node: self.numa_node,
+            threads: self.threads,
+            touch: true,
+        }
+    }
+
     /// Bytes per `cuMemHostRegister` call; clamped to 4 KiB..=[`MAX_HOST_REGISTRATION`] and
     /// rounded down to whole pages. Default: [`MAX_HOST_REGISTRATION`].
     pub fn registration_chunk(mut self, bytes: usize) -> Self {
@@ -130,15 +141,7 @@ impl MappedPinnedStorage {
             }));
         }
         let started = Instant::now();
-        let mut mapping = HostMapping::new(
-            size,
-            &MappingOptions {
-                hugetlb: options.hugetlb,
-                transparent: options.transparent_huge_pages,
-                numa_node: options.numa_node,
-                threads: options.threads,
-            },
-        )?;
+        let mut mapping = HostMapping::new(size, &options.mapping())?;
         let map_and_touch = started.elapsed();
         // SAFETY: the range is the mapping's, which this value keeps mapped until the
         // registration is gone (see Drop); on error it is unmapped only if nothing of it is

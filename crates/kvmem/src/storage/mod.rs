@@ -10,6 +10,7 @@
 //! | [`PooledDeviceStorage`] | [`StorageKind::Device`](crate::StorageKind::Device) | yes, from a stream-ordered [`DevicePool`] |
 //! | [`PinnedStorage`] | [`StorageKind::Pinned`](crate::StorageKind::Pinned) | yes, `cuMemHostAlloc` |
 //! | [`MappedPinnedStorage`] | [`StorageKind::Pinned`](crate::StorageKind::Pinned) | yes, huge-page mapping page-locked with `cuMemHostRegister` (the fast path) |
+//! | [`BackgroundPinnedStorage`] | [`StorageKind::Pinned`](crate::StorageKind::Pinned) | yes, like the fast path, but usable at once and page-locked chunk by chunk in the background |
 //! | [`ExternalPinnedMemory`] | [`StorageKind::Pinned`](crate::StorageKind::Pinned) | no, but page-locks it while alive |
 //!
 //! The CUDA storages need a [`CudaDevice`](crate::cuda::CudaDevice), and so a loaded driver.
@@ -65,6 +66,7 @@ macro_rules! storage_region {
     };
 }
 
+mod background_pinned;
 mod device;
 mod disk;
 mod external;
@@ -75,6 +77,9 @@ mod pinned;
 mod pool;
 mod system;
 
+pub use background_pinned::{
+    BackgroundPinnedOptions, BackgroundPinnedStorage, DEFAULT_PIN_CHUNK, PinProgress,
+};
 pub use device::DeviceStorage;
 pub use disk::{DIRECT_IO_ALIGN, DISK_DIR_ENV, DiskStorage};
 pub use external::{ExternalDeviceMemory, ExternalHostMemory};

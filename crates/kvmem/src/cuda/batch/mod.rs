@@ -5,7 +5,10 @@
 //! - [`CopyMethod::Kernel`]: kvmem's copy kernel (`kernels/copy.cu`, shipped as PTX and loaded
 //!   through the driver at run time), 16-byte vector loads with several in flight per thread,
 //!   reading and writing pinned host memory through its device mapping;
-//! - [`CopyMethod::PerCopy`]: one `cuMemcpyAsync` per copy — the fallback.
+//! - [`CopyMethod::PerCopy`]: one `cuMemcpyAsync` per copy — the fallback;
+//! - [`CopyMethod::Staged`]: between device and host memory, the copy kernel gathers the device
+//!   chunks into a ring of device staging slots (or scatters them from it) and the copy engines
+//!   move each slot with one DMA per contiguous host run, pipelined on two streams (`staged.rs`).
 //!
 //! [`CopyMethod::Auto`] picks between them by the average copy size, with a threshold taken from
 //! measurements (`docs/PERFORMANCE.md`). Completion is an event recorded after the copies; a
@@ -16,6 +19,7 @@
 #![allow(unsafe_code)]
 
 mod completion;
+mod staged;
 
 pub use completion::CopyCompletion;
 
@@ -24,7 +28,7 @@ use super::driver::{self, DeferredErrors};
 use crate::Completion;
 use crate::error::{BoundsError, Error, Result, UnsupportedError};
 use cudarc::driver::{CudaFunction, CudaStream, result};
-use cudarc::nvrtc::Ptx;
+use std::borrow::Cow;
 use std::ffi::c_void;
 use std::sync::{Arc, Mutex};
 
@@ -83,6 +87,11 @@ pub enum CopyMethod {
     Kernel,
     /// One `cuMemcpyAsync` per copy.
     PerCopy,
+    /// Between device and pinned host memory: the copy kernel packs device chunks into device
+    /// staging slots (or unpacks them), the copy engines move each slot with one DMA per
+    /// contiguous host run, pipelined. Device-to-device copies run on the kernel. Never chosen
+    /// by `Auto` (not yet measured against the others).
+    Staged,
 }
 
 /// A reusable pair of descriptor buffers (pinned staging + device copy) for the kernel.
@@ -105,6 +114,8 @@ struct Inner {
     sm_count: u32,
     kernel_max_avg_len: usize,
     free_descs: Mutex<Vec<DescBuffers>>,
+    /// The staging ring of [`CopyMethod::Staged`], set up on first use.
+    ring: Mutex<Option<staged::Ring>>,
     /// Last field: logs what destroying the stream and unloading the module recorded.
     _deferred: DeferredErrors,
 }
@@ -136,17 +147,9 @@ impl CopyStream {
     pub fn new(device: &CudaDevice) -> Result<Self> {
         device.bind()?;
         let ctx = device.context();
-        let stream = ctx
-            .new_stream()
-            .map_err(|e| driver::error("create a stream", e))?;
-        let kernel = ctx
-            .load_module(Ptx::from_src(COPY_PTX))
-            .map_err(|e| driver::error("load the copy kernel's PTX", e))
-            .and_then(|module| {
-                module
-                    .load_function(KERNEL_NAME)
-                    .map_err(|e| driver::error("find the copy kernel", e))
-            })
+        let (stream, kernel) =
+            super::stream_and_kernel(device, COPY_PTX, KERNEL_NAME, "load the copy kernel")?;
+        let kernel = kernel
             .map_err(|e| tracing::warn!(error = %e, "copy kernel unavailable"))
             .ok();
         // An attribute the driver cannot report counts as 0 (feature absent).
@@ -165,6 +168,7 @@ impl CopyStream {
                 .unwrap_or(1),
             kernel_max_avg_len: DEFAULT_KERNEL_MAX_AVG_LEN,
             free_descs: Mutex::new(Vec::new()),
+            ring: Mutex::new(None),
             _deferred: DeferredErrors::new(ctx.clone(), "release a copy stream"),
         };
         Ok(Self {
@@ -237,6 +241,13 @@ impl CopyStream {
                         .into(),
                 }))
             }
+            // The staging kernel only touches device memory: no host pointers needed.
+            CopyMethod::Staged if self.inner.kernel.is_none() => {
+                Err(Error::Unsupported(UnsupportedError::Feature {
+                    what: "the staged method: the copy kernel did not load".into(),
+                }))
+            }
+            CopyMethod::Staged if !involves_host => Ok(CopyMethod::Kernel),
             CopyMethod::Kernel if !kernel_ok => {
                 Err(Error::Unsupported(UnsupportedError::Feature {
                     what:
@@ -281,6 +292,7 @@ impl CopyStream {
         let enqueued = match method {
             CopyMethod::Kernel => self.enqueue_kernel(copies, &mut descs),
             CopyMethod::Batched => self.enqueue_batched(copies, src, dst),
+            CopyMethod::Staged => self.enqueue_staged(copies, src, dst, &mut descs),
             CopyMethod::PerCopy | CopyMethod::Auto => self.enqueue_per_copy(copies),
         };
         let completion = CopyCompletion::record(self.clone(), method, descs);
@@ -358,33 +370,8 @@ impl CopyStream {
                 what: "the copy kernel did not load".into(),
             }));
         };
-        // Split long copies so they spread over thread blocks: into pieces small enough that
-        // the transfer fills every block resident at once (a power of two, hence a multiple of
-        // 16 bytes, which keeps the vector path's alignment).
-        let resident = u64::from(inner.sm_count.saturating_mul(KERNEL_BLOCKS_PER_SM).max(1));
-        let total = copies.iter().fold(0u64, |t, c| t.saturating_add(c.len));
-        let piece = (total / resident)
-            .checked_next_power_of_two()
-            .map_or(KERNEL_PIECE, |p| p.clamp(KERNEL_MIN_PIECE, KERNEL_PIECE));
-        let pieces: Vec<DeviceCopy>;
-        let copies = if copies.iter().any(|c| c.len > piece) {
-            pieces = copies
-                .iter()
-                .flat_map(|c| {
-                    (0..c.len.div_ceil(piece)).map(move |i| {
-                        let off = i * piece;
-                        DeviceCopy {
-                            src: c.src + off,
-                            dst: c.dst + off,
-                            len: (c.len - off).min(piece),
-                        }
-                    })
-                })
-                .collect();
-            &pieces[..]
-        } else {
-            copies
-        };
+        let pieces = split_for_kernel(copies, inner.sm_count);
+        let copies = &pieces[..];
         let descs = self.take_descs(copies.len())?;
         // SAFETY: `descs.host` is a pinned allocation of `capacity >= copies.len()` entries that
         // no in-flight work uses (it came from the free list or was just allocated).
@@ -401,27 +388,46 @@ impl CopyStream {
         // until the upload, ordered before the launch on the same stream, has finished.
         unsafe { result::memcpy_htod_async(dev, staged, inner.stream.cu_stream()) }
             .map_err(|e| driver::error("upload copy descriptors", e))?;
-        for (i, chunk) in copies.chunks(u32::MAX as usize).enumerate() {
+        // SAFETY: the descriptors were uploaded on the same stream, before the launch; the
+        // ranges they name are valid per `copy_async`'s contract.
+        unsafe { self.launch_copy_kernel(kernel, dev, copies.len(), inner.stream.cu_stream()) }
+    }
+
+    /// Launches the copy kernel on `stream` over `count` descriptors at device address `descs`.
+    ///
+    /// # Safety
+    /// The descriptors must be in device memory, written by work ordered before the launch on
+    /// `stream`, and stay there until the launch has finished; the ranges they name must be
+    /// valid for the device until then, destinations disjoint from each other and the sources;
+    /// `stream` must be a live stream of this device's context.
+    unsafe fn launch_copy_kernel(
+        &self,
+        kernel: &CudaFunction,
+        descs: u64,
+        count: usize,
+        stream: driver::RawStream,
+    ) -> Result<()> {
+        let per_launch = u32::MAX as usize;
+        for i in 0..count.div_ceil(per_launch) {
             let mut descs_ptr: u64 =
-                dev + (i as u64) * (u32::MAX as u64) * std::mem::size_of::<DeviceCopy>() as u64;
-            let mut count: u32 = chunk.len() as u32;
+                descs + (i * per_launch * std::mem::size_of::<DeviceCopy>()) as u64;
+            let mut count: u32 = (count - i * per_launch).min(per_launch) as u32;
             let grid = count
-                .min(inner.sm_count.saturating_mul(KERNEL_BLOCKS_PER_SM))
+                .min(self.inner.sm_count.saturating_mul(KERNEL_BLOCKS_PER_SM))
                 .max(1);
             let mut params = [
                 (&mut descs_ptr as *mut u64).cast::<c_void>(),
                 (&mut count as *mut u32).cast::<c_void>(),
             ];
             // SAFETY: the kernel takes (const CopyDesc*, u32); `params` points at values of
-            // exactly those types that outlive the call; the descriptor array was uploaded on the
-            // same stream before the launch; the ranges it names are valid per the contract.
+            // exactly those types that outlive the call; the rest is this function's contract.
             unsafe {
                 result::launch_kernel(
                     kernel.cu_function(),
                     (grid, 1, 1),
                     (KERNEL_THREADS, 1, 1),
                     0,
-                    inner.stream.cu_stream(),
+                    stream,
                     &mut params,
                 )
             }
@@ -487,6 +493,35 @@ impl CopyStream {
             .synchronize()
             .map_err(|e| driver::error("synchronize the copy stream", e))
     }
+}
+
+/// `copies` with the long ones split so that they spread over thread blocks: into pieces small
+/// enough that the list fills every block resident at once on `sm_count` multiprocessors (a
+/// power of two between [`KERNEL_MIN_PIECE`] and [`KERNEL_PIECE`], hence a multiple of 16 bytes,
+/// which keeps the vector path's alignment).
+fn split_for_kernel(copies: &[DeviceCopy], sm_count: u32) -> Cow<'_, [DeviceCopy]> {
+    let resident = u64::from(sm_count.saturating_mul(KERNEL_BLOCKS_PER_SM).max(1));
+    let total = copies.iter().fold(0u64, |t, c| t.saturating_add(c.len));
+    let piece = (total / resident)
+        .checked_next_power_of_two()
+        .map_or(KERNEL_PIECE, |p| p.clamp(KERNEL_MIN_PIECE, KERNEL_PIECE));
+    if copies.iter().all(|c| c.len <= piece) {
+        return Cow::Borrowed(copies);
+    }
+    copies
+        .iter()
+        .flat_map(|c| {
+            (0..c.len.div_ceil(piece)).map(move |i| {
+                let off = i * piece;
+                DeviceCopy {
+                    src: c.src + off,
+                    dst: c.dst + off,
+                    len: (c.len - off).min(piece),
+                }
+            })
+        })
+        .collect::<Vec<_>>()
+        .into()
 }
 
 impl Drop for Inner {

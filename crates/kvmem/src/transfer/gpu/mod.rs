@@ -9,6 +9,9 @@
 //!   POSIX, at the configured queue depth and request size), as a host ↔ disk plan between the
 //!   file and the bounce buffer.
 //!
+//! A transfer that uses a [`BackgroundPinnedStorage`] still being page-locked goes to the
+//! worker, which first waits (bounded) for the chunks its copies touch.
+//!
 //! Direct copies are enqueued at submission, on the caller's thread, so the GPU starts at once;
 //! a [`Worker`] thread waits for them (and runs staged transfers) in submission order, reports
 //! every failure through the handle, and releases a transfer's memory only after its copies
@@ -28,7 +31,7 @@ use crate::cuda::interop::Event;
 use crate::descriptor::{Buffer, MemoryDescriptor};
 use crate::error::{Error, Result, TransferError, UnsupportedError};
 use crate::kind::StorageKind;
-use crate::storage::PinnedStorage;
+use crate::storage::{BackgroundPinnedStorage, PinnedStorage};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -180,12 +183,7 @@ impl GpuExecutor {
     }
 
     pub(crate) fn submit(&self, work: Work) {
-        let direct = work
-            .plan
-            .batches()
-            .iter()
-            .all(|b| !needs_staging(b.src_kind) && !needs_staging(b.dst_kind));
-        let task = if direct {
+        let task = if is_direct(&work.plan) {
             let mut completions = Vec::new();
             let mut error = None;
             for batch in work.plan.batches() {
@@ -234,11 +232,7 @@ impl GpuExecutor {
             // context, which `Event` binds.
             unsafe { event.wait_in(stream.raw()) }?;
         }
-        let direct = work
-            .plan
-            .batches()
-            .iter()
-            .all(|b| !needs_staging(b.src_kind) && !needs_staging(b.dst_kind));
+        let direct = is_direct(&work.plan);
         self.submit(work);
         if !direct {
             return Ok(None);
@@ -273,6 +267,56 @@ fn needs_staging(kind: StorageKind) -> bool {
     matches!(kind, StorageKind::System | StorageKind::Disk(_))
 }
 
+/// True when the plan's copies can be enqueued at once, on the caller's thread: every side is
+/// reachable by the GPU, and no background-pinned pool of the plan is still being page-locked
+/// (such a transfer goes to the worker, which waits for the chunks it uses first).
+fn is_direct(plan: &TransferPlan) -> bool {
+    plan.batches()
+        .iter()
+        .all(|b| !needs_staging(b.src_kind) && !needs_staging(b.dst_kind))
+        && !plan
+            .buffers()
+            .iter()
+            .any(|b| background_pool(b).is_some_and(|pool| !pool.is_fully_pinned()))
+}
+
+/// The background-pinned pool `buffer` is, or is a view of.
+fn background_pool(buffer: &Buffer) -> Option<&BackgroundPinnedStorage> {
+    buffer
+        .downcast_ref::<BackgroundPinnedStorage>()
+        .or_else(|| {
+            buffer
+                .downcast_ref::<crate::OffsetBuffer>()
+                .and_then(|view| background_pool(view.base()))
+        })
+}
+
+/// Waits (bounded by each pool's wait timeout) until every byte the plan's copies use in a
+/// background-pinned pool is page-locked, so that no copy uses unpinned memory as pinned.
+fn wait_for_pinning(plan: &TransferPlan) -> Result<()> {
+    for buffer in plan.buffers() {
+        let Some(pool) = background_pool(buffer) else {
+            continue;
+        };
+        if pool.is_fully_pinned() {
+            continue;
+        }
+        let ranges = plan.batches().iter().flat_map(|b| {
+            let (src, dst) = (
+                b.src_kind == StorageKind::Pinned,
+                b.dst_kind == StorageKind::Pinned,
+            );
+            b.ops.iter().flat_map(move |op| {
+                let src = src.then(|| op.src..op.src + op.len);
+                let dst = dst.then(|| op.dst..op.dst + op.len);
+                src.into_iter().chain(dst)
+            })
+        });
+        pool.wait_addresses(ranges)?;
+    }
+    Ok(())
+}
+
 fn location(kind: StorageKind) -> Location {
     match kind {
         StorageKind::Device(d) => Location::Device(d),
@@ -291,6 +335,7 @@ fn device_of(src: StorageKind, dst: StorageKind) -> Result<u32> {
 }
 
 fn run_staged(staging: &mut Staging, work: &Work) -> Result<()> {
+    wait_for_pinning(&work.plan)?;
     let (method, bounce_bytes) = (staging.method, staging.bounce_bytes);
     for batch in work.plan.batches() {
         let (src, dst) = (batch.src_kind, batch.dst_kind);
