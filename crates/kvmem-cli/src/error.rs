@@ -18,6 +18,9 @@ pub enum CliError {
     /// `kvmem replay` was given a trace or settings it cannot use.
     #[error("replay: {0}")]
     Replay(String),
+    /// `--metrics-addr` could not be served.
+    #[error("metrics: {0}; pick a free HOST:PORT, or leave --metrics-addr out")]
+    Metrics(String),
     /// A bench point's destination did not hold its source's bytes after a transfer that
     /// reported success.
     #[error(

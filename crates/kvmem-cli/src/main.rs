@@ -5,7 +5,9 @@ mod bench;
 mod demo;
 mod error;
 mod info;
+mod metrics;
 mod replay;
+mod replay_plot;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

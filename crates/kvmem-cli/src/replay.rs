@@ -93,6 +93,29 @@ pub struct ReplayArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Serve the cache's metrics in Prometheus text format on HOST:PORT (`/metrics`) while
+    /// the replay runs.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// With `--metrics-addr`: keep serving this many seconds after the report is printed, so
+    /// that a scraper reads the final values.
+    #[arg(long, default_value_t = 0.0, value_name = "SECONDS")]
+    pub metrics_hold: f64,
+    /// Sweep the host tier over these capacities in blocks (comma-separated), replaying the
+    /// trace once per capacity and policy, and report hit rate against capacity.
+    #[arg(long, value_delimiter = ',', value_name = "BLOCKS,...")]
+    pub capacities: Vec<usize>,
+    /// The policies of the sweep (comma-separated).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "lru,s3fifo",
+        value_name = "POLICY,..."
+    )]
+    pub policies: Vec<PolicyKind>,
+    /// Where the sweep's plot goes: this SVG and a PNG beside it.
+    #[arg(long, default_value = "replay-hit-rate.svg")]
+    pub plot: PathBuf,
 }
 
 #[derive(Debug, Deserialize)]
@@ -270,13 +293,115 @@ fn blocks_of(gb: Option<f64>, blocks: usize, block_bytes: usize) -> usize {
 
 /// Runs `kvmem replay`.
 pub fn run(args: &ReplayArgs) -> Result<()> {
-    let report = replay(args)?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+    if let Some(addr) = args.metrics_addr {
+        crate::metrics::serve(addr)?;
+    }
+    if args.capacities.is_empty() {
+        let report = replay(args)?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print_table(&report);
+        }
     } else {
-        print_table(&report);
+        let report = sweep(args)?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print_sweep(&report);
+        }
+    }
+    if args.metrics_addr.is_some() && args.metrics_hold > 0.0 {
+        use std::io::Write;
+        std::io::stdout().flush()?;
+        std::thread::sleep(Duration::from_secs_f64(args.metrics_hold));
     }
     Ok(())
+}
+
+/// One point of a capacity sweep.
+#[derive(Debug, Serialize)]
+pub struct SweepPoint {
+    /// Host tier capacity in blocks.
+    pub host_blocks: usize,
+    /// Eviction policy.
+    pub policy: String,
+    /// Prefix hit rate over all tiers.
+    pub hit_rate: f64,
+    /// Plain LRU over the same total capacity, from the same pass.
+    pub lru_hit_rate: f64,
+    /// That LRU's capacity in blocks (GPU + host + disk).
+    pub lru_blocks: usize,
+    /// Unlimited capacity, from the same pass.
+    pub infinite_hit_rate: f64,
+}
+
+/// The report of a capacity sweep.
+#[derive(Debug, Serialize)]
+pub struct SweepReport {
+    /// Requests replayed per point.
+    pub requests: usize,
+    /// Bytes per block.
+    pub block_bytes: usize,
+    /// One point per capacity and policy, by policy then capacity.
+    pub points: Vec<SweepPoint>,
+    /// The plot's files (SVG, PNG).
+    pub plot: Vec<PathBuf>,
+}
+
+/// Replays the trace once per capacity of `--capacities` and policy of `--policies`.
+pub fn sweep(args: &ReplayArgs) -> Result<SweepReport> {
+    let requests = read_trace(args)?;
+    let mut caps = args.capacities.clone();
+    caps.sort_unstable();
+    caps.dedup();
+    let mut points = Vec::new();
+    let mut block_bytes = 0;
+    for policy in &args.policies {
+        for &host_blocks in &caps {
+            let r = replay_trace(args, &requests, host_blocks, *policy)?;
+            block_bytes = r.block_bytes;
+            points.push(SweepPoint {
+                host_blocks,
+                policy: r.policy,
+                hit_rate: r.hit_rate,
+                lru_hit_rate: r.reference.lru_hit_rate,
+                lru_blocks: r.reference.lru_blocks,
+                infinite_hit_rate: r.reference.infinite_hit_rate,
+            });
+        }
+    }
+    let mut report = SweepReport {
+        requests: requests.len(),
+        block_bytes,
+        points,
+        plot: Vec::new(),
+    };
+    report.plot = crate::replay_plot::draw(&report, &args.plot)?.to_vec();
+    Ok(report)
+}
+
+fn print_sweep(r: &SweepReport) {
+    println!(
+        "hit rate against host capacity: {} requests, blocks of {} bytes",
+        r.requests, r.block_bytes
+    );
+    println!(
+        "{:<12} {:>11} {:>9} {:>11} {:>11}",
+        "policy", "host blocks", "hit rate", "plain LRU", "unlimited"
+    );
+    for p in &r.points {
+        println!(
+            "{:<12} {:>11} {:>8.2}% {:>10.2}% {:>10.2}%",
+            p.policy,
+            p.host_blocks,
+            p.hit_rate * 100.0,
+            p.lru_hit_rate * 100.0,
+            p.infinite_hit_rate * 100.0
+        );
+    }
+    let files: Vec<String> = r.plot.iter().map(|p| p.display().to_string()).collect();
+    println!("plot: {}", files.join(", "));
 }
 
 fn read_trace(args: &ReplayArgs) -> Result<Vec<Request>> {
@@ -335,10 +460,22 @@ fn working_buffer(config: LayoutConfig) -> Result<(BlockLayout, String)> {
 /// Replays the trace and returns the report.
 pub fn replay(args: &ReplayArgs) -> Result<ReplayReport> {
     let requests = read_trace(args)?;
+    let block_bytes = model_geometry(args)?.block_bytes()?;
+    let host_blocks = blocks_of(args.host_gb, args.host_blocks, block_bytes);
+    replay_trace(args, &requests, host_blocks, args.policy)
+}
+
+/// Replays `requests` with a host tier of `host_blocks` and eviction `policy` (the rest of the
+/// configuration from `args`).
+fn replay_trace(
+    args: &ReplayArgs,
+    requests: &[Request],
+    host_blocks: usize,
+    policy: PolicyKind,
+) -> Result<ReplayReport> {
     let block = model_geometry(args)?;
     let block_bytes = block.block_bytes()?;
     let gpu_blocks = blocks_of(args.gpu_gb, args.gpu_blocks, block_bytes);
-    let host_blocks = blocks_of(args.host_gb, args.host_blocks, block_bytes);
     let disk_blocks = blocks_of(args.disk_gb, args.disk_blocks, block_bytes);
     let longest = requests
         .iter()
@@ -349,7 +486,7 @@ pub fn replay(args: &ReplayArgs) -> Result<ReplayReport> {
 
     let temp;
     let mut config = CacheConfig::new(block, Capacity::Blocks(host_blocks));
-    config.policy = args.policy;
+    config.policy = policy;
     config.chain_aware = args.chain_aware;
     config.fingerprint = format!("replay:{}", args.model);
     if disk_blocks > 0 {
@@ -392,7 +529,7 @@ pub fn replay(args: &ReplayArgs) -> Result<ReplayReport> {
     // Stores go in runs of at most this many new blocks (a store cannot evict its own blocks
     // while it writes them).
     let run_max = host_blocks.max(1);
-    for r in &requests {
+    for r in requests {
         if let Some(speed) = args.speed.filter(|s| *s > 0.0) {
             let due = Duration::from_secs_f64(((r.timestamp - t0) / 1e3 / speed).max(0.0));
             if let Some(wait) = due.checked_sub(start.elapsed()) {
@@ -518,7 +655,7 @@ pub fn replay(args: &ReplayArgs) -> Result<ReplayReport> {
         host_memory: cache.host_pool_kind().name().into(),
         policy: format!(
             "{}{}",
-            args.policy.name(),
+            policy.name(),
             if args.chain_aware { "+chain" } else { "" }
         ),
         bytes_moved: moved,

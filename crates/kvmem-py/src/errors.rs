@@ -145,7 +145,14 @@ pub(crate) fn to_py(e: kvmem::Error) -> PyErr {
         | E::Io(Io::BackendUnavailable { .. })
         | E::Unsupported(_) => UnavailableError::new_err(msg),
         E::Nixl(_) | E::Peer(_) => NixlError::new_err(msg),
-        E::Timeout { .. } => pyo3::exceptions::PyTimeoutError::new_err(msg),
+        E::Timeout { .. } | E::Cache(kvmem::error::CacheError::Timeout { .. }) => {
+            pyo3::exceptions::PyTimeoutError::new_err(msg)
+        }
+        E::Cache(
+            kvmem::error::CacheError::Config(_)
+            | kvmem::error::CacheError::CountMismatch { .. }
+            | kvmem::error::CacheError::Geometry { .. },
+        ) => invalid(msg),
         E::Bounds(_)
         | E::Layout(_)
         | E::Cuda(Cuda::NotDeviceMemory { .. })

@@ -2,6 +2,7 @@
 //! (abi3, CPython 3.10+), built by maturin. The Python-facing documentation is in the docstrings
 //! and in `python/kvmem/_kvmem.pyi`.
 
+mod cache;
 mod engine;
 mod errors;
 mod foreign;
@@ -19,6 +20,7 @@ fn _kvmem(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<layout::Tier>()?;
     m.add_class::<layout::Layout>()?;
     m.add_class::<layout::Region>()?;
+    m.add_class::<cache::BlockCache>()?;
     m.add_class::<engine::Engine>()?;
     m.add_class::<engine::Handle>()?;
     m.add_class::<engine::Stats>()?;

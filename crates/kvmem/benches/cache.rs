@@ -6,13 +6,21 @@
 //! (criterion's throughput, in elements = blocks). The index's memory per resident block is
 //! printed once. The new-block stores run last: they evict the oldest blocks.
 //!
+//! References from the same run, in group `reference_1M`: a plain `std::collections::HashMap`
+//! holding the same 1M keys (1,000 lookups; 1,000 new keys inserted and the 1,000 oldest
+//! removed, keys computed in the loop as the cache bench computes them), and the
+//! transfer engine's copy of the same 1,000 host blocks that a load does (the part of a load
+//! that is not bookkeeping).
+//!
 //! `cargo bench -p kvmem --bench cache`
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use kvmem::Completion;
 use kvmem::cache::{BlockCache, BlockKey, CacheConfig, Capacity, HostMemoryKind};
 use kvmem::layout::{BlockLayout, LayoutConfig, LayoutKind};
+use kvmem::transfer::{EngineConfig, TransferEngine};
 use kvmem::{Buffer, SystemStorage};
+use std::collections::HashMap;
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -35,21 +43,25 @@ fn key(i: u64) -> BlockKey {
     BlockKey::from_u64(i)
 }
 
-fn bench(c: &mut Criterion) {
-    let mut config = CacheConfig::new(block(), Capacity::Blocks(RESIDENT));
-    config.host_memory = HostMemoryKind::System;
-    let cache = BlockCache::open(config).unwrap();
-    let fill = 8192;
-    let gpu = BlockLayout::allocate(
+fn host_layout(blocks: usize) -> BlockLayout {
+    BlockLayout::allocate(
         LayoutConfig {
-            num_blocks: fill,
+            num_blocks: blocks,
             ..block()
         },
         LayoutKind::FullyContiguous,
         64,
         |n| Ok(Buffer::new(SystemStorage::new(n)?)),
     )
-    .unwrap();
+    .unwrap()
+}
+
+fn bench(c: &mut Criterion) {
+    let mut config = CacheConfig::new(block(), Capacity::Blocks(RESIDENT));
+    config.host_memory = HostMemoryKind::System;
+    let cache = BlockCache::open(config).unwrap();
+    let fill = 8192;
+    let gpu = host_layout(fill);
     let ids: Vec<usize> = (0..fill).collect();
     let mut next = 0u64;
     while (next as usize) < RESIDENT {
@@ -64,15 +76,61 @@ fn bench(c: &mut Criterion) {
         cache.index_bytes() as f64 / resident as f64
     );
 
-    let mut g = c.benchmark_group("cache_1M_resident");
-    g.throughput(Throughput::Elements(BATCH as u64));
     let present: Vec<_> = (next - 50_000..next - 50_000 + BATCH as u64)
         .map(key)
         .collect();
+    let batch_ids: Vec<usize> = (0..BATCH).collect();
+
+    {
+        // The same keys in a plain table, and the same copies without the cache.
+        let mut g = c.benchmark_group("reference_1M");
+        g.throughput(Throughput::Elements(BATCH as u64));
+        let mut plain: HashMap<BlockKey, u64> = (0..next).map(|i| (key(i), i)).collect();
+        g.bench_function("hashmap_lookup_1000", |b| {
+            b.iter(|| {
+                let mut n = 0u64;
+                for k in black_box(&present) {
+                    n += plain.get(k).copied().unwrap_or(0);
+                }
+                black_box(n)
+            })
+        });
+        // What a store of new blocks into a full cache does at the least: insert 1,000 new
+        // keys and remove the 1,000 oldest (random places in a large table: memory-bound).
+        let (mut newest, mut oldest) = (next, 0u64);
+        g.bench_function("hashmap_churn_1000", |b| {
+            b.iter(|| {
+                for i in newest..newest + BATCH as u64 {
+                    plain.insert(key(i), i);
+                }
+                for i in oldest..oldest + BATCH as u64 {
+                    plain.remove(&key(i));
+                }
+                newest += BATCH as u64;
+                oldest += BATCH as u64;
+            })
+        });
+        drop(plain);
+        let engine = TransferEngine::new(EngineConfig::default()).unwrap();
+        let pool = host_layout(RESIDENT);
+        let src: Vec<usize> = (0..BATCH).map(|i| i * 997 % RESIDENT).collect();
+        g.bench_function("engine_copy_1000", |b| {
+            b.iter(|| {
+                engine
+                    .copy_blocks(&pool, &src, &gpu, &batch_ids)
+                    .unwrap()
+                    .wait()
+                    .unwrap()
+            })
+        });
+        g.finish();
+    }
+
+    let mut g = c.benchmark_group("cache_1M_resident");
+    g.throughput(Throughput::Elements(BATCH as u64));
     g.bench_function("lookup_1000", |b| {
         b.iter(|| black_box(cache.lookup(black_box(&present))))
     });
-    let batch_ids: Vec<usize> = (0..BATCH).collect();
     g.bench_function("load_1000", |b| {
         b.iter(|| {
             let r = cache

@@ -12,7 +12,7 @@ mod compute;
 mod fio;
 mod memory;
 mod nixl;
-mod plot;
+pub(crate) mod plot;
 mod point;
 mod report;
 mod sweep;

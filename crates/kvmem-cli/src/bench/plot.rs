@@ -12,7 +12,7 @@ use plotters::prelude::*;
 use std::path::Path;
 
 /// Ten colours that stay apart on white (the usual categorical palette).
-const COLOURS: [RGBColor; 10] = [
+pub(crate) const COLOURS: [RGBColor; 10] = [
     RGBColor(31, 119, 180),
     RGBColor(214, 39, 40),
     RGBColor(44, 160, 44),
@@ -30,7 +30,7 @@ const PANEL_HEIGHT: u32 = 440;
 const TITLE_HEIGHT: u32 = 40;
 /// Width of the legend beside each panel's plot.
 const LEGEND_WIDTH: u32 = 400;
-const FONT: &str = "sans-serif";
+pub(crate) const FONT: &str = "sans-serif";
 
 type DrawResult = std::result::Result<(), Box<dyn std::error::Error>>;
 
@@ -78,7 +78,7 @@ pub fn draw(report: &Report, svg: &Path) -> Result<[std::path::PathBuf; 2]> {
 
 /// Text needs a font: the bitmap backend draws it with this one, built into the binary, so the
 /// PNG looks the same on a machine without fonts.
-fn register_font() {
+pub(crate) fn register_font() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         if plotters::style::register_font(

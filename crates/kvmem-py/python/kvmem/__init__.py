@@ -18,6 +18,7 @@ Example::
 
 from ._kvmem import (
     Agent,
+    BlockCache,
     CancelledError,
     Engine,
     Error,
@@ -40,6 +41,7 @@ from ._kvmem import (
 
 __all__ = [
     "Agent",
+    "BlockCache",
     "CancelledError",
     "Engine",
     "Error",

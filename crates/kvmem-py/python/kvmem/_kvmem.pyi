@@ -2,7 +2,7 @@
 
 from collections.abc import Awaitable, Callable, Generator, Sequence
 from os import PathLike
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 __version__: str
 
@@ -167,6 +167,63 @@ class Handle(Awaitable[Stats]):
         """Calls ``callback()`` from another thread once finished."""
     def __await__(self) -> Generator[Any, None, Stats]:
         """``await handle`` returns the Stats without blocking the event loop."""
+
+class BlockCache:
+    """A block cache: a host tier of block slots (pinned when a CUDA device is present) and an
+    optional disk directory, indexed by 128-bit block keys (the engine's prefix hashes)."""
+
+    def __init__(
+        self,
+        like: Layout,
+        *,
+        host_blocks: int,
+        disk_dir: str | PathLike[str] | None = None,
+        disk_blocks: int = 0,
+        policy: Literal["lru", "s3fifo"] = "lru",
+        fingerprint: str = "",
+    ) -> None:
+        """A cache for blocks shaped like ``like``'s; the disk directory is recovered when
+        reopened with the same geometry and ``fingerprint``."""
+    @property
+    def block_bytes(self) -> int:
+        """Bytes of one block."""
+    @property
+    def host_blocks(self) -> int:
+        """Capacity of the host tier in blocks."""
+    @property
+    def disk_blocks(self) -> int:
+        """Capacity of the disk tier in blocks (0 without one)."""
+    def store(self, keys: Sequence[int], layout: Layout, block_ids: Ids, timeout: float = 60.0) -> StoreReport:
+        """Copies ``layout``'s blocks ``block_ids[i]`` in under ``keys[i]`` and waits; present
+        keys are skipped. Raises ``TimeoutError`` past ``timeout`` seconds (keys stay absent)."""
+    def load(self, keys: Sequence[int], layout: Layout, block_ids: Ids, timeout: float = 60.0) -> LoadReport:
+        """Copies the blocks of ``keys`` into ``layout``'s blocks ``block_ids[i]`` and waits;
+        the keys listed in the report were not loaded."""
+    def lookup(self, keys: Sequence[int]) -> tuple[int, int, int]:
+        """The longest present prefix: ``(hits, in_host, only_on_disk)``. No I/O."""
+    def contains(self, key: int) -> bool:
+        """True when ``key`` is loadable from some tier."""
+    def touch(self, keys: Sequence[int]) -> None:
+        """Marks ``keys`` as used now, for eviction."""
+    def remove(self, keys: Sequence[int]) -> int:
+        """Removes ``keys`` from every tier; returns how many were present."""
+
+class StoreReport(TypedDict):
+    """What ``BlockCache.store`` did."""
+
+    stored: int
+    present: int
+    no_space: list[int]
+    written_to_disk: int
+
+class LoadReport(TypedDict):
+    """What ``BlockCache.load`` did."""
+
+    from_host: int
+    from_disk: int
+    missing: list[int]
+    corrupt: list[int]
+    no_space: list[int]
 
 class Engine:
     """Moves KV blocks between layouts of any two tiers and to and from NIXL peers."""

@@ -6,72 +6,16 @@ use super::config::{Admission, WritePolicy};
 use super::journal::{Entry, EntryKind};
 use super::policy::{Policy, PolicyKind, Scan};
 use super::slots::{NO_SLOT, Slot, SlotAllocator};
-use super::stats::{Counters, TierLabel};
+use super::stats::Counters;
+use super::table::{KeyTable, NO_REC, REMOVED, RecId, Record, Res};
 use crate::key::{BlockKey, KeyBuild};
 use std::collections::{HashMap, HashSet, VecDeque};
-
-/// A block's state in one tier.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub(crate) enum Res {
-    /// Not in this tier.
-    None,
-    /// Its slot is being written; not loadable.
-    Writing,
-    /// Complete and loadable.
-    Ready,
-}
-
-/// Set when `remove` found the record claimed: it goes when the last claim is released.
-pub(crate) const REMOVED: u8 = 1;
-
-/// One key's record: 16 bytes.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Record {
-    pub(crate) host: Slot,
-    pub(crate) disk: Slot,
-    /// Operations holding the block (loads reading it, stores writing it): while non-zero the
-    /// block is evicted from no tier and its slots are not reused.
-    pub(crate) claims: u16,
-    /// Position in its prefix chain (0 = first block), for chain-aware eviction.
-    pub(crate) depth: u16,
-    pub(crate) host_state: Res,
-    pub(crate) disk_state: Res,
-    /// Uses seen (stores and loads), saturating; for the admission filter.
-    pub(crate) uses: u8,
-    pub(crate) flags: u8,
-}
-
-impl Record {
-    /// A record of no residency, used once.
-    pub(crate) fn new(depth: u16) -> Self {
-        Self {
-            host: NO_SLOT,
-            disk: NO_SLOT,
-            claims: 0,
-            depth,
-            host_state: Res::None,
-            disk_state: Res::None,
-            uses: 1,
-            flags: 0,
-        }
-    }
-
-    /// True when the record holds a block in no tier and nothing uses it.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.host_state == Res::None && self.disk_state == Res::None && self.claims == 0
-    }
-
-    /// True when a load or store may treat the key as present.
-    pub(crate) fn present(&self) -> bool {
-        self.host_state != Res::None || self.disk_state != Res::None
-    }
-}
 
 /// One tier's slots, their owners and its policy.
 pub(crate) struct TierState {
     pub(crate) slots: SlotAllocator,
-    pub(crate) owner: Vec<BlockKey>,
+    /// The record whose block each slot holds (meaningful for occupied slots only).
+    pub(crate) owner: Vec<RecId>,
     /// Checksum of each disk slot's bytes (empty for the host tier).
     pub(crate) sums: Vec<u64>,
     pub(crate) policy: Box<dyn Policy>,
@@ -81,7 +25,7 @@ impl TierState {
     pub(crate) fn new(capacity: usize, policy: Box<dyn Policy>, disk: bool) -> Self {
         Self {
             slots: SlotAllocator::new(capacity),
-            owner: vec![BlockKey::default(); capacity],
+            owner: vec![NO_REC; capacity],
             sums: if disk { vec![0; capacity] } else { Vec::new() },
             policy,
         }
@@ -89,7 +33,7 @@ impl TierState {
 
     pub(crate) fn heap_bytes(&self) -> usize {
         self.slots.heap_bytes()
-            + self.owner.capacity() * std::mem::size_of::<BlockKey>()
+            + self.owner.capacity() * std::mem::size_of::<RecId>()
             + self.sums.capacity() * 8
             + self.policy.heap_bytes()
     }
@@ -98,7 +42,7 @@ impl TierState {
 /// A block evicted from host memory to be written to disk before its host slot is reused.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct WriteBack {
-    pub(crate) key: BlockKey,
+    pub(crate) id: RecId,
     pub(crate) host: Slot,
     pub(crate) disk: Slot,
 }
@@ -109,6 +53,8 @@ pub(crate) struct WriteBack {
 pub(crate) struct Prelude {
     pub(crate) writebacks: Vec<WriteBack>,
     pub(crate) freed: Vec<Entry>,
+    /// Blocks evicted from (host, disk) to make room: counted once the lock is released.
+    pub(crate) evicted: (usize, usize),
 }
 
 /// Keys recently refused by the disk admission filter ("admit on second use").
@@ -149,14 +95,13 @@ impl Doorkeeper {
 
 /// Everything under the cache's lock.
 pub(crate) struct Index {
-    pub(crate) map: HashMap<BlockKey, Record, KeyBuild>,
+    pub(crate) map: KeyTable,
     pub(crate) host: TierState,
     pub(crate) disk: Option<TierState>,
     pub(crate) write: WritePolicy,
     admission: Admission,
     doorkeeper: Doorkeeper,
     chain_aware: bool,
-    candidates: Vec<Slot>,
 }
 
 /// How many evictable candidates chain-aware eviction compares.
@@ -173,14 +118,13 @@ impl Index {
         let cap = host.slots.capacity() + disk.as_ref().map_or(0, |d| d.slots.capacity());
         let door = disk.as_ref().map_or(0, |d| d.slots.capacity());
         Self {
-            map: HashMap::with_capacity_and_hasher(cap, Default::default()),
+            map: KeyTable::with_capacity(cap),
             host,
             disk,
             write,
             admission,
             doorkeeper: Doorkeeper::new(door),
             chain_aware,
-            candidates: Vec::with_capacity(CHAIN_WINDOW),
         }
     }
 
@@ -190,78 +134,58 @@ impl Index {
         if let Some(s) = self.host.slots.alloc() {
             return Some(s);
         }
-        let slot = pick_victim(
-            &mut self.host,
-            &self.map,
-            self.chain_aware,
-            &mut self.candidates,
-            true,
-        )?;
-        let key = self.host.owner[slot as usize];
-        stats.eviction(TierLabel::Host);
-        let Some(mut rec) = self.map.get(&key).copied() else {
-            return Some(slot);
-        };
+        let slot = pick_victim(&mut self.host, &self.map, self.chain_aware, true)?;
+        let id = self.host.owner[slot as usize];
+        prelude.evicted.0 += 1;
+        let mut rec = self.map[id];
         rec.host = NO_SLOT;
         rec.host_state = Res::None;
         let write_back = self.write == WritePolicy::WriteBack
             && self.disk.is_some()
             && rec.disk_state == Res::None;
-        if write_back && self.admit(&rec, key, stats) {
-            if let Some(d) = self.alloc_disk(prelude, stats) {
+        if write_back && self.admit(&rec, stats) {
+            if let Some(d) = self.alloc_disk(prelude) {
                 rec.disk = d;
                 rec.disk_state = Res::Writing;
                 rec.claims += 1;
                 if let Some(disk) = self.disk.as_mut() {
-                    disk.owner[d as usize] = key;
+                    disk.owner[d as usize] = id;
                 }
                 prelude.writebacks.push(WriteBack {
-                    key,
+                    id,
                     host: slot,
                     disk: d,
                 });
             }
         }
-        self.put(key, rec);
+        self.map[id] = rec;
+        self.map.settle(id);
         Some(slot)
     }
 
     /// A disk slot: a free one or one taken from an evictable disk block (its journal entry is
     /// freed in `prelude`).
-    pub(crate) fn alloc_disk(&mut self, prelude: &mut Prelude, stats: &Counters) -> Option<Slot> {
+    pub(crate) fn alloc_disk(&mut self, prelude: &mut Prelude) -> Option<Slot> {
         let disk = self.disk.as_mut()?;
         if let Some(s) = disk.slots.alloc() {
             return Some(s);
         }
-        let slot = pick_victim(
-            disk,
-            &self.map,
-            self.chain_aware,
-            &mut self.candidates,
-            false,
-        )?;
-        let key = disk.owner[slot as usize];
-        stats.eviction(TierLabel::Disk);
-        prelude.freed.push(Entry {
-            kind: EntryKind::Freed,
-            slot,
-            len: 0,
-            key,
-            sum: 0,
-        });
-        if let Some(mut rec) = self.map.get(&key).copied() {
-            rec.disk = NO_SLOT;
-            rec.disk_state = Res::None;
-            self.put(key, rec);
-        }
+        let slot = pick_victim(disk, &self.map, self.chain_aware, false)?;
+        let id = disk.owner[slot as usize];
+        prelude.evicted.1 += 1;
+        let rec = &mut self.map[id];
+        prelude.freed.push(Entry::freed(slot, rec.key));
+        rec.disk = NO_SLOT;
+        rec.disk_state = Res::None;
+        self.map.settle(id);
         Some(slot)
     }
 
     /// Whether the admission filter lets `rec` onto disk.
-    pub(crate) fn admit(&mut self, rec: &Record, key: BlockKey, stats: &Counters) -> bool {
+    pub(crate) fn admit(&mut self, rec: &Record, stats: &Counters) -> bool {
         let ok = match self.admission {
             Admission::All => true,
-            Admission::SecondUse => rec.uses >= 2 || self.doorkeeper.seen(key),
+            Admission::SecondUse => rec.uses >= 2 || self.doorkeeper.seen(rec.key),
         };
         if !ok {
             stats.refused();
@@ -269,29 +193,21 @@ impl Index {
         ok
     }
 
-    /// Writes `rec` back, or drops it when it holds nothing.
-    pub(crate) fn put(&mut self, key: BlockKey, rec: Record) {
-        if rec.is_empty() {
-            self.map.remove(&key);
-        } else {
-            self.map.insert(key, rec);
-        }
-    }
-
-    /// Gives up `key`'s host slot (not claimed by the caller's reasoning: the caller owns it).
-    pub(crate) fn drop_host(&mut self, key: BlockKey, rec: &mut Record) {
+    /// Gives up record `id`'s host slot.
+    pub(crate) fn drop_host(&mut self, id: RecId) {
+        let rec = &mut self.map[id];
         if rec.host != NO_SLOT {
             self.host.policy.remove(rec.host);
             self.host.slots.release(rec.host);
         }
         rec.host = NO_SLOT;
         rec.host_state = Res::None;
-        let _ = key;
     }
 
-    /// Gives up `key`'s disk slot; returns the journal entry that records it.
-    pub(crate) fn drop_disk(&mut self, key: BlockKey, rec: &mut Record) -> Option<Entry> {
+    /// Gives up record `id`'s disk slot; returns the journal entry that records it.
+    pub(crate) fn drop_disk(&mut self, id: RecId) -> Option<Entry> {
         let disk = self.disk.as_mut()?;
+        let rec = &mut self.map[id];
         if rec.disk == NO_SLOT {
             return None;
         }
@@ -300,37 +216,37 @@ impl Index {
         disk.slots.release(slot);
         rec.disk = NO_SLOT;
         rec.disk_state = Res::None;
-        Some(Entry {
-            kind: EntryKind::Freed,
-            slot,
-            len: 0,
-            key,
-            sum: 0,
-        })
+        Some(Entry::freed(slot, rec.key))
     }
 
-    /// Releases one claim on each of `keys`, dropping records that `remove` marked.
-    pub(crate) fn release(&mut self, keys: &[BlockKey], freed: &mut Vec<Entry>) {
-        for key in keys {
-            let Some(mut rec) = self.map.get(key).copied() else {
-                continue;
-            };
+    /// Drops record `id` from every tier (its freed disk slot's journal entry goes to
+    /// `freed`), or marks it to go when its last claim is released.
+    pub(crate) fn remove(&mut self, id: RecId, freed: &mut Vec<Entry>) {
+        if self.map[id].claims > 0 {
+            self.map[id].flags |= REMOVED;
+        } else {
+            self.drop_host(id);
+            freed.extend(self.drop_disk(id));
+        }
+        self.map.settle(id);
+    }
+
+    /// Releases one claim on each record of `ids`, dropping those that `remove` marked.
+    pub(crate) fn release(&mut self, ids: &[RecId], freed: &mut Vec<Entry>) {
+        for &id in ids {
+            let rec = &mut self.map[id];
             rec.claims = rec.claims.saturating_sub(1);
             if rec.claims == 0 && rec.flags & REMOVED != 0 {
-                self.drop_host(*key, &mut rec);
-                freed.extend(self.drop_disk(*key, &mut rec));
+                self.drop_host(id);
+                freed.extend(self.drop_disk(id));
             }
-            self.put(*key, rec);
+            self.map.settle(id);
         }
     }
 
     /// Bytes of memory the index holds (table, slot tables, policies).
     pub(crate) fn heap_bytes(&self) -> usize {
-        // The table's buckets: a power of two holding its capacity at a 7/8 load factor, each
-        // with an entry and one control byte.
-        let buckets = (self.map.capacity() * 8 / 7).max(1).next_power_of_two();
-        let entry = std::mem::size_of::<(BlockKey, Record)>() + 1;
-        buckets * entry
+        self.map.heap_bytes()
             + self.host.heap_bytes()
             + self.disk.as_ref().map_or(0, TierState::heap_bytes)
     }
@@ -340,14 +256,13 @@ impl Index {
 /// with `chain_aware`, the deepest of the first few evictable candidates.
 fn pick_victim(
     tier: &mut TierState,
-    map: &HashMap<BlockKey, Record, KeyBuild>,
+    map: &KeyTable,
     chain_aware: bool,
-    candidates: &mut Vec<Slot>,
     host: bool,
 ) -> Option<Slot> {
     let TierState { policy, owner, .. } = tier;
     let evictable = |slot: Slot| -> Option<u16> {
-        let rec = map.get(&owner[slot as usize])?;
+        let rec = &map[*owner.get(slot as usize)?];
         let (s, state) = if host {
             (rec.host, rec.host_state)
         } else {
@@ -364,15 +279,15 @@ fn pick_victim(
             }
         });
     }
-    candidates.clear();
+    let mut seen = 0;
     let mut best: Option<(u16, Slot)> = None;
     policy.victim(&mut |slot| match evictable(slot) {
         Some(depth) => {
-            candidates.push(slot);
+            seen += 1;
             if best.is_none_or(|(d, _)| depth > d) {
                 best = Some((depth, slot));
             }
-            if candidates.len() >= CHAIN_WINDOW {
+            if seen >= CHAIN_WINDOW {
                 Scan::Stop
             } else {
                 Scan::Skip
@@ -386,7 +301,8 @@ fn pick_victim(
 }
 
 /// The disk tier's state from its journal: the last complete write of each slot, unless a
-/// later entry freed it; a key written to two slots keeps the later one.
+/// later entry freed it; a key written to two slots keeps the later one. The caller sets the
+/// slots' owners once it has records for the keys.
 pub(super) fn recover(
     entries: &[Entry],
     capacity: usize,
@@ -427,7 +343,6 @@ pub(super) fn recover(
     let mut recovered = Vec::new();
     for (s, entry) in slot_key.iter().enumerate() {
         if let Some((key, sum)) = entry {
-            tier.owner[s] = *key;
             tier.sums[s] = *sum;
             tier.policy.insert(s as Slot, *key);
             recovered.push((s as Slot, *key));

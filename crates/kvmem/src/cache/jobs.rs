@@ -2,10 +2,11 @@
 //! index updates once each copy has stopped.
 
 use super::handle::{LoadReport, OpState, StoreReport};
-use super::index::{Prelude, Res, WriteBack};
-use super::journal::{Entry, EntryKind};
+use super::index::{Prelude, WriteBack};
+use super::journal::Entry;
 use super::slots::{NO_SLOT, Slot};
 use super::stats::{Counters, InFlight, TierLabel};
+use super::table::{RecId, Res};
 use super::{Shared, WritePolicy};
 use crate::Completion;
 use crate::error::CacheError;
@@ -19,6 +20,7 @@ use xxhash_rust::xxh3::xxh3_64;
 /// GPU block `gpu`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct DiskPart {
+    pub(crate) id: RecId,
     pub(crate) key: BlockKey,
     pub(crate) disk: Slot,
     pub(crate) host: Slot,
@@ -30,10 +32,10 @@ pub(crate) struct DiskPart {
 #[derive(Debug, Default)]
 pub(crate) struct LoadPlan {
     pub(crate) prelude: Prelude,
-    /// Keys whose claim this operation holds.
-    pub(crate) claimed: Vec<BlockKey>,
-    /// (key, host slot, GPU block) for blocks in host memory.
-    pub(crate) host: Vec<(BlockKey, Slot, usize)>,
+    /// Records whose claim this operation holds.
+    pub(crate) claimed: Vec<RecId>,
+    /// (record, host slot, GPU block) for blocks in host memory.
+    pub(crate) host: Vec<(RecId, Slot, usize)>,
     pub(crate) disk: Vec<DiskPart>,
     pub(crate) report: LoadReport,
 }
@@ -135,17 +137,12 @@ impl Shared {
         let mut sums = Vec::with_capacity(p.writebacks.len());
         let ok = match outcome {
             Ok(()) => {
-                for w in &p.writebacks {
+                let keys = self.keys_of(p.writebacks.iter().map(|w| w.id));
+                for (w, key) in p.writebacks.iter().zip(keys) {
                     // The host slot is claimed by this write-back: nothing writes it now.
                     let sum = xxh3_64(self.host.block(w.host));
                     sums.push(sum);
-                    entries.push(Entry {
-                        kind: EntryKind::Written,
-                        slot: w.disk,
-                        len: self.block_bytes as u32,
-                        key: w.key,
-                        sum,
-                    });
+                    entries.push(Entry::written(w.disk, self.block_bytes as u32, key, sum));
                 }
                 self.journal(&entries)
             }
@@ -180,15 +177,13 @@ impl Shared {
             let mut guard = self.lock();
             let ix = &mut *guard;
             for (i, w) in wbs.iter().enumerate() {
-                let Some(mut rec) = ix.map.get(&w.key).copied() else {
-                    continue;
-                };
+                let rec = &mut ix.map[w.id];
                 if rec.disk == w.disk && rec.disk_state == Res::Writing {
                     match (sums, ix.disk.as_mut()) {
                         (Some(s), Some(d)) => {
                             rec.disk_state = Res::Ready;
                             d.sums[w.disk as usize] = s[i];
-                            d.policy.insert(w.disk, w.key);
+                            d.policy.insert(w.disk, rec.key);
                         }
                         _ => {
                             if let Some(d) = ix.disk.as_mut() {
@@ -199,32 +194,38 @@ impl Shared {
                         }
                     }
                 }
-                ix.put(w.key, rec);
-                ix.release(std::slice::from_ref(&w.key), &mut freed);
+                ix.release(&[w.id], &mut freed);
             }
         }
         self.journal(&freed);
     }
 
-    /// Gives up the host slots of blocks whose copy into host memory did not complete.
-    fn drop_writing(&self, parts: &[(BlockKey, Slot)]) {
+    /// Gives up the host slots of blocks whose copy into host memory did not complete. The
+    /// records are claimed by the caller.
+    fn drop_writing(&self, parts: &[(RecId, Slot)]) {
         let mut ix = self.lock();
-        for (key, slot) in parts {
-            let Some(mut rec) = ix.map.get(key).copied() else {
-                continue;
-            };
-            if rec.host == *slot && rec.host_state == Res::Writing {
-                ix.drop_host(*key, &mut rec);
+        for &(id, slot) in parts {
+            let rec = &ix.map[id];
+            if rec.host == slot && rec.host_state == Res::Writing {
+                ix.drop_host(id);
             }
-            ix.put(*key, rec);
         }
     }
 
-    /// Releases the claims of `keys`.
-    fn release(&self, keys: &[BlockKey]) {
+    /// Releases the claims on `ids`.
+    fn release(&self, ids: &[RecId]) {
+        if ids.is_empty() {
+            return;
+        }
         let mut freed = Vec::new();
-        self.lock().release(keys, &mut freed);
+        self.lock().release(ids, &mut freed);
         self.journal(&freed);
+    }
+
+    /// The keys of claimed records `ids`.
+    fn keys_of(&self, ids: impl Iterator<Item = RecId>) -> Vec<BlockKey> {
+        let ix = self.lock();
+        ids.map(|id| ix.map[id].key).collect()
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -232,21 +233,26 @@ impl Shared {
         &self,
         op: &OpState<StoreReport>,
         prelude: Prelude,
-        new: Vec<(BlockKey, Slot)>,
-        held: Vec<BlockKey>,
+        new: Vec<(RecId, Slot)>,
+        held: Vec<RecId>,
         gpu: BlockLayout,
         src: Vec<usize>,
         mut report: StoreReport,
         deadline: Instant,
     ) {
         let _flight = InFlight::start("store");
-        let keys: Vec<BlockKey> = new.iter().map(|(k, _)| *k).collect();
+        let ids: Vec<RecId> = new.iter().map(|(id, _)| *id).collect();
         let finish = |ok: bool| {
             if !ok {
                 self.drop_writing(&new);
             }
-            self.release(&keys);
-            self.release(&held);
+            let mut freed = Vec::new();
+            {
+                let mut ix = self.lock();
+                ix.release(&ids, &mut freed);
+                ix.release(&held, &mut freed);
+            }
+            self.journal(&freed);
         };
         match self.run_prelude(prelude, deadline, op, "store") {
             Ok(n) => report.written_to_disk += n,
@@ -265,6 +271,7 @@ impl Shared {
         match copied {
             Err(CopyEnd::Late) => return finish(false),
             Err(CopyEnd::Failed(e)) => {
+                let keys = self.keys_of(ids.iter().copied());
                 finish(false);
                 op.report(Err(CacheError::Failed {
                     op: "store",
@@ -282,45 +289,36 @@ impl Shared {
             let mut guard = self.lock();
             let ix = &mut *guard;
             let write_through = ix.write == WritePolicy::WriteThrough && ix.disk.is_some();
-            for (key, slot) in &new {
-                let Some(mut rec) = ix.map.get(key).copied() else {
+            for &(id, slot) in &new {
+                let rec = &mut ix.map[id];
+                if rec.host != slot || rec.host_state != Res::Writing {
                     continue;
-                };
-                if rec.host == *slot && rec.host_state == Res::Writing {
-                    rec.host_state = Res::Ready;
-                    ix.host.policy.insert(*slot, *key);
-                    report.stored += 1;
-                    if write_through
-                        && rec.disk_state == Res::None
-                        && ix.admit(&rec, *key, &self.stats)
-                    {
-                        ix.put(*key, rec);
-                        if let Some(d) = ix.alloc_disk(&mut through, &self.stats) {
-                            let r = ix.map.get_mut(key).map(|r| {
-                                r.disk = d;
-                                r.disk_state = Res::Writing;
-                                r.claims += 1;
-                            });
-                            if r.is_some()
-                                && let Some(disk) = ix.disk.as_mut()
-                            {
-                                disk.owner[d as usize] = *key;
-                                through.writebacks.push(WriteBack {
-                                    key: *key,
-                                    host: *slot,
-                                    disk: d,
-                                });
-                            } else if let Some(disk) = ix.disk.as_mut() {
-                                disk.slots.release(d);
-                            }
-                        }
-                        continue;
-                    }
                 }
-                ix.put(*key, rec);
+                rec.host_state = Res::Ready;
+                ix.host.policy.insert(slot, rec.key);
+                report.stored += 1;
+                let rec = ix.map[id];
+                if write_through
+                    && rec.disk_state == Res::None
+                    && ix.admit(&rec, &self.stats)
+                    && let Some(d) = ix.alloc_disk(&mut through)
+                    && let Some(disk) = ix.disk.as_mut()
+                {
+                    let r = &mut ix.map[id];
+                    r.disk = d;
+                    r.disk_state = Res::Writing;
+                    r.claims += 1;
+                    disk.owner[d as usize] = id;
+                    through.writebacks.push(WriteBack {
+                        id,
+                        host: slot,
+                        disk: d,
+                    });
+                }
             }
         }
         Counters::add(&self.stats.stored, report.stored);
+        self.stats.evicted(through.evicted);
         let has_through = !through.writebacks.is_empty() || !through.freed.is_empty();
         // Release the claims before reporting, so that a caller who waited sees the blocks
         // evictable again.
@@ -351,7 +349,7 @@ impl Shared {
     ) {
         let _flight = InFlight::start(if gpu.is_some() { "load" } else { "prefetch" });
         let name = if gpu.is_some() { "load" } else { "prefetch" };
-        let staged: Vec<(BlockKey, Slot)> = plan.disk.iter().map(|p| (p.key, p.host)).collect();
+        let staged: Vec<(RecId, Slot)> = plan.disk.iter().map(|p| (p.id, p.host)).collect();
         let finish = |staged_ok: bool| {
             if !staged_ok {
                 self.drop_writing(&staged);
@@ -395,19 +393,16 @@ impl Shared {
                         for p in &plan.disk {
                             // The staging slot is held by this load and not yet published.
                             let ok = xxh3_64(self.host.block(p.host)) == p.sum;
-                            let Some(mut rec) = ix.map.get(&p.key).copied() else {
-                                continue;
-                            };
+                            let rec = &mut ix.map[p.id];
                             if !ok {
-                                ix.drop_host(p.key, &mut rec);
-                                freed.extend(ix.drop_disk(p.key, &mut rec));
+                                ix.drop_host(p.id);
+                                freed.extend(ix.drop_disk(p.id));
                                 corrupt.push(p.key);
                             } else if rec.host == p.host && rec.host_state == Res::Writing {
                                 rec.host_state = Res::Ready;
                                 ix.host.policy.insert(p.host, p.key);
                                 good.push(*p);
                             }
-                            ix.put(p.key, rec);
                         }
                     }
                     self.journal(&freed);
@@ -436,7 +431,7 @@ impl Shared {
                 match copied {
                     Err(CopyEnd::Late) => return finish(true),
                     Err(CopyEnd::Failed(e)) => {
-                        failed.extend(plan.host.iter().map(|(k, _, _)| *k));
+                        failed.extend(self.keys_of(plan.host.iter().map(|(id, _, _)| *id)));
                         failed.extend(good.iter().map(|p| p.key));
                         failure = Some(e);
                         plan.report.from_disk = 0;

@@ -38,6 +38,28 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
+    /// `key`'s `len` bytes are complete in `slot`, with checksum `sum`.
+    pub(crate) fn written(slot: u32, len: u32, key: BlockKey, sum: u64) -> Self {
+        Self {
+            kind: EntryKind::Written,
+            slot,
+            len,
+            key,
+            sum,
+        }
+    }
+
+    /// `slot` (which held `key`) no longer holds a block.
+    pub(crate) fn freed(slot: u32, key: BlockKey) -> Self {
+        Self {
+            kind: EntryKind::Freed,
+            slot,
+            len: 0,
+            key,
+            sum: 0,
+        }
+    }
+
     fn encode(&self, seq: u64, out: &mut [u8; RECORD_BYTES]) {
         out[0..4].copy_from_slice(&MAGIC.to_le_bytes());
         out[4] = match self.kind {

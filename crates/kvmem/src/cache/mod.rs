@@ -69,6 +69,7 @@ mod journal;
 mod policy;
 mod slots;
 mod stats;
+mod table;
 mod tier;
 
 pub use crate::error::{CacheError, CacheResult};
@@ -82,12 +83,13 @@ pub use tier::{HostMemoryKind, HostPoolKind};
 use crate::layout::BlockLayout;
 use crate::transfer::TransferEngine;
 use handle::OpState;
-use index::{Index, Prelude, REMOVED, Record, Res, TierState, recover};
+use index::{Index, Prelude, TierState, recover};
 use slots::{NO_SLOT, Slot};
 use stats::Counters;
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use table::{RecId, Res};
 use tier::{DirMeta, DiskTier, Geometry, HostPool};
 
 /// The result of a [`lookup`](BlockCache::lookup): how many leading keys are present, and in
@@ -205,11 +207,13 @@ impl BlockCache {
             (None, _) => (None, None, WritePolicy::HostOnly, Admission::All),
         };
         let mut index = Index::new(host_tier, None, write, admission, config.chain_aware);
-        if let Some((tier, recovered)) = disk_tier {
+        if let Some((mut tier, recovered)) = disk_tier {
             for (slot, key) in &recovered {
-                let rec = index.map.entry(*key).or_insert(Record::new(0));
+                let id = index.map.find_or_insert(*key, 0);
+                let rec = &mut index.map[id];
                 rec.disk = *slot;
                 rec.disk_state = Res::Ready;
+                tier.owner[*slot as usize] = id;
             }
             Counters::add(&stats.recovered, recovered.len());
             index.disk = Some(tier);
@@ -352,17 +356,10 @@ impl BlockCache {
         {
             let mut ix = self.shared.lock();
             for key in keys {
-                let Some(mut rec) = ix.map.get(key).copied() else {
-                    continue;
-                };
-                present += 1;
-                if rec.claims > 0 {
-                    rec.flags |= REMOVED;
-                } else {
-                    ix.drop_host(*key, &mut rec);
-                    freed.extend(ix.drop_disk(*key, &mut rec));
+                if let Some(id) = ix.map.find(key) {
+                    present += 1;
+                    ix.remove(id, &mut freed);
                 }
-                ix.put(*key, rec);
             }
         }
         self.shared.journal(&freed);
@@ -391,7 +388,7 @@ impl BlockCache {
         let deadline = Instant::now() + timeout;
         let stats = &self.shared.stats;
         let mut prelude = Prelude::default();
-        let mut new: Vec<(BlockKey, Slot)> = Vec::with_capacity(keys.len());
+        let mut new: Vec<(RecId, Slot)> = Vec::with_capacity(keys.len());
         let mut src = Vec::with_capacity(keys.len());
         let mut report = StoreReport::default();
         let mut held = Vec::new();
@@ -400,10 +397,11 @@ impl BlockCache {
             let ix = &mut *guard;
             // First claim every present key, so that making room for the new ones cannot
             // evict a block this store just found.
-            let mut fresh = Vec::with_capacity(keys.len());
+            let mut fresh = Vec::new();
             for (i, key) in keys.iter().enumerate() {
-                match ix.map.get_mut(key) {
-                    Some(r) if r.present() => {
+                match ix.map.find(key) {
+                    Some(id) if ix.map[id].present() => {
+                        let r = &mut ix.map[id];
                         r.uses = r.uses.saturating_add(1);
                         r.claims += 1;
                         if r.host_state == Res::Ready {
@@ -413,36 +411,48 @@ impl BlockCache {
                         {
                             d.policy.access(r.disk);
                         }
-                        held.push(*key);
+                        held.push(id);
                     }
                     _ => fresh.push(i),
                 }
             }
-            report.present = held.len();
+            // The parent of each new block: its depth is one more.
+            let mut parent: Option<(usize, u16)> = None;
             for i in fresh {
-                let key = &keys[i];
-                let d = match i.checked_sub(1).and_then(|p| ix.map.get(&keys[p])) {
-                    Some(parent) => parent.depth.saturating_add(1),
-                    None => 0,
+                let key = keys[i];
+                let depth = match parent {
+                    Some((p, d)) if p + 1 == i => d.saturating_add(1),
+                    _ => match i.checked_sub(1).and_then(|p| ix.map.get(&keys[p])) {
+                        Some(parent) => parent.depth.saturating_add(1),
+                        None => 0,
+                    },
                 };
+                parent = Some((i, depth));
                 // Claim the record first, so that making room cannot pick it.
-                let rec = ix.map.entry(*key).or_insert(Record::new(d));
+                let id = ix.map.find_or_insert(key, depth);
+                let rec = &mut ix.map[id];
                 rec.claims += 1;
-                rec.depth = d;
+                if rec.present() {
+                    // The same key twice in this store: its first copy is being written.
+                    held.push(id);
+                    continue;
+                }
+                rec.depth = depth;
                 let Some(slot) = ix.alloc_host(&mut prelude, stats) else {
-                    report.no_space.push(*key);
-                    ix.release(std::slice::from_ref(key), &mut prelude.freed);
+                    report.no_space.push(key);
+                    ix.release(&[id], &mut prelude.freed);
                     continue;
                 };
-                if let Some(r) = ix.map.get_mut(key) {
-                    r.host = slot;
-                    r.host_state = Res::Writing;
-                }
-                ix.host.owner[slot as usize] = *key;
-                new.push((*key, slot));
+                let rec = &mut ix.map[id];
+                rec.host = slot;
+                rec.host_state = Res::Writing;
+                ix.host.owner[slot as usize] = id;
+                new.push((id, slot));
                 src.push(gpu_ids[i]);
             }
+            report.present = held.len();
         }
+        stats.evicted(prelude.evicted);
         Counters::add(&stats.store_present, report.present);
         Counters::add(&stats.no_space, report.no_space.len());
         let op = OpState::new();
@@ -503,10 +513,11 @@ impl BlockCache {
             let mut staged = Vec::new();
             for (i, key) in keys.iter().enumerate() {
                 let gpu_id = gpu.map_or(0, |(_, ids)| ids[i]);
-                let Some(r) = ix.map.get_mut(key) else {
+                let Some(id) = ix.map.find(key) else {
                     plan.report.missing.push(*key);
                     continue;
                 };
+                let r = &mut ix.map[id];
                 if r.host_state == Res::Ready {
                     if gpu.is_none() {
                         continue;
@@ -514,27 +525,27 @@ impl BlockCache {
                     r.claims += 1;
                     r.uses = r.uses.saturating_add(1);
                     ix.host.policy.access(r.host);
-                    plan.claimed.push(*key);
-                    plan.host.push((*key, r.host, gpu_id));
+                    plan.claimed.push(id);
+                    plan.host.push((id, r.host, gpu_id));
                 } else if r.disk_state == Res::Ready && r.host_state == Res::None {
                     r.claims += 1;
                     r.uses = r.uses.saturating_add(1);
-                    plan.claimed.push(*key);
-                    staged.push((*key, r.disk, gpu_id));
+                    plan.claimed.push(id);
+                    staged.push((id, r.disk, gpu_id));
                 } else {
                     plan.report.missing.push(*key);
                 }
             }
-            for (key, dslot, gpu_id) in staged {
+            for (id, dslot, gpu_id) in staged {
                 let Some(hslot) = ix.alloc_host(&mut plan.prelude, stats) else {
-                    plan.report.no_space.push(key);
+                    plan.report.no_space.push(ix.map[id].key);
                     continue;
                 };
-                if let Some(r) = ix.map.get_mut(&key) {
-                    r.host = hslot;
-                    r.host_state = Res::Writing;
-                }
-                ix.host.owner[hslot as usize] = key;
+                let r = &mut ix.map[id];
+                r.host = hslot;
+                r.host_state = Res::Writing;
+                let key = r.key;
+                ix.host.owner[hslot as usize] = id;
                 let sum = match ix.disk.as_mut() {
                     Some(d) => {
                         d.policy.access(dslot);
@@ -543,6 +554,7 @@ impl BlockCache {
                     None => 0,
                 };
                 plan.disk.push(jobs::DiskPart {
+                    id,
                     key,
                     disk: dslot,
                     host: hslot,
@@ -551,6 +563,7 @@ impl BlockCache {
                 });
             }
         }
+        stats.evicted(plan.prelude.evicted);
         let op = OpState::new();
         let handle = CacheHandle::new(Arc::clone(&op));
         let shared = Arc::clone(&self.shared);
@@ -596,7 +609,8 @@ impl BlockCache {
             let cap = tier.slots.capacity();
             let mut owned = vec![false; cap];
             let mut count = 0usize;
-            for (key, r) in &ix.map {
+            for (id, r) in ix.map.iter() {
+                let key = r.key;
                 let (slot, state) = if host {
                     (r.host, r.host_state)
                 } else {
@@ -619,9 +633,9 @@ impl BlockCache {
                 }
                 owned[s] = true;
                 count += 1;
-                if tier.owner[s] != *key {
+                if tier.owner[s] != id {
                     return Err(format!(
-                        "{name}: slot {slot} is owned by {key} but names {}",
+                        "{name}: slot {slot} is owned by {key} (record {id}) but names record {}",
                         tier.owner[s]
                     ));
                 }
@@ -645,9 +659,12 @@ impl BlockCache {
         if let Some(d) = &ix.disk {
             check_tier(d, "disk", false)?;
         }
-        for (key, r) in &ix.map {
+        for (_, r) in ix.map.iter() {
             if r.is_empty() {
-                return Err(format!("{key} has an empty record"));
+                return Err(format!("{} has an empty record", r.key));
+            }
+            if ix.map.find(&r.key).is_none() {
+                return Err(format!("{} has a record the table does not find", r.key));
             }
         }
         Ok(())

@@ -135,33 +135,44 @@ impl Counters {
         metrics::counter!("kvmem_cache_hits_total", "tier" => "disk").increment(disk as u64);
     }
 
+    /// Counts `bytes` copied into `tier`.
     pub(crate) fn bytes_in(&self, tier: TierLabel, bytes: usize) {
-        match tier {
+        let counter = match tier {
             TierLabel::Host => &self.host_bytes_in,
             TierLabel::Disk => &self.disk_bytes_in,
-        }
-        .fetch_add(bytes as u64, Relaxed);
-        metrics::counter!("kvmem_cache_bytes_total", "tier" => tier.name(), "direction" => "in")
-            .increment(bytes as u64);
+        };
+        Self::bytes(counter, tier, "in", bytes);
     }
 
+    /// Counts `bytes` copied out of `tier`.
     pub(crate) fn bytes_out(&self, tier: TierLabel, bytes: usize) {
-        match tier {
+        let counter = match tier {
             TierLabel::Host => &self.host_bytes_out,
             TierLabel::Disk => &self.disk_bytes_out,
-        }
-        .fetch_add(bytes as u64, Relaxed);
-        metrics::counter!("kvmem_cache_bytes_total", "tier" => tier.name(), "direction" => "out")
+        };
+        Self::bytes(counter, tier, "out", bytes);
+    }
+
+    fn bytes(counter: &AtomicU64, tier: TierLabel, direction: &'static str, bytes: usize) {
+        counter.fetch_add(bytes as u64, Relaxed);
+        metrics::counter!("kvmem_cache_bytes_total", "tier" => tier.name(), "direction" => direction)
             .increment(bytes as u64);
     }
 
-    pub(crate) fn eviction(&self, tier: TierLabel) {
-        match tier {
-            TierLabel::Host => &self.evictions_host,
-            TierLabel::Disk => &self.evictions_disk,
+    /// Counts `(host, disk)` evictions.
+    pub(crate) fn evicted(&self, (host, disk): (usize, usize)) {
+        for (tier, n) in [(TierLabel::Host, host), (TierLabel::Disk, disk)] {
+            if n == 0 {
+                continue;
+            }
+            match tier {
+                TierLabel::Host => &self.evictions_host,
+                TierLabel::Disk => &self.evictions_disk,
+            }
+            .fetch_add(n as u64, Relaxed);
+            metrics::counter!("kvmem_cache_evictions_total", "tier" => tier.name())
+                .increment(n as u64);
         }
-        .fetch_add(1, Relaxed);
-        metrics::counter!("kvmem_cache_evictions_total", "tier" => tier.name()).increment(1);
     }
 
     pub(crate) fn refused(&self) {
@@ -269,7 +280,7 @@ mod tests {
         metrics::with_local_recorder(&tally, || {
             c.lookup(10, 3, 2);
             c.bytes_in(TierLabel::Disk, 4096);
-            c.eviction(TierLabel::Host);
+            c.evicted((1, 0));
             c.refused();
         });
         assert_eq!(tally.get("kvmem_cache_lookups_total"), 1);

@@ -1,0 +1,78 @@
+"""kvmem.BlockCache from Python on host memory and disk: random blocks stored, evicted to disk,
+loaded back into a poisoned layout and compared byte for byte; bad input is a Python exception."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import kvmem
+import numpy as np
+import pytest
+from kvref import make
+
+LAYERS, BS, HEADS, HD = 3, 16, 2, 64  # 24 KiB blocks: whole pages, as the disk tier needs
+
+
+def layout(kv: Any) -> kvmem.Layout:
+    return kvmem.Layout.from_tensors(kv, "flash_attn")
+
+
+def block(kv: Any, b: int) -> bytes:
+    return b"".join(t[:, b].tobytes() for t in kv)
+
+
+def test_store_evict_to_disk_and_load_back_byte_exact(tmp_path: Path) -> None:
+    rng = np.random.default_rng(11)
+    src_kv = make("flash_attn", 8, LAYERS, BS, HEADS, HD, rng)
+    dst_kv = [np.full_like(t, 0xA5) for t in src_kv]
+    src, dst = layout(src_kv), layout(dst_kv)
+    cache = kvmem.BlockCache(src, host_blocks=4, disk_dir=tmp_path / "disk", disk_blocks=16)
+    assert cache.block_bytes == LAYERS * 2 * BS * HEADS * HD * 2
+    keys = [(1 << 100) + 3 * i for i in range(8)]
+    assert cache.store(keys[:4], src, [0, 1, 2, 3])["stored"] == 4
+    # Room for the next four: the first four are written back to disk.
+    r = cache.store(keys[4:], src, np.arange(4, 8))
+    assert (r["stored"], r["written_to_disk"]) == (4, 4)
+    assert cache.lookup(keys) == (8, 4, 4), "0-3 only on disk, 4-7 in host memory"
+    assert all(cache.contains(k) for k in keys)
+    first = cache.load(keys[:4], dst, [7, 6, 5, 4])
+    assert first["from_disk"] == 4 and not first["missing"] and not first["corrupt"]
+    second = cache.load(keys[4:], dst, [3, 2, 1, 0])
+    assert second["from_host"] + second["from_disk"] == 4, second
+    for i in range(8):
+        assert block(dst_kv, 7 - i) == block(src_kv, i), f"block of key {i}"
+    assert cache.remove([keys[0], 12345]) == 1
+    assert not cache.contains(keys[0])
+    assert cache.load([keys[0]], dst, [0])["missing"] == [keys[0]]
+    assert cache.lookup(keys) == (0, 0, 0)
+
+
+def test_present_keys_are_skipped() -> None:
+    rng = np.random.default_rng(3)
+    kv = make("flash_attn", 4, LAYERS, BS, HEADS, HD, rng)
+    cache = kvmem.BlockCache(layout(kv), host_blocks=8, policy="s3fifo")
+    assert cache.store([1, 2], layout(kv), [0, 1])["stored"] == 2
+    r = cache.store([1, 2, 3], layout(kv), [0, 1, 2])
+    assert (r["stored"], r["present"]) == (1, 2)
+    cache.touch([1, 99])
+    assert cache.lookup([1, 2, 3, 4]) == (3, 3, 0)
+
+
+def test_bad_input_raises() -> None:
+    rng = np.random.default_rng(5)
+    kv = make("flash_attn", 4, LAYERS, BS, HEADS, HD, rng)
+    cache = kvmem.BlockCache(layout(kv), host_blocks=4)
+    with pytest.raises(ValueError, match="keys"):
+        cache.store([1, 2], layout(kv), [0])
+    other = make("flash_attn", 4, LAYERS, BS, HEADS, HD * 2, rng)
+    with pytest.raises(ValueError):
+        cache.store([1], layout(other), [0])
+    with pytest.raises(ValueError):
+        cache.load([1], layout(kv), [0], timeout=-1.0)
+    with pytest.raises(ValueError, match="policy"):
+        kvmem.BlockCache(layout(kv), host_blocks=4, policy="fifo")  # type: ignore[arg-type]
+    with pytest.raises(OverflowError):
+        cache.lookup([-1])
+    with pytest.raises(ValueError, match="host tier"):
+        kvmem.BlockCache(layout(kv), host_blocks=0, disk_dir="/nonexistent/x", disk_blocks=4)
