@@ -18,6 +18,9 @@
 # GPU tests, memcheck of the transfer sweeps, the planner benchmark, `kvmem bench` over every
 # path once and the GPU paths twice more (run-to-run variance), no per-method runs. The full run
 # does those too.
+# KVMEM_GPU_STEPS=REGEX runs only the steps whose names match (bash extended regex), the others
+# are reported SKIPPED: the whole harness no longer fits one device call, so a session runs it in
+# parts, e.g. KVMEM_GPU_STEPS='tests|memcheck|soak' then KVMEM_GPU_STEPS='bench'.
 # The device tool brings back at most 8 files: the bench outputs beyond the main JSON, plot and
 # table are packed into kvbench.tgz.
 # Every test is named exactly and each step checks how many tests passed, so a renamed test fails
@@ -78,6 +81,10 @@ fi
 step() {
     local name="$1" log="$2"
     shift 2
+    if [ -n "${KVMEM_GPU_STEPS:-}" ] && ! [[ "$name" =~ $KVMEM_GPU_STEPS ]]; then
+        skipped "$name" "not in KVMEM_GPU_STEPS"
+        return 0
+    fi
     echo "== $name: $*" | tee -a "$log"
     local t0=$SECONDS tmp
     tmp=$(mktemp)
@@ -101,9 +108,9 @@ step() {
     echo "$name: $verdict in $((SECONDS - t0)) s" | tee -a "$summary" "$log"
 }
 
-# skipped NAME: records a step that this run leaves out (quick mode).
+# skipped NAME [WHY]: records a step that this run leaves out (quick mode, or KVMEM_GPU_STEPS).
 skipped() {
-    echo "$1: SKIPPED (KVMEM_GPU_QUICK=1)" | tee -a "$summary"
+    echo "$1: SKIPPED (${2:-KVMEM_GPU_QUICK=1})" | tee -a "$summary"
     skips=$((skips + 1))
 }
 skips=0
