@@ -184,10 +184,11 @@ impl GpuExecutor {
 
     pub(crate) fn submit(&self, work: Work) {
         let task = if is_direct(&work.plan) {
+            let cuts = registration_cuts(&work.plan);
             let mut completions = Vec::new();
             let mut error = None;
             for batch in work.plan.batches() {
-                match self.enqueue_direct(batch.src_kind, batch.dst_kind, &batch.ops) {
+                match self.enqueue_direct(batch.src_kind, batch.dst_kind, &batch.ops, &cuts) {
                     Ok(c) => completions.push(c),
                     Err(e) => {
                         error = Some(e);
@@ -252,9 +253,10 @@ impl GpuExecutor {
         src: StorageKind,
         dst: StorageKind,
         ops: &[CopyOp],
+        cuts: &[usize],
     ) -> Result<CopyCompletion> {
         let stream = self.streams.get(device_of(src, dst)?)?;
-        let copies: Vec<DeviceCopy> = ops.iter().map(device_copy).collect();
+        let copies = device_copies(ops, src, dst, cuts);
         // SAFETY: the plan validated every range against the buffers it keeps alive; the plan
         // travels with the completion to the worker, which drops it only after waiting; pinned
         // memory is device-mapped; destinations are pairwise disjoint and disjoint from sources.
@@ -381,7 +383,7 @@ fn run_staged(staging: &mut Staging, work: &Work) -> Result<()> {
                 )?
             }
             _ => {
-                let copies: Vec<DeviceCopy> = batch.ops.iter().map(device_copy).collect();
+                let copies = device_copies(&batch.ops, src, dst, &registration_cuts(&work.plan));
                 // SAFETY: as in `GpuExecutor::enqueue_direct`; waited for right here.
                 let c =
                     unsafe { stream.copy_async(&copies, method, location(src), location(dst))? };
@@ -390,6 +392,85 @@ fn run_staged(staging: &mut Staging, work: &Work) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The host addresses inside the plan's pinned buffers where one page-lock registration ends and
+/// the next begins (sorted): a CUDA copy must not cross one (the driver refuses it with
+/// `CUDA_ERROR_INVALID_VALUE`). Empty, and free, for memory registered in one piece.
+fn registration_cuts(plan: &TransferPlan) -> Vec<usize> {
+    let mut cuts: Vec<usize> = plan
+        .buffers()
+        .iter()
+        .filter_map(registered_ranges)
+        .flat_map(|ranges| ranges.into_iter().skip(1).map(|r| r.start))
+        .collect();
+    cuts.sort_unstable();
+    cuts.dedup();
+    cuts
+}
+
+/// The registrations of the pinned storage `buffer` is, or is a view of, when there are several.
+fn registered_ranges(buffer: &Buffer) -> Option<Vec<std::ops::Range<usize>>> {
+    use crate::storage::MappedPinnedStorage;
+    let ranges = if let Some(pool) = buffer.downcast_ref::<BackgroundPinnedStorage>() {
+        pool.registered_ranges()
+    } else if let Some(mapped) = buffer.downcast_ref::<MappedPinnedStorage>() {
+        mapped.registered_ranges()
+    } else if let Some(external) = buffer.downcast_ref::<crate::storage::ExternalPinnedMemory>() {
+        external.registered_ranges()
+    } else {
+        return buffer
+            .downcast_ref::<crate::OffsetBuffer>()
+            .and_then(|view| registered_ranges(view.base()));
+    };
+    (ranges.len() > 1).then_some(ranges)
+}
+
+/// The device copies of `ops`, each split where its pinned host side crosses one of `cuts`.
+fn device_copies(
+    ops: &[CopyOp],
+    src: StorageKind,
+    dst: StorageKind,
+    cuts: &[usize],
+) -> Vec<DeviceCopy> {
+    if cuts.is_empty() {
+        return ops.iter().map(device_copy).collect();
+    }
+    let mut out = Vec::with_capacity(ops.len());
+    for op in ops {
+        let mut op = *op;
+        loop {
+            // The first cut strictly inside the host side of what is left of `op`.
+            let inside = |start: usize| {
+                let i = cuts.partition_point(|&c| c <= start);
+                cuts.get(i).copied().filter(|&c| c < start + op.len)
+            };
+            let cut = match (src == StorageKind::Pinned, dst == StorageKind::Pinned) {
+                (true, true) => match (inside(op.src), inside(op.dst)) {
+                    (Some(a), Some(b)) => Some((a - op.src).min(b - op.dst)),
+                    (a, b) => a.map(|a| a - op.src).or(b.map(|b| b - op.dst)),
+                },
+                (true, false) => inside(op.src).map(|c| c - op.src),
+                (false, true) => inside(op.dst).map(|c| c - op.dst),
+                (false, false) => None,
+            };
+            match cut {
+                Some(n) => {
+                    out.push(device_copy(&CopyOp { len: n, ..op }));
+                    op = CopyOp {
+                        src: op.src + n,
+                        dst: op.dst + n,
+                        len: op.len - n,
+                    };
+                }
+                None => {
+                    out.push(device_copy(&op));
+                    break;
+                }
+            }
+        }
+    }
+    out
 }
 
 fn device_copy(op: &CopyOp) -> DeviceCopy {

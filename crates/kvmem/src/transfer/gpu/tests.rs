@@ -152,3 +152,44 @@ fn slabs_split_and_pack_within_the_bounce_size() {
     let copies = bounce_copies(&s[0], 0x1_0000, true);
     assert_eq!(copies[1].src, 0x1_0000 + 10);
 }
+
+/// Copies are split exactly where their pinned host side crosses from one page-lock
+/// registration into the next (the driver refuses a copy that crosses), on either side or both,
+/// and the pieces still cover every byte once, in order; device-only copies are never split.
+#[test]
+fn copies_split_at_registration_boundaries_of_the_pinned_side() {
+    let cuts = [1000, 2000, 3000];
+    let pieces = |op: CopyOp, src, dst| {
+        device_copies(&[op], src, dst, &cuts)
+            .iter()
+            .map(|c| (c.src as usize, c.dst as usize, c.len as usize))
+            .collect::<Vec<_>>()
+    };
+    let (pinned, device) = (StorageKind::Pinned, StorageKind::Device(0));
+    let op = |src, dst, len| CopyOp { src, dst, len };
+    // Host source over two boundaries into device memory.
+    assert_eq!(
+        pieces(op(900, 50_000, 1200), pinned, device),
+        vec![(900, 50_000, 100), (1000, 50_100, 1000), (2000, 51_100, 100)]
+    );
+    // Host destination; a copy ending exactly on a boundary is not split.
+    assert_eq!(
+        pieces(op(50_000, 1000, 1000), device, pinned),
+        vec![(50_000, 1000, 1000)]
+    );
+    assert_eq!(
+        pieces(op(50_000, 1500, 1000), device, pinned),
+        vec![(50_000, 1500, 500), (50_500, 2000, 500)]
+    );
+    // Both sides pinned: cut at whichever boundary comes first on either side.
+    assert_eq!(
+        pieces(op(1900, 2950, 200), pinned, pinned),
+        vec![(1900, 2950, 50), (1950, 3000, 50), (2000, 3050, 100)]
+    );
+    // Device to device, or no cuts: one copy each, unchanged.
+    assert_eq!(pieces(op(900, 1900, 3000), device, device).len(), 1);
+    assert_eq!(
+        device_copies(&[op(900, 1900, 3000)], pinned, device, &[]).len(),
+        1
+    );
+}
