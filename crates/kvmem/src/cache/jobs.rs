@@ -48,15 +48,28 @@ enum CopyEnd {
     Late,
 }
 
+/// True when `r` says the copy missed the engine's deadline: its backend may still be writing
+/// the destination.
+fn still_running<T>(r: &crate::Result<T>) -> bool {
+    matches!(
+        r,
+        Err(crate::Error::Transfer(
+            crate::error::TransferError::TimedOut { .. }
+        ))
+    )
+}
+
 /// Waits for `h` until `deadline`. On timeout or cancellation the operation's failure is
 /// reported at once, and then this still waits for the copy to stop, so that its slots can be
-/// reused safely.
+/// reused safely. If the copy did not stop within the engine's own deadline (a stalled
+/// backend), `stuck` is called: the caller retires the slots the copy writes, for good.
 fn finish_copy<T>(
     h: TransferHandle,
     deadline: Instant,
     op: &OpState<T>,
     name: &'static str,
     keys: usize,
+    stuck: &dyn Fn(),
 ) -> Result<usize, CopyEnd> {
     let start = Instant::now();
     loop {
@@ -76,11 +89,17 @@ fn finish_copy<T>(
             h.cancel();
             op.report(Err(e.into()));
             // The outcome no longer matters; what matters is that no copy still runs.
-            let _ = h.wait();
+            if still_running(&h.wait()) {
+                stuck();
+            }
             return Err(CopyEnd::Late);
         }
         if h.wait_timeout((deadline - now).min(Duration::from_millis(20))) {
-            return h.wait().map(|s| s.bytes).map_err(CopyEnd::Failed);
+            let r = h.wait();
+            if still_running(&r) {
+                stuck();
+            }
+            return r.map(|s| s.bytes).map_err(CopyEnd::Failed);
         }
     }
 }
@@ -124,7 +143,9 @@ impl Shared {
             .copy_blocks(&self.host.flat, &hs, &disk.layout, &ds)
         {
             Err(e) => Err(e),
-            Ok(h) => match finish_copy(h, deadline, op, name, p.writebacks.len()) {
+            Ok(h) => match finish_copy(h, deadline, op, name, p.writebacks.len(), &|| {
+                self.retire(false, &ds)
+            }) {
                 Ok(_) => Ok(()),
                 Err(CopyEnd::Failed(e)) => Err(e),
                 Err(CopyEnd::Late) => {
@@ -200,6 +221,27 @@ impl Shared {
         self.journal(&freed);
     }
 
+    /// Takes `slots` of the host tier (`host`) or the disk tier out of use for good: a copy
+    /// into them timed out in a stalled backend and may still write them.
+    fn retire(&self, host: bool, slots: &[usize]) {
+        let mut ix = self.lock();
+        let tier = if host {
+            Some(&mut ix.host)
+        } else {
+            ix.disk.as_mut()
+        };
+        if let Some(tier) = tier {
+            for &s in slots {
+                tier.slots.retire(s as Slot);
+            }
+        }
+        tracing::error!(
+            tier = if host { "host" } else { "disk" },
+            slots = slots.len(),
+            "cache: a copy outlived the engine's deadline; its destination slots are retired"
+        );
+    }
+
     /// Gives up the host slots of blocks whose copy into host memory did not complete. The
     /// records are claimed by the caller.
     fn drop_writing(&self, parts: &[(RecId, Slot)]) {
@@ -266,7 +308,9 @@ impl Shared {
         let dst: Vec<usize> = new.iter().map(|(_, s)| *s as usize).collect();
         let copied = match self.engine.copy_blocks(&gpu, &src, &self.host.layout, &dst) {
             Err(e) => Err(CopyEnd::Failed(e)),
-            Ok(h) => finish_copy(h, deadline, op, "store", new.len()),
+            Ok(h) => finish_copy(h, deadline, op, "store", new.len(), &|| {
+                self.retire(true, &dst)
+            }),
         };
         match copied {
             Err(CopyEnd::Late) => return finish(false),
@@ -373,7 +417,9 @@ impl Shared {
                 .copy_blocks(&disk.layout, &ds, &self.host.flat, &hs)
             {
                 Err(e) => Err(CopyEnd::Failed(e)),
-                Ok(h) => finish_copy(h, deadline, op, name, plan.disk.len()),
+                Ok(h) => finish_copy(h, deadline, op, name, plan.disk.len(), &|| {
+                    self.retire(true, &hs)
+                }),
             };
             match read {
                 Err(CopyEnd::Late) => return finish(false),
@@ -426,7 +472,9 @@ impl Shared {
             if !src.is_empty() {
                 let copied = match self.engine.copy_blocks(&self.host.layout, &src, gpu, &dst) {
                     Err(e) => Err(CopyEnd::Failed(e)),
-                    Ok(h) => finish_copy(h, deadline, op, name, src.len()),
+                    // The destination is the caller's GPU memory, not a cache slot; the
+                    // caller gets the timeout and must not reuse it (see `TransferHandle`).
+                    Ok(h) => finish_copy(h, deadline, op, name, src.len(), &|| {}),
                 };
                 match copied {
                     Err(CopyEnd::Late) => return finish(true),
@@ -455,5 +503,130 @@ impl Shared {
             .into())),
             None => op.report(Ok(plan.report)),
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{BlockCache, CacheConfig, Capacity, HostMemoryKind};
+    use crate::Completion;
+    use crate::error::CacheError;
+    use crate::key::BlockKey;
+    use crate::layout::{BlockDim, BlockLayout, LayoutConfig, LayoutKind};
+    use crate::transfer::EngineConfig;
+    use crate::{Buffer, HostMemory, SystemStorage};
+    use std::time::Duration;
+
+    /// Blocks of 2 layers x k/v x 4 tokens x 128 x 2 bytes: 4096 bytes.
+    fn block() -> LayoutConfig {
+        LayoutConfig {
+            num_blocks: 1,
+            num_layers: 2,
+            outer_dim: 2,
+            page_size: 4,
+            inner_dim: 128,
+            dtype_bytes: 2,
+        }
+    }
+
+    /// An engine-side (layer-separate) layout of `n` blocks in host memory, every byte `fill`.
+    fn engine_layout(n: usize, fill: u8) -> BlockLayout {
+        let config = LayoutConfig {
+            num_blocks: n,
+            ..block()
+        };
+        let kind = LayoutKind::LayerSeparate(BlockDim::Second);
+        let (regions, bytes) = config.regions(kind).unwrap();
+        let regions = (0..regions)
+            .map(|_| {
+                let mut s = SystemStorage::new(bytes).unwrap();
+                s.as_mut_slice().fill(fill);
+                Buffer::new(s)
+            })
+            .collect();
+        BlockLayout::new(config, kind, regions, 1024).unwrap()
+    }
+
+    /// A store whose copy outlives even the engine's deadline (a stalled backend) fails with
+    /// the cache's timeout, and the host slots that copy may still write are never handed out
+    /// again: after the backend wakes up and writes them, a later store lands elsewhere and
+    /// reads back its own bytes.
+    #[test]
+    fn a_copy_that_outlives_the_engine_deadline_retires_its_slots() {
+        let mut c = CacheConfig::new(block(), Capacity::Blocks(10));
+        c.host_memory = HostMemoryKind::System;
+        c.engine = EngineConfig {
+            deadline: Duration::from_millis(200),
+            deadline_per_gib: Duration::ZERO,
+            ..EngineConfig::default()
+        };
+        let cache = BlockCache::open(c).unwrap();
+        // 7 blocks of 4096 bytes: a byte count no other test stalls.
+        let n = 7;
+        let stalled = engine_layout(n, 0xEE);
+        let keys: Vec<BlockKey> = (0..n as u128).map(|i| BlockKey::new(i + 1)).collect();
+        let ids: Vec<usize> = (0..n).collect();
+        crate::transfer::host_stall::hold(n * 4096);
+        let e = cache
+            .store(&keys, &stalled, &ids, Duration::from_millis(50))
+            .unwrap()
+            .wait()
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                crate::Error::Cache(CacheError::Timeout { op: "store", .. })
+            ),
+            "{e}"
+        );
+        // The failure is reported at the cache's deadline; the job retires the slots once the
+        // engine's own deadline (200 ms) has passed too.
+        let started = std::time::Instant::now();
+        let retired = loop {
+            let ix = cache.shared.lock();
+            if ix.host.slots.retired().len() == n || started.elapsed() > Duration::from_secs(5) {
+                assert_eq!(
+                    ix.host.slots.used(),
+                    n,
+                    "the stuck copy's slots stay out of use"
+                );
+                break ix.host.slots.retired().to_vec();
+            }
+            drop(ix);
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert_eq!(retired.len(), n);
+        cache.check_invariants().unwrap();
+        // The backend wakes up and writes 0xEE into the retired slots.
+        crate::transfer::host_stall::release(n * 4096);
+        std::thread::sleep(Duration::from_millis(100));
+        // The 3 slots left take a new store, which reads back its own bytes.
+        let fresh = engine_layout(3, 0x11);
+        let new_keys: Vec<BlockKey> = (100..103).map(BlockKey::new).collect();
+        let r = cache
+            .store(&new_keys, &fresh, &[0, 1, 2], Duration::from_secs(10))
+            .unwrap()
+            .wait()
+            .unwrap();
+        assert_eq!(r.stored, 3);
+        {
+            let ix = cache.shared.lock();
+            for k in &new_keys {
+                let id = ix.map.find(k).unwrap();
+                let slot = ix.map[id].host;
+                assert!(!retired.contains(&slot), "slot {slot} was retired");
+            }
+        }
+        let back = engine_layout(3, 0);
+        cache
+            .load(&new_keys, &back, &[0, 1, 2], Duration::from_secs(10))
+            .unwrap()
+            .wait()
+            .unwrap();
+        for r in back.regions() {
+            let s = r.downcast_ref::<SystemStorage>().unwrap().as_slice();
+            assert!(s.iter().all(|&b| b == 0x11));
+        }
+        cache.check_invariants().unwrap();
     }
 }

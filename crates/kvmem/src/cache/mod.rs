@@ -647,6 +647,12 @@ impl BlockCache {
                     ));
                 }
             }
+            for r in tier.slots.retired() {
+                // A retired slot's record may still name it (until the record is dropped).
+                if !owned.get(*r as usize).copied().unwrap_or(false) {
+                    count += 1;
+                }
+            }
             if count != tier.slots.used() || count > cap {
                 return Err(format!(
                     "{name}: {count} blocks own slots but {} of {cap} are allocated",

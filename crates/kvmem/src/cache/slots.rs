@@ -12,6 +12,9 @@ pub(crate) const NO_SLOT: Slot = Slot::MAX;
 pub(crate) struct SlotAllocator {
     free: Vec<Slot>,
     capacity: usize,
+    /// Slots a copy that timed out may still write: never handed out again (empty unless a
+    /// backend stalled).
+    retired: Vec<Slot>,
 }
 
 impl SlotAllocator {
@@ -20,6 +23,7 @@ impl SlotAllocator {
         Self {
             free: (0..capacity as Slot).rev().collect(),
             capacity,
+            retired: Vec::new(),
         }
     }
 
@@ -31,6 +35,7 @@ impl SlotAllocator {
                 .filter(|s| !used.get(*s as usize).copied().unwrap_or(false))
                 .collect(),
             capacity,
+            retired: Vec::new(),
         }
     }
 
@@ -49,15 +54,31 @@ impl SlotAllocator {
         self.free.pop()
     }
 
-    /// Returns `slot` to the free list.
+    /// Returns `slot` to the free list, unless it is retired.
     pub(crate) fn release(&mut self, slot: Slot) {
         debug_assert!((slot as usize) < self.capacity);
-        self.free.push(slot);
+        if !self.retired.contains(&slot) {
+            self.free.push(slot);
+        }
+    }
+
+    /// Takes the allocated `slot` out of use for good: a copy into it timed out and may still
+    /// be writing it, so no block may ever be placed there again. Counted as used.
+    pub(crate) fn retire(&mut self, slot: Slot) {
+        debug_assert!(!self.free.contains(&slot));
+        if !self.retired.contains(&slot) {
+            self.retired.push(slot);
+        }
+    }
+
+    /// The retired slots (for invariant checks and reports).
+    pub(crate) fn retired(&self) -> &[Slot] {
+        &self.retired
     }
 
     /// Bytes of memory the allocator holds.
     pub(crate) fn heap_bytes(&self) -> usize {
-        self.free.capacity() * std::mem::size_of::<Slot>()
+        (self.free.capacity() + self.retired.capacity()) * std::mem::size_of::<Slot>()
     }
 
     /// The free slots (for invariant checks).
@@ -79,6 +100,12 @@ mod tests {
         a.release(1);
         assert_eq!(a.used(), 2);
         assert_eq!(a.alloc(), Some(1));
+        // A retired slot stays used after its release.
+        a.release(2);
+        let r = a.alloc().unwrap();
+        a.retire(r);
+        a.release(r);
+        assert_eq!((a.used(), a.alloc(), a.retired()), (3, None, &[r][..]));
         let mut b = SlotAllocator::with_used(4, &[false, false, true]);
         assert_eq!(b.used(), 1);
         assert_eq!(

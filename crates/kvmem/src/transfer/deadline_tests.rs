@@ -84,7 +84,7 @@ fn a_stalled_host_copy_times_out_and_its_buffers_are_quarantined() {
         assert!(started.elapsed() < Duration::from_secs(5));
         assert_timed_out(&e, 2, 2 * BYTES as u64);
         assert!(accounting::snapshot().quarantined_buffers >= before + 2);
-        super::host::stall::release();
+        super::host::stall::release(BYTES);
         // The engine goes on.
         let other = Buffer::new(SystemStorage::new(P).unwrap());
         let back = Buffer::new(SystemStorage::new(P).unwrap());

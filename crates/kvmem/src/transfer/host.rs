@@ -84,29 +84,29 @@ fn run(plan: &TransferPlan, completion: &Completion, tuning: Tuning) -> Result<(
     Ok(())
 }
 
-/// Test double for a stalled host copy: a transfer of exactly the held number of bytes waits
-/// until the gate is released.
+/// Test double for a stalled host copy: a transfer of exactly one of the held numbers of bytes
+/// waits until that number is released (several tests may each hold their own at once).
 #[cfg(test)]
 pub(crate) mod stall {
     use std::sync::{Condvar, Mutex};
 
-    static HELD: Mutex<Option<usize>> = Mutex::new(None);
+    static HELD: Mutex<Vec<usize>> = Mutex::new(Vec::new());
     static RELEASED: Condvar = Condvar::new();
 
     /// Transfers of `bytes` bytes stall from now on.
     pub(crate) fn hold(bytes: usize) {
-        *HELD.lock().unwrap() = Some(bytes);
+        HELD.lock().unwrap().push(bytes);
     }
 
-    /// Lets stalled transfers go on.
-    pub(crate) fn release() {
-        *HELD.lock().unwrap() = None;
+    /// Lets stalled transfers of `bytes` bytes go on.
+    pub(crate) fn release(bytes: usize) {
+        HELD.lock().unwrap().retain(|&b| b != bytes);
         RELEASED.notify_all();
     }
 
     pub(super) fn wait_if(bytes: usize) {
         let held = HELD.lock().unwrap();
-        let _held = RELEASED.wait_while(held, |h| *h == Some(bytes)).unwrap();
+        let _held = RELEASED.wait_while(held, |h| h.contains(&bytes)).unwrap();
     }
 }
 

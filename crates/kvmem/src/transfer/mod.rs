@@ -37,6 +37,9 @@ mod files;
 mod gpu;
 mod handle;
 mod host;
+/// The stalled-host-copy test double, for other modules' tests.
+#[cfg(test)]
+pub(crate) use host::stall as host_stall;
 mod nixl_posix;
 mod plan;
 mod remote;

@@ -170,7 +170,11 @@ fn copies_split_at_registration_boundaries_of_the_pinned_side() {
     // Host source over two boundaries into device memory.
     assert_eq!(
         pieces(op(900, 50_000, 1200), pinned, device),
-        vec![(900, 50_000, 100), (1000, 50_100, 1000), (2000, 51_100, 100)]
+        vec![
+            (900, 50_000, 100),
+            (1000, 50_100, 1000),
+            (2000, 51_100, 100)
+        ]
     );
     // Host destination; a copy ending exactly on a boundary is not split.
     assert_eq!(
