@@ -163,6 +163,50 @@ impl Index {
         Some(slot)
     }
 
+    /// Hint, ahead of placing the new keys `keys` in host memory after `before` other new
+    /// keys: starts loading the table lines their insertions read and, for the allocations
+    /// that must evict, what evicting the policy's victims for them reads (their records,
+    /// then their keys' table lines), so that these misses overlap instead of following one
+    /// another. `ids` is scratch space. Changes nothing; a victim that turns out different
+    /// only costs its miss later.
+    pub(crate) fn prefetch_for_new(
+        &self,
+        keys: impl Iterator<Item = BlockKey>,
+        before: usize,
+        ids: &mut Vec<RecId>,
+    ) {
+        let mut n = 0;
+        for key in keys {
+            self.map.prefetch_key(&key);
+            n += 1;
+        }
+        let free = self.host.slots.capacity() - self.host.slots.used();
+        let (skip, upto) = (
+            before.saturating_sub(free),
+            (before + n).saturating_sub(free),
+        );
+        if upto == skip {
+            return;
+        }
+        ids.clear();
+        let (map, owner) = (&self.map, &self.host.owner);
+        let mut seen = 0;
+        self.host.policy.upcoming(upto, &mut |slot| {
+            seen += 1;
+            if seen > skip
+                && let Some(&id) = owner.get(slot as usize)
+            {
+                map.prefetch_record(id);
+                ids.push(id);
+            }
+        });
+        for &id in ids.iter() {
+            if (id as usize) < map.slab_len() {
+                map.prefetch_key(&map[id].key);
+            }
+        }
+    }
+
     /// A disk slot: a free one or one taken from an evictable disk block (its journal entry is
     /// freed in `prelude`).
     pub(crate) fn alloc_disk(&mut self, prelude: &mut Prelude) -> Option<Slot> {

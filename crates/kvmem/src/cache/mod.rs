@@ -92,6 +92,11 @@ use std::time::{Duration, Instant};
 use table::{RecId, Res};
 use tier::{DirMeta, DiskTier, Geometry, HostPool};
 
+/// Keys whose table lines (and victims' records) an operation requests at once, one chunk
+/// ahead of working on them: enough for their memory misses to overlap, few enough for the
+/// lines to stay in the core's cache until used.
+const PREFETCH_CHUNK: usize = 32;
+
 /// The result of a [`lookup`](BlockCache::lookup): how many leading keys are present, and in
 /// which tier (each counted once, in the fastest tier that holds it).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -397,8 +402,17 @@ impl BlockCache {
             let ix = &mut *guard;
             // First claim every present key, so that making room for the new ones cannot
             // evict a block this store just found.
+            // Keys are taken a chunk at a time, the table lines of a chunk's keys requested
+            // before the first is looked up, so that their cache misses overlap.
             let mut fresh = Vec::new();
             for (i, key) in keys.iter().enumerate() {
+                if i % PREFETCH_CHUNK == 0 {
+                    let from = if i == 0 { 0 } else { i + PREFETCH_CHUNK };
+                    let to = (i + 2 * PREFETCH_CHUNK).min(keys.len());
+                    for k in keys.get(from..to).unwrap_or_default() {
+                        ix.map.prefetch_key(k);
+                    }
+                }
                 match ix.map.find(key) {
                     Some(id) if ix.map[id].present() => {
                         let r = &mut ix.map[id];
@@ -418,7 +432,18 @@ impl BlockCache {
             }
             // The parent of each new block: its depth is one more.
             let mut parent: Option<(usize, u16)> = None;
-            for i in fresh {
+            let mut ahead = Vec::new();
+            for (n, &i) in fresh.iter().enumerate() {
+                if n % PREFETCH_CHUNK == 0 {
+                    // The next chunk's lines, while this chunk works (and at the start this
+                    // chunk's too).
+                    if n == 0 {
+                        let chunk = fresh.iter().take(PREFETCH_CHUNK);
+                        ix.prefetch_for_new(chunk.map(|&j| keys[j]), 0, &mut ahead);
+                    }
+                    let next = fresh.iter().skip(n + PREFETCH_CHUNK).take(PREFETCH_CHUNK);
+                    ix.prefetch_for_new(next.map(|&j| keys[j]), PREFETCH_CHUNK, &mut ahead);
+                }
                 let key = keys[i];
                 let depth = match parent {
                     Some((p, d)) if p + 1 == i => d.saturating_add(1),

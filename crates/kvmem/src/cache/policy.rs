@@ -31,6 +31,13 @@ pub trait Policy: Send {
     /// Offers candidates in eviction order to `scan` until it answers [`Scan::Take`] (that
     /// slot is forgotten and returned) or [`Scan::Stop`], or no candidate is left.
     fn victim(&mut self, scan: &mut dyn FnMut(Slot) -> Scan) -> Option<Slot>;
+    /// Offers to `f` up to `n` of the slots that [`victim`](Self::victim) would offer next,
+    /// in that order, changing nothing. A hint: the cache uses it to start loading what
+    /// evicting them will read before it asks for the victims. It may offer fewer (the
+    /// default offers none) or slots that will not be taken.
+    fn upcoming(&self, n: usize, f: &mut dyn FnMut(Slot)) {
+        let _ = (n, f);
+    }
     /// The policy's name for reports.
     fn name(&self) -> &'static str;
     /// Bytes of memory the policy holds.
@@ -166,6 +173,16 @@ impl Policy for Lru {
             }
         }
         None
+    }
+    fn upcoming(&self, n: usize, f: &mut dyn FnMut(Slot)) {
+        let mut s = self.tail;
+        for _ in 0..n {
+            let Some(&prev) = self.prev.get(s as usize) else {
+                return;
+            };
+            f(s);
+            s = prev;
+        }
     }
     fn name(&self) -> &'static str {
         "lru"
@@ -353,6 +370,20 @@ impl Policy for S3Fifo {
         }
         found
     }
+    fn upcoming(&self, n: usize, f: &mut dyn FnMut(Slot)) {
+        // The live, unused entries at the front of the queue `victim` takes from first (it
+        // may switch queues on the way; this is a hint).
+        let (queue, q) = if self.small_len >= self.small_target || self.main.is_empty() {
+            (&self.small, Queue::Small)
+        } else {
+            (&self.main, Queue::Main)
+        };
+        queue
+            .iter()
+            .filter(|e| self.live(**e, q) && self.freq[e.0 as usize] == 0)
+            .take(n)
+            .for_each(|e| f(e.0));
+    }
     fn name(&self) -> &'static str {
         "s3fifo"
     }
@@ -388,6 +419,9 @@ mod tests {
             Some(3)
         );
         p.remove(2);
+        let mut next = Vec::new();
+        p.upcoming(5, &mut |s| next.push(s));
+        assert_eq!(next, [0], "upcoming offers what victim would");
         assert_eq!(take_all(&mut p), Some(0));
         assert_eq!(take_all(&mut p), None);
         assert_eq!(p.victim(&mut |_| Scan::Stop), None);
@@ -400,6 +434,9 @@ mod tests {
             p.insert(s, BlockKey(s as u128));
         }
         p.access(0);
+        let mut next = Vec::new();
+        p.upcoming(2, &mut |s| next.push(s));
+        assert_eq!(next, [1, 2], "upcoming skips the used block");
         // 0 was used on probation, so 1 goes first.
         assert_eq!(take_all(&mut p), Some(1));
         // Key 1 comes back: straight to main.
