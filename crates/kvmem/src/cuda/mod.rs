@@ -34,7 +34,7 @@ pub(crate) mod page_lock;
 pub use copy::{copy_device_to_device, copy_device_to_host, copy_host_to_device};
 pub use cudarc;
 pub use driver::{DriverInfo, load as load_driver};
-pub use page_lock::MAX_HOST_REGISTRATION;
+pub use page_lock::{MAX_HOST_REGISTRATION, mapped_device_pointer};
 
 use crate::error::{CudaError, Error, Result};
 use cudarc::driver::{CudaContext, result};

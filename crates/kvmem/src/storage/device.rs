@@ -44,11 +44,6 @@ impl DeviceStorage {
         })
     }
 
-    /// The device the memory lives on.
-    pub fn device(&self) -> &CudaDevice {
-        &self.device
-    }
-
     /// The device address.
     pub fn device_ptr(&self) -> u64 {
         self.ptr

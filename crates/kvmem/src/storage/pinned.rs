@@ -1,7 +1,6 @@
 // This module owns a raw pinned host allocation: unsafe code is allowed here (denied at the crate root).
 #![allow(unsafe_code)]
 use super::host_mapping::{parallel_chunks, worker_threads};
-use crate::cuda::page_lock::mapped_device_pointer;
 use crate::cuda::{CudaDevice, driver};
 use crate::error::{BoundsError, CudaError, Error, MemoryError, Result};
 use crate::host::HostMemory;
@@ -94,19 +93,6 @@ impl PinnedStorage {
             unsafe { std::ptr::write_bytes((base + r.start) as *mut u8, 0, r.len()) };
         });
         Ok(storage)
-    }
-
-    /// The device whose context allocated the memory.
-    pub fn device(&self) -> &CudaDevice {
-        &self.device
-    }
-
-    /// The address under which device kernels can read and write this memory directly.
-    ///
-    /// # Errors
-    /// [`CudaError::Driver`] if the driver does not know the allocation.
-    pub fn device_pointer(&self) -> Result<u64> {
-        mapped_device_pointer(&self.device, self.ptr.as_ptr())
     }
 }
 

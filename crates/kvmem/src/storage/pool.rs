@@ -183,11 +183,6 @@ impl DevicePool {
             .map_err(|e| driver::error("trim the device pool", e))
     }
 
-    /// The device the pool allocates on.
-    pub fn device(&self) -> &CudaDevice {
-        &self.inner.device
-    }
-
     fn attribute(&self, attr: driver::PoolAttribute) -> Result<u64> {
         self.inner.device.bind()?;
         let mut value: u64 = 0;
