@@ -21,15 +21,20 @@ fn not_allowed(r: kvmem::error::Result<kvmem::nixl::Peer>, who: &str) {
     }
 }
 
-#[test]
-fn metadata_from_an_agent_not_on_the_allowlist_is_refused_and_not_kept() {
+/// Three agents: a friend, an intruder, and one that allows only the friend.
+fn friend_intruder_guarded() -> (Agent, Agent, Agent) {
     let friend = agent("friend");
-    let intruder = agent("intruder");
     let guarded = Agent::new(AgentConfig {
         allowed_peers: vec![friend.name().to_owned()],
         ..config("guarded")
     })
     .unwrap();
+    (friend, agent("intruder"), guarded)
+}
+
+#[test]
+fn metadata_from_an_agent_not_on_the_allowlist_is_refused_and_not_kept() {
+    let (friend, intruder, guarded) = friend_intruder_guarded();
 
     // The envelope names its agent: refused before NIXL sees it.
     not_allowed(
@@ -63,13 +68,7 @@ fn metadata_from_an_agent_not_on_the_allowlist_is_refused_and_not_kept() {
 
 #[test]
 fn notifications_from_an_agent_not_on_the_allowlist_are_dropped_and_counted() {
-    let friend = agent("friend");
-    let intruder = agent("intruder");
-    let guarded = Agent::new(AgentConfig {
-        allowed_peers: vec![friend.name().to_owned()],
-        ..config("guarded")
-    })
-    .unwrap();
+    let (friend, intruder, guarded) = friend_intruder_guarded();
     let meta = guarded.local_metadata().unwrap();
     friend.load_peer(&meta).unwrap();
     intruder.load_peer(&meta).unwrap();

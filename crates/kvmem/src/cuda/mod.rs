@@ -181,6 +181,23 @@ impl CudaDevice {
         &self.ctx
     }
 
+    /// The drop path of a resource this device's context owns: binds the context, then runs
+    /// `release`, the driver call `call` names ("free device memory (cuMemFree)", say), and logs
+    /// a refusal of either with `size` (the bytes concerned, 0 when none) instead of panicking.
+    pub(crate) fn release_logged(
+        &self,
+        call: &'static str,
+        size: usize,
+        release: impl FnOnce() -> std::result::Result<(), cudarc::driver::DriverError>,
+    ) {
+        let released = self
+            .bind()
+            .and_then(|()| release().map_err(|e| driver::error(call, e)));
+        if let Err(e) = released {
+            tracing::error!(error = %e, size, "could not {call}");
+        }
+    }
+
     /// [`CudaError::OutOfMemory`] for a request of `requested` bytes, with the device's current
     /// free and total memory in it.
     pub(crate) fn out_of_memory(&self, requested: usize) -> Error {

@@ -52,14 +52,11 @@ impl DeviceStorage {
 
 impl Drop for DeviceStorage {
     fn drop(&mut self) {
-        let freed = self.device.bind().and_then(|()| {
+        let call = "free device memory (cuMemFree)";
+        self.device.release_logged(call, self.size, || {
             // SAFETY: `ptr` came from cuMemAlloc and is freed exactly once, here.
             unsafe { result::free_sync(self.ptr) }
-                .map_err(|e| driver::error("free device memory (cuMemFree)", e))
         });
-        if let Err(e) = freed {
-            tracing::error!(error = %e, size = self.size, "could not free device memory");
-        }
     }
 }
 

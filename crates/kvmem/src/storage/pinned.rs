@@ -98,14 +98,11 @@ impl PinnedStorage {
 
 impl Drop for PinnedStorage {
     fn drop(&mut self) {
-        let freed = self.device.bind().and_then(|()| {
+        let call = "free pinned host memory (cuMemFreeHost)";
+        self.device.release_logged(call, self.size, || {
             // SAFETY: `raw` came from cuMemHostAlloc and is freed exactly once, here.
             unsafe { result::free_host(self.raw.as_ptr().cast()) }
-                .map_err(|e| driver::error("free pinned host memory (cuMemFreeHost)", e))
         });
-        if let Err(e) = freed {
-            tracing::error!(error = %e, size = self.size, "could not free pinned host memory");
-        }
     }
 }
 
