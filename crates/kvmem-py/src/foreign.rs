@@ -188,6 +188,16 @@ impl Foreign {
         Ok(f)
     }
 
+    /// The host array `obj` read through its `__array_interface__` alone (numpy's own), or
+    /// `None` when it has none: the quick way for small host arrays such as block ids, which
+    /// skips the device probes of [`from_object`](Self::from_object).
+    pub fn from_host_array_interface(what: &str, obj: &Bound<'_, PyAny>) -> PyResult<Option<Self>> {
+        match get_interface(obj, "__array_interface__") {
+            Some(ai) => from_array_interface(what, obj, &ai).map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// Bytes the array spans (its elements times their size).
     pub fn nbytes(&self) -> PyResult<usize> {
         self.shape

@@ -20,7 +20,10 @@ pub(crate) fn block_ids(what: &str, obj: &Bound<'_, PyAny>) -> PyResult<Vec<usiz
             })
             .collect();
     }
-    let f = Foreign::from_object(what, obj)?;
+    let f = match Foreign::from_host_array_interface(what, obj)? {
+        Some(f) => f,
+        None => Foreign::from_object(what, obj)?,
+    };
     if !matches!(f.device, Device::Host { .. }) {
         return Err(invalid(format!(
             "{what}: ids on {} ; pass them in host memory (a list, numpy array or CPU tensor)",
@@ -43,13 +46,7 @@ pub(crate) fn block_ids(what: &str, obj: &Bound<'_, PyAny>) -> PyResult<Vec<usiz
             // SAFETY: the producer reported n contiguous elements of this type at f.addr, kept
             // alive by `f.owners` (held until this function returns); the slice is only read.
             let s = unsafe { std::slice::from_raw_parts(f.addr as *const $t, n) };
-            s.iter()
-                .enumerate()
-                .map(|(i, &v)| {
-                    usize::try_from(v)
-                        .map_err(|_| invalid(format!("{what}[{i}] = {v} is not a valid block id")))
-                })
-                .collect()
+            convert(what, s)
         }};
     }
     if f.addr % f.dtype.bytes != 0 {
@@ -71,4 +68,32 @@ pub(crate) fn block_ids(what: &str, obj: &Bound<'_, PyAny>) -> PyResult<Vec<usiz
             f.dtype
         ))),
     }
+}
+
+/// The ids of `s` as `usize`s. One tight pass (no per-element `Result`), then the first bad id
+/// is looked up only when there is one: the copy of a 4096-block request is on the caller's
+/// critical path.
+fn convert<T>(what: &str, s: &[T]) -> PyResult<Vec<usize>>
+where
+    T: Copy + TryInto<usize> + std::fmt::Display,
+{
+    let mut out = Vec::with_capacity(s.len());
+    let mut bad = false;
+    out.extend(s.iter().map(|&v| {
+        let u: Option<usize> = v.try_into().ok();
+        bad |= u.is_none();
+        u.unwrap_or(0)
+    }));
+    if bad {
+        if let Some((i, v)) = s
+            .iter()
+            .enumerate()
+            .find(|(_, v)| TryInto::<usize>::try_into(**v).is_err())
+        {
+            return Err(invalid(format!(
+                "{what}[{i}] = {v} is not a valid block id"
+            )));
+        }
+    }
+    Ok(out)
 }

@@ -207,7 +207,10 @@ impl Tier {
             TierKind::Disk { directory } => Buffer::new(DiskStorage::new_in(directory, bytes)?),
             TierKind::Pinned { device, numa_node } => {
                 let gpu = kvmem::cuda::CudaDevice::new(*device as usize)?;
-                let options = kvmem::MappedPinnedOptions::default().numa_node(*numa_node);
+                let options = kvmem::MappedPinnedOptions {
+                    numa_node: *numa_node,
+                    ..Default::default()
+                };
                 Buffer::new(kvmem::MappedPinnedStorage::with_options(
                     &gpu, bytes, &options,
                 )?)

@@ -41,10 +41,11 @@ impl Agent {
             }
         };
         if let Some(b) = backends {
-            cfg = cfg.with_backends(b);
+            cfg.backends = b;
         }
         if let Some(p) = listen_port {
-            cfg = cfg.with_listener(p);
+            cfg.listen = true;
+            cfg.listen_port = p;
         }
         let inner = py.detach(|| NixlAgent::new(cfg)).py()?;
         Ok(Self { inner })

@@ -285,7 +285,10 @@ fn run(args: &Args) -> Result<Report, String> {
         driver.cuda_version.0,
         driver.cuda_version.1
     );
-    let fast = MappedPinnedOptions::default().numa_node(node);
+    let fast = MappedPinnedOptions {
+        numa_node: node,
+        ..Default::default()
+    };
 
     // Driver lazy initialisation out of the timings, then the VM's memory.
     drop(PinnedStorage::new(&device, 64 << 20).map_err(e)?);
@@ -298,7 +301,10 @@ fn run(args: &Args) -> Result<Report, String> {
         secs(warm)
     );
 
-    let thp = fast.clone().hugetlb(false);
+    let thp = MappedPinnedOptions {
+        hugetlb: false,
+        ..fast.clone()
+    };
     let mut alloc = Vec::new();
     let mut alloc_summary = Vec::new();
     for &gib in &args.sizes_gib {

@@ -194,9 +194,10 @@ fn host_disk(c: &mut Criterion) {
     }
     // What nixl-posix adds per transfer: register and deregister a host region and a file
     // region with a POSIX-only agent (the executor's own agent does exactly this).
-    if let Ok(agent) =
-        kvmem::nixl::Agent::new(kvmem::nixl::AgentConfig::new("").with_backends(["POSIX"]))
-    {
+    if let Ok(agent) = kvmem::nixl::Agent::new(kvmem::nixl::AgentConfig {
+        backends: vec!["POSIX".to_owned()],
+        ..kvmem::nixl::AgentConfig::new("")
+    }) {
         let (hm, fm) = (&mem.regions()[0], &file.regions()[0]);
         g.bench_function(
             "nixl-posix: register + deregister host and file regions",

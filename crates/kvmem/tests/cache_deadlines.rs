@@ -6,7 +6,7 @@ mod cache_common;
 
 use cache_common::*;
 use kvmem::Completion;
-use kvmem::cache::{BlockCache, CacheConfig, CacheError, Capacity, HostMemoryKind};
+use kvmem::cache::{BlockCache, BlockKey, CacheConfig, CacheError, Capacity, HostMemoryKind};
 use std::time::Duration;
 
 fn cache() -> BlockCache {
@@ -59,6 +59,16 @@ fn a_store_past_its_deadline_leaves_its_keys_absent() {
     assert_eq!(cache.lookup(&ks).hits, 32);
 }
 
+/// Asserts that `e` is the cache's failure of `op`, naming exactly `ks`.
+fn failed_naming(e: &kvmem::Error, op: &str, ks: &[BlockKey]) {
+    match e {
+        kvmem::Error::Cache(CacheError::Failed { op: o, keys, .. }) if *o == op => {
+            assert_eq!(keys, ks)
+        }
+        other => panic!("expected the cache's {op} failure, got {other}"),
+    }
+}
+
 #[test]
 fn a_failed_copy_names_its_keys_and_releases_them() {
     let cache = cache();
@@ -70,12 +80,7 @@ fn a_failed_copy_names_its_keys_and_releases_them() {
         .unwrap()
         .wait()
         .unwrap_err();
-    match &e {
-        kvmem::Error::Cache(CacheError::Failed {
-            op: "store", keys, ..
-        }) => assert_eq!(keys, &ks),
-        other => panic!("{other}"),
-    }
+    failed_naming(&e, "store", &ks);
     assert_eq!(
         cache.lookup(&ks).hits,
         0,
@@ -94,12 +99,7 @@ fn a_failed_copy_names_its_keys_and_releases_them() {
         .unwrap()
         .wait()
         .unwrap_err();
-    match &e {
-        kvmem::Error::Cache(CacheError::Failed {
-            op: "load", keys, ..
-        }) => assert_eq!(keys, &ks),
-        other => panic!("{other}"),
-    }
+    failed_naming(&e, "load", &ks);
     // The blocks are still there, unclaimed: removable and loadable.
     let r = cache
         .load(&ks, &sink, &[0, 1, 2, 3], Duration::from_secs(10))

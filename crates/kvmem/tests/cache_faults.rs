@@ -64,15 +64,24 @@ fn settle(cache: &BlockCache, keys: &[BlockKey]) {
     panic!("write-through did not reach disk");
 }
 
+/// A write-through cache of 8 host and 8 disk blocks in `dir`.
+fn write_through(dir: &Path) -> BlockCache {
+    BlockCache::open(config(dir, 8, 8, WritePolicy::WriteThrough)).unwrap()
+}
+
+/// [`write_through`] with `keys` stored and on disk.
+fn stored_on_disk(dir: &Path, keys: &[BlockKey]) -> BlockCache {
+    let cache = write_through(dir);
+    store(&cache, keys);
+    settle(&cache, keys);
+    cache
+}
+
 #[test]
 fn corrupted_block_is_detected_and_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let ks: Vec<_> = (0..4).map(key).collect();
-    {
-        let cache = BlockCache::open(config(dir.path(), 8, 8, WritePolicy::WriteThrough)).unwrap();
-        store(&cache, &ks);
-        settle(&cache, &ks);
-    }
+    drop(stored_on_disk(dir.path(), &ks));
     // Flip bytes in slot 1 of the block file (write-through fills slots 0..4 in order).
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -82,7 +91,7 @@ fn corrupted_block_is_detected_and_dropped() {
     f.write_all(&[0xa5; 16]).unwrap();
     f.sync_all().unwrap();
     drop(f);
-    let cache = BlockCache::open(config(dir.path(), 8, 8, WritePolicy::WriteThrough)).unwrap();
+    let cache = write_through(dir.path());
     assert_eq!(cache.stats().recovered, 4);
     let r = load_checked(&cache, &ks);
     assert_eq!(
@@ -99,7 +108,7 @@ fn corrupted_block_is_detected_and_dropped() {
     cache.check_invariants().unwrap();
     drop(cache);
     // The drop is journaled: the next process does not even try it.
-    let cache = BlockCache::open(config(dir.path(), 8, 8, WritePolicy::WriteThrough)).unwrap();
+    let cache = write_through(dir.path());
     assert_eq!(cache.stats().recovered, 3);
     assert!(!cache.residency(ks[1]).present());
 }
@@ -108,18 +117,14 @@ fn corrupted_block_is_detected_and_dropped() {
 fn torn_journal_append_is_cut() {
     let dir = tempfile::tempdir().unwrap();
     let ks: Vec<_> = (10..13).map(key).collect();
-    {
-        let cache = BlockCache::open(config(dir.path(), 8, 8, WritePolicy::WriteThrough)).unwrap();
-        store(&cache, &ks);
-        settle(&cache, &ks);
-    }
+    drop(stored_on_disk(dir.path(), &ks));
     // Half a record appended, as a crash in the middle of an append leaves it.
     let path = dir.path().join("journal.log");
     let mut bytes = std::fs::read(&path).unwrap();
     let half = bytes[..28].to_vec();
     bytes.extend_from_slice(&half);
     std::fs::write(&path, &bytes).unwrap();
-    let cache = BlockCache::open(config(dir.path(), 8, 8, WritePolicy::WriteThrough)).unwrap();
+    let cache = write_through(dir.path());
     assert_eq!(cache.stats().recovered, 3);
     assert!(load_checked(&cache, &ks).complete());
 }

@@ -133,7 +133,10 @@ fn pinned_storage_round_trips() {
     );
     assert_eq!(host.storage_kind(), StorageKind::Pinned);
     assert_eq!(host.nixl_params().2, MemType::Dram);
-    assert_ne!(host.device_pointer().unwrap(), 0);
+    assert_ne!(
+        cuda::mapped_device_pointer(&device, host.addr()).unwrap(),
+        0
+    );
     let mut back = PinnedStorage::new(&device, size).unwrap();
     round_trip_from(&mut host, &mut back);
     // Small allocations too start on a page (the driver's own alignment for them is less), so
@@ -158,10 +161,12 @@ fn mapped_pinned_storage_round_trips_across_registration_chunks() {
     // The GPU's NUMA node from sysfs, else from the driver; none on machines that have none.
     let node = device.numa_node().unwrap();
     let size = 24 * MIB + 4096;
-    let options = MappedPinnedOptions::default()
-        .numa_node(node)
-        .threads(4)
-        .registration_chunk(4 * MIB);
+    let options = MappedPinnedOptions {
+        numa_node: node,
+        threads: Some(4),
+        registration_chunk: 4 * MIB,
+        ..Default::default()
+    };
     let mut host = MappedPinnedStorage::with_options(&device, size, &options).unwrap();
     let report = host.report().clone();
     println!("GPU NUMA node {node:?}; {report:?}");
@@ -181,7 +186,7 @@ fn mapped_pinned_storage_round_trips_across_registration_chunks() {
         );
     }
     let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap();
-    match host.page_tier() {
+    match host.report().tier {
         PageTier::Transparent { huge_bytes } => {
             assert!(!thp.contains("[never]"));
             assert!(huge_bytes > 0 && huge_bytes <= size);
@@ -195,7 +200,10 @@ fn mapped_pinned_storage_round_trips_across_registration_chunks() {
     );
     assert_eq!(host.storage_kind(), StorageKind::Pinned);
     assert_eq!(host.nixl_params().2, MemType::Dram);
-    assert_ne!(host.device_pointer().unwrap(), 0);
+    assert_ne!(
+        cuda::mapped_device_pointer(&device, host.addr()).unwrap(),
+        0
+    );
     // One copy spans all seven registrations.
     let mut back = MappedPinnedStorage::new(&device, size).unwrap();
     assert_eq!(back.report().registration_chunks, 1);
@@ -236,7 +244,10 @@ fn external_pinned_memory_round_trips_and_unregisters_on_drop() {
         let mut pinned = unsafe { ExternalPinnedMemory::new(&device, ptr, size) }.unwrap();
         assert_eq!(pinned.storage_kind(), StorageKind::Pinned);
         assert_eq!(pinned.addr(), ptr as usize);
-        assert_ne!(pinned.device_pointer().unwrap(), 0);
+        assert_ne!(
+            cuda::mapped_device_pointer(&device, pinned.addr()).unwrap(),
+            0
+        );
         let mut back = PinnedStorage::new(&device, size).unwrap();
         round_trip_from(&mut pinned, &mut back);
     }
@@ -484,9 +495,9 @@ fn hugetlb_pages_are_used_when_reserved() {
     let mut host = MappedPinnedStorage::new(&device, size).unwrap();
     println!("{:?}", host.report());
     assert!(
-        matches!(host.page_tier(), PageTier::HugeTlb { page_size } if page_size >= 2 * MIB),
+        matches!(host.report().tier, PageTier::HugeTlb { page_size } if page_size >= 2 * MIB),
         "got {:?}",
-        host.page_tier()
+        host.report().tier
     );
     let mut back = PinnedStorage::new(&device, size).unwrap();
     round_trip_from(&mut host, &mut back);
@@ -494,10 +505,13 @@ fn hugetlb_pages_are_used_when_reserved() {
     let plain = MappedPinnedStorage::with_options(
         &device,
         size,
-        &MappedPinnedOptions::default().hugetlb(false),
+        &MappedPinnedOptions {
+            hugetlb: false,
+            ..Default::default()
+        },
     )
     .unwrap();
-    assert!(!matches!(plain.page_tier(), PageTier::HugeTlb { .. }));
+    assert!(!matches!(plain.report().tier, PageTier::HugeTlb { .. }));
 }
 
 #[test]
@@ -508,7 +522,10 @@ fn error_one_copy_cannot_span_two_registrations() {
     // test fails and the splitting can go.
     use cuda::cudarc::driver::result;
     let device = gpu();
-    let options = MappedPinnedOptions::default().registration_chunk(MIB);
+    let options = MappedPinnedOptions {
+        registration_chunk: MIB,
+        ..Default::default()
+    };
     let mut host = MappedPinnedStorage::with_options(&device, 2 * MIB, &options).unwrap();
     randomize(&mut host);
     let dev = DeviceStorage::new(&device, 2 * MIB).unwrap();
@@ -534,14 +551,19 @@ fn error_one_copy_cannot_span_two_registrations() {
 fn background_pinned_storage_is_usable_at_once_and_round_trips() {
     let device = gpu();
     let size = 64 * MIB + 4096;
-    let options = BackgroundPinnedOptions::default()
-        .chunk(4 * MIB)
-        .threads(2)
-        .memory(MappedPinnedOptions::default().numa_node(device.numa_node().unwrap()));
+    let options = BackgroundPinnedOptions {
+        chunk: 4 * MIB,
+        threads: 2,
+        memory: MappedPinnedOptions {
+            numa_node: device.numa_node().unwrap(),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
     let mut host = BackgroundPinnedStorage::with_options(&device, size, &options).unwrap();
     assert_eq!(host.storage_kind(), StorageKind::Pinned);
-    assert_eq!(host.chunk_bytes(), 4 * MIB);
     let ranges = host.registered_ranges();
+    assert_eq!(ranges[0].len(), 4 * MIB, "the chunk asked for");
     assert_eq!(ranges.len(), 17);
     assert_eq!(ranges[0].start, host.addr());
     assert_eq!(ranges[16].end, host.end_addr().unwrap());
@@ -559,8 +581,8 @@ fn background_pinned_storage_is_usable_at_once_and_round_trips() {
         .unwrap();
     let progress = host.progress();
     println!("{progress:?}");
-    assert!(host.is_fully_pinned());
-    assert_eq!(host.pinned_bytes(), size);
+    assert!(progress.fully_pinned.is_some());
+    assert_eq!(progress.pinned_bytes, size);
     assert_eq!((progress.pinned_chunks, progress.chunks), (17, 17));
     assert!(progress.first_chunk.unwrap() <= progress.fully_pinned.unwrap());
     assert_eq!(progress.failure, None);
@@ -588,7 +610,11 @@ fn background_pinned_transfers_wait_for_their_chunks() {
     let engine = TransferEngine::new(EngineConfig::default()).unwrap();
     // One thread and small chunks: the end of 2 GiB is pinned a good while after the start.
     let size = 2048 * MIB;
-    let options = BackgroundPinnedOptions::default().chunk(2 * MIB).threads(1);
+    let options = BackgroundPinnedOptions {
+        chunk: 2 * MIB,
+        threads: 1,
+        ..Default::default()
+    };
     let pool = Buffer::new(BackgroundPinnedStorage::with_options(&device, size, &options).unwrap());
     let tail = OffsetBuffer::new(pool.clone(), size - 8 * MIB, 8 * MIB).unwrap();
     let dev = Buffer::new(DeviceStorage::new(&device, 8 * MIB).unwrap());
@@ -635,7 +661,11 @@ fn background_pinned_transfers_wait_for_their_chunks() {
 fn background_pinning_wait_times_out_with_a_typed_error() {
     let device = gpu();
     let size = 4096 * MIB;
-    let options = BackgroundPinnedOptions::default().chunk(2 * MIB).threads(1);
+    let options = BackgroundPinnedOptions {
+        chunk: 2 * MIB,
+        threads: 1,
+        ..Default::default()
+    };
     let pool = BackgroundPinnedStorage::with_options(&device, size, &options).unwrap();
     let e = pool
         .wait_range_pinned(size - 4096, 4096, std::time::Duration::from_millis(1))

@@ -148,6 +148,20 @@ impl Report {
     }
 
     /// A wait that ran out: a hang.
+    /// Runs one operation of `kind`, counted and timed as [`op`](Self::op) does, and returns
+    /// its [`outcome`](Self::outcome) as `what`.
+    fn timed<T>(
+        &mut self,
+        kind: &'static str,
+        what: &str,
+        run: impl FnOnce() -> kvmem::Result<T>,
+    ) -> Option<T> {
+        let t = Instant::now();
+        let result = run();
+        self.op(kind, t.elapsed());
+        self.outcome(what, result)
+    }
+
     fn outcome<T>(&mut self, what: &str, r: kvmem::Result<T>) -> Option<T> {
         match r {
             Ok(v) => Some(v),
@@ -283,13 +297,11 @@ fn copy_checked(
             .copy_blocks(a, ai, b, bi)
             .and_then(|h| h.wait_for(HANG))
     };
-    let t = Instant::now();
-    let result = match via {
+    let result = r.timed(what, what, || match via {
         None => copy(&src, &s, dst, &d),
         Some(v) => copy(&src, &s, v, &d).and_then(|_| copy(v, &d, dst, &d)),
-    };
-    r.op(what, t.elapsed());
-    if r.outcome(what, result).is_some() {
+    });
+    if result.is_some() {
         let bb = geometry().block_bytes().unwrap();
         for (&sb, &db) in s.iter().zip(&d) {
             r.check_block(what, &read_host_block(dst, db), &block_bytes(seed, sb, bb));
@@ -331,26 +343,20 @@ fn cache_op(rig: &Rig, rng: &mut fastrand::Rng, r: &mut Report) {
     keys_dedup.dedup();
     let ids: Vec<usize> = (0..keys_dedup.len()).collect();
     let gpu = cache_common::gpu_with(&keys_dedup, keys_dedup.len());
-    let t = Instant::now();
-    let stored = r.outcome(
-        "cache store",
+    let stored = r.timed("cache", "cache store", || {
         rig.cache
             .store(&keys_dedup, &gpu, &ids, DEADLINE)
-            .and_then(|h| h.wait_for(HANG)),
-    );
-    r.op("cache", t.elapsed());
+            .and_then(|h| h.wait_for(HANG))
+    });
     if stored.is_none() {
         return;
     }
     let out = cache_common::gpu_with(&[], keys_dedup.len());
-    let t = Instant::now();
-    let loaded = r.outcome(
-        "cache load",
+    let loaded = r.timed("cache", "cache load", || {
         rig.cache
             .load(&keys_dedup, &out, &ids, DEADLINE)
-            .and_then(|h| h.wait_for(HANG)),
-    );
-    r.op("cache", t.elapsed());
+            .and_then(|h| h.wait_for(HANG))
+    });
     if let Some(report) = loaded {
         let missing: Vec<BlockKey> = report.failed().copied().collect();
         for (b, k) in keys_dedup.iter().enumerate() {

@@ -21,11 +21,20 @@ fn not_allowed(r: kvmem::error::Result<kvmem::nixl::Peer>, who: &str) {
     }
 }
 
+/// Three agents: a friend, an intruder, and one that allows only the friend.
+fn friend_intruder_guarded() -> (Agent, Agent, Agent) {
+    let friend = agent("friend");
+    let guarded = Agent::new(AgentConfig {
+        allowed_peers: vec![friend.name().to_owned()],
+        ..config("guarded")
+    })
+    .unwrap();
+    (friend, agent("intruder"), guarded)
+}
+
 #[test]
 fn metadata_from_an_agent_not_on_the_allowlist_is_refused_and_not_kept() {
-    let friend = agent("friend");
-    let intruder = agent("intruder");
-    let guarded = Agent::new(config("guarded").with_allowed_peers([friend.name()])).unwrap();
+    let (friend, intruder, guarded) = friend_intruder_guarded();
 
     // The envelope names its agent: refused before NIXL sees it.
     not_allowed(
@@ -59,9 +68,7 @@ fn metadata_from_an_agent_not_on_the_allowlist_is_refused_and_not_kept() {
 
 #[test]
 fn notifications_from_an_agent_not_on_the_allowlist_are_dropped_and_counted() {
-    let friend = agent("friend");
-    let intruder = agent("intruder");
-    let guarded = Agent::new(config("guarded").with_allowed_peers([friend.name()])).unwrap();
+    let (friend, intruder, guarded) = friend_intruder_guarded();
     let meta = guarded.local_metadata().unwrap();
     friend.load_peer(&meta).unwrap();
     intruder.load_peer(&meta).unwrap();
@@ -95,11 +102,10 @@ fn notifications_from_an_agent_not_on_the_allowlist_are_dropped_and_counted() {
 fn listener_fetches_and_pushes_of_agents_not_on_the_allowlist_are_refused() {
     let intruder = listening_agent("intruder");
     let port = free_port();
-    let guarded = Agent::new(
-        config("guarded")
-            .with_listener(port)
-            .with_allowed_peers(["someone-else"]),
-    )
+    let guarded = Agent::new(AgentConfig {
+        allowed_peers: vec!["someone-else".into()],
+        ..listening_config("guarded", port)
+    })
     .unwrap();
     // Fetching by a name not on the list is refused before anything is sent.
     not_allowed(

@@ -16,7 +16,11 @@ const WAIT: Duration = Duration::from_secs(30);
 
 #[test]
 fn unknown_backend() {
-    let err = Agent::new(config("unknown").with_backends(["UCX", "NOT_A_BACKEND"])).unwrap_err();
+    let err = Agent::new(AgentConfig {
+        backends: vec!["UCX".into(), "NOT_A_BACKEND".into()],
+        ..config("unknown")
+    })
+    .unwrap_err();
     let Error::Nixl(NixlError::UnknownBackend { backend, installed }) = &err else {
         panic!("{err}")
     };
@@ -38,7 +42,11 @@ fn invalid_config_from_code() {
         matches!(err, Error::Config(ConfigError::Agent { .. })),
         "{err}"
     );
-    let err = Agent::new(config("cfg").with_backends(Vec::<String>::new())).unwrap_err();
+    let err = Agent::new(AgentConfig {
+        backends: Vec::new(),
+        ..config("cfg")
+    })
+    .unwrap_err();
     assert!(
         matches!(err, Error::Config(ConfigError::Agent { .. })),
         "{err}"
@@ -430,7 +438,7 @@ fn etcd_without_endpoints_and_bad_listener_addresses() {
 #[test]
 fn an_attached_manifest_bounds_a_listener_peers_blocks() {
     let port = free_port();
-    let b = Agent::new(config("attach-b").with_listener(port)).unwrap();
+    let b = Agent::new(listening_config("attach-b", port)).unwrap();
     let dst = poisoned(&b, 1 << 16);
     let a = listening_agent("attach-a");
     let peer = a.connect_listener(b.name(), loopback(port), WAIT).unwrap();

@@ -13,7 +13,11 @@ const WAIT: Duration = Duration::from_secs(120);
 const SIZE: usize = 64 << 20;
 
 fn posix_agent(prefix: &str) -> Agent {
-    Agent::new(config(prefix).with_backends(["POSIX"])).expect("start a POSIX agent")
+    Agent::new(kvmem::nixl::AgentConfig {
+        backends: vec!["POSIX".into()],
+        ..config(prefix)
+    })
+    .expect("start a POSIX agent")
 }
 
 /// The file's bytes, read with plain `pread` (not through NIXL).

@@ -285,7 +285,11 @@ fn notifications_are_queued_per_peer() {
 
 #[test]
 fn backends_are_tracked_case_insensitively() {
-    let a = Agent::new(config("backends").with_backends(["ucx", "Posix"])).unwrap();
+    let a = Agent::new(AgentConfig {
+        backends: vec!["ucx".into(), "Posix".into()],
+        ..config("backends")
+    })
+    .unwrap();
     assert_eq!(a.backends(), vec!["UCX", "POSIX"]);
     assert!(a.has_backend("Ucx") && a.has_backend("posix"));
     assert!(!a.has_backend("GDS_MT"));

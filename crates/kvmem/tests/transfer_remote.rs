@@ -15,7 +15,7 @@ use kvmem::nixl::Agent;
 use kvmem::transfer::{
     EngineConfig, LayoutDescriptor, RegisteredLayout, RemoteLayout, TransferEngine, TransferPath,
 };
-use kvmem::{Buffer, Error, HostMemory, SystemStorage};
+use kvmem::{Buffer, Error, HostMemory, Storage, SystemStorage};
 use nixl_common::{agent, assert_same, bytes};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -29,18 +29,37 @@ fn registered(
     kind: LayoutKind,
     rng: &mut StdRng,
 ) -> (RegisteredLayout, Vec<Vec<u8>>) {
+    registered_over(agent, config, kind, 1, rng, host_copy)
+}
+
+/// Host memory holding `image`.
+fn host_copy(image: &[u8]) -> SystemStorage {
+    let mut s = SystemStorage::new(image.len()).unwrap();
+    s.copy_from(0, image).unwrap();
+    s
+}
+
+/// [`registered`] over the regions (aligned to `alignment`) that `store` makes from each
+/// region's random initial contents.
+fn registered_over<S: Storage>(
+    agent: &Agent,
+    config: LayoutConfig,
+    kind: LayoutKind,
+    alignment: usize,
+    rng: &mut StdRng,
+    store: impl Fn(&[u8]) -> S,
+) -> (RegisteredLayout, Vec<Vec<u8>>) {
     let (count, len) = config.regions(kind).unwrap();
     let mut images = Vec::new();
     let mut regions = Vec::new();
     for _ in 0..count {
         let mut image = vec![0u8; len];
         rng.fill_bytes(&mut image);
-        let mut s = SystemStorage::new(len).unwrap();
-        s.copy_from(0, &image).unwrap();
-        regions.push(Buffer::new(agent.register(s).unwrap()));
+        let registered = agent.register(store(&image)).map_err(|e| e.error).unwrap();
+        regions.push(Buffer::new(registered));
         images.push(image);
     }
-    let layout = BlockLayout::new(config, kind, regions, 1).unwrap();
+    let layout = BlockLayout::new(config, kind, regions, alignment).unwrap();
     (RegisteredLayout::new(agent, layout).unwrap(), images)
 }
 
@@ -96,6 +115,33 @@ fn remote_of(initiator: &Agent, target: &Agent, layout: &RegisteredLayout) -> Re
     let wire = serde_json::to_vec(&layout.descriptor()).unwrap();
     let descriptor: LayoutDescriptor = serde_json::from_slice(&wire).unwrap();
     RemoteLayout::new(initiator, &peer, descriptor).unwrap()
+}
+
+/// An engine, two UCX agents named after `prefix` and a random generator seeded with `seed`.
+fn setup(prefix: &str, seed: u64) -> (TransferEngine, Agent, Agent, StdRng) {
+    (
+        TransferEngine::new(EngineConfig::default()).unwrap(),
+        agent(&format!("{prefix}-a")),
+        agent(&format!("{prefix}-b")),
+        StdRng::seed_from_u64(seed),
+    )
+}
+
+/// Blocks of `num_layers` layers x 2 (K and V) x `page_size` tokens x `inner_dim` 2-byte values.
+fn geometry(
+    num_blocks: usize,
+    num_layers: usize,
+    page_size: usize,
+    inner_dim: usize,
+) -> LayoutConfig {
+    LayoutConfig {
+        num_blocks,
+        num_layers,
+        outer_dim: 2,
+        page_size,
+        inner_dim,
+        dtype_bytes: 2,
+    }
 }
 
 #[test]
@@ -169,17 +215,8 @@ fn write_and_read_between_every_layout_pair() {
 
 #[test]
 fn notification_arrives_after_the_blocks() {
-    let engine = TransferEngine::new(EngineConfig::default()).unwrap();
-    let (a, b) = (agent("remote-notify-a"), agent("remote-notify-b"));
-    let mut rng = StdRng::seed_from_u64(7);
-    let config = LayoutConfig {
-        num_blocks: 8,
-        num_layers: 2,
-        outer_dim: 2,
-        page_size: 4,
-        inner_dim: 64,
-        dtype_bytes: 2,
-    };
+    let (engine, a, b, mut rng) = setup("remote-notify", 7);
+    let config = geometry(8, 2, 4, 64);
     let fc = LayoutKind::FullyContiguous;
     let (local, local_img) = registered(&a, config, fc, &mut rng);
     let vllm = LayoutKind::LayerSeparate(BlockDim::Second);
@@ -208,17 +245,8 @@ fn notification_arrives_after_the_blocks() {
 
 #[test]
 fn bad_requests_fail_before_anything_moves() {
-    let engine = TransferEngine::new(EngineConfig::default()).unwrap();
-    let (a, b) = (agent("remote-bad-a"), agent("remote-bad-b"));
-    let mut rng = StdRng::seed_from_u64(11);
-    let config = LayoutConfig {
-        num_blocks: 4,
-        num_layers: 2,
-        outer_dim: 2,
-        page_size: 2,
-        inner_dim: 32,
-        dtype_bytes: 2,
-    };
+    let (engine, a, b, mut rng) = setup("remote-bad", 11);
+    let config = geometry(4, 2, 2, 32);
     let fc = LayoutKind::FullyContiguous;
     let (local, _) = registered(&a, config, fc, &mut rng);
     let (target, target_img) = registered(&b, config, fc, &mut rng);
@@ -343,17 +371,8 @@ fn bad_requests_fail_before_anything_moves() {
 
 #[test]
 fn a_dropped_handle_keeps_the_memory_until_the_transfer_ends() {
-    let engine = TransferEngine::new(EngineConfig::default()).unwrap();
-    let (a, b) = (agent("remote-drop-a"), agent("remote-drop-b"));
-    let mut rng = StdRng::seed_from_u64(13);
-    let config = LayoutConfig {
-        num_blocks: 64,
-        num_layers: 4,
-        outer_dim: 2,
-        page_size: 16,
-        inner_dim: 128,
-        dtype_bytes: 2,
-    };
+    let (engine, a, b, mut rng) = setup("remote-drop", 13);
+    let config = geometry(64, 4, 16, 128);
     let fc = LayoutKind::FullyContiguous;
     let (target, _) = registered(&b, config, fc, &mut rng);
     let remote = remote_of(&a, &b, &target);
@@ -404,35 +423,16 @@ fn device_layouts_write_to_and_read_from_a_peer() {
     use kvmem::DeviceStorage;
     use kvmem::cuda;
     let gpu = common::gpu();
-    let engine = TransferEngine::new(EngineConfig::default()).unwrap();
-    let (a, b) = (agent("remote-gpu-a"), agent("remote-gpu-b"));
-    let mut rng = StdRng::seed_from_u64(17);
-    let config = LayoutConfig {
-        num_blocks: 32,
-        num_layers: 4,
-        outer_dim: 2,
-        page_size: 16,
-        inner_dim: 64,
-        dtype_bytes: 2,
-    };
+    let (engine, a, b, mut rng) = setup("remote-gpu", 17);
+    let config = geometry(32, 4, 16, 64);
     let vllm = LayoutKind::LayerSeparate(BlockDim::Second);
     // Device regions with random contents, registered with agent `a`.
-    let device_layout = |rng: &mut StdRng| -> (RegisteredLayout, Vec<Vec<u8>>) {
-        let (count, len) = config.regions(vllm).unwrap();
-        let mut regions = Vec::new();
-        let mut images = Vec::new();
-        for _ in 0..count {
-            let mut image = vec![0u8; len];
-            rng.fill_bytes(&mut image);
-            let mut staging = SystemStorage::new(len).unwrap();
-            staging.copy_from(0, &image).unwrap();
-            let d = DeviceStorage::new(&gpu, len).unwrap();
-            cuda::copy_host_to_device(&staging, &d).unwrap();
-            regions.push(Buffer::new(a.register(d).map_err(|e| e.error).unwrap()));
-            images.push(image);
-        }
-        let layout = BlockLayout::new(config, vllm, regions, 256).unwrap();
-        (RegisteredLayout::new(&a, layout).unwrap(), images)
+    let device_layout = |rng: &mut StdRng| {
+        registered_over(&a, config, vllm, 256, rng, |image| {
+            let d = DeviceStorage::new(&gpu, image.len()).unwrap();
+            cuda::copy_host_to_device(&host_copy(image), &d).unwrap();
+            d
+        })
     };
     let device_images = |layout: &RegisteredLayout| -> Vec<Vec<u8>> {
         layout

@@ -151,7 +151,9 @@ pub fn target(args: &BenchArgs) -> Result<()> {
         .ok_or_else(|| CliError::Bench("--blocks times --block-size overflows".into()))?;
     let agent = Agent::new(AgentConfig {
         listener_delay_us: LISTENER_DELAY_US,
-        ..AgentConfig::new(args.name.clone()).with_listener(args.listen_port)
+        listen: true,
+        listen_port: args.listen_port,
+        ..AgentConfig::new(args.name.clone())
     })?;
     let mut storage = SystemStorage::new(len)?;
     storage.memset(0xA5);
@@ -223,8 +225,9 @@ pub fn initiator(args: &BenchArgs) -> Result<Report> {
     };
     let agent = Agent::new(AgentConfig {
         listener_delay_us: LISTENER_DELAY_US,
+        listen: true,
+        listen_port: port,
         ..AgentConfig::new(format!("kvmem-bench-initiator-{}", std::process::id()))
-            .with_listener(port)
     })?;
     let peer = agent.connect_listener(&args.name, addr, STEP)?;
     agent.publish_to_listener(addr)?;

@@ -196,9 +196,11 @@ pub fn run(
         Ok(())
     })?;
     let mut verified = small.verify()?;
-    let fast = MappedPinnedOptions::default()
-        .numa_node(node)
-        .hugetlb(false);
+    let fast = MappedPinnedOptions {
+        numa_node: node,
+        hugetlb: false,
+        ..Default::default()
+    };
     let mut samples = Vec::new();
     for &gib in sizes_gib {
         let size = gib * GIB;
@@ -234,10 +236,12 @@ pub fn run(
                         sample("fast path (THP)".into(), size, rep, None, d, d, d, &lat)
                     }
                     Some(threads) => {
-                        let options = BackgroundPinnedOptions::default()
-                            .memory(fast.clone())
-                            .chunk(chunk)
-                            .threads(threads);
+                        let options = BackgroundPinnedOptions {
+                            memory: fast.clone(),
+                            chunk,
+                            threads,
+                            ..Default::default()
+                        };
                         let t = Instant::now();
                         let ((returned, first, full, pool), lat) =
                             with_small_copies(device, &small, || {

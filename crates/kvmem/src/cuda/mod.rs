@@ -34,7 +34,7 @@ pub(crate) mod page_lock;
 pub use copy::{copy_device_to_device, copy_device_to_host, copy_host_to_device};
 pub use cudarc;
 pub use driver::{DriverInfo, load as load_driver};
-pub use page_lock::MAX_HOST_REGISTRATION;
+pub use page_lock::{MAX_HOST_REGISTRATION, mapped_device_pointer};
 
 use crate::error::{CudaError, Error, Result};
 use cudarc::driver::{CudaContext, result};
@@ -179,6 +179,23 @@ impl CudaDevice {
     /// The cudarc context, for calling CUDA beyond what kvmem wraps (launching kernels, say).
     pub fn context(&self) -> &Arc<CudaContext> {
         &self.ctx
+    }
+
+    /// The drop path of a resource this device's context owns: binds the context, then runs
+    /// `release`, the driver call `call` names ("free device memory (cuMemFree)", say), and logs
+    /// a refusal of either with `size` (the bytes concerned, 0 when none) instead of panicking.
+    pub(crate) fn release_logged(
+        &self,
+        call: &'static str,
+        size: usize,
+        release: impl FnOnce() -> std::result::Result<(), cudarc::driver::DriverError>,
+    ) {
+        let released = self
+            .bind()
+            .and_then(|()| release().map_err(|e| driver::error(call, e)));
+        if let Err(e) = released {
+            tracing::error!(error = %e, size, "could not {call}");
+        }
     }
 
     /// [`CudaError::OutOfMemory`] for a request of `requested` bytes, with the device's current

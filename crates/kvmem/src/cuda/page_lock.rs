@@ -194,13 +194,18 @@ pub(crate) unsafe fn unregister_range(device: &CudaDevice, start: usize) -> Resu
         .map_err(|e| driver::error("unregister host memory (cuMemHostUnregister)", e))
 }
 
-/// The device address under which pinned, device-mapped host memory at `host` is visible to
-/// kernels of `device`.
+/// The address under which kernels of `device` read and write page-locked, device-mapped host
+/// memory at host address `addr` directly: the memory of kvmem's pinned storages
+/// ([`PinnedStorage`](crate::PinnedStorage), [`MappedPinnedStorage`](crate::MappedPinnedStorage),
+/// [`ExternalPinnedMemory`](crate::ExternalPinnedMemory); pass their
+/// [`addr`](crate::MemoryDescriptor::addr)), or memory another library pinned. Only asks the
+/// driver; nothing is read or written.
 ///
 /// # Errors
-/// [`CudaError::Driver`](crate::error::CudaError::Driver) when `host` is not pinned memory the driver mapped.
-pub(crate) fn mapped_device_pointer(device: &CudaDevice, host: *const u8) -> Result<u64> {
+/// [`CudaError::Driver`](crate::error::CudaError::Driver) when the driver does not know `addr` as
+/// pinned memory it mapped.
+pub fn mapped_device_pointer(device: &CudaDevice, addr: usize) -> Result<u64> {
     device.bind()?;
-    driver::host_device_pointer(host)
+    driver::host_device_pointer(addr as *const u8)
         .map_err(|e| driver::error("find the device address of pinned host memory", e))
 }

@@ -17,7 +17,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 ///
 /// ```no_run
 /// use kvmem::nixl::{Agent, AgentConfig};
-/// let agent = Agent::new(AgentConfig::new("prefill-0").with_backends(["UCX", "POSIX"]))?;
+/// let agent = Agent::new(AgentConfig {
+///     backends: vec!["UCX".into(), "POSIX".into()],
+///     ..AgentConfig::new("prefill-0")
+/// })?;
 /// agent.require_backend("ucx")?; // names are case-insensitive
 /// # Ok::<(), kvmem::Error>(())
 /// ```
@@ -33,7 +36,6 @@ pub(crate) struct Shared {
     pub(crate) config: AgentConfig,
     backends: Vec<RunningBackend>,
     failed: Vec<(String, String)>,
-    installed: Vec<String>,
     etcd: bool,
     pub(crate) registry: Mutex<Registry>,
     pub(crate) peers: Mutex<PeerTable>,
@@ -133,7 +135,6 @@ impl Agent {
                 config,
                 backends,
                 failed,
-                installed,
                 etcd,
                 registry: Mutex::new(Registry::default()),
                 peers: Mutex::new(PeerTable::default()),
@@ -164,11 +165,6 @@ impl Agent {
     /// Configured backends that failed to start, with NIXL's error.
     pub fn failed_backends(&self) -> &[(String, String)] {
         &self.shared.failed
-    }
-
-    /// The backend plugins installed on this machine.
-    pub fn installed_plugins(&self) -> &[String] {
-        &self.shared.installed
     }
 
     /// True when `backend` (case-insensitive) started on this agent.

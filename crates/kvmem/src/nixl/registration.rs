@@ -358,8 +358,11 @@ mod tests {
 
     #[test]
     fn registration_is_dropped_before_the_memory() {
-        let agent =
-            Agent::new(AgentConfig::new("reg-order").with_backends(["POSIX", "UCX"])).unwrap();
+        let agent = Agent::new(AgentConfig {
+            backends: vec!["POSIX".into(), "UCX".into()],
+            ..AgentConfig::new("reg-order")
+        })
+        .unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
         let probe = Probe {
             inner: SystemStorage::new(1 << 16).unwrap(),

@@ -23,13 +23,26 @@ use std::time::{Duration, Instant};
 /// milliseconds of driver time each, so the first chunk is ready soon after the call returns.
 pub const DEFAULT_PIN_CHUNK: usize = 256 << 20;
 
-/// How [`BackgroundPinnedStorage`] gets and page-locks its memory.
+/// How [`BackgroundPinnedStorage`] gets and page-locks its memory; set single fields with
+/// struct-update syntax (`BackgroundPinnedOptions { threads: 8, ..Default::default() }`).
 #[derive(Debug, Clone)]
 pub struct BackgroundPinnedOptions {
-    memory: MappedPinnedOptions,
-    chunk: usize,
-    threads: usize,
-    wait_timeout: Duration,
+    /// Where the memory comes from, as for [`MappedPinnedStorage`](super::MappedPinnedStorage):
+    /// its NUMA node, hugetlb and transparent-huge-page settings apply (default: the defaults);
+    /// its touch threads and registration chunk do not (see [`threads`](Self::threads) and
+    /// [`chunk`](Self::chunk)).
+    pub memory: MappedPinnedOptions,
+    /// Bytes per `cuMemHostRegister` call (default [`DEFAULT_PIN_CHUNK`]); rounded up to whole
+    /// pages of the mapping (2 MiB at least) and capped at
+    /// [`MAX_HOST_REGISTRATION`](crate::cuda::MAX_HOST_REGISTRATION). One CUDA copy must stay
+    /// inside one chunk ([`registered_ranges`](BackgroundPinnedStorage::registered_ranges)).
+    pub chunk: usize,
+    /// Threads that page-lock chunks in parallel (default 4, at least 1). Chunks are taken in
+    /// address order, so the start of the pool is pinned first.
+    pub threads: usize,
+    /// How long a GPU transfer waits for the chunks it uses before it fails with
+    /// [`MemoryError::PinningTimeout`] (default 30 s).
+    pub wait_timeout: Duration,
 }
 
 impl Default for BackgroundPinnedOptions {
@@ -40,40 +53,6 @@ impl Default for BackgroundPinnedOptions {
             threads: 4,
             wait_timeout: Duration::from_secs(30),
         }
-    }
-}
-
-impl BackgroundPinnedOptions {
-    /// Where the memory comes from, as for [`MappedPinnedStorage`](super::MappedPinnedStorage):
-    /// its NUMA node, hugetlb and transparent-huge-page settings apply (default: the defaults);
-    /// its touch threads and registration chunk do not (see [`threads`](Self::threads) and
-    /// [`chunk`](Self::chunk)).
-    pub fn memory(mut self, memory: MappedPinnedOptions) -> Self {
-        self.memory = memory;
-        self
-    }
-
-    /// Bytes per `cuMemHostRegister` call (default [`DEFAULT_PIN_CHUNK`]); rounded up to whole
-    /// pages of the mapping (2 MiB at least) and capped at
-    /// [`MAX_HOST_REGISTRATION`](crate::cuda::MAX_HOST_REGISTRATION). One CUDA copy must stay
-    /// inside one chunk ([`registered_ranges`](BackgroundPinnedStorage::registered_ranges)).
-    pub fn chunk(mut self, bytes: usize) -> Self {
-        self.chunk = bytes;
-        self
-    }
-
-    /// Threads that page-lock chunks in parallel (default 4, at least 1). Chunks are taken in
-    /// address order, so the start of the pool is pinned first.
-    pub fn threads(mut self, threads: usize) -> Self {
-        self.threads = threads.max(1);
-        self
-    }
-
-    /// How long a GPU transfer waits for the chunks it uses before it fails with
-    /// [`MemoryError::PinningTimeout`] (default 30 s).
-    pub fn wait_timeout(mut self, timeout: Duration) -> Self {
-        self.wait_timeout = timeout;
-        self
     }
 }
 
@@ -393,14 +372,10 @@ impl BackgroundPinnedStorage {
         Ok(storage)
     }
 
-    /// Bytes page-locked so far.
-    pub fn pinned_bytes(&self) -> usize {
-        self.shared.chunks.pinned_bytes()
-    }
-
-    /// True once every chunk is page-locked.
-    pub fn is_fully_pinned(&self) -> bool {
-        self.pinned_bytes() == self.shared.chunks.len
+    /// True once every chunk is page-locked (without taking the lock: the transfer engine asks
+    /// before every GPU copy).
+    pub(crate) fn is_fully_pinned(&self) -> bool {
+        self.shared.chunks.pinned_bytes() == self.shared.chunks.len
     }
 
     /// True when every byte of `offset..offset + len` is page-locked.
@@ -481,20 +456,10 @@ impl BackgroundPinnedStorage {
             .collect()
     }
 
-    /// Bytes per `cuMemHostRegister` call, after rounding.
-    pub fn chunk_bytes(&self) -> usize {
-        self.shared.chunks.chunk
-    }
-
     /// The pages backing the memory (transparent huge pages show as base pages here: they are
     /// only known once touched).
     pub fn page_tier(&self) -> PageTier {
         self.tier
-    }
-
-    /// The device the memory is pinned through.
-    pub fn device(&self) -> &CudaDevice {
-        &self.shared.device
     }
 
     fn check(&self, offset: usize, len: usize) -> Result<Range<usize>> {
@@ -556,7 +521,7 @@ impl fmt::Debug for BackgroundPinnedStorage {
             .field("addr", &format_args!("{:#x}", self.shared.base))
             .field("size", &self.shared.chunks.len)
             .field("device", &self.shared.device.ordinal())
-            .field("pinned_bytes", &self.pinned_bytes())
+            .field("pinned_bytes", &self.shared.chunks.pinned_bytes())
             .finish()
     }
 }

@@ -44,11 +44,6 @@ impl DeviceStorage {
         })
     }
 
-    /// The device the memory lives on.
-    pub fn device(&self) -> &CudaDevice {
-        &self.device
-    }
-
     /// The device address.
     pub fn device_ptr(&self) -> u64 {
         self.ptr
@@ -57,14 +52,11 @@ impl DeviceStorage {
 
 impl Drop for DeviceStorage {
     fn drop(&mut self) {
-        let freed = self.device.bind().and_then(|()| {
+        let call = "free device memory (cuMemFree)";
+        self.device.release_logged(call, self.size, || {
             // SAFETY: `ptr` came from cuMemAlloc and is freed exactly once, here.
             unsafe { result::free_sync(self.ptr) }
-                .map_err(|e| driver::error("free device memory (cuMemFree)", e))
         });
-        if let Err(e) = freed {
-            tracing::error!(error = %e, size = self.size, "could not free device memory");
-        }
     }
 }
 

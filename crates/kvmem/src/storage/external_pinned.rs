@@ -1,7 +1,7 @@
 // This module page-locks memory owned by others, by raw address: unsafe code is allowed here (denied at the crate root).
 #![allow(unsafe_code)]
 use super::ExternalHostMemory;
-use crate::cuda::page_lock::{HostRegistration, mapped_device_pointer};
+use crate::cuda::page_lock::HostRegistration;
 use crate::cuda::{CudaDevice, MAX_HOST_REGISTRATION};
 use crate::descriptor::MemoryDescriptor;
 use crate::error::Result;
@@ -50,24 +50,11 @@ impl ExternalPinnedMemory {
         })
     }
 
-    /// The device whose context page-locked the memory.
-    pub fn device(&self) -> &CudaDevice {
-        &self.device
-    }
-
     /// The ranges (absolute addresses) page-locked by one `cuMemHostRegister` call each, in
     /// address order. A single CUDA copy must stay inside one of them (see
     /// [`MAX_HOST_REGISTRATION`]).
     pub(crate) fn registered_ranges(&self) -> Vec<std::ops::Range<usize>> {
         self.registration.ranges()
-    }
-
-    /// The address under which device kernels can read and write this memory directly.
-    ///
-    /// # Errors
-    /// [`CudaError::Driver`](crate::error::CudaError::Driver) if the driver does not know the registration.
-    pub fn device_pointer(&self) -> Result<u64> {
-        mapped_device_pointer(&self.device, self.host.addr() as *const u8)
     }
 }
 

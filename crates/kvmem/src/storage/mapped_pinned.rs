@@ -1,7 +1,7 @@
 // This module owns a mapping page-locked with the driver: unsafe code is allowed here (denied at the crate root).
 #![allow(unsafe_code)]
 use super::host_mapping::{HostMapping, MappingOptions, PageTier};
-use crate::cuda::page_lock::{HostRegistration, mapped_device_pointer};
+use crate::cuda::page_lock::HostRegistration;
 use crate::cuda::{CudaDevice, MAX_HOST_REGISTRATION};
 use crate::descriptor::MemoryDescriptor;
 use crate::error::{BoundsError, Error, Result};
@@ -11,14 +11,33 @@ use std::fmt;
 use std::mem::ManuallyDrop;
 use std::time::{Duration, Instant};
 
-/// How [`MappedPinnedStorage`] gets its memory. The defaults suit large KV-cache pools.
+/// How [`MappedPinnedStorage`] gets its memory. The defaults suit large KV-cache pools; set
+/// single fields with struct-update syntax:
+///
+/// ```
+/// let options = kvmem::MappedPinnedOptions {
+///     numa_node: Some(0),
+///     ..Default::default()
+/// };
+/// assert!(options.hugetlb);
+/// ```
 #[derive(Debug, Clone)]
 pub struct MappedPinnedOptions {
-    numa_node: Option<u32>,
-    threads: Option<usize>,
-    hugetlb: bool,
-    transparent_huge_pages: bool,
-    registration_chunk: usize,
+    /// Places the pages on this NUMA node (the GPU's, ideally) when `Some`; by default (`None`)
+    /// the kernel decides. The policy is "preferred": a full node spills to others rather than
+    /// failing.
+    pub numa_node: Option<u32>,
+    /// Threads that first-touch the pages (at least 1). Default (`None`): one per available CPU,
+    /// at most one per 64 MiB.
+    pub threads: Option<usize>,
+    /// Whether to use reserved hugetlb pages when a pool has room (default: yes).
+    pub hugetlb: bool,
+    /// Whether to ask for transparent huge pages (`MADV_HUGEPAGE`) when hugetlb pages are not
+    /// used (default: yes).
+    pub transparent_huge_pages: bool,
+    /// Bytes per `cuMemHostRegister` call; clamped to 4 KiB..=[`MAX_HOST_REGISTRATION`] and
+    /// rounded down to whole pages. Default: [`MAX_HOST_REGISTRATION`].
+    pub registration_chunk: usize,
 }
 
 impl Default for MappedPinnedOptions {
@@ -34,49 +53,15 @@ impl Default for MappedPinnedOptions {
 }
 
 impl MappedPinnedOptions {
-    /// Places the pages on this NUMA node (the GPU's, ideally) when `Some`; by default the kernel
-    /// decides. The policy is "preferred": a full node spills to others rather than failing.
-    pub fn numa_node(mut self, node: Option<u32>) -> Self {
-        self.numa_node = node;
-        self
-    }
-
-    /// Threads that first-touch the pages. Default: one per available CPU, at most one per
-    /// 64 MiB.
-    pub fn threads(mut self, threads: usize) -> Self {
-        self.threads = Some(threads.max(1));
-        self
-    }
-
-    /// Whether to use reserved hugetlb pages when a pool has room (default: yes).
-    pub fn hugetlb(mut self, enabled: bool) -> Self {
-        self.hugetlb = enabled;
-        self
-    }
-
-    /// Whether to ask for transparent huge pages (`MADV_HUGEPAGE`) when hugetlb pages are not
-    /// used (default: yes).
-    pub fn transparent_huge_pages(mut self, enabled: bool) -> Self {
-        self.transparent_huge_pages = enabled;
-        self
-    }
-
     /// The mapping these options ask for (first-touched by `threads`).
     pub(super) fn mapping(&self) -> MappingOptions {
         MappingOptions {
             hugetlb: self.hugetlb,
             transparent: self.transparent_huge_pages,
             numa_node: self.numa_node,
-            threads: self.threads,
+            threads: self.threads.map(|t| t.max(1)),
             touch: true,
         }
-    }
-
-    /// Bytes per `cuMemHostRegister` call; clamped to 4 KiB..=[`MAX_HOST_REGISTRATION`] and
-    /// rounded down to whole pages. Default: [`MAX_HOST_REGISTRATION`].
-    pub fn registration_chunk(mut self, bytes: usize) -> Self {
-        self.registration_chunk = bytes;
-        self
     }
 }
 
@@ -183,29 +168,11 @@ impl MappedPinnedStorage {
         &self.report
     }
 
-    /// The pages backing the memory.
-    pub fn page_tier(&self) -> PageTier {
-        self.report.tier
-    }
-
-    /// The device the memory was pinned through.
-    pub fn device(&self) -> &CudaDevice {
-        &self.device
-    }
-
     /// The ranges (absolute addresses) page-locked by one `cuMemHostRegister` call each, in
     /// address order. A single CUDA copy must stay inside one of them (see
     /// [`MAX_HOST_REGISTRATION`]).
     pub fn registered_ranges(&self) -> Vec<std::ops::Range<usize>> {
         self.registration.ranges()
-    }
-
-    /// The address under which device kernels can read and write this memory directly.
-    ///
-    /// # Errors
-    /// [`CudaError::Driver`](crate::error::CudaError::Driver) if the driver does not know the mapping.
-    pub fn device_pointer(&self) -> Result<u64> {
-        mapped_device_pointer(&self.device, self.mapping.as_ptr())
     }
 }
 

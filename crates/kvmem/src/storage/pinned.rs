@@ -1,7 +1,6 @@
 // This module owns a raw pinned host allocation: unsafe code is allowed here (denied at the crate root).
 #![allow(unsafe_code)]
 use super::host_mapping::{parallel_chunks, worker_threads};
-use crate::cuda::page_lock::mapped_device_pointer;
 use crate::cuda::{CudaDevice, driver};
 use crate::error::{BoundsError, CudaError, Error, MemoryError, Result};
 use crate::host::HostMemory;
@@ -95,31 +94,15 @@ impl PinnedStorage {
         });
         Ok(storage)
     }
-
-    /// The device whose context allocated the memory.
-    pub fn device(&self) -> &CudaDevice {
-        &self.device
-    }
-
-    /// The address under which device kernels can read and write this memory directly.
-    ///
-    /// # Errors
-    /// [`CudaError::Driver`] if the driver does not know the allocation.
-    pub fn device_pointer(&self) -> Result<u64> {
-        mapped_device_pointer(&self.device, self.ptr.as_ptr())
-    }
 }
 
 impl Drop for PinnedStorage {
     fn drop(&mut self) {
-        let freed = self.device.bind().and_then(|()| {
+        let call = "free pinned host memory (cuMemFreeHost)";
+        self.device.release_logged(call, self.size, || {
             // SAFETY: `raw` came from cuMemHostAlloc and is freed exactly once, here.
             unsafe { result::free_host(self.raw.as_ptr().cast()) }
-                .map_err(|e| driver::error("free pinned host memory (cuMemFreeHost)", e))
         });
-        if let Err(e) = freed {
-            tracing::error!(error = %e, size = self.size, "could not free pinned host memory");
-        }
     }
 }
 

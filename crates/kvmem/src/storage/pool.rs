@@ -183,11 +183,6 @@ impl DevicePool {
             .map_err(|e| driver::error("trim the device pool", e))
     }
 
-    /// The device the pool allocates on.
-    pub fn device(&self) -> &CudaDevice {
-        &self.inner.device
-    }
-
     fn attribute(&self, attr: driver::PoolAttribute) -> Result<u64> {
         self.inner.device.bind()?;
         let mut value: u64 = 0;
@@ -200,18 +195,15 @@ impl DevicePool {
 
 impl Drop for PoolInner {
     fn drop(&mut self) {
-        let destroyed = self.device.bind().and_then(|()| {
-            // SAFETY: every allocation holds an `Arc` to this value, so all have been freed (in
-            // stream order); waiting on the stream lets those frees complete first.
-            unsafe {
-                result::stream::synchronize(self.stream.cu_stream())
-                    .and_then(|()| result::mem_pool::destroy(self.pool))
-            }
-            .map_err(|e| driver::error("destroy the device pool", e))
-        });
-        if let Err(e) = destroyed {
-            tracing::error!(error = %e, "could not destroy a device memory pool");
-        }
+        self.device
+            .release_logged("destroy the device memory pool", 0, || {
+                // SAFETY: every allocation holds an `Arc` to this value, so all have been freed
+                // (in stream order); waiting on the stream lets those frees complete first.
+                unsafe {
+                    result::stream::synchronize(self.stream.cu_stream())
+                        .and_then(|()| result::mem_pool::destroy(self.pool))
+                }
+            });
     }
 }
 
@@ -240,15 +232,12 @@ impl PooledDeviceStorage {
 
 impl Drop for PooledDeviceStorage {
     fn drop(&mut self) {
-        let freed = self.pool.device.bind().and_then(|()| {
+        let call = "return memory to the device pool (cuMemFreeAsync)";
+        self.pool.device.release_logged(call, self.size, || {
             // SAFETY: `ptr` came from this pool and is freed exactly once, here, on the stream it
             // was allocated on.
             unsafe { result::free_async(self.ptr, self.pool.stream.cu_stream()) }
-                .map_err(|e| driver::error("return memory to the device pool (cuMemFreeAsync)", e))
         });
-        if let Err(e) = freed {
-            tracing::error!(error = %e, size = self.size, "could not free a pool allocation");
-        }
     }
 }
 

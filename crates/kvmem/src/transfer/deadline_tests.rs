@@ -154,11 +154,16 @@ fn a_stalled_io_uring_read_times_out_quarantines_and_the_lane_recovers() {
     });
 }
 
+/// Fails the test (it never passes by skipping) when the NIXL runtime cannot be loaded.
+fn nixl_runtime() {
+    if let Err(e) = crate::nixl::runtime::ensure_loaded() {
+        panic!("the NIXL runtime is needed (source scripts/env.sh): {e}");
+    }
+}
+
 #[test]
 fn a_stalled_nixl_posix_read_times_out_quarantines_and_the_lane_recovers() {
-    if crate::nixl::runtime::ensure_loaded().is_err() {
-        panic!("the NIXL runtime is needed (source scripts/env.sh)");
-    }
+    nixl_runtime();
     within(Duration::from_secs(30), || {
         stalled_disk_read(DiskBackend::NixlPosix)
     });
@@ -171,9 +176,7 @@ fn a_nixl_write_to_a_peer_that_never_answers_times_out() {
     use crate::layout::{BlockLayout, LayoutConfig, LayoutKind};
     use crate::nixl::{Agent, AgentConfig};
     use crate::transfer::{RegisteredLayout, RemoteLayout};
-    if crate::nixl::runtime::ensure_loaded().is_err() {
-        panic!("the NIXL runtime is needed (source scripts/env.sh)");
-    }
+    nixl_runtime();
     within(Duration::from_secs(30), || {
         let config = LayoutConfig {
             num_blocks: 4,

@@ -85,9 +85,13 @@ fn new_agent(config: DiskQueue) -> Result<Agent> {
     let depth = kernel_queue_size(config.queue_depth);
     let agent = Agent::new(AgentConfig {
         progress_thread: false,
+        backends: vec![BACKEND.to_owned()],
+        backend_params: [(
+            BACKEND.to_owned(),
+            [("kernel_queue_size".to_owned(), depth.to_string())].into(),
+        )]
+        .into(),
         ..AgentConfig::new("")
-            .with_backends([BACKEND])
-            .with_backend_param(BACKEND, "kernel_queue_size", depth.to_string())
     })?;
     agent.require_backend(BACKEND)?;
     Ok(agent)

@@ -40,7 +40,16 @@ pub fn agent(prefix: &str) -> Agent {
 
 /// A UCX agent with a listener on a free port (needed to fetch metadata from listeners too).
 pub fn listening_agent(prefix: &str) -> Agent {
-    Agent::new(config(prefix).with_listener(free_port())).expect("start a listening UCX agent")
+    Agent::new(listening_config(prefix, free_port())).expect("start a listening UCX agent")
+}
+
+/// [`config`] with the metadata listener on `port`.
+pub fn listening_config(prefix: &str, port: u16) -> AgentConfig {
+    AgentConfig {
+        listen: true,
+        listen_port: port,
+        ..config(prefix)
+    }
 }
 
 pub fn config(prefix: &str) -> AgentConfig {
@@ -232,7 +241,8 @@ fn target_main() -> Result<(), Box<dyn std::error::Error>> {
         ..AgentConfig::new(name)
     };
     if !etcd && !blob {
-        cfg = cfg.with_listener(std::env::var(PORT_ENV)?.parse()?);
+        cfg.listen = true;
+        cfg.listen_port = std::env::var(PORT_ENV)?.parse()?;
     }
     let agent = Agent::new(cfg)?;
     let dst = poisoned(&agent, len);

@@ -1,7 +1,7 @@
 //! How a kvmem NIXL [`Agent`](super::Agent) is set up: its name, the backends it starts (with
 //! their parameters), NIXL's threads, and how large one registration may be.
 //!
-//! A configuration comes from code ([`AgentConfig::new`] and the `with_*` builders), from a TOML
+//! A configuration comes from code ([`AgentConfig::new`] and struct-update syntax over its public fields), from a TOML
 //! file ([`AgentConfig::from_toml_file`]), or from the environment ([`AgentConfig::from_env`]),
 //! which starts from the file named by `KVMEM_NIXL_CONFIG` (if set) and then applies the variables
 //! below on top.
@@ -180,43 +180,6 @@ impl AgentConfig {
             name: name.into(),
             ..Self::default()
         }
-    }
-
-    /// Replaces the backend list.
-    pub fn with_backends(mut self, backends: impl IntoIterator<Item = impl Into<String>>) -> Self {
-        self.backends = strings(backends);
-        self
-    }
-
-    /// Sets one parameter of one backend.
-    pub fn with_backend_param(
-        mut self,
-        backend: impl Into<String>,
-        key: impl Into<String>,
-        value: impl Into<String>,
-    ) -> Self {
-        self.backend_params
-            .entry(backend.into())
-            .or_default()
-            .insert(key.into(), value.into());
-        self
-    }
-
-    /// Turns the metadata listener on, on `port` (0: NIXL's default port).
-    pub fn with_listener(mut self, port: u16) -> Self {
-        self.listen = true;
-        self.listen_port = port;
-        self
-    }
-
-    /// Takes metadata and notifications only from the agents named in `peers` (see
-    /// [`allowed_peers`](Self::allowed_peers)); an empty list allows any peer.
-    pub fn with_allowed_peers(
-        mut self,
-        peers: impl IntoIterator<Item = impl Into<String>>,
-    ) -> Self {
-        self.allowed_peers = strings(peers);
-        self
     }
 
     /// True when `peer` may send this agent metadata and notifications.
