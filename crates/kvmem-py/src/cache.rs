@@ -32,6 +32,17 @@ fn timeout_of(seconds: f64) -> PyResult<Duration> {
     })
 }
 
+/// A `LoadReport` as the dict the stubs' `LoadReport` describes.
+fn load_report<'py>(py: Python<'py>, r: &cache::LoadReport) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("from_host", r.from_host)?;
+    d.set_item("from_disk", r.from_disk)?;
+    d.set_item("missing", ints(&r.missing))?;
+    d.set_item("corrupt", ints(&r.corrupt))?;
+    d.set_item("no_space", ints(&r.no_space))?;
+    Ok(d)
+}
+
 #[pymethods]
 impl BlockCache {
     /// A cache for blocks shaped like `like`'s, with `host_blocks` slots in host memory
@@ -128,13 +139,25 @@ impl BlockCache {
         let r = py
             .detach(|| self.inner.load(&keys, &gpu, &ids, timeout)?.wait())
             .py()?;
-        let d = PyDict::new(py);
-        d.set_item("from_host", r.from_host)?;
-        d.set_item("from_disk", r.from_disk)?;
-        d.set_item("missing", ints(&r.missing))?;
-        d.set_item("corrupt", ints(&r.corrupt))?;
-        d.set_item("no_space", ints(&r.no_space))?;
-        Ok(d)
+        load_report(py, &r)
+    }
+
+    /// Brings the blocks of `keys` that are only on disk into host memory (checked against
+    /// their checksums) and waits; nothing reaches a GPU. Returns the same report as `load`
+    /// (`from_disk` counts the blocks brought up).
+    #[pyo3(signature = (keys, timeout=60.0))]
+    fn prefetch<'py>(
+        &self,
+        py: Python<'py>,
+        keys: Vec<u128>,
+        timeout: f64,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let keys = keys_of(keys);
+        let timeout = timeout_of(timeout)?;
+        let r = py
+            .detach(|| self.inner.prefetch(&keys, timeout)?.wait())
+            .py()?;
+        load_report(py, &r)
     }
 
     /// The longest present prefix of `keys`: `(hits, in_host, only_on_disk)`.

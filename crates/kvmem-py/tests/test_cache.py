@@ -48,6 +48,24 @@ def test_store_evict_to_disk_and_load_back_byte_exact(tmp_path: Path) -> None:
     assert cache.lookup(keys) == (0, 0, 0)
 
 
+def test_prefetch_brings_disk_blocks_into_host_memory(tmp_path: Path) -> None:
+    rng = np.random.default_rng(12)
+    src_kv = make("flash_attn", 8, LAYERS, BS, HEADS, HD, rng)
+    dst_kv = [np.full_like(t, 0xA5) for t in src_kv]
+    src, dst = layout(src_kv), layout(dst_kv)
+    cache = kvmem.BlockCache(src, host_blocks=4, disk_dir=tmp_path / "disk", disk_blocks=16)
+    keys = [(7 << 90) + i for i in range(8)]
+    cache.store(keys[:4], src, [0, 1, 2, 3])
+    cache.store(keys[4:], src, [4, 5, 6, 7])  # 0-3 written back to disk, out of host memory
+    assert cache.lookup(keys[:2]) == (2, 0, 2)
+    r = cache.prefetch(keys[:2])
+    assert (r["from_disk"], r["missing"], r["corrupt"]) == (2, [], [])
+    assert cache.lookup(keys[:2]) == (2, 2, 0), "both in host memory now"
+    got = cache.load(keys[:2], dst, [0, 1])
+    assert got["from_host"] == 2 and got["from_disk"] == 0
+    assert block(dst_kv, 0) == block(src_kv, 0) and block(dst_kv, 1) == block(src_kv, 1)
+
+
 def test_present_keys_are_skipped() -> None:
     rng = np.random.default_rng(3)
     kv = make("flash_attn", 4, LAYERS, BS, HEADS, HD, rng)

@@ -199,6 +199,8 @@ class BlockCache:
     def load(self, keys: Sequence[int], layout: Layout, block_ids: Ids, timeout: float = 60.0) -> LoadReport:
         """Copies the blocks of ``keys`` into ``layout``'s blocks ``block_ids[i]`` and waits;
         the keys listed in the report were not loaded."""
+    def prefetch(self, keys: Sequence[int], timeout: float = 60.0) -> LoadReport:
+        """Brings the blocks of ``keys`` found only on disk into host memory and waits."""
     def lookup(self, keys: Sequence[int]) -> tuple[int, int, int]:
         """The longest present prefix: ``(hits, in_host, only_on_disk)``. No I/O."""
     def contains(self, key: int) -> bool:
