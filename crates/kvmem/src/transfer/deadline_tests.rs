@@ -57,10 +57,16 @@ fn assert_timed_out(e: &Error, buffers: usize, bytes: u64) {
 #[test]
 fn the_first_outcome_wins_a_late_success_never_replaces_a_timeout() {
     within(Duration::from_secs(10), || {
-        let (handle, completion) =
-            TransferHandle::start(TransferPath::HostToHost, 100, 1, Duration::from_millis(50));
+        // A deadline far from the first wait's 10 ms, so that a slow run (valgrind) still
+        // makes that wait well before it.
+        let (handle, completion) = TransferHandle::start(
+            TransferPath::HostToHost,
+            100,
+            1,
+            Duration::from_millis(1000),
+        );
         assert!(!handle.wait_timeout(Duration::from_millis(10)));
-        std::thread::sleep(Duration::from_millis(60));
+        std::thread::sleep(Duration::from_millis(1100));
         // Past the deadline: polling reports it finished (timed out)...
         assert!(handle.is_done());
         // ...and the executor's late success is ignored.
