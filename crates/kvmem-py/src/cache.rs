@@ -24,6 +24,19 @@ fn ints(keys: &[BlockKey]) -> Vec<u128> {
     keys.iter().map(|k| k.0).collect()
 }
 
+/// A store's or load's keys, block ids and timeout, read from Python's arguments.
+fn request(
+    keys: Vec<u128>,
+    block_ids: &Bound<'_, PyAny>,
+    timeout: f64,
+) -> PyResult<(Vec<BlockKey>, Vec<usize>, Duration)> {
+    Ok((
+        keys_of(keys),
+        crate::ids::block_ids("block_ids", block_ids)?,
+        timeout_of(timeout)?,
+    ))
+}
+
 fn timeout_of(seconds: f64) -> PyResult<Duration> {
     Duration::try_from_secs_f64(seconds).map_err(|_| {
         invalid(format!(
@@ -102,9 +115,7 @@ impl BlockCache {
         block_ids: &Bound<'py, PyAny>,
         timeout: f64,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let ids = crate::ids::block_ids("block_ids", block_ids)?;
-        let keys = keys_of(keys);
-        let timeout = timeout_of(timeout)?;
+        let (keys, ids, timeout) = request(keys, block_ids, timeout)?;
         let gpu = layout.inner.clone();
         let r = py
             .detach(|| self.inner.store(&keys, &gpu, &ids, timeout)?.wait())
@@ -132,9 +143,7 @@ impl BlockCache {
         if layout.readonly {
             return Err(invalid("layout: the destination's memory is read-only"));
         }
-        let ids = crate::ids::block_ids("block_ids", block_ids)?;
-        let keys = keys_of(keys);
-        let timeout = timeout_of(timeout)?;
+        let (keys, ids, timeout) = request(keys, block_ids, timeout)?;
         let gpu = layout.inner.clone();
         let r = py
             .detach(|| self.inner.load(&keys, &gpu, &ids, timeout)?.wait())

@@ -76,15 +76,9 @@ impl Engine {
         dst_ids: &Bound<'_, PyAny>,
         stream: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Handle> {
-        if dst.readonly {
-            return Err(invalid("dst: the destination's memory is read-only"));
-        }
-        let s = block_ids("src_ids", src_ids)?;
-        let d = block_ids("dst_ids", dst_ids)?;
+        let r = self.local_copy(src, src_ids, dst, dst_ids)?;
         let stream = stream.map(crate::stream::raw_stream).transpose()?;
-        let engine = Arc::clone(&self.inner);
-        let (src, dst) = (src.inner.clone(), dst.inner.clone());
-        let started = py.detach(move || crate::stream::copy(&engine, &src, &s, &dst, &d, stream));
+        let started = py.detach(move || r.submit(stream));
         started.map(|(h, end)| Handle::new(h, end)).py()
     }
 
@@ -101,18 +95,12 @@ impl Engine {
         dst_ids: &Bound<'_, PyAny>,
         iters: usize,
     ) -> PyResult<Vec<(f64, f64)>> {
-        if dst.readonly {
-            return Err(invalid("dst: the destination's memory is read-only"));
-        }
-        let s = block_ids("src_ids", src_ids)?;
-        let d = block_ids("dst_ids", dst_ids)?;
-        let engine = Arc::clone(&self.inner);
-        let (src, dst) = (src.inner.clone(), dst.inner.clone());
+        let r = self.local_copy(src, src_ids, dst, dst_ids)?;
         py.detach(move || {
             (0..iters)
                 .map(|_| {
                     let t0 = Instant::now();
-                    let (h, _) = crate::stream::copy(&engine, &src, &s, &dst, &d, None)?;
+                    let (h, _) = r.submit(None)?;
                     let submitted = t0.elapsed().as_secs_f64();
                     h.wait()?;
                     Ok((submitted, t0.elapsed().as_secs_f64()))
@@ -158,6 +146,26 @@ impl Engine {
 }
 
 impl Engine {
+    /// Checks the destination is writable and reads both id lists.
+    fn local_copy(
+        &self,
+        src: &Layout,
+        src_ids: &Bound<'_, PyAny>,
+        dst: &Layout,
+        dst_ids: &Bound<'_, PyAny>,
+    ) -> PyResult<LocalCopy> {
+        if dst.readonly {
+            return Err(invalid("dst: the destination's memory is read-only"));
+        }
+        Ok(LocalCopy {
+            engine: Arc::clone(&self.inner),
+            src: src.inner.clone(),
+            src_ids: block_ids("src_ids", src_ids)?,
+            dst: dst.inner.clone(),
+            dst_ids: block_ids("dst_ids", dst_ids)?,
+        })
+    }
+
     /// Reads both id lists, then posts a NIXL write or read (`post`) without the GIL.
     fn post_remote(
         &self,
@@ -172,6 +180,32 @@ impl Engine {
         py.detach(move || post(&engine, &s, &d))
             .map(|h| Handle::new(h, None))
             .py()
+    }
+}
+
+/// A local copy checked and converted from Python's arguments, ready to submit without the GIL.
+struct LocalCopy {
+    engine: Arc<TransferEngine>,
+    src: kvmem::layout::BlockLayout,
+    src_ids: Vec<usize>,
+    dst: kvmem::layout::BlockLayout,
+    dst_ids: Vec<usize>,
+}
+
+impl LocalCopy {
+    /// Submits the copy, ordered after `stream` (a raw `CUstream`) when given.
+    fn submit(
+        &self,
+        stream: Option<u64>,
+    ) -> kvmem::Result<(TransferHandle, Option<kvmem::cuda::interop::Event>)> {
+        let Self {
+            engine,
+            src,
+            src_ids,
+            dst,
+            dst_ids,
+        } = self;
+        crate::stream::copy(engine, src, src_ids, dst, dst_ids, stream)
     }
 }
 
