@@ -339,6 +339,7 @@ fn device_of(src: StorageKind, dst: StorageKind) -> Result<u32> {
 fn run_staged(staging: &mut Staging, work: &Work) -> Result<()> {
     wait_for_pinning(&work.plan)?;
     let (method, bounce_bytes) = (staging.method, staging.bounce_bytes);
+    let cuts = registration_cuts(&work.plan);
     for batch in work.plan.batches() {
         let (src, dst) = (batch.src_kind, batch.dst_kind);
         let ordinal = device_of(src, dst)?;
@@ -383,7 +384,7 @@ fn run_staged(staging: &mut Staging, work: &Work) -> Result<()> {
                 )?
             }
             _ => {
-                let copies = device_copies(&batch.ops, src, dst, &registration_cuts(&work.plan));
+                let copies = device_copies(&batch.ops, src, dst, &cuts);
                 // SAFETY: as in `GpuExecutor::enqueue_direct`; waited for right here.
                 let c =
                     unsafe { stream.copy_async(&copies, method, location(src), location(dst))? };
