@@ -18,6 +18,7 @@
 # GPU tests, memcheck of the transfer sweeps, the planner benchmark, `kvmem bench` over every
 # path once and the GPU paths twice more (run-to-run variance), no per-method runs. The full run
 # does those too.
+# KVMEM_STEP_TIMEOUT=SECONDS bounds each step (default 1800).
 # KVMEM_GPU_STEPS=REGEX runs only the steps whose names match (bash extended regex), the others
 # are reported SKIPPED: the whole harness no longer fits one device call, so a session runs it in
 # parts, e.g. KVMEM_GPU_STEPS='tests|memcheck|soak' then KVMEM_GPU_STEPS='bench'.
@@ -88,7 +89,9 @@ step() {
     echo "== $name: $*" | tee -a "$log"
     local t0=$SECONDS tmp
     tmp=$(mktemp)
-    "$@" >"$tmp" 2>&1
+    # Each step is bounded (KVMEM_STEP_TIMEOUT seconds, default 1800): a hung step fails with
+    # exit 124 instead of taking the rest of the device call with it.
+    timeout -k 10 "${KVMEM_STEP_TIMEOUT:-1800}" "$@" >"$tmp" 2>&1
     local rc=$?
     cat "$tmp" >>"$log"
     local verdict="ok"
