@@ -12,6 +12,13 @@ fn gpu() -> CudaDevice {
     CudaDevice::new(0).expect("CUDA device 0 must be usable on the GPU machine")
 }
 
+/// A generator with a fresh seed each run, printed for reproduction.
+fn seeded_rng() -> fastrand::Rng {
+    let seed = fastrand::u64(..);
+    println!("seed {seed:#x}");
+    fastrand::Rng::with_seed(seed)
+}
+
 /// A copy list moving `n` chunks of `chunk` bytes from shuffled slots of `src` to shuffled slots
 /// of `dst` (slots are `stride` bytes apart), with the expected result computed on the host.
 fn scattered(
@@ -93,9 +100,7 @@ fn assert_ran_as(
 fn scattered_copies_host_device_and_back_by_every_method() {
     let gpu = gpu();
     let stream = CopyStream::new(&gpu).unwrap();
-    let seed = fastrand::u64(..);
-    println!("seed {seed:#x}");
-    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut rng = seeded_rng();
     // Aligned 16 KiB chunks (vector path) and odd 1000-byte chunks at odd offsets (byte path).
     for (chunk, stride, n) in [
         (16 << 10, 16 << 10, 512),
@@ -297,9 +302,7 @@ fn error_empty_and_zero_length_copy_lists_are_refused() {
 fn staged_gather_and_scatter_through_the_ring_match_byte_for_byte() {
     let gpu = gpu();
     let stream = CopyStream::new(&gpu).unwrap();
-    let seed = fastrand::u64(..);
-    println!("seed {seed:#x}");
-    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut rng = seeded_rng();
     // 40-48 MiB each: more than the 32 MiB ring, so every slot is used more than once.
     for (chunk, n) in [(32 << 10, 1500), (16 << 10, 2600), (12_345, 3500)] {
         let size = chunk * n;

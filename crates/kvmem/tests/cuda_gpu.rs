@@ -40,17 +40,22 @@ fn poison(region: &mut (impl HostMemory + ?Sized)) {
     region.memset(0xa5);
 }
 
-/// Writes random data into device region `dev` and reads it back into poisoned host memory.
-fn round_trip(dev: &(impl MemoryDescriptor + ?Sized)) {
-    let src = random_host(dev.size());
-    cuda::copy_host_to_device(&src, dev).unwrap();
+/// Reads device region `dev` back into poisoned host memory and asserts that it holds `want`.
+fn assert_device_holds(dev: &(impl MemoryDescriptor + ?Sized), want: &[u8]) {
     let mut back = SystemStorage::new(dev.size()).unwrap();
     poison(&mut back);
     cuda::copy_device_to_host(dev, &mut back).unwrap();
     assert!(
-        src.as_slice() == back.as_slice(),
+        want == back.as_slice(),
         "data changed on the way through the device"
     );
+}
+
+/// Writes random data into device region `dev` and reads it back into poisoned host memory.
+fn round_trip(dev: &(impl MemoryDescriptor + ?Sized)) {
+    let src = random_host(dev.size());
+    cuda::copy_host_to_device(&src, dev).unwrap();
+    assert_device_holds(dev, src.as_slice());
 }
 
 /// Random data from pinned `host` to the device and back into a second, poisoned host region.
@@ -114,10 +119,7 @@ fn device_storage_round_trips_and_copies_device_to_device() {
         poison(&mut poisoned);
         cuda::copy_host_to_device(&poisoned, &b).unwrap();
         cuda::copy_device_to_device(&a, &b).unwrap();
-        let mut back = SystemStorage::new(size).unwrap();
-        poison(&mut back);
-        cuda::copy_device_to_host(&b, &mut back).unwrap();
-        assert!(src.as_slice() == back.as_slice());
+        assert_device_holds(&b, src.as_slice());
     }
 }
 
@@ -276,10 +278,7 @@ fn external_device_memory_over_another_owners_allocation_round_trips() {
         let src = random_host(size);
         cuda::copy_host_to_device(&src, &ext).unwrap();
         cuda::copy_device_to_device(&ext, &own).unwrap();
-        let mut back = SystemStorage::new(size).unwrap();
-        poison(&mut back);
-        cuda::copy_device_to_host(&own, &mut back).unwrap();
-        assert!(src.as_slice() == back.as_slice());
+        assert_device_holds(&own, src.as_slice());
     }
     device.bind().unwrap();
     // SAFETY: allocated above; nothing refers to it any more.
@@ -361,10 +360,7 @@ fn storages_move_between_threads() {
     let (dev, pinned_back) = std::thread::spawn(move || {
         randomize(&mut pinned);
         cuda::copy_host_to_device(&pinned, &dev).unwrap();
-        let mut back = SystemStorage::new(4 * MIB).unwrap();
-        poison(&mut back);
-        cuda::copy_device_to_host(&dev, &mut back).unwrap();
-        assert!(pinned.as_slice() == back.as_slice());
+        assert_device_holds(&dev, pinned.as_slice());
         (dev, pinned)
     })
     .join()
@@ -538,10 +534,7 @@ fn error_one_copy_cannot_span_two_registrations() {
     );
     // Split at the boundary, as the helpers do, it works.
     cuda::copy_host_to_device(&host, &dev).unwrap();
-    let mut back = SystemStorage::new(2 * MIB).unwrap();
-    poison(&mut back);
-    cuda::copy_device_to_host(&dev, &mut back).unwrap();
-    assert!(host.as_slice() == back.as_slice());
+    assert_device_holds(&dev, host.as_slice());
 }
 
 /// The background-pinned pool: CPU writes while the threads page-lock it, the first chunk is

@@ -73,15 +73,21 @@ fn wait_for(report: &Mutex<Option<bool>>) -> bool {
     }
 }
 
+/// An engine with one host copy thread, on `disk_backend` (the default one for host copies).
+fn one_thread_engine(disk_backend: DiskBackend) -> TransferEngine {
+    TransferEngine::new(EngineConfig {
+        host_threads: 1,
+        disk_backend,
+        ..EngineConfig::default()
+    })
+    .unwrap()
+}
+
 const BIG: usize = 32 << 20;
 
 #[test]
 fn dropping_the_handle_keeps_a_host_copy_s_memory_alive_until_it_is_done() {
-    let engine = TransferEngine::new(EngineConfig {
-        host_threads: 1,
-        ..EngineConfig::default()
-    })
-    .unwrap();
+    let engine = one_thread_engine(DiskBackend::default());
     let data = random_bytes(BIG, 1);
     let report = Arc::new(Mutex::new(None));
     let src = Buffer::new(host_with(&data));
@@ -98,19 +104,10 @@ fn dropping_the_handle_keeps_a_host_copy_s_memory_alive_until_it_is_done() {
     );
 }
 
-fn disk_engine(disk_backend: DiskBackend) -> TransferEngine {
-    TransferEngine::new(EngineConfig {
-        host_threads: 1,
-        disk_backend,
-        ..EngineConfig::default()
-    })
-    .unwrap()
-}
-
 each_disk_backend!(dropping_the_handle_keeps_disk_transfers_alive_until_done: dropping_the_handle_keeps_disk_transfers_alive_until_done_io_uring, dropping_the_handle_keeps_disk_transfers_alive_until_done_nixl_posix);
 
 fn dropping_the_handle_keeps_disk_transfers_alive_until_done(backend: DiskBackend) {
-    let engine = disk_engine(backend);
+    let engine = one_thread_engine(backend);
     let dir = tempfile::tempdir().unwrap();
 
     // host -> disk: the source stays allocated until the file holds its bytes.
@@ -162,11 +159,7 @@ fn dropping_the_engine_lets_submitted_transfers_finish() {
     let data = random_bytes(BIG, 6);
     let src = Buffer::new(host_with(&data));
     let dst = Buffer::new(SystemStorage::new(BIG).unwrap());
-    let engine = TransferEngine::new(EngineConfig {
-        host_threads: 1,
-        ..EngineConfig::default()
-    })
-    .unwrap();
+    let engine = one_thread_engine(DiskBackend::default());
     let handle = engine.copy_region(&src, &dst).unwrap();
     drop(engine);
     assert!(
@@ -180,11 +173,7 @@ fn dropping_the_engine_lets_submitted_transfers_finish() {
 
 #[test]
 fn cancelled_transfers_report_cancellation_and_others_complete() {
-    let engine = TransferEngine::new(EngineConfig {
-        host_threads: 1,
-        ..EngineConfig::default()
-    })
-    .unwrap();
+    let engine = one_thread_engine(DiskBackend::default());
     let size = 128 << 20;
     let data = random_bytes(size, 7);
     let a_src = Buffer::new(host_with(&data));
@@ -209,7 +198,7 @@ fn cancelled_transfers_report_cancellation_and_others_complete() {
 /// Cancelling a disk transfer drains the I/O in flight, then reports; the next transfer on the
 /// same engine runs normally.
 fn cancelled_disk_transfers_report_cancellation(backend: DiskBackend) {
-    let engine = disk_engine(backend);
+    let engine = one_thread_engine(backend);
     let size = 128 << 20;
     let data = random_bytes(size, 8);
     let src = Buffer::new(host_with(&data));
@@ -236,7 +225,7 @@ fn empty_transfers_complete_and_handles_poll() {
 
 fn empty_transfers_complete(backend: DiskBackend) {
     use kvmem::layout::{BlockLayout, LayoutConfig, LayoutKind};
-    let engine = disk_engine(backend);
+    let engine = one_thread_engine(backend);
     let c = LayoutConfig {
         num_blocks: 4,
         num_layers: 2,

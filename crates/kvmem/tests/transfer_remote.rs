@@ -84,6 +84,27 @@ fn expected(
     out
 }
 
+/// Asserts that region images `got` are `dst` after copying blocks `src_ids[i]` of `src` to
+/// `dst_ids[i]` (see [`expected`]); `what` names the check.
+fn assert_copied(
+    got: &[Vec<u8>],
+    src: (LayoutKind, &LayoutConfig, &[Vec<u8>]),
+    dst: (LayoutKind, &LayoutConfig, &[Vec<u8>]),
+    (src_ids, dst_ids): (&[usize], &[usize]),
+    what: &str,
+) {
+    let want = expected(src, dst, src_ids, dst_ids);
+    assert_images(got, &want, what);
+}
+
+/// Asserts that region images `got` are `want`, region by region.
+fn assert_images(got: &[Vec<u8>], want: &[Vec<u8>], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: region count");
+    for (r, (got, want)) in got.iter().zip(want).enumerate() {
+        assert_same(got, want, &format!("{what}: region {r}"));
+    }
+}
+
 fn images(layout: &RegisteredLayout) -> Vec<Vec<u8>> {
     layout
         .layout()
@@ -174,15 +195,13 @@ fn write_and_read_between_every_layout_pair() {
                     stats.bytes,
                     n * sc.chunks_per_block().unwrap() * sc.chunk_bytes().unwrap()
                 );
-                let want = expected(
+                assert_copied(
+                    &images(&target),
                     (src_kind, &sc, &local_img),
                     (dst_kind, &dc, &target_img),
-                    &s_ids,
-                    &d_ids,
+                    (&s_ids, &d_ids),
+                    &format!("{ctx}: peer after WRITE"),
                 );
-                for (r, (got, want)) in images(&target).iter().zip(&want).enumerate() {
-                    assert_same(got, want, &format!("{ctx}: peer region {r} after WRITE"));
-                }
 
                 // READ peer -> a third layout, of yet another kind, with other ids.
                 let back_kind = LayoutKind::ALL[rng.random_range(0..3)];
@@ -199,15 +218,13 @@ fn write_and_read_between_every_layout_pair() {
                     .wait()
                     .unwrap_or_else(|e| panic!("{ctx}: read failed: {e}"));
                 assert_eq!(stats.path, TransferPath::RemoteToLocal, "{ctx}");
-                let want = expected(
+                assert_copied(
+                    &images(&back),
                     (dst_kind, &dc, &images(&target)),
                     (back_kind, &bc, &back_img),
-                    &s_ids,
-                    &d_ids,
+                    (&s_ids, &d_ids),
+                    &format!("{ctx}: local after READ"),
                 );
-                for (r, (got, want)) in images(&back).iter().zip(&want).enumerate() {
-                    assert_same(got, want, &format!("{ctx}: local region {r} after READ"));
-                }
             }
         }
     }
@@ -231,15 +248,13 @@ fn notification_arrives_after_the_blocks() {
         .wait_notification(a.name(), std::time::Duration::from_secs(30))
         .unwrap();
     assert_eq!(note, b"blocks 1,7,2 ready");
-    let want = expected(
+    assert_copied(
+        &images(&target),
         (fc, &config, &local_img),
         (vllm, &config, &target_img),
-        &s_ids,
-        &d_ids,
+        (&s_ids, &d_ids),
+        "peer after notification",
     );
-    for (got, want) in images(&target).iter().zip(&want) {
-        assert_same(got, want, "peer after notification");
-    }
     handle.wait().unwrap();
 }
 
@@ -252,9 +267,11 @@ fn bad_requests_fail_before_anything_moves() {
     let (target, target_img) = registered(&b, config, fc, &mut rng);
     let remote = remote_of(&a, &b, &target);
     let untouched = || {
-        for (got, want) in images(&target).iter().zip(&target_img) {
-            assert_same(got, want, "peer memory after a refused request");
-        }
+        assert_images(
+            &images(&target),
+            &target_img,
+            "peer memory after a refused request",
+        )
     };
 
     let err = |r: kvmem::Result<kvmem::transfer::TransferHandle>| r.map(|_| ()).unwrap_err();
@@ -457,15 +474,13 @@ fn device_layouts_write_to_and_read_from_a_peer() {
         .unwrap()
         .wait()
         .unwrap();
-    let want = expected(
+    assert_copied(
+        &images(&target),
         (vllm, &config, &src_img),
         (fc, &config, &target_img),
-        &s_ids,
-        &d_ids,
+        (&s_ids, &d_ids),
+        "peer host layout after a WRITE from GPU memory",
     );
-    for (got, want) in images(&target).iter().zip(&want) {
-        assert_same(got, want, "peer host layout after a WRITE from GPU memory");
-    }
 
     let (gpu_dst, dst_img) = device_layout(&mut rng);
     let (s2, d2) = ids(&mut rng, 24, 32, 32);
@@ -474,13 +489,11 @@ fn device_layouts_write_to_and_read_from_a_peer() {
         .unwrap()
         .wait()
         .unwrap();
-    let want = expected(
+    assert_copied(
+        &device_images(&gpu_dst),
         (fc, &config, &images(&target)),
         (vllm, &config, &dst_img),
-        &s2,
-        &d2,
+        (&s2, &d2),
+        "GPU layout after a READ from the peer",
     );
-    for (got, want) in device_images(&gpu_dst).iter().zip(&want) {
-        assert_same(got, want, "GPU layout after a READ from the peer");
-    }
 }
