@@ -16,7 +16,7 @@
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use kvmem::Completion;
-use kvmem::cache::BlockKey;
+use kvmem::cache::{BlockKey, CacheResult};
 use kvmem::transfer::{EngineConfig, TransferEngine};
 use std::collections::HashMap;
 use std::hint::black_box;
@@ -31,6 +31,11 @@ const T: Duration = Duration::from_secs(60);
 mod cache_common;
 
 use cache_common::{key, tiny_cache, tiny_layout};
+
+/// The report of an operation the cache accepted; panics on a refusal or a failure.
+fn done<H: Completion>(accepted: CacheResult<H>) -> H::Output {
+    accepted.unwrap().wait().unwrap()
+}
 
 fn bench(c: &mut Criterion) {
     let cache = tiny_cache(RESIDENT);
@@ -105,20 +110,8 @@ fn bench(c: &mut Criterion) {
     g.bench_function("lookup_1000", |b| {
         b.iter(|| black_box(cache.lookup(black_box(&present))))
     });
-    let load = |keys: &[BlockKey]| {
-        cache
-            .load(keys, &gpu, &batch_ids, T)
-            .unwrap()
-            .wait()
-            .unwrap()
-    };
-    let store = |keys: &[BlockKey]| {
-        cache
-            .store(keys, &gpu, &batch_ids, T)
-            .unwrap()
-            .wait()
-            .unwrap()
-    };
+    let load = |keys: &[BlockKey]| done(cache.load(keys, &gpu, &batch_ids, T));
+    let store = |keys: &[BlockKey]| done(cache.store(keys, &gpu, &batch_ids, T));
     g.bench_function("load_1000", |b| {
         b.iter(|| assert_eq!(load(&present).from_host, BATCH))
     });

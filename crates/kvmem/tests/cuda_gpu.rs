@@ -72,6 +72,26 @@ fn round_trip_from(host: &mut (impl HostMemory + ?Sized), back: &mut (impl HostM
     );
 }
 
+/// Asserts what a pinned host storage fresh from its constructor shows: zeroed bytes, the pinned
+/// kind, DRAM to NIXL, and a device address for it (`what` names the storage).
+fn assert_fresh_pinned(
+    device: &CudaDevice,
+    host: &(impl HostMemory + NixlCompatible + ?Sized),
+    what: &str,
+) {
+    assert!(
+        host.as_slice().iter().all(|b| *b == 0),
+        "{what} starts zeroed"
+    );
+    assert_eq!(host.storage_kind(), StorageKind::Pinned, "{what}");
+    assert_eq!(host.nixl_params().2, MemType::Dram, "{what}");
+    assert_ne!(
+        cuda::mapped_device_pointer(device, host.addr()).unwrap(),
+        0,
+        "{what}"
+    );
+}
+
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn device_info_describes_the_gpu() {
@@ -129,16 +149,7 @@ fn pinned_storage_round_trips() {
     let device = gpu();
     let size = 32 * MIB + 4096;
     let mut host = PinnedStorage::new(&device, size).unwrap();
-    assert!(
-        host.as_slice().iter().all(|b| *b == 0),
-        "pinned storage starts zeroed"
-    );
-    assert_eq!(host.storage_kind(), StorageKind::Pinned);
-    assert_eq!(host.nixl_params().2, MemType::Dram);
-    assert_ne!(
-        cuda::mapped_device_pointer(&device, host.addr()).unwrap(),
-        0
-    );
+    assert_fresh_pinned(&device, &host, "pinned storage");
     let mut back = PinnedStorage::new(&device, size).unwrap();
     round_trip_from(&mut host, &mut back);
     // Small allocations too start on a page (the driver's own alignment for them is less), so
@@ -196,16 +207,7 @@ fn mapped_pinned_storage_round_trips_across_registration_chunks() {
         PageTier::HugeTlb { page_size } => assert!(page_size >= 2 * MIB),
         PageTier::Base => {}
     }
-    assert!(
-        host.as_slice().iter().all(|b| *b == 0),
-        "mapped pinned storage starts zeroed"
-    );
-    assert_eq!(host.storage_kind(), StorageKind::Pinned);
-    assert_eq!(host.nixl_params().2, MemType::Dram);
-    assert_ne!(
-        cuda::mapped_device_pointer(&device, host.addr()).unwrap(),
-        0
-    );
+    assert_fresh_pinned(&device, &host, "mapped pinned storage");
     // One copy spans all seven registrations.
     let mut back = MappedPinnedStorage::new(&device, size).unwrap();
     assert_eq!(back.report().registration_chunks, 1);

@@ -13,7 +13,8 @@ use kvmem::error::{LayoutError, NixlError, PeerError, TransferError, Unsupported
 use kvmem::layout::{BlockDim, BlockLayout, LayoutConfig, LayoutKind};
 use kvmem::nixl::Agent;
 use kvmem::transfer::{
-    EngineConfig, LayoutDescriptor, RegisteredLayout, RemoteLayout, TransferEngine, TransferPath,
+    EngineConfig, LayoutDescriptor, RegisteredLayout, RemoteLayout, TransferEngine, TransferHandle,
+    TransferPath, TransferStats,
 };
 use kvmem::{Buffer, Error, HostMemory, Storage, SystemStorage};
 use nixl_common::{agent, assert_same, bytes};
@@ -105,6 +106,14 @@ fn assert_images(got: &[Vec<u8>], want: &[Vec<u8>], what: &str) {
     }
 }
 
+/// The statistics of a transfer that was accepted and completed; panics, naming `what`, otherwise.
+fn finished(handle: kvmem::Result<TransferHandle>, what: &str) -> TransferStats {
+    handle
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
+        .wait()
+        .unwrap_or_else(|e| panic!("{what} failed: {e}"))
+}
+
 fn images(layout: &RegisteredLayout) -> Vec<Vec<u8>> {
     layout
         .layout()
@@ -185,11 +194,8 @@ fn write_and_read_between_every_layout_pair() {
                 // WRITE local -> peer.
                 let n = rng.random_range(1..=src_blocks.min(dst_blocks));
                 let (s_ids, d_ids) = ids(&mut rng, n, src_blocks, dst_blocks);
-                let stats = engine
-                    .transfer(&local, &s_ids, &remote, &d_ids)
-                    .unwrap_or_else(|e| panic!("{ctx}: write: {e}"))
-                    .wait()
-                    .unwrap_or_else(|e| panic!("{ctx}: write failed: {e}"));
+                let write = engine.transfer(&local, &s_ids, &remote, &d_ids);
+                let stats = finished(write, &format!("{ctx}: write"));
                 assert_eq!(stats.path, TransferPath::LocalToRemote, "{ctx}");
                 assert_eq!(
                     stats.bytes,
@@ -212,11 +218,8 @@ fn write_and_read_between_every_layout_pair() {
                 let (back, back_img) = registered(&a, bc, back_kind, &mut rng);
                 let n = rng.random_range(1..=dst_blocks.min(bc.num_blocks));
                 let (s_ids, d_ids) = ids(&mut rng, n, dst_blocks, bc.num_blocks);
-                let stats = engine
-                    .read_remote(&remote, &s_ids, &back, &d_ids)
-                    .unwrap_or_else(|e| panic!("{ctx}: read: {e}"))
-                    .wait()
-                    .unwrap_or_else(|e| panic!("{ctx}: read failed: {e}"));
+                let read = engine.read_remote(&remote, &s_ids, &back, &d_ids);
+                let stats = finished(read, &format!("{ctx}: read"));
                 assert_eq!(stats.path, TransferPath::RemoteToLocal, "{ctx}");
                 assert_copied(
                     &images(&back),
