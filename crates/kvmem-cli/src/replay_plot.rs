@@ -2,7 +2,7 @@
 //! capacity, one solid line per policy, plain LRU at the same total capacity dashed, unlimited
 //! capacity dotted; drawn as SVG and as PNG from one description.
 
-use crate::bench::plot::{COLOURS, FONT, register_font};
+use crate::bench::plot::{COLOURS, FONT, mesh, register_font};
 use crate::error::{CliError, Result};
 use crate::replay::{SweepPoint, SweepReport};
 use plotters::coord::Shift;
@@ -54,12 +54,7 @@ where
         .x_label_area_size(44)
         .y_label_area_size(56)
         .build_cartesian_2d((lo * 0.85..hi * 1.15).log_scale(), 0.0..100.0)?;
-    chart
-        .configure_mesh()
-        .x_desc("host tier, blocks")
-        .y_desc("prefix hit rate, %")
-        .label_style((FONT, 14))
-        .axis_desc_style((FONT, 15))
+    mesh(&mut chart, "host tier, blocks", "prefix hit rate, %")
         .x_label_formatter(&|v| format!("{v:.0}"))
         .draw()?;
     let mut policies: Vec<&str> = Vec::new();
