@@ -2,9 +2,9 @@
 //! capacity, one solid line per policy, plain LRU at the same total capacity dashed, unlimited
 //! capacity dotted; drawn as SVG and as PNG from one description.
 
-use crate::bench::plot::{COLOURS, FONT, register_font};
+use crate::bench::plot::{COLOURS, FONT, mesh, register_font};
 use crate::error::{CliError, Result};
-use crate::replay::SweepReport;
+use crate::replay::{SweepPoint, SweepReport};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use std::path::{Path, PathBuf};
@@ -54,12 +54,7 @@ where
         .x_label_area_size(44)
         .y_label_area_size(56)
         .build_cartesian_2d((lo * 0.85..hi * 1.15).log_scale(), 0.0..100.0)?;
-    chart
-        .configure_mesh()
-        .x_desc("host tier, blocks")
-        .y_desc("prefix hit rate, %")
-        .label_style((FONT, 14))
-        .axis_desc_style((FONT, 15))
+    mesh(&mut chart, "host tier, blocks", "prefix hit rate, %")
         .x_label_formatter(&|v| format!("{v:.0}"))
         .draw()?;
     let mut policies: Vec<&str> = Vec::new();
@@ -91,28 +86,41 @@ where
         .filter(|p| policies.first().is_some_and(|f| p.policy == *f))
         .collect();
     let grey = RGBColor(90, 90, 90);
-    chart
-        .draw_series(DashedLineSeries::new(
-            first
-                .iter()
-                .map(|p| (x(p.host_blocks), p.lru_hit_rate * 100.0)),
-            8,
-            5,
+    // (label, hit rate, dash and gap, line, legend)
+    type Reference = (
+        &'static str,
+        fn(&SweepPoint) -> f64,
+        (i32, i32),
+        ShapeStyle,
+        ShapeStyle,
+    );
+    let references: [Reference; 2] = [
+        (
+            "plain LRU, same total capacity",
+            |p| p.lru_hit_rate,
+            (8, 5),
             grey.stroke_width(2),
-        ))?
-        .label("plain LRU, same total capacity")
-        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], grey.stroke_width(1)));
-    chart
-        .draw_series(DashedLineSeries::new(
-            first
-                .iter()
-                .map(|p| (x(p.host_blocks), p.infinite_hit_rate * 100.0)),
-            2,
-            4,
+            grey.stroke_width(1),
+        ),
+        (
+            "unlimited capacity",
+            |p| p.infinite_hit_rate,
+            (2, 4),
             BLACK.stroke_width(1),
-        ))?
-        .label("unlimited capacity")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], BLACK.stroke_width(1)));
+            BLACK.stroke_width(1),
+        ),
+    ];
+    for (label, rate, (dash, gap), line, legend) in references {
+        chart
+            .draw_series(DashedLineSeries::new(
+                first.iter().map(|p| (x(p.host_blocks), rate(p) * 100.0)),
+                dash,
+                gap,
+                line,
+            ))?
+            .label(label)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], legend));
+    }
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::LowerRight)

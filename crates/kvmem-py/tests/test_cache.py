@@ -22,12 +22,18 @@ def block(kv: Any, b: int) -> bytes:
     return b"".join(t[:, b].tobytes() for t in kv)
 
 
-def test_store_evict_to_disk_and_load_back_byte_exact(tmp_path: Path) -> None:
-    rng = np.random.default_rng(11)
-    src_kv = make("flash_attn", 8, LAYERS, BS, HEADS, HD, rng)
+def disk_backed(tmp_path: Path, seed: int) -> tuple[list[Any], list[Any], kvmem.BlockCache]:
+    """8 random source blocks, 8 poisoned destination blocks, and a cache over the source with
+    4 host slots and 16 on disk under `tmp_path`."""
+    src_kv = make("flash_attn", 8, LAYERS, BS, HEADS, HD, np.random.default_rng(seed))
     dst_kv = [np.full_like(t, 0xA5) for t in src_kv]
+    cache = kvmem.BlockCache(layout(src_kv), host_blocks=4, disk_dir=tmp_path / "disk", disk_blocks=16)
+    return src_kv, dst_kv, cache
+
+
+def test_store_evict_to_disk_and_load_back_byte_exact(tmp_path: Path) -> None:
+    src_kv, dst_kv, cache = disk_backed(tmp_path, 11)
     src, dst = layout(src_kv), layout(dst_kv)
-    cache = kvmem.BlockCache(src, host_blocks=4, disk_dir=tmp_path / "disk", disk_blocks=16)
     assert cache.block_bytes == LAYERS * 2 * BS * HEADS * HD * 2
     keys = [(1 << 100) + 3 * i for i in range(8)]
     assert cache.store(keys[:4], src, [0, 1, 2, 3])["stored"] == 4
@@ -49,11 +55,8 @@ def test_store_evict_to_disk_and_load_back_byte_exact(tmp_path: Path) -> None:
 
 
 def test_prefetch_brings_disk_blocks_into_host_memory(tmp_path: Path) -> None:
-    rng = np.random.default_rng(12)
-    src_kv = make("flash_attn", 8, LAYERS, BS, HEADS, HD, rng)
-    dst_kv = [np.full_like(t, 0xA5) for t in src_kv]
+    src_kv, dst_kv, cache = disk_backed(tmp_path, 12)
     src, dst = layout(src_kv), layout(dst_kv)
-    cache = kvmem.BlockCache(src, host_blocks=4, disk_dir=tmp_path / "disk", disk_blocks=16)
     keys = [(7 << 90) + i for i in range(8)]
     cache.store(keys[:4], src, [0, 1, 2, 3])
     cache.store(keys[4:], src, [4, 5, 6, 7])  # 0-3 written back to disk, out of host memory

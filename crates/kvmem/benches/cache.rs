@@ -16,10 +16,8 @@
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use kvmem::Completion;
-use kvmem::cache::{BlockCache, BlockKey, CacheConfig, Capacity, HostMemoryKind};
-use kvmem::layout::{BlockLayout, LayoutConfig, LayoutKind};
+use kvmem::cache::{BlockKey, CacheResult};
 use kvmem::transfer::{EngineConfig, TransferEngine};
-use kvmem::{Buffer, SystemStorage};
 use std::collections::HashMap;
 use std::hint::black_box;
 use std::time::Duration;
@@ -28,40 +26,21 @@ const RESIDENT: usize = 1 << 20;
 const BATCH: usize = 1000;
 const T: Duration = Duration::from_secs(60);
 
-fn block() -> LayoutConfig {
-    LayoutConfig {
-        num_blocks: 1,
-        num_layers: 1,
-        outer_dim: 1,
-        page_size: 1,
-        inner_dim: 64,
-        dtype_bytes: 1,
-    }
-}
+// The 64-byte blocks and the cache over them are the tests' own (`cache_model`'s index test).
+#[path = "../tests/cache_common/mod.rs"]
+mod cache_common;
 
-fn key(i: u64) -> BlockKey {
-    BlockKey::from_u64(i)
-}
+use cache_common::{key, tiny_cache, tiny_layout};
 
-fn host_layout(blocks: usize) -> BlockLayout {
-    BlockLayout::allocate(
-        LayoutConfig {
-            num_blocks: blocks,
-            ..block()
-        },
-        LayoutKind::FullyContiguous,
-        64,
-        |n| Ok(Buffer::new(SystemStorage::new(n)?)),
-    )
-    .unwrap()
+/// The report of an operation the cache accepted; panics on a refusal or a failure.
+fn done<H: Completion>(accepted: CacheResult<H>) -> H::Output {
+    accepted.unwrap().wait().unwrap()
 }
 
 fn bench(c: &mut Criterion) {
-    let mut config = CacheConfig::new(block(), Capacity::Blocks(RESIDENT));
-    config.host_memory = HostMemoryKind::System;
-    let cache = BlockCache::open(config).unwrap();
+    let cache = tiny_cache(RESIDENT);
     let fill = 8192;
-    let gpu = host_layout(fill);
+    let gpu = tiny_layout(fill);
     let ids: Vec<usize> = (0..fill).collect();
     let mut next = 0u64;
     while (next as usize) < RESIDENT {
@@ -112,7 +91,7 @@ fn bench(c: &mut Criterion) {
         });
         drop(plain);
         let engine = TransferEngine::new(EngineConfig::default()).unwrap();
-        let pool = host_layout(RESIDENT);
+        let pool = tiny_layout(RESIDENT);
         let src: Vec<usize> = (0..BATCH).map(|i| i * 997 % RESIDENT).collect();
         g.bench_function("engine_copy_1000", |b| {
             b.iter(|| {
@@ -131,36 +110,19 @@ fn bench(c: &mut Criterion) {
     g.bench_function("lookup_1000", |b| {
         b.iter(|| black_box(cache.lookup(black_box(&present))))
     });
+    let load = |keys: &[BlockKey]| done(cache.load(keys, &gpu, &batch_ids, T));
+    let store = |keys: &[BlockKey]| done(cache.store(keys, &gpu, &batch_ids, T));
     g.bench_function("load_1000", |b| {
-        b.iter(|| {
-            let r = cache
-                .load(&present, &gpu, &batch_ids, T)
-                .unwrap()
-                .wait()
-                .unwrap();
-            assert_eq!(r.from_host, BATCH);
-        })
+        b.iter(|| assert_eq!(load(&present).from_host, BATCH))
     });
     g.bench_function("store_1000_present", |b| {
-        b.iter(|| {
-            let r = cache
-                .store(&present, &gpu, &batch_ids, T)
-                .unwrap()
-                .wait()
-                .unwrap();
-            assert_eq!(r.present, BATCH);
-        })
+        b.iter(|| assert_eq!(store(&present).present, BATCH))
     });
     g.bench_function("store_1000_new_evicting", |b| {
         b.iter(|| {
             let ks: Vec<_> = (next..next + BATCH as u64).map(key).collect();
             next += BATCH as u64;
-            let r = cache
-                .store(&ks, &gpu, &batch_ids, T)
-                .unwrap()
-                .wait()
-                .unwrap();
-            assert_eq!(r.stored, BATCH);
+            assert_eq!(store(&ks).stored, BATCH);
         })
     });
     g.finish();

@@ -406,9 +406,8 @@ fn small(c: &mut Criterion, group: &str, raw: &mut Raw, kv: &Kv, blocks: &[(usiz
     let prepared = kv.prepare(blocks);
     kv.post_prepared(&prepared);
 
-    let mut g = c.benchmark_group(group);
-    g.sample_size(20).measurement_time(Duration::from_secs(8));
-    g.throughput(criterion::Throughput::Elements(SMALL_N as u64));
+    let mut g = small_group(c, group, 20);
+    g.measurement_time(Duration::from_secs(8));
     // Building the lists is part of the fresh path, as for the raw calls.
     pair(
         &mut g,
@@ -429,6 +428,19 @@ fn bench_small_one_agent(c: &mut Criterion) {
     small_one_agent(c, "small_10k_one_agent", SMALL_STRIDE);
 }
 
+/// A group of `samples` samples whose throughput is counted in the `SMALL_N` blocks of one
+/// transfer.
+fn small_group<'a>(
+    c: &'a mut Criterion,
+    name: &str,
+    samples: usize,
+) -> criterion::BenchmarkGroup<'a, criterion::measurement::WallTime> {
+    let mut g = c.benchmark_group(name);
+    g.sample_size(samples);
+    g.throughput(criterion::Throughput::Elements(SMALL_N as u64));
+    g
+}
+
 /// Dense blocks (no gaps): NIXL merges runs of prepared blocks into one descriptor.
 fn bench_small_one_agent_dense(c: &mut Criterion) {
     small_one_agent(c, "small_10k_one_agent_dense", SMALL_LEN);
@@ -441,9 +453,7 @@ fn bench_request_only(c: &mut Criterion) {
     let blocks = small_blocks();
     let raw = Raw::new("req", len, 5);
     let (lh, rh, idx) = raw.prepare(&blocks);
-    let mut g = c.benchmark_group("request_10k_no_post");
-    g.sample_size(50);
-    g.throughput(criterion::Throughput::Elements(SMALL_N as u64));
+    let mut g = small_group(c, "request_10k_no_post", 50);
     g.bench_function("create_from_fresh_lists/raw_nixl_sys", |bench| {
         bench.iter(|| {
             let (l, r) = raw.lists(black_box(&blocks));
@@ -470,9 +480,7 @@ fn bench_build(c: &mut Criterion) {
     let blocks = small_blocks();
     let raw = Raw::one_agent("build", len, 4);
     let kv = Kv::new("build", len, 4);
-    let mut g = c.benchmark_group("build_10k");
-    g.sample_size(100);
-    g.throughput(criterion::Throughput::Elements(SMALL_N as u64));
+    let mut g = small_group(c, "build_10k", 100);
     g.bench_function("nixl_lists/raw_nixl_sys", |bench| {
         bench.iter(|| {
             let (l, r) = raw.lists(black_box(&blocks));

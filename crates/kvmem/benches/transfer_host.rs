@@ -134,32 +134,26 @@ fn host_disk(c: &mut Criterion) {
             eprintln!("skipping the {backend} disk backend: {e}");
             continue;
         }
-        g.bench_function(format!("{backend}: write 1 MiB scattered"), |b| {
-            b.iter(|| {
-                engine
-                    .copy_blocks(&mem, &s, &file, &d)
-                    .unwrap()
-                    .wait()
-                    .unwrap()
-            })
-        });
-        g.bench_function(format!("{backend}: read 1 MiB scattered"), |b| {
-            b.iter(|| {
-                engine
-                    .copy_blocks(&file, &d, &mem, &s)
-                    .unwrap()
-                    .wait()
-                    .unwrap()
-            })
-        });
-        g.bench_function(
-            format!("{backend}: write reference (one region copy)"),
-            |b| b.iter(|| engine.copy_region(m, f).unwrap().wait().unwrap()),
-        );
-        g.bench_function(
-            format!("{backend}: read reference (one region copy)"),
-            |b| b.iter(|| engine.copy_region(f, m).unwrap().wait().unwrap()),
-        );
+        for (op, (from, from_ids), (to, to_ids)) in [
+            ("write", (&mem, &s), (&file, &d)),
+            ("read", (&file, &d), (&mem, &s)),
+        ] {
+            g.bench_function(format!("{backend}: {op} 1 MiB scattered"), |b| {
+                b.iter(|| {
+                    engine
+                        .copy_blocks(from, from_ids, to, to_ids)
+                        .unwrap()
+                        .wait()
+                        .unwrap()
+                })
+            });
+        }
+        for (op, from, to) in [("write", m, f), ("read", f, m)] {
+            g.bench_function(
+                format!("{backend}: {op} reference (one region copy)"),
+                |b| b.iter(|| engine.copy_region(from, to).unwrap().wait().unwrap()),
+            );
+        }
     }
     g.finish();
 

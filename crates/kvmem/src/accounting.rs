@@ -134,20 +134,38 @@ impl Drop for OpenFile {
     }
 }
 
+/// A `metrics` recorder for unit tests (here and in other modules'): the value of every counter
+/// and gauge registered while it is installed, by name and labels.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod test_recorder {
     use metrics::{
         Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
     };
-    use std::sync::Arc;
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    use std::sync::{Arc, Mutex};
 
-    /// The last value of each gauge, by name and labels.
+    /// Counters and gauges by `name,label=value,…` (labels in the order given).
     #[derive(Default)]
-    struct Gauges(Mutex<BTreeMap<String, Arc<Value>>>);
+    pub(crate) struct Recorded {
+        counters: Mutex<BTreeMap<String, Arc<Count>>>,
+        gauges: Mutex<BTreeMap<String, Arc<Value>>>,
+    }
+
+    #[derive(Default)]
+    struct Count(AtomicU64);
 
     #[derive(Default)]
     struct Value(Mutex<f64>);
+
+    impl metrics::CounterFn for Count {
+        fn increment(&self, value: u64) {
+            self.0.fetch_add(value, Relaxed);
+        }
+        fn absolute(&self, value: u64) {
+            self.0.store(value, Relaxed);
+        }
+    }
 
     impl metrics::GaugeFn for Value {
         fn increment(&self, v: f64) {
@@ -161,53 +179,72 @@ mod tests {
         }
     }
 
-    impl Gauges {
-        fn get(&self, name: &str) -> Option<f64> {
-            let map = self.0.lock().unwrap();
+    impl Recorded {
+        /// The counter's total; 0 for one never registered.
+        pub(crate) fn counter(&self, name: &str) -> u64 {
+            let map = self.counters.lock().unwrap();
+            map.get(name).map_or(0, |c| c.0.load(Relaxed))
+        }
+
+        /// The gauge's last value; `None` for one never registered.
+        pub(crate) fn gauge(&self, name: &str) -> Option<f64> {
+            let map = self.gauges.lock().unwrap();
             map.get(name).map(|v| *v.0.lock().unwrap())
         }
     }
 
-    impl Recorder for Gauges {
+    fn labelled(key: &Key) -> String {
+        let mut name = key.name().to_string();
+        for l in key.labels() {
+            name += &format!(",{}={}", l.key(), l.value());
+        }
+        name
+    }
+
+    impl Recorder for Recorded {
         fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
         fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
         fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-        fn register_counter(&self, _: &Key, _: &Metadata<'_>) -> Counter {
-            Counter::noop()
+        fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+            let mut map = self.counters.lock().unwrap();
+            Counter::from_arc(Arc::clone(map.entry(labelled(key)).or_default()))
         }
         fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
-            let mut name = key.name().to_string();
-            for l in key.labels() {
-                name += &format!(",{}={}", l.key(), l.value());
-            }
-            Gauge::from_arc(Arc::clone(self.0.lock().unwrap().entry(name).or_default()))
+            let mut map = self.gauges.lock().unwrap();
+            Gauge::from_arc(Arc::clone(map.entry(labelled(key)).or_default()))
         }
         fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
             Histogram::noop()
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_recorder::Recorded;
+    use super::*;
 
     #[test]
     fn the_counts_reach_the_metrics_facade() {
-        let gauges = Gauges::default();
+        let gauges = Recorded::default();
         let agent = "accounting-metrics-test-agent";
         metrics::with_local_recorder(&gauges, || {
             registered(agent, 8192);
             let key = format!("kvmem_registered_bytes,agent={agent}");
-            assert_eq!(gauges.get(&key), Some(8192.0));
+            assert_eq!(gauges.gauge(&key), Some(8192.0));
             deregistered(agent, 8192);
-            assert_eq!(gauges.get(&key), Some(0.0));
+            assert_eq!(gauges.gauge(&key), Some(0.0));
             let file = OpenFile::new();
             assert!(
                 gauges
-                    .get("kvmem_open_disk_files")
+                    .gauge("kvmem_open_disk_files")
                     .is_some_and(|n| n >= 1.0)
             );
             drop(file);
             transfer_started();
             assert!(
                 gauges
-                    .get("kvmem_transfers_in_flight")
+                    .gauge("kvmem_transfers_in_flight")
                     .is_some_and(|n| n >= 1.0)
             );
             transfer_ended();

@@ -74,13 +74,10 @@ fn a_failed_copy_names_its_keys_and_releases_them() {
     let cache = cache();
     let ks: Vec<_> = (100..104).map(key).collect();
     let gpu = gpu_with(&ks, ks.len());
+    let t = Duration::from_secs(10);
+    let store = |ids: &[usize]| cache.store(&ks, &gpu, ids, t).unwrap().wait();
     // Block 9 does not exist in a 4-block layout: the copy fails before moving anything.
-    let e = cache
-        .store(&ks, &gpu, &[0, 1, 2, 9], Duration::from_secs(10))
-        .unwrap()
-        .wait()
-        .unwrap_err();
-    failed_naming(&e, "store", &ks);
+    failed_naming(&store(&[0, 1, 2, 9]).unwrap_err(), "store", &ks);
     assert_eq!(
         cache.lookup(&ks).hits,
         0,
@@ -88,24 +85,12 @@ fn a_failed_copy_names_its_keys_and_releases_them() {
     );
     cache.check_invariants().unwrap();
 
-    cache
-        .store(&ks, &gpu, &[0, 1, 2, 3], Duration::from_secs(10))
-        .unwrap()
-        .wait()
-        .unwrap();
+    store(&[0, 1, 2, 3]).unwrap();
     let sink = gpu_with(&[], 4);
-    let e = cache
-        .load(&ks, &sink, &[0, 1, 2, 7], Duration::from_secs(10))
-        .unwrap()
-        .wait()
-        .unwrap_err();
-    failed_naming(&e, "load", &ks);
+    let load = |ids: &[usize]| cache.load(&ks, &sink, ids, t).unwrap().wait();
+    failed_naming(&load(&[0, 1, 2, 7]).unwrap_err(), "load", &ks);
     // The blocks are still there, unclaimed: removable and loadable.
-    let r = cache
-        .load(&ks, &sink, &[0, 1, 2, 3], Duration::from_secs(10))
-        .unwrap()
-        .wait()
-        .unwrap();
+    let r = load(&[0, 1, 2, 3]).unwrap();
     assert!(r.complete());
     for (b, k) in ks.iter().enumerate() {
         assert_eq!(read_block(&sink, b), pattern(*k));

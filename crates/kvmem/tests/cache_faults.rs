@@ -200,17 +200,23 @@ fn child(mode: &str, dir: &Path) -> Command {
     c
 }
 
-#[test]
-fn full_disk_fails_writes_cleanly_and_keeps_what_was_journaled() {
-    let dir = tempfile::tempdir().unwrap();
-    // A file-size limit below the block file: the cache cannot be created, and says so.
-    let out = child("fsize-tiny", dir.path()).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+/// Runs the child in `mode` to its end and returns what it printed; asserts that it succeeded.
+fn child_output(mode: &str, dir: &Path) -> String {
+    let out = child(mode, dir).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "child failed: {text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    text
+}
+
+#[test]
+fn full_disk_fails_writes_cleanly_and_keeps_what_was_journaled() {
+    let dir = tempfile::tempdir().unwrap();
+    // A file-size limit below the block file: the cache cannot be created, and says so.
+    let text = child_output("fsize-tiny", dir.path());
     assert!(
         text.contains("OPEN-FAILED") && text.contains("blocks.kvd"),
         "{text}"
@@ -222,13 +228,7 @@ fn full_disk_fails_writes_cleanly_and_keeps_what_was_journaled() {
 
     // A limit that lets the block file and some journal records through.
     let dir = tempfile::tempdir().unwrap();
-    let out = child("fsize-journal", dir.path()).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "child failed: {text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = child_output("fsize-journal", dir.path());
     let failures: u64 = text
         .lines()
         .find_map(|l| l.strip_prefix("DISK-WRITE-FAILURES "))

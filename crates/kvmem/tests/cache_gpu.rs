@@ -11,6 +11,7 @@ use kvmem::cache::{BlockCache, CacheConfig, Capacity, HostPoolKind, chain_keys};
 use kvmem::layout::{BlockDim, BlockLayout, LayoutConfig, LayoutKind};
 use kvmem::transfer::TransferEngine;
 use kvmem::{Buffer, DeviceStorage, MappedPinnedStorage};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 const BLOCKS: usize = 8;
@@ -28,6 +29,28 @@ fn llama3_8b(blocks: usize) -> LayoutConfig {
 
 fn gib_s(bytes: usize, t: Duration) -> f64 {
     bytes as f64 / t.as_secs_f64() / (1u64 << 30) as f64
+}
+
+/// `f`'s result and how long it took.
+fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
+    let start = Instant::now();
+    let r = f();
+    (r, start.elapsed())
+}
+
+/// A cache of Llama-3-8B blocks with `BLOCKS` host slots and a disk tier under `dir`.
+fn config_on_disk(dir: &Path) -> CacheConfig {
+    let mut config = CacheConfig::new(llama3_8b(1), Capacity::Blocks(BLOCKS))
+        .with_disk(dir.join("cache"), Capacity::Blocks(2 * BLOCKS));
+    config.fingerprint = "llama3-8b".into();
+    config
+}
+
+/// Asserts that the regions of `layout` hold the bytes of `regions` (`what` names the check).
+fn assert_holds(layout: &BlockLayout, regions: &[(Buffer, Vec<u8>)], what: &str) {
+    for (region, image) in layout.regions().iter().zip(regions) {
+        assert!(common::read_region(region) == image.1, "{what}");
+    }
 }
 
 #[test]
@@ -70,9 +93,7 @@ fn llama3_8b_blocks_through_host_and_disk_at_engine_speed() {
         .wait()
         .unwrap();
 
-    let mut config = CacheConfig::new(llama3_8b(1), Capacity::Blocks(BLOCKS))
-        .with_disk(dir.path().join("cache"), Capacity::Blocks(2 * BLOCKS));
-    config.fingerprint = "llama3-8b".into();
+    let mut config = config_on_disk(dir.path());
     if let Some(d) = config.disk.as_mut() {
         d.write = kvmem::cache::WritePolicy::WriteThrough;
     }
@@ -88,35 +109,24 @@ fn llama3_8b_blocks_through_host_and_disk_at_engine_speed() {
         Ok(Buffer::new(MappedPinnedStorage::new(&gpu, n)?))
     })
     .unwrap();
-    let start = Instant::now();
-    engine
-        .copy_blocks(&src, &ids, &pinned, &ids)
-        .unwrap()
-        .wait()
-        .unwrap();
-    let engine_d2h = start.elapsed();
-    let start = Instant::now();
-    engine
-        .copy_blocks(&pinned, &ids, &dst, &ids)
-        .unwrap()
-        .wait()
-        .unwrap();
-    let engine_h2d = start.elapsed();
+    let engine_copy = |from: &BlockLayout, to: &BlockLayout| {
+        timed(|| {
+            engine
+                .copy_blocks(from, &ids, to, &ids)
+                .unwrap()
+                .wait()
+                .unwrap()
+        })
+        .1
+    };
+    let engine_d2h = engine_copy(&src, &pinned);
+    let engine_h2d = engine_copy(&pinned, &dst);
 
-    let start = Instant::now();
-    let r = cache.store(&keys, &src, &ids, t).unwrap().wait().unwrap();
-    let store = start.elapsed();
+    let (r, store) = timed(|| cache.store(&keys, &src, &ids, t).unwrap().wait().unwrap());
     assert_eq!(r.stored, BLOCKS);
-    let start = Instant::now();
-    let r = cache.load(&keys, &dst, &ids, t).unwrap().wait().unwrap();
-    let load = start.elapsed();
+    let (r, load) = timed(|| cache.load(&keys, &dst, &ids, t).unwrap().wait().unwrap());
     assert!(r.complete() && r.from_host == BLOCKS, "{r:?}");
-    for (region, image) in dst.regions().iter().zip(&regions) {
-        assert!(
-            common::read_region(region) == image.1,
-            "a block loaded from host differs"
-        );
-    }
+    assert_holds(&dst, &regions, "a block loaded from host differs");
     println!(
         "store {:.1} GiB/s (engine {:.1}, ratio {:.3}); load from host {:.1} GiB/s (engine {:.1}, ratio {:.3})",
         gib_s(bytes, store),
@@ -135,22 +145,12 @@ fn llama3_8b_blocks_through_host_and_disk_at_engine_speed() {
         std::thread::sleep(Duration::from_millis(10));
     }
     drop(cache);
-    let mut config = CacheConfig::new(llama3_8b(1), Capacity::Blocks(BLOCKS))
-        .with_disk(dir.path().join("cache"), Capacity::Blocks(2 * BLOCKS));
-    config.fingerprint = "llama3-8b".into();
-    let cache = BlockCache::open(config).unwrap();
+    let cache = BlockCache::open(config_on_disk(dir.path())).unwrap();
     assert_eq!(cache.stats().recovered, BLOCKS as u64);
     let zero = BlockLayout::allocate(llama3_8b(BLOCKS), kind, 4096, device).unwrap();
-    let start = Instant::now();
-    let r = cache.load(&keys, &zero, &ids, t).unwrap().wait().unwrap();
-    let disk_load = start.elapsed();
+    let (r, disk_load) = timed(|| cache.load(&keys, &zero, &ids, t).unwrap().wait().unwrap());
     assert!(r.complete() && r.from_disk == BLOCKS, "{r:?}");
-    for (region, image) in zero.regions().iter().zip(&regions) {
-        assert!(
-            common::read_region(region) == image.1,
-            "a block loaded from disk differs"
-        );
-    }
+    assert_holds(&zero, &regions, "a block loaded from disk differs");
     println!(
         "load from disk (checked) {:.2} GiB/s",
         gib_s(bytes, disk_load)

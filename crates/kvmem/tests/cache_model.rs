@@ -271,29 +271,10 @@ proptest! {
 /// by the cache itself from its tables' allocations, with the host tier full.
 #[test]
 fn index_stays_within_64_bytes_per_resident_block() {
-    let tiny = kvmem::layout::LayoutConfig {
-        num_blocks: 1,
-        num_layers: 1,
-        outer_dim: 1,
-        page_size: 1,
-        inner_dim: 64,
-        dtype_bytes: 1,
-    };
     let blocks = 1 << 16;
-    let mut config = CacheConfig::new(tiny, Capacity::Blocks(blocks));
-    config.host_memory = HostMemoryKind::System;
-    let cache = BlockCache::open(config).unwrap();
+    let cache = tiny_cache(blocks);
     let fill = 4096;
-    let gpu = kvmem::layout::BlockLayout::allocate(
-        kvmem::layout::LayoutConfig {
-            num_blocks: fill,
-            ..tiny
-        },
-        kvmem::layout::LayoutKind::FullyContiguous,
-        64,
-        |n| Ok(kvmem::Buffer::new(kvmem::SystemStorage::new(n)?)),
-    )
-    .unwrap();
+    let gpu = tiny_layout(fill);
     let ids: Vec<usize> = (0..fill).collect();
     // Twice the capacity: the second half evicts the first.
     for start in (0..2 * blocks as u64).step_by(fill) {

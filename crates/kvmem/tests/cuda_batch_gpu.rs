@@ -12,6 +12,20 @@ fn gpu() -> CudaDevice {
     CudaDevice::new(0).expect("CUDA device 0 must be usable on the GPU machine")
 }
 
+/// Device 0 and a copy stream on it.
+fn gpu_and_stream() -> (CudaDevice, CopyStream) {
+    let gpu = gpu();
+    let stream = CopyStream::new(&gpu).unwrap();
+    (gpu, stream)
+}
+
+/// A generator with a fresh seed each run, printed for reproduction.
+fn seeded_rng() -> fastrand::Rng {
+    let seed = fastrand::u64(..);
+    println!("seed {seed:#x}");
+    fastrand::Rng::with_seed(seed)
+}
+
 /// A copy list moving `n` chunks of `chunk` bytes from shuffled slots of `src` to shuffled slots
 /// of `dst` (slots are `stride` bytes apart), with the expected result computed on the host.
 fn scattered(
@@ -91,11 +105,8 @@ fn assert_ran_as(
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn scattered_copies_host_device_and_back_by_every_method() {
-    let gpu = gpu();
-    let stream = CopyStream::new(&gpu).unwrap();
-    let seed = fastrand::u64(..);
-    println!("seed {seed:#x}");
-    let mut rng = fastrand::Rng::with_seed(seed);
+    let (gpu, stream) = gpu_and_stream();
+    let mut rng = seeded_rng();
     // Aligned 16 KiB chunks (vector path) and odd 1000-byte chunks at odd offsets (byte path).
     for (chunk, stride, n) in [
         (16 << 10, 16 << 10, 512),
@@ -217,54 +228,39 @@ fn scattered_copies_host_device_and_back_by_every_method() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn auto_picks_the_kernel_for_small_chunks_and_batches_for_large_ones() {
-    let gpu = gpu();
-    let stream = CopyStream::new(&gpu).unwrap();
-    let small = [DeviceCopy {
-        src: 0x1000,
-        dst: 0x2000,
-        len: 16 << 10,
-    }];
-    let large = [DeviceCopy {
-        src: 0x1000,
-        dst: 0x2000,
-        len: 8 << 20,
-    }];
+    let (_gpu, stream) = gpu_and_stream();
+    let one = |len| {
+        [DeviceCopy {
+            src: 0x1000,
+            dst: 0x2000,
+            len,
+        }]
+    };
     let h = Location::Host;
     let d = Location::Device(0);
-    assert_eq!(
-        stream.resolve(CopyMethod::Auto, &small, h, d).unwrap(),
-        CopyMethod::Kernel
-    );
-    assert_eq!(
-        stream.resolve(CopyMethod::Auto, &large, h, d).unwrap(),
-        CopyMethod::Batched
-    );
-    // Device to device, the kernel's range is four times longer: 2 MiB copies stay on it,
-    // 8 MiB ones go to the copy engines.
-    let mid = [DeviceCopy {
-        src: 0x1000,
-        dst: 0x2000,
-        len: 2 << 20,
-    }];
-    assert_eq!(
-        stream.resolve(CopyMethod::Auto, &mid, h, d).unwrap(),
-        CopyMethod::Batched
-    );
-    assert_eq!(
-        stream.resolve(CopyMethod::Auto, &mid, d, d).unwrap(),
-        CopyMethod::Kernel
-    );
-    assert_eq!(
-        stream.resolve(CopyMethod::Auto, &large, d, d).unwrap(),
-        CopyMethod::Batched
-    );
+    for (len, from, to, want) in [
+        (16 << 10, h, d, CopyMethod::Kernel),
+        (8 << 20, h, d, CopyMethod::Batched),
+        // Device to device, the kernel's range is four times longer: 2 MiB copies stay on it,
+        // 8 MiB ones go to the copy engines.
+        (2 << 20, h, d, CopyMethod::Batched),
+        (2 << 20, d, d, CopyMethod::Kernel),
+        (8 << 20, d, d, CopyMethod::Batched),
+    ] {
+        assert_eq!(
+            stream
+                .resolve(CopyMethod::Auto, &one(len), from, to)
+                .unwrap(),
+            want,
+            "one {len}-byte copy {from:?} -> {to:?}"
+        );
+    }
 }
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn error_empty_and_zero_length_copy_lists_are_refused() {
-    let gpu = gpu();
-    let stream = CopyStream::new(&gpu).unwrap();
+    let (_gpu, stream) = gpu_and_stream();
     // SAFETY: both calls are refused before anything is enqueued.
     unsafe {
         assert!(matches!(
@@ -295,11 +291,8 @@ fn error_empty_and_zero_length_copy_lists_are_refused() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn staged_gather_and_scatter_through_the_ring_match_byte_for_byte() {
-    let gpu = gpu();
-    let stream = CopyStream::new(&gpu).unwrap();
-    let seed = fastrand::u64(..);
-    println!("seed {seed:#x}");
-    let mut rng = fastrand::Rng::with_seed(seed);
+    let (gpu, stream) = gpu_and_stream();
+    let mut rng = seeded_rng();
     // 40-48 MiB each: more than the 32 MiB ring, so every slot is used more than once.
     for (chunk, n) in [(32 << 10, 1500), (16 << 10, 2600), (12_345, 3500)] {
         let size = chunk * n;

@@ -40,17 +40,22 @@ fn poison(region: &mut (impl HostMemory + ?Sized)) {
     region.memset(0xa5);
 }
 
-/// Writes random data into device region `dev` and reads it back into poisoned host memory.
-fn round_trip(dev: &(impl MemoryDescriptor + ?Sized)) {
-    let src = random_host(dev.size());
-    cuda::copy_host_to_device(&src, dev).unwrap();
+/// Reads device region `dev` back into poisoned host memory and asserts that it holds `want`.
+fn assert_device_holds(dev: &(impl MemoryDescriptor + ?Sized), want: &[u8]) {
     let mut back = SystemStorage::new(dev.size()).unwrap();
     poison(&mut back);
     cuda::copy_device_to_host(dev, &mut back).unwrap();
     assert!(
-        src.as_slice() == back.as_slice(),
+        want == back.as_slice(),
         "data changed on the way through the device"
     );
+}
+
+/// Writes random data into device region `dev` and reads it back into poisoned host memory.
+fn round_trip(dev: &(impl MemoryDescriptor + ?Sized)) {
+    let src = random_host(dev.size());
+    cuda::copy_host_to_device(&src, dev).unwrap();
+    assert_device_holds(dev, src.as_slice());
 }
 
 /// Random data from pinned `host` to the device and back into a second, poisoned host region.
@@ -64,6 +69,26 @@ fn round_trip_from(host: &mut (impl HostMemory + ?Sized), back: &mut (impl HostM
     assert!(
         host.as_slice() == back.as_slice(),
         "data changed on the way through the device"
+    );
+}
+
+/// Asserts what a pinned host storage fresh from its constructor shows: zeroed bytes, the pinned
+/// kind, DRAM to NIXL, and a device address for it (`what` names the storage).
+fn assert_fresh_pinned(
+    device: &CudaDevice,
+    host: &(impl HostMemory + NixlCompatible + ?Sized),
+    what: &str,
+) {
+    assert!(
+        host.as_slice().iter().all(|b| *b == 0),
+        "{what} starts zeroed"
+    );
+    assert_eq!(host.storage_kind(), StorageKind::Pinned, "{what}");
+    assert_eq!(host.nixl_params().2, MemType::Dram, "{what}");
+    assert_ne!(
+        cuda::mapped_device_pointer(device, host.addr()).unwrap(),
+        0,
+        "{what}"
     );
 }
 
@@ -114,10 +139,7 @@ fn device_storage_round_trips_and_copies_device_to_device() {
         poison(&mut poisoned);
         cuda::copy_host_to_device(&poisoned, &b).unwrap();
         cuda::copy_device_to_device(&a, &b).unwrap();
-        let mut back = SystemStorage::new(size).unwrap();
-        poison(&mut back);
-        cuda::copy_device_to_host(&b, &mut back).unwrap();
-        assert!(src.as_slice() == back.as_slice());
+        assert_device_holds(&b, src.as_slice());
     }
 }
 
@@ -127,16 +149,7 @@ fn pinned_storage_round_trips() {
     let device = gpu();
     let size = 32 * MIB + 4096;
     let mut host = PinnedStorage::new(&device, size).unwrap();
-    assert!(
-        host.as_slice().iter().all(|b| *b == 0),
-        "pinned storage starts zeroed"
-    );
-    assert_eq!(host.storage_kind(), StorageKind::Pinned);
-    assert_eq!(host.nixl_params().2, MemType::Dram);
-    assert_ne!(
-        cuda::mapped_device_pointer(&device, host.addr()).unwrap(),
-        0
-    );
+    assert_fresh_pinned(&device, &host, "pinned storage");
     let mut back = PinnedStorage::new(&device, size).unwrap();
     round_trip_from(&mut host, &mut back);
     // Small allocations too start on a page (the driver's own alignment for them is less), so
@@ -194,16 +207,7 @@ fn mapped_pinned_storage_round_trips_across_registration_chunks() {
         PageTier::HugeTlb { page_size } => assert!(page_size >= 2 * MIB),
         PageTier::Base => {}
     }
-    assert!(
-        host.as_slice().iter().all(|b| *b == 0),
-        "mapped pinned storage starts zeroed"
-    );
-    assert_eq!(host.storage_kind(), StorageKind::Pinned);
-    assert_eq!(host.nixl_params().2, MemType::Dram);
-    assert_ne!(
-        cuda::mapped_device_pointer(&device, host.addr()).unwrap(),
-        0
-    );
+    assert_fresh_pinned(&device, &host, "mapped pinned storage");
     // One copy spans all seven registrations.
     let mut back = MappedPinnedStorage::new(&device, size).unwrap();
     assert_eq!(back.report().registration_chunks, 1);
@@ -276,10 +280,7 @@ fn external_device_memory_over_another_owners_allocation_round_trips() {
         let src = random_host(size);
         cuda::copy_host_to_device(&src, &ext).unwrap();
         cuda::copy_device_to_device(&ext, &own).unwrap();
-        let mut back = SystemStorage::new(size).unwrap();
-        poison(&mut back);
-        cuda::copy_device_to_host(&own, &mut back).unwrap();
-        assert!(src.as_slice() == back.as_slice());
+        assert_device_holds(&own, src.as_slice());
     }
     device.bind().unwrap();
     // SAFETY: allocated above; nothing refers to it any more.
@@ -361,10 +362,7 @@ fn storages_move_between_threads() {
     let (dev, pinned_back) = std::thread::spawn(move || {
         randomize(&mut pinned);
         cuda::copy_host_to_device(&pinned, &dev).unwrap();
-        let mut back = SystemStorage::new(4 * MIB).unwrap();
-        poison(&mut back);
-        cuda::copy_device_to_host(&dev, &mut back).unwrap();
-        assert!(pinned.as_slice() == back.as_slice());
+        assert_device_holds(&dev, pinned.as_slice());
         (dev, pinned)
     })
     .join()
@@ -538,10 +536,7 @@ fn error_one_copy_cannot_span_two_registrations() {
     );
     // Split at the boundary, as the helpers do, it works.
     cuda::copy_host_to_device(&host, &dev).unwrap();
-    let mut back = SystemStorage::new(2 * MIB).unwrap();
-    poison(&mut back);
-    cuda::copy_device_to_host(&dev, &mut back).unwrap();
-    assert!(host.as_slice() == back.as_slice());
+    assert_device_holds(&dev, host.as_slice());
 }
 
 /// The background-pinned pool: CPU writes while the threads page-lock it, the first chunk is

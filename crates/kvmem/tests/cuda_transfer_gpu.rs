@@ -34,37 +34,25 @@ const GPU_PAIRS: [(Tier, Tier); 8] = [
     (Tier::Pinned, Tier::Host),
 ];
 
-#[test]
-#[ignore = "needs a CUDA GPU"]
-fn every_layout_pair_over_gpu_tiers_auto() {
-    sweep(&engine(CopyMethod::Auto), &GPU_PAIRS, 0x6B00);
+/// One test per copy method, `name: method, seed;`, each sweeping every GPU tier pair with the
+/// engine's GPU method set to it (one test per method, so that the GPU harness can run each by
+/// name, under memcheck too). `Auto` picks per copy list; the others force one, staged included.
+macro_rules! every_gpu_tier_pair_by_method {
+    ($($name:ident: $method:ident, $seed:literal;)*) => {$(
+        #[test]
+        #[ignore = "needs a CUDA GPU"]
+        fn $name() {
+            sweep(&engine(CopyMethod::$method), &GPU_PAIRS, $seed);
+        }
+    )*};
 }
 
-// Each forced method over every GPU tier pair, staged ones included (one test per method, so
-// that the GPU harness can run each by name, under memcheck too).
-
-#[test]
-#[ignore = "needs a CUDA GPU"]
-fn every_layout_pair_over_gpu_tiers_batched() {
-    sweep(&engine(CopyMethod::Batched), &GPU_PAIRS, 0x7C00);
-}
-
-#[test]
-#[ignore = "needs a CUDA GPU"]
-fn every_layout_pair_over_gpu_tiers_kernel() {
-    sweep(&engine(CopyMethod::Kernel), &GPU_PAIRS, 0x8C00);
-}
-
-#[test]
-#[ignore = "needs a CUDA GPU"]
-fn every_layout_pair_over_gpu_tiers_per_copy() {
-    sweep(&engine(CopyMethod::PerCopy), &GPU_PAIRS, 0x9C00);
-}
-
-#[test]
-#[ignore = "needs a CUDA GPU"]
-fn every_layout_pair_over_gpu_tiers_staged() {
-    sweep(&engine(CopyMethod::Staged), &GPU_PAIRS, 0xAC00);
+every_gpu_tier_pair_by_method! {
+    every_layout_pair_over_gpu_tiers_auto: Auto, 0x6B00;
+    every_layout_pair_over_gpu_tiers_batched: Batched, 0x7C00;
+    every_layout_pair_over_gpu_tiers_kernel: Kernel, 0x8C00;
+    every_layout_pair_over_gpu_tiers_per_copy: PerCopy, 0x9C00;
+    every_layout_pair_over_gpu_tiers_staged: Staged, 0xAC00;
 }
 
 /// Pinned host memory to and from files, on each disk backend (the host ↔ disk executors, with

@@ -9,6 +9,13 @@ fn put(root: &Path, rel: &str, text: &str) {
     std::fs::write(p, text).unwrap();
 }
 
+/// Writes each `(path below root, text)` of `files`.
+fn put_all(root: &Path, files: &[(&str, &str)]) {
+    for (rel, text) in files {
+        put(root, rel, text);
+    }
+}
+
 fn h100_box(root: &Path) {
     let gpu = |addr: &str, node: &str| {
         let d = format!("sys/bus/pci/devices/{addr}");
@@ -24,56 +31,49 @@ fn h100_box(root: &Path) {
     };
     gpu("0000:18:00.0", "0");
     gpu("0000:9a:00.0", "-1");
-    // An Intel NIC and an NVIDIA audio function: not GPUs.
-    put(root, "sys/bus/pci/devices/0000:01:00.0/vendor", "0x8086\n");
-    put(root, "sys/bus/pci/devices/0000:01:00.0/class", "0x020000\n");
-    put(root, "sys/bus/pci/devices/0000:18:00.1/vendor", "0x10de\n");
-    put(root, "sys/bus/pci/devices/0000:18:00.1/class", "0x040300\n");
-
-    put(root, "sys/devices/system/node/node0/cpulist", "0-7,16-23\n");
-    put(
+    put_all(
         root,
-        "sys/devices/system/node/node0/meminfo",
-        "Node 0 MemTotal:  65536 kB\nNode 0 MemFree: 1 kB\n",
+        &[
+            // An Intel NIC and an NVIDIA audio function: not GPUs.
+            ("sys/bus/pci/devices/0000:01:00.0/vendor", "0x8086\n"),
+            ("sys/bus/pci/devices/0000:01:00.0/class", "0x020000\n"),
+            ("sys/bus/pci/devices/0000:18:00.1/vendor", "0x10de\n"),
+            ("sys/bus/pci/devices/0000:18:00.1/class", "0x040300\n"),
+            ("sys/devices/system/node/node0/cpulist", "0-7,16-23\n"),
+            (
+                "sys/devices/system/node/node0/meminfo",
+                "Node 0 MemTotal:  65536 kB\nNode 0 MemFree: 1 kB\n",
+            ),
+            (
+                "sys/devices/system/node/node0/hugepages/hugepages-2048kB/nr_hugepages",
+                "512\n",
+            ),
+            (
+                "sys/devices/system/node/node0/hugepages/hugepages-2048kB/free_hugepages",
+                "500\n",
+            ),
+            ("sys/devices/system/node/node1/cpulist", "8-15,24-31:2\n"),
+            // Not a node directory.
+            ("sys/devices/system/node/possible", "0-1\n"),
+            (
+                "sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages",
+                "1024\n",
+            ),
+            (
+                "sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages",
+                "1000\n",
+            ),
+            (
+                "sys/kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages",
+                "0\n",
+            ),
+            (
+                "sys/kernel/mm/transparent_hugepage/enabled",
+                "always [madvise] never\n",
+            ),
+            ("proc/self/cgroup", "0::/kvmem.slice/job\n"),
+        ],
     );
-    put(
-        root,
-        "sys/devices/system/node/node0/hugepages/hugepages-2048kB/nr_hugepages",
-        "512\n",
-    );
-    put(
-        root,
-        "sys/devices/system/node/node0/hugepages/hugepages-2048kB/free_hugepages",
-        "500\n",
-    );
-    put(
-        root,
-        "sys/devices/system/node/node1/cpulist",
-        "8-15,24-31:2\n",
-    );
-    put(root, "sys/devices/system/node/possible", "0-1\n"); // not a node directory
-    put(
-        root,
-        "sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages",
-        "1024\n",
-    );
-    put(
-        root,
-        "sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages",
-        "1000\n",
-    );
-    put(
-        root,
-        "sys/kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages",
-        "0\n",
-    );
-    put(
-        root,
-        "sys/kernel/mm/transparent_hugepage/enabled",
-        "always [madvise] never\n",
-    );
-
-    put(root, "proc/self/cgroup", "0::/kvmem.slice/job\n");
     let cg = "sys/fs/cgroup/kvmem.slice/job";
     put(
         root,
@@ -147,23 +147,20 @@ fn empty_tree_gives_an_empty_topology() {
 fn malformed_files_become_warnings_not_panics() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    put(root, "sys/devices/system/node/node0/cpulist", "7-3\n");
-    put(
+    put_all(
         root,
-        "sys/kernel/mm/transparent_hugepage/enabled",
-        "sometimes\n",
+        &[
+            ("sys/devices/system/node/node0/cpulist", "7-3\n"),
+            ("sys/kernel/mm/transparent_hugepage/enabled", "sometimes\n"),
+            ("sys/bus/pci/devices/0000:18:00.0/vendor", "0x10de\n"),
+            ("sys/bus/pci/devices/0000:18:00.0/class", "0x030200\n"),
+            ("sys/bus/pci/devices/0000:18:00.0/numa_node", "banana\n"),
+            ("proc/self/cgroup", "0::/\n"),
+            ("sys/fs/cgroup/cgroup.controllers", "cpu\n"),
+            ("sys/fs/cgroup/cpu.max", "max 100000\n"),
+            ("sys/fs/cgroup/memory.max", "max\n"),
+        ],
     );
-    put(root, "sys/bus/pci/devices/0000:18:00.0/vendor", "0x10de\n");
-    put(root, "sys/bus/pci/devices/0000:18:00.0/class", "0x030200\n");
-    put(
-        root,
-        "sys/bus/pci/devices/0000:18:00.0/numa_node",
-        "banana\n",
-    );
-    put(root, "proc/self/cgroup", "0::/\n");
-    put(root, "sys/fs/cgroup/cgroup.controllers", "cpu\n");
-    put(root, "sys/fs/cgroup/cpu.max", "max 100000\n");
-    put(root, "sys/fs/cgroup/memory.max", "max\n");
     let t = Topology::from_root(root);
     assert_eq!(t.warnings.len(), 3, "{:?}", t.warnings);
     assert!(t.numa_nodes[0].cpus.is_empty());

@@ -73,32 +73,8 @@ fn wait_for(report: &Mutex<Option<bool>>) -> bool {
     }
 }
 
-const BIG: usize = 32 << 20;
-
-#[test]
-fn dropping_the_handle_keeps_a_host_copy_s_memory_alive_until_it_is_done() {
-    let engine = TransferEngine::new(EngineConfig {
-        host_threads: 1,
-        ..EngineConfig::default()
-    })
-    .unwrap();
-    let data = random_bytes(BIG, 1);
-    let report = Arc::new(Mutex::new(None));
-    let src = Buffer::new(host_with(&data));
-    let dst = Buffer::new(Watched::destination(
-        host_with(&random_bytes(BIG, 2)),
-        data,
-        &report,
-    ));
-    let handle = engine.copy_region(&src, &dst).unwrap();
-    drop((handle, src, dst));
-    assert!(
-        wait_for(&report),
-        "destination freed before the copy completed"
-    );
-}
-
-fn disk_engine(disk_backend: DiskBackend) -> TransferEngine {
+/// An engine with one host copy thread, on `disk_backend` (the default one for host copies).
+fn one_thread_engine(disk_backend: DiskBackend) -> TransferEngine {
     TransferEngine::new(EngineConfig {
         host_threads: 1,
         disk_backend,
@@ -107,10 +83,43 @@ fn disk_engine(disk_backend: DiskBackend) -> TransferEngine {
     .unwrap()
 }
 
+const BIG: usize = 32 << 20;
+
+/// Copies `src` into a host destination of other bytes (random, from `seed`), drops the handle,
+/// the source and the destination at once, and says whether the destination held `expected` by
+/// the time it was freed.
+fn destination_complete_when_freed(
+    engine: &TransferEngine,
+    src: Buffer,
+    expected: Vec<u8>,
+    seed: u64,
+) -> bool {
+    let report = Arc::new(Mutex::new(None));
+    let dst = Buffer::new(Watched::destination(
+        host_with(&random_bytes(BIG, seed)),
+        expected,
+        &report,
+    ));
+    let handle = engine.copy_region(&src, &dst).unwrap();
+    drop((handle, src, dst));
+    wait_for(&report)
+}
+
+#[test]
+fn dropping_the_handle_keeps_a_host_copy_s_memory_alive_until_it_is_done() {
+    let engine = one_thread_engine(DiskBackend::default());
+    let data = random_bytes(BIG, 1);
+    let src = Buffer::new(host_with(&data));
+    assert!(
+        destination_complete_when_freed(&engine, src, data, 2),
+        "destination freed before the copy completed"
+    );
+}
+
 each_disk_backend!(dropping_the_handle_keeps_disk_transfers_alive_until_done: dropping_the_handle_keeps_disk_transfers_alive_until_done_io_uring, dropping_the_handle_keeps_disk_transfers_alive_until_done_nixl_posix);
 
 fn dropping_the_handle_keeps_disk_transfers_alive_until_done(backend: DiskBackend) {
-    let engine = disk_engine(backend);
+    let engine = one_thread_engine(backend);
     let dir = tempfile::tempdir().unwrap();
 
     // host -> disk: the source stays allocated until the file holds its bytes.
@@ -146,15 +155,7 @@ fn dropping_the_handle_keeps_disk_transfers_alive_until_done(backend: DiskBacken
     // disk -> host: the destination is complete when freed.
     let mut rng = StdRng::seed_from_u64(4);
     let (file, image) = random_region(Tier::Disk, BIG, 0, dir.path(), &mut rng);
-    let report = Arc::new(Mutex::new(None));
-    let dst = Buffer::new(Watched::destination(
-        host_with(&random_bytes(BIG, 5)),
-        image,
-        &report,
-    ));
-    let handle = engine.copy_region(&file, &dst).unwrap();
-    drop((handle, file, dst));
-    assert!(wait_for(&report));
+    assert!(destination_complete_when_freed(&engine, file, image, 5));
 }
 
 #[test]
@@ -162,11 +163,7 @@ fn dropping_the_engine_lets_submitted_transfers_finish() {
     let data = random_bytes(BIG, 6);
     let src = Buffer::new(host_with(&data));
     let dst = Buffer::new(SystemStorage::new(BIG).unwrap());
-    let engine = TransferEngine::new(EngineConfig {
-        host_threads: 1,
-        ..EngineConfig::default()
-    })
-    .unwrap();
+    let engine = one_thread_engine(DiskBackend::default());
     let handle = engine.copy_region(&src, &dst).unwrap();
     drop(engine);
     assert!(
@@ -180,11 +177,7 @@ fn dropping_the_engine_lets_submitted_transfers_finish() {
 
 #[test]
 fn cancelled_transfers_report_cancellation_and_others_complete() {
-    let engine = TransferEngine::new(EngineConfig {
-        host_threads: 1,
-        ..EngineConfig::default()
-    })
-    .unwrap();
+    let engine = one_thread_engine(DiskBackend::default());
     let size = 128 << 20;
     let data = random_bytes(size, 7);
     let a_src = Buffer::new(host_with(&data));
@@ -209,7 +202,7 @@ fn cancelled_transfers_report_cancellation_and_others_complete() {
 /// Cancelling a disk transfer drains the I/O in flight, then reports; the next transfer on the
 /// same engine runs normally.
 fn cancelled_disk_transfers_report_cancellation(backend: DiskBackend) {
-    let engine = disk_engine(backend);
+    let engine = one_thread_engine(backend);
     let size = 128 << 20;
     let data = random_bytes(size, 8);
     let src = Buffer::new(host_with(&data));
@@ -236,7 +229,7 @@ fn empty_transfers_complete_and_handles_poll() {
 
 fn empty_transfers_complete(backend: DiskBackend) {
     use kvmem::layout::{BlockLayout, LayoutConfig, LayoutKind};
-    let engine = disk_engine(backend);
+    let engine = one_thread_engine(backend);
     let c = LayoutConfig {
         num_blocks: 4,
         num_layers: 2,

@@ -13,7 +13,8 @@ use kvmem::error::{LayoutError, NixlError, PeerError, TransferError, Unsupported
 use kvmem::layout::{BlockDim, BlockLayout, LayoutConfig, LayoutKind};
 use kvmem::nixl::Agent;
 use kvmem::transfer::{
-    EngineConfig, LayoutDescriptor, RegisteredLayout, RemoteLayout, TransferEngine, TransferPath,
+    EngineConfig, LayoutDescriptor, RegisteredLayout, RemoteLayout, TransferEngine, TransferHandle,
+    TransferPath, TransferStats,
 };
 use kvmem::{Buffer, Error, HostMemory, Storage, SystemStorage};
 use nixl_common::{agent, assert_same, bytes};
@@ -82,6 +83,35 @@ fn expected(
         }
     }
     out
+}
+
+/// Asserts that region images `got` are `dst` after copying blocks `src_ids[i]` of `src` to
+/// `dst_ids[i]` (see [`expected`]); `what` names the check.
+fn assert_copied(
+    got: &[Vec<u8>],
+    src: (LayoutKind, &LayoutConfig, &[Vec<u8>]),
+    dst: (LayoutKind, &LayoutConfig, &[Vec<u8>]),
+    (src_ids, dst_ids): (&[usize], &[usize]),
+    what: &str,
+) {
+    let want = expected(src, dst, src_ids, dst_ids);
+    assert_images(got, &want, what);
+}
+
+/// Asserts that region images `got` are `want`, region by region.
+fn assert_images(got: &[Vec<u8>], want: &[Vec<u8>], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: region count");
+    for (r, (got, want)) in got.iter().zip(want).enumerate() {
+        assert_same(got, want, &format!("{what}: region {r}"));
+    }
+}
+
+/// The statistics of a transfer that was accepted and completed; panics, naming `what`, otherwise.
+fn finished(handle: kvmem::Result<TransferHandle>, what: &str) -> TransferStats {
+    handle
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
+        .wait()
+        .unwrap_or_else(|e| panic!("{what} failed: {e}"))
 }
 
 fn images(layout: &RegisteredLayout) -> Vec<Vec<u8>> {
@@ -164,25 +194,20 @@ fn write_and_read_between_every_layout_pair() {
                 // WRITE local -> peer.
                 let n = rng.random_range(1..=src_blocks.min(dst_blocks));
                 let (s_ids, d_ids) = ids(&mut rng, n, src_blocks, dst_blocks);
-                let stats = engine
-                    .transfer(&local, &s_ids, &remote, &d_ids)
-                    .unwrap_or_else(|e| panic!("{ctx}: write: {e}"))
-                    .wait()
-                    .unwrap_or_else(|e| panic!("{ctx}: write failed: {e}"));
+                let write = engine.transfer(&local, &s_ids, &remote, &d_ids);
+                let stats = finished(write, &format!("{ctx}: write"));
                 assert_eq!(stats.path, TransferPath::LocalToRemote, "{ctx}");
                 assert_eq!(
                     stats.bytes,
                     n * sc.chunks_per_block().unwrap() * sc.chunk_bytes().unwrap()
                 );
-                let want = expected(
+                assert_copied(
+                    &images(&target),
                     (src_kind, &sc, &local_img),
                     (dst_kind, &dc, &target_img),
-                    &s_ids,
-                    &d_ids,
+                    (&s_ids, &d_ids),
+                    &format!("{ctx}: peer after WRITE"),
                 );
-                for (r, (got, want)) in images(&target).iter().zip(&want).enumerate() {
-                    assert_same(got, want, &format!("{ctx}: peer region {r} after WRITE"));
-                }
 
                 // READ peer -> a third layout, of yet another kind, with other ids.
                 let back_kind = LayoutKind::ALL[rng.random_range(0..3)];
@@ -193,21 +218,16 @@ fn write_and_read_between_every_layout_pair() {
                 let (back, back_img) = registered(&a, bc, back_kind, &mut rng);
                 let n = rng.random_range(1..=dst_blocks.min(bc.num_blocks));
                 let (s_ids, d_ids) = ids(&mut rng, n, dst_blocks, bc.num_blocks);
-                let stats = engine
-                    .read_remote(&remote, &s_ids, &back, &d_ids)
-                    .unwrap_or_else(|e| panic!("{ctx}: read: {e}"))
-                    .wait()
-                    .unwrap_or_else(|e| panic!("{ctx}: read failed: {e}"));
+                let read = engine.read_remote(&remote, &s_ids, &back, &d_ids);
+                let stats = finished(read, &format!("{ctx}: read"));
                 assert_eq!(stats.path, TransferPath::RemoteToLocal, "{ctx}");
-                let want = expected(
+                assert_copied(
+                    &images(&back),
                     (dst_kind, &dc, &images(&target)),
                     (back_kind, &bc, &back_img),
-                    &s_ids,
-                    &d_ids,
+                    (&s_ids, &d_ids),
+                    &format!("{ctx}: local after READ"),
                 );
-                for (r, (got, want)) in images(&back).iter().zip(&want).enumerate() {
-                    assert_same(got, want, &format!("{ctx}: local region {r} after READ"));
-                }
             }
         }
     }
@@ -231,15 +251,13 @@ fn notification_arrives_after_the_blocks() {
         .wait_notification(a.name(), std::time::Duration::from_secs(30))
         .unwrap();
     assert_eq!(note, b"blocks 1,7,2 ready");
-    let want = expected(
+    assert_copied(
+        &images(&target),
         (fc, &config, &local_img),
         (vllm, &config, &target_img),
-        &s_ids,
-        &d_ids,
+        (&s_ids, &d_ids),
+        "peer after notification",
     );
-    for (got, want) in images(&target).iter().zip(&want) {
-        assert_same(got, want, "peer after notification");
-    }
     handle.wait().unwrap();
 }
 
@@ -252,9 +270,11 @@ fn bad_requests_fail_before_anything_moves() {
     let (target, target_img) = registered(&b, config, fc, &mut rng);
     let remote = remote_of(&a, &b, &target);
     let untouched = || {
-        for (got, want) in images(&target).iter().zip(&target_img) {
-            assert_same(got, want, "peer memory after a refused request");
-        }
+        assert_images(
+            &images(&target),
+            &target_img,
+            "peer memory after a refused request",
+        )
     };
 
     let err = |r: kvmem::Result<kvmem::transfer::TransferHandle>| r.map(|_| ()).unwrap_err();
@@ -457,15 +477,13 @@ fn device_layouts_write_to_and_read_from_a_peer() {
         .unwrap()
         .wait()
         .unwrap();
-    let want = expected(
+    assert_copied(
+        &images(&target),
         (vllm, &config, &src_img),
         (fc, &config, &target_img),
-        &s_ids,
-        &d_ids,
+        (&s_ids, &d_ids),
+        "peer host layout after a WRITE from GPU memory",
     );
-    for (got, want) in images(&target).iter().zip(&want) {
-        assert_same(got, want, "peer host layout after a WRITE from GPU memory");
-    }
 
     let (gpu_dst, dst_img) = device_layout(&mut rng);
     let (s2, d2) = ids(&mut rng, 24, 32, 32);
@@ -474,13 +492,11 @@ fn device_layouts_write_to_and_read_from_a_peer() {
         .unwrap()
         .wait()
         .unwrap();
-    let want = expected(
+    assert_copied(
+        &device_images(&gpu_dst),
         (fc, &config, &images(&target)),
         (vllm, &config, &dst_img),
-        &s2,
-        &d2,
+        (&s2, &d2),
+        "GPU layout after a READ from the peer",
     );
-    for (got, want) in device_images(&gpu_dst).iter().zip(&want) {
-        assert_same(got, want, "GPU layout after a READ from the peer");
-    }
 }

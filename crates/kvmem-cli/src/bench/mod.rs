@@ -346,9 +346,9 @@ impl BenchArgs {
     }
 }
 
-/// The sweep's progress bar over `len` steps.
-fn progress_bar(len: u64) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(len);
+/// The sweep's progress bar over `points` points of `iterations` timed runs and a warm-up each.
+fn progress_bar(points: usize, iterations: usize) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new((points * (iterations + 1)) as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
             "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}",

@@ -7,7 +7,9 @@
 use super::report::{Point, Report};
 use super::sweep::human;
 use crate::error::{CliError, Result};
+use plotters::chart::MeshStyle;
 use plotters::coord::Shift;
+use plotters::coord::ranged1d::ValueFormatter;
 use plotters::prelude::*;
 use std::path::Path;
 
@@ -74,6 +76,25 @@ pub fn draw(report: &Report, svg: &Path) -> Result<[std::path::PathBuf; 2]> {
     )
     .map_err(|e| failed(&png, e))?;
     Ok([svg.to_path_buf(), png])
+}
+
+/// The mesh of a chart, in the plots' style: axes named `x` and `y`, labels in [`FONT`].
+pub(crate) fn mesh<'a, 'b, DB, XT, YT, X, Y>(
+    chart: &'b mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
+    x: &str,
+    y: &str,
+) -> MeshStyle<'a, 'b, X, Y, DB>
+where
+    DB: DrawingBackend,
+    X: Ranged<ValueType = XT> + ValueFormatter<XT>,
+    Y: Ranged<ValueType = YT> + ValueFormatter<YT>,
+{
+    let mut mesh = chart.configure_mesh();
+    mesh.x_desc(x)
+        .y_desc(y)
+        .label_style((FONT, 14))
+        .axis_desc_style((FONT, 15));
+    mesh
 }
 
 /// Text needs a font: the bitmap backend draws it with this one, built into the binary, so the
@@ -195,12 +216,7 @@ where
         .x_label_area_size(44)
         .y_label_area_size(64)
         .build_cartesian_2d(min_x - 0.3..max_x + 0.3, 0.0..max_y)?;
-    chart
-        .configure_mesh()
-        .x_desc("block size")
-        .y_desc("GiB/s")
-        .label_style((FONT, 14))
-        .axis_desc_style((FONT, 15))
+    mesh(&mut chart, "block size", "GiB/s")
         .x_labels(((max_x - min_x) as usize + 2).max(2))
         .x_label_formatter(&|x| {
             if (x - x.round()).abs() < 1e-9 && *x >= 0.0 {

@@ -288,9 +288,8 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
             plan.push((path, pattern, size));
         }
     }
-    let bar = super::progress_bar((plan.len() * (args.iterations + 1)) as u64);
-    let started = Instant::now();
-    let load_before = super::report::load_average();
+    let bar = super::progress_bar(plan.len(), args.iterations);
+    let started = Started::now();
     let mut points = Vec::new();
     for (path, pattern, size) in plan {
         let total = match path {
@@ -340,7 +339,7 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
         points.extend(sweep.point(path, &spec, &bar)?);
     }
     bar.finish_and_clear();
-    let mut report = report_of(&config, args, started, load_before, points, skipped);
+    let mut report = report_of(&config, args, started, points, skipped);
     report.settings.disk_dir = disk_dir.map(|d| d.display().to_string());
     report.settings.direct_io = direct_io;
     report.fio = fio_note;
@@ -673,18 +672,33 @@ fn disk_reference_method(engine: &TransferEngine) -> &'static str {
     }
 }
 
+/// When a sweep started, and the machine's load average then.
+pub struct Started {
+    at: Instant,
+    load_average: Option<f64>,
+}
+
+impl Started {
+    /// Now, and the load average now.
+    pub fn now() -> Self {
+        Self {
+            at: Instant::now(),
+            load_average: super::report::load_average(),
+        }
+    }
+}
+
 /// The report of a sweep that started at `started` (no disk or fio settings).
 pub fn report_of(
     config: &EngineConfig,
     args: &BenchArgs,
-    started: Instant,
-    load_before: Option<f64>,
+    started: Started,
     points: Vec<Point>,
     skipped: Vec<String>,
 ) -> Report {
     let mut machine = Machine::detect();
     machine.load_average_after = super::report::load_average();
-    machine.load_average_before = load_before;
+    machine.load_average_before = started.load_average;
     Report {
         kvmem_version: env!("CARGO_PKG_VERSION"),
         unix_time: std::time::SystemTime::now()
@@ -706,7 +720,7 @@ pub fn report_of(
         },
         fio: "no disk paths in this sweep".to_string(),
         two_node: None,
-        duration_s: started.elapsed().as_secs_f64(),
+        duration_s: started.at.elapsed().as_secs_f64(),
         points,
         skipped,
     }

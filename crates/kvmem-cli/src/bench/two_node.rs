@@ -272,9 +272,8 @@ pub fn initiator(args: &BenchArgs) -> Result<Report> {
             }
         }
     }
-    let bar = super::progress_bar((plan.len() * (args.iterations + 1)) as u64);
-    let started = Instant::now();
-    let load_before = super::report::load_average();
+    let bar = super::progress_bar(plan.len(), args.iterations);
+    let started = super::sweep::Started::now();
     let mut points = Vec::new();
     let mut failure = None;
     for (op, pattern, size) in plan {
@@ -322,7 +321,7 @@ pub fn initiator(args: &BenchArgs) -> Result<Report> {
         goodbye.map_err(CliError::from),
         "tell the target to exit",
     )?;
-    let mut report = super::sweep::report_of(&config, args, started, load_before, points, skipped);
+    let mut report = super::sweep::report_of(&config, args, started, points, skipped);
     report.two_node = Some(format!(
         "initiator '{}' -> target '{}' at {addr} ({} blocks of {} bytes; {len} bytes used)",
         agent.name(),

@@ -406,12 +406,17 @@ mod tests {
         p.victim(&mut |_| Scan::Take)
     }
 
+    /// Inserts slots `0..n`, slot `s` holding key `s`.
+    fn fill(p: &mut dyn Policy, n: Slot) {
+        for s in 0..n {
+            p.insert(s, BlockKey(s as u128));
+        }
+    }
+
     #[test]
     fn lru_evicts_least_recent_and_skips() {
         let mut p = Lru::new(4);
-        for s in 0..4 {
-            p.insert(s, BlockKey(s as u128));
-        }
+        fill(&mut p, 4);
         p.access(0);
         assert_eq!(take_all(&mut p), Some(1));
         assert_eq!(
@@ -430,9 +435,7 @@ mod tests {
     #[test]
     fn s3fifo_keeps_reused_blocks_and_remembers_ghosts() {
         let mut p = S3Fifo::new(10);
-        for s in 0..10 {
-            p.insert(s, BlockKey(s as u128));
-        }
+        fill(&mut p, 10);
         p.access(0);
         let mut next = Vec::new();
         p.upcoming(2, &mut |s| next.push(s));

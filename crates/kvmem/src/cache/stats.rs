@@ -222,60 +222,11 @@ impl Drop for InFlight {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use metrics::{
-        Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
-    };
-    use std::collections::BTreeMap;
-    use std::sync::{Arc, Mutex};
-
-    /// Counts increments per metric name and labels.
-    #[derive(Default)]
-    struct Tally(Mutex<BTreeMap<String, Arc<Count>>>);
-
-    #[derive(Default)]
-    struct Count(AtomicU64);
-
-    impl metrics::CounterFn for Count {
-        fn increment(&self, value: u64) {
-            self.0.fetch_add(value, Relaxed);
-        }
-        fn absolute(&self, value: u64) {
-            self.0.store(value, Relaxed);
-        }
-    }
-
-    impl Tally {
-        fn get(&self, name: &str) -> u64 {
-            self.0
-                .lock()
-                .unwrap()
-                .get(name)
-                .map_or(0, |c| c.0.load(Relaxed))
-        }
-    }
-
-    impl Recorder for Tally {
-        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-        fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
-            let mut name = key.name().to_string();
-            for l in key.labels() {
-                name += &format!(",{}={}", l.key(), l.value());
-            }
-            Counter::from_arc(Arc::clone(self.0.lock().unwrap().entry(name).or_default()))
-        }
-        fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
-            Gauge::noop()
-        }
-        fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
-            Histogram::noop()
-        }
-    }
+    use crate::accounting::test_recorder::Recorded;
 
     #[test]
     fn counters_reach_the_metrics_facade_and_the_snapshot() {
-        let tally = Tally::default();
+        let tally = Recorded::default();
         let c = Counters::default();
         metrics::with_local_recorder(&tally, || {
             c.lookup(10, 3, 2);
@@ -283,16 +234,16 @@ mod tests {
             c.evicted((1, 0));
             c.refused();
         });
-        assert_eq!(tally.get("kvmem_cache_lookups_total"), 1);
-        assert_eq!(tally.get("kvmem_cache_lookup_blocks_total"), 10);
-        assert_eq!(tally.get("kvmem_cache_hits_total,tier=host"), 3);
-        assert_eq!(tally.get("kvmem_cache_hits_total,tier=disk"), 2);
+        assert_eq!(tally.counter("kvmem_cache_lookups_total"), 1);
+        assert_eq!(tally.counter("kvmem_cache_lookup_blocks_total"), 10);
+        assert_eq!(tally.counter("kvmem_cache_hits_total,tier=host"), 3);
+        assert_eq!(tally.counter("kvmem_cache_hits_total,tier=disk"), 2);
         assert_eq!(
-            tally.get("kvmem_cache_bytes_total,tier=disk,direction=in"),
+            tally.counter("kvmem_cache_bytes_total,tier=disk,direction=in"),
             4096
         );
-        assert_eq!(tally.get("kvmem_cache_evictions_total,tier=host"), 1);
-        assert_eq!(tally.get("kvmem_cache_admissions_refused_total"), 1);
+        assert_eq!(tally.counter("kvmem_cache_evictions_total,tier=host"), 1);
+        assert_eq!(tally.counter("kvmem_cache_admissions_refused_total"), 1);
         let s = c.snapshot();
         assert_eq!(
             (s.lookups, s.hits_host, s.hits_disk, s.disk_bytes_in),

@@ -59,7 +59,6 @@ impl ComputeLoad {
     /// [`CudaError::Driver`](crate::error::CudaError::Driver) if the PTX does not load (a driver
     /// older than the PTX's ISA version) or the stream or buffer cannot be created.
     pub fn new(device: &CudaDevice) -> Result<Self> {
-        device.bind()?;
         let ctx = device.context();
         let (stream, kernel) =
             super::stream_and_kernel(device, COMPUTE_PTX, KERNEL_NAME, "load the compute kernel")?;

@@ -229,10 +229,10 @@ impl PartialEq for CudaDevice {
 
 impl Eq for CudaDevice {}
 
-/// A new stream in `device`'s context (bound by the caller) and the kernel `name` of the PTX
-/// module `ptx` (which stays loaded as long as the function lives). `what` names the kernel in
-/// errors: the stream's error is returned as is; the kernel's comes second, so a caller may
-/// carry on without it.
+/// Binds `device`'s context to the calling thread, and returns a new stream in it and the kernel
+/// `name` of the PTX module `ptx` (which stays loaded as long as the function lives). `what`
+/// names the kernel in errors: the binding's and the stream's errors are returned as is; the
+/// kernel's comes second, so a caller may carry on without it.
 pub(crate) fn stream_and_kernel(
     device: &CudaDevice,
     ptx: &'static str,
@@ -242,6 +242,7 @@ pub(crate) fn stream_and_kernel(
     Arc<cudarc::driver::CudaStream>,
     Result<cudarc::driver::CudaFunction>,
 )> {
+    device.bind()?;
     let ctx = device.context();
     let stream = ctx
         .new_stream()

@@ -156,29 +156,18 @@ impl Agent {
         addr: SocketAddr,
         timeout: Duration,
     ) -> Result<Peer> {
-        let SocketAddr::V4(v4) = addr else {
-            return Err(Error::Config(ConfigError::Agent {
-                origin: "connect_listener".into(),
-                message: format!("{addr}: NIXL's listener protocol takes IPv4 addresses only"),
-            }));
-        };
+        let v4 = ipv4(addr, "connect_listener")?;
         self.require_comm_thread("connect_listener")?;
         self.check_allowed(peer)?;
         self.forget_if_known(peer)?;
         let args = socket_args(v4)?;
         // NIXL drops a request whose cached connection turns out dead (a restarted peer on the
         // same port, say) and reconnects on the next one: ask again until the deadline.
-        self.fetch_until_loaded(peer, timeout, Duration::from_millis(500), || {
+        let from = format!(" from listener {addr}");
+        self.fetch_until_loaded(peer, &from, timeout, Duration::from_millis(500), || {
             self.nixl()
                 .fetch_remote_md(peer, Some(&args))
                 .map_err(|e| Error::nixl("request metadata from a listener", e))
-        })
-        .map_err(|e| match e {
-            Error::Timeout { waited, .. } => Error::Timeout {
-                what: format!("metadata of '{peer}' from listener {addr}"),
-                waited,
-            },
-            e => e,
         })?;
         Ok(lock(&self.shared.peers).insert(peer, None, PeerSource::Listener(addr)))
     }
@@ -190,12 +179,7 @@ impl Agent {
     /// # Errors
     /// As for [`connect_listener`](Self::connect_listener), without the timeout.
     pub fn publish_to_listener(&self, addr: SocketAddr) -> Result<()> {
-        let SocketAddr::V4(v4) = addr else {
-            return Err(Error::Config(ConfigError::Agent {
-                origin: "publish_to_listener".into(),
-                message: format!("{addr}: NIXL's listener protocol takes IPv4 addresses only"),
-            }));
-        };
+        let v4 = ipv4(addr, "publish_to_listener")?;
         self.require_comm_thread("publish_to_listener")?;
         let args = socket_args(v4)?;
         self.nixl()
@@ -220,7 +204,7 @@ impl Agent {
         // metadata it did not load itself: a refused peer stays unknown to kvmem (no `Peer`,
         // so no notification or transfer to it), though NIXL holds its metadata.
         self.check_allowed(peer)?;
-        self.fetch_until_loaded(peer, timeout, timeout, || Ok(()))?;
+        self.fetch_until_loaded(peer, "", timeout, timeout, || Ok(()))?;
         Ok(lock(&self.shared.peers).insert(peer, None, PeerSource::Pushed))
     }
 
@@ -260,17 +244,10 @@ impl Agent {
         self.check_allowed(peer)?;
         self.forget_if_known(peer)?;
         // NIXL watches for a missing key only for a few seconds; ask again until the deadline.
-        self.fetch_until_loaded(peer, timeout, Duration::from_secs(4), || {
+        self.fetch_until_loaded(peer, " from etcd", timeout, Duration::from_secs(4), || {
             self.nixl()
                 .fetch_remote_md(peer, None)
                 .map_err(|e| Error::nixl("request metadata from etcd", e))
-        })
-        .map_err(|e| match e {
-            Error::Timeout { waited, .. } => Error::Timeout {
-                what: format!("metadata of '{peer}' from etcd"),
-                waited,
-            },
-            e => e,
         })?;
         Ok(lock(&self.shared.peers).insert(peer, None, PeerSource::Etcd))
     }
@@ -495,10 +472,12 @@ impl Agent {
         }
     }
 
-    /// Issues `fetch` (again every `retry`) until NIXL holds `peer`'s metadata or `timeout`.
+    /// Issues `fetch` (again every `retry`) until NIXL holds `peer`'s metadata or `timeout`;
+    /// `from` ends the timeout's message (" from etcd", or empty).
     fn fetch_until_loaded(
         &self,
         peer: &str,
+        from: &str,
         timeout: Duration,
         retry: Duration,
         fetch: impl Fn() -> Result<()>,
@@ -517,12 +496,23 @@ impl Agent {
             let waited = start.elapsed();
             if waited >= timeout {
                 return Err(Error::Timeout {
-                    what: format!("metadata of '{peer}'"),
+                    what: format!("metadata of '{peer}'{from}"),
                     waited,
                 });
             }
             backoff.snooze();
         }
+    }
+}
+
+/// `addr` as the IPv4 address NIXL's listener protocol takes; `origin` names the caller.
+fn ipv4(addr: SocketAddr, origin: &str) -> Result<std::net::SocketAddrV4> {
+    match addr {
+        SocketAddr::V4(v4) => Ok(v4),
+        SocketAddr::V6(_) => Err(Error::Config(ConfigError::Agent {
+            origin: origin.into(),
+            message: format!("{addr}: NIXL's listener protocol takes IPv4 addresses only"),
+        })),
     }
 }
 

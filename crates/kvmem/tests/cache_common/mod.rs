@@ -2,7 +2,7 @@
 //! filled with each key's own bytes, and reading blocks back without the cache's code.
 #![allow(dead_code)]
 
-use kvmem::cache::BlockKey;
+use kvmem::cache::{BlockCache, BlockKey, CacheConfig, Capacity, HostMemoryKind};
 use kvmem::layout::{BlockLayout, LayoutConfig, LayoutKind};
 use kvmem::{Buffer, HostMemory, SystemStorage};
 
@@ -80,6 +80,38 @@ pub fn read_block(layout: &BlockLayout, b: usize) -> Vec<u8> {
         }
     }
     out
+}
+
+/// Blocks of 64 bytes (one layer, one part, one token of 64 one-byte elements): copies that cost
+/// next to nothing, so that what a test or bench measures is the cache's own bookkeeping.
+pub fn tiny_block() -> LayoutConfig {
+    LayoutConfig {
+        num_blocks: 1,
+        num_layers: 1,
+        outer_dim: 1,
+        page_size: 1,
+        inner_dim: 64,
+        dtype_bytes: 1,
+    }
+}
+
+/// A fully contiguous layout of `blocks` [`tiny_block`]s in host memory.
+pub fn tiny_layout(blocks: usize) -> BlockLayout {
+    let config = LayoutConfig {
+        num_blocks: blocks,
+        ..tiny_block()
+    };
+    BlockLayout::allocate(config, LayoutKind::FullyContiguous, 64, |n| {
+        Ok(Buffer::new(SystemStorage::new(n)?))
+    })
+    .unwrap()
+}
+
+/// A cache of [`tiny_block`]s with `blocks` host slots in plain (pageable) memory, no disk.
+pub fn tiny_cache(blocks: usize) -> BlockCache {
+    let mut config = CacheConfig::new(tiny_block(), Capacity::Blocks(blocks));
+    config.host_memory = HostMemoryKind::System;
+    BlockCache::open(config).unwrap()
 }
 
 pub fn key(i: u64) -> BlockKey {

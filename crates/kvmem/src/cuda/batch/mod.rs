@@ -145,7 +145,6 @@ impl CopyStream {
     /// # Errors
     /// [`CudaError::Driver`](crate::error::CudaError::Driver) if the stream cannot be created.
     pub fn new(device: &CudaDevice) -> Result<Self> {
-        device.bind()?;
         let ctx = device.context();
         let (stream, kernel) =
             super::stream_and_kernel(device, COPY_PTX, KERNEL_NAME, "load the copy kernel")?;
