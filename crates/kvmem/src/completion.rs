@@ -32,6 +32,34 @@
 use crate::error::Result;
 use std::time::Duration;
 
+/// The time an operation without a deadline of its own is given by
+/// [`wait`](Completion::wait) — a [`CopyCompletion`](crate::cuda::batch::CopyCompletion) or a
+/// raw NIXL [`Transfer`](crate::nixl::raw::Transfer), counted from its start — before it
+/// reports [`TransferError::TimedOut`](crate::error::TransferError::TimedOut): this, plus
+/// [`DEFAULT_DEADLINE_PER_GIB`] per GiB it moves. The same rule, and the same defaults, as
+/// [`EngineConfig::deadline_for`](crate::transfer::EngineConfig::deadline_for).
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(60);
+
+/// The time [`DEFAULT_DEADLINE`] adds per GiB moved (about 100 MiB/s: far below any working
+/// disk, GPU link or network).
+pub const DEFAULT_DEADLINE_PER_GIB: Duration = Duration::from_secs(10);
+
+/// `base` plus `per_gib` per GiB of `bytes`: the time an operation moving `bytes` is given.
+pub(crate) fn deadline_for(base: Duration, per_gib: Duration, bytes: usize) -> Duration {
+    let gib = bytes as f64 / (1u64 << 30) as f64;
+    base.saturating_add(
+        Duration::try_from_secs_f64(per_gib.as_secs_f64() * gib).unwrap_or(Duration::MAX),
+    )
+}
+
+/// The instant `limit` after `start`, saturating far in the future (a limit too long to add is
+/// no limit).
+pub(crate) fn instant_after(start: std::time::Instant, limit: Duration) -> std::time::Instant {
+    start
+        .checked_add(limit)
+        .unwrap_or(start + Duration::from_secs(1 << 32))
+}
+
 /// An operation running in the background: poll it, wait for it (with or without a limit), or ask
 /// it to stop.
 ///

@@ -101,6 +101,12 @@ impl Job {
         if !matches!(state, State::Running { .. }) || Instant::now() < self.deadline {
             return;
         }
+        self.expire(state);
+    }
+
+    /// Under the state lock, for a transfer still running: asks it to stop, quarantines the
+    /// buffers it uses and reports [`TransferError::TimedOut`].
+    fn expire(&self, state: &mut State) {
         self.cancel.store(true, Ordering::Relaxed);
         let held = std::mem::take(&mut *self.held.lock().unwrap_or_else(|e| e.into_inner()));
         let held_bytes: u64 = held
@@ -215,6 +221,19 @@ impl Completion {
         self.reported = true;
         self.job.finish(result);
     }
+
+    /// Reports [`TransferError::TimedOut`] and quarantines the buffers the transfer uses (if its
+    /// handle has not reported an outcome yet): for an executor that gave up on a transfer past
+    /// its deadline, whose backend may still touch its memory. Unlike
+    /// [`complete`](Self::complete) with an error, this never releases the buffers, so the
+    /// executor may drop the plan afterwards.
+    pub(crate) fn time_out(mut self) {
+        self.reported = true;
+        let mut state = self.job.lock();
+        if matches!(*state, State::Running { .. }) {
+            self.job.expire(&mut state);
+        }
+    }
 }
 
 impl Drop for Completion {
@@ -279,9 +298,7 @@ impl TransferHandle {
             bytes,
             ops,
             submitted,
-            deadline: submitted
-                .checked_add(limit)
-                .unwrap_or(submitted + Duration::from_secs(1 << 32)),
+            deadline: crate::completion::instant_after(submitted, limit),
             held: Mutex::new(Vec::new()),
         });
         let completion = Completion {

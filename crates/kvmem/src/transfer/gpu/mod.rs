@@ -16,6 +16,16 @@
 //! a [`Worker`] thread waits for them (and runs staged transfers) in submission order, reports
 //! every failure through the handle, and releases a transfer's memory only after its copies
 //! finished.
+//!
+//! Every wait of the worker ends at the transfer's deadline. Copies still running then (the
+//! stream stalled: it waits for an event that never completes, or the GPU hangs) are left to the
+//! stream for good: the handle reports [`TransferError::TimedOut`] and quarantines the
+//! transfer's buffers, the copy completions (events, descriptor buffers) and the bounce buffers
+//! the stalled copies use are leaked, and the stream itself is quarantined (never destroyed,
+//! counted in [`accounting`](crate::accounting)): the next transfer on that device gets a fresh
+//! stream. A transfer past its deadline whose copies the worker has not finished with marks its
+//! stream as stalled at once, so that a transfer submitted right after the timeout does not queue
+//! behind the stall either.
 
 // This module enqueues device copies over raw addresses and reads files into pinned memory: unsafe code is allowed here (denied at the crate root).
 #![allow(unsafe_code)]
@@ -33,7 +43,8 @@ use crate::error::{Error, Result, TransferError, UnsupportedError};
 use crate::kind::StorageKind;
 use crate::storage::{BackgroundPinnedStorage, PinnedStorage};
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 /// Default size of each of the two bounce buffers per device.
 pub const DEFAULT_BOUNCE_BYTES: usize = 16 << 20;
@@ -60,36 +71,140 @@ enum Task {
         work: Work,
         completions: Vec<CopyCompletion>,
         error: Option<Error>,
+        lanes: Lanes,
     },
-    /// Copies staged through bounce buffers: run them on the worker.
-    Staged(Work),
+    /// Copies staged through bounce buffers: run them on the worker (on the streams of `lanes`,
+    /// and on the devices' current streams for the others).
+    Staged { work: Work, lanes: Lanes },
 }
 
 impl super::worker::Deadlined for Task {
-    fn deadline(&self) -> std::time::Instant {
+    fn deadline(&self) -> Instant {
         match self {
-            Task::Enqueued { work, .. } | Task::Staged(work) => work.completion.deadline(),
+            Task::Enqueued { work, .. } | Task::Staged { work, .. } => work.completion.deadline(),
         }
     }
 }
 
-/// One copy stream per device, shared by `submit` (direct paths) and the worker.
+/// `mutex`'s guard, poisoned or not (what it guards is updated in single steps).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The copy stream of one device, and the deadlines of the transfers with copies on it that the
+/// worker has not finished with.
+struct Lane {
+    stream: CopyStream,
+    open: Arc<Mutex<Vec<Instant>>>,
+}
+
+impl Lane {
+    /// True when the stream stalled: copies on it timed out, or a transfer with copies on it is
+    /// past its deadline (its handle reports the timeout) and still not finished.
+    fn stalled(&self, now: Instant) -> bool {
+        self.stream.is_stalled() || lock(&self.open).iter().any(|&d| d <= now)
+    }
+}
+
+/// A transfer's place on a [`Lane`]: its deadline counts in the lane's open deadlines until this
+/// is dropped (the worker has finished with the transfer's copies).
+struct Claim {
+    open: Arc<Mutex<Vec<Instant>>>,
+    deadline: Instant,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let mut open = lock(&self.open);
+        if let Some(i) = open.iter().position(|&d| d == self.deadline) {
+            open.swap_remove(i);
+        }
+    }
+}
+
+/// The streams one transfer uses, one per device, each with the transfer's claim on it.
+#[derive(Default)]
+struct Lanes(Vec<(u32, CopyStream, Claim)>);
+
+impl Lanes {
+    /// The stream of device `ordinal` for a transfer due by `deadline`: the one this transfer
+    /// already uses there, or the device's current stream (claimed).
+    fn stream(&mut self, streams: &Streams, ordinal: u32, deadline: Instant) -> Result<CopyStream> {
+        if let Some((_, stream, _)) = self.0.iter().find(|(o, ..)| *o == ordinal) {
+            return Ok(stream.clone());
+        }
+        let (stream, claim) = streams.claim(ordinal, deadline)?;
+        self.0.push((ordinal, stream.clone(), claim));
+        Ok(stream)
+    }
+
+    /// The devices whose stream stalled.
+    fn stalled(&self) -> impl Iterator<Item = u32> + '_ {
+        self.0
+            .iter()
+            .filter(|(_, stream, _)| stream.is_stalled())
+            .map(|(o, ..)| *o)
+    }
+}
+
+/// One copy stream per device, shared by `submit` (direct paths) and the worker. A stream that
+/// stalled is quarantined and replaced by a fresh one.
 #[derive(Default)]
 struct Streams {
-    by_device: std::sync::Mutex<HashMap<u32, CopyStream>>,
+    by_device: Mutex<HashMap<u32, Lane>>,
 }
 
 impl Streams {
-    fn get(&self, ordinal: u32) -> Result<CopyStream> {
-        let mut map = self.by_device.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(s) = map.get(&ordinal) {
-            return Ok(s.clone());
+    /// The current stream of device `ordinal` and a claim on it for a transfer due by
+    /// `deadline`. A stream that stalled is quarantined first, and a fresh one made.
+    fn claim(&self, ordinal: u32, deadline: Instant) -> Result<(CopyStream, Claim)> {
+        let mut map = lock(&self.by_device);
+        if map.get(&ordinal).is_some_and(|l| l.stalled(Instant::now()))
+            && let Some(lane) = map.remove(&ordinal)
+        {
+            quarantine_stream(ordinal, lane);
         }
-        let gpu = CudaDevice::new(ordinal as usize)?;
-        let stream = CopyStream::new(&gpu)?;
-        map.insert(ordinal, stream.clone());
-        Ok(stream)
+        let lane = match map.entry(ordinal) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let gpu = CudaDevice::new(ordinal as usize)?;
+                e.insert(Lane {
+                    stream: CopyStream::new(&gpu)?,
+                    open: Arc::default(),
+                })
+            }
+        };
+        lock(&lane.open).push(deadline);
+        let claim = Claim {
+            open: Arc::clone(&lane.open),
+            deadline,
+        };
+        Ok((lane.stream.clone(), claim))
     }
+}
+
+impl Drop for Streams {
+    fn drop(&mut self) {
+        let now = Instant::now();
+        let map = self.by_device.get_mut().unwrap_or_else(|e| e.into_inner());
+        for (ordinal, lane) in map.drain() {
+            if lane.stalled(now) {
+                quarantine_stream(ordinal, lane);
+            }
+        }
+    }
+}
+
+/// Leaves the stalled stream of `lane` to its work for good: never destroyed (destroying it, or
+/// freeing what it holds, would wait for the stall or free memory under it).
+fn quarantine_stream(ordinal: u32, lane: Lane) {
+    tracing::error!(
+        device = ordinal,
+        "copies on the GPU copy stream missed their deadline: the stream is quarantined (kept, \
+         with what it holds, for the rest of the process) and a fresh one takes the next transfers"
+    );
+    crate::accounting::stream_quarantined();
+    std::mem::forget(lane.stream);
 }
 
 /// Runs GPU transfers: direct ones are enqueued at submission, staged ones on a worker thread,
@@ -114,14 +229,16 @@ impl Backend for Staging {
     type Job = Task;
 
     fn run(&mut self, task: Task) -> Health {
-        let (work, result) = match task {
+        let (work, lanes, result, staged) = match task {
             Task::Enqueued {
                 work,
                 completions,
                 error,
+                lanes,
             } => {
                 // Wait for everything enqueued, even after an error: the memory must not be
-                // released while the GPU still uses it.
+                // released while the GPU still uses it. Each wait ends at the transfer's
+                // deadline (`CopyCompletion::until`); copies still running then are quarantined.
                 let mut result = error.map_or(Ok(()), Err);
                 for c in completions {
                     let r = c.wait();
@@ -129,29 +246,52 @@ impl Backend for Staging {
                         result = r;
                     }
                 }
-                (work, result)
+                (work, lanes, result, false)
             }
-            Task::Staged(work) => {
+            Task::Staged { work, mut lanes } => {
                 let result = if work.completion.cancelled() {
                     Err(Error::Transfer(TransferError::Cancelled {
                         done: 0,
                         total: work.plan.total_bytes(),
                     }))
                 } else {
-                    run_staged(self, &work)
+                    run_staged(self, &work, &mut lanes)
                 };
-                if result.is_err() {
-                    // A failed staging step may have left I/O in flight into a bounce buffer
-                    // (its plan is then leaked, keeping the buffer allocated): never reuse one;
-                    // the next staged transfer allocates fresh buffers.
-                    self.bounce.clear();
-                }
-                (work, result)
+                (work, lanes, result, true)
             }
         };
+        // Copies timed out on a stream that stalled: the GPU may still use everything they name.
+        let stalled = matches!(result, Err(Error::Transfer(TransferError::TimedOut { .. })))
+            && lanes.stalled().next().is_some();
+        if stalled {
+            for ordinal in lanes.stalled() {
+                if let Some(bufs) = self.bounce.remove(&ordinal) {
+                    let bytes = bufs.iter().map(|b| b.size() as u64).sum();
+                    crate::accounting::quarantined(bufs.len() as u64, bytes);
+                    // Never freed: stalled copies may still read or write them.
+                    std::mem::forget(bufs);
+                }
+            }
+        }
+        if staged && result.is_err() {
+            // A failed staging step may have left I/O in flight into a bounce buffer (its plan
+            // is then leaked, keeping the buffer allocated): never reuse one; the next staged
+            // transfer allocates fresh buffers.
+            self.bounce.clear();
+        }
+        // The claims go first, so that a transfer submitted once this one is reported does
+        // not see it as still open on its stream.
+        drop(lanes);
         let Work { plan, completion } = work;
-        drop(plan);
-        completion.complete(result);
+        if stalled {
+            // The handle quarantines the plan's buffers (unless its timeout was reported
+            // already, which quarantined them): the plan's own clones may then go.
+            completion.time_out();
+            drop(plan);
+        } else {
+            drop(plan);
+            completion.complete(result);
+        }
         Health::Ok
     }
 }
@@ -183,12 +323,25 @@ impl GpuExecutor {
     }
 
     pub(crate) fn submit(&self, work: Work) {
+        self.submit_on(work, Lanes::default());
+    }
+
+    /// [`submit`](Self::submit) on the streams `lanes` holds already (and on the devices'
+    /// current streams for the others).
+    fn submit_on(&self, work: Work, mut lanes: Lanes) {
         let task = if is_direct(&work.plan) {
             let cuts = registration_cuts(&work.plan);
+            let deadline = work.completion.deadline();
             let mut completions = Vec::new();
             let mut error = None;
             for batch in work.plan.batches() {
-                match self.enqueue_direct(batch.src_kind, batch.dst_kind, &batch.ops, &cuts) {
+                let (src, dst) = (batch.src_kind, batch.dst_kind);
+                let enqueued = device_of(src, dst)
+                    .and_then(|ordinal| lanes.stream(&self.streams, ordinal, deadline))
+                    .and_then(|stream| {
+                        self.enqueue_direct(&stream, src, dst, &batch.ops, &cuts, deadline)
+                    });
+                match enqueued {
                     Ok(c) => completions.push(c),
                     Err(e) => {
                         error = Some(e);
@@ -200,9 +353,10 @@ impl GpuExecutor {
                 work,
                 completions,
                 error,
+                lanes,
             }
         } else {
-            Task::Staged(work)
+            Task::Staged { work, lanes }
         };
         // A submit fails only if the worker died; the returned task then drops its completions
         // (which wait) and its Work (which reports `TransferError::Aborted`).
@@ -225,16 +379,20 @@ impl GpuExecutor {
             self.submit(work);
             return Ok(None);
         };
-        let stream = self
-            .streams
-            .get(device_of(first.src_kind, first.dst_kind)?)?;
+        // The copies go to the very stream that waits for `after`.
+        let mut lanes = Lanes::default();
+        let stream = lanes.stream(
+            &self.streams,
+            device_of(first.src_kind, first.dst_kind)?,
+            work.completion.deadline(),
+        )?;
         if let Some(event) = after {
             // SAFETY: the copy stream is live (held by `stream`) and of the device's primary
             // context, which `Event` binds.
             unsafe { event.wait_in(stream.raw()) }?;
         }
         let direct = is_direct(&work.plan);
-        self.submit(work);
+        self.submit_on(work, lanes);
         if !direct {
             return Ok(None);
         }
@@ -250,17 +408,21 @@ impl GpuExecutor {
 
     fn enqueue_direct(
         &self,
+        stream: &CopyStream,
         src: StorageKind,
         dst: StorageKind,
         ops: &[CopyOp],
         cuts: &[usize],
+        deadline: Instant,
     ) -> Result<CopyCompletion> {
-        let stream = self.streams.get(device_of(src, dst)?)?;
         let copies = device_copies(ops, src, dst, cuts);
         // SAFETY: the plan validated every range against the buffers it keeps alive; the plan
-        // travels with the completion to the worker, which drops it only after waiting; pinned
-        // memory is device-mapped; destinations are pairwise disjoint and disjoint from sources.
+        // travels with the completion to the worker, which drops it only after waiting (or,
+        // when the copies outlive the deadline, after the handle quarantined its buffers);
+        // pinned memory is device-mapped; destinations are pairwise disjoint and disjoint from
+        // sources.
         unsafe { stream.copy_async(&copies, self.method, location(src), location(dst)) }
+            .map(|c| c.until(deadline))
     }
 }
 
@@ -336,14 +498,15 @@ fn device_of(src: StorageKind, dst: StorageKind) -> Result<u32> {
         }))
 }
 
-fn run_staged(staging: &mut Staging, work: &Work) -> Result<()> {
+fn run_staged(staging: &mut Staging, work: &Work, lanes: &mut Lanes) -> Result<()> {
     wait_for_pinning(&work.plan)?;
     let (method, bounce_bytes) = (staging.method, staging.bounce_bytes);
+    let deadline = work.completion.deadline();
     let cuts = registration_cuts(&work.plan);
     for batch in work.plan.batches() {
         let (src, dst) = (batch.src_kind, batch.dst_kind);
         let ordinal = device_of(src, dst)?;
-        let stream = staging.streams.get(ordinal)?;
+        let stream = lanes.stream(&staging.streams, ordinal, deadline)?;
         let bufs = match staging.bounce.entry(ordinal) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
@@ -369,7 +532,7 @@ fn run_staged(staging: &mut Staging, work: &Work) -> Result<()> {
                     bufs,
                     &batch.ops,
                     (staged(src), disk),
-                    method,
+                    (method, deadline),
                     bounce_bytes,
                 )?
             }
@@ -379,7 +542,7 @@ fn run_staged(staging: &mut Staging, work: &Work) -> Result<()> {
                     bufs,
                     &batch.ops,
                     (staged(dst), disk),
-                    method,
+                    (method, deadline),
                     bounce_bytes,
                 )?
             }
@@ -388,7 +551,7 @@ fn run_staged(staging: &mut Staging, work: &Work) -> Result<()> {
                 // SAFETY: as in `GpuExecutor::enqueue_direct`; waited for right here.
                 let c =
                     unsafe { stream.copy_async(&copies, method, location(src), location(dst))? };
-                c.wait()?;
+                c.until(deadline).wait()?;
             }
         }
     }
@@ -621,10 +784,12 @@ fn staged_to_device(
     bufs: &[Buffer; 2],
     ops: &[CopyOp],
     from: (Staged<'_>, &DiskLane),
-    method: CopyMethod,
+    (method, deadline): (CopyMethod, Instant),
     bounce_bytes: usize,
 ) -> Result<()> {
     let ordinal = stream.device().ordinal() as u32;
+    // Every completion waits (and, dropped on an error, waits) until the transfer's deadline at
+    // most: `until`.
     let mut pending: [Option<CopyCompletion>; 2] = [None, None];
     for (i, slab) in slabs(ops, bounce_bytes).iter().enumerate() {
         let k = i % 2;
@@ -636,9 +801,12 @@ fn staged_to_device(
         // SAFETY: sources are the bounce buffer (pinned, device-mapped, owned by this executor
         // and not touched again until this completion is waited for); destinations are device
         // ranges the plan validated and keeps alive, pairwise disjoint.
-        pending[k] = Some(unsafe {
-            stream.copy_async(&copies, method, Location::Host, Location::Device(ordinal))?
-        });
+        pending[k] = Some(
+            unsafe {
+                stream.copy_async(&copies, method, Location::Host, Location::Device(ordinal))?
+            }
+            .until(deadline),
+        );
     }
     for c in pending.into_iter().flatten() {
         c.wait()?;
@@ -653,7 +821,7 @@ fn staged_from_device(
     bufs: &[Buffer; 2],
     ops: &[CopyOp],
     to: (Staged<'_>, &DiskLane),
-    method: CopyMethod,
+    (method, deadline): (CopyMethod, Instant),
     bounce_bytes: usize,
 ) -> Result<()> {
     let ordinal = stream.device().ordinal() as u32;
@@ -667,7 +835,8 @@ fn staged_from_device(
         // (slab i-2) and which nothing else touches until this completion is waited for.
         let c = unsafe {
             stream.copy_async(&copies, method, Location::Device(ordinal), Location::Host)?
-        };
+        }
+        .until(deadline);
         if let Some((j, done)) = prev.take() {
             done.wait()?;
             stage(&bufs[j % 2], &all[j], to, false)?;
