@@ -10,8 +10,14 @@
 //! |---|---|---|
 //! | [`is_done`](Completion::is_done) | never | `true` once it finished, successfully or not |
 //! | [`wait_timeout`](Completion::wait_timeout) | at most `timeout` | `true` if it finished meanwhile |
-//! | [`wait`](Completion::wait) | until it finished | the outcome, `Result<Output>` |
+//! | [`wait`](Completion::wait) | until it finished, never past its deadline | the outcome, `Result<Output>` |
 //! | [`cancel`](Completion::cancel) | never | — (asks it to stop as early as it can) |
+//!
+//! Every `wait` has a deadline: a [`TransferHandle`](crate::transfer::TransferHandle)'s is set
+//! by its engine's [`EngineConfig`](crate::transfer::EngineConfig); a `CopyCompletion` and a raw
+//! NIXL `Transfer` get [`DEFAULT_DEADLINE`] plus [`DEFAULT_DEADLINE_PER_GIB`] per GiB they move.
+//! An operation still running at its deadline is reported as
+//! [`TransferError::TimedOut`](crate::error::TransferError::TimedOut), which says what it holds.
 //!
 //! ```
 //! use kvmem::Completion;
@@ -80,11 +86,14 @@ pub(crate) fn instant_after(start: std::time::Instant, limit: Duration) -> std::
 ///   (a raw NIXL request that was cancelled or lost its peer keeps its buffers for the rest of the
 ///   process, because the backend may still touch them).
 ///
-/// * After a timeout — a [`TransferHandle`](crate::transfer::TransferHandle) past its
-///   [deadline](crate::transfer::TransferHandle#deadline) reports
+/// * After a timeout — [`wait`](Self::wait) past the operation's deadline (a
+///   [`TransferHandle`](crate::transfer::TransferHandle)'s
+///   [deadline](crate::transfer::TransferHandle#deadline), a
+///   [`CopyCompletion`'s](crate::cuda::batch::CopyCompletion#deadline), a raw NIXL
+///   [`Transfer`'s](crate::nixl::raw::Transfer#deadline)) reports
 ///   [`TransferError::TimedOut`](crate::error::TransferError::TimedOut) — the backend may still
 ///   read the sources and write the destinations: reuse neither (their memory is quarantined,
-///   never freed); the handle's verbs all report the timeout from then on.
+///   never freed); a handle's verbs all report the timeout from then on.
 ///
 /// Dropping a handle never frees memory under a running operation; what else it does is the
 /// implementation's to say (a [`TransferHandle`](crate::transfer::TransferHandle) lets the

@@ -501,6 +501,23 @@ fn stall_until_set(
     "a spinning kernel"
 }
 
+/// Sets the stall word on drop: releases the stalled stream even when an assertion fails, so
+/// that a failing run does not leave the device stalled under the tests that follow.
+struct Release(*mut u32);
+
+impl Release {
+    fn now(self) {}
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        // SAFETY: the pointer is into a pinned word the test keeps allocated until after this
+        // guard (declared after it, so dropped before it); the GPU only reads the word.
+        unsafe { std::ptr::write_volatile(self.0, 1) };
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// Runs `scenario` on its own thread; panics if it does not finish within `limit` (a hang).
 fn within(limit: std::time::Duration, scenario: impl FnOnce() + Send + 'static) {
     let (tx, rx) = std::sync::mpsc::channel();
@@ -536,9 +553,12 @@ fn a_stalled_cuda_stream_times_out_and_the_next_transfer_runs_on_a_fresh_stream(
     use std::time::{Duration, Instant};
     within(Duration::from_secs(120), || {
         let gpu = common::gpu();
+        // Loads the copy kernel (JIT-compiled on first use in the process) before any deadline
+        // runs; the engine's streams share it.
+        drop(kvmem::cuda::batch::CopyStream::new(&gpu).unwrap());
         let mut f = Fixture {
             engine: TransferEngine::new(EngineConfig {
-                deadline: Duration::from_millis(500),
+                deadline: Duration::from_secs(2),
                 deadline_per_gib: Duration::ZERO,
                 // No copy descriptors: the quarantine accounting is exactly the transfer's
                 // buffers (the executor's handling is the same for every method).
@@ -560,7 +580,7 @@ fn a_stalled_cuda_stream_times_out_and_the_next_transfer_runs_on_a_fresh_stream(
         copied(&f.engine, &src, &[0], &dst, &[0]);
         let mut word = PinnedStorage::new(&gpu, 4096).unwrap();
         word.as_mut_slice().fill(0);
-        let word_ptr = word.as_mut_slice().as_mut_ptr().cast::<u32>();
+        let release = Release(word.as_mut_slice().as_mut_ptr().cast::<u32>());
         let word_dev = kvmem::cuda::mapped_device_pointer(&gpu, word.addr()).unwrap();
         let stream = gpu.context().new_stream().unwrap();
         let how = stall_until_set(&gpu, &stream, word_dev);
@@ -614,9 +634,7 @@ fn a_stalled_cuda_stream_times_out_and_the_next_transfer_runs_on_a_fresh_stream(
         assert_eq!(now.quarantined_streams - before.quarantined_streams, 1);
 
         // Release the word: the stalled stream drains (into the quarantined buffers).
-        // SAFETY: `word_ptr` points into `word`, alive and pinned; the GPU only reads it.
-        unsafe { std::ptr::write_volatile(word_ptr, 1) };
-        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        release.now();
         stream.synchronize().unwrap();
         drop(end);
         // Dropping the engine returns (its worker is not stuck), and nothing more is quarantined.
