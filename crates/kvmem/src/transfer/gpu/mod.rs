@@ -17,15 +17,8 @@
 //! every failure through the handle, and releases a transfer's memory only after its copies
 //! finished.
 //!
-//! Every wait of the worker ends at the transfer's deadline. Copies still running then (the
-//! stream stalled: it waits for an event that never completes, or the GPU hangs) are left to the
-//! stream for good: the handle reports [`TransferError::TimedOut`] and quarantines the
-//! transfer's buffers, the copy completions (events, descriptor buffers) and the bounce buffers
-//! the stalled copies use are leaked, and the stream itself is quarantined (never destroyed,
-//! counted in [`accounting`](crate::accounting)): the next transfer on that device gets a fresh
-//! stream. A transfer past its deadline whose copies the worker has not finished with marks its
-//! stream as stalled at once, so that a transfer submitted right after the timeout does not queue
-//! behind the stall either.
+//! Every wait of the worker ends at the transfer's deadline; a stream that stalled is
+//! quarantined and replaced (`streams.rs`).
 
 // This module enqueues device copies over raw addresses and reads files into pinned memory: unsafe code is allowed here (denied at the crate root).
 #![allow(unsafe_code)]
@@ -35,16 +28,20 @@ use super::handle::Work;
 use super::plan::{CopyOp, TransferPath, TransferPlan};
 use super::worker::{Backend, Health, Worker};
 use crate::Completion;
-use crate::cuda::CudaDevice;
 use crate::cuda::batch::{CopyCompletion, CopyMethod, CopyStream, DeviceCopy, Location};
 use crate::cuda::interop::Event;
 use crate::descriptor::{Buffer, MemoryDescriptor};
 use crate::error::{Error, Result, TransferError, UnsupportedError};
 use crate::kind::StorageKind;
 use crate::storage::{BackgroundPinnedStorage, PinnedStorage};
+use copies::{device_copies, registration_cuts};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Instant;
+use streams::{Lanes, Streams};
+
+mod copies;
+mod streams;
 
 /// Default size of each of the two bounce buffers per device.
 pub const DEFAULT_BOUNCE_BYTES: usize = 16 << 20;
@@ -84,127 +81,6 @@ impl super::worker::Deadlined for Task {
             Task::Enqueued { work, .. } | Task::Staged { work, .. } => work.completion.deadline(),
         }
     }
-}
-
-/// `mutex`'s guard, poisoned or not (what it guards is updated in single steps).
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// The copy stream of one device, and the deadlines of the transfers with copies on it that the
-/// worker has not finished with.
-struct Lane {
-    stream: CopyStream,
-    open: Arc<Mutex<Vec<Instant>>>,
-}
-
-impl Lane {
-    /// True when the stream stalled: copies on it timed out, or a transfer with copies on it is
-    /// past its deadline (its handle reports the timeout) and still not finished.
-    fn stalled(&self, now: Instant) -> bool {
-        self.stream.is_stalled() || lock(&self.open).iter().any(|&d| d <= now)
-    }
-}
-
-/// A transfer's place on a [`Lane`]: its deadline counts in the lane's open deadlines until this
-/// is dropped (the worker has finished with the transfer's copies).
-struct Claim {
-    open: Arc<Mutex<Vec<Instant>>>,
-    deadline: Instant,
-}
-
-impl Drop for Claim {
-    fn drop(&mut self) {
-        let mut open = lock(&self.open);
-        if let Some(i) = open.iter().position(|&d| d == self.deadline) {
-            open.swap_remove(i);
-        }
-    }
-}
-
-/// The streams one transfer uses, one per device, each with the transfer's claim on it.
-#[derive(Default)]
-struct Lanes(Vec<(u32, CopyStream, Claim)>);
-
-impl Lanes {
-    /// The stream of device `ordinal` for a transfer due by `deadline`: the one this transfer
-    /// already uses there, or the device's current stream (claimed).
-    fn stream(&mut self, streams: &Streams, ordinal: u32, deadline: Instant) -> Result<CopyStream> {
-        if let Some((_, stream, _)) = self.0.iter().find(|(o, ..)| *o == ordinal) {
-            return Ok(stream.clone());
-        }
-        let (stream, claim) = streams.claim(ordinal, deadline)?;
-        self.0.push((ordinal, stream.clone(), claim));
-        Ok(stream)
-    }
-
-    /// The devices whose stream stalled.
-    fn stalled(&self) -> impl Iterator<Item = u32> + '_ {
-        self.0
-            .iter()
-            .filter(|(_, stream, _)| stream.is_stalled())
-            .map(|(o, ..)| *o)
-    }
-}
-
-/// One copy stream per device, shared by `submit` (direct paths) and the worker. A stream that
-/// stalled is quarantined and replaced by a fresh one.
-#[derive(Default)]
-struct Streams {
-    by_device: Mutex<HashMap<u32, Lane>>,
-}
-
-impl Streams {
-    /// The current stream of device `ordinal` and a claim on it for a transfer due by
-    /// `deadline`. A stream that stalled is quarantined first, and a fresh one made.
-    fn claim(&self, ordinal: u32, deadline: Instant) -> Result<(CopyStream, Claim)> {
-        let mut map = lock(&self.by_device);
-        if map.get(&ordinal).is_some_and(|l| l.stalled(Instant::now()))
-            && let Some(lane) = map.remove(&ordinal)
-        {
-            quarantine_stream(ordinal, lane);
-        }
-        let lane = match map.entry(ordinal) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                let gpu = CudaDevice::new(ordinal as usize)?;
-                e.insert(Lane {
-                    stream: CopyStream::new(&gpu)?,
-                    open: Arc::default(),
-                })
-            }
-        };
-        lock(&lane.open).push(deadline);
-        let claim = Claim {
-            open: Arc::clone(&lane.open),
-            deadline,
-        };
-        Ok((lane.stream.clone(), claim))
-    }
-}
-
-impl Drop for Streams {
-    fn drop(&mut self) {
-        let now = Instant::now();
-        let map = self.by_device.get_mut().unwrap_or_else(|e| e.into_inner());
-        for (ordinal, lane) in map.drain() {
-            if lane.stalled(now) {
-                quarantine_stream(ordinal, lane);
-            }
-        }
-    }
-}
-
-/// Leaves the stalled stream of `lane` to its work for good: never destroyed (destroying it, or
-/// freeing what it holds, would wait for the stall or free memory under it).
-fn quarantine_stream(ordinal: u32, lane: Lane) {
-    tracing::error!(
-        device = ordinal,
-        "copies on the GPU copy stream missed their deadline: the stream is quarantined (kept, \
-         with what it holds, for the rest of the process) and a fresh one takes the next transfers"
-    );
-    crate::accounting::stream_quarantined();
-    std::mem::forget(lane.stream);
 }
 
 /// Runs GPU transfers: direct ones are enqueued at submission, staged ones on a worker thread,
@@ -556,93 +432,6 @@ fn run_staged(staging: &mut Staging, work: &Work, lanes: &mut Lanes) -> Result<(
         }
     }
     Ok(())
-}
-
-/// The host addresses inside the plan's pinned buffers where one page-lock registration ends and
-/// the next begins (sorted): a CUDA copy must not cross one (the driver refuses it with
-/// `CUDA_ERROR_INVALID_VALUE`). Empty, and free, for memory registered in one piece.
-fn registration_cuts(plan: &TransferPlan) -> Vec<usize> {
-    let mut cuts: Vec<usize> = plan
-        .buffers()
-        .iter()
-        .filter_map(registered_ranges)
-        .flat_map(|ranges| ranges.into_iter().skip(1).map(|r| r.start))
-        .collect();
-    cuts.sort_unstable();
-    cuts.dedup();
-    cuts
-}
-
-/// The registrations of the pinned storage `buffer` is, or is a view of, when there are several.
-fn registered_ranges(buffer: &Buffer) -> Option<Vec<std::ops::Range<usize>>> {
-    use crate::storage::MappedPinnedStorage;
-    let ranges = if let Some(pool) = buffer.downcast_ref::<BackgroundPinnedStorage>() {
-        pool.registered_ranges()
-    } else if let Some(mapped) = buffer.downcast_ref::<MappedPinnedStorage>() {
-        mapped.registered_ranges()
-    } else if let Some(external) = buffer.downcast_ref::<crate::storage::ExternalPinnedMemory>() {
-        external.registered_ranges()
-    } else {
-        return buffer
-            .downcast_ref::<crate::OffsetBuffer>()
-            .and_then(|view| registered_ranges(view.base()));
-    };
-    (ranges.len() > 1).then_some(ranges)
-}
-
-/// The device copies of `ops`, each split where its pinned host side crosses one of `cuts`.
-fn device_copies(
-    ops: &[CopyOp],
-    src: StorageKind,
-    dst: StorageKind,
-    cuts: &[usize],
-) -> Vec<DeviceCopy> {
-    if cuts.is_empty() {
-        return ops.iter().map(device_copy).collect();
-    }
-    let mut out = Vec::with_capacity(ops.len());
-    for op in ops {
-        let mut op = *op;
-        loop {
-            // The first cut strictly inside the host side of what is left of `op`.
-            let inside = |start: usize| {
-                let i = cuts.partition_point(|&c| c <= start);
-                cuts.get(i).copied().filter(|&c| c < start + op.len)
-            };
-            let cut = match (src == StorageKind::Pinned, dst == StorageKind::Pinned) {
-                (true, true) => match (inside(op.src), inside(op.dst)) {
-                    (Some(a), Some(b)) => Some((a - op.src).min(b - op.dst)),
-                    (a, b) => a.map(|a| a - op.src).or(b.map(|b| b - op.dst)),
-                },
-                (true, false) => inside(op.src).map(|c| c - op.src),
-                (false, true) => inside(op.dst).map(|c| c - op.dst),
-                (false, false) => None,
-            };
-            match cut {
-                Some(n) => {
-                    out.push(device_copy(&CopyOp { len: n, ..op }));
-                    op = CopyOp {
-                        src: op.src + n,
-                        dst: op.dst + n,
-                        len: op.len - n,
-                    };
-                }
-                None => {
-                    out.push(device_copy(&op));
-                    break;
-                }
-            }
-        }
-    }
-    out
-}
-
-fn device_copy(op: &CopyOp) -> DeviceCopy {
-    DeviceCopy {
-        src: op.src as u64,
-        dst: op.dst as u64,
-        len: op.len as u64,
-    }
 }
 
 /// Splits `ops` into pieces of at most `max` bytes and groups them into slabs of at most `max`
