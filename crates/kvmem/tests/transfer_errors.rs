@@ -446,9 +446,14 @@ $L_spin:
 }
 "#;
 
-/// Makes `stream` wait (on the GPU) until the pinned host word at `word` (`word_dev` on the
-/// device) becomes nonzero: `cuStreamWaitValue32` where the device supports stream memory
-/// operations, else a one-thread kernel spinning on the word. Returns which it used.
+/// Makes `stream` wait (on the GPU) until the pinned host word at device address `word_dev`
+/// becomes nonzero: `cuStreamWaitValue32_v2`, or, where the driver refuses it, a one-thread
+/// kernel spinning on the word. Returns which it used.
+///
+/// The V2 stream memory operations are available by default on every platform (CUDA 11.7 and
+/// later; the V1 ones needed `NVreg_EnableStreamMemOPs=1`), and CUDA 12 has no device attribute
+/// for them (`CU_DEVICE_ATTRIBUTE_CAN_USE_STREAM_MEM_OPS_V1` describes the V1 API only, and is 0
+/// on a default driver), so the call itself is the check.
 fn stall_until_set(
     gpu: &kvmem::cuda::CudaDevice,
     stream: &kvmem::cuda::cudarc::driver::CudaStream,
@@ -456,27 +461,28 @@ fn stall_until_set(
 ) -> &'static str {
     use kvmem::cuda::cudarc::driver::{result, sys};
     let ctx = gpu.context();
-    let mem_ops = ctx
-        .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_CAN_USE_STREAM_MEM_OPS_V1)
-        .unwrap_or(0);
     ctx.bind_to_thread().unwrap();
-    if mem_ops == 1 {
-        // SAFETY: a live stream of the device's primary context (bound just above); `word_dev`
-        // is the device address of a pinned host word that outlives the wait (the test releases
-        // it, then waits for the stream before freeing it).
-        let r = unsafe {
-            sys::cuStreamWaitValue32_v2(
-                stream.cu_stream(),
-                word_dev,
-                1,
-                sys::CUstreamWaitValue_flags::CU_STREAM_WAIT_VALUE_GEQ as u32,
-            )
-        };
-        if r == sys::CUresult::CUDA_SUCCESS {
-            return "cuStreamWaitValue32";
-        }
-        eprintln!("cuStreamWaitValue32 refused ({r:?}); spinning in a kernel instead");
+    // SAFETY: a live stream of the device's primary context (bound just above); `word_dev` is the
+    // device address of a pinned, device-mapped host word that outlives the wait (the test
+    // releases it, then waits for the stream before freeing it).
+    let r = unsafe {
+        sys::cuStreamWaitValue32_v2(
+            stream.cu_stream(),
+            word_dev,
+            1,
+            sys::CUstreamWaitValue_flags::CU_STREAM_WAIT_VALUE_GEQ as u32,
+        )
+    };
+    if r == sys::CUresult::CUDA_SUCCESS {
+        return "cuStreamWaitValue32_v2";
     }
+    let v1 = ctx
+        .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_CAN_USE_STREAM_MEM_OPS_V1)
+        .unwrap_or(-1);
+    eprintln!(
+        "cuStreamWaitValue32_v2 refused ({r:?}; V1 stream memory operations attribute: {v1}); \
+         spinning in a kernel instead"
+    );
     let module = ctx
         .load_module(kvmem::cuda::cudarc::nvrtc::Ptx::from_src(SPIN_PTX))
         .unwrap();
@@ -537,7 +543,7 @@ fn within(limit: std::time::Duration, scenario: impl FnOnce() + Send + 'static) 
 }
 
 /// A CUDA copy stream that stalls for real does not poison later GPU transfers. A stream of the
-/// test's own waits on the GPU for a pinned host word (`cuStreamWaitValue32`, or a spinning
+/// test's own waits on the GPU for a pinned host word (`cuStreamWaitValue32_v2`, or a spinning
 /// kernel), and the engine's first transfer is ordered after it (`copy_blocks_ordered`), so the
 /// engine's copy stream stalls behind it. That transfer times out by its deadline, its buffers
 /// are quarantined (in `accounting::snapshot()`, exactly what the error says) and so is the
