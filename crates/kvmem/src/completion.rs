@@ -123,3 +123,24 @@ pub trait Completion {
     /// [trait docs](Self)). Does nothing once it has finished.
     fn cancel(&self);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The default deadline of a `wait` below the engine is the engine's default rule.
+    #[test]
+    fn the_default_deadline_is_the_engine_default() {
+        let engine = crate::transfer::EngineConfig::default();
+        for bytes in [0, 1 << 20, 3 << 30] {
+            assert_eq!(
+                deadline_for(DEFAULT_DEADLINE, DEFAULT_DEADLINE_PER_GIB, bytes),
+                engine.deadline_for(bytes)
+            );
+        }
+        assert_eq!(
+            deadline_for(DEFAULT_DEADLINE, DEFAULT_DEADLINE_PER_GIB, 3 << 30),
+            Duration::from_secs(90)
+        );
+    }
+}

@@ -396,6 +396,43 @@ mod tests {
     use super::*;
     use crate::Completion as _;
 
+    /// An executor that gives up on a stalled transfer (`time_out`) never releases its buffers:
+    /// the handle reports `TimedOut` and quarantines them, and the executor may drop its plan
+    /// (the GPU executor does, after a stalled stream).
+    #[test]
+    fn an_executor_time_out_reports_a_timeout_and_quarantines_the_buffers() {
+        use crate::{MemoryDescriptor, StorageKind, SystemStorage};
+        const BYTES: usize = 2 * crate::PAGE_SIZE;
+        let src = Buffer::new(SystemStorage::new(BYTES).unwrap());
+        let dst = Buffer::new(SystemStorage::new(BYTES).unwrap());
+        let op = super::super::plan::CopyOp {
+            src: src.addr(),
+            dst: dst.addr(),
+            len: BYTES,
+        };
+        let plan = TransferPlan::copies(
+            (StorageKind::System, StorageKind::System),
+            vec![op],
+            vec![src.clone(), dst.clone()],
+        )
+        .unwrap();
+        let (handle, work) = TransferHandle::new(plan, Duration::from_secs(600));
+        let before = crate::accounting::snapshot();
+        let Work { plan, completion } = work;
+        completion.time_out();
+        drop(plan);
+        let after = crate::accounting::snapshot();
+        assert!(after.quarantined_buffers >= before.quarantined_buffers + 2);
+        match handle.wait() {
+            Err(Error::Transfer(TransferError::TimedOut {
+                held_buffers,
+                held_bytes,
+                ..
+            })) => assert_eq!((held_buffers, held_bytes), (2, 2 * BYTES as u64)),
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+    }
+
     /// A waiter sees the outcome whether the transfer ends while it spins or after it went to
     /// sleep, and `wait_timeout` reports both states.
     #[test]
