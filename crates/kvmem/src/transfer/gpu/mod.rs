@@ -136,9 +136,11 @@ impl Backend for Staging {
                 (work, lanes, result, true)
             }
         };
-        // Copies timed out on a stream that stalled: the GPU may still use everything they name.
-        let stalled = matches!(result, Err(Error::Transfer(TransferError::TimedOut { .. })))
-            && lanes.stalled().next().is_some();
+        // The transfer failed with copies on a stream that stalled: some of them may have been
+        // left to the stream (a completion that timed out, or one dropped on an error path past
+        // the deadline), and the GPU may still use everything they name. Whatever the error,
+        // treat it as the timeout it may hide (the safe side: nothing is released).
+        let stalled = result.is_err() && lanes.stalled().next().is_some();
         if stalled {
             for ordinal in lanes.stalled() {
                 if let Some(bufs) = self.bounce.remove(&ordinal) {
