@@ -165,7 +165,8 @@ transfer_all="$sweep_auto $sweep_forced every_layout_pair_pinned_and_disk_each_d
 remote_all="write_and_read_between_every_layout_pair notification_arrives_after_the_blocks
     bad_requests_fail_before_anything_moves a_dropped_handle_keeps_the_memory_until_the_transfer_ends
     device_layouts_write_to_and_read_from_a_peer"
-errors_gpu=device_paths_refuse_bad_requests_before_anything_moves
+errors_gpu="device_paths_refuse_bad_requests_before_anything_moves
+    a_stalled_cuda_stream_times_out_and_the_next_transfer_runs_on_a_fresh_stream"
 cache_all=llama3_8b_blocks_through_host_and_disk_at_engine_speed
 count() { set -- $1; echo $#; }
 # named BIN NAMES: every GPU (ignored) test of BIN must be in NAMES, or no step would run it.

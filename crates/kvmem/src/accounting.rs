@@ -1,11 +1,12 @@
 //! Leak accounting: what kvmem holds right now, process-wide, so that a leak is something you
 //! can see. [`snapshot`] returns the live NIXL-registered bytes per agent, the NIXL transfers in
 //! flight, the buffers (and bytes) deliberately quarantined because a backend may still touch
-//! them, and the open disk-storage files.
+//! them, the CUDA streams quarantined because they stalled, and the open disk-storage files.
 //!
 //! The same values go to the [`metrics`] facade (a no-op until the application installs a
 //! recorder): gauges `kvmem_registered_bytes` (label `agent`), `kvmem_transfers_in_flight`,
-//! `kvmem_quarantined_buffers`, `kvmem_quarantined_bytes` and `kvmem_open_disk_files`.
+//! `kvmem_quarantined_buffers`, `kvmem_quarantined_bytes`, `kvmem_quarantined_streams` and
+//! `kvmem_open_disk_files`.
 //!
 //! After every operation has completed and every registration and file is dropped, a snapshot
 //! returns to its baseline, except for the quarantined counts, which only grow: quarantined
@@ -18,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 static IN_FLIGHT: AtomicU64 = AtomicU64::new(0);
 static QUARANTINED_BUFFERS: AtomicU64 = AtomicU64::new(0);
 static QUARANTINED_BYTES: AtomicU64 = AtomicU64::new(0);
+static QUARANTINED_STREAMS: AtomicU64 = AtomicU64::new(0);
 static OPEN_FILES: AtomicU64 = AtomicU64::new(0);
 static REGISTERED: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
 
@@ -32,6 +34,10 @@ pub struct Snapshot {
     pub quarantined_buffers: u64,
     /// The bytes of those buffers.
     pub quarantined_bytes: u64,
+    /// CUDA copy streams left for good to work stalled on them (with their events, descriptor
+    /// buffers and staging ring) after a transfer on them missed its deadline; the GPU executor
+    /// goes on on a fresh stream.
+    pub quarantined_streams: u64,
     /// Disk-storage files open ([`DiskStorage`](crate::DiskStorage) values alive).
     pub open_disk_files: u64,
 }
@@ -50,6 +56,7 @@ pub fn snapshot() -> Snapshot {
         in_flight_transfers: IN_FLIGHT.load(Ordering::SeqCst),
         quarantined_buffers: QUARANTINED_BUFFERS.load(Ordering::SeqCst),
         quarantined_bytes: QUARANTINED_BYTES.load(Ordering::SeqCst),
+        quarantined_streams: QUARANTINED_STREAMS.load(Ordering::SeqCst),
         open_disk_files: OPEN_FILES.load(Ordering::SeqCst),
     }
 }
@@ -108,6 +115,12 @@ pub(crate) fn quarantined(buffers: u64, bytes: u64) {
     let n = QUARANTINED_BYTES.fetch_add(bytes, Ordering::SeqCst) + bytes;
     metrics::gauge!("kvmem_quarantined_buffers").set(b as f64);
     metrics::gauge!("kvmem_quarantined_bytes").set(n as f64);
+}
+
+/// One more CUDA stream was quarantined (never destroyed, nor its resources freed).
+pub(crate) fn stream_quarantined() {
+    let n = QUARANTINED_STREAMS.fetch_add(1, Ordering::SeqCst) + 1;
+    metrics::gauge!("kvmem_quarantined_streams").set(n as f64);
 }
 
 /// One open disk-storage file, counted while the value lives.

@@ -10,8 +10,14 @@
 //! |---|---|---|
 //! | [`is_done`](Completion::is_done) | never | `true` once it finished, successfully or not |
 //! | [`wait_timeout`](Completion::wait_timeout) | at most `timeout` | `true` if it finished meanwhile |
-//! | [`wait`](Completion::wait) | until it finished | the outcome, `Result<Output>` |
+//! | [`wait`](Completion::wait) | until it finished, never past its deadline | the outcome, `Result<Output>` |
 //! | [`cancel`](Completion::cancel) | never | — (asks it to stop as early as it can) |
+//!
+//! Every `wait` has a deadline: a [`TransferHandle`](crate::transfer::TransferHandle)'s is set
+//! by its engine's [`EngineConfig`](crate::transfer::EngineConfig); a `CopyCompletion` and a raw
+//! NIXL `Transfer` get [`DEFAULT_DEADLINE`] plus [`DEFAULT_DEADLINE_PER_GIB`] per GiB they move.
+//! An operation still running at its deadline is reported as
+//! [`TransferError::TimedOut`](crate::error::TransferError::TimedOut), which says what it holds.
 //!
 //! ```
 //! use kvmem::Completion;
@@ -31,6 +37,34 @@
 
 use crate::error::Result;
 use std::time::Duration;
+
+/// The time an operation without a deadline of its own is given by
+/// [`wait`](Completion::wait) — a [`CopyCompletion`](crate::cuda::batch::CopyCompletion) or a
+/// raw NIXL [`Transfer`](crate::nixl::raw::Transfer), counted from its start — before it
+/// reports [`TransferError::TimedOut`](crate::error::TransferError::TimedOut): this, plus
+/// [`DEFAULT_DEADLINE_PER_GIB`] per GiB it moves. The same rule, and the same defaults, as
+/// [`EngineConfig::deadline_for`](crate::transfer::EngineConfig::deadline_for).
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(60);
+
+/// The time [`DEFAULT_DEADLINE`] adds per GiB moved (about 100 MiB/s: far below any working
+/// disk, GPU link or network).
+pub const DEFAULT_DEADLINE_PER_GIB: Duration = Duration::from_secs(10);
+
+/// `base` plus `per_gib` per GiB of `bytes`: the time an operation moving `bytes` is given.
+pub(crate) fn deadline_for(base: Duration, per_gib: Duration, bytes: usize) -> Duration {
+    let gib = bytes as f64 / (1u64 << 30) as f64;
+    base.saturating_add(
+        Duration::try_from_secs_f64(per_gib.as_secs_f64() * gib).unwrap_or(Duration::MAX),
+    )
+}
+
+/// The instant `limit` after `start`, saturating far in the future (a limit too long to add is
+/// no limit).
+pub(crate) fn instant_after(start: std::time::Instant, limit: Duration) -> std::time::Instant {
+    start
+        .checked_add(limit)
+        .unwrap_or(start + Duration::from_secs(1 << 32))
+}
 
 /// An operation running in the background: poll it, wait for it (with or without a limit), or ask
 /// it to stop.
@@ -52,11 +86,14 @@ use std::time::Duration;
 ///   (a raw NIXL request that was cancelled or lost its peer keeps its buffers for the rest of the
 ///   process, because the backend may still touch them).
 ///
-/// * After a timeout — a [`TransferHandle`](crate::transfer::TransferHandle) past its
-///   [deadline](crate::transfer::TransferHandle#deadline) reports
+/// * After a timeout — [`wait`](Self::wait) past the operation's deadline (a
+///   [`TransferHandle`](crate::transfer::TransferHandle)'s
+///   [deadline](crate::transfer::TransferHandle#deadline), a
+///   [`CopyCompletion`'s](crate::cuda::batch::CopyCompletion#deadline), a raw NIXL
+///   [`Transfer`'s](crate::nixl::raw::Transfer#deadline)) reports
 ///   [`TransferError::TimedOut`](crate::error::TransferError::TimedOut) — the backend may still
 ///   read the sources and write the destinations: reuse neither (their memory is quarantined,
-///   never freed); the handle's verbs all report the timeout from then on.
+///   never freed); a handle's verbs all report the timeout from then on.
 ///
 /// Dropping a handle never frees memory under a running operation; what else it does is the
 /// implementation's to say (a [`TransferHandle`](crate::transfer::TransferHandle) lets the
@@ -85,4 +122,25 @@ pub trait Completion {
     /// Asks the operation to stop as early as it can; wait for it afterwards (see the
     /// [trait docs](Self)). Does nothing once it has finished.
     fn cancel(&self);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The default deadline of a `wait` below the engine is the engine's default rule.
+    #[test]
+    fn the_default_deadline_is_the_engine_default() {
+        let engine = crate::transfer::EngineConfig::default();
+        for bytes in [0, 1 << 20, 3 << 30] {
+            assert_eq!(
+                deadline_for(DEFAULT_DEADLINE, DEFAULT_DEADLINE_PER_GIB, bytes),
+                engine.deadline_for(bytes)
+            );
+        }
+        assert_eq!(
+            deadline_for(DEFAULT_DEADLINE, DEFAULT_DEADLINE_PER_GIB, 3 << 30),
+            Duration::from_secs(90)
+        );
+    }
 }

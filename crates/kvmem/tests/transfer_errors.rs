@@ -412,6 +412,237 @@ fn device_paths_refuse_bad_requests_before_anything_moves() {
     assert_eq!(done, 2 * CONFIG.block_bytes().unwrap());
 }
 
+/// A kernel that spins until the 32-bit word at its argument (a device-mapped pinned host word)
+/// is nonzero: the stall of the stalled-stream test where the device lacks stream memory
+/// operations.
+const SPIN_PTX: &str = r#"
+.version 7.0
+.target sm_70
+.address_size 64
+
+.visible .entry kvmem_test_spin(
+    .param .u64 kvmem_test_spin_flag
+)
+{
+    .reg .pred %p<2>;
+    .reg .b32 %r<2>;
+    .reg .b64 %rd<2>;
+
+    ld.param.u64 %rd1, [kvmem_test_spin_flag];
+$L_spin:
+    ld.volatile.u32 %r1, [%rd1];
+    setp.eq.s32 %p1, %r1, 0;
+    @%p1 bra $L_spin;
+    ret;
+}
+"#;
+
+/// Makes `stream` wait (on the GPU) until the pinned host word at device address `word_dev`
+/// becomes nonzero: `cuStreamWaitValue32_v2`, or, where the driver refuses it, a one-thread
+/// kernel spinning on the word. Returns which it used.
+///
+/// The V2 stream memory operations are available by default on every platform (CUDA 11.7 and
+/// later; the V1 ones needed `NVreg_EnableStreamMemOPs=1`), and CUDA 12 has no device attribute
+/// for them (`CU_DEVICE_ATTRIBUTE_CAN_USE_STREAM_MEM_OPS_V1` describes the V1 API only, and is 0
+/// on a default driver), so the call itself is the check.
+fn stall_until_set(
+    gpu: &kvmem::cuda::CudaDevice,
+    stream: &kvmem::cuda::cudarc::driver::CudaStream,
+    word_dev: u64,
+) -> &'static str {
+    use kvmem::cuda::cudarc::driver::{result, sys};
+    let ctx = gpu.context();
+    ctx.bind_to_thread().unwrap();
+    // SAFETY: a live stream of the device's primary context (bound just above); `word_dev` is the
+    // device address of a pinned, device-mapped host word that outlives the wait (the test
+    // releases it, then waits for the stream before freeing it).
+    let r = unsafe {
+        sys::cuStreamWaitValue32_v2(
+            stream.cu_stream(),
+            word_dev,
+            1,
+            sys::CUstreamWaitValue_flags::CU_STREAM_WAIT_VALUE_GEQ as u32,
+        )
+    };
+    if r == sys::CUresult::CUDA_SUCCESS {
+        return "cuStreamWaitValue32_v2";
+    }
+    let v1 = ctx
+        .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_CAN_USE_STREAM_MEM_OPS_V1)
+        .unwrap_or(-1);
+    eprintln!(
+        "cuStreamWaitValue32_v2 refused ({r:?}; V1 stream memory operations attribute: {v1}); \
+         spinning in a kernel instead"
+    );
+    let module = ctx
+        .load_module(kvmem::cuda::cudarc::nvrtc::Ptx::from_src(SPIN_PTX))
+        .unwrap();
+    let spin = module.load_function("kvmem_test_spin").unwrap();
+    let mut flag = word_dev;
+    let mut params = [(&mut flag as *mut u64).cast::<std::ffi::c_void>()];
+    // SAFETY: the kernel takes one u64 (the word's device address), which `params` points at for
+    // the call; the word is pinned, device-mapped and outlives the kernel (see above); the
+    // stream is live. The module stays loaded: leaked below, like the stalled stream's work.
+    unsafe {
+        result::launch_kernel(
+            spin.cu_function(),
+            (1, 1, 1),
+            (1, 1, 1),
+            0,
+            stream.cu_stream(),
+            &mut params,
+        )
+    }
+    .unwrap();
+    std::mem::forget((spin, module));
+    "a spinning kernel"
+}
+
+/// Sets the stall word on drop: releases the stalled stream even when an assertion fails, so
+/// that a failing run does not leave the device stalled under the tests that follow.
+struct Release(*mut u32);
+
+impl Release {
+    fn now(self) {}
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        // SAFETY: the pointer is into a pinned word the test keeps allocated until after this
+        // guard (declared after it, so dropped before it); the GPU only reads the word.
+        unsafe { std::ptr::write_volatile(self.0, 1) };
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Runs `scenario` on its own thread; panics if it does not finish within `limit` (a hang).
+fn within(limit: std::time::Duration, scenario: impl FnOnce() + Send + 'static) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        scenario();
+        let _ = tx.send(());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(()) => thread.join().unwrap(),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            std::panic::resume_unwind(thread.join().unwrap_err())
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("hung: no outcome within {limit:?}")
+        }
+    }
+}
+
+/// A CUDA copy stream that stalls for real does not poison later GPU transfers. A stream of the
+/// test's own waits on the GPU for a pinned host word (`cuStreamWaitValue32_v2`, or a spinning
+/// kernel), and the engine's first transfer is ordered after it (`copy_blocks_ordered`), so the
+/// engine's copy stream stalls behind it. That transfer times out by its deadline, its buffers
+/// are quarantined (in `accounting::snapshot()`, exactly what the error says) and so is the
+/// stream; the next transfer runs on a fresh stream and succeeds, byte for byte; then the word is
+/// released, the stalled work drains, and dropping the engine returns. Everything the test frees
+/// is allocated before the stall and freed after it: allocating or freeing device memory may
+/// synchronize the device, i.e. wait for the stall.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn a_stalled_cuda_stream_times_out_and_the_next_transfer_runs_on_a_fresh_stream() {
+    use kvmem::cuda::batch::CopyMethod;
+    use kvmem::{HostMemory, MemoryDescriptor, PinnedStorage, accounting};
+    use std::time::{Duration, Instant};
+    within(Duration::from_secs(120), || {
+        let gpu = common::gpu();
+        // Loads the copy kernel (JIT-compiled on first use in the process) before any deadline
+        // runs; the engine's streams share it.
+        drop(kvmem::cuda::batch::CopyStream::new(&gpu).unwrap());
+        let mut f = Fixture {
+            engine: TransferEngine::new(EngineConfig {
+                deadline: Duration::from_secs(2),
+                deadline_per_gib: Duration::ZERO,
+                // No copy descriptors: the quarantine accounting is exactly the transfer's
+                // buffers (the executor's handling is the same for every method).
+                gpu_method: CopyMethod::PerCopy,
+                ..EngineConfig::default()
+            })
+            .unwrap(),
+            rng: StdRng::seed_from_u64(13),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        let fc = LayoutKind::FullyContiguous;
+        let block = CONFIG.block_bytes().unwrap();
+        let (stalled_src, _) = f.layout(Tier::Pinned, fc, CONFIG, 4096);
+        let (stalled_dst, _) = f.layout(Tier::Device, fc, CONFIG, 4096);
+        let (src, src_images) = f.layout(Tier::Pinned, fc, CONFIG, 4096);
+        let (dst, _) = f.layout(Tier::Device, fc, CONFIG, 4096);
+        let (back, _) = f.layout(Tier::Pinned, fc, CONFIG, 4096);
+        // The engine's copy stream exists and works before the stall.
+        copied(&f.engine, &src, &[0], &dst, &[0]);
+        let mut word = PinnedStorage::new(&gpu, 4096).unwrap();
+        word.as_mut_slice().fill(0);
+        let release = Release(word.as_mut_slice().as_mut_ptr().cast::<u32>());
+        let word_dev = kvmem::cuda::mapped_device_pointer(&gpu, word.addr()).unwrap();
+        let stream = gpu.context().new_stream().unwrap();
+        let how = stall_until_set(&gpu, &stream, word_dev);
+        eprintln!("stalling the test's stream with {how}");
+        let after = kvmem::cuda::interop::Event::new(&gpu).unwrap();
+        // SAFETY: a live stream of GPU 0's primary context.
+        unsafe { after.record(stream.cu_stream()) }.unwrap();
+
+        let before = accounting::snapshot();
+        let started = Instant::now();
+        let (handle, end) = f
+            .engine
+            .copy_blocks_ordered(&stalled_src, &[0, 1], &stalled_dst, &[2, 3], Some(&after))
+            .unwrap();
+        let err = handle.wait().unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(10), "{err}");
+        let (held_buffers, held_bytes) = match &err {
+            Error::Transfer(TransferError::TimedOut {
+                held_buffers,
+                held_bytes,
+                ..
+            }) => (*held_buffers, *held_bytes),
+            other => panic!("expected a timeout of the stalled transfer, got {other}"),
+        };
+        let regions = || stalled_src.regions().iter().chain(stalled_dst.regions());
+        assert_eq!(held_buffers, regions().count(), "{err}");
+        assert_eq!(
+            held_bytes,
+            regions().map(|r| r.size() as u64).sum::<u64>(),
+            "{err}"
+        );
+
+        // The next transfer runs on a fresh stream: it and its read-back succeed, byte for byte.
+        let moved = f
+            .engine
+            .copy_blocks(&src, &[1, 4], &dst, &[5, 6])
+            .unwrap()
+            .wait()
+            .unwrap_or_else(|e| panic!("the transfer after the stall failed: {e}"));
+        assert_eq!(moved.bytes, 2 * block);
+        copied(&f.engine, &dst, &[5, 6], &back, &[0, 1]);
+        let got = read_region(&back.regions()[0]);
+        assert_eq!(got[..block], src_images[0][block..2 * block]);
+        assert_eq!(got[block..2 * block], src_images[0][4 * block..5 * block]);
+        let now = accounting::snapshot();
+        assert_eq!(
+            now.quarantined_buffers - before.quarantined_buffers,
+            held_buffers as u64
+        );
+        assert_eq!(now.quarantined_bytes - before.quarantined_bytes, held_bytes);
+        assert_eq!(now.quarantined_streams - before.quarantined_streams, 1);
+
+        // Release the word: the stalled stream drains (into the quarantined buffers).
+        release.now();
+        stream.synchronize().unwrap();
+        drop(end);
+        // Dropping the engine returns (its worker is not stuck), and nothing more is quarantined.
+        drop(f);
+        let last = accounting::snapshot();
+        assert_eq!(last.quarantined_streams, now.quarantined_streams);
+        assert_eq!(last.quarantined_buffers, now.quarantined_buffers);
+        drop((stream, after, word, src, dst, back));
+    });
+}
+
 /// A read past the end of a file (truncated behind the engine's back) fails the transfer; it
 /// never reports success. The engine goes on working afterwards.
 fn failed_disk_reads_are_errors(backend: DiskBackend) {

@@ -230,9 +230,14 @@ impl PartialEq for CudaDevice {
 impl Eq for CudaDevice {}
 
 /// Binds `device`'s context to the calling thread, and returns a new stream in it and the kernel
-/// `name` of the PTX module `ptx` (which stays loaded as long as the function lives). `what`
-/// names the kernel in errors: the binding's and the stream's errors are returned as is; the
-/// kernel's comes second, so a caller may carry on without it.
+/// `name` of the PTX module `ptx`. `what` names the kernel in errors: the binding's and the
+/// stream's errors are returned as is; the kernel's comes second, so a caller may carry on without
+/// it.
+///
+/// A kernel is loaded once per device and process and then shared by every stream that asks for
+/// it (its module stays loaded for the rest of the process): a stream made to replace one that
+/// stalled must not load a module, since loading one may synchronize the context and so wait
+/// for the stall.
 pub(crate) fn stream_and_kernel(
     device: &CudaDevice,
     ptx: &'static str,
@@ -243,10 +248,19 @@ pub(crate) fn stream_and_kernel(
     Result<cudarc::driver::CudaFunction>,
 )> {
     device.bind()?;
+    /// The kernels loaded so far, by device ordinal and kernel name.
+    type Loaded = Vec<((usize, &'static str), cudarc::driver::CudaFunction)>;
+    static LOADED: Mutex<Loaded> = Mutex::new(Vec::new());
     let ctx = device.context();
     let stream = ctx
         .new_stream()
         .map_err(|e| driver::error("create a stream", e))?;
+    let key = (device.ordinal(), name);
+    // Held while loading, so that two streams made at once load the kernel once.
+    let mut loaded = LOADED.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, kernel)) = loaded.iter().find(|(k, _)| *k == key) {
+        return Ok((stream, Ok(kernel.clone())));
+    }
     let kernel = ctx
         .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
         .map_err(|e| driver::error(what, e))
@@ -255,6 +269,9 @@ pub(crate) fn stream_and_kernel(
                 .load_function(name)
                 .map_err(|e| driver::error(what, e))
         });
+    if let Ok(kernel) = &kernel {
+        loaded.push((key, kernel.clone()));
+    }
     Ok((stream, kernel))
 }
 

@@ -66,3 +66,6 @@ pub use super::transfer::{
     LocalBlocks, PreparedLocal, PreparedRemote, RawTransfers, RemoteBlocks, Transfer,
     TransferMemory, TransferOp,
 };
+
+#[cfg(test)]
+pub(crate) use super::transfer::stall;

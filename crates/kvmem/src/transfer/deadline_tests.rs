@@ -205,7 +205,7 @@ fn a_nixl_write_to_a_peer_that_never_answers_times_out() {
         let engine = TransferEngine::new(short_deadline(DiskBackend::IoUring)).unwrap();
         let src = layout(&a);
         for (name, stalls) in [
-            (format!("{}{pid}", super::remote::stall::PREFIX), true),
+            (format!("{}{pid}", crate::nixl::raw::stall::PREFIX), true),
             (format!("answers-{pid}"), false),
         ] {
             let b = Agent::new(AgentConfig::new(name)).unwrap();
@@ -225,5 +225,45 @@ fn a_nixl_write_to_a_peer_that_never_answers_times_out() {
                 outcome.unwrap();
             }
         }
+    });
+}
+
+/// `raw::Transfer::wait`, used directly below the engine, ends at the transfer's deadline: a
+/// WRITE to a peer that never answers (the test double: every poll sees it in flight) is released
+/// and reported as `TimedOut`, and its buffer is quarantined. Before the deadline, `wait` waited
+/// for ever.
+#[test]
+fn a_raw_nixl_wait_ends_at_the_transfer_deadline() {
+    use crate::nixl::raw::{LocalBlocks, RawTransfers, RemoteBlocks};
+    use crate::nixl::{Agent, AgentConfig};
+    nixl_runtime();
+    within(Duration::from_secs(30), || {
+        let pid = std::process::id();
+        let a = Agent::new(AgentConfig::new(format!("raw-initiator-{pid}"))).unwrap();
+        let b = Agent::new(AgentConfig::new(format!(
+            "{}raw-{pid}",
+            crate::nixl::raw::stall::PREFIX
+        )))
+        .unwrap();
+        let src = Buffer::new(a.register(SystemStorage::new(P).unwrap()).unwrap());
+        let dst = Buffer::new(b.register(SystemStorage::new(P).unwrap()).unwrap());
+        let peer = a.load_peer(&b.local_metadata().unwrap()).unwrap();
+        let mut remote = RemoteBlocks::new(&peer);
+        remote.push_region(0, 0, P).unwrap();
+        let before = accounting::snapshot();
+        let started = Instant::now();
+        let transfer = a
+            .write(&LocalBlocks::whole(&src).unwrap(), &remote, None)
+            .unwrap()
+            .deadline_in(Duration::from_millis(300));
+        let e = transfer.wait().unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(e.to_string().contains("NIXL WRITE"), "{e}");
+        assert_timed_out(&e, 1, P as u64);
+        // Dropped with the wait: the request is released and the buffer quarantined.
+        let after = accounting::snapshot();
+        assert!(after.quarantined_buffers > before.quarantined_buffers);
+        assert!(after.quarantined_bytes >= before.quarantined_bytes + P as u64);
+        drop(dst);
     });
 }

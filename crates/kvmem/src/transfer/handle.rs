@@ -101,6 +101,12 @@ impl Job {
         if !matches!(state, State::Running { .. }) || Instant::now() < self.deadline {
             return;
         }
+        self.expire(state);
+    }
+
+    /// Under the state lock, for a transfer still running: asks it to stop, quarantines the
+    /// buffers it uses and reports [`TransferError::TimedOut`].
+    fn expire(&self, state: &mut State) {
         self.cancel.store(true, Ordering::Relaxed);
         let held = std::mem::take(&mut *self.held.lock().unwrap_or_else(|e| e.into_inner()));
         let held_bytes: u64 = held
@@ -215,6 +221,19 @@ impl Completion {
         self.reported = true;
         self.job.finish(result);
     }
+
+    /// Reports [`TransferError::TimedOut`] and quarantines the buffers the transfer uses (if its
+    /// handle has not reported an outcome yet): for an executor that gave up on a transfer past
+    /// its deadline, whose backend may still touch its memory. Unlike
+    /// [`complete`](Self::complete) with an error, this never releases the buffers, so the
+    /// executor may drop the plan afterwards.
+    pub(crate) fn time_out(mut self) {
+        self.reported = true;
+        let mut state = self.job.lock();
+        if matches!(*state, State::Running { .. }) {
+            self.job.expire(&mut state);
+        }
+    }
 }
 
 impl Drop for Completion {
@@ -279,9 +298,7 @@ impl TransferHandle {
             bytes,
             ops,
             submitted,
-            deadline: submitted
-                .checked_add(limit)
-                .unwrap_or(submitted + Duration::from_secs(1 << 32)),
+            deadline: crate::completion::instant_after(submitted, limit),
             held: Mutex::new(Vec::new()),
         });
         let completion = Completion {
@@ -378,6 +395,43 @@ impl std::fmt::Debug for TransferHandle {
 mod tests {
     use super::*;
     use crate::Completion as _;
+
+    /// An executor that gives up on a stalled transfer (`time_out`) never releases its buffers:
+    /// the handle reports `TimedOut` and quarantines them, and the executor may drop its plan
+    /// (the GPU executor does, after a stalled stream).
+    #[test]
+    fn an_executor_time_out_reports_a_timeout_and_quarantines_the_buffers() {
+        use crate::{MemoryDescriptor, StorageKind, SystemStorage};
+        const BYTES: usize = 2 * crate::PAGE_SIZE;
+        let src = Buffer::new(SystemStorage::new(BYTES).unwrap());
+        let dst = Buffer::new(SystemStorage::new(BYTES).unwrap());
+        let op = super::super::plan::CopyOp {
+            src: src.addr(),
+            dst: dst.addr(),
+            len: BYTES,
+        };
+        let plan = TransferPlan::copies(
+            (StorageKind::System, StorageKind::System),
+            vec![op],
+            vec![src.clone(), dst.clone()],
+        )
+        .unwrap();
+        let (handle, work) = TransferHandle::new(plan, Duration::from_secs(600));
+        let before = crate::accounting::snapshot();
+        let Work { plan, completion } = work;
+        completion.time_out();
+        drop(plan);
+        let after = crate::accounting::snapshot();
+        assert!(after.quarantined_buffers >= before.quarantined_buffers + 2);
+        match handle.wait() {
+            Err(Error::Transfer(TransferError::TimedOut {
+                held_buffers,
+                held_bytes,
+                ..
+            })) => assert_eq!((held_buffers, held_bytes), (2, 2 * BYTES as u64)),
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+    }
 
     /// A waiter sees the outcome whether the transfer ends while it spins or after it went to
     /// sleep, and `wait_timeout` reports both states.

@@ -134,11 +134,7 @@ impl EngineConfig {
     /// The time a transfer of `bytes` bytes is given: [`deadline`](Self::deadline) plus
     /// [`deadline_per_gib`](Self::deadline_per_gib) per GiB.
     pub fn deadline_for(&self, bytes: usize) -> Duration {
-        let gib = bytes as f64 / (1u64 << 30) as f64;
-        self.deadline.saturating_add(
-            Duration::try_from_secs_f64(self.deadline_per_gib.as_secs_f64() * gib)
-                .unwrap_or(Duration::MAX),
-        )
+        crate::completion::deadline_for(self.deadline, self.deadline_per_gib, bytes)
     }
 }
 
@@ -155,8 +151,8 @@ impl Default for EngineConfig {
             max_io_bytes: 1 << 20,
             gpu_method: CopyMethod::Auto,
             bounce_bytes: DEFAULT_BOUNCE_BYTES,
-            deadline: Duration::from_secs(60),
-            deadline_per_gib: Duration::from_secs(10),
+            deadline: crate::completion::DEFAULT_DEADLINE,
+            deadline_per_gib: crate::completion::DEFAULT_DEADLINE_PER_GIB,
         }
     }
 }

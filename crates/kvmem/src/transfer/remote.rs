@@ -520,8 +520,6 @@ impl Backend for Flights {
                 })))
             } else {
                 match f.posted.transfer.poll() {
-                    #[cfg(test)]
-                    Ok(true) if stall::stalls(f.posted.transfer.target()) => None,
                     Ok(true) => Some(Ok(())),
                     Ok(false) => None,
                     Err(e) => Some(Err(e)),
@@ -540,18 +538,6 @@ impl Backend for Flights {
             self.backoff.snooze();
         }
         Health::Ok
-    }
-}
-
-/// Test double for a peer that never answers: transfers with a peer whose name starts with
-/// [`PREFIX`](stall::PREFIX) look in flight to the polling thread, however they went.
-#[cfg(test)]
-pub(crate) mod stall {
-    /// Names of the peers that never answer.
-    pub(crate) const PREFIX: &str = "never-answers-";
-
-    pub(super) fn stalls(peer: &str) -> bool {
-        peer.starts_with(PREFIX)
     }
 }
 

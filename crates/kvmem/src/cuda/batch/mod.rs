@@ -30,6 +30,7 @@ use crate::error::{BoundsError, Error, Result, UnsupportedError};
 use cudarc::driver::{CudaFunction, CudaStream, result};
 use std::borrow::Cow;
 use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// The copy kernel, as PTX.
@@ -116,6 +117,8 @@ struct Inner {
     free_descs: Mutex<Vec<DescBuffers>>,
     /// The staging ring of [`CopyMethod::Staged`], set up on first use.
     ring: Mutex<Option<staged::Ring>>,
+    /// Set once a completion of this stream timed out: work queued here waits behind the stall.
+    stalled: AtomicBool,
     /// Last field: logs what destroying the stream and unloading the module recorded.
     _deferred: DeferredErrors,
 }
@@ -168,6 +171,7 @@ impl CopyStream {
             kernel_max_avg_len: DEFAULT_KERNEL_MAX_AVG_LEN,
             free_descs: Mutex::new(Vec::new()),
             ring: Mutex::new(None),
+            stalled: AtomicBool::new(false),
             _deferred: DeferredErrors::new(ctx.clone(), "release a copy stream"),
         };
         Ok(Self {
@@ -184,6 +188,17 @@ impl CopyStream {
     /// ([`interop::Event`](super::interop::Event)).
     pub(crate) fn raw(&self) -> driver::RawStream {
         self.inner.stream.cu_stream()
+    }
+
+    /// True once copies on this stream missed their deadline (a
+    /// [`CopyCompletion`] reported [`TransferError::TimedOut`](crate::error::TransferError::TimedOut)):
+    /// work queued on the stream now waits behind the stall, so its owner moves to a fresh one.
+    pub(crate) fn is_stalled(&self) -> bool {
+        self.inner.stalled.load(Ordering::SeqCst)
+    }
+
+    fn mark_stalled(&self) {
+        self.inner.stalled.store(true, Ordering::SeqCst);
     }
 
     /// True when the driver offers `cuMemcpyBatchAsync`.
@@ -264,8 +279,12 @@ impl CopyStream {
     /// # Safety
     /// Every source range must be readable and every destination range writable by the device
     /// (device memory of this stream's device, or pinned, device-mapped host memory) until the
-    /// returned completion has finished (it waits on drop); destination ranges must not overlap
-    /// each other or any source range, and nothing else may write them meanwhile.
+    /// returned completion has finished (it waits on drop) — for good when its
+    /// [`wait`](crate::Completion::wait) reports
+    /// [`TransferError::TimedOut`](crate::error::TransferError::TimedOut) (see
+    /// [`CopyCompletion`'s deadline](CopyCompletion#deadline)): the copies never finished then;
+    /// destination ranges must not overlap each other or any source range, and nothing else may
+    /// write them meanwhile.
     ///
     /// # Errors
     /// [`BoundsError::ZeroSize`] for an empty list or a zero-length copy; [`UnsupportedError::Feature`] for a
@@ -294,7 +313,8 @@ impl CopyStream {
             CopyMethod::Staged => self.enqueue_staged(copies, src, dst, &mut descs),
             CopyMethod::PerCopy | CopyMethod::Auto => self.enqueue_per_copy(copies),
         };
-        let completion = CopyCompletion::record(self.clone(), method, descs);
+        let bytes = copies.iter().fold(0u64, |t, c| t.saturating_add(c.len));
+        let completion = CopyCompletion::record(self.clone(), method, descs, bytes, (src, dst));
         match (enqueued, completion) {
             (Ok(()), Ok(c)) => Ok(c),
             (Err(e), Ok(c)) => {

@@ -8,6 +8,8 @@ mod request;
 pub use blocks::{LocalBlocks, RemoteBlocks};
 pub use prepared::{PreparedLocal, PreparedRemote};
 pub use request::Transfer;
+#[cfg(test)]
+pub(crate) use request::stall;
 
 use super::agent::Agent;
 use crate::descriptor::{Buffer, MemoryDescriptor};

@@ -9,6 +9,7 @@ use crate::nixl::agent::{Agent, lock};
 use crate::region::{MemType, NixlDescriptor};
 use nixl_sys::{NixlError as SysError, XferDescList};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 impl Agent {
     fn target_of<'a>(&'a self, side: &'a Side<'_>) -> &'a str {
@@ -119,6 +120,7 @@ impl Agent {
         file_owners: Option<Owners>,
         bytes: usize,
     ) -> Result<Transfer> {
+        let now = Instant::now();
         let posted = self.nixl().post_xfer_req(&request, None);
         let transfer = Transfer {
             live: Mutex::new(Live {
@@ -135,6 +137,8 @@ impl Agent {
             op,
             target,
             bytes,
+            posted: now,
+            deadline: Transfer::deadline_for(now, bytes),
         };
         match posted {
             Ok(true) => {}

@@ -45,6 +45,18 @@ impl Live {
 /// local buffers (and the files it names) are then kept alive for the rest of the process,
 /// because the backend may still touch them, and [`wait`](crate::Completion::wait) reports
 /// [`TransferError::Cancelled`].
+///
+/// # Deadline
+/// [`wait`](crate::Completion::wait) gives the transfer
+/// [`DEFAULT_DEADLINE`](crate::completion::DEFAULT_DEADLINE) plus
+/// [`DEFAULT_DEADLINE_PER_GIB`](crate::completion::DEFAULT_DEADLINE_PER_GIB) per GiB it moves,
+/// from posting on. A transfer still in flight then (a peer that never answers, a stalled disk)
+/// is released, which makes NIXL cancel it, and reported as [`TransferError::TimedOut`]; its
+/// local buffers (and files) are quarantined as after a cancel: kept for the rest of the
+/// process, counted in [`accounting`](crate::accounting). Reuse nothing it named: its
+/// destination may still be written, its source still read.
+/// [`wait_timeout`](crate::Completion::wait_timeout) waits for any time you choose and releases
+/// nothing.
 #[must_use = "a transfer is cancelled when dropped; wait for it"]
 pub struct Transfer {
     // Declared first: the request is released before the memory it uses can be freed.
@@ -54,6 +66,9 @@ pub struct Transfer {
     pub(super) op: TransferOp,
     pub(super) target: String,
     pub(super) bytes: usize,
+    /// When it was posted, and when [`wait`](crate::Completion::wait) gives up.
+    pub(super) posted: Instant,
+    pub(super) deadline: Instant,
 }
 
 impl Transfer {
@@ -77,6 +92,10 @@ impl Transfer {
     /// reports it again.
     pub(crate) fn poll(&self) -> Result<bool> {
         let mut live = self.lock();
+        #[cfg(test)]
+        if stall::stalls(&self.target) && matches!(live.state, State::InFlight | State::Done) {
+            return Ok(false);
+        }
         match live.state {
             State::Done => return Ok(true),
             State::Failed(e) => return Err(self.failed(e)),
@@ -136,6 +155,42 @@ impl Transfer {
         }
     }
 
+    /// The deadline of a transfer of `bytes` posted at `posted`.
+    pub(super) fn deadline_for(posted: Instant, bytes: usize) -> Instant {
+        use crate::completion::{DEFAULT_DEADLINE, DEFAULT_DEADLINE_PER_GIB, deadline_for};
+        let limit = deadline_for(DEFAULT_DEADLINE, DEFAULT_DEADLINE_PER_GIB, bytes);
+        crate::completion::instant_after(posted, limit)
+    }
+
+    /// The transfer with its [deadline](Transfer#deadline) `limit` after it was posted.
+    #[cfg(test)]
+    pub(crate) fn deadline_in(mut self, limit: Duration) -> Self {
+        self.deadline = crate::completion::instant_after(self.posted, limit);
+        self
+    }
+
+    /// For a transfer still in flight past its deadline: releases the request (NIXL cancels
+    /// it), leaves its buffers to be quarantined when it is dropped, and returns the timeout.
+    fn time_out(&self) -> Error {
+        let mut live = self.lock();
+        drop(live.request.take());
+        live.settle(State::Cancelled);
+        live.unsettled = true;
+        drop(live);
+        let held_buffers = self.owners.as_ref().map_or(0, |(owners, files)| {
+            owners.len() + files.as_ref().map_or(0, |f| f.len())
+        });
+        let error = TransferError::TimedOut {
+            path: format!("NIXL {} with '{}'", self.op.name(), self.target),
+            bytes: self.bytes,
+            waited: self.deadline.saturating_duration_since(self.posted),
+            held_buffers,
+            held_bytes: self.bytes as u64,
+        };
+        tracing::error!(agent = %self.agent.name(), error = %error, "NIXL transfer timed out");
+        Error::Transfer(error)
+    }
+
     /// The direction.
     pub fn op(&self) -> TransferOp {
         self.op
@@ -158,14 +213,18 @@ impl crate::Completion for Transfer {
         !matches!(self.poll_for(timeout), Ok(false))
     }
 
-    /// Waits until the transfer has finished.
+    /// Waits until the transfer has finished, but not past its [deadline](Transfer#deadline).
     ///
     /// # Errors
     /// [`TransferError::Failed`] when the transfer failed (the peer died, disconnected or was
-    /// invalidated meanwhile); [`TransferError::Cancelled`] after a cancel.
+    /// invalidated meanwhile); [`TransferError::Cancelled`] after a cancel;
+    /// [`TransferError::TimedOut`] when it was still in flight at its deadline (its buffers are
+    /// then quarantined).
     fn wait(self) -> Result<()> {
-        while !self.poll_for(Duration::from_secs(1))? {}
-        Ok(())
+        if self.poll_for(self.deadline.saturating_duration_since(Instant::now()))? {
+            return Ok(());
+        }
+        Err(self.time_out())
     }
 
     fn cancel(&self) {
@@ -238,5 +297,17 @@ impl Drop for Transfer {
                 std::mem::forget((owners, files));
             }
         }
+    }
+}
+
+/// Test double for a peer that never answers: transfers with a peer whose name starts with
+/// [`PREFIX`](stall::PREFIX) look in flight to every poll, however they went.
+#[cfg(test)]
+pub(crate) mod stall {
+    /// Names of the peers that never answer.
+    pub(crate) const PREFIX: &str = "never-answers-";
+
+    pub(super) fn stalls(peer: &str) -> bool {
+        peer.starts_with(PREFIX)
     }
 }

@@ -16,6 +16,9 @@
 //! a [`Worker`] thread waits for them (and runs staged transfers) in submission order, reports
 //! every failure through the handle, and releases a transfer's memory only after its copies
 //! finished.
+//!
+//! Every wait of the worker ends at the transfer's deadline; a stream that stalled is
+//! quarantined and replaced (`streams.rs`).
 
 // This module enqueues device copies over raw addresses and reads files into pinned memory: unsafe code is allowed here (denied at the crate root).
 #![allow(unsafe_code)]
@@ -25,15 +28,20 @@ use super::handle::Work;
 use super::plan::{CopyOp, TransferPath, TransferPlan};
 use super::worker::{Backend, Health, Worker};
 use crate::Completion;
-use crate::cuda::CudaDevice;
 use crate::cuda::batch::{CopyCompletion, CopyMethod, CopyStream, DeviceCopy, Location};
 use crate::cuda::interop::Event;
 use crate::descriptor::{Buffer, MemoryDescriptor};
 use crate::error::{Error, Result, TransferError, UnsupportedError};
 use crate::kind::StorageKind;
 use crate::storage::{BackgroundPinnedStorage, PinnedStorage};
+use copies::{device_copies, registration_cuts};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
+use streams::{Lanes, Streams};
+
+mod copies;
+mod streams;
 
 /// Default size of each of the two bounce buffers per device.
 pub const DEFAULT_BOUNCE_BYTES: usize = 16 << 20;
@@ -60,35 +68,18 @@ enum Task {
         work: Work,
         completions: Vec<CopyCompletion>,
         error: Option<Error>,
+        lanes: Lanes,
     },
-    /// Copies staged through bounce buffers: run them on the worker.
-    Staged(Work),
+    /// Copies staged through bounce buffers: run them on the worker (on the streams of `lanes`,
+    /// and on the devices' current streams for the others).
+    Staged { work: Work, lanes: Lanes },
 }
 
 impl super::worker::Deadlined for Task {
-    fn deadline(&self) -> std::time::Instant {
+    fn deadline(&self) -> Instant {
         match self {
-            Task::Enqueued { work, .. } | Task::Staged(work) => work.completion.deadline(),
+            Task::Enqueued { work, .. } | Task::Staged { work, .. } => work.completion.deadline(),
         }
-    }
-}
-
-/// One copy stream per device, shared by `submit` (direct paths) and the worker.
-#[derive(Default)]
-struct Streams {
-    by_device: std::sync::Mutex<HashMap<u32, CopyStream>>,
-}
-
-impl Streams {
-    fn get(&self, ordinal: u32) -> Result<CopyStream> {
-        let mut map = self.by_device.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(s) = map.get(&ordinal) {
-            return Ok(s.clone());
-        }
-        let gpu = CudaDevice::new(ordinal as usize)?;
-        let stream = CopyStream::new(&gpu)?;
-        map.insert(ordinal, stream.clone());
-        Ok(stream)
     }
 }
 
@@ -114,14 +105,16 @@ impl Backend for Staging {
     type Job = Task;
 
     fn run(&mut self, task: Task) -> Health {
-        let (work, result) = match task {
+        let (work, lanes, result, staged) = match task {
             Task::Enqueued {
                 work,
                 completions,
                 error,
+                lanes,
             } => {
                 // Wait for everything enqueued, even after an error: the memory must not be
-                // released while the GPU still uses it.
+                // released while the GPU still uses it. Each wait ends at the transfer's
+                // deadline (`CopyCompletion::until`); copies still running then are quarantined.
                 let mut result = error.map_or(Ok(()), Err);
                 for c in completions {
                     let r = c.wait();
@@ -129,29 +122,54 @@ impl Backend for Staging {
                         result = r;
                     }
                 }
-                (work, result)
+                (work, lanes, result, false)
             }
-            Task::Staged(work) => {
+            Task::Staged { work, mut lanes } => {
                 let result = if work.completion.cancelled() {
                     Err(Error::Transfer(TransferError::Cancelled {
                         done: 0,
                         total: work.plan.total_bytes(),
                     }))
                 } else {
-                    run_staged(self, &work)
+                    run_staged(self, &work, &mut lanes)
                 };
-                if result.is_err() {
-                    // A failed staging step may have left I/O in flight into a bounce buffer
-                    // (its plan is then leaked, keeping the buffer allocated): never reuse one;
-                    // the next staged transfer allocates fresh buffers.
-                    self.bounce.clear();
-                }
-                (work, result)
+                (work, lanes, result, true)
             }
         };
+        // The transfer failed with copies on a stream that stalled: some of them may have been
+        // left to the stream (a completion that timed out, or one dropped on an error path past
+        // the deadline), and the GPU may still use everything they name. Whatever the error,
+        // treat it as the timeout it may hide (the safe side: nothing is released).
+        let stalled = result.is_err() && lanes.stalled().next().is_some();
+        if stalled {
+            for ordinal in lanes.stalled() {
+                if let Some(bufs) = self.bounce.remove(&ordinal) {
+                    let bytes = bufs.iter().map(|b| b.size() as u64).sum();
+                    crate::accounting::quarantined(bufs.len() as u64, bytes);
+                    // Never freed: stalled copies may still read or write them.
+                    std::mem::forget(bufs);
+                }
+            }
+        }
+        if staged && result.is_err() {
+            // A failed staging step may have left I/O in flight into a bounce buffer (its plan
+            // is then leaked, keeping the buffer allocated): never reuse one; the next staged
+            // transfer allocates fresh buffers.
+            self.bounce.clear();
+        }
+        // The claims go first, so that a transfer submitted once this one is reported does
+        // not see it as still open on its stream.
+        drop(lanes);
         let Work { plan, completion } = work;
-        drop(plan);
-        completion.complete(result);
+        if stalled {
+            // The handle quarantines the plan's buffers (unless its timeout was reported
+            // already, which quarantined them): the plan's own clones may then go.
+            completion.time_out();
+            drop(plan);
+        } else {
+            drop(plan);
+            completion.complete(result);
+        }
         Health::Ok
     }
 }
@@ -183,12 +201,25 @@ impl GpuExecutor {
     }
 
     pub(crate) fn submit(&self, work: Work) {
+        self.submit_on(work, Lanes::default());
+    }
+
+    /// [`submit`](Self::submit) on the streams `lanes` holds already (and on the devices'
+    /// current streams for the others).
+    fn submit_on(&self, work: Work, mut lanes: Lanes) {
         let task = if is_direct(&work.plan) {
             let cuts = registration_cuts(&work.plan);
+            let deadline = work.completion.deadline();
             let mut completions = Vec::new();
             let mut error = None;
             for batch in work.plan.batches() {
-                match self.enqueue_direct(batch.src_kind, batch.dst_kind, &batch.ops, &cuts) {
+                let (src, dst) = (batch.src_kind, batch.dst_kind);
+                let enqueued = device_of(src, dst)
+                    .and_then(|ordinal| lanes.stream(&self.streams, ordinal, deadline))
+                    .and_then(|stream| {
+                        self.enqueue_direct(&stream, src, dst, &batch.ops, &cuts, deadline)
+                    });
+                match enqueued {
                     Ok(c) => completions.push(c),
                     Err(e) => {
                         error = Some(e);
@@ -200,9 +231,10 @@ impl GpuExecutor {
                 work,
                 completions,
                 error,
+                lanes,
             }
         } else {
-            Task::Staged(work)
+            Task::Staged { work, lanes }
         };
         // A submit fails only if the worker died; the returned task then drops its completions
         // (which wait) and its Work (which reports `TransferError::Aborted`).
@@ -225,16 +257,20 @@ impl GpuExecutor {
             self.submit(work);
             return Ok(None);
         };
-        let stream = self
-            .streams
-            .get(device_of(first.src_kind, first.dst_kind)?)?;
+        // The copies go to the very stream that waits for `after`.
+        let mut lanes = Lanes::default();
+        let stream = lanes.stream(
+            &self.streams,
+            device_of(first.src_kind, first.dst_kind)?,
+            work.completion.deadline(),
+        )?;
         if let Some(event) = after {
             // SAFETY: the copy stream is live (held by `stream`) and of the device's primary
             // context, which `Event` binds.
             unsafe { event.wait_in(stream.raw()) }?;
         }
         let direct = is_direct(&work.plan);
-        self.submit(work);
+        self.submit_on(work, lanes);
         if !direct {
             return Ok(None);
         }
@@ -250,17 +286,21 @@ impl GpuExecutor {
 
     fn enqueue_direct(
         &self,
+        stream: &CopyStream,
         src: StorageKind,
         dst: StorageKind,
         ops: &[CopyOp],
         cuts: &[usize],
+        deadline: Instant,
     ) -> Result<CopyCompletion> {
-        let stream = self.streams.get(device_of(src, dst)?)?;
         let copies = device_copies(ops, src, dst, cuts);
         // SAFETY: the plan validated every range against the buffers it keeps alive; the plan
-        // travels with the completion to the worker, which drops it only after waiting; pinned
-        // memory is device-mapped; destinations are pairwise disjoint and disjoint from sources.
+        // travels with the completion to the worker, which drops it only after waiting (or,
+        // when the copies outlive the deadline, after the handle quarantined its buffers);
+        // pinned memory is device-mapped; destinations are pairwise disjoint and disjoint from
+        // sources.
         unsafe { stream.copy_async(&copies, self.method, location(src), location(dst)) }
+            .map(|c| c.until(deadline))
     }
 }
 
@@ -336,14 +376,15 @@ fn device_of(src: StorageKind, dst: StorageKind) -> Result<u32> {
         }))
 }
 
-fn run_staged(staging: &mut Staging, work: &Work) -> Result<()> {
+fn run_staged(staging: &mut Staging, work: &Work, lanes: &mut Lanes) -> Result<()> {
     wait_for_pinning(&work.plan)?;
     let (method, bounce_bytes) = (staging.method, staging.bounce_bytes);
+    let deadline = work.completion.deadline();
     let cuts = registration_cuts(&work.plan);
     for batch in work.plan.batches() {
         let (src, dst) = (batch.src_kind, batch.dst_kind);
         let ordinal = device_of(src, dst)?;
-        let stream = staging.streams.get(ordinal)?;
+        let stream = lanes.stream(&staging.streams, ordinal, deadline)?;
         let bufs = match staging.bounce.entry(ordinal) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
@@ -369,7 +410,7 @@ fn run_staged(staging: &mut Staging, work: &Work) -> Result<()> {
                     bufs,
                     &batch.ops,
                     (staged(src), disk),
-                    method,
+                    (method, deadline),
                     bounce_bytes,
                 )?
             }
@@ -379,7 +420,7 @@ fn run_staged(staging: &mut Staging, work: &Work) -> Result<()> {
                     bufs,
                     &batch.ops,
                     (staged(dst), disk),
-                    method,
+                    (method, deadline),
                     bounce_bytes,
                 )?
             }
@@ -388,98 +429,11 @@ fn run_staged(staging: &mut Staging, work: &Work) -> Result<()> {
                 // SAFETY: as in `GpuExecutor::enqueue_direct`; waited for right here.
                 let c =
                     unsafe { stream.copy_async(&copies, method, location(src), location(dst))? };
-                c.wait()?;
+                c.until(deadline).wait()?;
             }
         }
     }
     Ok(())
-}
-
-/// The host addresses inside the plan's pinned buffers where one page-lock registration ends and
-/// the next begins (sorted): a CUDA copy must not cross one (the driver refuses it with
-/// `CUDA_ERROR_INVALID_VALUE`). Empty, and free, for memory registered in one piece.
-fn registration_cuts(plan: &TransferPlan) -> Vec<usize> {
-    let mut cuts: Vec<usize> = plan
-        .buffers()
-        .iter()
-        .filter_map(registered_ranges)
-        .flat_map(|ranges| ranges.into_iter().skip(1).map(|r| r.start))
-        .collect();
-    cuts.sort_unstable();
-    cuts.dedup();
-    cuts
-}
-
-/// The registrations of the pinned storage `buffer` is, or is a view of, when there are several.
-fn registered_ranges(buffer: &Buffer) -> Option<Vec<std::ops::Range<usize>>> {
-    use crate::storage::MappedPinnedStorage;
-    let ranges = if let Some(pool) = buffer.downcast_ref::<BackgroundPinnedStorage>() {
-        pool.registered_ranges()
-    } else if let Some(mapped) = buffer.downcast_ref::<MappedPinnedStorage>() {
-        mapped.registered_ranges()
-    } else if let Some(external) = buffer.downcast_ref::<crate::storage::ExternalPinnedMemory>() {
-        external.registered_ranges()
-    } else {
-        return buffer
-            .downcast_ref::<crate::OffsetBuffer>()
-            .and_then(|view| registered_ranges(view.base()));
-    };
-    (ranges.len() > 1).then_some(ranges)
-}
-
-/// The device copies of `ops`, each split where its pinned host side crosses one of `cuts`.
-fn device_copies(
-    ops: &[CopyOp],
-    src: StorageKind,
-    dst: StorageKind,
-    cuts: &[usize],
-) -> Vec<DeviceCopy> {
-    if cuts.is_empty() {
-        return ops.iter().map(device_copy).collect();
-    }
-    let mut out = Vec::with_capacity(ops.len());
-    for op in ops {
-        let mut op = *op;
-        loop {
-            // The first cut strictly inside the host side of what is left of `op`.
-            let inside = |start: usize| {
-                let i = cuts.partition_point(|&c| c <= start);
-                cuts.get(i).copied().filter(|&c| c < start + op.len)
-            };
-            let cut = match (src == StorageKind::Pinned, dst == StorageKind::Pinned) {
-                (true, true) => match (inside(op.src), inside(op.dst)) {
-                    (Some(a), Some(b)) => Some((a - op.src).min(b - op.dst)),
-                    (a, b) => a.map(|a| a - op.src).or(b.map(|b| b - op.dst)),
-                },
-                (true, false) => inside(op.src).map(|c| c - op.src),
-                (false, true) => inside(op.dst).map(|c| c - op.dst),
-                (false, false) => None,
-            };
-            match cut {
-                Some(n) => {
-                    out.push(device_copy(&CopyOp { len: n, ..op }));
-                    op = CopyOp {
-                        src: op.src + n,
-                        dst: op.dst + n,
-                        len: op.len - n,
-                    };
-                }
-                None => {
-                    out.push(device_copy(&op));
-                    break;
-                }
-            }
-        }
-    }
-    out
-}
-
-fn device_copy(op: &CopyOp) -> DeviceCopy {
-    DeviceCopy {
-        src: op.src as u64,
-        dst: op.dst as u64,
-        len: op.len as u64,
-    }
 }
 
 /// Splits `ops` into pieces of at most `max` bytes and groups them into slabs of at most `max`
@@ -621,10 +575,12 @@ fn staged_to_device(
     bufs: &[Buffer; 2],
     ops: &[CopyOp],
     from: (Staged<'_>, &DiskLane),
-    method: CopyMethod,
+    (method, deadline): (CopyMethod, Instant),
     bounce_bytes: usize,
 ) -> Result<()> {
     let ordinal = stream.device().ordinal() as u32;
+    // Every completion waits (and, dropped on an error, waits) until the transfer's deadline at
+    // most: `until`.
     let mut pending: [Option<CopyCompletion>; 2] = [None, None];
     for (i, slab) in slabs(ops, bounce_bytes).iter().enumerate() {
         let k = i % 2;
@@ -636,9 +592,12 @@ fn staged_to_device(
         // SAFETY: sources are the bounce buffer (pinned, device-mapped, owned by this executor
         // and not touched again until this completion is waited for); destinations are device
         // ranges the plan validated and keeps alive, pairwise disjoint.
-        pending[k] = Some(unsafe {
-            stream.copy_async(&copies, method, Location::Host, Location::Device(ordinal))?
-        });
+        pending[k] = Some(
+            unsafe {
+                stream.copy_async(&copies, method, Location::Host, Location::Device(ordinal))?
+            }
+            .until(deadline),
+        );
     }
     for c in pending.into_iter().flatten() {
         c.wait()?;
@@ -653,7 +612,7 @@ fn staged_from_device(
     bufs: &[Buffer; 2],
     ops: &[CopyOp],
     to: (Staged<'_>, &DiskLane),
-    method: CopyMethod,
+    (method, deadline): (CopyMethod, Instant),
     bounce_bytes: usize,
 ) -> Result<()> {
     let ordinal = stream.device().ordinal() as u32;
@@ -667,7 +626,8 @@ fn staged_from_device(
         // (slab i-2) and which nothing else touches until this completion is waited for.
         let c = unsafe {
             stream.copy_async(&copies, method, Location::Device(ordinal), Location::Host)?
-        };
+        }
+        .until(deadline);
         if let Some((j, done)) = prev.take() {
             done.wait()?;
             stage(&bufs[j % 2], &all[j], to, false)?;
