@@ -16,7 +16,13 @@ released and taken back, and building the ``Handle``. ``wrapper_us_after_copy`` 
 wrapper alone (``_rust_copy_timings`` with no run: ids converted, layouts checked, nothing
 submitted) right after a finished copy, when the copy has left the caches cold, and
 ``wrapper_us_hot`` the same call repeated at once: if the extra submission time is about
-``wrapper_us_after_copy``, the gap is the wrapper's own work on cold caches. Minor page faults
+``wrapper_us_after_copy``, the gap is the wrapper's own work on cold caches. The same split
+timed inside ``Engine.copy``'s own path (``Engine._copy_timed``): ``python_in_call_wrapper_us``
+(ids read, arguments checked) and ``python_in_call_submit_us`` (the submission), to set against
+``rust_submit_us``: a submission slower there than in the Rust loop would mean the process is
+in another state when the Python path submits, not that the wrapper costs more; and
+``python_in_call_outside_us``, the rest of the call (the call itself and its arguments, taking
+the GIL back and building the ``Handle`` after the submission has evicted the caches in turn). Minor page faults
 per call (``getrusage``) tell whether either path maps memory afresh per call.
 
 Usage: python bench/bench_overhead.py [--blocks N] [--rounds R] [--json out.json]
@@ -49,8 +55,9 @@ def measure(
     reps: int = 5,
 ) -> dict[str, Any]:
     """Per round, ``reps`` copies through ``Engine.copy`` + ``Handle.wait``, ``reps`` through
-    the Rust engine in one call, ``reps`` through it one call per run, and one probe of the
-    wrapper alone after a copy; alternating so that drift hits every path. Medians."""
+    ``Engine._copy_timed`` (the same path, timed inside: wrapper, then submission), ``reps``
+    through the Rust engine in one call, ``reps`` through it one call per run, and one probe of
+    the wrapper alone after a copy; alternating so that drift hits every path. Medians."""
     engine.copy(src, ids, dst, dst_ids).wait()  # warm-up (plans, staging, threads)
     engine._rust_copy_timings(src, ids, dst, dst_ids, 1)
     py_submit: list[float] = []
@@ -58,6 +65,9 @@ def measure(
     rust_submit: list[float] = []
     rust_total: list[float] = []
     single: list[float] = []
+    in_wrapper: list[float] = []
+    in_submit: list[float] = []
+    in_outside: list[float] = []
     wrap_cold: list[float] = []
     wrap_hot: list[float] = []
     py_faults: list[float] = []
@@ -74,6 +84,16 @@ def measure(
             py_submit.append(t1 - t0)
             py_total.append(t2 - t0)
         py_faults.append((_minor_faults() - f0) / reps)
+        # The same calls timed inside Rust: the wrapper's share, and the submission itself.
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            h, wrapper, submit = engine._copy_timed(src, ids, dst, dst_ids)
+            t1 = time.perf_counter()
+            in_outside.append(t1 - t0 - wrapper - submit)
+            h.wait()
+            del h
+            in_wrapper.append(wrapper)
+            in_submit.append(submit)
         f0 = _minor_faults()
         for sub, tot in engine._rust_copy_timings(src, ids, dst, dst_ids, reps):
             rust_submit.append(sub)
@@ -105,6 +125,9 @@ def measure(
         "rust_submit_us_one_run_per_call": med(single) * 1e6,
         "python_extra_us_per_call": (med(py_total) - med(rust_total)) * 1e6,
         "python_extra_submit_us": (med(py_submit) - med(rust_submit)) * 1e6,
+        "python_in_call_wrapper_us": med(in_wrapper) * 1e6,
+        "python_in_call_submit_us": med(in_submit) * 1e6,
+        "python_in_call_outside_us": med(in_outside) * 1e6,
         "wrapper_us_after_copy": med(wrap_cold) * 1e6,
         "wrapper_us_hot": med(wrap_hot) * 1e6,
         "python_minor_faults_per_call": med(py_faults),

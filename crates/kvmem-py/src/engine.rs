@@ -76,10 +76,29 @@ impl Engine {
         dst_ids: &Bound<'_, PyAny>,
         stream: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Handle> {
-        let r = self.local_copy(src, src_ids, dst, dst_ids)?;
-        let stream = stream.map(crate::stream::raw_stream).transpose()?;
-        let started = py.detach(move || r.submit(stream));
-        started.map(|(h, end)| Handle::new(h, end)).py()
+        self.start(py, src, src_ids, dst, dst_ids, stream)
+            .map(|(h, _)| h)
+    }
+
+    /// Benchmark aid, not part of the API a user needs: `copy` (no `stream`), also returning
+    /// `(wrapper_seconds, submit_seconds)`: from entering Rust to the start of the submission
+    /// (ids read, arguments checked), and the submission itself (planning, handing off), timed
+    /// inside the call. Tells the wrapper's share of the Python path from the submission's.
+    fn _copy_timed(
+        &self,
+        py: Python<'_>,
+        src: &Layout,
+        src_ids: &Bound<'_, PyAny>,
+        dst: &Layout,
+        dst_ids: &Bound<'_, PyAny>,
+    ) -> PyResult<(Handle, f64, f64)> {
+        let (h, [entered, submitting, submitted]) =
+            self.start(py, src, src_ids, dst, dst_ids, None)?;
+        Ok((
+            h,
+            (submitting - entered).as_secs_f64(),
+            (submitted - submitting).as_secs_f64(),
+        ))
     }
 
     /// Benchmark aid, not part of the API a user needs: the same copy as `copy` (no `stream`),
@@ -150,6 +169,29 @@ impl Engine {
 }
 
 impl Engine {
+    /// `copy`: returns the handle and when the call entered Rust, started submitting and had
+    /// submitted (three clock reads, tens of ns: `_copy_timed` times the very path `copy` runs).
+    fn start(
+        &self,
+        py: Python<'_>,
+        src: &Layout,
+        src_ids: &Bound<'_, PyAny>,
+        dst: &Layout,
+        dst_ids: &Bound<'_, PyAny>,
+        stream: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<(Handle, [Instant; 3])> {
+        let entered = Instant::now();
+        let r = self.local_copy(src, src_ids, dst, dst_ids)?;
+        let stream = stream.map(crate::stream::raw_stream).transpose()?;
+        let (started, submitting, submitted) = py.detach(move || {
+            let submitting = Instant::now();
+            let started = r.submit(stream);
+            (started, submitting, Instant::now())
+        });
+        let h = started.map(|(h, end)| Handle::new(h, end)).py()?;
+        Ok((h, [entered, submitting, submitted]))
+    }
+
     /// Checks the destination is writable and reads both id lists. The layouts are borrowed,
     /// not cloned: the caller's arguments keep them alive for the call, and a clone is an atomic
     /// increment (and later decrement) per region, each on a cold cache line right after the
