@@ -76,10 +76,29 @@ impl Engine {
         dst_ids: &Bound<'_, PyAny>,
         stream: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Handle> {
-        let r = self.local_copy(src, src_ids, dst, dst_ids)?;
-        let stream = stream.map(crate::stream::raw_stream).transpose()?;
-        let started = py.detach(move || r.submit(stream));
-        started.map(|(h, end)| Handle::new(h, end)).py()
+        self.start(py, src, src_ids, dst, dst_ids, stream)
+            .map(|(h, _)| h)
+    }
+
+    /// Benchmark aid, not part of the API a user needs: `copy` (no `stream`), also returning
+    /// `(wrapper_seconds, submit_seconds)`: from entering Rust to the start of the submission
+    /// (ids read, arguments checked), and the submission itself (planning, handing off), timed
+    /// inside the call. Tells the wrapper's share of the Python path from the submission's.
+    fn _copy_timed(
+        &self,
+        py: Python<'_>,
+        src: &Layout,
+        src_ids: &Bound<'_, PyAny>,
+        dst: &Layout,
+        dst_ids: &Bound<'_, PyAny>,
+    ) -> PyResult<(Handle, f64, f64)> {
+        let (h, [entered, submitting, submitted]) =
+            self.start(py, src, src_ids, dst, dst_ids, None)?;
+        Ok((
+            h,
+            (submitting - entered).as_secs_f64(),
+            (submitted - submitting).as_secs_f64(),
+        ))
     }
 
     /// Benchmark aid, not part of the API a user needs: the same copy as `copy` (no `stream`),
@@ -100,10 +119,14 @@ impl Engine {
             (0..iters)
                 .map(|_| {
                     let t0 = Instant::now();
-                    let (h, _) = r.submit(None)?;
+                    // The end event is kept until the copy has finished, as `Handle` keeps it:
+                    // dropping it at once would time its destruction as part of the submission.
+                    let (h, end) = r.submit(None)?;
                     let submitted = t0.elapsed().as_secs_f64();
                     h.wait()?;
-                    Ok((submitted, t0.elapsed().as_secs_f64()))
+                    let total = t0.elapsed().as_secs_f64();
+                    drop(end);
+                    Ok((submitted, total))
                 })
                 .collect::<kvmem::Result<Vec<_>>>()
         })
@@ -146,22 +169,48 @@ impl Engine {
 }
 
 impl Engine {
-    /// Checks the destination is writable and reads both id lists.
-    fn local_copy(
+    /// `copy`: returns the handle and when the call entered Rust, started submitting and had
+    /// submitted (three clock reads, tens of ns: `_copy_timed` times the very path `copy` runs).
+    fn start(
         &self,
+        py: Python<'_>,
         src: &Layout,
         src_ids: &Bound<'_, PyAny>,
         dst: &Layout,
         dst_ids: &Bound<'_, PyAny>,
-    ) -> PyResult<LocalCopy> {
+        stream: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<(Handle, [Instant; 3])> {
+        let entered = Instant::now();
+        let r = self.local_copy(src, src_ids, dst, dst_ids)?;
+        let stream = stream.map(crate::stream::raw_stream).transpose()?;
+        let (started, submitting, submitted) = py.detach(move || {
+            let submitting = Instant::now();
+            let started = r.submit(stream);
+            (started, submitting, Instant::now())
+        });
+        let h = started.map(|(h, end)| Handle::new(h, end)).py()?;
+        Ok((h, [entered, submitting, submitted]))
+    }
+
+    /// Checks the destination is writable and reads both id lists. The layouts are borrowed,
+    /// not cloned: the caller's arguments keep them alive for the call, and a clone is an atomic
+    /// increment (and later decrement) per region, each on a cold cache line right after the
+    /// previous copy.
+    fn local_copy<'a>(
+        &'a self,
+        src: &'a Layout,
+        src_ids: &Bound<'_, PyAny>,
+        dst: &'a Layout,
+        dst_ids: &Bound<'_, PyAny>,
+    ) -> PyResult<LocalCopy<'a>> {
         if dst.readonly {
             return Err(invalid("dst: the destination's memory is read-only"));
         }
         Ok(LocalCopy {
-            engine: Arc::clone(&self.inner),
-            src: src.inner.clone(),
+            engine: &self.inner,
+            src: &src.inner,
             src_ids: block_ids("src_ids", src_ids)?,
-            dst: dst.inner.clone(),
+            dst: &dst.inner,
             dst_ids: block_ids("dst_ids", dst_ids)?,
         })
     }
@@ -184,15 +233,16 @@ impl Engine {
 }
 
 /// A local copy checked and converted from Python's arguments, ready to submit without the GIL.
-struct LocalCopy {
-    engine: Arc<TransferEngine>,
-    src: kvmem::layout::BlockLayout,
+/// It borrows the engine and both layouts from the call's arguments.
+struct LocalCopy<'a> {
+    engine: &'a TransferEngine,
+    src: &'a kvmem::layout::BlockLayout,
     src_ids: Vec<usize>,
-    dst: kvmem::layout::BlockLayout,
+    dst: &'a kvmem::layout::BlockLayout,
     dst_ids: Vec<usize>,
 }
 
-impl LocalCopy {
+impl LocalCopy<'_> {
     /// Submits the copy, ordered after `stream` (a raw `CUstream`) when given.
     fn submit(
         &self,
@@ -316,13 +366,13 @@ pub struct Handle {
     /// For GPU transfers: the event recorded after the copies (for `wait_on`).
     end: Option<Arc<kvmem::cuda::interop::Event>>,
     bytes: usize,
-    path: String,
+    path: &'static str,
 }
 
 impl Handle {
     pub(crate) fn new(h: TransferHandle, end: Option<kvmem::cuda::interop::Event>) -> Self {
         let bytes = h.bytes();
-        let path = h.path().name().to_string();
+        let path = h.path().name();
         Self {
             state: Arc::new(HandleState {
                 transfer: RwLock::new(Some(h)),
@@ -415,7 +465,7 @@ impl Handle {
     /// The path the transfer crosses, e.g. `"host->disk"`.
     #[getter]
     fn path(&self) -> &str {
-        &self.path
+        self.path
     }
 
     /// Calls `callback()` (from another thread, with the GIL) once the transfer has finished.

@@ -10,8 +10,9 @@
 
 use crate::errors::{IntoPy, invalid};
 use kvmem::{Buffer, ExternalDeviceMemory, ExternalHostMemory};
+use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyCapsule, PyDict, PyTuple};
+use pyo3::types::{PyCapsule, PyDict, PyString, PyTuple};
 use std::fmt;
 
 /// Where a foreign array's memory is.
@@ -133,7 +134,7 @@ impl Foreign {
     /// Reads `obj`'s memory description. `what` names it in error messages (`"tensor 3"`).
     pub fn from_object(what: &str, obj: &Bound<'_, PyAny>) -> PyResult<Self> {
         let claimed = dlpack_device(what, obj)?;
-        if let Some(cai) = get_interface(obj, "__cuda_array_interface__") {
+        if let Some(cai) = get_interface(obj, intern!(obj.py(), "__cuda_array_interface__")) {
             let mut f = from_array_interface(what, obj, &cai)?;
             // The array interface has no name for some dtypes (torch exports bfloat16 as the
             // opaque "<V2"); DLPack names them, so ask it when the producer offers it.
@@ -151,7 +152,7 @@ impl Foreign {
             };
             return Ok(f);
         }
-        if let Some(ai) = get_interface(obj, "__array_interface__") {
+        if let Some(ai) = get_interface(obj, intern!(obj.py(), "__array_interface__")) {
             let mut f = from_array_interface(what, obj, &ai)?;
             f.device = Device::Host { pinned: false };
             return Ok(f);
@@ -180,7 +181,7 @@ impl Foreign {
             ))
         })?;
         let arr = np.getattr("asarray")?.call1((&view,))?;
-        let ai = get_interface(&arr, "__array_interface__")
+        let ai = get_interface(&arr, intern!(py, "__array_interface__"))
             .ok_or_else(|| invalid(format!("{what}: numpy gave no __array_interface__")))?;
         let mut f = from_array_interface(what, &arr, &ai)?;
         f.owners.push(obj.clone().unbind());
@@ -192,7 +193,7 @@ impl Foreign {
     /// `None` when it has none: the quick way for small host arrays such as block ids, which
     /// skips the device probes of [`from_object`](Self::from_object).
     pub fn from_host_array_interface(what: &str, obj: &Bound<'_, PyAny>) -> PyResult<Option<Self>> {
-        match get_interface(obj, "__array_interface__") {
+        match get_interface(obj, intern!(obj.py(), "__array_interface__")) {
             Some(ai) => from_array_interface(what, obj, &ai).map(Some),
             None => Ok(None),
         }
@@ -265,7 +266,13 @@ impl Foreign {
 
 /// `obj.<name>` as a dict, or `None` when the attribute is missing or raises (torch raises for
 /// dtypes the interface cannot express, such as bfloat16; DLPack then takes over).
-fn get_interface<'py>(obj: &Bound<'py, PyAny>, name: &str) -> Option<Bound<'py, PyDict>> {
+/// `obj.<name>` when it is a dict. `name` is interned (`intern!`): a copy of 4096 blocks reads
+/// two id arrays through here, right after the previous copy has left the caches cold, and a
+/// name built afresh on each call is an allocation and a hash more each time.
+fn get_interface<'py>(
+    obj: &Bound<'py, PyAny>,
+    name: &Bound<'py, PyString>,
+) -> Option<Bound<'py, PyDict>> {
     obj.getattr(name).ok()?.cast_into::<PyDict>().ok()
 }
 
@@ -310,37 +317,41 @@ fn pointer_device(what: &str, addr: usize) -> PyResult<u32> {
 }
 
 /// Reads a `__array_interface__` / `__cuda_array_interface__` dict.
-fn from_array_interface(
+fn from_array_interface<'py>(
     what: &str,
-    obj: &Bound<'_, PyAny>,
-    d: &Bound<'_, PyDict>,
+    obj: &Bound<'py, PyAny>,
+    d: &Bound<'py, PyDict>,
 ) -> PyResult<Foreign> {
-    let item = |k: &str| -> PyResult<Bound<'_, PyAny>> {
+    // The keys are interned (see `get_interface`).
+    let py = d.py();
+    let item = |k: &Bound<'py, PyString>| -> PyResult<Bound<'py, PyAny>> {
         d.get_item(k)?
-            .ok_or_else(|| invalid(format!("{what}: the array interface has no {k:?}")))
+            .ok_or_else(|| invalid(format!("{what}: the array interface has no '{k}'")))
     };
-    if d.get_item("mask")?.is_some_and(|m| !m.is_none()) {
+    if d.get_item(intern!(py, "mask"))?
+        .is_some_and(|m| !m.is_none())
+    {
         return Err(invalid(format!("{what}: masked arrays are not supported")));
     }
-    let (addr, readonly): (usize, bool) = item("data")?.extract().map_err(|_| {
+    let (addr, readonly): (usize, bool) = item(intern!(py, "data"))?.extract().map_err(|_| {
         invalid(format!(
             "{what}: the array interface's data is not (pointer, read_only); arrays that export \
              a buffer object instead are not supported"
         ))
     })?;
-    let shape: Vec<usize> = item("shape")?
+    let shape: Vec<usize> = item(intern!(py, "shape"))?
         .extract()
         .map_err(|_| invalid(format!("{what}: bad shape in the array interface")))?;
-    let typestr: String = item("typestr")?.extract()?;
+    let typestr: String = item(intern!(py, "typestr"))?.extract()?;
     let dtype = DType::from_typestr(what, &typestr)?;
-    let strides = match d.get_item("strides")? {
+    let strides = match d.get_item(intern!(py, "strides"))? {
         Some(s) if !s.is_none() => Some(
             s.extract::<Vec<i64>>()
                 .map_err(|_| invalid(format!("{what}: bad strides in the array interface")))?,
         ),
         _ => None,
     };
-    let offset: usize = match d.get_item("offset")? {
+    let offset: usize = match d.get_item(intern!(py, "offset"))? {
         Some(o) if !o.is_none() => o.extract()?,
         _ => 0,
     };

@@ -3,8 +3,10 @@ every byte compared with a numpy reference; bad input is a Python exception."""
 
 from __future__ import annotations
 
+import array
 import asyncio
 import gc
+import sys
 import time
 import weakref
 from pathlib import Path
@@ -240,6 +242,59 @@ def test_many_ids_from_numpy_are_read_in_rust(engine: kvmem.Engine) -> None:
     ids = np.random.default_rng(0).permutation(n).astype(np.int32)
     engine.copy(src, ids, dst, ids).wait(timeout=60)
     assert np.array_equal(dst_kv, kv)
+
+
+class CountingIds(np.ndarray):
+    """An id array that counts reads of its ``__array_interface__`` (numpy builds that dict on
+    every access: the slow way to read ids right after a copy)."""
+
+    reads = 0
+
+    @property
+    def __array_interface__(self) -> dict[str, Any]:  # type: ignore[override]
+        CountingIds.reads += 1
+        return super().__array_interface__  # type: ignore[misc,no-any-return]
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="the buffer protocol joined the stable ABI in 3.11")
+def test_id_arrays_are_read_through_the_buffer_protocol(engine: kvmem.Engine) -> None:
+    n = 64
+    kv = np.random.default_rng(5).integers(0, 256, (n, 1, 2, 1, 1, 16), dtype=np.uint8)
+    src = kvmem.Layout.from_tensors(kv, "cross_layer")
+    perm = np.random.default_rng(6).permutation(n)
+    CountingIds.reads = 0
+    for dtype in (np.int64, np.int32, np.int16, np.uint64, np.uint32, np.uint16, np.intp):
+        dst_kv = np.full_like(kv, 0xA5)
+        dst = kvmem.Layout.from_tensors(dst_kv, "cross_layer")
+        ids = perm.astype(dtype).view(CountingIds)
+        engine.copy(src, ids, dst, np.arange(n, dtype=dtype).view(CountingIds)).wait(timeout=60)
+        assert np.array_equal(dst_kv, kv[perm]), dtype
+    assert CountingIds.reads == 0
+    # Other exporters of the buffer protocol, and uint8 ids.
+    small = perm[perm < 256][:8]
+    exporters: list[Any] = [
+        array.array("q", small.tolist()),
+        small.astype(np.int32).data,
+        bytes(small.astype(np.uint8)),
+    ]
+    for other in exporters:
+        dst_kv = np.full_like(kv, 0xA5)
+        dst = kvmem.Layout.from_tensors(dst_kv, "cross_layer")
+        engine.copy(src, other, dst, list(range(len(small)))).wait(timeout=60)
+        assert np.array_equal(dst_kv[: len(small)], kv[small]), type(other)
+    # What the buffer protocol does not describe as 1-D native integers goes the general way,
+    # with its errors.
+    a = kvmem.Layout.from_tensors(kv, "cross_layer")
+    with pytest.raises(ValueError, match="big-endian"):
+        engine.copy(a, np.arange(4, dtype=">i8"), a, [4, 5, 6, 7])
+    with pytest.raises(ValueError, match="not contiguous"):
+        engine.copy(a, np.arange(8, dtype=np.int64)[::2], a, [8, 9, 10, 11])
+    with pytest.raises(ValueError, match="not an integer"):
+        engine.copy(a, np.zeros(1, np.float64), a, [8])
+    with pytest.raises(ValueError, match="1-D"):
+        engine.copy(a, np.zeros((1, 1), np.int32), a, [8])
+    with pytest.raises(ValueError, match="not a valid block id"):
+        engine.copy(a, np.array([-2], np.int32), a, [8])
 
 
 def test_rust_copy_timings_moves_the_same_blocks(engine: kvmem.Engine) -> None:

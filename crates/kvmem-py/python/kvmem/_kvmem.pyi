@@ -257,6 +257,9 @@ class Engine:
     ) -> list[tuple[float, float]]:
         """Benchmark aid: ``iters`` runs of the same copy through the Rust engine alone, each
         waited for; ``(submit_seconds, total_seconds)`` per run."""
+    def _copy_timed(self, src: Layout, src_ids: Ids, dst: Layout, dst_ids: Ids) -> tuple[Handle, float, float]:
+        """Benchmark aid: ``copy`` (no ``stream``) and ``(wrapper_seconds, submit_seconds)``
+        timed inside the call: ids read and arguments checked, then the submission itself."""
 
 class Agent:
     """A NIXL agent."""
