@@ -321,7 +321,7 @@ runs="$runs vllm-auto vllm-batched vllm-kernel vllm-per-copy vllm-staged"
 # Copies beside compute (issue 12 item 3): the same points, and scattered 16 KiB / 2 MiB
 # pinned<->device, each block transfer also run beside an SM-saturating FMA kernel on its own
 # stream; the tables' last columns: bandwidth beside the kernel and the kernel's slowdown.
-for m in auto batched kernel per-copy staged; do
+for m in auto batched kernel per-copy staged auto-beside-compute; do
     step "kvmem bench (vllm preset with compute, $m)" "$out/kvbench.log" "$bin/kvmem" bench --preset vllm \
         --gpu-method "$m" --iterations 5 --with-compute --out-dir "$kv/vllm-compute-$m"
     step "kvmem bench (gpu with compute, $m)" "$out/kvbench.log" "$bin/kvmem" bench --paths h2d,d2h \

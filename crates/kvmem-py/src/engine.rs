@@ -26,15 +26,22 @@ impl Engine {
     /// An engine. `host_threads` copy host memory (default: all cores); `disk_backend` is
     /// `"io_uring"` (default) or `"nixl_posix"`; `queue_depth` disk requests stay in flight;
     /// `bounce_bytes` is the size of each pinned bounce buffer for pageable/disk ↔ GPU copies.
+    /// `beside_compute=True` says the engine runs its own kernels while kvmem copies: small GPU
+    /// ↔ pinned copies then take the staged method, which leaves the SMs to those kernels, instead
+    /// of the copy kernel (`CopyMethod::AutoBesideCompute`; slower alone, see PERFORMANCE.md).
     #[new]
-    #[pyo3(signature = (*, host_threads=None, disk_backend=None, queue_depth=None, bounce_bytes=None))]
+    #[pyo3(signature = (*, host_threads=None, disk_backend=None, queue_depth=None, bounce_bytes=None, beside_compute=false))]
     fn new(
         host_threads: Option<usize>,
         disk_backend: Option<&str>,
         queue_depth: Option<u32>,
         bounce_bytes: Option<usize>,
+        beside_compute: bool,
     ) -> PyResult<Self> {
         let mut config = EngineConfig::default();
+        if beside_compute {
+            config.gpu_method = kvmem::transfer::CopyMethod::AutoBesideCompute;
+        }
         if let Some(t) = host_threads {
             config.host_threads = t.max(1);
         }

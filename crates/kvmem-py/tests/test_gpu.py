@@ -31,15 +31,16 @@ def scattered(n: int = 256, seed: int = 1) -> list[int]:
     return np.random.default_rng(seed).choice(BLOCKS, n, replace=False).tolist()
 
 
+@pytest.mark.parametrize("beside_compute", [False, True])
 @pytest.mark.parametrize("tier", ["pinned", "disk"])
-def test_torch_offload_and_back_byte_exact(tier: str, tmp_path: Path) -> None:
+def test_torch_offload_and_back_byte_exact(tier: str, beside_compute: bool, tmp_path: Path) -> None:
     torch, kv = torch_cache()
     gpu = kvmem.Layout.from_tensors(kv, "flash_attn", device=0, dtype="bfloat16")
     assert gpu.tier == "device:0" and gpu.chunk_bytes == BS * HEADS * HEAD * 2
     t = kvmem.Tier.pinned(0) if tier == "pinned" else kvmem.Tier.disk(tmp_path)
     store = gpu.allocate_like(t, num_blocks=256)
     ids = scattered()
-    engine = kvmem.Engine()
+    engine = kvmem.Engine(beside_compute=beside_compute)
     stats = engine.copy(gpu, ids, store, list(range(256))).wait(timeout=120)
     assert stats.bytes == 256 * gpu.block_bytes
     back_kv = [torch.full_like(x, float("nan")) for x in kv]

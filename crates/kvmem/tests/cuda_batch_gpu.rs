@@ -81,6 +81,7 @@ fn methods(stream: &CopyStream) -> Vec<CopyMethod> {
         CopyMethod::Kernel,
         CopyMethod::PerCopy,
         CopyMethod::Staged,
+        CopyMethod::AutoBesideCompute,
     ]
 }
 
@@ -95,10 +96,15 @@ fn assert_ran_as(
 ) {
     let want = match asked {
         // Staged resolves to the kernel between device memories.
-        CopyMethod::Auto | CopyMethod::Staged => stream.resolve(asked, copies, src, dst).unwrap(),
+        CopyMethod::Auto | CopyMethod::Staged | CopyMethod::AutoBesideCompute => {
+            stream.resolve(asked, copies, src, dst).unwrap()
+        }
         forced => forced,
     };
-    assert_ne!(used, CopyMethod::Auto, "{what}: Auto was not resolved");
+    assert!(
+        !matches!(used, CopyMethod::Auto | CopyMethod::AutoBesideCompute),
+        "{what}: {used:?} was not resolved"
+    );
     assert_eq!(used, want, "{what}: asked for {asked:?}");
 }
 
@@ -238,21 +244,26 @@ fn auto_picks_the_kernel_for_small_chunks_and_batches_for_large_ones() {
     };
     let h = Location::Host;
     let d = Location::Device(0);
-    for (len, from, to, want) in [
-        (16 << 10, h, d, CopyMethod::Kernel),
-        (8 << 20, h, d, CopyMethod::Batched),
+    let (auto, beside) = (CopyMethod::Auto, CopyMethod::AutoBesideCompute);
+    for (asked, len, from, to, want) in [
+        (auto, 16 << 10, h, d, CopyMethod::Kernel),
+        (auto, 8 << 20, h, d, CopyMethod::Batched),
         // Device to device, the kernel's range is four times longer: 2 MiB copies stay on it,
         // 8 MiB ones go to the copy engines.
-        (2 << 20, h, d, CopyMethod::Batched),
-        (2 << 20, d, d, CopyMethod::Kernel),
-        (8 << 20, d, d, CopyMethod::Batched),
+        (auto, 2 << 20, h, d, CopyMethod::Batched),
+        (auto, 2 << 20, d, d, CopyMethod::Kernel),
+        (auto, 8 << 20, d, d, CopyMethod::Batched),
+        // Beside the engine's kernels: what Auto gives the copy kernel between host and device
+        // is staged; the rest as Auto.
+        (beside, 16 << 10, h, d, CopyMethod::Staged),
+        (beside, 16 << 10, d, h, CopyMethod::Staged),
+        (beside, 8 << 20, d, h, CopyMethod::Batched),
+        (beside, 2 << 20, d, d, CopyMethod::Kernel),
     ] {
         assert_eq!(
-            stream
-                .resolve(CopyMethod::Auto, &one(len), from, to)
-                .unwrap(),
+            stream.resolve(asked, &one(len), from, to).unwrap(),
             want,
-            "one {len}-byte copy {from:?} -> {to:?}"
+            "{asked:?}: one {len}-byte copy {from:?} -> {to:?}"
         );
     }
 }

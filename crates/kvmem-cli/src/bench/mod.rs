@@ -101,6 +101,9 @@ pub enum GpuMethod {
     /// Gather/scatter on the device through a staging ring with the copy kernel, one DMA per
     /// staging slot, pipelined.
     Staged,
+    /// Auto for an engine that computes meanwhile: the staged method where auto would use the
+    /// copy kernel between device and pinned host memory.
+    AutoBesideCompute,
 }
 
 impl From<GpuMethod> for kvmem::transfer::CopyMethod {
@@ -111,6 +114,7 @@ impl From<GpuMethod> for kvmem::transfer::CopyMethod {
             GpuMethod::Kernel => Self::Kernel,
             GpuMethod::PerCopy => Self::PerCopy,
             GpuMethod::Staged => Self::Staged,
+            GpuMethod::AutoBesideCompute => Self::AutoBesideCompute,
         }
     }
 }

@@ -780,6 +780,7 @@ mod tests {
             GpuMethod::Kernel,
             GpuMethod::PerCopy,
             GpuMethod::Staged,
+            GpuMethod::AutoBesideCompute,
         ] {
             let config = EngineConfig {
                 gpu_method: method.into(),

@@ -237,8 +237,10 @@ class Engine:
         disk_backend: Literal["io_uring", "nixl_posix"] | None = None,
         queue_depth: int | None = None,
         bounce_bytes: int | None = None,
+        beside_compute: bool = False,
     ) -> None:
-        """An engine."""
+        """An engine; ``beside_compute=True`` when the engine's kernels run while kvmem copies
+        (small GPU copies then leave the SMs to them)."""
     def copy(self, src: Layout, src_ids: Ids, dst: Layout, dst_ids: Ids, stream: StreamLike | None = None) -> Handle:
         """Copies blocks ``src_ids[i]`` of ``src`` to ``dst_ids[i]`` of ``dst``; ordered after ``stream``."""
     def write_remote(

@@ -91,8 +91,16 @@ pub enum CopyMethod {
     /// Between device and pinned host memory: the copy kernel packs device chunks into device
     /// staging slots (or unpacks them), the copy engines move each slot with one DMA per
     /// contiguous host run, pipelined. Device-to-device copies run on the kernel. Never chosen
-    /// by `Auto` (not yet measured against the others).
+    /// by `Auto`; chosen by [`AutoBesideCompute`](Self::AutoBesideCompute).
     Staged,
+    /// `Auto` for an engine that runs its own kernels while kvmem copies: where `Auto` would
+    /// put copies between device and pinned host memory on the copy kernel, they go to
+    /// [`Staged`](Self::Staged), which keeps the SMs busy only while it packs or unpacks a
+    /// staging slot; everything else as `Auto`. Measured on the H200 (docs/PERFORMANCE.md):
+    /// beside an SM-saturating kernel the copy kernel slowed that kernel by 310–350% on the vLLM
+    /// gather and scatter points, the staged method by under 1.2%, at 0.6× of link speed
+    /// instead of 0.9×. Device-to-device copies stay on the kernel (not measured beside compute).
+    AutoBesideCompute,
 }
 
 /// A reusable pair of descriptor buffers (pinned staging + device copy) for the kernel.
@@ -227,6 +235,12 @@ impl CopyStream {
         let kernel_ok = self.inner.kernel.is_some()
             && (!involves_host || self.inner.host_pointers_are_device_pointers);
         match method {
+            CopyMethod::AutoBesideCompute => {
+                Ok(match self.resolve(CopyMethod::Auto, copies, src, dst)? {
+                    CopyMethod::Kernel if involves_host => CopyMethod::Staged,
+                    auto => auto,
+                })
+            }
             CopyMethod::Auto => {
                 let total = copies.iter().fold(0u64, |t, c| t.saturating_add(c.len));
                 let avg = total / copies.len().max(1) as u64;
@@ -311,7 +325,9 @@ impl CopyStream {
             CopyMethod::Kernel => self.enqueue_kernel(copies, &mut descs),
             CopyMethod::Batched => self.enqueue_batched(copies, src, dst),
             CopyMethod::Staged => self.enqueue_staged(copies, src, dst, &mut descs),
-            CopyMethod::PerCopy | CopyMethod::Auto => self.enqueue_per_copy(copies),
+            CopyMethod::PerCopy | CopyMethod::Auto | CopyMethod::AutoBesideCompute => {
+                self.enqueue_per_copy(copies)
+            }
         };
         let bytes = copies.iter().fold(0u64, |t, c| t.saturating_add(c.len));
         let completion = CopyCompletion::record(self.clone(), method, descs, bytes, (src, dst));
