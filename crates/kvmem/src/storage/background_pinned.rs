@@ -99,6 +99,12 @@ impl Shared {
             if i >= chunks.count() {
                 return;
             }
+            // The first chunk is pinned alone: registrations running side by side slow each
+            // other down, and the first block should be usable as early as one thread can make
+            // it (H200, 64 GiB in 256 MiB chunks: 54 ms with one thread, 239 ms with eight).
+            if i > 0 && !chunks.wait_first(&self.stop) {
+                return;
+            }
             let range = chunks.range(i);
             let start = self.base + range.start;
             // Fault the pages in first without writing them (the pool's users may already be
@@ -194,6 +200,25 @@ impl Chunks {
         }
         drop(state);
         self.changed.notify_all();
+    }
+
+    /// Waits until chunk 0 is pinned (true), or until pinning failed or `stop` is set (false).
+    /// Checks `stop` every 10 ms: drop sets it without notifying.
+    fn wait_first(&self, stop: &AtomicBool) -> bool {
+        let mut state = self.lock();
+        loop {
+            if state.ready.first().copied().unwrap_or(true) {
+                return true;
+            }
+            if state.failure.is_some() || stop.load(Ordering::Acquire) {
+                return false;
+            }
+            state = self
+                .changed
+                .wait_timeout(state, Duration::from_millis(10))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
     }
 
     /// Records that pinning stopped early (the first reason wins) and wakes the waiters.
@@ -625,6 +650,29 @@ mod tests {
         );
         assert!(c.all_ready(&c.needed(once(0..10))));
         pinner.join().unwrap();
+    }
+
+    #[test]
+    fn the_other_pinning_threads_start_once_the_first_chunk_is_pinned_or_pinning_stops() {
+        let stop = AtomicBool::new(false);
+        let c = Arc::new(ten());
+        let marker = {
+            let c = Arc::clone(&c);
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(30));
+                c.mark_pinned(0);
+            })
+        };
+        let t = Instant::now();
+        assert!(c.wait_first(&stop));
+        assert!(c.all_ready(&[0]) && t.elapsed() >= Duration::from_millis(25));
+        marker.join().unwrap();
+        // A failure or a stop ends the wait with false.
+        let failed = ten();
+        failed.fail("refused".into());
+        assert!(!failed.wait_first(&stop));
+        stop.store(true, Ordering::Release);
+        assert!(!ten().wait_first(&stop));
     }
 
     #[test]
