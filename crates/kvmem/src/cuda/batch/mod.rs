@@ -26,7 +26,7 @@ pub use completion::CopyCompletion;
 use super::CudaDevice;
 use super::driver::{self, DeferredErrors};
 use crate::Completion;
-use crate::error::{BoundsError, Error, Result, UnsupportedError};
+use crate::error::{BoundsError, Error, Result, TransferError, UnsupportedError};
 use cudarc::driver::{CudaFunction, CudaStream, result};
 use std::borrow::Cow;
 use std::ffi::c_void;
@@ -303,7 +303,10 @@ impl CopyStream {
     /// # Errors
     /// [`BoundsError::ZeroSize`] for an empty list or a zero-length copy; [`UnsupportedError::Feature`] for a
     /// method not available here; [`CudaError::Driver`](crate::error::CudaError::Driver) when the driver refuses. On error, nothing
-    /// reports success: copies already enqueued are waited for before returning.
+    /// reports success: copies already enqueued are waited for before returning, up to their
+    /// deadline; if they are still running then, the error is
+    /// [`TransferError::TimedOut`](crate::error::TransferError::TimedOut) (not the enqueue error)
+    /// and the ranges stay in use for good, as above.
     pub unsafe fn copy_async(
         &self,
         copies: &[DeviceCopy],
@@ -333,11 +336,13 @@ impl CopyStream {
         let completion = CopyCompletion::record(self.clone(), method, descs, bytes, (src, dst));
         match (enqueued, completion) {
             (Ok(()), Ok(c)) => Ok(c),
-            (Err(e), Ok(c)) => {
-                // Let whatever was enqueued finish before the caller may free memory.
-                let _ = c.wait();
-                Err(e)
-            }
+            (Err(e), Ok(c)) => match c.wait() {
+                // Copies enqueued before the error are still running at their deadline: report
+                // that, not the enqueue error, so the caller knows the ranges stay in use.
+                Err(t @ Error::Transfer(TransferError::TimedOut { .. })) => Err(t),
+                // Whatever was enqueued has finished: the memory may be freed.
+                _ => Err(e),
+            },
             (_, Err(e)) => {
                 // Let whatever was enqueued finish before the caller may free memory.
                 driver::log_failure("synchronize the copy stream", inner.stream.synchronize());

@@ -46,6 +46,36 @@ mod streams;
 /// Default size of each of the two bounce buffers per device.
 pub const DEFAULT_BOUNCE_BYTES: usize = 16 << 20;
 
+/// A task the worker can no longer take: waits for its enqueued copies (bounded by their
+/// deadline), then quarantines the transfer's buffers if any copy may still run, or drops the
+/// work (reported as aborted).
+fn abandon(task: Task) {
+    match task {
+        Task::Enqueued {
+            completions,
+            work,
+            lanes,
+            ..
+        } => {
+            let mut timed_out = false;
+            for c in completions {
+                timed_out |= matches!(
+                    c.wait(),
+                    Err(Error::Transfer(TransferError::TimedOut { .. }))
+                );
+            }
+            let stalled = timed_out || lanes.stalled().next().is_some();
+            drop(lanes);
+            let Work { plan, completion } = work;
+            if stalled {
+                completion.time_out();
+            }
+            drop(plan);
+        }
+        Task::Staged { .. } => {}
+    }
+}
+
 /// Where the non-device side of a staged transfer lives.
 #[derive(Clone, Copy)]
 enum Staged<'a> {
@@ -64,9 +94,11 @@ enum Task {
     /// Copies already enqueued on their streams (by `submit`, on the caller's thread): wait for
     /// them, then complete. On an enqueue error, `error` is set and the completions hold what was
     /// enqueued before it.
+    /// Fields drop in this order: the completions (which wait for their copies) before the
+    /// work (whose drop releases the transfer's buffers).
     Enqueued {
-        work: Work,
         completions: Vec<CopyCompletion>,
+        work: Work,
         error: Option<Error>,
         lanes: Lanes,
     },
@@ -236,10 +268,12 @@ impl GpuExecutor {
         } else {
             Task::Staged { work, lanes }
         };
-        // A submit fails only if the worker died; the returned task then drops its completions
-        // (which wait) and its Work (which reports `TransferError::Aborted`).
+        // A submit fails only if the worker died: the copies already enqueued are waited for
+        // here (each wait ends at the transfer's deadline); copies left to a stalled stream
+        // quarantine the transfer's buffers, else the dropped Work reports
+        // `TransferError::Aborted`.
         if let Err(task) = self.worker.submit(task) {
-            drop(task);
+            abandon(task);
         }
     }
 
