@@ -46,33 +46,40 @@ mod streams;
 /// Default size of each of the two bounce buffers per device.
 pub const DEFAULT_BOUNCE_BYTES: usize = 16 << 20;
 
-/// A task the worker can no longer take: waits for its enqueued copies (bounded by their
-/// deadline), then quarantines the transfer's buffers if any copy may still run, or drops the
-/// work (reported as aborted).
-fn abandon(task: Task) {
-    match task {
-        Task::Enqueued {
-            completions,
-            work,
-            lanes,
-            ..
-        } => {
-            let mut timed_out = false;
-            for c in completions {
-                timed_out |= matches!(
-                    c.wait(),
-                    Err(Error::Transfer(TransferError::TimedOut { .. }))
-                );
-            }
-            let stalled = timed_out || lanes.stalled().next().is_some();
-            drop(lanes);
-            let Work { plan, completion } = work;
-            if stalled {
-                completion.time_out();
-            }
-            drop(plan);
+/// Waits for every enqueued completion, even after an error (the memory must not be released
+/// while the GPU still uses it); each wait ends at the transfer's deadline
+/// (`CopyCompletion::until`), and a completion still running then marks its stream stalled.
+/// Returns the first error: `error` (the enqueue's) first.
+fn wait_enqueued(completions: Vec<CopyCompletion>, error: Option<Error>) -> Result<()> {
+    let mut result = error.map_or(Ok(()), Err);
+    for c in completions {
+        let r = c.wait();
+        if result.is_ok() {
+            result = r;
         }
-        Task::Staged { .. } => {}
+    }
+    result
+}
+
+/// A task the worker can no longer take: waits for its enqueued copies as the worker would,
+/// then quarantines the transfer's buffers if a copy may still run (a failure on a stalled
+/// stream), or drops the work (reported as aborted).
+fn abandon(task: Task) {
+    if let Task::Enqueued {
+        completions,
+        work,
+        error,
+        lanes,
+    } = task
+    {
+        let stalled =
+            wait_enqueued(completions, error).is_err() && lanes.stalled().next().is_some();
+        drop(lanes);
+        let Work { plan, completion } = work;
+        if stalled {
+            completion.time_out();
+        }
+        drop(plan);
     }
 }
 
@@ -143,19 +150,7 @@ impl Backend for Staging {
                 completions,
                 error,
                 lanes,
-            } => {
-                // Wait for everything enqueued, even after an error: the memory must not be
-                // released while the GPU still uses it. Each wait ends at the transfer's
-                // deadline (`CopyCompletion::until`); copies still running then are quarantined.
-                let mut result = error.map_or(Ok(()), Err);
-                for c in completions {
-                    let r = c.wait();
-                    if result.is_ok() {
-                        result = r;
-                    }
-                }
-                (work, lanes, result, false)
-            }
+            } => (work, lanes, wait_enqueued(completions, error), false),
             Task::Staged { work, mut lanes } => {
                 let result = if work.completion.cancelled() {
                     Err(Error::Transfer(TransferError::Cancelled {
