@@ -236,6 +236,10 @@ pub struct BenchArgs {
     /// How GPU copy lists are executed.
     #[arg(long, value_enum, default_value_t = GpuMethod::Auto)]
     pub gpu_method: GpuMethod,
+    /// Device memory per GPU for the staged method's ring (K/M/G suffixes; default 64M, whole
+    /// 8 MiB slots).
+    #[arg(long, value_parser = parse_size)]
+    pub staging: Option<usize>,
     /// Block sizes (comma-separated; K/M/G suffixes are powers of 1024). Default:
     /// 4K,16K,64K,256K,1M,2M,4M,16M, or the preset's.
     #[arg(long, value_delimiter = ',', value_parser = parse_size)]

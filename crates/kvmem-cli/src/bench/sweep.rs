@@ -89,6 +89,9 @@ fn engine_config(args: &BenchArgs) -> EngineConfig {
     if let Some(t) = args.threads {
         config.host_threads = t.max(1);
     }
+    if let Some(s) = args.staging {
+        config.staging_bytes = s;
+    }
     config
 }
 

@@ -66,6 +66,8 @@ const REQUIRED_SYMBOLS: &[&str] = &[
     "cuCtxSetCurrent",
     "cuCtxSynchronize",
     "cuStreamCreate",
+    "cuStreamCreateWithPriority",
+    "cuCtxGetStreamPriorityRange",
     "cuStreamSynchronize",
     "cuStreamDestroy_v2",
     "cuMemGetInfo_v2",

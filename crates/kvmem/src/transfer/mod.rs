@@ -121,6 +121,12 @@ pub struct EngineConfig {
     /// Size of each of the two pinned bounce buffers per device, for pageable host and disk
     /// ↔ device transfers (default 16 MiB; a multiple of 4 KiB keeps `O_DIRECT` alignment).
     pub bounce_bytes: usize,
+    /// Device memory per GPU for the staging ring of [`CopyMethod::Staged`] (and
+    /// [`CopyMethod::AutoBesideCompute`]), allocated on first staged transfer (default
+    /// [`DEFAULT_STAGING_BYTES`](crate::cuda::batch::DEFAULT_STAGING_BYTES), 64 MiB; whole 8 MiB
+    /// slots, at least two). A larger ring keeps the copy engines busy through longer waits of
+    /// the packing kernel for a multiprocessor beside an engine's kernels.
+    pub staging_bytes: usize,
     /// The time every transfer is given before it is reported as
     /// [`TransferError::TimedOut`](crate::error::TransferError::TimedOut), whatever its size
     /// (default 60 s); see [`TransferHandle`'s deadline](TransferHandle#deadline).
@@ -151,6 +157,7 @@ impl Default for EngineConfig {
             max_io_bytes: 1 << 20,
             gpu_method: CopyMethod::Auto,
             bounce_bytes: DEFAULT_BOUNCE_BYTES,
+            staging_bytes: crate::cuda::batch::DEFAULT_STAGING_BYTES,
             deadline: crate::completion::DEFAULT_DEADLINE,
             deadline_per_gib: crate::completion::DEFAULT_DEADLINE_PER_GIB,
         }
@@ -311,6 +318,7 @@ impl TransferEngine {
             empty => empty.insert(GpuExecutor::start(
                 self.config.gpu_method,
                 self.config.bounce_bytes,
+                self.config.staging_bytes,
                 Arc::clone(&self.disk),
             )?),
         };

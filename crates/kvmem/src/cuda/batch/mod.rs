@@ -22,6 +22,7 @@ mod completion;
 mod staged;
 
 pub use completion::CopyCompletion;
+pub use staged::DEFAULT_STAGING_BYTES;
 
 use super::CudaDevice;
 use super::driver::{self, DeferredErrors};
@@ -125,6 +126,8 @@ struct Inner {
     free_descs: Mutex<Vec<DescBuffers>>,
     /// The staging ring of [`CopyMethod::Staged`], set up on first use.
     ring: Mutex<Option<staged::Ring>>,
+    /// The size of that ring.
+    staging_bytes: usize,
     /// Set once a completion of this stream timed out: work queued here waits behind the stall.
     stalled: AtomicBool,
     /// Last field: logs what destroying the stream and unloading the module recorded.
@@ -179,12 +182,23 @@ impl CopyStream {
             kernel_max_avg_len: DEFAULT_KERNEL_MAX_AVG_LEN,
             free_descs: Mutex::new(Vec::new()),
             ring: Mutex::new(None),
+            staging_bytes: DEFAULT_STAGING_BYTES,
             stalled: AtomicBool::new(false),
             _deferred: DeferredErrors::new(ctx.clone(), "release a copy stream"),
         };
         Ok(Self {
             inner: Arc::new(inner),
         })
+    }
+
+    /// This stream with a staging ring of `bytes` for [`CopyMethod::Staged`] (rounded down to
+    /// whole 8 MiB slots, at least two; default [`DEFAULT_STAGING_BYTES`]), before the stream
+    /// is shared: a clone keeps the size it had.
+    pub(crate) fn with_staging_bytes(mut self, bytes: usize) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.staging_bytes = bytes;
+        }
+        self
     }
 
     /// The device the stream belongs to.

@@ -10,116 +10,126 @@
 //! after its previous DMA (gather) or kernel (scatter) is done.
 
 use super::DescBuffers;
-use super::{CopyStream, DeviceCopy, Location, split_for_kernel};
+use super::{CopyStream, DeviceCopy, KERNEL_MIN_PIECE, Location, split_for_kernel};
 use crate::cuda::driver;
-use crate::error::{Error, Result, UnsupportedError};
+use crate::error::{BoundsError, Error, Result, UnsupportedError};
 use cudarc::driver::{CudaEvent, CudaFunction, CudaStream, result};
-use std::ops::Range;
+use std::borrow::Cow;
 
 /// Bytes per staging slot.
 pub(super) const SLOT_BYTES: u64 = 8 << 20;
-/// Staging slots per copy stream.
-pub(super) const SLOTS: usize = 4;
+/// The default size of a copy stream's staging ring: eight slots. A ring that holds more of the
+/// transfer rides out longer waits of the packing kernel for a multiprocessor (beside an
+/// engine's kernels); see docs/PERFORMANCE.md.
+pub const DEFAULT_STAGING_BYTES: usize = 64 << 20;
 
-/// One slot's worth of a staged transfer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Slab {
-    /// The staging slot it uses.
-    pub(super) slot: usize,
-    /// Its copies in the kernel's descriptor list.
-    pub(super) kernel: Range<usize>,
-    /// Its DMA copies between the slot and the host (adjacent host ranges merged).
-    pub(super) dma: Vec<DeviceCopy>,
+/// Slots of a ring of `bytes` (at least two, so that one slot moves while the next is packed).
+pub(super) fn slots_for(bytes: usize) -> usize {
+    (bytes as u64 / SLOT_BYTES).max(2) as usize
 }
 
-/// A staged transfer: the kernel's copies (all slabs, in order) and the slabs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Plan {
-    pub(super) kernel: Vec<DeviceCopy>,
-    pub(super) slabs: Vec<Slab>,
+/// One slot's worth of a staged transfer, as [`pack`] hands it out.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Slab<'a> {
+    /// The staging slot it uses.
+    pub(super) slot: usize,
+    /// Its device-side copies (into the slot for a gather, out of it for a scatter), not yet
+    /// split for the kernel.
+    pub(super) device_side: &'a [DeviceCopy],
+    /// Its DMA copies between the slot and the host (adjacent host ranges merged).
+    pub(super) dma: &'a [DeviceCopy],
+}
+
+/// `copies` in the order of their host addresses (`host` tells which side is the host's).
+/// Free when they come in that order; when every copy has the same length and their host
+/// ranges tile one run (an engine's offload or onboard of whole chunks, listed in device
+/// order), each is placed at its index in one pass; otherwise sorted.
+fn in_host_order(
+    copies: &[DeviceCopy],
+    host: impl Fn(&DeviceCopy) -> u64,
+) -> Cow<'_, [DeviceCopy]> {
+    if copies.windows(2).all(|w| host(&w[0]) <= host(&w[1])) {
+        return Cow::Borrowed(copies);
+    }
+    if let Some(placed) = tiled(copies, &host) {
+        return Cow::Owned(placed);
+    }
+    let mut v = copies.to_vec();
+    v.sort_unstable_by_key(host);
+    Cow::Owned(v)
+}
+
+/// `copies` ordered by host address when they have one length and their host ranges tile
+/// `[min, min + n * len)` exactly (each position taken once); `None` otherwise.
+fn tiled(copies: &[DeviceCopy], host: &impl Fn(&DeviceCopy) -> u64) -> Option<Vec<DeviceCopy>> {
+    let len = copies.first()?.len;
+    if len == 0 || copies.len() >= u32::MAX as usize || copies.iter().any(|c| c.len != len) {
+        return None;
+    }
+    let min = copies.iter().map(host).min()?;
+    let mut at = vec![u32::MAX; copies.len()];
+    for (i, c) in copies.iter().enumerate() {
+        let off = host(c) - min;
+        let k = usize::try_from(off / len).ok()?;
+        match at.get_mut(k) {
+            Some(slot) if off % len == 0 && *slot == u32::MAX => *slot = i as u32,
+            _ => return None,
+        }
+    }
+    // Every position taken once by `n` copies: a permutation, in host order.
+    Some(at.iter().map(|&i| copies[i as usize]).collect())
 }
 
 /// Splits `copies` into slabs of `slot_bytes` staged in `slots` slots at `base` (slot `k` at
-/// `base + k * slot_bytes`): for a gather, the kernel copies device sources into the slot and the
-/// DMAs copy the slot to the host destinations; for a scatter, the DMAs copy host sources into
-/// the slot and the kernel copies the slot to the device destinations. Copies are packed in
-/// order of their host addresses, split where a slot fills; the kernel's copies are split further
-/// by `split` (so they spread over thread blocks).
-pub(super) fn plan(
+/// `base + k * slot_bytes`) and hands each to `emit` as soon as it is full, so the caller can
+/// start moving it while the rest is packed: for a gather, the kernel copies device sources into
+/// the slot and the DMAs copy the slot to the host destinations; for a scatter, the DMAs copy
+/// host sources into the slot and the kernel copies the slot to the device destinations. Copies
+/// are packed in order of their host addresses, split where a slot fills, so that adjacent host
+/// ranges become one DMA whatever order the list came in (an onboard's list follows the device
+/// side: one DMA per chunk otherwise, about 1 µs of CPU each). Destinations never overlap, so
+/// the order of the copies does not change the result. Stops at `emit`'s first error.
+pub(super) fn pack<E>(
     copies: &[DeviceCopy],
     gather: bool,
     base: u64,
     slot_bytes: u64,
     slots: usize,
-    split: impl Fn(&[DeviceCopy]) -> Vec<DeviceCopy>,
-) -> Plan {
+    mut emit: impl FnMut(Slab<'_>) -> std::result::Result<(), E>,
+) -> std::result::Result<(), E> {
     let slots = slots.max(1) as u64;
     let slot_bytes = slot_bytes.max(1);
-    // Packed in the order of their host addresses, so that adjacent host ranges become one DMA
-    // whatever order the list came in (an onboard's list follows the device side: one DMA per
-    // chunk otherwise, about 1 µs of CPU each). Destinations never overlap, so the order of the
-    // copies does not change the result.
-    let host = |c: &DeviceCopy| if gather { c.dst } else { c.src };
-    let by_host: Vec<DeviceCopy>;
-    let copies = if copies.windows(2).all(|w| host(&w[0]) <= host(&w[1])) {
-        copies
-    } else {
-        by_host = {
-            let mut v = copies.to_vec();
-            v.sort_unstable_by_key(host);
-            v
-        };
-        &by_host
-    };
-    let mut kernel: Vec<DeviceCopy> = Vec::new();
-    let mut slabs: Vec<Slab> = Vec::new();
+    let copies = in_host_order(copies, |c| if gather { c.dst } else { c.src });
     let mut device_side: Vec<DeviceCopy> = Vec::new();
     let mut dma: Vec<DeviceCopy> = Vec::new();
     let mut used = 0u64;
-    let close = |kernel: &mut Vec<DeviceCopy>,
-                 slabs: &mut Vec<Slab>,
-                 device_side: &mut Vec<DeviceCopy>,
-                 dma: &mut Vec<DeviceCopy>| {
-        let start = kernel.len();
-        kernel.extend(split(device_side));
-        device_side.clear();
-        slabs.push(Slab {
-            slot: (slabs.len() as u64 % slots) as usize,
-            kernel: start..kernel.len(),
-            dma: std::mem::take(dma),
-        });
-    };
-    for c in copies {
+    let mut slab = 0u64;
+    let mut close =
+        |device_side: &mut Vec<DeviceCopy>, dma: &mut Vec<DeviceCopy>, slab: &mut u64| {
+            let out = emit(Slab {
+                slot: (*slab % slots) as usize,
+                device_side,
+                dma,
+            });
+            device_side.clear();
+            dma.clear();
+            *slab += 1;
+            out
+        };
+    for c in copies.iter() {
         let mut done = 0;
         while done < c.len {
             let n = (c.len - done).min(slot_bytes - used);
-            let staged = base + (slabs.len() as u64 % slots) * slot_bytes + used;
-            let (on_device, on_host) = if gather {
-                (
-                    DeviceCopy {
-                        src: c.src + done,
-                        dst: staged,
-                        len: n,
-                    },
-                    DeviceCopy {
-                        src: staged,
-                        dst: c.dst + done,
-                        len: n,
-                    },
-                )
+            let staged = base + (slab % slots) * slot_bytes + used;
+            let (device, host) = if gather {
+                (c.src + done, c.dst + done)
             } else {
-                (
-                    DeviceCopy {
-                        src: staged,
-                        dst: c.dst + done,
-                        len: n,
-                    },
-                    DeviceCopy {
-                        src: c.src + done,
-                        dst: staged,
-                        len: n,
-                    },
-                )
+                (c.dst + done, c.src + done)
+            };
+            let (on_device, on_host) = if gather {
+                (copy(device, staged, n), copy(staged, host, n))
+            } else {
+                (copy(staged, device, n), copy(host, staged, n))
             };
             device_side.push(on_device);
             match dma.last_mut() {
@@ -133,36 +143,58 @@ pub(super) fn plan(
             used += n;
             done += n;
             if used == slot_bytes {
-                close(&mut kernel, &mut slabs, &mut device_side, &mut dma);
+                close(&mut device_side, &mut dma, &mut slab)?;
                 used = 0;
             }
         }
     }
     if used > 0 {
-        close(&mut kernel, &mut slabs, &mut device_side, &mut dma);
+        close(&mut device_side, &mut dma, &mut slab)?;
     }
-    Plan { kernel, slabs }
+    Ok(())
 }
 
-/// The device staging ring of a copy stream (`SLOTS * SLOT_BYTES` from `cuMemAlloc`, freed on
-/// drop), with the stream its kernels run on.
+fn copy(src: u64, dst: u64, len: u64) -> DeviceCopy {
+    DeviceCopy { src, dst, len }
+}
+
+/// The most kernel descriptors [`pack`] with `split_for_kernel` can make of `copies` in slots of
+/// `slot_bytes`: a copy splits into pieces of at least `KERNEL_MIN_PIECE`, and once more where a
+/// slot fills.
+fn descriptor_bound(copies: &[DeviceCopy], slot_bytes: u64) -> usize {
+    let total = copies.iter().fold(0u64, |t, c| t.saturating_add(c.len));
+    let pieces = copies.iter().fold(0u64, |t, c| {
+        t.saturating_add(c.len.div_ceil(KERNEL_MIN_PIECE))
+    });
+    usize::try_from(pieces.saturating_add(total.div_ceil(slot_bytes.max(1)))).unwrap_or(usize::MAX)
+}
+
+/// The device staging ring of a copy stream (`slots * SLOT_BYTES` from `cuMemAlloc`, freed on
+/// drop), with the stream its kernels run on: created with the device's greatest priority, so
+/// that its short packing kernels get multiprocessors ahead of an engine's queued kernels as
+/// soon as one frees up.
 pub(super) struct Ring {
     memory: u64,
+    slots: usize,
     kernel_stream: std::sync::Arc<CudaStream>,
 }
 
 impl Ring {
-    /// Allocates the ring and creates its kernel stream in `ctx` (bound by the caller).
-    fn new(ctx: &std::sync::Arc<cudarc::driver::CudaContext>) -> Result<Self> {
+    /// Allocates a ring of `slots` slots and creates its kernel stream in `ctx` (bound by the
+    /// caller).
+    fn new(ctx: &std::sync::Arc<cudarc::driver::CudaContext>, slots: usize) -> Result<Self> {
+        let (_, greatest) = result::stream::get_priority_range()
+            .map_err(|e| driver::error("query the stream priorities", e))?;
         let kernel_stream = ctx
-            .new_stream()
+            .new_stream_with_priority(greatest)
             .map_err(|e| driver::error("create the staging kernel's stream", e))?;
         // SAFETY: a plain allocation in the bound context, owned by the value built below and
         // freed in its Drop.
-        let memory = unsafe { result::malloc_sync(SLOT_BYTES as usize * SLOTS) }
+        let memory = unsafe { result::malloc_sync(SLOT_BYTES as usize * slots) }
             .map_err(|e| driver::error("allocate the staging ring (cuMemAlloc)", e))?;
         Ok(Self {
             memory,
+            slots,
             kernel_stream,
         })
     }
@@ -213,7 +245,10 @@ impl CopyStream {
         // GPU-side order between transfers comes from the events below).
         let mut ring = inner.ring.lock().unwrap_or_else(|p| p.into_inner());
         if ring.is_none() {
-            *ring = Some(Ring::new(inner.device.context())?);
+            *ring = Some(Ring::new(
+                inner.device.context(),
+                slots_for(inner.staging_bytes),
+            )?);
         }
         let Some(ring) = ring.as_ref() else {
             return Err(Error::Unsupported(UnsupportedError::Feature {
@@ -232,6 +267,8 @@ impl CopyStream {
         enqueued
     }
 
+    /// Packs and enqueues slab by slab: the first slot moves while the rest of the list is
+    /// still being packed, so the CPU's work overlaps the GPU's.
     fn enqueue_through(
         &self,
         ring: &Ring,
@@ -242,9 +279,6 @@ impl CopyStream {
     ) -> Result<()> {
         let inner = &self.inner;
         let sm_count = inner.sm_count;
-        let plan = plan(copies, gather, ring.memory, SLOT_BYTES, SLOTS, |c| {
-            split_for_kernel(c, sm_count).into_owned()
-        });
         let main = &inner.stream;
         let ks = &ring.kernel_stream;
         let event = |stream: &CudaStream| -> Result<CudaEvent> {
@@ -260,66 +294,83 @@ impl CopyStream {
         // Whatever the copy stream did before (an earlier staged transfer's DMAs from the
         // slots among it) is done before this transfer's kernels touch a slot.
         wait(ks, &event(main)?)?;
-        let d = self.take_descs(plan.kernel.len())?;
-        // SAFETY: `d.host` is a pinned allocation of `capacity >= plan.kernel.len()` entries that
-        // no in-flight work uses (it came from the free list or was just allocated).
-        unsafe {
-            std::ptr::copy_nonoverlapping(plan.kernel.as_ptr(), d.host, plan.kernel.len());
-        }
-        let (dev, host) = (d.dev, d.host);
+        let d = self.take_descs(descriptor_bound(copies, SLOT_BYTES))?;
+        let (dev, host, capacity) = (d.dev, d.host, d.capacity);
         *descs = Some(d);
-        // SAFETY: `host` holds the descriptors written just above and stays allocated and
-        // untouched until the completion (which owns it now) has finished, which is after the
-        // kernel stream's work (the copy stream waits for it below).
-        let staged = unsafe { std::slice::from_raw_parts(host.cast_const(), plan.kernel.len()) };
-        // SAFETY: the device buffer holds at least as many descriptors; the upload is ordered
-        // before the launches on the kernel stream.
-        unsafe { result::memcpy_htod_async(dev, staged, ks.cu_stream()) }
-            .map_err(|e| driver::error("upload copy descriptors", e))?;
-        let size = std::mem::size_of::<DeviceCopy>() as u64;
+        let size = std::mem::size_of::<DeviceCopy>();
         // Per slot: the event after its last use by the other stream.
-        let mut freed: Vec<Option<CudaEvent>> = (0..SLOTS).map(|_| None).collect();
-        for slab in &plan.slabs {
-            let launch = |stream: &CudaStream| -> Result<()> {
-                if slab.kernel.is_empty() {
-                    return Ok(());
+        let mut freed: Vec<Option<CudaEvent>> = (0..ring.slots).map(|_| None).collect();
+        let mut written = 0usize;
+        pack(
+            copies,
+            gather,
+            ring.memory,
+            SLOT_BYTES,
+            ring.slots,
+            |slab| {
+                let pieces = split_for_kernel(slab.device_side, sm_count);
+                let n = pieces.len();
+                if written + n > capacity {
+                    return Err(Error::Bounds(BoundsError::Overflow {
+                        what: "staged copy descriptors",
+                    }));
                 }
-                // SAFETY: the slab's descriptors were uploaded on the kernel stream before
-                // (the launch is on it, after the upload); they name device ranges of the
-                // transfer (valid per `copy_async`'s contract) and a range of the slot, which
-                // this transfer alone uses now (ring lock, and the events order its reuse).
-                unsafe {
-                    self.launch_copy_kernel(
-                        kernel,
-                        dev + slab.kernel.start as u64 * size,
-                        slab.kernel.len(),
-                        stream.cu_stream(),
-                    )
+                // SAFETY: `host` is a pinned allocation of `capacity` entries (checked just above)
+                // owned by the completion; entries from `written` on were never handed to the GPU,
+                // and earlier ones are not touched again.
+                let entries = unsafe {
+                    let at = host.add(written);
+                    std::ptr::copy_nonoverlapping(pieces.as_ptr(), at, n);
+                    std::slice::from_raw_parts(at.cast_const(), n)
+                };
+                let at = dev + (written * size) as u64;
+                written += n;
+                let upload = |stream: &CudaStream| -> Result<()> {
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    // SAFETY: the device buffer holds `capacity >= written` entries; the pinned
+                    // entries stay untouched until the completion has finished, after the upload.
+                    unsafe { result::memcpy_htod_async(at, entries, stream.cu_stream()) }
+                        .map_err(|e| driver::error("upload copy descriptors", e))
+                };
+                let launch = |stream: &CudaStream| -> Result<()> {
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    // SAFETY: the slab's descriptors were uploaded on this stream before; they name
+                    // device ranges of the transfer (valid per `copy_async`'s contract) and a range
+                    // of the slot, which this transfer alone uses now (ring lock, and the events
+                    // order its reuse).
+                    unsafe { self.launch_copy_kernel(kernel, at, n, stream.cu_stream()) }
+                };
+                // The descriptors go up first, ahead of any wait, so the kernel can start the
+                // moment its slot is ready.
+                upload(ks)?;
+                if gather {
+                    if let Some(e) = freed[slab.slot].take() {
+                        wait(ks, &e)?;
+                    }
+                    launch(ks)?;
+                    wait(main, &event(ks)?)?;
+                    self.enqueue_dma(slab.dma, gather)?;
+                    freed[slab.slot] = Some(event(main)?);
+                } else {
+                    if let Some(e) = freed[slab.slot].take() {
+                        wait(main, &e)?;
+                    }
+                    self.enqueue_dma(slab.dma, gather)?;
+                    wait(ks, &event(main)?)?;
+                    launch(ks)?;
+                    freed[slab.slot] = Some(event(ks)?);
                 }
-            };
-            if gather {
-                if let Some(e) = freed[slab.slot].take() {
-                    wait(ks, &e)?;
-                }
-                launch(ks)?;
-                wait(main, &event(ks)?)?;
-                self.enqueue_dma(&slab.dma, gather)?;
-                freed[slab.slot] = Some(event(main)?);
-            } else {
-                if let Some(e) = freed[slab.slot].take() {
-                    wait(main, &e)?;
-                }
-                self.enqueue_dma(&slab.dma, gather)?;
-                wait(ks, &event(main)?)?;
-                launch(ks)?;
-                freed[slab.slot] = Some(event(ks)?);
-            }
-        }
+                Ok(())
+            },
+        )?;
         // The transfer's completion is recorded on the copy stream: make it include the kernels.
         wait(main, &event(ks)?)?;
         Ok(())
     }
-
     /// The DMA copies of one slab on the copy stream: batched when the driver offers it and
     /// there are several, else one `cuMemcpyAsync` each.
     fn enqueue_dma(&self, dma: &[DeviceCopy], gather: bool) -> Result<()> {
@@ -343,8 +394,30 @@ mod tests {
 
     const BASE: u64 = 1 << 40;
 
-    fn no_split(c: &[DeviceCopy]) -> Vec<DeviceCopy> {
-        c.to_vec()
+    /// One slab as [`pack`] handed it out, owned.
+    #[derive(Debug)]
+    struct Slab {
+        slot: usize,
+        kernel: Vec<DeviceCopy>,
+        dma: Vec<DeviceCopy>,
+    }
+
+    struct Plan {
+        slabs: Vec<Slab>,
+    }
+
+    fn plan(copies: &[DeviceCopy], gather: bool, base: u64, slot: u64, slots: usize) -> Plan {
+        let mut slabs = Vec::new();
+        pack::<()>(copies, gather, base, slot, slots, |s| {
+            slabs.push(Slab {
+                slot: s.slot,
+                kernel: s.device_side.to_vec(),
+                dma: s.dma.to_vec(),
+            });
+            Ok(())
+        })
+        .unwrap();
+        Plan { slabs }
     }
 
     /// Applies a plan to byte maps (address -> byte) of the device and host, in slab order:
@@ -357,7 +430,7 @@ mod tests {
             }
         };
         for slab in &plan.slabs {
-            let kernel = &plan.kernel[slab.kernel.clone()];
+            let kernel = &slab.kernel;
             if gather {
                 kernel.iter().for_each(|c| run(mem, c));
                 slab.dma.iter().for_each(|c| run(mem, c));
@@ -369,7 +442,7 @@ mod tests {
     }
 
     fn check(copies: &[DeviceCopy], gather: bool, slot: u64, slots: usize) -> Plan {
-        let plan = plan(copies, gather, BASE, slot, slots, no_split);
+        let plan = plan(copies, gather, BASE, slot, slots);
         let mut mem = std::collections::HashMap::new();
         for c in copies {
             for i in 0..c.len {
@@ -388,7 +461,7 @@ mod tests {
         }
         for (i, s) in plan.slabs.iter().enumerate() {
             assert_eq!(s.slot, i % slots);
-            let bytes: u64 = plan.kernel[s.kernel.clone()].iter().map(|c| c.len).sum();
+            let bytes: u64 = s.kernel.iter().map(|c| c.len).sum();
             let dma: u64 = s.dma.iter().map(|c| c.len).sum();
             assert_eq!(bytes, dma);
             assert!(bytes <= slot);
@@ -439,7 +512,7 @@ mod tests {
         let plan = check(&copies, false, 32, 3);
         assert_eq!(plan.slabs.len(), 3); // 72 bytes: 32 + 32 + 8
         assert!(plan.slabs.iter().all(|s| s.dma.len() == 1));
-        assert_eq!(plan.kernel.len(), 5); // 24+8 | 16+16 | 8
+        assert_eq!(plan.slabs.iter().map(|s| s.kernel.len()).sum::<usize>(), 5); // 24+8 | 16+16 | 8
     }
 
     #[test]
@@ -495,6 +568,63 @@ mod tests {
                 copies.iter().map(|c| copy(c.dst, c.src, c.len)).collect()
             };
             check(&copies, gather, rng.u64(1..130), rng.usize(1..5));
+        }
+    }
+
+    #[test]
+    fn host_order_places_tiled_chunks_and_sorts_the_rest() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let host = |c: &DeviceCopy| c.src;
+        for round in 0..40 {
+            let n = rng.usize(2..300);
+            let len = [16u64, 48, 4096][round % 3];
+            let mut order: Vec<u64> = (0..n as u64).collect();
+            rng.shuffle(&mut order);
+            let mut copies: Vec<DeviceCopy> = order
+                .iter()
+                .enumerate()
+                .map(|(i, &k)| copy(5_000 + k * len, 1 << 30 | (i as u64) << 16, len))
+                .collect();
+            match round % 4 {
+                // A source read twice: no tiling, sorted instead.
+                1 => copies[n - 1].src = copies[0].src,
+                // A hole in the host run.
+                2 => copies[0].src += len * n as u64,
+                // Lengths differ.
+                3 => copies[0].len += 16,
+                _ => {}
+            }
+            assert_eq!(
+                tiled(&copies, &host).is_some(),
+                round % 4 == 0,
+                "round {round}"
+            );
+            let ordered = in_host_order(&copies, host);
+            assert!(ordered.windows(2).all(|w| w[0].src <= w[1].src));
+            let mut a = ordered.to_vec();
+            let mut b = copies.clone();
+            a.sort_unstable_by_key(|c| (c.src, c.dst));
+            b.sort_unstable_by_key(|c| (c.src, c.dst));
+            assert_eq!(a, b, "the same copies, reordered");
+        }
+    }
+
+    #[test]
+    fn the_descriptor_bound_holds_for_what_pack_and_split_make() {
+        let mut rng = fastrand::Rng::with_seed(3);
+        for _ in 0..30 {
+            let n = rng.usize(1..60);
+            let copies: Vec<DeviceCopy> = (0..n as u64)
+                .map(|k| copy(k << 32, (1 << 50) + (k << 24), 16 * rng.u64(1..40_000)))
+                .collect();
+            let slot = 16 * rng.u64(1 << 10..1 << 16);
+            let mut made = 0;
+            pack::<()>(&copies, true, BASE, slot, 3, |s| {
+                made += super::split_for_kernel(s.device_side, 132).len();
+                Ok(())
+            })
+            .unwrap();
+            assert!(made <= descriptor_bound(&copies, slot), "{made} > bound");
         }
     }
 }

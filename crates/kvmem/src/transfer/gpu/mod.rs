@@ -205,11 +205,12 @@ impl GpuExecutor {
     pub(crate) fn start(
         method: CopyMethod,
         bounce_bytes: usize,
+        staging_bytes: usize,
         disk: Arc<DiskLane>,
     ) -> Result<Self> {
         // Fail before any transfer is accepted when there is no driver.
         crate::cuda::load_driver()?;
-        let streams = Arc::new(Streams::default());
+        let streams = Arc::new(Streams::new(staging_bytes));
         let shared = Arc::clone(&streams);
         let worker = Worker::start("kvmem-gpu", move || {
             Ok(Staging {

@@ -86,12 +86,21 @@ impl Lanes {
 
 /// One copy stream per device, shared by `submit` (direct paths) and the worker. A stream that
 /// stalled is quarantined and replaced by a fresh one.
-#[derive(Default)]
 pub(super) struct Streams {
     by_device: Mutex<HashMap<u32, Lane>>,
+    /// The staging ring of each stream made (`EngineConfig::staging_bytes`).
+    staging_bytes: usize,
 }
 
 impl Streams {
+    /// No streams yet; each made later gets a staging ring of `staging_bytes`.
+    pub(super) fn new(staging_bytes: usize) -> Self {
+        Self {
+            by_device: Mutex::default(),
+            staging_bytes,
+        }
+    }
+
     /// The current stream of device `ordinal` and a claim on it for a transfer due by
     /// `deadline`. A stream that stalled is quarantined first, and a fresh one made.
     fn claim(&self, ordinal: u32, deadline: Instant) -> Result<(CopyStream, Claim)> {
@@ -106,7 +115,7 @@ impl Streams {
             std::collections::hash_map::Entry::Vacant(e) => {
                 let gpu = CudaDevice::new(ordinal as usize)?;
                 e.insert(Lane {
-                    stream: CopyStream::new(&gpu)?,
+                    stream: CopyStream::new(&gpu)?.with_staging_bytes(self.staging_bytes),
                     open: Arc::default(),
                 })
             }
