@@ -266,6 +266,35 @@ fn auto_picks_the_kernel_for_small_chunks_and_batches_for_large_ones() {
             "{asked:?}: one {len}-byte copy {from:?} -> {to:?}"
         );
     }
+    // 32 MiB of scattered 16 KiB device chunks into one host run (an offload) and back (an
+    // onboard): Auto stages them; with holes in the host side, the kernel keeps them.
+    let copy = |src: u64, dst: u64| DeviceCopy {
+        src,
+        dst,
+        len: 16 << 10,
+    };
+    let (dev, host) = (0x10_0000_0000u64, 0x20_0000_0000u64);
+    let offload: Vec<DeviceCopy> = (0..2048u64)
+        .map(|k| copy(dev + (k * 7 % 2048) * (32 << 10), host + k * (16 << 10)))
+        .collect();
+    let onboard: Vec<DeviceCopy> = offload.iter().map(|c| copy(c.dst, c.src)).collect();
+    let holes: Vec<DeviceCopy> = offload
+        .iter()
+        .map(|c| copy(c.src, host + (c.dst - host) * 2))
+        .collect();
+    for (copies, from, to, want) in [
+        (&offload, d, h, CopyMethod::Staged),
+        (&onboard, h, d, CopyMethod::Staged),
+        (&holes, d, h, CopyMethod::Kernel),
+        (&offload[..512].to_vec(), d, h, CopyMethod::Kernel),
+    ] {
+        assert_eq!(
+            stream.resolve(auto, copies, from, to).unwrap(),
+            want,
+            "{} copies {from:?} -> {to:?}",
+            copies.len()
+        );
+    }
 }
 
 #[test]

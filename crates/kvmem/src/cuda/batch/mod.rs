@@ -91,8 +91,9 @@ pub enum CopyMethod {
     PerCopy,
     /// Between device and pinned host memory: the copy kernel packs device chunks into device
     /// staging slots (or unpacks them), the copy engines move each slot with one DMA per
-    /// contiguous host run, pipelined. Device-to-device copies run on the kernel. Never chosen
-    /// by `Auto`; chosen by [`AutoBesideCompute`](Self::AutoBesideCompute).
+    /// contiguous host run, pipelined. Device-to-device copies run on the kernel. `Auto` takes it
+    /// instead of the copy kernel where it measured faster (see [`CopyStream::resolve`]), and
+    /// [`AutoBesideCompute`](Self::AutoBesideCompute) wherever `Auto` takes the kernel.
     Staged,
     /// `Auto` for an engine that runs its own kernels while kvmem copies: where `Auto` would
     /// put copies between device and pinned host memory on the copy kernel, they go to
@@ -236,6 +237,13 @@ impl CopyStream {
     /// The method `Auto` resolves to for `copies` between `src` and `dst`, or the requested one
     /// if it is available.
     ///
+    /// `Auto`: copies averaging at most [`DEFAULT_KERNEL_MAX_AVG_LEN`] to or from host memory
+    /// (four times that device to device) go to the copy kernel, larger ones to batched DMA;
+    /// among the kernel's, a transfer of at least 16 MiB between device and host whose host
+    /// side is one contiguous run (an engine's offload into, or onboard from, a contiguous
+    /// buffer) goes to [`CopyMethod::Staged`], which moves it by DMA in whole staging slots:
+    /// faster on the H200, and it leaves the multiprocessors to the engine's kernels.
+    ///
     /// # Errors
     /// [`UnsupportedError::Feature`] when the requested method is not available here.
     pub fn resolve(
@@ -268,7 +276,11 @@ impl CopyStream {
                         .saturating_mul(D2D_KERNEL_FACTOR)
                 };
                 Ok(if kernel_ok && avg <= limit as u64 {
-                    CopyMethod::Kernel
+                    if staged::suits(copies, src, dst, total) {
+                        CopyMethod::Staged
+                    } else {
+                        CopyMethod::Kernel
+                    }
                 } else if self.inner.batch_supported {
                     CopyMethod::Batched
                 } else if kernel_ok {

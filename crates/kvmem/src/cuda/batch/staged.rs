@@ -28,6 +28,30 @@ pub(super) fn slots_for(bytes: usize) -> usize {
     (bytes as u64 / SLOT_BYTES).max(2) as usize
 }
 
+/// The smallest transfer [`suits`] sends to the staged method: two slots, so that one moves while
+/// the next is packed.
+const SUITS_MIN_BYTES: u64 = 2 * SLOT_BYTES;
+
+/// True when `Auto` should stage `copies` (of `total` bytes) rather than run them on the copy
+/// kernel: one side on the device and the other on the host, at least [`SUITS_MIN_BYTES`], and
+/// the host ranges tiling one run (their bytes add up to the run from the lowest to the highest
+/// address), so that every slot moves as one DMA.
+pub(super) fn suits(copies: &[DeviceCopy], src: Location, dst: Location, total: u64) -> bool {
+    let host_is_dst = match (src, dst) {
+        (Location::Device(_), Location::Host) => true,
+        (Location::Host, Location::Device(_)) => false,
+        _ => return false,
+    };
+    if total < SUITS_MIN_BYTES {
+        return false;
+    }
+    let (lo, hi) = copies.iter().fold((u64::MAX, 0u64), |(lo, hi), c| {
+        let at = if host_is_dst { c.dst } else { c.src };
+        (lo.min(at), hi.max(at.saturating_add(c.len)))
+    });
+    hi.saturating_sub(lo) == total
+}
+
 /// One slot's worth of a staged transfer, as [`pack`] hands it out.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Slab<'a> {
@@ -301,6 +325,7 @@ impl CopyStream {
         // Per slot: the event after its last use by the other stream.
         let mut freed: Vec<Option<CudaEvent>> = (0..ring.slots).map(|_| None).collect();
         let mut written = 0usize;
+        let in_place = inner.host_pointers_are_device_pointers;
         pack(
             copies,
             gather,
@@ -323,30 +348,34 @@ impl CopyStream {
                     std::ptr::copy_nonoverlapping(pieces.as_ptr(), at, n);
                     std::slice::from_raw_parts(at.cast_const(), n)
                 };
-                let at = dev + (written * size) as u64;
+                // Where the kernel reads them: in place, through the pinned buffer's device
+                // mapping, when host pointers are device pointers here (no upload then: an
+                // upload is a copy on the kernel's stream, which waits behind the slot's DMAs
+                // on the copy engines in a scatter, and behind the engine's kernels with the
+                // launch before it); else a copy in the device buffer, uploaded first.
+                let (at, upload) = if in_place {
+                    (entries.as_ptr() as u64, false)
+                } else {
+                    (dev + (written * size) as u64, n > 0)
+                };
                 written += n;
-                let upload = |stream: &CudaStream| -> Result<()> {
-                    if n == 0 {
-                        return Ok(());
-                    }
+                if upload {
                     // SAFETY: the device buffer holds `capacity >= written` entries; the pinned
                     // entries stay untouched until the completion has finished, after the upload.
-                    unsafe { result::memcpy_htod_async(at, entries, stream.cu_stream()) }
-                        .map_err(|e| driver::error("upload copy descriptors", e))
-                };
+                    unsafe { result::memcpy_htod_async(at, entries, ks.cu_stream()) }
+                        .map_err(|e| driver::error("upload copy descriptors", e))?;
+                }
                 let launch = |stream: &CudaStream| -> Result<()> {
                     if n == 0 {
                         return Ok(());
                     }
-                    // SAFETY: the slab's descriptors were uploaded on this stream before; they name
-                    // device ranges of the transfer (valid per `copy_async`'s contract) and a range
-                    // of the slot, which this transfer alone uses now (ring lock, and the events
-                    // order its reuse).
+                    // SAFETY: the slab's descriptors are in pinned memory the device reads in
+                    // place, or were uploaded on this stream before; either stays untouched until
+                    // the completion has finished. They name device ranges of the transfer
+                    // (valid per `copy_async`'s contract) and a range of the slot, which this
+                    // transfer alone uses now (ring lock, and the events order its reuse).
                     unsafe { self.launch_copy_kernel(kernel, at, n, stream.cu_stream()) }
                 };
-                // The descriptors go up first, ahead of any wait, so the kernel can start the
-                // moment its slot is ready.
-                upload(ks)?;
                 if gather {
                     if let Some(e) = freed[slab.slot].take() {
                         wait(ks, &e)?;
@@ -626,5 +655,27 @@ mod tests {
             .unwrap();
             assert!(made <= descriptor_bound(&copies, slot), "{made} > bound");
         }
+    }
+
+    #[test]
+    fn auto_stages_transfers_whose_host_side_is_one_run() {
+        let (dev, host) = (Location::Device(0), Location::Host);
+        let mb = 1u64 << 20;
+        // 32 chunks of 1 MiB, device side shuffled, host side one run.
+        let copies: Vec<DeviceCopy> = (0..32u64)
+            .map(|k| copy((1 << 40) + ((k * 7) % 32) * 3 * mb, (1 << 44) + k * mb, mb))
+            .collect();
+        let total = 32 * mb;
+        assert!(suits(&copies, dev, host, total));
+        let reversed: Vec<DeviceCopy> = copies.iter().map(|c| copy(c.dst, c.src, c.len)).collect();
+        assert!(suits(&reversed, host, dev, total));
+        // Device to device, or host on both sides: nothing to stage.
+        assert!(!suits(&copies, dev, dev, total));
+        assert!(!suits(&copies, host, host, total));
+        // Too small, or a hole in the host run.
+        assert!(!suits(&copies[..8], dev, host, 8 * mb));
+        let mut holed = copies.clone();
+        holed[5].dst += 64 * mb;
+        assert!(!suits(&holed, dev, host, total));
     }
 }
