@@ -7,7 +7,7 @@ mod common;
 #[path = "nixl_common/mod.rs"]
 mod nixl_common;
 
-use common::cases::{random_config, reference_offset};
+use common::cases::{geometry, random_config, reference_offset};
 use kvmem::Completion;
 use kvmem::error::{LayoutError, NixlError, PeerError, TransferError, UnsupportedError};
 use kvmem::layout::{BlockDim, BlockLayout, LayoutConfig, LayoutKind};
@@ -155,23 +155,6 @@ fn setup(prefix: &str, seed: u64) -> (TransferEngine, Agent, Agent, StdRng) {
         agent(&format!("{prefix}-b")),
         StdRng::seed_from_u64(seed),
     )
-}
-
-/// Blocks of `num_layers` layers x 2 (K and V) x `page_size` tokens x `inner_dim` 2-byte values.
-fn geometry(
-    num_blocks: usize,
-    num_layers: usize,
-    page_size: usize,
-    inner_dim: usize,
-) -> LayoutConfig {
-    LayoutConfig {
-        num_blocks,
-        num_layers,
-        outer_dim: 2,
-        page_size,
-        inner_dim,
-        dtype_bytes: 2,
-    }
 }
 
 #[test]

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::cases::{every_layout_pair, make_side, reference_offset};
+use common::cases::{every_layout_pair, geometry, make_side, reference_offset};
 use common::{Tier, engine_with, random_region, read_region};
 use kvmem::Completion;
 use kvmem::error::UnsupportedError;
@@ -52,14 +52,7 @@ fn large_host_transfers_split_over_threads_are_exact() {
         let engine = TransferEngine::new(config).unwrap();
         let mut rng = StdRng::seed_from_u64(7);
         let dir = tempfile::tempdir().unwrap();
-        let c = LayoutConfig {
-            num_blocks: 64,
-            num_layers: 2,
-            outer_dim: 2,
-            page_size: 16,
-            inner_dim: 1000,
-            dtype_bytes: 2,
-        };
+        let c = geometry(64, 2, 16, 1000);
         let src = make_side(
             Tier::Host,
             LayoutKind::FullyContiguous,
@@ -150,12 +143,8 @@ fn layers_as_views_of_one_file(disk_backend: DiskBackend) {
     let engine = engine_with(disk_backend);
     let dir = tempfile::tempdir().unwrap();
     let c = LayoutConfig {
-        num_blocks: 8,
-        num_layers: 3,
-        outer_dim: 2,
-        page_size: 1,
-        inner_dim: 1024,
         dtype_bytes: 4,
+        ..geometry(8, 3, 1, 1024)
     };
     let kind = LayoutKind::LayerSeparate(BlockDim::First);
     let (count, bytes) = c.regions(kind).unwrap();

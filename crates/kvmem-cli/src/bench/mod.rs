@@ -21,6 +21,7 @@ mod verify;
 
 use crate::error::Result;
 use clap::{Args, ValueEnum};
+use kvmem::transfer::CopyMethod;
 use std::path::PathBuf;
 
 /// A transfer path the bench can sweep.
@@ -86,36 +87,76 @@ impl BenchPath {
     }
 }
 
-/// How GPU copy lists are executed (see `kvmem::cuda::batch`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum GpuMethod {
-    /// Chosen by copy size.
-    Auto,
-    /// `cuMemcpyBatchAsync`.
-    Batched,
-    /// kvmem's PTX copy kernel.
-    Kernel,
-    /// One `cuMemcpyAsync` per copy.
-    PerCopy,
-    /// Gather/scatter on the device through a staging ring with the copy kernel, one DMA per
-    /// staging slot, pipelined.
-    Staged,
-    /// Auto for an engine that computes meanwhile: the staged method where auto would use the
-    /// copy kernel between device and pinned host memory.
-    AutoBesideCompute,
+/// How GPU copy lists are executed: one of the library's [`CopyMethod`]s, under the name that
+/// `--gpu-method` takes and the reports print (see `kvmem::cuda::batch`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GpuMethod {
+    method: CopyMethod,
+    name: &'static str,
+    help: &'static str,
 }
 
-impl From<GpuMethod> for kvmem::transfer::CopyMethod {
+impl GpuMethod {
+    /// The methods `--gpu-method` offers, the library's default first: the one table of their
+    /// names.
+    pub const ALL: [Self; 6] = [
+        Self::of(CopyMethod::Auto, "auto", "Chosen by copy size"),
+        Self::of(CopyMethod::Batched, "batched", "`cuMemcpyBatchAsync`"),
+        Self::of(CopyMethod::Kernel, "kernel", "kvmem's PTX copy kernel"),
+        Self::of(
+            CopyMethod::PerCopy,
+            "per-copy",
+            "One `cuMemcpyAsync` per copy",
+        ),
+        Self::of(
+            CopyMethod::Staged,
+            "staged",
+            "Gather/scatter on the device through a staging ring with the copy kernel, one DMA \
+             per staging slot, pipelined",
+        ),
+        Self::of(
+            CopyMethod::AutoBesideCompute,
+            "auto-beside-compute",
+            "Auto for an engine that computes meanwhile: the staged method where auto would use \
+             the copy kernel between device and pinned host memory",
+        ),
+    ];
+
+    const fn of(method: CopyMethod, name: &'static str, help: &'static str) -> Self {
+        Self { method, name, help }
+    }
+
+    /// The method's command-line name.
+    pub fn name(self) -> &'static str {
+        self.name
+    }
+}
+
+impl Default for GpuMethod {
+    fn default() -> Self {
+        Self::ALL[0]
+    }
+}
+
+impl ValueEnum for GpuMethod {
+    fn value_variants<'a>() -> &'a [Self] {
+        &Self::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.name).help(self.help))
+    }
+}
+
+impl serde::Serialize for GpuMethod {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.name)
+    }
+}
+
+impl From<GpuMethod> for CopyMethod {
     fn from(m: GpuMethod) -> Self {
-        match m {
-            GpuMethod::Auto => Self::Auto,
-            GpuMethod::Batched => Self::Batched,
-            GpuMethod::Kernel => Self::Kernel,
-            GpuMethod::PerCopy => Self::PerCopy,
-            GpuMethod::Staged => Self::Staged,
-            GpuMethod::AutoBesideCompute => Self::AutoBesideCompute,
-        }
+        m.method
     }
 }
 
@@ -234,7 +275,7 @@ pub struct BenchArgs {
     #[arg(long, value_parser = parse_size, default_value = "1G")]
     pub layers_bytes: usize,
     /// How GPU copy lists are executed.
-    #[arg(long, value_enum, default_value_t = GpuMethod::Auto)]
+    #[arg(long, value_enum, default_value_t = GpuMethod::default())]
     pub gpu_method: GpuMethod,
     /// Device memory per GPU for the staged method's ring (K/M/G suffixes; default 64M, whole
     /// 8 MiB slots).
@@ -429,7 +470,29 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::{CopyMethod, GpuMethod, ValueEnum, parse_size};
+
+    /// Each name parses to its own method, the default is the library's, and a method has one
+    /// name only.
+    #[test]
+    fn gpu_methods_parse_to_the_library_methods() {
+        assert_eq!(GpuMethod::default().method, CopyMethod::default());
+        for m in GpuMethod::ALL {
+            assert_eq!(
+                GpuMethod::from_str(m.name(), false).map(CopyMethod::from),
+                Ok(m.method)
+            );
+            let same = GpuMethod::ALL
+                .iter()
+                .filter(|o| o.method == m.method || o.name() == m.name());
+            assert_eq!(same.count(), 1, "{m:?}");
+        }
+        assert_eq!(
+            GpuMethod::from_str("auto-beside-compute", false).map(CopyMethod::from),
+            Ok(CopyMethod::AutoBesideCompute)
+        );
+        assert!(GpuMethod::from_str("dma", false).is_err());
+    }
 
     #[test]
     fn sizes_parse() {

@@ -269,7 +269,7 @@ pub fn table(r: &Report) -> String {
             Some(false) => ", BUFFERED (file system refused O_DIRECT)".to_string(),
             None => String::new(),
         },
-        format!("{:?}", s.gpu_method).to_lowercase(),
+        s.gpu_method.name(),
         s.iterations,
         if s.small_pages {
             "4 KiB"

@@ -777,14 +777,7 @@ mod tests {
     /// that a forced method is never measured against itself.
     #[test]
     fn gpu_references_use_one_dma_copy_whatever_the_method() {
-        for method in [
-            GpuMethod::Auto,
-            GpuMethod::Batched,
-            GpuMethod::Kernel,
-            GpuMethod::PerCopy,
-            GpuMethod::Staged,
-            GpuMethod::AutoBesideCompute,
-        ] {
+        for method in GpuMethod::ALL {
             let config = EngineConfig {
                 gpu_method: method.into(),
                 ..EngineConfig::default()

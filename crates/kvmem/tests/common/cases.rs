@@ -77,6 +77,23 @@ pub fn make_side(
     Side { layout, images }
 }
 
+/// Blocks of `num_layers` layers x 2 (K and V) x `page_size` tokens x `inner_dim` 2-byte values.
+pub fn geometry(
+    num_blocks: usize,
+    num_layers: usize,
+    page_size: usize,
+    inner_dim: usize,
+) -> LayoutConfig {
+    LayoutConfig {
+        num_blocks,
+        num_layers,
+        outer_dim: 2,
+        page_size,
+        inner_dim,
+        dtype_bytes: 2,
+    }
+}
+
 pub fn random_config(
     disk: bool,
     rng: &mut StdRng,
