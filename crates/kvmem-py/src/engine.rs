@@ -25,17 +25,19 @@ pub struct Engine {
 impl Engine {
     /// An engine. `host_threads` copy host memory (default: all cores); `disk_backend` is
     /// `"io_uring"` (default) or `"nixl_posix"`; `queue_depth` disk requests stay in flight;
-    /// `bounce_bytes` is the size of each pinned bounce buffer for pageable/disk ↔ GPU copies.
+    /// `bounce_bytes` is the size of each pinned bounce buffer for pageable/disk ↔ GPU copies;
+    /// `staging_bytes` the device memory per GPU of the staged method's ring (default 64 MiB).
     /// `beside_compute=True` says the engine runs its own kernels while kvmem copies: small GPU
     /// ↔ pinned copies then take the staged method, which leaves the SMs to those kernels, instead
     /// of the copy kernel (`CopyMethod::AutoBesideCompute`; slower alone, see PERFORMANCE.md).
     #[new]
-    #[pyo3(signature = (*, host_threads=None, disk_backend=None, queue_depth=None, bounce_bytes=None, beside_compute=false))]
+    #[pyo3(signature = (*, host_threads=None, disk_backend=None, queue_depth=None, bounce_bytes=None, staging_bytes=None, beside_compute=false))]
     fn new(
         host_threads: Option<usize>,
         disk_backend: Option<&str>,
         queue_depth: Option<u32>,
         bounce_bytes: Option<usize>,
+        staging_bytes: Option<usize>,
         beside_compute: bool,
     ) -> PyResult<Self> {
         let mut config = EngineConfig::default();
@@ -61,6 +63,9 @@ impl Engine {
         }
         if let Some(b) = bounce_bytes {
             config.bounce_bytes = b;
+        }
+        if let Some(s) = staging_bytes {
+            config.staging_bytes = s;
         }
         Ok(Self {
             inner: Arc::new(TransferEngine::new(config).py()?),

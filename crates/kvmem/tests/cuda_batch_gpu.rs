@@ -266,27 +266,46 @@ fn auto_picks_the_kernel_for_small_chunks_and_batches_for_large_ones() {
             "{asked:?}: one {len}-byte copy {from:?} -> {to:?}"
         );
     }
-    // 32 MiB of scattered 16 KiB device chunks into one host run (an offload) and back (an
-    // onboard): Auto stages them; with holes in the host side, the kernel keeps them.
-    let copy = |src: u64, dst: u64| DeviceCopy {
-        src,
-        dst,
-        len: 16 << 10,
+    // Scattered device chunks into one host run (an offload) and back (an onboard): Auto stages
+    // 128 MiB of 64 KiB chunks, and 256 MiB of 16 KiB ones, but not 32 MiB of 16 KiB ones (the
+    // kernel is faster there), nor a host side with holes.
+    let run = |n: u64, len: u64| -> Vec<DeviceCopy> {
+        let (dev, host) = (0x10_0000_0000u64, 0x40_0000_0000u64);
+        (0..n)
+            .map(|k| DeviceCopy {
+                src: dev + (k * 7 % n) * 2 * len,
+                dst: host + k * len,
+                len,
+            })
+            .collect()
     };
-    let (dev, host) = (0x10_0000_0000u64, 0x20_0000_0000u64);
-    let offload: Vec<DeviceCopy> = (0..2048u64)
-        .map(|k| copy(dev + (k * 7 % 2048) * (32 << 10), host + k * (16 << 10)))
-        .collect();
-    let onboard: Vec<DeviceCopy> = offload.iter().map(|c| copy(c.dst, c.src)).collect();
+    let back = |c: &[DeviceCopy]| -> Vec<DeviceCopy> {
+        c.iter()
+            .map(|c| DeviceCopy {
+                src: c.dst,
+                dst: c.src,
+                len: c.len,
+            })
+            .collect()
+    };
+    let offload = run(2048, 64 << 10);
+    let onboard = back(&offload);
+    let large = run(16384, 16 << 10);
+    let small = run(2048, 16 << 10);
     let holes: Vec<DeviceCopy> = offload
         .iter()
-        .map(|c| copy(c.src, host + (c.dst - host) * 2))
+        .map(|c| DeviceCopy {
+            dst: c.dst + (c.dst & 0xffff_ffff),
+            ..*c
+        })
         .collect();
     for (copies, from, to, want) in [
         (&offload, d, h, CopyMethod::Staged),
         (&onboard, h, d, CopyMethod::Staged),
+        (&large, d, h, CopyMethod::Staged),
+        (&small, d, h, CopyMethod::Kernel),
         (&holes, d, h, CopyMethod::Kernel),
-        (&offload[..512].to_vec(), d, h, CopyMethod::Kernel),
+        (&offload[..128].to_vec(), d, h, CopyMethod::Kernel),
     ] {
         assert_eq!(
             stream.resolve(auto, copies, from, to).unwrap(),

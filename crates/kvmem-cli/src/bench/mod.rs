@@ -277,8 +277,8 @@ pub struct BenchArgs {
     /// How GPU copy lists are executed.
     #[arg(long, value_enum, default_value_t = GpuMethod::default())]
     pub gpu_method: GpuMethod,
-    /// Device memory per GPU for the staged method's ring (K/M/G suffixes; default 64M, whole
-    /// 8 MiB slots).
+    /// Device memory per GPU for the staged method's ring (K/M/G suffixes; default 64M, eight
+    /// slots).
     #[arg(long, value_parser = parse_size)]
     pub staging: Option<usize>,
     /// Block sizes (comma-separated; K/M/G suffixes are powers of 1024). Default:

@@ -237,6 +237,7 @@ class Engine:
         disk_backend: Literal["io_uring", "nixl_posix"] | None = None,
         queue_depth: int | None = None,
         bounce_bytes: int | None = None,
+        staging_bytes: int | None = None,
         beside_compute: bool = False,
     ) -> None:
         """An engine; ``beside_compute=True`` when the engine's kernels run while kvmem copies

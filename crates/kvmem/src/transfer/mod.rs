@@ -123,9 +123,10 @@ pub struct EngineConfig {
     pub bounce_bytes: usize,
     /// Device memory per GPU for the staging ring of [`CopyMethod::Staged`] (and
     /// [`CopyMethod::AutoBesideCompute`]), allocated on first staged transfer (default
-    /// [`DEFAULT_STAGING_BYTES`](crate::cuda::batch::DEFAULT_STAGING_BYTES), 64 MiB; whole 8 MiB
-    /// slots, at least two). A larger ring keeps the copy engines busy through longer waits of
-    /// the packing kernel for a multiprocessor beside an engine's kernels.
+    /// [`DEFAULT_STAGING_BYTES`](crate::cuda::batch::DEFAULT_STAGING_BYTES), 64 MiB; eight slots
+    /// of an eighth each, in whole MiB). A larger ring keeps the copy engines busy through longer
+    /// waits of the packing kernel for a multiprocessor beside an engine's kernels, and its
+    /// larger slots mean fewer DMAs.
     pub staging_bytes: usize,
     /// The time every transfer is given before it is reported as
     /// [`TransferError::TimedOut`](crate::error::TransferError::TimedOut), whatever its size

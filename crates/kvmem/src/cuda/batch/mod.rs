@@ -192,9 +192,9 @@ impl CopyStream {
         })
     }
 
-    /// This stream with a staging ring of `bytes` for [`CopyMethod::Staged`] (rounded down to
-    /// whole 8 MiB slots, at least two; default [`DEFAULT_STAGING_BYTES`]), before the stream
-    /// is shared: a clone keeps the size it had.
+    /// This stream with a staging ring of `bytes` for [`CopyMethod::Staged`] (eight slots of an
+    /// eighth each, in whole MiB; default [`DEFAULT_STAGING_BYTES`]), before the stream is
+    /// shared: a clone keeps the size it had.
     pub(crate) fn with_staging_bytes(mut self, bytes: usize) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
             inner.staging_bytes = bytes;

@@ -16,33 +16,44 @@ use crate::error::{BoundsError, Error, Result, UnsupportedError};
 use cudarc::driver::{CudaEvent, CudaFunction, CudaStream, result};
 use std::borrow::Cow;
 
-/// Bytes per staging slot.
-pub(super) const SLOT_BYTES: u64 = 8 << 20;
-/// The default size of a copy stream's staging ring: eight slots. A ring that holds more of the
-/// transfer rides out longer waits of the packing kernel for a multiprocessor (beside an
-/// engine's kernels); see docs/PERFORMANCE.md.
+/// The default size of a copy stream's staging ring: eight slots of 8 MiB. A ring that holds
+/// more of the transfer rides out longer waits of the packing kernel for a multiprocessor
+/// (beside an engine's kernels), and larger slots mean fewer DMAs; see docs/PERFORMANCE.md.
 pub const DEFAULT_STAGING_BYTES: usize = 64 << 20;
+/// Slots per ring: one moves while the others are packed.
+const RING_SLOTS: usize = 8;
+/// Slots are whole MiB, at least one.
+const SLOT_UNIT: u64 = 1 << 20;
 
-/// Slots of a ring of `bytes` (at least two, so that one slot moves while the next is packed).
-pub(super) fn slots_for(bytes: usize) -> usize {
-    (bytes as u64 / SLOT_BYTES).max(2) as usize
+/// The slot size of a ring of `bytes`: an eighth of it, in whole MiB, at least 1 MiB.
+pub(super) fn slot_bytes_for(bytes: usize) -> u64 {
+    ((bytes as u64 / RING_SLOTS as u64) / SLOT_UNIT).max(1) * SLOT_UNIT
 }
 
-/// The smallest transfer [`suits`] sends to the staged method: two slots, so that one moves while
-/// the next is packed.
-const SUITS_MIN_BYTES: u64 = 2 * SLOT_BYTES;
+/// The smallest transfer [`suits`] sends to the staged method.
+const SUITS_MIN_BYTES: u64 = 16 << 20;
+/// Transfers of at least this many bytes are staged whatever their copy size; smaller ones only
+/// when their copies average [`SUITS_MIN_AVG`] or more. On the H200 (docs/PERFORMANCE.md) the
+/// staged method beat the copy kernel on 1 GiB offloads and onboards of 4-32 KiB chunks and on
+/// 64 MiB transfers of 64 KiB-1 MiB chunks, and lost to it on 64 MiB of scattered 4 and 16 KiB
+/// chunks, where its fixed costs (host ordering, filling and draining the pipeline) weigh more.
+const SUITS_ANY_AVG_BYTES: u64 = 256 << 20;
+/// See [`SUITS_ANY_AVG_BYTES`].
+const SUITS_MIN_AVG: u64 = 64 << 10;
 
 /// True when `Auto` should stage `copies` (of `total` bytes) rather than run them on the copy
-/// kernel: one side on the device and the other on the host, at least [`SUITS_MIN_BYTES`], and
-/// the host ranges tiling one run (their bytes add up to the run from the lowest to the highest
-/// address), so that every slot moves as one DMA.
+/// kernel: one side on the device and the other on the host, at least [`SUITS_MIN_BYTES`] (and
+/// [`SUITS_ANY_AVG_BYTES`] unless the copies average [`SUITS_MIN_AVG`]), and the host ranges
+/// tiling one run (their bytes add up to the run from the lowest to the highest address), so
+/// that every slot moves as one DMA.
 pub(super) fn suits(copies: &[DeviceCopy], src: Location, dst: Location, total: u64) -> bool {
     let host_is_dst = match (src, dst) {
         (Location::Device(_), Location::Host) => true,
         (Location::Host, Location::Device(_)) => false,
         _ => return false,
     };
-    if total < SUITS_MIN_BYTES {
+    let avg = total / copies.len().max(1) as u64;
+    if total < SUITS_MIN_BYTES || (total < SUITS_ANY_AVG_BYTES && avg < SUITS_MIN_AVG) {
         return false;
     }
     let (lo, hi) = copies.iter().fold((u64::MAX, 0u64), |(lo, hi), c| {
@@ -193,20 +204,28 @@ fn descriptor_bound(copies: &[DeviceCopy], slot_bytes: u64) -> usize {
     usize::try_from(pieces.saturating_add(total.div_ceil(slot_bytes.max(1)))).unwrap_or(usize::MAX)
 }
 
-/// The device staging ring of a copy stream (`slots * SLOT_BYTES` from `cuMemAlloc`, freed on
+/// The device staging ring of a copy stream (`slots * slot_bytes` from `cuMemAlloc`, freed on
 /// drop), with the stream its kernels run on: created with the device's greatest priority, so
 /// that its short packing kernels get multiprocessors ahead of an engine's queued kernels as
 /// soon as one frees up.
 pub(super) struct Ring {
     memory: u64,
+    slot_bytes: u64,
     slots: usize,
     kernel_stream: std::sync::Arc<CudaStream>,
 }
 
 impl Ring {
-    /// Allocates a ring of `slots` slots and creates its kernel stream in `ctx` (bound by the
-    /// caller).
-    fn new(ctx: &std::sync::Arc<cudarc::driver::CudaContext>, slots: usize) -> Result<Self> {
+    /// Allocates a ring of [`RING_SLOTS`] slots of `slot_bytes` and creates its kernel stream in
+    /// `ctx` (bound by the caller).
+    fn new(ctx: &std::sync::Arc<cudarc::driver::CudaContext>, slot_bytes: u64) -> Result<Self> {
+        let slots = RING_SLOTS;
+        let bytes = usize::try_from(slot_bytes)
+            .ok()
+            .and_then(|b| b.checked_mul(slots))
+            .ok_or(Error::Bounds(BoundsError::Overflow {
+                what: "staging ring size",
+            }))?;
         let (_, greatest) = result::stream::get_priority_range()
             .map_err(|e| driver::error("query the stream priorities", e))?;
         let kernel_stream = ctx
@@ -214,10 +233,11 @@ impl Ring {
             .map_err(|e| driver::error("create the staging kernel's stream", e))?;
         // SAFETY: a plain allocation in the bound context, owned by the value built below and
         // freed in its Drop.
-        let memory = unsafe { result::malloc_sync(SLOT_BYTES as usize * slots) }
+        let memory = unsafe { result::malloc_sync(bytes) }
             .map_err(|e| driver::error("allocate the staging ring (cuMemAlloc)", e))?;
         Ok(Self {
             memory,
+            slot_bytes,
             slots,
             kernel_stream,
         })
@@ -271,7 +291,7 @@ impl CopyStream {
         if ring.is_none() {
             *ring = Some(Ring::new(
                 inner.device.context(),
-                slots_for(inner.staging_bytes),
+                slot_bytes_for(inner.staging_bytes),
             )?);
         }
         let Some(ring) = ring.as_ref() else {
@@ -318,7 +338,7 @@ impl CopyStream {
         // Whatever the copy stream did before (an earlier staged transfer's DMAs from the
         // slots among it) is done before this transfer's kernels touch a slot.
         wait(ks, &event(main)?)?;
-        let d = self.take_descs(descriptor_bound(copies, SLOT_BYTES))?;
+        let d = self.take_descs(descriptor_bound(copies, ring.slot_bytes))?;
         let (dev, host, capacity) = (d.dev, d.host, d.capacity);
         *descs = Some(d);
         let size = std::mem::size_of::<DeviceCopy>();
@@ -330,7 +350,7 @@ impl CopyStream {
             copies,
             gather,
             ring.memory,
-            SLOT_BYTES,
+            ring.slot_bytes,
             ring.slots,
             |slab| {
                 let pieces = split_for_kernel(slab.device_side, sm_count);
@@ -658,6 +678,14 @@ mod tests {
     }
 
     #[test]
+    fn a_ring_is_eight_slots_of_whole_mib() {
+        assert_eq!(slot_bytes_for(DEFAULT_STAGING_BYTES), 8 << 20);
+        assert_eq!(slot_bytes_for(256 << 20), 32 << 20);
+        assert_eq!(slot_bytes_for(100 << 20), 12 << 20);
+        assert_eq!(slot_bytes_for(0), 1 << 20);
+    }
+
+    #[test]
     fn auto_stages_transfers_whose_host_side_is_one_run() {
         let (dev, host) = (Location::Device(0), Location::Host);
         let mb = 1u64 << 20;
@@ -674,6 +702,20 @@ mod tests {
         assert!(!suits(&copies, host, host, total));
         // Too small, or a hole in the host run.
         assert!(!suits(&copies[..8], dev, host, 8 * mb));
+        // Small copies: staged only from 256 MiB on.
+        let chunks = |n: u64| -> Vec<DeviceCopy> {
+            (0..n)
+                .map(|k| {
+                    copy(
+                        (1 << 40) + ((k * 7) % n) * 32768,
+                        (1 << 44) + k * 16384,
+                        16384,
+                    )
+                })
+                .collect()
+        };
+        assert!(!suits(&chunks(2048), dev, host, 32 * mb));
+        assert!(suits(&chunks(16384), dev, host, 256 * mb));
         let mut holed = copies.clone();
         holed[5].dst += 64 * mb;
         assert!(!suits(&holed, dev, host, total));
