@@ -26,7 +26,7 @@ impl Engine {
     /// An engine. `host_threads` copy host memory (default: all cores); `disk_backend` is
     /// `"io_uring"` (default) or `"nixl_posix"`; `queue_depth` disk requests stay in flight;
     /// `bounce_bytes` is the size of each pinned bounce buffer for pageable/disk ↔ GPU copies;
-    /// `staging_bytes` the device memory per GPU of the staged method's ring (default 64 MiB).
+    /// `staging_bytes` the device memory per GPU of the staged method's ring (default 256 MiB).
     /// `beside_compute=True` says the engine runs its own kernels while kvmem copies: small GPU
     /// ↔ pinned copies then take the staged method, which leaves the SMs to those kernels, instead
     /// of the copy kernel (`CopyMethod::AutoBesideCompute`; slower alone, see PERFORMANCE.md).

@@ -277,7 +277,7 @@ pub struct BenchArgs {
     /// How GPU copy lists are executed.
     #[arg(long, value_enum, default_value_t = GpuMethod::default())]
     pub gpu_method: GpuMethod,
-    /// Device memory per GPU for the staged method's ring (K/M/G suffixes; default 64M, eight
+    /// Device memory per GPU for the staged method's ring (K/M/G suffixes; default 256M, eight
     /// slots).
     #[arg(long, value_parser = parse_size)]
     pub staging: Option<usize>,

@@ -123,7 +123,7 @@ pub struct EngineConfig {
     pub bounce_bytes: usize,
     /// Device memory per GPU for the staging ring of [`CopyMethod::Staged`] (and
     /// [`CopyMethod::AutoBesideCompute`]), allocated on first staged transfer (default
-    /// [`DEFAULT_STAGING_BYTES`](crate::cuda::batch::DEFAULT_STAGING_BYTES), 64 MiB; eight slots
+    /// [`DEFAULT_STAGING_BYTES`](crate::cuda::batch::DEFAULT_STAGING_BYTES), 256 MiB; eight slots
     /// of an eighth each, in whole MiB). A larger ring keeps the copy engines busy through longer
     /// waits of the packing kernel for a multiprocessor beside an engine's kernels, and its
     /// larger slots mean fewer DMAs.
