@@ -7,6 +7,7 @@ use crate::cuda::batch::DeviceCopy;
 use crate::descriptor::Buffer;
 use crate::kind::StorageKind;
 use crate::storage::BackgroundPinnedStorage;
+use std::borrow::Cow;
 
 /// The host addresses inside the plan's pinned buffers where one page-lock registration ends and
 /// the next begins (sorted): a CUDA copy must not cross one (the driver refuses it with
@@ -40,17 +41,18 @@ fn registered_ranges(buffer: &Buffer) -> Option<Vec<std::ops::Range<usize>>> {
     (ranges.len() > 1).then_some(ranges)
 }
 
-/// The device copies of `ops`, each split where its pinned host side crosses one of `cuts`.
-pub(super) fn device_copies(
-    ops: &[CopyOp],
+/// The device copies of `ops`, each split where its pinned host side crosses one of `cuts`;
+/// with no cuts, `ops` themselves, read in place (no pass over a plan's copies at submission).
+pub(super) fn device_copies<'a>(
+    ops: &'a [CopyOp],
     src: StorageKind,
     dst: StorageKind,
     cuts: &[usize],
-) -> Vec<DeviceCopy> {
+) -> Cow<'a, [DeviceCopy]> {
     if cuts.is_empty() {
-        return ops.iter().map(device_copy).collect();
+        return as_device_copies(ops);
     }
-    let mut out = Vec::with_capacity(ops.len());
+    let mut out: Vec<DeviceCopy> = Vec::with_capacity(ops.len());
     for op in ops {
         let mut op = *op;
         loop {
@@ -84,7 +86,25 @@ pub(super) fn device_copies(
             }
         }
     }
-    out
+    Cow::Owned(out)
+}
+
+/// `ops` as device copies: borrowed where the two types are laid out alike (64-bit targets),
+/// converted elsewhere.
+fn as_device_copies(ops: &[CopyOp]) -> Cow<'_, [DeviceCopy]> {
+    use std::mem::{align_of, size_of};
+    if size_of::<usize>() == size_of::<u64>()
+        && size_of::<CopyOp>() == size_of::<DeviceCopy>()
+        && align_of::<CopyOp>() == align_of::<DeviceCopy>()
+    {
+        // SAFETY: both are `repr(C)` structs of three unsigned integers in the order src, dst,
+        // len, and here `usize` is as wide as `u64` (checked just above), so they have the same
+        // size, alignment and field offsets, no padding, and every bit pattern is valid for both;
+        // the slice keeps its length and the borrow of `ops`.
+        Cow::Borrowed(unsafe { std::slice::from_raw_parts(ops.as_ptr().cast(), ops.len()) })
+    } else {
+        Cow::Owned(ops.iter().map(device_copy).collect())
+    }
 }
 
 fn device_copy(op: &CopyOp) -> DeviceCopy {

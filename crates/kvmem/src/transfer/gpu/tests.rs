@@ -190,10 +190,15 @@ fn copies_split_at_registration_boundaries_of_the_pinned_side() {
         pieces(op(1900, 2950, 200), pinned, pinned),
         vec![(1900, 2950, 50), (1950, 3000, 50), (2000, 3050, 100)]
     );
-    // Device to device, or no cuts: one copy each, unchanged.
+    // Device to device, or no cuts: one copy each, unchanged (read in place with no cuts).
     assert_eq!(pieces(op(900, 1900, 3000), device, device).len(), 1);
+    let ops = [op(900, 1900, 3000), op(5, 7, 11)];
+    let read = device_copies(&ops, pinned, device, &[]);
+    assert!(matches!(read, std::borrow::Cow::Borrowed(_)));
     assert_eq!(
-        device_copies(&[op(900, 1900, 3000)], pinned, device, &[]).len(),
-        1
+        read.iter()
+            .map(|c| (c.src as usize, c.dst as usize, c.len as usize))
+            .collect::<Vec<_>>(),
+        vec![(900, 1900, 3000), (5, 7, 11)]
     );
 }

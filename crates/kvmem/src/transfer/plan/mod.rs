@@ -19,8 +19,10 @@ use std::fmt;
 /// One contiguous copy: `len` bytes from `src` to `dst`.
 ///
 /// Addresses are virtual addresses for host and device memory, and file offsets for disk; the
-/// [`CopyBatch`] holding the op says which.
+/// [`CopyBatch`] holding the op says which. `repr(C)`: on 64-bit targets the GPU executor reads
+/// a list of them as the CUDA layer's copies (the same three 64-bit fields) without converting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(C)]
 pub struct CopyOp {
     /// Source address or file offset.
     pub src: usize,
