@@ -68,3 +68,73 @@ fn every_layout_pair_pinned_and_disk_each_disk_backend() {
         );
     }
 }
+
+/// Auto stages an offload of whole blocks into one host run, and the staged method moves a slot
+/// by one DMA where host ranges adjoin; a pinned buffer page-locked in several registrations
+/// must still see no DMA across two (the driver refuses one): 64 MiB of scattered 64 KiB blocks
+/// from the device into pinned memory registered in 4 MiB pieces, through a ring of 32 MiB
+/// (4 MiB slots, offset from the registrations by the layout's start), and back, byte-exact,
+/// with `Auto` and with the staged method forced.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn a_staged_offload_into_pinned_memory_registered_in_pieces_and_back() {
+    use kvmem::layout::{BlockLayout, LayoutKind};
+    use kvmem::storage::{MappedPinnedOptions, MappedPinnedStorage};
+    use kvmem::{Buffer, Completion as _, HostMemory as _, OffsetBuffer};
+    use rand::{SeedableRng, seq::SliceRandom};
+    const MIB: usize = 1 << 20;
+    let gpu = common::gpu();
+    let config = common::cases::geometry(1024, 1, 16, 1024); // 64 KiB blocks, one layer
+    let (_, bytes) = config.regions(LayoutKind::FullyContiguous).unwrap();
+    assert_eq!(bytes, 64 * MIB);
+    let layout = |r: &Buffer| {
+        BlockLayout::new(config, LayoutKind::FullyContiguous, vec![r.clone()], 4096).unwrap()
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5EED);
+    let dir = std::env::temp_dir();
+    let (device, image) = common::random_region(common::Tier::Device, bytes, 0, &dir, &mut rng);
+    let mut ids: Vec<usize> = (0..1024).collect();
+    ids.shuffle(&mut rng);
+    let order: Vec<usize> = (0..1024).collect();
+    let block = 64 << 10;
+    for gpu_method in [CopyMethod::Auto, CopyMethod::Staged] {
+        let options = MappedPinnedOptions {
+            registration_chunk: 4 * MIB,
+            ..Default::default()
+        };
+        let mut pinned = MappedPinnedStorage::with_options(&gpu, bytes + MIB, &options).unwrap();
+        assert!(pinned.registered_ranges().len() > 16);
+        pinned.as_mut_slice().fill(0x5a);
+        // The layout starts 64 KiB in, so slots and registrations do not line up.
+        let host = Buffer::new(OffsetBuffer::new(Buffer::new(pinned), 64 << 10, bytes).unwrap());
+        let engine = TransferEngine::new(EngineConfig {
+            gpu_method,
+            staging_bytes: 32 * MIB,
+            ..EngineConfig::default()
+        })
+        .unwrap();
+        engine
+            .copy_blocks(&layout(&device), &ids, &layout(&host), &order)
+            .unwrap()
+            .wait()
+            .unwrap();
+        let offloaded = common::read_region(&host);
+        for (k, &b) in ids.iter().enumerate() {
+            assert!(
+                offloaded[k * block..(k + 1) * block] == image[b * block..(b + 1) * block],
+                "{gpu_method:?}: host block {k} is not device block {b}"
+            );
+        }
+        // Back into a device buffer of other (random) bytes, in the offloaded order.
+        let (back, _) = common::random_region(common::Tier::Device, bytes, 0, &dir, &mut rng);
+        engine
+            .copy_blocks(&layout(&host), &order, &layout(&back), &ids)
+            .unwrap()
+            .wait()
+            .unwrap();
+        assert!(
+            common::read_region(&back) == image,
+            "{gpu_method:?}: the onboard differs from the original"
+        );
+    }
+}

@@ -115,6 +115,9 @@ pub fn read_region(region: &Buffer) -> Vec<u8> {
     if let Some(s) = base.downcast_ref::<PinnedStorage>() {
         return s.as_slice()[offset..offset + len].to_vec();
     }
+    if let Some(s) = base.downcast_ref::<kvmem::storage::MappedPinnedStorage>() {
+        return s.as_slice()[offset..offset + len].to_vec();
+    }
     if let Some(d) = base.downcast_ref::<DeviceStorage>() {
         let mut staging = SystemStorage::new(base.size()).unwrap();
         cuda::copy_device_to_host(d, &mut staging).unwrap();

@@ -333,12 +333,35 @@ impl CopyStream {
     /// deadline; if they are still running then, the error is
     /// [`TransferError::TimedOut`](crate::error::TransferError::TimedOut) (not the enqueue error)
     /// and the ranges stay in use for good, as above.
+    ///
+    /// [`CopyMethod::Staged`] (which `Auto` may pick) moves adjacent host ranges as one DMA:
+    /// host memory page-locked in several registrations must go through the transfer engine,
+    /// which keeps each DMA inside one; here, a DMA that crosses two fails with a driver error.
     pub unsafe fn copy_async(
         &self,
         copies: &[DeviceCopy],
         method: CopyMethod,
         src: Location,
         dst: Location,
+    ) -> Result<CopyCompletion> {
+        // SAFETY: the caller upholds this function's contract, which is the one below.
+        unsafe { self.copy_async_within(copies, method, src, dst, &[]) }
+    }
+
+    /// [`copy_async`](Self::copy_async) for host memory page-locked in several registrations:
+    /// `host_cuts` (sorted) are the host addresses where one registration ends and the next
+    /// begins. Every copy must lie inside one registration, and the staged method never joins
+    /// host ranges across a cut (one CUDA copy must not cross two registrations).
+    ///
+    /// # Safety
+    /// As for [`copy_async`](Self::copy_async).
+    pub(crate) unsafe fn copy_async_within(
+        &self,
+        copies: &[DeviceCopy],
+        method: CopyMethod,
+        src: Location,
+        dst: Location,
+        host_cuts: &[u64],
     ) -> Result<CopyCompletion> {
         if copies.is_empty() {
             return Err(Error::Bounds(BoundsError::ZeroSize { what: "copy list" }));
@@ -353,7 +376,7 @@ impl CopyStream {
         let enqueued = match method {
             CopyMethod::Kernel => self.enqueue_kernel(copies, &mut descs),
             CopyMethod::Batched => self.enqueue_batched(copies, src, dst),
-            CopyMethod::Staged => self.enqueue_staged(copies, src, dst, &mut descs),
+            CopyMethod::Staged => self.enqueue_staged(copies, src, dst, host_cuts, &mut descs),
             CopyMethod::PerCopy | CopyMethod::Auto | CopyMethod::AutoBesideCompute => {
                 self.enqueue_per_copy(copies)
             }

@@ -126,13 +126,14 @@ fn tiled(copies: &[DeviceCopy], host: &impl Fn(&DeviceCopy) -> u64) -> Option<Ve
 /// are packed in order of their host addresses, split where a slot fills, so that adjacent host
 /// ranges become one DMA whatever order the list came in (an onboard's list follows the device
 /// side: one DMA per chunk otherwise, about 1 µs of CPU each). Destinations never overlap, so
-/// the order of the copies does not change the result. Stops at `emit`'s first error.
+/// the order of the copies does not change the result. Host ranges are never joined at one of
+/// `host_cuts` (sorted: where one page-lock registration ends and the next begins). Stops at
+/// `emit`'s first error.
 pub(super) fn pack<E>(
     copies: &[DeviceCopy],
     gather: bool,
-    base: u64,
-    slot_bytes: u64,
-    slots: usize,
+    (base, slot_bytes, slots): (u64, u64, usize),
+    host_cuts: &[u64],
     mut emit: impl FnMut(Slab<'_>) -> std::result::Result<(), E>,
 ) -> std::result::Result<(), E> {
     let slots = slots.max(1) as u64;
@@ -172,7 +173,9 @@ pub(super) fn pack<E>(
             device_side.push(on_device);
             match dma.last_mut() {
                 Some(last)
-                    if last.src + last.len == on_host.src && last.dst + last.len == on_host.dst =>
+                    if last.src + last.len == on_host.src
+                        && last.dst + last.len == on_host.dst
+                        && (host_cuts.is_empty() || host_cuts.binary_search(&host).is_err()) =>
                 {
                     last.len += n;
                 }
@@ -275,6 +278,7 @@ impl CopyStream {
         copies: &[DeviceCopy],
         src: Location,
         dst: Location,
+        host_cuts: &[u64],
         descs: &mut Option<DescBuffers>,
     ) -> Result<()> {
         let gather = match (src, dst) {
@@ -302,7 +306,7 @@ impl CopyStream {
                 what: "the staging ring could not be set up".into(),
             }));
         };
-        let enqueued = self.enqueue_through(ring, kernel, copies, gather, descs);
+        let enqueued = self.enqueue_through(ring, kernel, (copies, host_cuts), gather, descs);
         if enqueued.is_err() {
             // The copy stream's completion does not cover kernels enqueued before the error:
             // let them finish before the caller may free the memory they use.
@@ -320,7 +324,7 @@ impl CopyStream {
         &self,
         ring: &Ring,
         kernel: &CudaFunction,
-        copies: &[DeviceCopy],
+        (copies, host_cuts): (&[DeviceCopy], &[u64]),
         gather: bool,
         descs: &mut Option<DescBuffers>,
     ) -> Result<()> {
@@ -352,9 +356,8 @@ impl CopyStream {
         pack(
             copies,
             gather,
-            ring.memory,
-            ring.slot_bytes,
-            ring.slots,
+            (ring.memory, ring.slot_bytes, ring.slots),
+            host_cuts,
             |slab| {
                 let pieces = split_for_kernel(slab.device_side, sm_count);
                 let n = pieces.len();
@@ -458,9 +461,14 @@ mod tests {
         slabs: Vec<Slab>,
     }
 
-    fn plan(copies: &[DeviceCopy], gather: bool, base: u64, slot: u64, slots: usize) -> Plan {
+    fn plan_cut(
+        copies: &[DeviceCopy],
+        gather: bool,
+        (base, slot, slots): (u64, u64, usize),
+        cuts: &[u64],
+    ) -> Plan {
         let mut slabs = Vec::new();
-        pack::<()>(copies, gather, base, slot, slots, |s| {
+        pack::<()>(copies, gather, (base, slot, slots), cuts, |s| {
             slabs.push(Slab {
                 slot: s.slot,
                 kernel: s.device_side.to_vec(),
@@ -470,6 +478,10 @@ mod tests {
         })
         .unwrap();
         Plan { slabs }
+    }
+
+    fn plan(copies: &[DeviceCopy], gather: bool, base: u64, slot: u64, slots: usize) -> Plan {
+        plan_cut(copies, gather, (base, slot, slots), &[])
     }
 
     /// Applies a plan to byte maps (address -> byte) of the device and host, in slab order:
@@ -671,7 +683,7 @@ mod tests {
                 .collect();
             let slot = 16 * rng.u64(1 << 10..1 << 16);
             let mut made = 0;
-            pack::<()>(&copies, true, BASE, slot, 3, |s| {
+            pack::<()>(&copies, true, (BASE, slot, 3), &[], |s| {
                 made += super::split_for_kernel(s.device_side, 132).len();
                 Ok(())
             })
@@ -722,5 +734,24 @@ mod tests {
         let mut holed = copies.clone();
         holed[5].dst += 64 * mb;
         assert!(!suits(&holed, dev, host, total));
+    }
+
+    #[test]
+    fn host_ranges_are_never_joined_across_a_registration_cut() {
+        // Eight 16-byte chunks of one host run, a registration boundary after the third; one
+        // 128-byte slot: without the cut one DMA, with it two, split exactly there.
+        let copies: Vec<DeviceCopy> = (0..8u64)
+            .map(|k| copy(1000 + ((k * 3) % 8) * 64, 50_000 + k * 16, 16))
+            .collect();
+        let whole = plan_cut(&copies, true, (BASE, 128, 2), &[]);
+        assert_eq!(whole.slabs[0].dma.len(), 1);
+        let cut = plan_cut(&copies, true, (BASE, 128, 2), &[50_048]);
+        let dma = &cut.slabs[0].dma;
+        assert_eq!(dma.len(), 2, "{dma:?}");
+        assert_eq!((dma[0].dst, dma[0].len, dma[1].dst), (50_000, 48, 50_048));
+        // Scatter: the host side is the source.
+        let back: Vec<DeviceCopy> = copies.iter().map(|c| copy(c.dst, c.src, c.len)).collect();
+        let cut = plan_cut(&back, false, (BASE, 128, 2), &[50_048]);
+        assert_eq!(cut.slabs[0].dma.len(), 2);
     }
 }

@@ -328,10 +328,27 @@ impl GpuExecutor {
         // travels with the completion to the worker, which drops it only after waiting (or,
         // when the copies outlive the deadline, after the handle quarantined its buffers);
         // pinned memory is device-mapped; destinations are pairwise disjoint and disjoint from
-        // sources.
-        unsafe { stream.copy_async(&copies, self.method, location(src), location(dst)) }
+        // sources; no copy crosses a registration cut (`device_copies` split them there).
+        unsafe { copy_within(stream, &copies, self.method, (src, dst), cuts) }
             .map(|c| c.until(deadline))
     }
+}
+
+/// `copies` on `stream`, the staged method kept from joining host ranges across `cuts` (the
+/// plan's page-lock registration boundaries).
+///
+/// # Safety
+/// As for [`CopyStream::copy_async`]; no copy crosses one of `cuts`.
+unsafe fn copy_within(
+    stream: &CopyStream,
+    copies: &[DeviceCopy],
+    method: CopyMethod,
+    (src, dst): (StorageKind, StorageKind),
+    cuts: &[usize],
+) -> Result<CopyCompletion> {
+    let host_cuts: Vec<u64> = cuts.iter().map(|&c| c as u64).collect();
+    // SAFETY: this function's contract.
+    unsafe { stream.copy_async_within(copies, method, location(src), location(dst), &host_cuts) }
 }
 
 /// True for the kinds that cannot be reached by the GPU directly: pageable memory and files.
@@ -457,8 +474,7 @@ fn run_staged(staging: &mut Staging, work: &Work, lanes: &mut Lanes) -> Result<(
             _ => {
                 let copies = device_copies(&batch.ops, src, dst, &cuts);
                 // SAFETY: as in `GpuExecutor::enqueue_direct`; waited for right here.
-                let c =
-                    unsafe { stream.copy_async(&copies, method, location(src), location(dst))? };
+                let c = unsafe { copy_within(&stream, &copies, method, (src, dst), &cuts)? };
                 c.until(deadline).wait()?;
             }
         }
