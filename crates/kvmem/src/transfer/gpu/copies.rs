@@ -4,24 +4,47 @@
 
 use super::super::plan::{CopyOp, TransferPlan};
 use crate::cuda::batch::DeviceCopy;
-use crate::descriptor::Buffer;
+use crate::descriptor::{Buffer, MemoryDescriptor};
 use crate::kind::StorageKind;
 use crate::storage::BackgroundPinnedStorage;
 use std::borrow::Cow;
 
-/// The host addresses inside the plan's pinned buffers where one page-lock registration ends and
-/// the next begins (sorted): a CUDA copy must not cross one (the driver refuses it with
-/// `CUDA_ERROR_INVALID_VALUE`). Empty, and free, for memory registered in one piece.
-pub(super) fn registration_cuts(plan: &TransferPlan) -> Vec<usize> {
-    let mut cuts: Vec<usize> = plan
+/// Where a plan's pinned host memory may not be crossed by one CUDA copy (the driver refuses
+/// such a copy with `CUDA_ERROR_INVALID_VALUE`).
+pub(super) struct Cuts {
+    /// The host addresses inside the plan's pinned buffers where one page-lock registration ends
+    /// and the next begins (sorted): copies are split there. Empty, and free, for memory
+    /// registered in one piece.
+    pub(super) split: Vec<usize>,
+    /// `split` and the start and end of every pinned storage the plan uses (sorted): where the
+    /// staged method must not join two host ranges into one DMA, even when they adjoin (two
+    /// allocations may lie next to each other).
+    pub(super) joins: Vec<u64>,
+}
+
+/// The [`Cuts`] of `plan`'s pinned buffers.
+pub(super) fn registration_cuts(plan: &TransferPlan) -> Cuts {
+    let mut split: Vec<usize> = plan
         .buffers()
         .iter()
         .filter_map(registered_ranges)
         .flat_map(|ranges| ranges.into_iter().skip(1).map(|r| r.start))
         .collect();
-    cuts.sort_unstable();
-    cuts.dedup();
-    cuts
+    split.sort_unstable();
+    split.dedup();
+    let mut joins: Vec<u64> = split.iter().map(|&c| c as u64).collect();
+    for b in plan.buffers() {
+        let mut base = b;
+        while let Some(view) = base.downcast_ref::<crate::OffsetBuffer>() {
+            base = view.base();
+        }
+        if base.storage_kind() == StorageKind::Pinned {
+            joins.extend([base.addr() as u64, (base.addr() + base.size()) as u64]);
+        }
+    }
+    joins.sort_unstable();
+    joins.dedup();
+    Cuts { split, joins }
 }
 
 /// The registrations of the pinned storage `buffer` is, or is a view of, when there are several.

@@ -34,7 +34,7 @@ use crate::descriptor::{Buffer, MemoryDescriptor};
 use crate::error::{Error, Result, TransferError, UnsupportedError};
 use crate::kind::StorageKind;
 use crate::storage::{BackgroundPinnedStorage, PinnedStorage};
-use copies::{device_copies, registration_cuts};
+use copies::{Cuts, device_copies, registration_cuts};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -320,35 +320,34 @@ impl GpuExecutor {
         src: StorageKind,
         dst: StorageKind,
         ops: &[CopyOp],
-        cuts: &[usize],
+        cuts: &Cuts,
         deadline: Instant,
     ) -> Result<CopyCompletion> {
-        let copies = device_copies(ops, src, dst, cuts);
+        let copies = device_copies(ops, src, dst, &cuts.split);
         // SAFETY: the plan validated every range against the buffers it keeps alive; the plan
         // travels with the completion to the worker, which drops it only after waiting (or,
         // when the copies outlive the deadline, after the handle quarantined its buffers);
         // pinned memory is device-mapped; destinations are pairwise disjoint and disjoint from
         // sources; no copy crosses a registration cut (`device_copies` split them there).
-        unsafe { copy_within(stream, &copies, self.method, (src, dst), cuts) }
+        unsafe { copy_within(stream, &copies, self.method, (src, dst), &cuts.joins) }
             .map(|c| c.until(deadline))
     }
 }
 
-/// `copies` on `stream`, the staged method kept from joining host ranges across `cuts` (the
-/// plan's page-lock registration boundaries).
+/// `copies` on `stream`, the staged method kept from joining host ranges across `joins`
+/// ([`Cuts::joins`]: the plan's registration boundaries and pinned storages' ends).
 ///
 /// # Safety
-/// As for [`CopyStream::copy_async`]; no copy crosses one of `cuts`.
+/// As for [`CopyStream::copy_async`]; no copy crosses a registration boundary.
 unsafe fn copy_within(
     stream: &CopyStream,
     copies: &[DeviceCopy],
     method: CopyMethod,
     (src, dst): (StorageKind, StorageKind),
-    cuts: &[usize],
+    joins: &[u64],
 ) -> Result<CopyCompletion> {
-    let host_cuts: Vec<u64> = cuts.iter().map(|&c| c as u64).collect();
     // SAFETY: this function's contract.
-    unsafe { stream.copy_async_within(copies, method, location(src), location(dst), &host_cuts) }
+    unsafe { stream.copy_async_within(copies, method, location(src), location(dst), joins) }
 }
 
 /// True for the kinds that cannot be reached by the GPU directly: pageable memory and files.
@@ -472,9 +471,9 @@ fn run_staged(staging: &mut Staging, work: &Work, lanes: &mut Lanes) -> Result<(
                 )?
             }
             _ => {
-                let copies = device_copies(&batch.ops, src, dst, &cuts);
+                let copies = device_copies(&batch.ops, src, dst, &cuts.split);
                 // SAFETY: as in `GpuExecutor::enqueue_direct`; waited for right here.
-                let c = unsafe { copy_within(&stream, &copies, method, (src, dst), &cuts)? };
+                let c = unsafe { copy_within(&stream, &copies, method, (src, dst), &cuts.joins)? };
                 c.until(deadline).wait()?;
             }
         }
