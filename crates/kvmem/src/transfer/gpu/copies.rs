@@ -3,8 +3,9 @@
 //! one).
 
 use super::super::plan::{CopyOp, TransferPlan};
-use crate::cuda::batch::DeviceCopy;
+use crate::cuda::batch::{CopyCompletion, CopyMethod, CopyStream, DeviceCopy};
 use crate::descriptor::{Buffer, MemoryDescriptor};
+use crate::error::Result;
 use crate::kind::StorageKind;
 use crate::storage::BackgroundPinnedStorage;
 use std::borrow::Cow;
@@ -135,5 +136,29 @@ fn device_copy(op: &CopyOp) -> DeviceCopy {
         src: op.src as u64,
         dst: op.dst as u64,
         len: op.len as u64,
+    }
+}
+
+/// `copies` on `stream`, the staged method kept from joining host ranges across `joins`
+/// ([`Cuts::joins`]: the plan's registration boundaries and pinned storages' ends).
+///
+/// # Safety
+/// As for [`CopyStream::copy_async`]; no copy crosses a registration boundary.
+pub(super) unsafe fn copy_within(
+    stream: &CopyStream,
+    copies: &[DeviceCopy],
+    method: CopyMethod,
+    (src, dst): (StorageKind, StorageKind),
+    joins: &[u64],
+) -> Result<CopyCompletion> {
+    // SAFETY: this function's contract.
+    unsafe {
+        stream.copy_async_within(
+            copies,
+            method,
+            super::location(src),
+            super::location(dst),
+            joins,
+        )
     }
 }

@@ -34,7 +34,7 @@ use crate::descriptor::{Buffer, MemoryDescriptor};
 use crate::error::{Error, Result, TransferError, UnsupportedError};
 use crate::kind::StorageKind;
 use crate::storage::{BackgroundPinnedStorage, PinnedStorage};
-use copies::{Cuts, device_copies, registration_cuts};
+use copies::{Cuts, copy_within, device_copies, registration_cuts};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -332,22 +332,6 @@ impl GpuExecutor {
         unsafe { copy_within(stream, &copies, self.method, (src, dst), &cuts.joins) }
             .map(|c| c.until(deadline))
     }
-}
-
-/// `copies` on `stream`, the staged method kept from joining host ranges across `joins`
-/// ([`Cuts::joins`]: the plan's registration boundaries and pinned storages' ends).
-///
-/// # Safety
-/// As for [`CopyStream::copy_async`]; no copy crosses a registration boundary.
-unsafe fn copy_within(
-    stream: &CopyStream,
-    copies: &[DeviceCopy],
-    method: CopyMethod,
-    (src, dst): (StorageKind, StorageKind),
-    joins: &[u64],
-) -> Result<CopyCompletion> {
-    // SAFETY: this function's contract.
-    unsafe { stream.copy_async_within(copies, method, location(src), location(dst), joins) }
 }
 
 /// True for the kinds that cannot be reached by the GPU directly: pageable memory and files.
