@@ -138,3 +138,51 @@ fn a_staged_offload_into_pinned_memory_registered_in_pieces_and_back() {
         );
     }
 }
+
+/// Without device memory for the staging ring (here: a 1 TiB ring), `Auto` copies with the
+/// kernel instead, byte-exact, while the staged method, asked for by name, fails with an error
+/// that names the ring, before anything moves.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn auto_falls_back_to_the_kernel_when_the_staging_ring_cannot_be_allocated() {
+    use kvmem::Completion as _;
+    use kvmem::layout::{BlockLayout, LayoutKind};
+    use rand::{SeedableRng, seq::SliceRandom};
+    let config = common::cases::geometry(512, 1, 16, 1024); // 64 KiB blocks, 32 MiB
+    let (_, bytes) = config.regions(LayoutKind::FullyContiguous).unwrap();
+    let layout = |r: &kvmem::Buffer| {
+        BlockLayout::new(config, LayoutKind::FullyContiguous, vec![r.clone()], 4096).unwrap()
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0xF411);
+    let dir = std::env::temp_dir();
+    let (device, image) = common::random_region(common::Tier::Device, bytes, 0, &dir, &mut rng);
+    let mut ids: Vec<usize> = (0..512).collect();
+    ids.shuffle(&mut rng);
+    let order: Vec<usize> = (0..512).collect();
+    let block = 64 << 10;
+    for gpu_method in [CopyMethod::Auto, CopyMethod::Staged] {
+        let (host, _) = common::random_region(common::Tier::Pinned, bytes, 0, &dir, &mut rng);
+        let engine = TransferEngine::new(EngineConfig {
+            gpu_method,
+            staging_bytes: 1 << 40,
+            ..EngineConfig::default()
+        })
+        .unwrap();
+        let done = engine
+            .copy_blocks(&layout(&device), &ids, &layout(&host), &order)
+            .and_then(|h| h.wait());
+        if gpu_method == CopyMethod::Staged {
+            let e = done.expect_err("a 1 TiB staging ring cannot be allocated");
+            assert!(e.to_string().contains("staging ring"), "{e}");
+            continue;
+        }
+        done.unwrap();
+        let got = common::read_region(&host);
+        for (k, &b) in ids.iter().enumerate() {
+            assert!(
+                got[k * block..(k + 1) * block] == image[b * block..(b + 1) * block],
+                "host block {k} is not device block {b}"
+            );
+        }
+    }
+}

@@ -369,9 +369,19 @@ impl CopyStream {
         if copies.iter().any(|c| c.len == 0) {
             return Err(Error::Bounds(BoundsError::ZeroSize { what: "copy" }));
         }
-        let method = self.resolve(method, copies, src, dst)?;
+        let asked = method;
+        let mut method = self.resolve(method, copies, src, dst)?;
         let inner = &self.inner;
         inner.device.bind()?;
+        if method == CopyMethod::Staged
+            && matches!(asked, CopyMethod::Auto | CopyMethod::AutoBesideCompute)
+            && let Err(e) = self.staging_ring_ready()
+        {
+            // `Auto` chose the staged method for speed; without the device memory for its ring
+            // (a GPU the engine has filled), the copy kernel still does the job.
+            tracing::warn!(error = %e, "no staging ring; copying with the kernel instead");
+            method = CopyMethod::Kernel;
+        }
         let mut descs = None;
         let enqueued = match method {
             CopyMethod::Kernel => self.enqueue_kernel(copies, &mut descs),

@@ -294,13 +294,7 @@ impl CopyStream {
         };
         // One staged transfer at a time uses the ring (the lock is held while enqueueing; the
         // GPU-side order between transfers comes from the events below).
-        let mut ring = inner.ring.lock().unwrap_or_else(|p| p.into_inner());
-        if ring.is_none() {
-            *ring = Some(Ring::new(
-                inner.device.context(),
-                slot_bytes_for(inner.staging_bytes),
-            )?);
-        }
+        let ring = self.lock_ring()?;
         let Some(ring) = ring.as_ref() else {
             return Err(Error::Unsupported(UnsupportedError::Feature {
                 what: "the staging ring could not be set up".into(),
@@ -316,6 +310,26 @@ impl CopyStream {
             );
         }
         enqueued
+    }
+
+    /// The staging ring, locked, allocated first if this stream has none yet (the caller binds
+    /// the context).
+    fn lock_ring(&self) -> Result<std::sync::MutexGuard<'_, Option<Ring>>> {
+        let inner = &self.inner;
+        let mut ring = inner.ring.lock().unwrap_or_else(|p| p.into_inner());
+        if ring.is_none() {
+            *ring = Some(Ring::new(
+                inner.device.context(),
+                slot_bytes_for(inner.staging_bytes),
+            )?);
+        }
+        Ok(ring)
+    }
+
+    /// Ok once the staging ring is allocated (allocating it now if needed): `Auto` falls back
+    /// to the copy kernel when the device has no memory left for it.
+    pub(super) fn staging_ring_ready(&self) -> Result<()> {
+        self.lock_ring().map(drop)
     }
 
     /// Packs and enqueues slab by slab: the first slot moves while the rest of the list is
