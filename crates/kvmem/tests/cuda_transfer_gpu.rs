@@ -160,6 +160,30 @@ fn auto_falls_back_to_the_kernel_when_the_staging_ring_cannot_be_allocated() {
     ids.shuffle(&mut rng);
     let order: Vec<usize> = (0..512).collect();
     let block = 64 << 10;
+    // The precondition: `Auto` stages a transfer of this shape (so the Auto case below really
+    // falls back, rather than never trying).
+    {
+        use kvmem::cuda::batch::{CopyStream, DeviceCopy, Location};
+        let copies: Vec<DeviceCopy> = (0..512u64)
+            .map(|k| DeviceCopy {
+                src: (1 << 40) + (ids[k as usize] as u64) * block as u64,
+                dst: (1 << 44) + k * block as u64,
+                len: block as u64,
+            })
+            .collect();
+        let stream = CopyStream::new(&common::gpu()).unwrap();
+        assert_eq!(
+            stream
+                .resolve(
+                    CopyMethod::Auto,
+                    &copies,
+                    Location::Device(0),
+                    Location::Host
+                )
+                .unwrap(),
+            CopyMethod::Staged
+        );
+    }
     for gpu_method in [CopyMethod::Auto, CopyMethod::Staged] {
         let (host, _) = common::random_region(common::Tier::Pinned, bytes, 0, &dir, &mut rng);
         let engine = TransferEngine::new(EngineConfig {

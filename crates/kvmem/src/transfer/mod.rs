@@ -124,7 +124,7 @@ pub struct EngineConfig {
     /// Device memory per GPU for the staging ring of [`CopyMethod::Staged`] (and
     /// [`CopyMethod::AutoBesideCompute`]), allocated on first staged transfer (default
     /// [`DEFAULT_STAGING_BYTES`](crate::cuda::batch::DEFAULT_STAGING_BYTES), 256 MiB; eight slots
-    /// of an eighth each, in whole MiB). A larger ring keeps the copy engines busy through longer
+    /// of an eighth each, in whole MiB, at least 1 MiB: below 8 MiB the ring is 8 MiB). A larger ring keeps the copy engines busy through longer
     /// waits of the packing kernel for a multiprocessor beside an engine's kernels, and its
     /// larger slots mean fewer DMAs.
     pub staging_bytes: usize,

@@ -10,8 +10,9 @@
 //!   chunks into a ring of device staging slots (or scatters them from it) and the copy engines
 //!   move each slot with one DMA per contiguous host run, pipelined on two streams (`staged.rs`).
 //!
-//! [`CopyMethod::Auto`] picks between them by the average copy size, with a threshold taken from
-//! measurements (`docs/PERFORMANCE.md`). Completion is an event recorded after the copies; a
+//! [`CopyMethod::Auto`] picks between them by the average copy size and, for the staged
+//! method, the transfer's size and the shape of its host side, with thresholds taken from
+//! measurements (`docs/PERFORMANCE.md`; see [`CopyStream::resolve`]). Completion is an event recorded after the copies; a
 //! [`CopyCompletion`] can be polled or waited on, and waits on drop so nothing it uses is freed
 //! while the GPU still reads or writes it.
 
@@ -66,6 +67,26 @@ pub struct DeviceCopy {
     pub dst: u64,
     /// Bytes.
     pub len: u64,
+}
+
+/// Where the staged method may join adjoining host ranges into one DMA (one CUDA copy must not
+/// cross two page-lock registrations or two allocations).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum HostJoins {
+    /// Anywhere except at these host addresses (sorted).
+    Except(Vec<u64>),
+    /// Nowhere: what the host memory is made of is not known. `Auto` then does not stage.
+    Nowhere,
+}
+
+impl HostJoins {
+    /// True when a host range may be joined to the one that ends at `at`.
+    fn allow(&self, at: u64) -> bool {
+        match self {
+            Self::Except(cuts) => cuts.is_empty() || cuts.binary_search(&at).is_err(),
+            Self::Nowhere => false,
+        }
+    }
 }
 
 /// Where the bytes of one side of a copy live.
@@ -129,6 +150,8 @@ struct Inner {
     ring: Mutex<Option<staged::Ring>>,
     /// The size of that ring.
     staging_bytes: usize,
+    /// When allocating the ring last failed (`Auto` then copies with the kernel for a while).
+    ring_failed: Mutex<Option<std::time::Instant>>,
     /// Set once a completion of this stream timed out: work queued here waits behind the stall.
     stalled: AtomicBool,
     /// Last field: logs what destroying the stream and unloading the module recorded.
@@ -184,6 +207,7 @@ impl CopyStream {
             free_descs: Mutex::new(Vec::new()),
             ring: Mutex::new(None),
             staging_bytes: DEFAULT_STAGING_BYTES,
+            ring_failed: Mutex::new(None),
             stalled: AtomicBool::new(false),
             _deferred: DeferredErrors::new(ctx.clone(), "release a copy stream"),
         };
@@ -239,10 +263,11 @@ impl CopyStream {
     ///
     /// `Auto`: copies averaging at most [`DEFAULT_KERNEL_MAX_AVG_LEN`] to or from host memory
     /// (four times that device to device) go to the copy kernel, larger ones to batched DMA;
-    /// among the kernel's, a transfer of at least 16 MiB between device and host whose host
-    /// side is one contiguous run (an engine's offload into, or onboard from, a contiguous
-    /// buffer) goes to [`CopyMethod::Staged`], which moves it by DMA in whole staging slots:
-    /// faster on the H200, and it leaves the multiprocessors to the engine's kernels.
+    /// among the kernel's, a transfer between device and host whose host side is one
+    /// contiguous run (an engine's offload into, or onboard from, a contiguous buffer) goes to
+    /// [`CopyMethod::Staged`] from 256 MiB, or from 16 MiB when its copies average 64 KiB or
+    /// more: it moves the bytes by DMA in whole staging slots, faster on the H200, and leaves the
+    /// multiprocessors to the engine's kernels.
     ///
     /// # Errors
     /// [`UnsupportedError::Feature`] when the requested method is not available here.
@@ -301,7 +326,15 @@ impl CopyStream {
                     what: "the staged method: the copy kernel did not load".into(),
                 }))
             }
-            CopyMethod::Staged if !involves_host => Ok(CopyMethod::Kernel),
+            // Staging is between device and host; anything else runs on the kernel, if it can.
+            CopyMethod::Staged
+                if !matches!(
+                    (src, dst),
+                    (Location::Device(_), Location::Host) | (Location::Host, Location::Device(_))
+                ) =>
+            {
+                self.resolve(CopyMethod::Kernel, copies, src, dst)
+            }
             CopyMethod::Kernel if !kernel_ok => {
                 Err(Error::Unsupported(UnsupportedError::Feature {
                     what:
@@ -334,9 +367,12 @@ impl CopyStream {
     /// [`TransferError::TimedOut`](crate::error::TransferError::TimedOut) (not the enqueue error)
     /// and the ranges stay in use for good, as above.
     ///
-    /// [`CopyMethod::Staged`] (which `Auto` may pick) moves adjacent host ranges as one DMA:
-    /// host memory page-locked in several registrations must go through the transfer engine,
-    /// which keeps each DMA inside one; here, a DMA that crosses two fails with a driver error.
+    /// [`CopyMethod::Staged`] (which `Auto` picks for large offloads and onboards, see
+    /// [`resolve`](Self::resolve)) moves adjoining host ranges as one DMA, which fails with a
+    /// driver error where two adjoining ranges lie in different page-lock registrations or
+    /// allocations: pass host memory whose adjoining ranges share one, or go through the
+    /// transfer engine, which knows the registrations of kvmem's storages. The staged method
+    /// allocates its device ring ([`DEFAULT_STAGING_BYTES`]) on first use.
     pub unsafe fn copy_async(
         &self,
         copies: &[DeviceCopy],
@@ -345,13 +381,12 @@ impl CopyStream {
         dst: Location,
     ) -> Result<CopyCompletion> {
         // SAFETY: the caller upholds this function's contract, which is the one below.
-        unsafe { self.copy_async_within(copies, method, src, dst, &[]) }
+        unsafe { self.copy_async_within(copies, method, src, dst, &HostJoins::Except(Vec::new())) }
     }
 
-    /// [`copy_async`](Self::copy_async) for host memory page-locked in several registrations:
-    /// `host_cuts` (sorted) are the host addresses where one registration ends and the next
-    /// begins. Every copy must lie inside one registration, and the staged method never joins
-    /// host ranges across a cut (one CUDA copy must not cross two registrations).
+    /// [`copy_async`](Self::copy_async) with what the caller knows of the host memory: the
+    /// staged method joins adjoining host ranges only where `joins` allows, and `Auto` stages
+    /// only when it allows some. Every copy must lie inside one registration.
     ///
     /// # Safety
     /// As for [`copy_async`](Self::copy_async).
@@ -361,7 +396,7 @@ impl CopyStream {
         method: CopyMethod,
         src: Location,
         dst: Location,
-        host_cuts: &[u64],
+        joins: &HostJoins,
     ) -> Result<CopyCompletion> {
         if copies.is_empty() {
             return Err(Error::Bounds(BoundsError::ZeroSize { what: "copy list" }));
@@ -373,6 +408,10 @@ impl CopyStream {
         let mut method = self.resolve(method, copies, src, dst)?;
         let inner = &self.inner;
         inner.device.bind()?;
+        if method == CopyMethod::Staged && asked == CopyMethod::Auto && *joins == HostJoins::Nowhere
+        {
+            method = CopyMethod::Kernel;
+        }
         if method == CopyMethod::Staged
             && matches!(asked, CopyMethod::Auto | CopyMethod::AutoBesideCompute)
             && let Err(e) = self.staging_ring_ready()
@@ -386,7 +425,7 @@ impl CopyStream {
         let enqueued = match method {
             CopyMethod::Kernel => self.enqueue_kernel(copies, &mut descs),
             CopyMethod::Batched => self.enqueue_batched(copies, src, dst),
-            CopyMethod::Staged => self.enqueue_staged(copies, src, dst, host_cuts, &mut descs),
+            CopyMethod::Staged => self.enqueue_staged(copies, src, dst, joins, &mut descs),
             CopyMethod::PerCopy | CopyMethod::Auto | CopyMethod::AutoBesideCompute => {
                 self.enqueue_per_copy(copies)
             }
@@ -545,7 +584,12 @@ impl CopyStream {
             return Ok(free.swap_remove(i));
         }
         drop(free);
-        let capacity = count.next_power_of_two().max(1024);
+        let capacity = count
+            .checked_next_power_of_two()
+            .ok_or(Error::Bounds(BoundsError::Overflow {
+                what: "descriptor buffer",
+            }))?
+            .max(1024);
         let bytes = capacity
             .checked_mul(std::mem::size_of::<DeviceCopy>())
             .ok_or(Error::Bounds(BoundsError::Overflow {
@@ -627,6 +671,13 @@ impl Drop for Inner {
     fn drop(&mut self) {
         if self.device.bind().is_err() {
             tracing::warn!("cannot bind the context to release a copy stream; leaking its buffers");
+            // The staging ring too: its kernels may still run.
+            std::mem::forget(
+                self.ring
+                    .get_mut()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take(),
+            );
             return;
         }
         // Every completion holds an `Arc<Inner>`, so none is pending; the synchronize is for

@@ -10,7 +10,7 @@
 //! after its previous DMA (gather) or kernel (scatter) is done.
 
 use super::DescBuffers;
-use super::{CopyStream, DeviceCopy, KERNEL_MIN_PIECE, Location, split_for_kernel};
+use super::{CopyStream, DeviceCopy, HostJoins, KERNEL_MIN_PIECE, Location, split_for_kernel};
 use crate::cuda::driver;
 use crate::error::{BoundsError, Error, Result, UnsupportedError};
 use cudarc::driver::{CudaEvent, CudaFunction, CudaStream, result};
@@ -23,6 +23,8 @@ use std::borrow::Cow;
 /// transfer rides out longer waits of the packing kernel for a multiprocessor beside an
 /// engine's kernels.
 pub const DEFAULT_STAGING_BYTES: usize = 256 << 20;
+/// After the ring's allocation failed, how long `Auto` uses the kernel before trying again.
+pub(super) const RING_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
 /// Slots per ring: one moves while the others are packed.
 const RING_SLOTS: usize = 8;
 /// Slots are whole MiB, at least one.
@@ -47,8 +49,9 @@ const SUITS_MIN_AVG: u64 = 64 << 10;
 /// True when `Auto` should stage `copies` (of `total` bytes) rather than run them on the copy
 /// kernel: one side on the device and the other on the host, at least [`SUITS_MIN_BYTES`] (and
 /// [`SUITS_ANY_AVG_BYTES`] unless the copies average [`SUITS_MIN_AVG`]), and the host ranges
-/// tiling one run (their bytes add up to the run from the lowest to the highest address), so
-/// that every slot moves as one DMA.
+/// adding up to the run from the lowest to the highest address (one run, unless sources
+/// overlap), so that a slot moves in one or a few DMAs. A heuristic of speed only: any list
+/// stages correctly.
 pub(super) fn suits(copies: &[DeviceCopy], src: Location, dst: Location, total: u64) -> bool {
     let host_is_dst = match (src, dst) {
         (Location::Device(_), Location::Host) => true,
@@ -126,14 +129,14 @@ fn tiled(copies: &[DeviceCopy], host: &impl Fn(&DeviceCopy) -> u64) -> Option<Ve
 /// are packed in order of their host addresses, split where a slot fills, so that adjacent host
 /// ranges become one DMA whatever order the list came in (an onboard's list follows the device
 /// side: one DMA per chunk otherwise, about 1 µs of CPU each). Destinations never overlap, so
-/// the order of the copies does not change the result. Host ranges are never joined at one of
-/// `host_cuts` (sorted: where one page-lock registration ends and the next begins). Stops at
-/// `emit`'s first error.
+/// the order of the copies does not change the result. Host ranges are joined only where
+/// `joins` allows (not across page-lock registrations or allocations). Stops at `emit`'s first
+/// error.
 pub(super) fn pack<E>(
     copies: &[DeviceCopy],
     gather: bool,
     (base, slot_bytes, slots): (u64, u64, usize),
-    host_cuts: &[u64],
+    joins: &HostJoins,
     mut emit: impl FnMut(Slab<'_>) -> std::result::Result<(), E>,
 ) -> std::result::Result<(), E> {
     let slots = slots.max(1) as u64;
@@ -175,7 +178,7 @@ pub(super) fn pack<E>(
                 Some(last)
                     if last.src + last.len == on_host.src
                         && last.dst + last.len == on_host.dst
-                        && (host_cuts.is_empty() || host_cuts.binary_search(&host).is_err()) =>
+                        && joins.allow(host) =>
                 {
                     last.len += n;
                 }
@@ -269,7 +272,7 @@ impl Drop for Ring {
 
 impl CopyStream {
     /// Enqueues `copies` staged through the ring (gather for device → host, scatter for
-    /// host → device; device ↔ device copies need no staging and go to the kernel directly).
+    /// host → device; other pairs need no staging and go to the kernel directly).
     /// `descs` receives the descriptor buffers, to be kept until the transfer's completion.
     ///
     /// The caller (`copy_async`) upholds the ranges' contract.
@@ -278,7 +281,7 @@ impl CopyStream {
         copies: &[DeviceCopy],
         src: Location,
         dst: Location,
-        host_cuts: &[u64],
+        joins: &HostJoins,
         descs: &mut Option<DescBuffers>,
     ) -> Result<()> {
         let gather = match (src, dst) {
@@ -300,14 +303,21 @@ impl CopyStream {
                 what: "the staging ring could not be set up".into(),
             }));
         };
-        let enqueued = self.enqueue_through(ring, kernel, (copies, host_cuts), gather, descs);
+        let enqueued = self.enqueue_through(ring, kernel, (copies, joins), gather, descs);
         if enqueued.is_err() {
-            // The copy stream's completion does not cover kernels enqueued before the error:
-            // let them finish before the caller may free the memory they use.
-            driver::log_failure(
-                "synchronize the staging kernel's stream",
-                ring.kernel_stream.synchronize(),
-            );
+            // Kernels enqueued before the error must finish before the caller may free the
+            // memory they use: make the copy stream wait for them, so that its completion (and
+            // its deadline) covers them; only if that cannot be enqueued, wait here.
+            let covered = ring
+                .kernel_stream
+                .record_event(None)
+                .and_then(|e| inner.stream.wait(&e));
+            if covered.is_err() {
+                driver::log_failure(
+                    "synchronize the staging kernel's stream",
+                    ring.kernel_stream.synchronize(),
+                );
+            }
         }
         enqueued
     }
@@ -327,9 +337,25 @@ impl CopyStream {
     }
 
     /// Ok once the staging ring is allocated (allocating it now if needed): `Auto` falls back
-    /// to the copy kernel when the device has no memory left for it.
+    /// to the copy kernel when the device has no memory left for it. After a failure, the
+    /// allocation is tried again only [`RING_RETRY`] later, so a full GPU costs one attempt
+    /// (and one warning) per interval, not one per transfer.
     pub(super) fn staging_ring_ready(&self) -> Result<()> {
-        self.lock_ring().map(drop)
+        let mut failed = self
+            .inner
+            .ring_failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(at) = *failed
+            && at.elapsed() < RING_RETRY
+        {
+            return Err(Error::Unsupported(UnsupportedError::Feature {
+                what: "the staging ring (its allocation failed moments ago)".into(),
+            }));
+        }
+        let ready = self.lock_ring().map(drop);
+        *failed = ready.is_err().then(std::time::Instant::now);
+        ready
     }
 
     /// Packs and enqueues slab by slab: the first slot moves while the rest of the list is
@@ -338,7 +364,7 @@ impl CopyStream {
         &self,
         ring: &Ring,
         kernel: &CudaFunction,
-        (copies, host_cuts): (&[DeviceCopy], &[u64]),
+        (copies, joins): (&[DeviceCopy], &HostJoins),
         gather: bool,
         descs: &mut Option<DescBuffers>,
     ) -> Result<()> {
@@ -371,7 +397,7 @@ impl CopyStream {
             copies,
             gather,
             (ring.memory, ring.slot_bytes, ring.slots),
-            host_cuts,
+            joins,
             |slab| {
                 let pieces = split_for_kernel(slab.device_side, sm_count);
                 let n = pieces.len();

@@ -22,8 +22,9 @@ fn plan_cut(
     (base, slot, slots): (u64, u64, usize),
     cuts: &[u64],
 ) -> Plan {
+    let joins = HostJoins::Except(cuts.to_vec());
     let mut slabs = Vec::new();
-    pack::<()>(copies, gather, (base, slot, slots), cuts, |s| {
+    pack::<()>(copies, gather, (base, slot, slots), &joins, |s| {
         slabs.push(Slab {
             slot: s.slot,
             kernel: s.device_side.to_vec(),
@@ -238,10 +239,16 @@ fn the_descriptor_bound_holds_for_what_pack_and_split_make() {
             .collect();
         let slot = 16 * rng.u64(1 << 10..1 << 16);
         let mut made = 0;
-        pack::<()>(&copies, true, (BASE, slot, 3), &[], |s| {
-            made += super::split_for_kernel(s.device_side, 132).len();
-            Ok(())
-        })
+        pack::<()>(
+            &copies,
+            true,
+            (BASE, slot, 3),
+            &HostJoins::Except(Vec::new()),
+            |s| {
+                made += super::split_for_kernel(s.device_side, 132).len();
+                Ok(())
+            },
+        )
         .unwrap();
         assert!(made <= descriptor_bound(&copies, slot), "{made} > bound");
     }
@@ -308,4 +315,12 @@ fn host_ranges_are_never_joined_across_a_registration_cut() {
     let back: Vec<DeviceCopy> = copies.iter().map(|c| copy(c.dst, c.src, c.len)).collect();
     let cut = plan_cut(&back, false, (BASE, 128, 2), &[50_048]);
     assert_eq!(cut.slabs[0].dma.len(), 2);
+    // Host memory of unknown make: no joins at all, one DMA per chunk.
+    let mut dmas = 0;
+    pack::<()>(&copies, true, (BASE, 128, 2), &HostJoins::Nowhere, |s| {
+        dmas += s.dma.len();
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(dmas, copies.len());
 }

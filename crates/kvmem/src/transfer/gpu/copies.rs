@@ -3,12 +3,14 @@
 //! one).
 
 use super::super::plan::{CopyOp, TransferPlan};
-use crate::cuda::batch::{CopyCompletion, CopyMethod, CopyStream, DeviceCopy};
-use crate::descriptor::{Buffer, MemoryDescriptor};
+use crate::cuda::batch::{CopyCompletion, CopyMethod, CopyStream, DeviceCopy, HostJoins};
+use crate::descriptor::{Buffer, MemoryDescriptor, Storage};
 use crate::error::Result;
 use crate::kind::StorageKind;
 use crate::storage::BackgroundPinnedStorage;
+use std::any::Any;
 use std::borrow::Cow;
+use std::ops::Range;
 
 /// Where a plan's pinned host memory may not be crossed by one CUDA copy (the driver refuses
 /// such a copy with `CUDA_ERROR_INVALID_VALUE`).
@@ -17,52 +19,99 @@ pub(super) struct Cuts {
     /// and the next begins (sorted): copies are split there. Empty, and free, for memory
     /// registered in one piece.
     pub(super) split: Vec<usize>,
-    /// `split` and the start and end of every pinned storage the plan uses (sorted): where the
-    /// staged method must not join two host ranges into one DMA, even when they adjoin (two
-    /// allocations may lie next to each other).
-    pub(super) joins: Vec<u64>,
+    /// Where the staged method may join adjoining host ranges into one DMA: everywhere but at
+    /// `split` and the ends of every pinned storage the plan uses (two allocations may lie next
+    /// to each other), or nowhere when a pinned buffer is of a type whose registrations kvmem
+    /// cannot see.
+    pub(super) joins: HostJoins,
 }
 
 /// The [`Cuts`] of `plan`'s pinned buffers.
 pub(super) fn registration_cuts(plan: &TransferPlan) -> Cuts {
-    let mut split: Vec<usize> = plan
-        .buffers()
-        .iter()
-        .filter_map(registered_ranges)
-        .flat_map(|ranges| ranges.into_iter().skip(1).map(|r| r.start))
-        .collect();
-    split.sort_unstable();
-    split.dedup();
-    let mut joins: Vec<u64> = split.iter().map(|&c| c as u64).collect();
+    let mut split: Vec<usize> = Vec::new();
+    let mut ends: Vec<u64> = Vec::new();
+    let mut opaque = false;
     for b in plan.buffers() {
-        let mut base = b;
-        while let Some(view) = base.downcast_ref::<crate::OffsetBuffer>() {
-            base = view.base();
-        }
-        if base.storage_kind() == StorageKind::Pinned {
-            joins.extend([base.addr() as u64, (base.addr() + base.size()) as u64]);
+        match pinned_base(b.as_any(), b.storage_kind()) {
+            PinnedBase::Known {
+                range,
+                registrations,
+            } => {
+                split.extend(registrations.iter().skip(1).map(|r| r.start));
+                ends.extend([range.start as u64, range.end as u64]);
+            }
+            PinnedBase::NotPinned => {}
+            PinnedBase::Opaque => opaque = true,
         }
     }
-    joins.sort_unstable();
-    joins.dedup();
+    split.sort_unstable();
+    split.dedup();
+    let joins = if opaque {
+        HostJoins::Nowhere
+    } else {
+        ends.extend(split.iter().map(|&c| c as u64));
+        ends.sort_unstable();
+        ends.dedup();
+        HostJoins::Except(ends)
+    };
     Cuts { split, joins }
 }
 
-/// The registrations of the pinned storage `buffer` is, or is a view of, when there are several.
-fn registered_ranges(buffer: &Buffer) -> Option<Vec<std::ops::Range<usize>>> {
-    use crate::storage::MappedPinnedStorage;
-    let ranges = if let Some(pool) = buffer.downcast_ref::<BackgroundPinnedStorage>() {
-        pool.registered_ranges()
-    } else if let Some(mapped) = buffer.downcast_ref::<MappedPinnedStorage>() {
-        mapped.registered_ranges()
-    } else if let Some(external) = buffer.downcast_ref::<crate::storage::ExternalPinnedMemory>() {
-        external.registered_ranges()
-    } else {
-        return buffer
-            .downcast_ref::<crate::OffsetBuffer>()
-            .and_then(|view| registered_ranges(view.base()));
+/// What the GPU executor knows of the page-locked memory under a buffer.
+enum PinnedBase {
+    /// One of kvmem's pinned storages: its whole range and its registrations, in order.
+    Known {
+        range: Range<usize>,
+        registrations: Vec<Range<usize>>,
+    },
+    /// Not pinned host memory.
+    NotPinned,
+    /// Pinned memory of a type kvmem cannot see into.
+    Opaque,
+}
+
+/// What kvmem knows of the pinned memory under `any` (a buffer's storage, of kind `kind`).
+fn pinned_base(any: &dyn Any, kind: StorageKind) -> PinnedBase {
+    use crate::storage::{ExternalPinnedMemory, MappedPinnedStorage, PinnedStorage};
+    let known = |d: &dyn MemoryDescriptor, registrations: Vec<Range<usize>>| PinnedBase::Known {
+        range: d.addr()..d.addr().saturating_add(d.size()),
+        registrations,
     };
-    (ranges.len() > 1).then_some(ranges)
+    if kind != StorageKind::Pinned {
+        PinnedBase::NotPinned
+    } else if let Some(p) = under::<BackgroundPinnedStorage>(any) {
+        known(p, p.registered_ranges())
+    } else if let Some(p) = under::<MappedPinnedStorage>(any) {
+        known(p, p.registered_ranges())
+    } else if let Some(p) = under::<ExternalPinnedMemory>(any) {
+        known(p, p.registered_ranges())
+    } else if let Some(p) = under::<PinnedStorage>(any) {
+        // One `cuMemHostAlloc`.
+        known(p, Vec::new())
+    } else {
+        PinnedBase::Opaque
+    }
+}
+
+/// The storage of type `T` that `any` is, or is a view, arena block or NIXL registration of
+/// (through any nesting of those).
+pub(super) fn under<T: Storage>(any: &dyn Any) -> Option<&T> {
+    use crate::arena::ArenaBuffer;
+    use crate::nixl::Registered;
+    use crate::view::OffsetBuffer;
+    if let Some(t) = any.downcast_ref::<T>() {
+        Some(t)
+    } else if let Some(v) = any.downcast_ref::<OffsetBuffer>() {
+        under(v.base().as_any())
+    } else if let Some(a) = any.downcast_ref::<ArenaBuffer>() {
+        under(a.view().base().as_any())
+    } else if let Some(r) = any.downcast_ref::<Registered<Buffer>>() {
+        under(r.storage().as_any())
+    } else if let Some(r) = any.downcast_ref::<Registered<OffsetBuffer>>() {
+        under(r.storage().base().as_any())
+    } else {
+        any.downcast_ref::<Registered<T>>().map(|r| r.storage())
+    }
 }
 
 /// The device copies of `ops`, each split where its pinned host side crosses one of `cuts`;
@@ -149,7 +198,7 @@ pub(super) unsafe fn copy_within(
     copies: &[DeviceCopy],
     method: CopyMethod,
     (src, dst): (StorageKind, StorageKind),
-    joins: &[u64],
+    joins: &HostJoins,
 ) -> Result<CopyCompletion> {
     // SAFETY: this function's contract.
     unsafe {

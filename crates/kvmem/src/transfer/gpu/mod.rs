@@ -352,15 +352,9 @@ fn is_direct(plan: &TransferPlan) -> bool {
             .any(|b| background_pool(b).is_some_and(|pool| !pool.is_fully_pinned()))
 }
 
-/// The background-pinned pool `buffer` is, or is a view of.
+/// The background-pinned pool `buffer` is, or is a view, arena block or registration of.
 fn background_pool(buffer: &Buffer) -> Option<&BackgroundPinnedStorage> {
-    buffer
-        .downcast_ref::<BackgroundPinnedStorage>()
-        .or_else(|| {
-            buffer
-                .downcast_ref::<crate::OffsetBuffer>()
-                .and_then(|view| background_pool(view.base()))
-        })
+    copies::under::<BackgroundPinnedStorage>(buffer.as_any())
 }
 
 /// Waits (bounded by each pool's wait timeout) until every byte the plan's copies use in a

@@ -202,3 +202,23 @@ fn copies_split_at_registration_boundaries_of_the_pinned_side() {
         vec![(900, 1900, 3000), (5, 7, 11)]
     );
 }
+
+/// The executor finds a storage through views, arena blocks and nestings of them (where a
+/// pinned pool's registrations and pages are looked up).
+#[test]
+fn storages_are_found_under_views_and_arena_blocks() {
+    use crate::arena::ArenaAllocator;
+    use crate::descriptor::MemoryDescriptor;
+    use crate::{OffsetBuffer, SystemStorage};
+    let base = Buffer::new(SystemStorage::new(1 << 20).unwrap());
+    let addr = base.addr();
+    let view = Buffer::new(OffsetBuffer::new(base.clone(), 4096, 8192).unwrap());
+    let nested = Buffer::new(OffsetBuffer::new(view.clone(), 4096, 4096).unwrap());
+    let arena = ArenaAllocator::new(base.clone()).unwrap();
+    let block = Buffer::new(arena.allocate(8192).unwrap());
+    for b in [&base, &view, &nested, &block] {
+        let found = super::copies::under::<SystemStorage>(b.as_any()).expect("found");
+        assert_eq!(found.addr(), addr);
+    }
+    assert!(super::copies::under::<crate::storage::DiskStorage>(view.as_any()).is_none());
+}
