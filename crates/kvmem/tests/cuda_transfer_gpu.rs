@@ -69,6 +69,90 @@ fn every_layout_pair_pinned_and_disk_each_disk_backend() {
     }
 }
 
+/// An offload case: `n` random 64 KiB blocks of one layer in device memory, a shuffled id list
+/// and the destination order 0..n.
+struct Offload {
+    config: kvmem::layout::LayoutConfig,
+    bytes: usize,
+    device: kvmem::Buffer,
+    image: Vec<u8>,
+    ids: Vec<usize>,
+    order: Vec<usize>,
+    rng: rand::rngs::StdRng,
+}
+
+const BLOCK: usize = 64 << 10;
+const MIB: usize = 1 << 20;
+
+impl Offload {
+    fn new(n: usize, seed: u64) -> Self {
+        use rand::{SeedableRng, seq::SliceRandom};
+        let config = common::cases::geometry(n, 1, 16, 1024);
+        let (_, bytes) = config
+            .regions(kvmem::layout::LayoutKind::FullyContiguous)
+            .unwrap();
+        assert_eq!(bytes, n * BLOCK);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let (device, image) = common::random_region(
+            common::Tier::Device,
+            bytes,
+            0,
+            &std::env::temp_dir(),
+            &mut rng,
+        );
+        let mut ids: Vec<usize> = (0..n).collect();
+        ids.shuffle(&mut rng);
+        Self {
+            config,
+            bytes,
+            device,
+            image,
+            ids,
+            order: (0..n).collect(),
+            rng,
+        }
+    }
+
+    fn layout(&self, region: &kvmem::Buffer) -> kvmem::layout::BlockLayout {
+        kvmem::layout::BlockLayout::new(
+            self.config,
+            kvmem::layout::LayoutKind::FullyContiguous,
+            vec![region.clone()],
+            4096,
+        )
+        .unwrap()
+    }
+
+    /// A fresh region of the case's size on `tier`, of other random bytes.
+    fn region(&mut self, tier: common::Tier) -> kvmem::Buffer {
+        common::random_region(tier, self.bytes, 0, &std::env::temp_dir(), &mut self.rng).0
+    }
+
+    /// Offloads the device blocks `ids` into `host` in order with `engine`.
+    fn offload(&self, engine: &TransferEngine, host: &kvmem::Buffer) -> kvmem::Result<()> {
+        use kvmem::Completion as _;
+        engine
+            .copy_blocks(
+                &self.layout(&self.device),
+                &self.ids,
+                &self.layout(host),
+                &self.order,
+            )
+            .and_then(|h| h.wait())
+            .map(drop)
+    }
+
+    fn assert_offloaded(&self, host: &kvmem::Buffer, what: &str) {
+        let got = common::read_region(host);
+        for (k, &b) in self.ids.iter().enumerate() {
+            assert!(
+                got[k * BLOCK..(k + 1) * BLOCK] == self.image[b * BLOCK..(b + 1) * BLOCK],
+                "{what}: host block {k} is not device block {b}"
+            );
+        }
+    }
+}
+
 /// Auto stages an offload of whole blocks into one host run, and the staged method moves a slot
 /// by one DMA where host ranges adjoin; a pinned buffer page-locked in several registrations
 /// must still see no DMA across two (the driver refuses one): 64 MiB of scattered 64 KiB blocks
@@ -78,62 +162,44 @@ fn every_layout_pair_pinned_and_disk_each_disk_backend() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn a_staged_offload_into_pinned_memory_registered_in_pieces_and_back() {
-    use kvmem::layout::{BlockLayout, LayoutKind};
     use kvmem::storage::{MappedPinnedOptions, MappedPinnedStorage};
     use kvmem::{Buffer, Completion as _, HostMemory as _, OffsetBuffer};
-    use rand::{SeedableRng, seq::SliceRandom};
-    const MIB: usize = 1 << 20;
     let gpu = common::gpu();
-    let config = common::cases::geometry(1024, 1, 16, 1024); // 64 KiB blocks, one layer
-    let (_, bytes) = config.regions(LayoutKind::FullyContiguous).unwrap();
-    assert_eq!(bytes, 64 * MIB);
-    let layout = |r: &Buffer| {
-        BlockLayout::new(config, LayoutKind::FullyContiguous, vec![r.clone()], 4096).unwrap()
-    };
-    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5EED);
-    let dir = std::env::temp_dir();
-    let (device, image) = common::random_region(common::Tier::Device, bytes, 0, &dir, &mut rng);
-    let mut ids: Vec<usize> = (0..1024).collect();
-    ids.shuffle(&mut rng);
-    let order: Vec<usize> = (0..1024).collect();
-    let block = 64 << 10;
+    let mut case = Offload::new(1024, 0x5EED);
     for gpu_method in [CopyMethod::Auto, CopyMethod::Staged] {
         let options = MappedPinnedOptions {
             registration_chunk: 4 * MIB,
             ..Default::default()
         };
-        let mut pinned = MappedPinnedStorage::with_options(&gpu, bytes + MIB, &options).unwrap();
+        let mut pinned =
+            MappedPinnedStorage::with_options(&gpu, case.bytes + MIB, &options).unwrap();
         assert!(pinned.registered_ranges().len() > 16);
         pinned.as_mut_slice().fill(0x5a);
         // The layout starts 64 KiB in, so slots and registrations do not line up.
-        let host = Buffer::new(OffsetBuffer::new(Buffer::new(pinned), 64 << 10, bytes).unwrap());
+        let host =
+            Buffer::new(OffsetBuffer::new(Buffer::new(pinned), 64 << 10, case.bytes).unwrap());
         let engine = TransferEngine::new(EngineConfig {
             gpu_method,
             staging_bytes: 32 * MIB,
             ..EngineConfig::default()
         })
         .unwrap();
-        engine
-            .copy_blocks(&layout(&device), &ids, &layout(&host), &order)
-            .unwrap()
-            .wait()
-            .unwrap();
-        let offloaded = common::read_region(&host);
-        for (k, &b) in ids.iter().enumerate() {
-            assert!(
-                offloaded[k * block..(k + 1) * block] == image[b * block..(b + 1) * block],
-                "{gpu_method:?}: host block {k} is not device block {b}"
-            );
-        }
+        case.offload(&engine, &host).unwrap();
+        case.assert_offloaded(&host, &format!("{gpu_method:?}"));
         // Back into a device buffer of other (random) bytes, in the offloaded order.
-        let (back, _) = common::random_region(common::Tier::Device, bytes, 0, &dir, &mut rng);
+        let back = case.region(common::Tier::Device);
         engine
-            .copy_blocks(&layout(&host), &order, &layout(&back), &ids)
+            .copy_blocks(
+                &case.layout(&host),
+                &case.order,
+                &case.layout(&back),
+                &case.ids,
+            )
             .unwrap()
             .wait()
             .unwrap();
         assert!(
-            common::read_region(&back) == image,
+            common::read_region(&back) == case.image,
             "{gpu_method:?}: the onboard differs from the original"
         );
     }
@@ -145,68 +211,44 @@ fn a_staged_offload_into_pinned_memory_registered_in_pieces_and_back() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn auto_falls_back_to_the_kernel_when_the_staging_ring_cannot_be_allocated() {
-    use kvmem::Completion as _;
-    use kvmem::layout::{BlockLayout, LayoutKind};
-    use rand::{SeedableRng, seq::SliceRandom};
-    let config = common::cases::geometry(512, 1, 16, 1024); // 64 KiB blocks, 32 MiB
-    let (_, bytes) = config.regions(LayoutKind::FullyContiguous).unwrap();
-    let layout = |r: &kvmem::Buffer| {
-        BlockLayout::new(config, LayoutKind::FullyContiguous, vec![r.clone()], 4096).unwrap()
-    };
-    let mut rng = rand::rngs::StdRng::seed_from_u64(0xF411);
-    let dir = std::env::temp_dir();
-    let (device, image) = common::random_region(common::Tier::Device, bytes, 0, &dir, &mut rng);
-    let mut ids: Vec<usize> = (0..512).collect();
-    ids.shuffle(&mut rng);
-    let order: Vec<usize> = (0..512).collect();
-    let block = 64 << 10;
+    use kvmem::cuda::batch::{CopyStream, DeviceCopy, Location};
+    let mut case = Offload::new(512, 0xF411); // 32 MiB
     // The precondition: `Auto` stages a transfer of this shape (so the Auto case below really
     // falls back, rather than never trying).
-    {
-        use kvmem::cuda::batch::{CopyStream, DeviceCopy, Location};
-        let copies: Vec<DeviceCopy> = (0..512u64)
-            .map(|k| DeviceCopy {
-                src: (1 << 40) + (ids[k as usize] as u64) * block as u64,
-                dst: (1 << 44) + k * block as u64,
-                len: block as u64,
-            })
-            .collect();
-        let stream = CopyStream::new(&common::gpu()).unwrap();
-        assert_eq!(
-            stream
-                .resolve(
-                    CopyMethod::Auto,
-                    &copies,
-                    Location::Device(0),
-                    Location::Host
-                )
-                .unwrap(),
-            CopyMethod::Staged
-        );
-    }
+    let copies: Vec<DeviceCopy> = (0..512)
+        .map(|k| DeviceCopy {
+            src: (1 << 40) + (case.ids[k] * BLOCK) as u64,
+            dst: (1 << 44) + (k * BLOCK) as u64,
+            len: BLOCK as u64,
+        })
+        .collect();
+    let stream = CopyStream::new(&common::gpu()).unwrap();
+    assert_eq!(
+        stream
+            .resolve(
+                CopyMethod::Auto,
+                &copies,
+                Location::Device(0),
+                Location::Host
+            )
+            .unwrap(),
+        CopyMethod::Staged
+    );
     for gpu_method in [CopyMethod::Auto, CopyMethod::Staged] {
-        let (host, _) = common::random_region(common::Tier::Pinned, bytes, 0, &dir, &mut rng);
+        let host = case.region(common::Tier::Pinned);
         let engine = TransferEngine::new(EngineConfig {
             gpu_method,
             staging_bytes: 1 << 40,
             ..EngineConfig::default()
         })
         .unwrap();
-        let done = engine
-            .copy_blocks(&layout(&device), &ids, &layout(&host), &order)
-            .and_then(|h| h.wait());
+        let done = case.offload(&engine, &host);
         if gpu_method == CopyMethod::Staged {
             let e = done.expect_err("a 1 TiB staging ring cannot be allocated");
             assert!(e.to_string().contains("staging ring"), "{e}");
-            continue;
-        }
-        done.unwrap();
-        let got = common::read_region(&host);
-        for (k, &b) in ids.iter().enumerate() {
-            assert!(
-                got[k * block..(k + 1) * block] == image[b * block..(b + 1) * block],
-                "host block {k} is not device block {b}"
-            );
+        } else {
+            done.unwrap();
+            case.assert_offloaded(&host, "Auto");
         }
     }
 }

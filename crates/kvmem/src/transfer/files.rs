@@ -3,7 +3,7 @@
 
 use super::plan::TransferPlan;
 use crate::arena::ArenaBuffer;
-use crate::descriptor::{Buffer, MemoryDescriptor};
+use crate::descriptor::{Buffer, MemoryDescriptor, Storage};
 use crate::error::{Error, LayoutError, Result};
 use crate::kind::StorageKind;
 use crate::nixl::Registered;
@@ -27,7 +27,7 @@ impl TransferPlan {
         };
         self.buffers()
             .iter()
-            .filter_map(|b| disk_of(b.as_any()))
+            .filter_map(|b| storage_under::<DiskStorage>(b.as_any()))
             .find(|d| d.fd().as_raw_fd() as u64 == fd)
             .map(DiskStorage::fd)
             .ok_or_else(|| {
@@ -39,22 +39,22 @@ impl TransferPlan {
     }
 }
 
-/// The [`DiskStorage`] a buffer's storage is, or is a view or registration of.
-fn disk_of(any: &dyn Any) -> Option<&DiskStorage> {
-    if let Some(d) = any.downcast_ref::<DiskStorage>() {
-        Some(d)
-    } else if let Some(r) = any.downcast_ref::<Registered<DiskStorage>>() {
-        Some(r.storage())
+/// The storage of type `T` that `any` (a buffer's storage) is, or is a view, arena block or NIXL
+/// registration of, through any nesting of those: a plan's file (`DiskStorage`), or a pinned
+/// pool whose registrations the GPU executor needs.
+pub(super) fn storage_under<T: Storage>(any: &dyn Any) -> Option<&T> {
+    if let Some(t) = any.downcast_ref::<T>() {
+        Some(t)
     } else if let Some(v) = any.downcast_ref::<OffsetBuffer>() {
-        disk_of(v.base().as_any())
+        storage_under(v.base().as_any())
     } else if let Some(a) = any.downcast_ref::<ArenaBuffer>() {
-        disk_of(a.view().base().as_any())
+        storage_under(a.view().base().as_any())
     } else if let Some(r) = any.downcast_ref::<Registered<Buffer>>() {
-        disk_of(r.storage().as_any())
+        storage_under(r.storage().as_any())
     } else if let Some(r) = any.downcast_ref::<Registered<OffsetBuffer>>() {
-        disk_of(r.storage().base().as_any())
+        storage_under(r.storage().base().as_any())
     } else {
-        None
+        any.downcast_ref::<Registered<T>>().map(|r| r.storage())
     }
 }
 

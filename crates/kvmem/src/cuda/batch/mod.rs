@@ -24,6 +24,7 @@ mod staged;
 
 pub use completion::CopyCompletion;
 pub use staged::DEFAULT_STAGING_BYTES;
+pub(crate) use staged::HostJoins;
 
 use super::CudaDevice;
 use super::driver::{self, DeferredErrors};
@@ -67,26 +68,6 @@ pub struct DeviceCopy {
     pub dst: u64,
     /// Bytes.
     pub len: u64,
-}
-
-/// Where the staged method may join adjoining host ranges into one DMA (one CUDA copy must not
-/// cross two page-lock registrations or two allocations).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum HostJoins {
-    /// Anywhere except at these host addresses (sorted).
-    Except(Vec<u64>),
-    /// Nowhere: what the host memory is made of is not known. `Auto` then does not stage.
-    Nowhere,
-}
-
-impl HostJoins {
-    /// True when a host range may be joined to the one that ends at `at`.
-    fn allow(&self, at: u64) -> bool {
-        match self {
-            Self::Except(cuts) => cuts.is_empty() || cuts.binary_search(&at).is_err(),
-            Self::Nowhere => false,
-        }
-    }
 }
 
 /// Where the bytes of one side of a copy live.

@@ -10,7 +10,7 @@
 //! after its previous DMA (gather) or kernel (scatter) is done.
 
 use super::DescBuffers;
-use super::{CopyStream, DeviceCopy, HostJoins, KERNEL_MIN_PIECE, Location, split_for_kernel};
+use super::{CopyStream, DeviceCopy, KERNEL_MIN_PIECE, Location, split_for_kernel};
 use crate::cuda::driver;
 use crate::error::{BoundsError, Error, Result, UnsupportedError};
 use cudarc::driver::{CudaEvent, CudaFunction, CudaStream, result};
@@ -67,6 +67,26 @@ pub(super) fn suits(copies: &[DeviceCopy], src: Location, dst: Location, total: 
         (lo.min(at), hi.max(at.saturating_add(c.len)))
     });
     hi.saturating_sub(lo) == total
+}
+
+/// Where the staged method may join adjoining host ranges into one DMA (one CUDA copy must not
+/// cross two page-lock registrations or two allocations).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum HostJoins {
+    /// Anywhere except at these host addresses (sorted).
+    Except(Vec<u64>),
+    /// Nowhere: what the host memory is made of is not known. `Auto` then does not stage.
+    Nowhere,
+}
+
+impl HostJoins {
+    /// True when a host range may be joined to the one that ends at `at`.
+    pub(super) fn allow(&self, at: u64) -> bool {
+        match self {
+            Self::Except(cuts) => cuts.is_empty() || cuts.binary_search(&at).is_err(),
+            Self::Nowhere => false,
+        }
+    }
 }
 
 /// One slot's worth of a staged transfer, as [`pack`] hands it out.

@@ -2,9 +2,10 @@
 //! host side crosses from one page-lock registration into the next (a CUDA copy must not cross
 //! one).
 
+use super::super::files::storage_under as under;
 use super::super::plan::{CopyOp, TransferPlan};
 use crate::cuda::batch::{CopyCompletion, CopyMethod, CopyStream, DeviceCopy, HostJoins};
-use crate::descriptor::{Buffer, MemoryDescriptor, Storage};
+use crate::descriptor::MemoryDescriptor;
 use crate::error::Result;
 use crate::kind::StorageKind;
 use crate::storage::BackgroundPinnedStorage;
@@ -90,27 +91,6 @@ fn pinned_base(any: &dyn Any, kind: StorageKind) -> PinnedBase {
         known(p, Vec::new())
     } else {
         PinnedBase::Opaque
-    }
-}
-
-/// The storage of type `T` that `any` is, or is a view, arena block or NIXL registration of
-/// (through any nesting of those).
-pub(super) fn under<T: Storage>(any: &dyn Any) -> Option<&T> {
-    use crate::arena::ArenaBuffer;
-    use crate::nixl::Registered;
-    use crate::view::OffsetBuffer;
-    if let Some(t) = any.downcast_ref::<T>() {
-        Some(t)
-    } else if let Some(v) = any.downcast_ref::<OffsetBuffer>() {
-        under(v.base().as_any())
-    } else if let Some(a) = any.downcast_ref::<ArenaBuffer>() {
-        under(a.view().base().as_any())
-    } else if let Some(r) = any.downcast_ref::<Registered<Buffer>>() {
-        under(r.storage().as_any())
-    } else if let Some(r) = any.downcast_ref::<Registered<OffsetBuffer>>() {
-        under(r.storage().base().as_any())
-    } else {
-        any.downcast_ref::<Registered<T>>().map(|r| r.storage())
     }
 }
 

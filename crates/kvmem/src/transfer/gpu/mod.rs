@@ -354,7 +354,7 @@ fn is_direct(plan: &TransferPlan) -> bool {
 
 /// The background-pinned pool `buffer` is, or is a view, arena block or registration of.
 fn background_pool(buffer: &Buffer) -> Option<&BackgroundPinnedStorage> {
-    copies::under::<BackgroundPinnedStorage>(buffer.as_any())
+    super::files::storage_under::<BackgroundPinnedStorage>(buffer.as_any())
 }
 
 /// Waits (bounded by each pool's wait timeout) until every byte the plan's copies use in a

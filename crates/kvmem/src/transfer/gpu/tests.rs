@@ -217,8 +217,12 @@ fn storages_are_found_under_views_and_arena_blocks() {
     let arena = ArenaAllocator::new(base.clone()).unwrap();
     let block = Buffer::new(arena.allocate(8192).unwrap());
     for b in [&base, &view, &nested, &block] {
-        let found = super::copies::under::<SystemStorage>(b.as_any()).expect("found");
+        let found =
+            crate::transfer::files::storage_under::<SystemStorage>(b.as_any()).expect("found");
         assert_eq!(found.addr(), addr);
     }
-    assert!(super::copies::under::<crate::storage::DiskStorage>(view.as_any()).is_none());
+    assert!(
+        crate::transfer::files::storage_under::<crate::storage::DiskStorage>(view.as_any())
+            .is_none()
+    );
 }
