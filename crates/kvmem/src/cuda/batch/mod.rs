@@ -515,8 +515,9 @@ impl CopyStream {
     /// Launches the copy kernel on `stream` over `count` descriptors at device address `descs`.
     ///
     /// # Safety
-    /// The descriptors must be in device memory, written by work ordered before the launch on
-    /// `stream`, and stay there until the launch has finished; the ranges they name must be
+    /// The descriptors must be in device memory written by work ordered before the launch on
+    /// `stream`, or in pinned host memory the device reads in place (written by the CPU before
+    /// the launch), and stay there, unchanged, until the launch has finished; the ranges they name must be
     /// valid for the device until then, destinations disjoint from each other and the sources;
     /// `stream` must be a live stream of this device's context.
     unsafe fn launch_copy_kernel(
