@@ -39,22 +39,35 @@ impl TransferPlan {
     }
 }
 
-/// The storage of type `T` that `any` (a buffer's storage) is, or is a view, arena block or NIXL
-/// registration of, through any nesting of those: a plan's file (`DiskStorage`), or a pinned
-/// pool whose registrations the GPU executor needs.
+/// The storage of type `T` (a storage, not a view or wrapper) that `any` (a buffer's storage)
+/// is, or is a view, arena block or NIXL registration of, through any nesting of those: a plan's
+/// file (`DiskStorage`), or a pinned pool whose registrations the GPU executor needs.
 pub(super) fn storage_under<T: Storage>(any: &dyn Any) -> Option<&T> {
-    if let Some(t) = any.downcast_ref::<T>() {
-        Some(t)
-    } else if let Some(v) = any.downcast_ref::<OffsetBuffer>() {
-        storage_under(v.base().as_any())
+    storage_as(innermost(any))
+}
+
+/// `storage` (an [`innermost`] value) as a `T`, or the `T` a NIXL registration of it holds.
+pub(super) fn storage_as<T: Storage>(storage: &dyn Any) -> Option<&T> {
+    storage.downcast_ref::<T>().or_else(|| {
+        storage
+            .downcast_ref::<Registered<T>>()
+            .map(Registered::storage)
+    })
+}
+
+/// What is under any nesting of views, arena blocks and NIXL registrations of buffers or views
+/// that `any` is; `any` itself when it is none of those.
+pub(super) fn innermost(any: &dyn Any) -> &dyn Any {
+    if let Some(v) = any.downcast_ref::<OffsetBuffer>() {
+        innermost(v.base().as_any())
     } else if let Some(a) = any.downcast_ref::<ArenaBuffer>() {
-        storage_under(a.view().base().as_any())
+        innermost(a.view().base().as_any())
     } else if let Some(r) = any.downcast_ref::<Registered<Buffer>>() {
-        storage_under(r.storage().as_any())
+        innermost(r.storage().as_any())
     } else if let Some(r) = any.downcast_ref::<Registered<OffsetBuffer>>() {
-        storage_under(r.storage().base().as_any())
+        innermost(r.storage().base().as_any())
     } else {
-        any.downcast_ref::<Registered<T>>().map(|r| r.storage())
+        any
     }
 }
 

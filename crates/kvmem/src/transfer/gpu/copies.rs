@@ -2,7 +2,7 @@
 //! host side crosses from one page-lock registration into the next (a CUDA copy must not cross
 //! one).
 
-use super::super::files::storage_under as under;
+use super::super::files::{innermost, storage_as};
 use super::super::plan::{CopyOp, TransferPlan};
 use crate::cuda::batch::{CopyCompletion, CopyMethod, CopyStream, DeviceCopy, HostJoins};
 use crate::descriptor::MemoryDescriptor;
@@ -74,19 +74,22 @@ enum PinnedBase {
 /// What kvmem knows of the pinned memory under `any` (a buffer's storage, of kind `kind`).
 fn pinned_base(any: &dyn Any, kind: StorageKind) -> PinnedBase {
     use crate::storage::{ExternalPinnedMemory, MappedPinnedStorage, PinnedStorage};
+    if kind != StorageKind::Pinned {
+        return PinnedBase::NotPinned;
+    }
     let known = |d: &dyn MemoryDescriptor, registrations: Vec<Range<usize>>| PinnedBase::Known {
         range: d.addr()..d.addr().saturating_add(d.size()),
         registrations,
     };
-    if kind != StorageKind::Pinned {
-        PinnedBase::NotPinned
-    } else if let Some(p) = under::<BackgroundPinnedStorage>(any) {
+    // The wrappers are walked once; then the storage is one of these, or unknown.
+    let storage = innermost(any);
+    if let Some(p) = storage_as::<BackgroundPinnedStorage>(storage) {
         known(p, p.registered_ranges())
-    } else if let Some(p) = under::<MappedPinnedStorage>(any) {
+    } else if let Some(p) = storage_as::<MappedPinnedStorage>(storage) {
         known(p, p.registered_ranges())
-    } else if let Some(p) = under::<ExternalPinnedMemory>(any) {
+    } else if let Some(p) = storage_as::<ExternalPinnedMemory>(storage) {
         known(p, p.registered_ranges())
-    } else if let Some(p) = under::<PinnedStorage>(any) {
+    } else if let Some(p) = storage_as::<PinnedStorage>(storage) {
         // One `cuMemHostAlloc`.
         known(p, Vec::new())
     } else {
