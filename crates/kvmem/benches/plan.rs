@@ -1,8 +1,9 @@
 //! Criterion benchmarks of the planner alone: turning block ids into merged copy lists.
 //!
 //! Planning is paid on every transfer, so at small blocks it is part of the bandwidth the user
-//! sees. These cases are the ones the H100 goals are measured on (4096 scattered 16 KiB blocks;
-//! 1024 blocks × 32 layers × k/v of a vLLM layer-separate layout into a fully contiguous one),
+//! sees. These cases are the points the GPU goals are measured on (4096 scattered 16 KiB blocks;
+//! 16384 scattered 4 KiB blocks; 1024 blocks × 32 layers × k/v of a vLLM layer-separate layout
+//! into a fully contiguous one, both sides scattered, gathered into one run, scattered from one),
 //! planned over host memory that is never touched.
 //!
 //! `cargo bench -p kvmem --bench plan`
@@ -52,16 +53,21 @@ fn planning(c: &mut Criterion) {
     let vllm = LayoutKind::LayerSeparate(BlockDim::Second);
     let cases = [
         ("4096x16K fc->fc", 4096, 1, 1, fc),
+        ("16384x4K fc->fc", 16384, 1, 1, fc),
         ("1024x32x2x16K vllm->fc", 1024, 32, 2, fc),
     ];
     for (name, blocks, layers, outer, dst_kind) in cases {
         let src_kind = if layers > 1 { vllm } else { fc };
-        let src = layout(blocks, layers, outer, 16 << 10, src_kind);
-        let dst = layout(blocks, layers, outer, 16 << 10, dst_kind);
+        let chunk = if blocks > 4096 { 4 << 10 } else { 16 << 10 };
+        let src = layout(blocks, layers, outer, chunk, src_kind);
+        let dst = layout(blocks, layers, outer, chunk, dst_kind);
         g.throughput(Throughput::Elements((blocks * layers * outer) as u64));
         for (pattern, s, d) in [
             ("sequential", ids(blocks, None), ids(blocks, None)),
             ("scattered", ids(blocks, Some(1)), ids(blocks, Some(2))),
+            // The engines' offload (scattered blocks into a contiguous run) and onboard.
+            ("gather", ids(blocks, Some(1)), ids(blocks, None)),
+            ("scatter", ids(blocks, None), ids(blocks, Some(2))),
         ] {
             g.bench_function(BenchmarkId::new(name, pattern), |b| {
                 b.iter(|| TransferPlan::blocks(&src, &s, &dst, &d).unwrap().op_count())

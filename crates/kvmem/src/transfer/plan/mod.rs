@@ -9,12 +9,15 @@
 use crate::descriptor::{Buffer, MemoryDescriptor};
 use crate::error::{BoundsError, Error, LayoutError, Result, SizeRule};
 use crate::kind::StorageKind;
-use crate::layout::{BlockDim, BlockLayout, LayoutConfig, LayoutKind};
+use crate::layout::{BlockLayout, LayoutConfig};
 use crate::region::AddressSpace;
 use crate::storage::DIRECT_IO_ALIGN;
+use emit::push_merged;
 use serde::Serialize;
 use std::collections::HashSet;
 use std::fmt;
+
+mod emit;
 
 /// One contiguous copy: `len` bytes from `src` to `dst`.
 ///
@@ -205,16 +208,37 @@ impl TransferPlan {
             dst: p.dst + d * ds,
             len: chunk,
         };
-        // Chunks are emitted in destination address order (see `in_destination_order`), so every
+        // Chunks are emitted in destination address order (`emit`'s module docs), so every
         // chunk that continues another's destination range comes right after it, and merging
-        // with the previous copy as it is emitted finds every merge.
+        // with the previous copy as it is emitted finds every merge. The lists are sized for
+        // every chunk unmerged (a large transfer's list would otherwise grow, and be copied,
+        // a dozen times) and shrunk afterwards when merging made them much shorter.
+        let groups = emit::groups(dst, &parts);
+        let total = pairs.len() * parts.len();
         if let [only] = batches.as_mut_slice() {
-            let ops = &mut only.ops;
-            in_destination_order(dst, &parts, &pairs, |p, d, s| push_merged(ops, op(p, d, s)));
+            let parallel = (total >= emit::PARALLEL_MIN_CHUNKS)
+                .then(|| emit::parallel(&groups, &pairs, total, op))
+                .flatten();
+            only.ops = parallel.unwrap_or_else(|| {
+                let mut ops = Vec::with_capacity(total);
+                emit::each_chunk(&groups, &pairs, |p, d, s| {
+                    push_merged(&mut ops, op(p, d, s))
+                });
+                ops
+            });
         } else {
-            in_destination_order(dst, &parts, &pairs, |p, d, s| {
+            for (i, b) in batches.iter_mut().enumerate() {
+                b.ops
+                    .reserve(parts.iter().filter(|p| p.batch == i).count() * pairs.len());
+            }
+            emit::each_chunk(&groups, &pairs, |p, d, s| {
                 push_merged(&mut batches[p.batch].ops, op(p, d, s))
             });
+        }
+        for b in &mut batches {
+            if b.ops.len() < b.ops.capacity() / 2 {
+                b.ops.shrink_to_fit();
+            }
         }
         let bytes = chunk
             .checked_mul(sc.num_layers)
@@ -432,17 +456,32 @@ pub(crate) enum Pairs<'a> {
 }
 
 impl Pairs<'_> {
+    /// The number of pairs.
+    fn len(&self) -> usize {
+        match self {
+            Self::InOrder { dst, src } => dst.len().min(src.len()),
+            Self::Sorted(pairs) => pairs.len(),
+        }
+    }
+
     /// Calls `f(dst_block, src_block)` for every pair, in destination order.
+    #[cfg(test)]
+    fn for_each(&self, f: impl FnMut(usize, usize)) {
+        self.for_each_in(0..self.len(), f)
+    }
+
+    /// Calls `f(dst_block, src_block)` for the pairs at positions `range` (within
+    /// `0..len()`), in destination order.
     #[inline]
-    fn for_each(&self, mut f: impl FnMut(usize, usize)) {
+    fn for_each_in(&self, range: std::ops::Range<usize>, mut f: impl FnMut(usize, usize)) {
         match self {
             Self::InOrder { dst, src } => {
-                for (&d, &s) in dst.iter().zip(*src) {
+                for (&d, &s) in dst[range.clone()].iter().zip(&src[range]) {
                     f(d, s);
                 }
             }
             Self::Sorted(pairs) => {
-                for &(d, s) in pairs {
+                for &(d, s) in &pairs[range] {
                     f(d, s);
                 }
             }
@@ -492,12 +531,13 @@ pub(crate) fn by_destination<'a>(
                 return Err(Error::Layout(LayoutError::DuplicateBlock { block: d }));
             }
         }
-        return Ok(Pairs::Sorted(
+        let mut sorted = Vec::with_capacity(dst_ids.len());
+        sorted.extend(
             slot.into_iter()
                 .enumerate()
-                .filter(|&(_, s)| s != usize::MAX)
-                .collect(),
-        ));
+                .filter(|&(_, s)| s != usize::MAX),
+        );
+        return Ok(Pairs::Sorted(sorted));
     }
     let mut pairs: Vec<(usize, usize)> = zipped().collect();
     pairs.sort_unstable_by_key(|p| p.0);
@@ -505,59 +545,6 @@ pub(crate) fn by_destination<'a>(
         return Err(Error::Layout(LayoutError::DuplicateBlock { block: w[0].0 }));
     }
     Ok(Pairs::Sorted(pairs))
-}
-
-/// Calls `emit(part, dst_block, src_block)` for every chunk of `pairs` (sorted by destination
-/// block), in the order of the chunks' destination addresses within each address space: the
-/// destination layout's own dimension order, over its regions in address order. `parts` holds
-/// one entry per (layer, outer), layer-major.
-fn in_destination_order(
-    dst: &BlockLayout,
-    parts: &[Part],
-    pairs: &Pairs<'_>,
-    mut emit: impl FnMut(&Part, usize, usize),
-) {
-    let outer_dim = dst.config().outer_dim;
-    let mut layers: Vec<&[Part]> = parts.chunks(outer_dim).collect();
-    layers.sort_by_key(|l| l.first().map(|p| p.dst));
-    match dst.kind() {
-        LayoutKind::FullyContiguous => {
-            pairs.for_each(|d, s| {
-                for p in parts {
-                    emit(p, d, s);
-                }
-            });
-        }
-        LayoutKind::LayerSeparate(BlockDim::First) => {
-            for layer in layers {
-                pairs.for_each(|d, s| {
-                    for p in layer {
-                        emit(p, d, s);
-                    }
-                });
-            }
-        }
-        LayoutKind::LayerSeparate(BlockDim::Second) => {
-            for layer in layers {
-                for p in layer {
-                    pairs.for_each(|d, s| emit(p, d, s));
-                }
-            }
-        }
-    }
-}
-
-/// Appends `op`, extending the last copy instead when `op` continues it on both sides.
-#[inline]
-fn push_merged(ops: &mut Vec<CopyOp>, op: CopyOp) {
-    if let Some(last) = ops.last_mut()
-        && last.src.checked_add(last.len) == Some(op.src)
-        && last.dst.checked_add(last.len) == Some(op.dst)
-    {
-        last.len += op.len;
-        return;
-    }
-    ops.push(op);
 }
 
 /// A range in an address space, `(space, start, length)`: the planner's sort key (a

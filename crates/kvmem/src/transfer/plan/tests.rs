@@ -145,29 +145,76 @@ proptest::proptest! {
         let mut seen = HashSet::new();
         d_ids.retain(|d| seen.insert(*d));
         let s_ids: Vec<usize> = picks.iter().take(d_ids.len()).map(|p| p.0 % n).collect();
-        let plan = TransferPlan::blocks(&src, &s_ids, &dst, &d_ids).unwrap();
-        let mut ops: Vec<CopyOp> = plan.batches().iter().flat_map(|b| b.ops.clone()).collect();
-        for b in plan.batches() {
-            proptest::prop_assert!(b.ops.is_sorted_by_key(|o| o.dst));
+        check_plan(&src, &s_ids, &dst, &d_ids)?;
+    }
+
+    /// The same for transfers large enough to be planned on the planner's threads (in pieces
+    /// joined where they meet): runs of consecutive blocks, whose copies merge across the
+    /// pieces' seams, between runs of scattered ones.
+    #[test]
+    fn large_plans_cover_every_chunk_with_the_fewest_copies(
+        kinds in (0u8..3, 0u8..3),
+        runs in proptest::collection::vec((1usize..600, proptest::bool::ANY), 1..12),
+        seed in 0u64..1000,
+    ) {
+        let n = 4096;
+        let (src, dst) = (layout(kind_of(kinds.0), n), layout(kind_of(kinds.1), n));
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let mut free: Vec<usize> = (0..n).collect();
+        rng.shuffle(&mut free);
+        let (mut s_ids, mut d_ids) = (Vec::new(), Vec::new());
+        let mut next = 0;
+        for (len, consecutive) in runs {
+            let len = len.min(n - next);
+            if consecutive {
+                // Consecutive on both sides: these chunks merge (in a layout where they can).
+                s_ids.extend(next..next + len);
+                d_ids.extend(next..next + len);
+            } else {
+                d_ids.extend(next..next + len);
+                s_ids.extend(free[next..next + len].iter().copied());
+            }
+            next += len;
         }
-        ops.sort_unstable_by_key(|o| o.dst);
-        for w in ops.windows(2) {
-            proptest::prop_assert!(
-                !(w[0].src + w[0].len == w[1].src && w[0].dst + w[0].len == w[1].dst),
-                "mergeable copies left apart: {:?}", w
-            );
-        }
-        let chunk = src.chunk_bytes();
-        let split: Vec<CopyOp> = ops
-            .iter()
-            .flat_map(|o| (0..o.len / chunk).map(move |i| CopyOp {
+        proptest::prop_assume!(d_ids.len() * 8 >= super::emit::PARALLEL_MIN_CHUNKS);
+        check_plan(&src, &s_ids, &dst, &d_ids)?;
+    }
+}
+
+/// Checks the plan of one request: it covers exactly the request's chunks, each batch in
+/// destination order, and no two of its copies could be merged: it holds the fewest copies.
+fn check_plan(
+    src: &BlockLayout,
+    s_ids: &[usize],
+    dst: &BlockLayout,
+    d_ids: &[usize],
+) -> Result<(), proptest::test_runner::TestCaseError> {
+    let plan = TransferPlan::blocks(src, s_ids, dst, d_ids).unwrap();
+    let mut ops: Vec<CopyOp> = plan.batches().iter().flat_map(|b| b.ops.clone()).collect();
+    for b in plan.batches() {
+        proptest::prop_assert!(b.ops.is_sorted_by_key(|o| o.dst));
+    }
+    ops.sort_unstable_by_key(|o| o.dst);
+    for w in ops.windows(2) {
+        proptest::prop_assert!(
+            !(w[0].src + w[0].len == w[1].src && w[0].dst + w[0].len == w[1].dst),
+            "mergeable copies left apart: {:?}",
+            w
+        );
+    }
+    let chunk = src.chunk_bytes();
+    let split: Vec<CopyOp> = ops
+        .iter()
+        .flat_map(|o| {
+            (0..o.len / chunk).map(move |i| CopyOp {
                 src: o.src + i * chunk,
                 dst: o.dst + i * chunk,
                 len: chunk,
-            }))
-            .collect();
-        proptest::prop_assert_eq!(split, expected_chunks(&src, &s_ids, &dst, &d_ids));
-    }
+            })
+        })
+        .collect();
+    proptest::prop_assert_eq!(split, expected_chunks(src, s_ids, dst, d_ids));
+    Ok(())
 }
 
 #[test]
