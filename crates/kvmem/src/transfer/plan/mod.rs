@@ -214,18 +214,10 @@ impl TransferPlan {
         // every chunk unmerged (a large transfer's list would otherwise grow, and be copied,
         // a dozen times) and shrunk afterwards when merging made them much shorter.
         let groups = emit::groups(dst, &parts);
-        let total = pairs.len() * parts.len();
         if let [only] = batches.as_mut_slice() {
-            let parallel = (total >= emit::PARALLEL_MIN_CHUNKS)
-                .then(|| emit::parallel(&groups, &pairs, total, op))
-                .flatten();
-            only.ops = parallel.unwrap_or_else(|| {
-                let mut ops = Vec::with_capacity(total);
-                emit::each_chunk(&groups, &pairs, |p, d, s| {
-                    push_merged(&mut ops, op(p, d, s))
-                });
-                ops
-            });
+            let ops = &mut only.ops;
+            ops.reserve(pairs.expected_copies(parts.len(), src.kind() == dst.kind()));
+            emit::each_chunk(&groups, &pairs, |p, d, s| push_merged(ops, op(p, d, s)));
         } else {
             for (i, b) in batches.iter_mut().enumerate() {
                 b.ops
@@ -451,37 +443,64 @@ pub(crate) enum Pairs<'a> {
         /// Source ids, one per destination id.
         src: &'a [usize],
     },
+    /// A dense request bucketed by destination id: `slot[d]` is the source block of
+    /// destination block `d`, [`NO_BLOCK`] where `d` is not in the request.
+    Slots {
+        /// One entry per destination block of the layout.
+        slot: Vec<usize>,
+        /// How many entries name a source block.
+        len: usize,
+    },
     /// The pairs, sorted by destination id.
     Sorted(Vec<(usize, usize)>),
 }
+
+/// A bucket of [`Pairs::Slots`] that no pair fills.
+const NO_BLOCK: usize = usize::MAX;
 
 impl Pairs<'_> {
     /// The number of pairs.
     fn len(&self) -> usize {
         match self {
-            Self::InOrder { dst, src } => dst.len().min(src.len()),
+            Self::InOrder { dst, .. } => dst.len(),
+            Self::Slots { len, .. } => *len,
             Self::Sorted(pairs) => pairs.len(),
         }
     }
 
-    /// Calls `f(dst_block, src_block)` for every pair, in destination order.
-    #[cfg(test)]
-    fn for_each(&self, f: impl FnMut(usize, usize)) {
-        self.for_each_in(0..self.len(), f)
+    /// About how many copies a plan of these pairs with `parts` chunks per block holds: one per
+    /// part when both sides look like one run of consecutive blocks of layouts of the same
+    /// kind (`same_kind`: the chunks merge), else one per chunk. Only sizes a list; the plan
+    /// is right either way.
+    fn expected_copies(&self, parts: usize, same_kind: bool) -> usize {
+        let run = |ids: &[usize]| match (ids.first(), ids.last()) {
+            (Some(&a), Some(&b)) => b.checked_sub(a) == Some(ids.len() - 1),
+            _ => true,
+        };
+        match self {
+            Self::InOrder { dst, src } if same_kind && run(dst) && run(src) => parts,
+            _ => self.len() * parts,
+        }
     }
 
-    /// Calls `f(dst_block, src_block)` for the pairs at positions `range` (within
-    /// `0..len()`), in destination order.
+    /// Calls `f(dst_block, src_block)` for every pair, in destination order.
     #[inline]
-    fn for_each_in(&self, range: std::ops::Range<usize>, mut f: impl FnMut(usize, usize)) {
+    fn for_each(&self, mut f: impl FnMut(usize, usize)) {
         match self {
             Self::InOrder { dst, src } => {
-                for (&d, &s) in dst[range.clone()].iter().zip(&src[range]) {
+                for (&d, &s) in dst.iter().zip(*src) {
                     f(d, s);
                 }
             }
+            Self::Slots { slot, .. } => {
+                for (d, &s) in slot.iter().enumerate() {
+                    if s != NO_BLOCK {
+                        f(d, s);
+                    }
+                }
+            }
             Self::Sorted(pairs) => {
-                for &(d, s) in &pairs[range] {
+                for &(d, s) in pairs {
                     f(d, s);
                 }
             }
@@ -493,7 +512,8 @@ impl Pairs<'_> {
 /// ids are distinct.
 ///
 /// Ids already in order cost one pass and no copy; dense requests are bucketed by destination
-/// id (linear); sparse ones (few blocks of a large layout) are sorted.
+/// id (linear) and read back from the buckets; sparse ones (few blocks of a large layout) are
+/// sorted.
 pub(crate) fn by_destination<'a>(
     num_blocks: usize,
     dst_ids: &'a [usize],
@@ -525,19 +545,16 @@ pub(crate) fn by_destination<'a>(
         });
     }
     if num_blocks / 4 <= dst_ids.len() {
-        let mut slot = vec![usize::MAX; num_blocks];
+        let mut slot = vec![NO_BLOCK; num_blocks];
         for (d, s) in zipped() {
-            if std::mem::replace(&mut slot[d], s) != usize::MAX {
+            if std::mem::replace(&mut slot[d], s) != NO_BLOCK {
                 return Err(Error::Layout(LayoutError::DuplicateBlock { block: d }));
             }
         }
-        let mut sorted = Vec::with_capacity(dst_ids.len());
-        sorted.extend(
-            slot.into_iter()
-                .enumerate()
-                .filter(|&(_, s)| s != usize::MAX),
-        );
-        return Ok(Pairs::Sorted(sorted));
+        return Ok(Pairs::Slots {
+            slot,
+            len: dst_ids.len(),
+        });
     }
     let mut pairs: Vec<(usize, usize)> = zipped().collect();
     pairs.sort_unstable_by_key(|p| p.0);
