@@ -205,6 +205,71 @@ fn a_staged_offload_into_pinned_memory_registered_in_pieces_and_back() {
     }
 }
 
+/// Pinned memory kvmem did not pin itself (an engine's `pin_memory()` tensor), taken as
+/// `ExternalHostMemory::new_pinned`: the driver says whether a range is one allocation, and the
+/// staged method joins host ranges into one DMA only then. One `cuMemHostAlloc` is one
+/// allocation; memory registered in 4 MiB pieces, or pageable memory, is not. A staged offload
+/// into each and back is byte-exact (the pieces: no DMA across two registrations).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn pinned_memory_kvmem_did_not_pin_is_joined_only_within_one_allocation() {
+    use kvmem::cuda::interop::one_pinned_allocation;
+    use kvmem::storage::{ExternalHostMemory, MappedPinnedOptions, MappedPinnedStorage};
+    use kvmem::{Buffer, Completion as _, HostMemory as _, MemoryDescriptor as _, PinnedStorage};
+    let gpu = common::gpu();
+    let mut case = Offload::new(1024, 0xE7E2);
+    let whole = PinnedStorage::new(&gpu, case.bytes).unwrap();
+    let options = MappedPinnedOptions {
+        registration_chunk: 4 * MIB,
+        ..Default::default()
+    };
+    let pieces = MappedPinnedStorage::with_options(&gpu, case.bytes, &options).unwrap();
+    assert!(pieces.registered_ranges().len() > 16);
+    assert!(one_pinned_allocation(whole.addr(), whole.size()));
+    assert!(one_pinned_allocation(whole.addr() + 4096, 8 * MIB));
+    assert!(!one_pinned_allocation(pieces.addr(), pieces.size()));
+    assert!(one_pinned_allocation(pieces.addr() + MIB, MIB));
+    let pageable = vec![0u8; 8 * MIB];
+    assert!(!one_pinned_allocation(
+        pageable.as_ptr() as usize,
+        pageable.len()
+    ));
+    for (what, addr) in [
+        ("one allocation", whole.addr()),
+        ("4 MiB registrations", pieces.addr()),
+    ] {
+        // SAFETY: `whole` and `pieces` are page-locked, `case.bytes` long, and outlive `host`
+        // (dropped at the end of this iteration); nothing else touches them meanwhile.
+        let external = unsafe { ExternalHostMemory::new_pinned(addr as *mut u8, case.bytes) };
+        let mut external = external.unwrap();
+        external.as_mut_slice().fill(0x5a);
+        let host = Buffer::new(external);
+        let engine = TransferEngine::new(EngineConfig {
+            gpu_method: CopyMethod::Staged,
+            staging_bytes: 32 * MIB,
+            ..EngineConfig::default()
+        })
+        .unwrap();
+        case.offload(&engine, &host).unwrap();
+        case.assert_offloaded(&host, what);
+        let back = case.region(common::Tier::Device);
+        engine
+            .copy_blocks(
+                &case.layout(&host),
+                &case.order,
+                &case.layout(&back),
+                &case.ids,
+            )
+            .unwrap()
+            .wait()
+            .unwrap();
+        assert!(
+            common::read_region(&back) == case.image,
+            "{what}: the onboard differs from the original"
+        );
+    }
+}
+
 /// Without device memory for the staging ring (here: a 1 TiB ring), `Auto` copies with the
 /// kernel instead, byte-exact, while the staged method, asked for by name, fails with an error
 /// that names the ring, before anything moves.

@@ -416,6 +416,20 @@ pub(crate) fn pointer_memory_kind(addr: u64) -> std::result::Result<MemoryKind, 
     })
 }
 
+/// The allocation (or registration) of page-locked host memory that contains `addr`, as its
+/// start and size (`cuPointerGetAttribute`'s range attributes); an error for any other memory.
+pub(crate) fn host_pinned_range(addr: u64) -> std::result::Result<(u64, usize), DriverError> {
+    use sys::CUpointer_attribute as A;
+    let memory_type: u32 = pointer_attribute(A::CU_POINTER_ATTRIBUTE_MEMORY_TYPE, addr)?;
+    if memory_type != sys::CUmemorytype::CU_MEMORYTYPE_HOST as u32 {
+        return Err(DriverError(sys::CUresult::CUDA_ERROR_INVALID_VALUE));
+    }
+    let start: sys::CUdeviceptr =
+        pointer_attribute(A::CU_POINTER_ATTRIBUTE_RANGE_START_ADDR, addr)?;
+    let size: usize = pointer_attribute(A::CU_POINTER_ATTRIBUTE_RANGE_SIZE, addr)?;
+    Ok((start, size))
+}
+
 /// The ordinal of the device that owns the memory at `addr`.
 pub(crate) fn pointer_device_ordinal(addr: u64) -> std::result::Result<i32, DriverError> {
     pointer_attribute(

@@ -75,6 +75,28 @@ pub fn host_is_pinned(addr: usize, size: usize) -> bool {
         .all(|a| driver::pointer_memory_kind(a as u64) == Ok(MemoryKind::Host))
 }
 
+/// True when the driver reports host range `addr..addr + size` as page-locked memory of one
+/// allocation or registration (its first and last byte in the same one). Such a range can be
+/// moved by one DMA; a range over two registrations cannot. False without a driver, for
+/// pageable memory and whenever the driver does not say.
+pub fn one_pinned_allocation(addr: usize, size: usize) -> bool {
+    if size == 0 || driver::load().is_err() {
+        return false;
+    }
+    let Some(last) = addr.checked_add(size - 1) else {
+        return false;
+    };
+    let range = |a: usize| driver::host_pinned_range(a as u64).ok().filter(|r| r.1 > 0);
+    match (range(addr), range(last)) {
+        (Some(first), Some(end)) => {
+            first == end
+                && first.0 <= addr as u64
+                && (last as u64) < first.0.saturating_add(first.1 as u64)
+        }
+        _ => false,
+    }
+}
+
 /// A CUDA event of one device's primary context, for ordering kvmem's copy stream with a stream
 /// that another library owns (torch, CuPy): record it on one stream, make the other wait for it.
 /// Neither blocks the CPU.

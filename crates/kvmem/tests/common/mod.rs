@@ -118,6 +118,9 @@ pub fn read_region(region: &Buffer) -> Vec<u8> {
     if let Some(s) = base.downcast_ref::<kvmem::storage::MappedPinnedStorage>() {
         return s.as_slice()[offset..offset + len].to_vec();
     }
+    if let Some(s) = base.downcast_ref::<kvmem::storage::ExternalHostMemory>() {
+        return s.as_slice()[offset..offset + len].to_vec();
+    }
     if let Some(d) = base.downcast_ref::<DeviceStorage>() {
         let mut staging = SystemStorage::new(base.size()).unwrap();
         cuda::copy_device_to_host(d, &mut staging).unwrap();
@@ -125,7 +128,7 @@ pub fn read_region(region: &Buffer) -> Vec<u8> {
     }
     let d = base
         .downcast_ref::<DiskStorage>()
-        .expect("test regions are system, pinned, device or disk storage");
+        .expect("test regions are system, pinned, external host, device or disk storage");
     let total = base.size();
     let mut staging = SystemStorage::new(total.next_multiple_of(4096)).unwrap();
     d.read_at(0, &mut staging.as_mut_slice()[..total]).unwrap();

@@ -33,7 +33,11 @@ pub(super) fn registration_cuts(plan: &TransferPlan) -> Cuts {
     let mut ends: Vec<u64> = Vec::new();
     let mut opaque = false;
     for b in plan.buffers() {
-        match pinned_base(b.as_any(), b.storage_kind()) {
+        match pinned_base(
+            b.as_any(),
+            b.storage_kind(),
+            b.addr()..b.end_addr().unwrap_or(usize::MAX),
+        ) {
             PinnedBase::Known {
                 range,
                 registrations,
@@ -71,8 +75,11 @@ enum PinnedBase {
     Opaque,
 }
 
-/// What kvmem knows of the pinned memory under `any` (a buffer's storage, of kind `kind`).
-fn pinned_base(any: &dyn Any, kind: StorageKind) -> PinnedBase {
+/// What kvmem knows of the pinned memory under `any` (a buffer's storage, of kind `kind`,
+/// over `bytes`). Memory kvmem did not pin (an engine's `pin_memory()` tensor) is known when
+/// the driver reports its first and last byte in one allocation: then `bytes` is one range
+/// with no registration inside.
+fn pinned_base(any: &dyn Any, kind: StorageKind, bytes: Range<usize>) -> PinnedBase {
     use crate::storage::{ExternalPinnedMemory, MappedPinnedStorage, PinnedStorage};
     if kind != StorageKind::Pinned {
         return PinnedBase::NotPinned;
@@ -92,6 +99,11 @@ fn pinned_base(any: &dyn Any, kind: StorageKind) -> PinnedBase {
     } else if let Some(p) = storage_as::<PinnedStorage>(storage) {
         // One `cuMemHostAlloc`.
         known(p, Vec::new())
+    } else if crate::cuda::interop::one_pinned_allocation(bytes.start, bytes.len()) {
+        PinnedBase::Known {
+            range: bytes,
+            registrations: Vec::new(),
+        }
     } else {
         PinnedBase::Opaque
     }
