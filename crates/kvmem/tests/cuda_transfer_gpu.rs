@@ -151,6 +151,29 @@ impl Offload {
             );
         }
     }
+
+    /// Offloads into `host` with `engine`, checks every block, then onboards into a device
+    /// buffer of other (random) bytes in the offloaded order and checks it against the image.
+    fn round_trip(&mut self, engine: &TransferEngine, host: &kvmem::Buffer, what: &str) {
+        use kvmem::Completion as _;
+        self.offload(engine, host).unwrap();
+        self.assert_offloaded(host, what);
+        let back = self.region(common::Tier::Device);
+        engine
+            .copy_blocks(
+                &self.layout(host),
+                &self.order,
+                &self.layout(&back),
+                &self.ids,
+            )
+            .unwrap()
+            .wait()
+            .unwrap();
+        assert!(
+            common::read_region(&back) == self.image,
+            "{what}: the onboard differs from the original"
+        );
+    }
 }
 
 /// Auto stages an offload of whole blocks into one host run, and the staged method moves a slot
@@ -163,7 +186,7 @@ impl Offload {
 #[ignore = "needs a CUDA GPU"]
 fn a_staged_offload_into_pinned_memory_registered_in_pieces_and_back() {
     use kvmem::storage::{MappedPinnedOptions, MappedPinnedStorage};
-    use kvmem::{Buffer, Completion as _, HostMemory as _, OffsetBuffer};
+    use kvmem::{Buffer, HostMemory as _, OffsetBuffer};
     let gpu = common::gpu();
     let mut case = Offload::new(1024, 0x5EED);
     for gpu_method in [CopyMethod::Auto, CopyMethod::Staged] {
@@ -184,24 +207,7 @@ fn a_staged_offload_into_pinned_memory_registered_in_pieces_and_back() {
             ..EngineConfig::default()
         })
         .unwrap();
-        case.offload(&engine, &host).unwrap();
-        case.assert_offloaded(&host, &format!("{gpu_method:?}"));
-        // Back into a device buffer of other (random) bytes, in the offloaded order.
-        let back = case.region(common::Tier::Device);
-        engine
-            .copy_blocks(
-                &case.layout(&host),
-                &case.order,
-                &case.layout(&back),
-                &case.ids,
-            )
-            .unwrap()
-            .wait()
-            .unwrap();
-        assert!(
-            common::read_region(&back) == case.image,
-            "{gpu_method:?}: the onboard differs from the original"
-        );
+        case.round_trip(&engine, &host, &format!("{gpu_method:?}"));
     }
 }
 
@@ -215,7 +221,7 @@ fn a_staged_offload_into_pinned_memory_registered_in_pieces_and_back() {
 fn pinned_memory_kvmem_did_not_pin_is_joined_only_within_one_allocation() {
     use kvmem::cuda::interop::one_pinned_allocation;
     use kvmem::storage::{ExternalHostMemory, MappedPinnedOptions, MappedPinnedStorage};
-    use kvmem::{Buffer, Completion as _, HostMemory as _, MemoryDescriptor as _, PinnedStorage};
+    use kvmem::{Buffer, HostMemory as _, MemoryDescriptor as _, PinnedStorage};
     let gpu = common::gpu();
     let mut case = Offload::new(1024, 0xE7E2);
     let whole = PinnedStorage::new(&gpu, case.bytes).unwrap();
@@ -250,23 +256,7 @@ fn pinned_memory_kvmem_did_not_pin_is_joined_only_within_one_allocation() {
             ..EngineConfig::default()
         })
         .unwrap();
-        case.offload(&engine, &host).unwrap();
-        case.assert_offloaded(&host, what);
-        let back = case.region(common::Tier::Device);
-        engine
-            .copy_blocks(
-                &case.layout(&host),
-                &case.order,
-                &case.layout(&back),
-                &case.ids,
-            )
-            .unwrap()
-            .wait()
-            .unwrap();
-        assert!(
-            common::read_region(&back) == case.image,
-            "{what}: the onboard differs from the original"
-        );
+        case.round_trip(&engine, &host, what);
     }
 }
 
