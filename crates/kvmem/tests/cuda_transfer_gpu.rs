@@ -212,14 +212,16 @@ fn a_staged_offload_into_pinned_memory_registered_in_pieces_and_back() {
 }
 
 /// Pinned memory kvmem did not pin itself (an engine's `pin_memory()` tensor), taken as
-/// `ExternalHostMemory::new_pinned`: the driver says whether a range is one allocation, and the
-/// staged method joins host ranges into one DMA only then. One `cuMemHostAlloc` is one
-/// allocation; memory registered in 4 MiB pieces, or pageable memory, is not. A staged offload
-/// into each and back is byte-exact (the pieces: no DMA across two registrations).
+/// `ExternalHostMemory::new_pinned`: the driver reports the allocations or registrations that
+/// cover it, and the copies are split, and the staged method's DMAs joined, by those. One
+/// `cuMemHostAlloc` is one range; memory registered in 4 MiB pieces is one per piece; pageable
+/// memory is none. A staged offload into each and back is byte-exact, with consecutive blocks
+/// placed across every registration boundary, so that a copy merged across one would be
+/// refused by the driver if it were not split there.
 #[test]
 #[ignore = "needs a CUDA GPU"]
-fn pinned_memory_kvmem_did_not_pin_is_joined_only_within_one_allocation() {
-    use kvmem::cuda::interop::one_pinned_allocation;
+fn pinned_memory_kvmem_did_not_pin_is_split_and_joined_by_its_registrations() {
+    use kvmem::cuda::interop::pinned_ranges;
     use kvmem::storage::{ExternalHostMemory, MappedPinnedOptions, MappedPinnedStorage};
     use kvmem::{Buffer, HostMemory as _, MemoryDescriptor as _, PinnedStorage};
     let gpu = common::gpu();
@@ -231,32 +233,61 @@ fn pinned_memory_kvmem_did_not_pin_is_joined_only_within_one_allocation() {
     };
     let pieces = MappedPinnedStorage::with_options(&gpu, case.bytes, &options).unwrap();
     assert_eq!(pieces.registered_ranges().len(), case.bytes / (4 * MIB));
-    assert!(one_pinned_allocation(whole.addr(), whole.size()));
-    assert!(one_pinned_allocation(whole.addr() + 4096, 8 * MIB));
-    assert!(!one_pinned_allocation(pieces.addr(), pieces.size()));
-    assert!(one_pinned_allocation(pieces.addr() + MIB, MIB));
+    let (w, p) = (whole.addr(), pieces.addr());
+    let one = |r: std::ops::Range<usize>| Some(std::iter::once(r).collect::<Vec<_>>());
+    assert_eq!(pinned_ranges(w, case.bytes), one(w..w + case.bytes));
+    assert_eq!(
+        pinned_ranges(w + 4096, 8 * MIB),
+        one(w + 4096..w + 4096 + 8 * MIB)
+    );
+    assert_eq!(
+        pinned_ranges(p, case.bytes),
+        Some(pieces.registered_ranges())
+    );
+    assert_eq!(pinned_ranges(p + MIB, MIB), one(p + MIB..p + 2 * MIB));
     let pageable = vec![0u8; 8 * MIB];
-    assert!(!one_pinned_allocation(
-        pageable.as_ptr() as usize,
-        pageable.len()
-    ));
-    for (what, addr) in [
-        ("one allocation", whole.addr()),
-        ("4 MiB registrations", pieces.addr()),
-    ] {
+    assert_eq!(
+        pinned_ranges(pageable.as_ptr() as usize, pageable.len()),
+        None
+    );
+    // Host blocks 64k - 1 and 64k (the two sides of a 4 MiB registration boundary) take
+    // consecutive device blocks: their chunks are contiguous on both sides, so the planner
+    // merges them into one copy across the boundary.
+    let per_piece = 4 * MIB / BLOCK;
+    let boundaries: Vec<usize> = (1..case.ids.len() / per_piece)
+        .map(|k| k * per_piece)
+        .collect();
+    for &b in &boundaries {
+        let next = case.ids[b - 1] + 1;
+        if let Some(j) = case.ids.iter().position(|&v| v == next)
+            && !boundaries.iter().any(|&c| j == c || j + 1 == c)
+        {
+            case.ids.swap(b, j);
+        }
+    }
+    let merged = boundaries
+        .iter()
+        .filter(|&&b| case.ids[b] == case.ids[b - 1] + 1);
+    assert!(
+        merged.count() >= 8,
+        "too few blocks placed across registration boundaries"
+    );
+    for (what, addr) in [("one allocation", w), ("4 MiB registrations", p)] {
         // SAFETY: `whole` and `pieces` are page-locked, `case.bytes` long, and outlive `host`
         // (dropped at the end of this iteration); nothing else touches them meanwhile.
         let external = unsafe { ExternalHostMemory::new_pinned(addr as *mut u8, case.bytes) };
         let mut external = external.unwrap();
         external.as_mut_slice().fill(0x5a);
         let host = Buffer::new(external);
-        let engine = TransferEngine::new(EngineConfig {
-            gpu_method: CopyMethod::Staged,
-            staging_bytes: 32 * MIB,
-            ..EngineConfig::default()
-        })
-        .unwrap();
-        case.round_trip(&engine, &host, what);
+        for gpu_method in [CopyMethod::Staged, CopyMethod::Batched] {
+            let engine = TransferEngine::new(EngineConfig {
+                gpu_method,
+                staging_bytes: 32 * MIB,
+                ..EngineConfig::default()
+            })
+            .unwrap();
+            case.round_trip(&engine, &host, &format!("{what}, {gpu_method:?}"));
+        }
     }
 }
 

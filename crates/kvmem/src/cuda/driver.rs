@@ -420,8 +420,7 @@ pub(crate) fn pointer_memory_kind(addr: u64) -> std::result::Result<MemoryKind, 
 /// start and size (`cuPointerGetAttribute`'s range attributes); an error for any other memory.
 pub(crate) fn host_pinned_range(addr: u64) -> std::result::Result<(u64, usize), DriverError> {
     use sys::CUpointer_attribute as A;
-    let memory_type: u32 = pointer_attribute(A::CU_POINTER_ATTRIBUTE_MEMORY_TYPE, addr)?;
-    if memory_type != sys::CUmemorytype::CU_MEMORYTYPE_HOST as u32 {
+    if pointer_memory_kind(addr)? != MemoryKind::Host {
         return Err(DriverError(sys::CUresult::CUDA_ERROR_INVALID_VALUE));
     }
     let start: sys::CUdeviceptr =

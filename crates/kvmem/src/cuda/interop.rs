@@ -75,26 +75,36 @@ pub fn host_is_pinned(addr: usize, size: usize) -> bool {
         .all(|a| driver::pointer_memory_kind(a as u64) == Ok(MemoryKind::Host))
 }
 
-/// True when the driver reports host range `addr..addr + size` as page-locked memory of one
-/// allocation or registration (its first and last byte in the same one). Such a range can be
-/// moved by one DMA; a range over two registrations cannot. False without a driver, for
-/// pageable memory and whenever the driver does not say.
-pub fn one_pinned_allocation(addr: usize, size: usize) -> bool {
+/// The most registrations [`pinned_ranges`] walks through before it gives up on a range.
+const MAX_PINNED_RANGES: usize = 4096;
+
+/// The page-locked allocations or registrations (`cudaHostAlloc`, `cudaHostRegister`, torch's
+/// `pin_memory()`) that cover host range `addr..addr + size`, in address order, each cut to the
+/// range, as the driver reports them: where one DMA may go (a DMA across two of them is
+/// refused). `None` without a driver, for an empty range, when any byte of it is not
+/// page-locked memory the driver knows, or past 4096 registrations.
+pub fn pinned_ranges(addr: usize, size: usize) -> Option<Vec<std::ops::Range<usize>>> {
+    let end = addr.checked_add(size)?;
     if size == 0 || driver::load().is_err() {
-        return false;
+        return None;
     }
-    let Some(last) = addr.checked_add(size - 1) else {
-        return false;
-    };
-    let range = |a: usize| driver::host_pinned_range(a as u64).ok().filter(|r| r.1 > 0);
-    match (range(addr), range(last)) {
-        (Some(first), Some(end)) => {
-            first == end
-                && first.0 <= addr as u64
-                && (last as u64) < first.0.saturating_add(first.1 as u64)
+    let mut ranges = Vec::new();
+    let mut at = addr;
+    while at < end {
+        if ranges.len() == MAX_PINNED_RANGES {
+            return None;
         }
-        _ => false,
+        let (start, len) = driver::host_pinned_range(at as u64).ok()?;
+        let start = usize::try_from(start).ok()?;
+        let stop = start.checked_add(len)?;
+        // The allocation must contain `at`, or the driver's answer is not one to build on.
+        if !(start <= at && at < stop) {
+            return None;
+        }
+        ranges.push(at..stop.min(end));
+        at = stop;
     }
+    Some(ranges)
 }
 
 /// A CUDA event of one device's primary context, for ordering kvmem's copy stream with a stream

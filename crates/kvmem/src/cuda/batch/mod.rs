@@ -85,7 +85,9 @@ pub enum CopyMethod {
     /// Choose by average copy size among what this device and driver support.
     #[default]
     Auto,
-    /// `cuMemcpyBatchAsync`.
+    /// `cuMemcpyBatchAsync`: one DMA per copy. Fast for large copies (2 MiB: 0.95–0.97× of one
+    /// large copy on the H200), slow for many small ones (about 2 µs each there: 16,384 copies
+    /// of 4 KiB at 0.04–0.09×); `Auto` takes it only for large copies.
     Batched,
     /// The PTX copy kernel.
     Kernel,

@@ -22,8 +22,8 @@ pub(super) struct Cuts {
     pub(super) split: Vec<usize>,
     /// Where the staged method may join adjoining host ranges into one DMA: everywhere but at
     /// `split` and the ends of every pinned storage the plan uses (two allocations may lie next
-    /// to each other), or nowhere when a pinned buffer is of a type whose registrations kvmem
-    /// cannot see.
+    /// to each other), or nowhere when a pinned buffer's registrations can be learnt neither
+    /// from its type nor from the driver.
     pub(super) joins: HostJoins,
 }
 
@@ -33,11 +33,8 @@ pub(super) fn registration_cuts(plan: &TransferPlan) -> Cuts {
     let mut ends: Vec<u64> = Vec::new();
     let mut opaque = false;
     for b in plan.buffers() {
-        match pinned_base(
-            b.as_any(),
-            b.storage_kind(),
-            b.addr()..b.end_addr().unwrap_or(usize::MAX),
-        ) {
+        let bytes = b.end_addr().map(|end| b.addr()..end);
+        match pinned_base(b.as_any(), b.storage_kind(), bytes) {
             PinnedBase::Known {
                 range,
                 registrations,
@@ -64,22 +61,24 @@ pub(super) fn registration_cuts(plan: &TransferPlan) -> Cuts {
 
 /// What the GPU executor knows of the page-locked memory under a buffer.
 enum PinnedBase {
-    /// One of kvmem's pinned storages: its whole range and its registrations, in order.
+    /// One of kvmem's pinned storages (its whole range and its registrations, in order), or
+    /// pinned memory kvmem did not pin (the buffer's range and the allocations or
+    /// registrations the driver reports over it, cut to the range).
     Known {
         range: Range<usize>,
         registrations: Vec<Range<usize>>,
     },
     /// Not pinned host memory.
     NotPinned,
-    /// Pinned memory of a type kvmem cannot see into.
+    /// Pinned memory whose registrations neither its type nor the driver tells.
     Opaque,
 }
 
 /// What kvmem knows of the pinned memory under `any` (a buffer's storage, of kind `kind`,
-/// over `bytes`). Memory kvmem did not pin (an engine's `pin_memory()` tensor) is known when
-/// the driver reports its first and last byte in one allocation: then `bytes` is one range
-/// with no registration inside.
-fn pinned_base(any: &dyn Any, kind: StorageKind, bytes: Range<usize>) -> PinnedBase {
+/// over `bytes`, `None` for a range that wraps). Memory kvmem did not pin (an engine's
+/// `pin_memory()` tensor) is known as far as the driver reports the allocations or
+/// registrations that cover `bytes` ([`pinned_ranges`](crate::cuda::interop::pinned_ranges)).
+fn pinned_base(any: &dyn Any, kind: StorageKind, bytes: Option<Range<usize>>) -> PinnedBase {
     use crate::storage::{ExternalPinnedMemory, MappedPinnedStorage, PinnedStorage};
     if kind != StorageKind::Pinned {
         return PinnedBase::NotPinned;
@@ -99,13 +98,16 @@ fn pinned_base(any: &dyn Any, kind: StorageKind, bytes: Range<usize>) -> PinnedB
     } else if let Some(p) = storage_as::<PinnedStorage>(storage) {
         // One `cuMemHostAlloc`.
         known(p, Vec::new())
-    } else if crate::cuda::interop::one_pinned_allocation(bytes.start, bytes.len()) {
-        PinnedBase::Known {
-            range: bytes,
-            registrations: Vec::new(),
-        }
     } else {
-        PinnedBase::Opaque
+        bytes
+            .and_then(|range| {
+                let registrations = crate::cuda::interop::pinned_ranges(range.start, range.len())?;
+                Some(PinnedBase::Known {
+                    range,
+                    registrations,
+                })
+            })
+            .unwrap_or(PinnedBase::Opaque)
     }
 }
 

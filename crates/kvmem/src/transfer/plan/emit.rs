@@ -16,14 +16,16 @@ use crate::layout::{BlockDim, BlockLayout, LayoutKind};
 /// order (module docs): layers sorted by their destination address, so that the copies come
 /// out in destination address order within each address space.
 pub(super) fn groups<'p>(dst: &BlockLayout, parts: &'p [Part]) -> Vec<&'p [Part]> {
-    let outer_dim = dst.config().outer_dim.max(1);
-    let mut layers: Vec<&[Part]> = parts.chunks(outer_dim).collect();
-    layers.sort_by_key(|l| l.first().map(|p| p.dst));
+    let layers = || {
+        let mut layers: Vec<&[Part]> = parts.chunks(dst.config().outer_dim.max(1)).collect();
+        layers.sort_by_key(|l| l.first().map(|p| p.dst));
+        layers
+    };
     match dst.kind() {
         LayoutKind::FullyContiguous => vec![parts],
-        LayoutKind::LayerSeparate(BlockDim::First) => layers,
+        LayoutKind::LayerSeparate(BlockDim::First) => layers(),
         LayoutKind::LayerSeparate(BlockDim::Second) => {
-            layers.into_iter().flat_map(|l| l.chunks(1)).collect()
+            layers().into_iter().flat_map(|l| l.chunks(1)).collect()
         }
     }
 }

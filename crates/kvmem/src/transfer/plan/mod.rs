@@ -434,7 +434,8 @@ pub(crate) fn check_shapes(
 /// The `(destination, source)` block pairs of a request, in destination id order.
 ///
 /// Ids already in order are the request's own slices, so the common sequential request plans
-/// without copying (or allocating for) its ids; the others are sorted into a vector.
+/// without copying (or allocating for) its ids; dense requests are bucketed by destination id,
+/// sparse ones sorted into a vector.
 pub(crate) enum Pairs<'a> {
     /// Destination ids were already ascending: `dst[i]` takes `src[i]`.
     InOrder {

@@ -148,13 +148,15 @@ proptest::proptest! {
         check_plan(&src, &s_ids, &dst, &d_ids)?;
     }
 
-    /// The same for large transfers of a 4096-block layout (dense requests, read back from
-    /// buckets): runs of consecutive blocks, whose copies merge, between runs of scattered ones.
+    /// The same for large transfers of a 4096-block layout: runs of consecutive blocks, whose
+    /// copies merge, between runs of scattered ones; the pairs in destination order, or (when
+    /// `shuffled`) in a random order, which dense requests read back from buckets.
     #[test]
     fn large_plans_cover_every_chunk_with_the_fewest_copies(
         kinds in (0u8..3, 0u8..3),
         runs in proptest::collection::vec((1usize..600, proptest::bool::ANY), 1..12),
         seed in 0u64..1000,
+        shuffled in proptest::bool::ANY,
     ) {
         let n = 4096;
         let (src, dst) = (layout(kind_of(kinds.0), n), layout(kind_of(kinds.1), n));
@@ -174,6 +176,16 @@ proptest::proptest! {
                 s_ids.extend(free[next..next + len].iter().copied());
             }
             next += len;
+        }
+        if shuffled {
+            let mut pairs: Vec<(usize, usize)> = s_ids.iter().copied().zip(d_ids.iter().copied()).collect();
+            rng.shuffle(&mut pairs);
+            (s_ids, d_ids) = pairs.into_iter().unzip();
+            if d_ids.len() * 4 >= n && !d_ids.is_sorted() {
+                let pairs = by_destination(n, &d_ids, &s_ids).unwrap();
+                let bucketed = matches!(pairs, Pairs::Slots { .. });
+                proptest::prop_assert!(bucketed, "a dense unordered request was not bucketed");
+            }
         }
         check_plan(&src, &s_ids, &dst, &d_ids)?;
     }
