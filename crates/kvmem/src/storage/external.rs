@@ -84,6 +84,10 @@ pub struct ExternalHostMemory {
     ptr: *mut u8,
     size: usize,
     pinned: bool,
+    /// For pinned memory: the allocations or registrations over it, as the driver reported
+    /// them when this value was made (they cannot change while it exists: the range stays
+    /// page-locked); `None` when the driver did not say.
+    registrations: Option<Vec<std::ops::Range<usize>>>,
 }
 
 // SAFETY: the constructor's contract gives this value exclusive use of the range for its
@@ -110,6 +114,8 @@ impl ExternalHostMemory {
 
     /// Like [`new`](Self::new), for memory that its owner has already page-locked
     /// (`cudaHostAlloc`, `cudaHostRegister`); it is then reported as [`StorageKind::Pinned`].
+    /// The allocations or registrations over it are asked of the driver once, here, so that
+    /// copies can be split where one ends and joined within one.
     ///
     /// # Safety
     /// As for [`new`](Self::new), and the range must stay page-locked while this value exists.
@@ -128,7 +134,22 @@ impl ExternalHostMemory {
             "external host memory"
         };
         check_range(ptr, size, what)?;
-        Ok(Self { ptr, size, pinned })
+        let registrations = pinned
+            .then(|| crate::cuda::interop::pinned_ranges(ptr as usize, size))
+            .flatten();
+        Ok(Self {
+            ptr,
+            size,
+            pinned,
+            registrations,
+        })
+    }
+
+    /// For pinned memory: the allocations or registrations over it, in address order, each cut
+    /// to the range, as the driver reported them when this value was made; `None` for pageable
+    /// memory or when the driver did not say.
+    pub(crate) fn registered_ranges(&self) -> Option<&[std::ops::Range<usize>]> {
+        self.registrations.as_deref()
     }
 }
 

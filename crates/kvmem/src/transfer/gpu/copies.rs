@@ -75,11 +75,15 @@ enum PinnedBase {
 }
 
 /// What kvmem knows of the pinned memory under `any` (a buffer's storage, of kind `kind`,
-/// over `bytes`, `None` for a range that wraps). Memory kvmem did not pin (an engine's
-/// `pin_memory()` tensor) is known as far as the driver reports the allocations or
-/// registrations that cover `bytes` ([`pinned_ranges`](crate::cuda::interop::pinned_ranges)).
+/// over `bytes`, `None` for a range that wraps). Memory kvmem did not pin is known as far as
+/// the driver reports the allocations or registrations over it
+/// ([`pinned_ranges`](crate::cuda::interop::pinned_ranges)): an engine's `pin_memory()`
+/// tensor (`ExternalHostMemory`) from what the driver said when kvmem took it, pinned storages
+/// of other types over `bytes`, asked at each transfer.
 fn pinned_base(any: &dyn Any, kind: StorageKind, bytes: Option<Range<usize>>) -> PinnedBase {
-    use crate::storage::{ExternalPinnedMemory, MappedPinnedStorage, PinnedStorage};
+    use crate::storage::{
+        ExternalHostMemory, ExternalPinnedMemory, MappedPinnedStorage, PinnedStorage,
+    };
     if kind != StorageKind::Pinned {
         return PinnedBase::NotPinned;
     }
@@ -98,6 +102,12 @@ fn pinned_base(any: &dyn Any, kind: StorageKind, bytes: Option<Range<usize>>) ->
     } else if let Some(p) = storage_as::<PinnedStorage>(storage) {
         // One `cuMemHostAlloc`.
         known(p, Vec::new())
+    } else if let Some(p) = storage_as::<ExternalHostMemory>(storage) {
+        // An engine's pinned memory: what the driver said when kvmem took it.
+        match p.registered_ranges() {
+            Some(r) => known(p, r.to_vec()),
+            None => PinnedBase::Opaque,
+        }
     } else {
         bytes
             .and_then(|range| {
