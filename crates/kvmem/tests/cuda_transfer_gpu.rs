@@ -277,6 +277,11 @@ fn pinned_memory_kvmem_did_not_pin_is_split_and_joined_by_its_registrations() {
         // (dropped at the end of this iteration); nothing else touches them meanwhile.
         let external = unsafe { ExternalHostMemory::new_pinned(addr as *mut u8, case.bytes) };
         let mut external = external.unwrap();
+        assert_eq!(
+            external.registered_ranges().map(<[_]>::to_vec),
+            pinned_ranges(addr, case.bytes),
+            "{what}: the registrations kept when the memory was taken"
+        );
         external.as_mut_slice().fill(0x5a);
         let host = Buffer::new(external);
         for gpu_method in [CopyMethod::Staged, CopyMethod::Batched] {

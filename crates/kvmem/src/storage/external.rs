@@ -148,7 +148,7 @@ impl ExternalHostMemory {
     /// For pinned memory: the allocations or registrations over it, in address order, each cut
     /// to the range, as the driver reported them when this value was made; `None` for pageable
     /// memory or when the driver did not say.
-    pub(crate) fn registered_ranges(&self) -> Option<&[std::ops::Range<usize>]> {
+    pub fn registered_ranges(&self) -> Option<&[std::ops::Range<usize>]> {
         self.registrations.as_deref()
     }
 }

@@ -102,12 +102,12 @@ fn pinned_base(any: &dyn Any, kind: StorageKind, bytes: Option<Range<usize>>) ->
     } else if let Some(p) = storage_as::<PinnedStorage>(storage) {
         // One `cuMemHostAlloc`.
         known(p, Vec::new())
-    } else if let Some(p) = storage_as::<ExternalHostMemory>(storage) {
-        // An engine's pinned memory: what the driver said when kvmem took it.
-        match p.registered_ranges() {
-            Some(r) => known(p, r.to_vec()),
-            None => PinnedBase::Opaque,
-        }
+    } else if let Some((p, r)) = storage_as::<ExternalHostMemory>(storage)
+        .and_then(|p| p.registered_ranges().map(|r| (p, r)))
+    {
+        // An engine's pinned memory: what the driver said when kvmem took it (if it did not
+        // say then, it is asked below, as for other types).
+        known(p, r.to_vec())
     } else {
         bytes
             .and_then(|range| {
