@@ -210,9 +210,10 @@ impl TransferPlan {
         };
         // Chunks are emitted in destination address order (`emit`'s module docs), so every
         // chunk that continues another's destination range comes right after it, and merging
-        // with the previous copy as it is emitted finds every merge. The lists are sized for
-        // every chunk unmerged (a large transfer's list would otherwise grow, and be copied,
-        // a dozen times) and shrunk afterwards when merging made them much shorter.
+        // with the previous copy as it is emitted finds every merge. The lists are sized up
+        // front (a large transfer's list would otherwise grow, and be copied, a dozen times):
+        // for every chunk unmerged unless the chunks will merge (`expected_copies`), and shrunk
+        // afterwards when merging made them much shorter.
         let groups = emit::groups(dst, &parts);
         if let [only] = batches.as_mut_slice() {
             let ops = &mut only.ops;
@@ -434,8 +435,8 @@ pub(crate) fn check_shapes(
 /// The `(destination, source)` block pairs of a request, in destination id order.
 ///
 /// Ids already in order are the request's own slices, so the common sequential request plans
-/// without copying (or allocating for) its ids; dense requests are bucketed by destination id,
-/// sparse ones sorted into a vector.
+/// without copying (or allocating for) its ids; requests for nearly every block are read from
+/// buckets by destination id, the others sorted into a vector.
 pub(crate) enum Pairs<'a> {
     /// Destination ids were already ascending: `dst[i]` takes `src[i]`.
     InOrder {
@@ -444,8 +445,8 @@ pub(crate) enum Pairs<'a> {
         /// Source ids, one per destination id.
         src: &'a [usize],
     },
-    /// A dense request bucketed by destination id: `slot[d]` is the source block of
-    /// destination block `d`, [`NO_BLOCK`] where `d` is not in the request.
+    /// A request for nearly every destination block, bucketed by destination id: `slot[d]` is
+    /// the source block of destination block `d`, [`NO_BLOCK`] where `d` is not in the request.
     Slots {
         /// One entry per destination block of the layout.
         slot: Vec<usize>,
@@ -513,8 +514,8 @@ impl Pairs<'_> {
 /// ids are distinct.
 ///
 /// Ids already in order cost one pass and no copy; dense requests are bucketed by destination
-/// id (linear) and read back from the buckets; sparse ones (few blocks of a large layout) are
-/// sorted.
+/// id (linear), and read back from the buckets when they fill nearly all of them; sparse ones
+/// (few blocks of a large layout) are sorted.
 pub(crate) fn by_destination<'a>(
     num_blocks: usize,
     dst_ids: &'a [usize],
@@ -552,10 +553,17 @@ pub(crate) fn by_destination<'a>(
                 return Err(Error::Layout(LayoutError::DuplicateBlock { block: d }));
             }
         }
-        return Ok(Pairs::Slots {
-            slot,
-            len: dst_ids.len(),
-        });
+        // The buckets are walked once per emission group (64 for a vLLM layout): read in place
+        // only when nearly every one is filled, else collected once into the filled ones.
+        if dst_ids.len() * 8 >= num_blocks * 7 {
+            return Ok(Pairs::Slots {
+                slot,
+                len: dst_ids.len(),
+            });
+        }
+        let mut sorted = Vec::with_capacity(dst_ids.len());
+        sorted.extend(slot.into_iter().enumerate().filter(|&(_, s)| s != NO_BLOCK));
+        return Ok(Pairs::Sorted(sorted));
     }
     let mut pairs: Vec<(usize, usize)> = zipped().collect();
     pairs.sort_unstable_by_key(|p| p.0);
