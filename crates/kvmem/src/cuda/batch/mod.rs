@@ -388,7 +388,10 @@ impl CopyStream {
             return Err(Error::Bounds(BoundsError::ZeroSize { what: "copy" }));
         }
         let asked = method;
+        // Submission timings, for `RUST_LOG=kvmem=debug` (no clock read otherwise).
+        let started = tracing::enabled!(tracing::Level::DEBUG).then(std::time::Instant::now);
         let mut method = self.resolve(method, copies, src, dst)?;
+        let resolved = started.map(|t| t.elapsed());
         let inner = &self.inner;
         inner.device.bind()?;
         if method == CopyMethod::Staged && asked == CopyMethod::Auto && *joins == HostJoins::Nowhere
@@ -414,6 +417,15 @@ impl CopyStream {
             }
         };
         let bytes = copies.iter().fold(0u64, |t, c| t.saturating_add(c.len));
+        if let (Some(t), Some(r)) = (started, resolved) {
+            tracing::debug!(
+                ?method,
+                copies = copies.len(),
+                resolve_us = r.as_secs_f64() * 1e6,
+                enqueue_us = t.elapsed().as_secs_f64() * 1e6,
+                "copies enqueued"
+            );
+        }
         let completion = CopyCompletion::record(self.clone(), method, descs, bytes, (src, dst));
         match (enqueued, completion) {
             (Ok(()), Ok(c)) => Ok(c),

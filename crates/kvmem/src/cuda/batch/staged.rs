@@ -405,6 +405,9 @@ impl CopyStream {
         // Whatever the copy stream did before (an earlier staged transfer's DMAs from the
         // slots among it) is done before this transfer's kernels touch a slot.
         wait(ks, &event(main)?)?;
+        // When the first slot's DMA was enqueued, for `RUST_LOG=kvmem=debug`.
+        let started = tracing::enabled!(tracing::Level::DEBUG).then(std::time::Instant::now);
+        let mut first_slot = None;
         let d = self.take_descs(descriptor_bound(copies, ring.slot_bytes))?;
         let (dev, host, capacity) = (d.dev, d.host, d.capacity);
         *descs = Some(d);
@@ -479,11 +482,21 @@ impl CopyStream {
                     launch(ks)?;
                     freed[slab.slot] = Some(event(ks)?);
                 }
+                if first_slot.is_none() {
+                    first_slot = started.map(|t| t.elapsed());
+                }
                 Ok(())
             },
         )?;
         // The transfer's completion is recorded on the copy stream: make it include the kernels.
         wait(main, &event(ks)?)?;
+        if let (Some(t), Some(first)) = (started, first_slot) {
+            tracing::debug!(
+                first_slot_us = first.as_secs_f64() * 1e6,
+                all_slots_us = t.elapsed().as_secs_f64() * 1e6,
+                "staged slots enqueued"
+            );
+        }
         Ok(())
     }
     /// The DMA copies of one slab on the copy stream: batched when the driver offers it and

@@ -236,7 +236,16 @@ impl GpuExecutor {
     /// current streams for the others).
     fn submit_on(&self, work: Work, mut lanes: Lanes) {
         let task = if is_direct(&work.plan) {
+            // For `RUST_LOG=kvmem=debug`: how long the executor's own preparation took.
+            let started = tracing::enabled!(tracing::Level::DEBUG).then(Instant::now);
             let cuts = registration_cuts(&work.plan);
+            if let Some(t) = started {
+                tracing::debug!(
+                    cuts = cuts.split.len(),
+                    cuts_us = t.elapsed().as_secs_f64() * 1e6,
+                    "registration cuts"
+                );
+            }
             let deadline = work.completion.deadline();
             let mut completions = Vec::new();
             let mut error = None;
@@ -323,7 +332,15 @@ impl GpuExecutor {
         cuts: &Cuts,
         deadline: Instant,
     ) -> Result<CopyCompletion> {
+        let started = tracing::enabled!(tracing::Level::DEBUG).then(Instant::now);
         let copies = device_copies(ops, src, dst, &cuts.split);
+        if let Some(t) = started {
+            tracing::debug!(
+                split = matches!(copies, std::borrow::Cow::Owned(_)),
+                device_copies_us = t.elapsed().as_secs_f64() * 1e6,
+                "device copies"
+            );
+        }
         // SAFETY: the plan validated every range against the buffers it keeps alive; the plan
         // travels with the completion to the worker, which drops it only after waiting (or,
         // when the copies outlive the deadline, after the handle quarantined its buffers);
