@@ -113,11 +113,13 @@ fn assert_ran_as(
 fn scattered_copies_host_device_and_back_by_every_method() {
     let (gpu, stream) = gpu_and_stream();
     let mut rng = seeded_rng();
-    // Aligned 16 KiB chunks (vector path) and odd 1000-byte chunks at odd offsets (byte path).
+    // Aligned 16 KiB chunks (vector path) and odd 1000-byte chunks at odd offsets (byte path);
+    // 4096 chunks of 4 KiB: a list the copy kernel launches in two parts.
     for (chunk, stride, n) in [
         (16 << 10, 16 << 10, 512),
         (1000, 1003, 300),
         (2 << 20, 2 << 20, 8),
+        (4 << 10, 4 << 10, 4096),
     ] {
         let size = n * stride;
         for method in methods(&stream) {

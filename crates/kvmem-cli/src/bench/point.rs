@@ -171,6 +171,15 @@ pub fn thread_cpu_secs() -> f64 {
     t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
 }
 
+/// The calling thread's minor page faults so far (`/proc/thread-self/stat`), `None` where
+/// that cannot be read.
+pub fn thread_minor_faults() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
+    // Fields after the command (which may hold spaces) start at the state, field 3; minflt is 10.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(7)?.parse().ok()
+}
+
 /// `bytes` in `secs`, in GiB/s.
 pub fn gib_s(bytes: usize, secs: f64) -> f64 {
     bytes as f64 / secs / f64::from(1u32 << 30)

@@ -402,9 +402,19 @@ impl Candidate for Local<'_> {
     fn transfer(&self) -> Result<Sample> {
         // `copy_blocks` is `TransferPlan::blocks` + `submit`; timed in its two halves.
         let b = self.blocks;
+        // With `RUST_LOG=kvmem=debug`: the page faults planning took (read outside the timing).
+        let faults = tracing::enabled!(tracing::Level::DEBUG).then(point::thread_minor_faults);
         let t = Instant::now();
         let plan = TransferPlan::blocks(&b.src, &b.src_ids, &b.dst, &b.dst_ids)?;
         let plan_secs = t.elapsed().as_secs_f64();
+        if let Some(Some(before)) = faults {
+            let after = point::thread_minor_faults().unwrap_or(before);
+            tracing::debug!(
+                plan_us = plan_secs * 1e6,
+                page_faults = after - before,
+                "planned"
+            );
+        }
         // The GPU executor builds and enqueues direct copies on this thread, inside `submit`:
         // its CPU time here is the submit cost (staged and host transfers only hand off).
         let cpu = point::thread_cpu_secs();

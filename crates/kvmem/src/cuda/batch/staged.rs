@@ -10,11 +10,11 @@
 //! after its previous DMA (gather) or kernel (scatter) is done.
 
 use super::DescBuffers;
-use super::{CopyStream, DeviceCopy, KERNEL_MIN_PIECE, Location, split_for_kernel};
+use super::shape::Shape;
+use super::{CopyStream, DeviceCopy, Location, split_for_kernel};
 use crate::cuda::driver;
 use crate::error::{BoundsError, Error, Result, UnsupportedError};
 use cudarc::driver::{CudaEvent, CudaFunction, CudaStream, result};
-use std::borrow::Cow;
 
 /// The default size of a copy stream's staging ring (device memory, allocated on the first
 /// staged transfer): eight slots of 32 MiB. On the H200 (docs/PERFORMANCE.md) it moved 1 GiB
@@ -46,27 +46,24 @@ const SUITS_ANY_AVG_BYTES: u64 = 256 << 20;
 /// See [`SUITS_ANY_AVG_BYTES`].
 const SUITS_MIN_AVG: u64 = 64 << 10;
 
-/// True when `Auto` should stage `copies` (of `total` bytes) rather than run them on the copy
-/// kernel: one side on the device and the other on the host, at least [`SUITS_MIN_BYTES`] (and
+/// True when `Auto` should stage a list of this shape rather than run it on the copy kernel:
+/// one side on the device and the other on the host, at least [`SUITS_MIN_BYTES`] (and
 /// [`SUITS_ANY_AVG_BYTES`] unless the copies average [`SUITS_MIN_AVG`]), and the host ranges
 /// adding up to the run from the lowest to the highest address (one run, unless sources
 /// overlap), so that a slot moves in one or a few DMAs. A heuristic of speed only: any list
 /// stages correctly.
-pub(super) fn suits(copies: &[DeviceCopy], src: Location, dst: Location, total: u64) -> bool {
-    let host_is_dst = match (src, dst) {
-        (Location::Device(_), Location::Host) => true,
-        (Location::Host, Location::Device(_)) => false,
-        _ => return false,
-    };
-    let avg = total / copies.len().max(1) as u64;
-    if total < SUITS_MIN_BYTES || (total < SUITS_ANY_AVG_BYTES && avg < SUITS_MIN_AVG) {
+pub(super) fn suits(shape: &Shape, src: Location, dst: Location) -> bool {
+    if !matches!(
+        (src, dst),
+        (Location::Device(_), Location::Host) | (Location::Host, Location::Device(_))
+    ) {
         return false;
     }
-    let (lo, hi) = copies.iter().fold((u64::MAX, 0u64), |(lo, hi), c| {
-        let at = if host_is_dst { c.dst } else { c.src };
-        (lo.min(at), hi.max(at.saturating_add(c.len)))
-    });
-    hi.saturating_sub(lo) == total
+    let total = shape.total;
+    if total < SUITS_MIN_BYTES || (total < SUITS_ANY_AVG_BYTES && shape.average() < SUITS_MIN_AVG) {
+        return false;
+    }
+    shape.host_is_one_run()
 }
 
 /// Where the staged method may join adjoining host ranges into one DMA (one CUDA copy must not
@@ -101,47 +98,102 @@ pub(super) struct Slab<'a> {
     pub(super) dma: &'a [DeviceCopy],
 }
 
-/// `copies` in the order of their host addresses (`host` tells which side is the host's).
-/// Free when they come in that order; when every copy has the same length and their host
-/// ranges tile one run (an engine's offload or onboard of whole chunks, listed in device
-/// order), each is placed at its index in one pass; otherwise sorted.
-fn in_host_order(
-    copies: &[DeviceCopy],
-    host: impl Fn(&DeviceCopy) -> u64,
-) -> Cow<'_, [DeviceCopy]> {
-    if copies.windows(2).all(|w| host(&w[0]) <= host(&w[1])) {
-        return Cow::Borrowed(copies);
-    }
-    if let Some(placed) = tiled(copies, &host) {
-        return Cow::Owned(placed);
-    }
-    let mut v = copies.to_vec();
-    v.sort_unstable_by_key(host);
-    Cow::Owned(v)
+/// A copy list in the order of its host addresses, as [`in_host_order`] finds it.
+pub(super) enum HostOrder<'a> {
+    /// The list came in that order.
+    Listed(&'a [DeviceCopy]),
+    /// `copies[at[k]]` is the `k`-th in host order.
+    Placed {
+        /// The list.
+        copies: &'a [DeviceCopy],
+        /// Its order.
+        at: &'a [u32],
+    },
+    /// The list, sorted.
+    Sorted(Vec<DeviceCopy>),
 }
 
-/// `copies` ordered by host address when they have one length and their host ranges tile
-/// `[min, min + n * len)` exactly (each position taken once); `None` otherwise.
-fn tiled(copies: &[DeviceCopy], host: &impl Fn(&DeviceCopy) -> u64) -> Option<Vec<DeviceCopy>> {
-    let len = copies.first()?.len;
-    if len == 0 || copies.len() >= u32::MAX as usize || copies.iter().any(|c| c.len != len) {
-        return None;
-    }
-    let min = copies.iter().map(host).min()?;
-    let mut at = vec![u32::MAX; copies.len()];
-    for (i, c) in copies.iter().enumerate() {
-        let off = host(c) - min;
-        let k = usize::try_from(off / len).ok()?;
-        match at.get_mut(k) {
-            Some(slot) if off % len == 0 && *slot == u32::MAX => *slot = i as u32,
-            _ => return None,
+impl HostOrder<'_> {
+    /// Copies in the list.
+    pub(super) fn len(&self) -> usize {
+        match self {
+            Self::Listed(c) | Self::Placed { copies: c, .. } => c.len(),
+            Self::Sorted(v) => v.len(),
         }
     }
-    // Every position taken once by `n` copies: a permutation, in host order.
-    Some(at.iter().map(|&i| copies[i as usize]).collect())
+
+    /// The `k`-th copy in host order.
+    pub(super) fn get(&self, k: usize) -> &DeviceCopy {
+        match self {
+            Self::Listed(c) => &c[k],
+            Self::Placed { copies, at } => &copies[at[k] as usize],
+            Self::Sorted(v) => &v[k],
+        }
+    }
 }
 
-/// Splits `copies` into slabs of `slot_bytes` staged in `slots` slots at `base` (slot `k` at
+/// `copies` (of shape `shape`, whose host side it orders by) in the order of their host
+/// addresses. Free when they come in that order; when every copy has the same length and their
+/// host ranges tile one run (an engine's offload or onboard of whole chunks, listed in device
+/// order), each one's place is found in one pass, in `scratch` (kept by the caller, so that a
+/// large list's order costs no fresh memory: on the H200 machine, building a reordered copy of a
+/// 65,536-copy onboard held its first DMA back by about 1 ms); otherwise sorted.
+pub(super) fn in_host_order<'a>(
+    copies: &'a [DeviceCopy],
+    shape: &Shape,
+    scratch: &'a mut Vec<u32>,
+) -> HostOrder<'a> {
+    let Some(host) = shape.host else {
+        return HostOrder::Listed(copies);
+    };
+    if host.ordered {
+        return HostOrder::Listed(copies);
+    }
+    if placed(copies, shape, scratch) {
+        return HostOrder::Placed {
+            copies,
+            at: scratch,
+        };
+    }
+    let mut v = copies.to_vec();
+    v.sort_unstable_by_key(|c| host.of(c));
+    HostOrder::Sorted(v)
+}
+
+/// Fills `at` with the order of `copies` by host address when they have one length and their
+/// host ranges tile `[lo, lo + n * len)` exactly (each position taken once); false otherwise.
+fn placed(copies: &[DeviceCopy], shape: &Shape, at: &mut Vec<u32>) -> bool {
+    let (len, n) = (shape.shortest, copies.len());
+    let Some(host) = shape.host else {
+        return false;
+    };
+    if len == 0
+        || len != shape.longest
+        || n >= u32::MAX as usize
+        || host.hi.saturating_sub(host.lo) != shape.total
+    {
+        return false;
+    }
+    at.clear();
+    at.resize(n, u32::MAX);
+    // Chunk lengths are powers of two in practice: a shift and a mask instead of a division.
+    let shift = len.is_power_of_two().then(|| len.trailing_zeros());
+    for (i, c) in copies.iter().enumerate() {
+        let off = host.of(c) - host.lo;
+        let (k, rem) = match shift {
+            Some(s) => (off >> s, off & (len - 1)),
+            None => (off / len, off % len),
+        };
+        match usize::try_from(k).ok().and_then(|k| at.get_mut(k)) {
+            Some(slot) if rem == 0 && *slot == u32::MAX => *slot = i as u32,
+            _ => return false,
+        }
+    }
+    // `n` copies took `n` distinct positions: a permutation, in host order.
+    true
+}
+
+/// Splits `copies` (in host order) into slabs of `slot_bytes` staged in `slots` slots at `base` (slot `k` at
 /// `base + k * slot_bytes`) and hands each to `emit` as soon as it is full, so the caller can
 /// start moving it while the rest is packed: for a gather, the kernel copies device sources into
 /// the slot and the DMAs copy the slot to the host destinations; for a scatter, the DMAs copy
@@ -153,7 +205,7 @@ fn tiled(copies: &[DeviceCopy], host: &impl Fn(&DeviceCopy) -> u64) -> Option<Ve
 /// `joins` allows (not across page-lock registrations or allocations). Stops at `emit`'s first
 /// error.
 pub(super) fn pack<E>(
-    copies: &[DeviceCopy],
+    copies: &HostOrder<'_>,
     gather: bool,
     (base, slot_bytes, slots): (u64, u64, usize),
     joins: &HostJoins,
@@ -161,7 +213,6 @@ pub(super) fn pack<E>(
 ) -> std::result::Result<(), E> {
     let slots = slots.max(1) as u64;
     let slot_bytes = slot_bytes.max(1);
-    let copies = in_host_order(copies, |c| if gather { c.dst } else { c.src });
     let mut device_side: Vec<DeviceCopy> = Vec::new();
     let mut dma: Vec<DeviceCopy> = Vec::new();
     let mut used = 0u64;
@@ -178,7 +229,8 @@ pub(super) fn pack<E>(
             *slab += 1;
             out
         };
-    for c in copies.iter() {
+    for k in 0..copies.len() {
+        let c = copies.get(k);
         let mut done = 0;
         while done < c.len {
             let n = (c.len - done).min(slot_bytes - used);
@@ -222,15 +274,12 @@ fn copy(src: u64, dst: u64, len: u64) -> DeviceCopy {
     DeviceCopy { src, dst, len }
 }
 
-/// The most kernel descriptors [`pack`] with `split_for_kernel` can make of `copies` in slots of
-/// `slot_bytes`: a copy splits into pieces of at least `KERNEL_MIN_PIECE`, and once more where a
-/// slot fills.
-fn descriptor_bound(copies: &[DeviceCopy], slot_bytes: u64) -> usize {
-    let total = copies.iter().fold(0u64, |t, c| t.saturating_add(c.len));
-    let pieces = copies.iter().fold(0u64, |t, c| {
-        t.saturating_add(c.len.div_ceil(KERNEL_MIN_PIECE))
-    });
-    usize::try_from(pieces.saturating_add(total.div_ceil(slot_bytes.max(1)))).unwrap_or(usize::MAX)
+/// The most kernel descriptors [`pack`] with `split_for_kernel` can make of a list of shape
+/// `shape` in slots of `slot_bytes`: a copy splits into pieces of at least `KERNEL_MIN_PIECE`,
+/// and once more where a slot fills.
+fn descriptor_bound(shape: &Shape, slot_bytes: u64) -> usize {
+    let slabs = shape.total.div_ceil(slot_bytes.max(1));
+    usize::try_from(shape.pieces.saturating_add(slabs)).unwrap_or(usize::MAX)
 }
 
 /// The device staging ring of a copy stream (`slots * slot_bytes` from `cuMemAlloc`, freed on
@@ -242,6 +291,8 @@ pub(super) struct Ring {
     slot_bytes: u64,
     slots: usize,
     kernel_stream: std::sync::Arc<CudaStream>,
+    /// The host order of the transfer being packed ([`in_host_order`]), kept between transfers.
+    order: Vec<u32>,
 }
 
 impl Ring {
@@ -269,6 +320,7 @@ impl Ring {
             slot_bytes,
             slots,
             kernel_stream,
+            order: Vec::new(),
         })
     }
 }
@@ -298,7 +350,7 @@ impl CopyStream {
     /// The caller (`copy_async`) upholds the ranges' contract.
     pub(super) fn enqueue_staged(
         &self,
-        copies: &[DeviceCopy],
+        (copies, shape): (&[DeviceCopy], &Shape),
         src: Location,
         dst: Location,
         joins: &HostJoins,
@@ -307,7 +359,7 @@ impl CopyStream {
         let gather = match (src, dst) {
             (Location::Device(_), Location::Host) => true,
             (Location::Host, Location::Device(_)) => false,
-            _ => return self.enqueue_kernel(copies, descs),
+            _ => return self.enqueue_kernel(copies, shape, descs),
         };
         let inner = &self.inner;
         let Some(kernel) = &inner.kernel else {
@@ -317,13 +369,13 @@ impl CopyStream {
         };
         // One staged transfer at a time uses the ring (the lock is held while enqueueing; the
         // GPU-side order between transfers comes from the events below).
-        let ring = self.lock_ring()?;
-        let Some(ring) = ring.as_ref() else {
+        let mut ring = self.lock_ring()?;
+        let Some(ring) = ring.as_mut() else {
             return Err(Error::Unsupported(UnsupportedError::Feature {
                 what: "the staging ring could not be set up".into(),
             }));
         };
-        let enqueued = self.enqueue_through(ring, kernel, (copies, joins), gather, descs);
+        let enqueued = self.enqueue_through(ring, kernel, (copies, shape, joins), gather, descs);
         if enqueued.is_err() {
             // Kernels enqueued before the error must finish before the caller may free the
             // memory they use: make the copy stream wait for them, so that its completion (and
@@ -382,9 +434,9 @@ impl CopyStream {
     /// still being packed, so the CPU's work overlaps the GPU's.
     fn enqueue_through(
         &self,
-        ring: &Ring,
+        ring: &mut Ring,
         kernel: &CudaFunction,
-        (copies, joins): (&[DeviceCopy], &HostJoins),
+        (copies, shape, joins): (&[DeviceCopy], &Shape, &HostJoins),
         gather: bool,
         descs: &mut Option<DescBuffers>,
     ) -> Result<()> {
@@ -408,7 +460,7 @@ impl CopyStream {
         // When the first slot's DMA was enqueued, for `RUST_LOG=kvmem=debug`.
         let started = tracing::enabled!(tracing::Level::DEBUG).then(std::time::Instant::now);
         let mut first_slot = None;
-        let d = self.take_descs(descriptor_bound(copies, ring.slot_bytes))?;
+        let d = self.take_descs(descriptor_bound(shape, ring.slot_bytes))?;
         let (dev, host, capacity) = (d.dev, d.host, d.capacity);
         *descs = Some(d);
         let size = std::mem::size_of::<DeviceCopy>();
@@ -416,13 +468,15 @@ impl CopyStream {
         let mut freed: Vec<Option<CudaEvent>> = (0..ring.slots).map(|_| None).collect();
         let mut written = 0usize;
         let in_place = inner.host_pointers_are_device_pointers;
+        let geometry = (ring.memory, ring.slot_bytes, ring.slots);
         pack(
-            copies,
+            &in_host_order(copies, shape, &mut ring.order),
             gather,
-            (ring.memory, ring.slot_bytes, ring.slots),
+            geometry,
             joins,
             |slab| {
-                let pieces = split_for_kernel(slab.device_side, sm_count);
+                let slab_shape = Shape::of(slab.device_side, None);
+                let pieces = split_for_kernel(slab.device_side, &slab_shape, sm_count);
                 let n = pieces.len();
                 if written + n > capacity {
                     return Err(Error::Bounds(BoundsError::Overflow {

@@ -16,6 +16,25 @@ struct Plan {
     slabs: Vec<Slab>,
 }
 
+/// [`pack`] over `copies` in host order (the host side is the destination's for a gather).
+fn pack_all<E>(
+    copies: &[DeviceCopy],
+    gather: bool,
+    geometry: (u64, u64, usize),
+    joins: &HostJoins,
+    emit: impl FnMut(super::Slab<'_>) -> std::result::Result<(), E>,
+) -> std::result::Result<(), E> {
+    let mut scratch = Vec::new();
+    let shape = Shape::of(copies, Some(gather));
+    pack(
+        &in_host_order(copies, &shape, &mut scratch),
+        gather,
+        geometry,
+        joins,
+        emit,
+    )
+}
+
 fn plan_cut(
     copies: &[DeviceCopy],
     gather: bool,
@@ -24,7 +43,7 @@ fn plan_cut(
 ) -> Plan {
     let joins = HostJoins::Except(cuts.to_vec());
     let mut slabs = Vec::new();
-    pack::<()>(copies, gather, (base, slot, slots), &joins, |s| {
+    pack_all::<()>(copies, gather, (base, slot, slots), &joins, |s| {
         slabs.push(Slab {
             slot: s.slot,
             kernel: s.device_side.to_vec(),
@@ -214,14 +233,18 @@ fn host_order_places_tiled_chunks_and_sorts_the_rest() {
             3 => copies[0].len += 16,
             _ => {}
         }
+        let shape = Shape::of(&copies, Some(false));
+        let mut scratch = Vec::new();
         assert_eq!(
-            tiled(&copies, &host).is_some(),
+            placed(&copies, &shape, &mut scratch),
             round % 4 == 0,
             "round {round}"
         );
-        let ordered = in_host_order(&copies, host);
-        assert!(ordered.windows(2).all(|w| w[0].src <= w[1].src));
-        let mut a = ordered.to_vec();
+        let order = in_host_order(&copies, &shape, &mut scratch);
+        assert_eq!(matches!(order, HostOrder::Placed { .. }), round % 4 == 0);
+        let ordered: Vec<DeviceCopy> = (0..order.len()).map(|k| *order.get(k)).collect();
+        assert!(ordered.windows(2).all(|w| host(&w[0]) <= host(&w[1])));
+        let mut a = ordered;
         let mut b = copies.clone();
         a.sort_unstable_by_key(|c| (c.src, c.dst));
         b.sort_unstable_by_key(|c| (c.src, c.dst));
@@ -239,18 +262,20 @@ fn the_descriptor_bound_holds_for_what_pack_and_split_make() {
             .collect();
         let slot = 16 * rng.u64(1 << 10..1 << 16);
         let mut made = 0;
-        pack::<()>(
+        pack_all::<()>(
             &copies,
             true,
             (BASE, slot, 3),
             &HostJoins::Except(Vec::new()),
             |s| {
-                made += super::split_for_kernel(s.device_side, 132).len();
+                let shape = Shape::of(s.device_side, None);
+                made += super::split_for_kernel(s.device_side, &shape, 132).len();
                 Ok(())
             },
         )
         .unwrap();
-        assert!(made <= descriptor_bound(&copies, slot), "{made} > bound");
+        let bound = descriptor_bound(&Shape::of(&copies, Some(true)), slot);
+        assert!(made <= bound, "{made} > {bound}");
     }
 }
 
@@ -262,6 +287,11 @@ fn a_ring_is_eight_slots_of_whole_mib() {
     assert_eq!(slot_bytes_for(0), 1 << 20);
 }
 
+/// What `Auto` makes of `copies` from `src` to `dst`: staged or not.
+fn stages(copies: &[DeviceCopy], src: Location, dst: Location) -> bool {
+    suits(&Shape::between(copies, src, dst), src, dst)
+}
+
 #[test]
 fn auto_stages_transfers_whose_host_side_is_one_run() {
     let (dev, host) = (Location::Device(0), Location::Host);
@@ -270,15 +300,14 @@ fn auto_stages_transfers_whose_host_side_is_one_run() {
     let copies: Vec<DeviceCopy> = (0..32u64)
         .map(|k| copy((1 << 40) + ((k * 7) % 32) * 3 * mb, (1 << 44) + k * mb, mb))
         .collect();
-    let total = 32 * mb;
-    assert!(suits(&copies, dev, host, total));
+    assert!(stages(&copies, dev, host));
     let reversed: Vec<DeviceCopy> = copies.iter().map(|c| copy(c.dst, c.src, c.len)).collect();
-    assert!(suits(&reversed, host, dev, total));
+    assert!(stages(&reversed, host, dev));
     // Device to device, or host on both sides: nothing to stage.
-    assert!(!suits(&copies, dev, dev, total));
-    assert!(!suits(&copies, host, host, total));
+    assert!(!stages(&copies, dev, dev));
+    assert!(!stages(&copies, host, host));
     // Too small, or a hole in the host run.
-    assert!(!suits(&copies[..8], dev, host, 8 * mb));
+    assert!(!stages(&copies[..8], dev, host));
     // Small copies: staged only from 256 MiB on.
     let chunks = |n: u64| -> Vec<DeviceCopy> {
         (0..n)
@@ -291,11 +320,11 @@ fn auto_stages_transfers_whose_host_side_is_one_run() {
             })
             .collect()
     };
-    assert!(!suits(&chunks(2048), dev, host, 32 * mb));
-    assert!(suits(&chunks(16384), dev, host, 256 * mb));
+    assert!(!stages(&chunks(2048), dev, host));
+    assert!(stages(&chunks(16384), dev, host));
     let mut holed = copies.clone();
     holed[5].dst += 64 * mb;
-    assert!(!suits(&holed, dev, host, total));
+    assert!(!stages(&holed, dev, host));
 }
 
 #[test]
@@ -317,7 +346,7 @@ fn host_ranges_are_never_joined_across_a_registration_cut() {
     assert_eq!(cut.slabs[0].dma.len(), 2);
     // Host memory of unknown make: no joins at all, one DMA per chunk.
     let mut dmas = 0;
-    pack::<()>(&copies, true, (BASE, 128, 2), &HostJoins::Nowhere, |s| {
+    pack_all::<()>(&copies, true, (BASE, 128, 2), &HostJoins::Nowhere, |s| {
         dmas += s.dma.len();
         Ok(())
     })
