@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::cases::every_layout_pair;
+use common::cases::{CaseSize, every_layout_pair, every_layout_pair_of};
 use common::{Tier, engine_with};
 use kvmem::transfer::{CopyMethod, EngineConfig, TransferEngine};
 
@@ -53,6 +53,26 @@ every_gpu_tier_pair_by_method! {
     every_layout_pair_over_gpu_tiers_kernel: Kernel, 0x8C00;
     every_layout_pair_over_gpu_tiers_per_copy: PerCopy, 0x9C00;
     every_layout_pair_over_gpu_tiers_staged: Staged, 0xAC00;
+}
+
+/// Requests of 4,096 blocks or more between pinned and device memory, which the engine plans
+/// in two parts (the head's copies start, then the rest is planned and enqueued behind them),
+/// by the methods that take them, every layout pair, checked byte for byte.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn large_requests_planned_in_two_parts_by_every_method() {
+    let pairs = [
+        (Tier::Pinned, Tier::Device),
+        (Tier::Device, Tier::Pinned),
+        (Tier::Device, Tier::Device),
+    ];
+    for (i, method) in [CopyMethod::Auto, CopyMethod::Kernel, CopyMethod::Staged, CopyMethod::Batched]
+        .into_iter()
+        .enumerate()
+    {
+        let seed = 0xB100 + 100 * i as u64;
+        every_layout_pair_of(&engine(method), &pairs, seed, 1, CaseSize::Large);
+    }
 }
 
 /// Pinned host memory to and from files, on each disk backend (the host ↔ disk executors, with

@@ -76,14 +76,15 @@ pub fn block_ids(pattern: Pattern, blocks: usize, seed: u64) -> (Vec<usize>, Vec
 /// One timed block transfer.
 #[derive(Debug, Clone, Copy)]
 pub struct Sample {
-    /// Seconds from planning to completion.
+    /// Seconds from the call (planning included) to completion.
     pub secs: f64,
-    /// Seconds of that spent planning.
+    /// Seconds planning the same request takes, timed apart (for local transfers; part of
+    /// `secs`, overlapped with the copies where the transfer plans its rest while they run).
     pub plan_secs: f64,
     /// Copies (or descriptors) the transfer was executed as.
     pub copies: usize,
-    /// CPU time of the calling thread spent submitting (building and enqueueing the copies,
-    /// planning excluded), in seconds; `None` where the candidate does not measure it.
+    /// CPU time of the calling thread spent submitting (building and enqueueing the copies:
+    /// the call's less planning's), in seconds; `None` where the candidate does not measure it.
     pub submit_cpu_secs: Option<f64>,
 }
 

@@ -153,9 +153,11 @@ pub struct Point {
     pub reference_method: &'static str,
     /// Block transfer over reference (medians).
     pub ratio: f64,
-    /// Median time spent planning (validating, building and merging the copy list), in ms.
+    /// Median time planning the request takes (validating, building and merging the copy list),
+    /// timed apart from the transfer, in ms.
     pub plan_ms: f64,
-    /// Reference over the block transfer's execution alone (planning excluded), medians.
+    /// Reference over the block transfer's time less its planning time, medians (an upper bound
+    /// where the transfer plans while its first copies run).
     pub exec_ratio: f64,
     /// Per-transfer latency of the block transfer.
     pub latency_ms: Percentiles,
@@ -360,10 +362,12 @@ pub fn table(r: &Report) -> String {
     let _ = writeln!(
         out,
         "ratio: block transfer (planning included) / reference (one copy of the same bytes over the same path), medians; \
-         plan ms: planning time within the transfer; exec: the ratio with planning excluded; \
+         plan ms: planning the request, timed apart; exec: the ratio with that time taken out (an \
+         upper bound where the transfer plans its rest while its first copies run: pinned and \
+         device memory at both ends, 4,096 chunks or more); \
          baseline: fio (disk, same block size, pattern and queue depth) or one single-threaded memcpy \
          (host); latency per transfer; sub us/chk: CPU time of the submitting thread per chunk \
-         (building and enqueueing the copies, planning excluded), median; GiB/s+comp, comp slow \
+         (building and enqueueing the copies: the call's less planning's), median; GiB/s+comp, comp slow \
          (--with-compute): the block transfer's bandwidth beside an SM-saturating FMA kernel, and \
          that kernel's slowdown against its time alone (medians, same run); {:.0} s in all; load average {} -> {}",
         r.duration_s,

@@ -4,7 +4,7 @@ use super::plan::{TransferPath, TransferPlan};
 use super::worker::{Deadlined, Health};
 use crate::descriptor::Buffer;
 use crate::error::{Error, Result, TransferError};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -36,7 +36,8 @@ pub(crate) struct Job {
     cancel: AtomicBool,
     path: TransferPath,
     bytes: usize,
-    ops: usize,
+    /// Copies after merging (a plan whose rest is planned after submission adds its copies).
+    ops: AtomicUsize,
     submitted: Instant,
     /// When the transfer is reported [`TransferError::TimedOut`] if it has not finished.
     deadline: Instant,
@@ -64,7 +65,7 @@ impl Job {
         let result = result.map(|()| TransferStats {
             path: self.path,
             bytes: self.bytes,
-            ops: self.ops,
+            ops: self.ops.load(Ordering::Relaxed),
             elapsed: self.submitted.elapsed(),
         });
         let mut state = self.lock();
@@ -215,6 +216,12 @@ impl Completion {
         self.job.deadline
     }
 
+    /// The transfer's copies after merging, once its plan is complete (a plan whose rest was
+    /// planned after submission, `PlanRest`, knew only its head's when the handle was made).
+    pub(crate) fn set_ops(&self, ops: usize) {
+        self.job.ops.store(ops, Ordering::Relaxed);
+    }
+
     /// Reports the outcome. Drop the plan before calling this, so that a caller who waits and
     /// then drops its own references sees the memory and files freed.
     pub(crate) fn complete(mut self, result: Result<()>) {
@@ -296,7 +303,7 @@ impl TransferHandle {
             cancel: AtomicBool::new(false),
             path,
             bytes,
-            ops,
+            ops: AtomicUsize::new(ops),
             submitted,
             deadline: crate::completion::instant_after(submitted, limit),
             held: Mutex::new(Vec::new()),

@@ -47,6 +47,7 @@ mod uring;
 mod worker;
 
 pub use handle::{TransferHandle, TransferStats};
+use plan::{BlockRequest, PlanRest};
 pub use plan::{CopyBatch, CopyOp, TransferPath, TransferPlan};
 pub use remote::{
     LAYOUT_DESCRIPTOR_FORMAT, LayoutDescriptor, MAX_REMOTE_CHUNKS, RegisteredLayout, RemoteLayout,
@@ -269,7 +270,18 @@ impl TransferEngine {
         dst: &BlockLayout,
         dst_ids: &[usize],
     ) -> Result<TransferHandle> {
-        self.submit(TransferPlan::blocks(src, src_ids, dst, dst_ids)?)
+        match planned(BlockRequest::new(src, src_ids, dst, dst_ids)?)? {
+            (plan, None) => self.submit(plan),
+            (head, Some(rest)) => {
+                self.check_supported(&head)?;
+                let path = head.path();
+                let limit = self.config.deadline_for(head.total_bytes());
+                // As in `submit`: if the executor cannot start, nothing has moved.
+                let (handle, work) = TransferHandle::new(head, limit);
+                self.with_gpu(path, |executor| executor.submit(work, Some(rest)))?;
+                Ok(handle)
+            }
+        }
     }
 
     /// [`copy_blocks`](Self::copy_blocks) ordered with another library's CUDA stream (an
@@ -291,7 +303,7 @@ impl TransferEngine {
         dst_ids: &[usize],
         after: Option<&crate::cuda::interop::Event>,
     ) -> Result<(TransferHandle, Option<crate::cuda::interop::Event>)> {
-        let plan = TransferPlan::blocks(src, src_ids, dst, dst_ids)?;
+        let (plan, rest) = planned(BlockRequest::new(src, src_ids, dst, dst_ids)?)?;
         if !gpu::handles(plan.path()) {
             if let Some(event) = after {
                 event.synchronize()?;
@@ -302,7 +314,7 @@ impl TransferEngine {
         let path = plan.path();
         let limit = self.config.deadline_for(plan.total_bytes());
         let (handle, work) = TransferHandle::new(plan, limit);
-        let end = self.with_gpu(path, |executor| executor.submit_ordered(work, after))??;
+        let end = self.with_gpu(path, |executor| executor.submit_ordered(work, rest, after))??;
         Ok((handle, end))
     }
 
@@ -493,7 +505,7 @@ impl TransferEngine {
             // If the executor cannot start, `work` is dropped with the closure, and the error
             // returned: nothing has moved.
             let (handle, work) = TransferHandle::new(plan, limit);
-            self.with_gpu(path, |executor| executor.submit(work))?;
+            self.with_gpu(path, |executor| executor.submit(work, None))?;
             return Ok(handle);
         }
         if path == TransferPath::HostToHost {
@@ -503,6 +515,21 @@ impl TransferEngine {
         }
         self.disk.submit(plan)
     }
+}
+
+/// The plan of `request`: whole, or, between pinned or device memory at both ends (where the
+/// GPU executor enqueues copies at once), its head and the rest to plan while the head's copies
+/// run ([`BlockRequest::plan_head`]).
+fn planned(request: BlockRequest<'_>) -> Result<(TransferPlan, Option<PlanRest<'_>>)> {
+    let (src, dst) = request.kinds();
+    if !gpu::enqueues_at_once(src, dst) {
+        return Ok((request.plan()?, None));
+    }
+    if !request.plans_in_two() {
+        return Ok((request.plan()?, None));
+    }
+    let (head, rest) = request.plan_head()?;
+    Ok((head, Some(rest)))
 }
 
 impl std::fmt::Debug for TransferEngine {

@@ -11,18 +11,34 @@ use rand::{Rng, SeedableRng};
 
 /// Every pair of layouts, `cases` random cases each, for each pair of tiers; case seeds count up
 /// from `seed`.
-pub fn every_layout_pair(
+pub fn every_layout_pair(engine: &TransferEngine, tiers: &[(Tier, Tier)], seed: u64, cases: usize) {
+    every_layout_pair_of(engine, tiers, seed, cases, CaseSize::Small);
+}
+
+/// How many blocks a random case moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaseSize {
+    /// Up to 13 blocks.
+    Small,
+    /// 4,096 blocks or more (of small chunks): requests the engine plans in two parts between
+    /// pinned and device memory.
+    Large,
+}
+
+/// [`every_layout_pair`] with cases of `size`.
+pub fn every_layout_pair_of(
     engine: &TransferEngine,
     tiers: &[(Tier, Tier)],
     mut seed: u64,
     cases: usize,
+    size: CaseSize,
 ) {
     for &(src_tier, dst_tier) in tiers {
         for src_kind in LayoutKind::ALL {
             for dst_kind in LayoutKind::ALL {
                 for _ in 0..cases {
                     seed += 1;
-                    run_case(engine, src_tier, dst_tier, src_kind, dst_kind, seed);
+                    run_case(engine, (src_tier, dst_tier), (src_kind, dst_kind), seed, size);
                 }
             }
         }
@@ -134,22 +150,37 @@ pub fn random_config(
 
 pub fn run_case(
     engine: &TransferEngine,
-    src_tier: Tier,
-    dst_tier: Tier,
-    src_kind: LayoutKind,
-    dst_kind: LayoutKind,
+    (src_tier, dst_tier): (Tier, Tier),
+    (src_kind, dst_kind): (LayoutKind, LayoutKind),
     seed: u64,
+    size: CaseSize,
 ) {
-    let ctx = format!("{src_tier:?}/{src_kind} -> {dst_tier:?}/{dst_kind}, seed {seed}");
+    let ctx = format!("{src_tier:?}/{src_kind} -> {dst_tier:?}/{dst_kind}, seed {seed}, {size:?}");
     let mut rng = StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
     let disk = src_tier == Tier::Disk || dst_tier == Tier::Disk;
-    let (src_blocks, dst_blocks) = (rng.random_range(1..14), rng.random_range(1..14));
-    let (sc, dc, align) = random_config(disk, &mut rng, src_blocks, dst_blocks);
+    let blocks = match size {
+        CaseSize::Small => 1..14,
+        CaseSize::Large => 4100..4400,
+    };
+    let (src_blocks, dst_blocks) = (
+        rng.random_range(blocks.clone()),
+        rng.random_range(blocks.clone()),
+    );
+    let (mut sc, mut dc, align) = random_config(disk, &mut rng, src_blocks, dst_blocks);
+    if size == CaseSize::Large {
+        // Small chunks, so that thousands of blocks stay a few MiB.
+        sc.inner_dim = sc.inner_dim.min(32);
+        dc.inner_dim = sc.inner_dim;
+    }
     let src = make_side(src_tier, src_kind, sc, align, dir.path(), &mut rng);
     let dst = make_side(dst_tier, dst_kind, dc, align, dir.path(), &mut rng);
 
-    let n = rng.random_range(0..=src_blocks.min(dst_blocks));
+    let fewest = match size {
+        CaseSize::Small => 0,
+        CaseSize::Large => 4096,
+    };
+    let n = rng.random_range(fewest..=src_blocks.min(dst_blocks));
     let (src_ids, dst_ids): (Vec<usize>, Vec<usize>) = if rng.random_bool(0.3) {
         // Runs of consecutive blocks, so that merging kicks in.
         let s0 = rng.random_range(0..=src_blocks - n);

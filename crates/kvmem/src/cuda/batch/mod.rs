@@ -335,6 +335,59 @@ impl CopyStream {
         }
     }
 
+    /// The method a list of shape `shape` from `src` to `dst` runs with when `asked` is
+    /// requested: [`resolve`](Self::resolve)'s, except that `Auto` does not stage where `joins`
+    /// allows no join (host memory of unknown make), and `Auto` and `AutoBesideCompute` take the
+    /// copy kernel where the staging ring cannot be allocated. Binds the stream's context.
+    fn settle(
+        &self,
+        asked: CopyMethod,
+        shape: &Shape,
+        (src, dst): (Location, Location),
+        joins: &HostJoins,
+    ) -> Result<CopyMethod> {
+        let mut method = self.resolve_shaped(asked, shape, src, dst)?;
+        self.inner.device.bind()?;
+        if method == CopyMethod::Staged && asked == CopyMethod::Auto && *joins == HostJoins::Nowhere
+        {
+            method = CopyMethod::Kernel;
+        }
+        if method == CopyMethod::Staged
+            && matches!(asked, CopyMethod::Auto | CopyMethod::AutoBesideCompute)
+            && let Err(e) = self.staging_ring_ready()
+        {
+            // `Auto` chose the staged method for speed; without the device memory for its ring
+            // (a GPU the engine has filled), the copy kernel still does the job.
+            tracing::warn!(error = %e, "no staging ring; copying with the kernel instead");
+            method = CopyMethod::Kernel;
+        }
+        Ok(method)
+    }
+
+    /// The method, as [`copy_async_within`](Self::copy_async_within) would settle it, of a
+    /// transfer whose first copies are `head`, `part` of `whole` of it, whose host side is one
+    /// run of addresses or not as `host_one_run` says (the rest is planned while the head's
+    /// copies run, and every part is then enqueued with this method, so that the transfer runs as
+    /// one list of its size would).
+    ///
+    /// # Errors
+    /// As for [`resolve`](Self::resolve); [`CudaError::Driver`](crate::error::CudaError::Driver)
+    /// when the context cannot be bound.
+    pub(crate) fn settle_whole(
+        &self,
+        asked: CopyMethod,
+        head: &[DeviceCopy],
+        (src, dst): (Location, Location),
+        joins: &HostJoins,
+        ((part, whole), host_one_run): ((usize, usize), bool),
+    ) -> Result<CopyMethod> {
+        let shape = Shape::between(head, src, dst);
+        let total = u128::from(shape.total) * whole as u128 / part.max(1) as u128;
+        let total = u64::try_from(total).unwrap_or(u64::MAX);
+        let shape = shape.scaled_to(total, host_one_run);
+        self.settle(asked, &shape, (src, dst), joins)
+    }
+
     /// Enqueues `copies` and returns their completion.
     ///
     /// # Safety
@@ -396,24 +449,8 @@ impl CopyStream {
         if shape.shortest == 0 {
             return Err(Error::Bounds(BoundsError::ZeroSize { what: "copy" }));
         }
-        let asked = method;
-        let mut method = self.resolve_shaped(method, &shape, src, dst)?;
+        let method = self.settle(method, &shape, (src, dst), joins)?;
         let resolved = started.map(|t| t.elapsed());
-        let inner = &self.inner;
-        inner.device.bind()?;
-        if method == CopyMethod::Staged && asked == CopyMethod::Auto && *joins == HostJoins::Nowhere
-        {
-            method = CopyMethod::Kernel;
-        }
-        if method == CopyMethod::Staged
-            && matches!(asked, CopyMethod::Auto | CopyMethod::AutoBesideCompute)
-            && let Err(e) = self.staging_ring_ready()
-        {
-            // `Auto` chose the staged method for speed; without the device memory for its ring
-            // (a GPU the engine has filled), the copy kernel still does the job.
-            tracing::warn!(error = %e, "no staging ring; copying with the kernel instead");
-            method = CopyMethod::Kernel;
-        }
         let mut descs = None;
         let enqueued = match method {
             CopyMethod::Kernel => self.enqueue_kernel(copies, &shape, &mut descs),
@@ -447,7 +484,10 @@ impl CopyStream {
             },
             (_, Err(e)) => {
                 // Let whatever was enqueued finish before the caller may free memory.
-                driver::log_failure("synchronize the copy stream", inner.stream.synchronize());
+                driver::log_failure(
+                    "synchronize the copy stream",
+                    self.inner.stream.synchronize(),
+                );
                 Err(e)
             }
         }

@@ -105,6 +105,33 @@ impl Shape {
         }
     }
 
+    /// The shape, for choosing a method, of a list of `total` bytes whose first copies these
+    /// are: its count and pieces scaled by `total` over these copies' bytes, its host side one
+    /// run or not as `one_run` says. Only method resolution reads it.
+    pub(super) fn scaled_to(&self, total: u64, one_run: bool) -> Self {
+        if self.total == 0 || total < self.total {
+            return *self;
+        }
+        let scale = |n: u64| {
+            u64::try_from(u128::from(n) * u128::from(total) / u128::from(self.total))
+                .unwrap_or(u64::MAX)
+        };
+        Self {
+            count: usize::try_from(scale(self.count as u64)).unwrap_or(usize::MAX),
+            total,
+            pieces: scale(self.pieces),
+            host: self.host.map(|h| HostSpan {
+                hi: if one_run {
+                    h.lo.saturating_add(total)
+                } else {
+                    u64::MAX
+                },
+                ..h
+            }),
+            ..*self
+        }
+    }
+
     /// The average copy length (0 for an empty list).
     pub(super) fn average(&self) -> u64 {
         self.total / self.count.max(1) as u64
@@ -164,6 +191,24 @@ mod tests {
                 other => panic!("round {round}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_head_scaled_to_its_transfer_takes_the_transfers_host_side() {
+        let run: Vec<DeviceCopy> = (0..8u64)
+            .map(|k| copy(k * 100, 4096 + ((k * 5) % 8) * 16, 16))
+            .collect();
+        let head = Shape::between(&run, Location::Device(0), Location::Host);
+        let whole = head.scaled_to(64 * 16, true);
+        assert_eq!((whole.count, whole.total, whole.average()), (64, 1024, 16));
+        assert!(whole.host_is_one_run());
+        assert!(!head.scaled_to(64 * 16, false).host_is_one_run());
+        // A head that is no run of its own, of a transfer that is one.
+        let mut holed = run.clone();
+        holed[3].dst += 1 << 20;
+        let holed = Shape::between(&holed, Location::Device(0), Location::Host);
+        assert!(holed.scaled_to(1 << 30, true).host_is_one_run());
+        assert_eq!(head.scaled_to(8, false), head, "never scaled down");
     }
 
     #[test]

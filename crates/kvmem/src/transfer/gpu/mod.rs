@@ -25,7 +25,7 @@
 
 use super::disk::DiskLane;
 use super::handle::Work;
-use super::plan::{CopyOp, TransferPath, TransferPlan};
+use super::plan::{CopyBatch, CopyOp, PlanRest, TransferPath, TransferPlan};
 use super::worker::{Backend, Health, Worker};
 use crate::Completion;
 use crate::cuda::batch::{CopyCompletion, CopyMethod, CopyStream, DeviceCopy, Location};
@@ -228,41 +228,61 @@ impl GpuExecutor {
         })
     }
 
-    pub(crate) fn submit(&self, work: Work) {
-        self.submit_on(work, Lanes::default());
+    pub(crate) fn submit(&self, work: Work, rest: Option<PlanRest<'_>>) {
+        self.submit_on(work, Lanes::default(), rest);
     }
 
     /// [`submit`](Self::submit) on the streams `lanes` holds already (and on the devices'
-    /// current streams for the others).
-    fn submit_on(&self, work: Work, mut lanes: Lanes) {
+    /// current streams for the others). With `rest`, `work`'s plan is a request's head
+    /// ([`BlockRequest::plan_head`](super::plan::BlockRequest::plan_head)): its copies are
+    /// enqueued, then the rest is planned (on this thread, while they run), enqueued after them
+    /// on the same streams, and added to the plan; every list goes with the method the whole
+    /// transfer would take.
+    fn submit_on(&self, mut work: Work, mut lanes: Lanes, rest: Option<PlanRest<'_>>) {
         let task = if is_direct(&work.plan) {
-            // For `RUST_LOG=kvmem=debug`: how long the executor's own preparation took.
-            let started = tracing::enabled!(tracing::Level::DEBUG).then(Instant::now);
             let cuts = registration_cuts(&work.plan);
-            if let Some(t) = started {
-                tracing::debug!(
-                    cuts = cuts.split.len(),
-                    cuts_us = t.elapsed().as_secs_f64() * 1e6,
-                    "registration cuts"
-                );
-            }
             let deadline = work.completion.deadline();
+            let share = rest.as_ref().map(|r| (r.head_share(), r.one_run()));
+            let mut methods: Vec<((StorageKind, StorageKind), CopyMethod)> = Vec::new();
             let mut completions = Vec::new();
             let mut error = None;
+            let mut enqueue = |batch: &CopyBatch, methods: &mut Vec<_>| {
+                let kinds = (batch.src_kind, batch.dst_kind);
+                let stream = device_of(kinds.0, kinds.1)
+                    .and_then(|ordinal| lanes.stream(&self.streams, ordinal, deadline))?;
+                let method = match (methods.iter().find(|(k, _)| *k == kinds), share) {
+                    (Some(&(_, m)), _) => m,
+                    (None, Some(share)) => {
+                        let m = whole_method(&stream, batch, (&cuts, self.method), share)?;
+                        methods.push((kinds, m));
+                        m
+                    }
+                    (None, None) => self.method,
+                };
+                self.enqueue_direct(&stream, batch, &cuts, (method, deadline))
+            };
             for batch in work.plan.batches() {
-                let (src, dst) = (batch.src_kind, batch.dst_kind);
-                let enqueued = device_of(src, dst)
-                    .and_then(|ordinal| lanes.stream(&self.streams, ordinal, deadline))
-                    .and_then(|stream| {
-                        self.enqueue_direct(&stream, src, dst, &batch.ops, &cuts, deadline)
-                    });
-                match enqueued {
+                match enqueue(batch, &mut methods) {
                     Ok(c) => completions.push(c),
                     Err(e) => {
                         error = Some(e);
                         break;
                     }
                 }
+            }
+            if let (Some(rest), None) = (rest, &error) {
+                let batches = rest.emit();
+                for batch in batches.iter().filter(|b| !b.ops.is_empty()) {
+                    match enqueue(batch, &mut methods) {
+                        Ok(c) => completions.push(c),
+                        Err(e) => {
+                            error = Some(e);
+                            break;
+                        }
+                    }
+                }
+                work.plan.append(batches);
+                work.completion.set_ops(work.plan.op_count());
             }
             Task::Enqueued {
                 work,
@@ -271,6 +291,12 @@ impl GpuExecutor {
                 lanes,
             }
         } else {
+            // The worker runs it whole (after the pinning it waits for, or through bounce
+            // buffers): plan the rest now.
+            if let Some(rest) = rest {
+                work.plan.append(rest.emit());
+                work.completion.set_ops(work.plan.op_count());
+            }
             Task::Staged { work, lanes }
         };
         // A submit fails only if the worker died: the copies already enqueued are waited for
@@ -290,10 +316,11 @@ impl GpuExecutor {
     pub(crate) fn submit_ordered(
         &self,
         work: Work,
+        rest: Option<PlanRest<'_>>,
         after: Option<&Event>,
     ) -> Result<Option<Event>> {
         let Some(first) = work.plan.batches().first() else {
-            self.submit(work);
+            self.submit(work, rest);
             return Ok(None);
         };
         // The copies go to the very stream that waits for `after`.
@@ -309,7 +336,7 @@ impl GpuExecutor {
             unsafe { event.wait_in(stream.raw()) }?;
         }
         let direct = is_direct(&work.plan);
-        self.submit_on(work, lanes);
+        self.submit_on(work, lanes, rest);
         if !direct {
             return Ok(None);
         }
@@ -326,29 +353,47 @@ impl GpuExecutor {
     fn enqueue_direct(
         &self,
         stream: &CopyStream,
-        src: StorageKind,
-        dst: StorageKind,
-        ops: &[CopyOp],
+        batch: &CopyBatch,
         cuts: &Cuts,
-        deadline: Instant,
+        (method, deadline): (CopyMethod, Instant),
     ) -> Result<CopyCompletion> {
-        let started = tracing::enabled!(tracing::Level::DEBUG).then(Instant::now);
-        let copies = device_copies(ops, src, dst, &cuts.split);
-        if let Some(t) = started {
-            tracing::debug!(
-                split = matches!(copies, std::borrow::Cow::Owned(_)),
-                device_copies_us = t.elapsed().as_secs_f64() * 1e6,
-                "device copies"
-            );
-        }
+        let (src, dst) = (batch.src_kind, batch.dst_kind);
+        let copies = device_copies(&batch.ops, src, dst, &cuts.split);
         // SAFETY: the plan validated every range against the buffers it keeps alive; the plan
         // travels with the completion to the worker, which drops it only after waiting (or,
         // when the copies outlive the deadline, after the handle quarantined its buffers);
         // pinned memory is device-mapped; destinations are pairwise disjoint and disjoint from
         // sources; no copy crosses a registration cut (`device_copies` split them there).
-        unsafe { copy_within(stream, &copies, self.method, (src, dst), &cuts.joins) }
+        unsafe { copy_within(stream, &copies, method, (src, dst), &cuts.joins) }
             .map(|c| c.until(deadline))
     }
+}
+
+/// The method a transfer whose head is `batch` takes with the executor's `method`, among the
+/// joins `cuts` allows ([`CopyStream::settle_whole`]): `share` is `(part, whole)` of the
+/// request the head is, and whether the whole request's source and destination each are one run.
+fn whole_method(
+    stream: &CopyStream,
+    batch: &CopyBatch,
+    (cuts, method): (&Cuts, CopyMethod),
+    (share, (src_run, dst_run)): ((usize, usize), (bool, bool)),
+) -> Result<CopyMethod> {
+    let (src, dst) = (batch.src_kind, batch.dst_kind);
+    let copies = device_copies(&batch.ops, src, dst, &cuts.split);
+    let (from, to) = (location(src), location(dst));
+    // The host side `Shape` looks at: the destination's when it is the host's.
+    let host_one_run = if to == Location::Host {
+        dst_run
+    } else {
+        src_run
+    };
+    stream.settle_whole(
+        method,
+        &copies,
+        (from, to),
+        &cuts.joins,
+        (share, host_one_run),
+    )
 }
 
 /// True for the kinds that cannot be reached by the GPU directly: pageable memory and files.
@@ -682,6 +727,12 @@ fn staged_from_device(
 }
 
 /// True for the paths this executor handles.
+/// True when copies from `src` to `dst` go straight to a copy stream at submission (pinned or
+/// device memory at both ends), where a plan's rest can be planned while its head's copies run.
+pub(crate) fn enqueues_at_once(src: StorageKind, dst: StorageKind) -> bool {
+    handles(TransferPath::select(src, dst)) && !needs_staging(src) && !needs_staging(dst)
+}
+
 pub(crate) fn handles(path: TransferPath) -> bool {
     matches!(
         path,

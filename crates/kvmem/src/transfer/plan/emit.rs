@@ -11,6 +11,7 @@
 
 use super::{CopyOp, Pairs, Part};
 use crate::layout::{BlockDim, BlockLayout, LayoutKind};
+use std::ops::Range;
 
 /// The groups of `parts` (layer-major, `outer_dim` per layer) in the destination's emission
 /// order (module docs): layers sorted by their destination address, so that the copies come
@@ -30,14 +31,15 @@ pub(super) fn groups<'p>(dst: &BlockLayout, parts: &'p [Part]) -> Vec<&'p [Part]
     }
 }
 
-/// Calls `emit(part, dst_block, src_block)` for every chunk, in emission order.
+/// Calls `emit(part, dst_block, src_block)` for every chunk of the pairs at `positions`, in
+/// emission order.
 pub(super) fn each_chunk(
     groups: &[&[Part]],
-    pairs: &Pairs<'_>,
+    (pairs, positions): (&Pairs<'_>, Range<usize>),
     mut emit: impl FnMut(&Part, usize, usize),
 ) {
     for group in groups {
-        pairs.for_each(|d, s| {
+        pairs.for_each_in(positions.clone(), |d, s| {
             for p in *group {
                 emit(p, d, s);
             }

@@ -12,12 +12,15 @@ use crate::kind::StorageKind;
 use crate::layout::{BlockLayout, LayoutConfig};
 use crate::region::AddressSpace;
 use crate::storage::DIRECT_IO_ALIGN;
-use emit::push_merged;
 use serde::Serialize;
 use std::collections::HashSet;
 use std::fmt;
+use std::ops::Range;
 
 mod emit;
+mod request;
+
+pub(crate) use request::{BlockRequest, PlanRest};
 
 /// One contiguous copy: `len` bytes from `src` to `dst`.
 ///
@@ -164,106 +167,21 @@ impl TransferPlan {
         dst: &BlockLayout,
         dst_ids: &[usize],
     ) -> Result<Self> {
-        check_shapes(src.config(), src_ids, dst.config(), dst_ids)?;
-        let sc = src.config();
-        let pairs = by_destination(dst.num_blocks(), dst_ids, src_ids)?;
-        let chunk = src.chunk_bytes();
-        // A chunk's region (hence storage kind and base address) depends only on its layer, and
-        // its address is the address of block 0's chunk at the same (layer, outer) plus the block
-        // id times the block stride: read the regions once per layer, not per chunk (each is a
-        // call through a trait object), and keep one base address pair per (layer, outer).
-        let mut batches: Vec<CopyBatch> = Vec::new();
-        let mut parts = Vec::with_capacity(sc.num_layers * sc.outer_dim);
-        for layer in 0..sc.num_layers {
-            let (s_chunk, d_chunk) = (
-                src.chunk_unchecked(0, layer, 0),
-                dst.chunk_unchecked(0, layer, 0),
-            );
-            let key = (
-                src.regions()[s_chunk.region].storage_kind(),
-                dst.regions()[d_chunk.region].storage_kind(),
-            );
-            let batch = match batches.iter().position(|b| (b.src_kind, b.dst_kind) == key) {
-                Some(i) => i,
-                None => {
-                    batches.push(CopyBatch {
-                        src_kind: key.0,
-                        dst_kind: key.1,
-                        ops: Vec::new(),
-                    });
-                    batches.len() - 1
-                }
-            };
-            for outer in 0..sc.outer_dim {
-                parts.push(Part {
-                    batch,
-                    src: src.chunk_unchecked(0, layer, outer).addr,
-                    dst: dst.chunk_unchecked(0, layer, outer).addr,
-                });
+        BlockRequest::new(src, src_ids, dst, dst_ids)?.plan()
+    }
+
+    /// Adds copies planned after the plan was made (a [`PlanRest`]'s) to its lists.
+    pub(crate) fn append(&mut self, batches: Vec<CopyBatch>) {
+        for b in batches.into_iter().filter(|b| !b.ops.is_empty()) {
+            match self
+                .batches
+                .iter_mut()
+                .find(|a| (a.src_kind, a.dst_kind) == (b.src_kind, b.dst_kind))
+            {
+                Some(a) => a.ops.extend_from_slice(&b.ops),
+                None => self.batches.push(b),
             }
         }
-        let (ss, ds) = (src.block_stride(), dst.block_stride());
-        let op = |p: &Part, d: usize, s: usize| CopyOp {
-            src: p.src + s * ss,
-            dst: p.dst + d * ds,
-            len: chunk,
-        };
-        // Chunks are emitted in destination address order (`emit`'s module docs), so every
-        // chunk that continues another's destination range comes right after it, and merging
-        // with the previous copy as it is emitted finds every merge. The lists are sized up
-        // front (a large transfer's list would otherwise grow, and be copied, a dozen times):
-        // for every chunk unmerged unless the chunks will merge (`expected_copies`), and shrunk
-        // afterwards when merging made them much shorter.
-        let groups = emit::groups(dst, &parts);
-        if let [only] = batches.as_mut_slice() {
-            let ops = &mut only.ops;
-            ops.reserve(pairs.expected_copies(parts.len(), src.kind() == dst.kind()));
-            emit::each_chunk(&groups, &pairs, |p, d, s| push_merged(ops, op(p, d, s)));
-        } else {
-            for (i, b) in batches.iter_mut().enumerate() {
-                b.ops
-                    .reserve(parts.iter().filter(|p| p.batch == i).count() * pairs.len());
-            }
-            emit::each_chunk(&groups, &pairs, |p, d, s| {
-                push_merged(&mut batches[p.batch].ops, op(p, d, s))
-            });
-        }
-        for b in &mut batches {
-            if b.ops.len() < b.ops.capacity() / 2 {
-                b.ops.shrink_to_fit();
-            }
-        }
-        let bytes = chunk
-            .checked_mul(sc.num_layers)
-            .and_then(|n| n.checked_mul(sc.outer_dim))
-            .and_then(|n| n.checked_mul(src_ids.len()))
-            .ok_or(Error::Bounds(BoundsError::Overflow {
-                what: "transfer size",
-            }))?;
-        // Chunks of distinct blocks never overlap inside one layout region; only regions that
-        // overlap each other (or a copy within one layout) need the per-copy check.
-        let used = |l: &BlockLayout| -> Vec<Extent> {
-            l.regions()
-                .iter()
-                .map(|r| {
-                    (
-                        AddressSpace::of_kind(r.storage_kind()),
-                        r.addr(),
-                        l.region_bytes(),
-                    )
-                })
-                .collect()
-        };
-        let per_op_check = !regions_disjoint(&used(src), &used(dst));
-        let mut keep_alive = src.regions().to_vec();
-        keep_alive.extend_from_slice(dst.regions());
-        Self::finish(
-            (src.storage_kind(), dst.storage_kind()),
-            batches,
-            bytes,
-            keep_alive,
-            per_op_check,
-        )
     }
 
     /// Plans copying all of `src` to the start of `dst` as one copy — the reference a block
@@ -461,48 +379,63 @@ pub(crate) enum Pairs<'a> {
 const NO_BLOCK: usize = usize::MAX;
 
 impl Pairs<'_> {
-    /// The number of pairs.
-    fn len(&self) -> usize {
+    /// The end of the positions [`for_each_in`](Self::for_each_in) walks: the pairs' for a
+    /// list, the destination blocks' for buckets.
+    fn end(&self) -> usize {
         match self {
             Self::InOrder { dst, .. } => dst.len(),
-            Self::Slots { len, .. } => *len,
+            Self::Slots { slot, .. } => slot.len(),
             Self::Sorted(pairs) => pairs.len(),
         }
     }
 
-    /// About how many copies a plan of these pairs with `parts` chunks per block holds: one per
-    /// part when both sides look like one run of consecutive blocks of layouts of the same
-    /// kind (`same_kind`: the chunks merge), else one per chunk. Only sizes a list; the plan
-    /// is right either way.
-    fn expected_copies(&self, parts: usize, same_kind: bool) -> usize {
+    /// At most how many pairs lie at `positions`.
+    fn len_in(&self, positions: &Range<usize>) -> usize {
+        match self {
+            Self::Slots { len, .. } => positions.len().min(*len),
+            _ => positions.len(),
+        }
+    }
+
+    /// About how many copies a plan of the pairs at `positions` with `parts` chunks per block
+    /// holds: one per part when both sides look like one run of consecutive blocks of layouts
+    /// of the same kind (`same_kind`: the chunks merge), else one per chunk. Only sizes a list;
+    /// the plan is right either way.
+    fn expected_copies(&self, positions: &Range<usize>, parts: usize, same_kind: bool) -> usize {
         let run = |ids: &[usize]| match (ids.first(), ids.last()) {
             (Some(&a), Some(&b)) => b.checked_sub(a) == Some(ids.len() - 1),
             _ => true,
         };
         match self {
-            Self::InOrder { dst, src } if same_kind && run(dst) && run(src) => parts,
-            _ => self.len() * parts,
+            Self::InOrder { dst, src }
+                if same_kind && run(&dst[positions.clone()]) && run(&src[positions.clone()]) =>
+            {
+                parts
+            }
+            _ => self.len_in(positions) * parts,
         }
     }
 
-    /// Calls `f(dst_block, src_block)` for every pair, in destination order.
+    /// Calls `f(dst_block, src_block)` for every pair at `positions` (below [`end`](Self::end)),
+    /// in destination order.
     #[inline]
-    fn for_each(&self, mut f: impl FnMut(usize, usize)) {
+    fn for_each_in(&self, positions: Range<usize>, mut f: impl FnMut(usize, usize)) {
         match self {
             Self::InOrder { dst, src } => {
-                for (&d, &s) in dst.iter().zip(*src) {
+                for (&d, &s) in dst[positions.clone()].iter().zip(&src[positions]) {
                     f(d, s);
                 }
             }
             Self::Slots { slot, .. } => {
-                for (d, &s) in slot.iter().enumerate() {
+                let first = positions.start;
+                for (i, &s) in slot[positions].iter().enumerate() {
                     if s != NO_BLOCK {
-                        f(d, s);
+                        f(first + i, s);
                     }
                 }
             }
             Self::Sorted(pairs) => {
-                for &(d, s) in pairs {
+                for &(d, s) in &pairs[positions] {
                     f(d, s);
                 }
             }

@@ -1,5 +1,6 @@
 //! Unit tests of the plan module.
 
+use super::emit::push_merged;
 use super::*;
 use crate::SystemStorage;
 use crate::layout::{BlockDim, LayoutConfig, LayoutKind};
@@ -216,8 +217,27 @@ fn check_plan(
         );
     }
     let chunk = src.chunk_bytes();
-    let split: Vec<CopyOp> = ops
-        .iter()
+    let expected = expected_chunks(src, s_ids, dst, d_ids);
+    proptest::prop_assert_eq!(&chunks_of(&plan, chunk), &expected);
+    // Planned in two parts (a head, then the rest): the same chunks, the same bytes.
+    let request = BlockRequest::new(src, s_ids, dst, d_ids).unwrap();
+    let two = request.plans_in_two();
+    let (mut head, rest) = request.plan_head().unwrap();
+    proptest::prop_assert_eq!(head.total_bytes(), plan.total_bytes());
+    if !two {
+        proptest::prop_assert_eq!(head.op_count(), plan.op_count());
+    }
+    head.append(rest.emit());
+    proptest::prop_assert_eq!(&chunks_of(&head, chunk), &expected);
+    proptest::prop_assert!(head.op_count() >= plan.op_count());
+    Ok(())
+}
+
+/// A plan's copies cut into chunks of `chunk` bytes, in destination order.
+fn chunks_of(plan: &TransferPlan, chunk: usize) -> Vec<CopyOp> {
+    let mut ops: Vec<CopyOp> = plan.batches().iter().flat_map(|b| b.ops.clone()).collect();
+    ops.sort_unstable_by_key(|o| o.dst);
+    ops.iter()
         .flat_map(|o| {
             (0..o.len / chunk).map(move |i| CopyOp {
                 src: o.src + i * chunk,
@@ -225,9 +245,65 @@ fn check_plan(
                 len: chunk,
             })
         })
-        .collect();
-    proptest::prop_assert_eq!(split, expected_chunks(src, s_ids, dst, d_ids));
-    Ok(())
+        .collect()
+}
+
+#[test]
+fn large_requests_plan_in_two_parts_of_every_kind_of_request() {
+    // 1024 blocks of 8 chunks: in order, nearly every block shuffled (buckets), and a few
+    // blocks of a larger layout (sorted); each must plan in two, and cover every chunk once.
+    let (src, dst) = (
+        layout(LayoutKind::FullyContiguous, 2048),
+        layout(LayoutKind::LayerSeparate(BlockDim::Second), 2048),
+    );
+    let mut rng = fastrand::Rng::with_seed(11);
+    let in_order: Vec<usize> = (0..1024).collect();
+    let mut dense: Vec<usize> = (0..2048).collect();
+    rng.shuffle(&mut dense);
+    let sparse = dense[..600].to_vec();
+    for (s_ids, d_ids, what) in [
+        (in_order.clone(), in_order.clone(), "in order"),
+        (dense.clone(), dense.clone(), "bucketed"),
+        (sparse.clone(), sparse.clone(), "sorted"),
+    ] {
+        let request = BlockRequest::new(&src, &s_ids, &dst, &d_ids).unwrap();
+        assert!(request.plans_in_two(), "{what}");
+        check_plan(&src, &s_ids, &dst, &d_ids).unwrap();
+    }
+    // Small requests, and copies within one layout (checked copy by copy), plan whole.
+    let few: Vec<usize> = (0..100).collect();
+    assert!(
+        !BlockRequest::new(&src, &few, &dst, &few)
+            .unwrap()
+            .plans_in_two()
+    );
+    let (a, b): (Vec<usize>, Vec<usize>) = ((0..1000).collect(), (1000..2000).collect());
+    assert!(
+        !BlockRequest::new(&src, &a, &src, &b)
+            .unwrap()
+            .plans_in_two()
+    );
+}
+
+#[test]
+fn a_side_is_one_run_only_for_consecutive_distinct_blocks_of_a_dense_contiguous_layout() {
+    let fc = layout(LayoutKind::FullyContiguous, 64);
+    let ls = layout(LayoutKind::LayerSeparate(BlockDim::Second), 64);
+    let mut ids: Vec<usize> = (8..48).collect();
+    fastrand::Rng::with_seed(2).shuffle(&mut ids);
+    let rest = |s: &[usize], d: &[usize]| {
+        let (_, rest) = BlockRequest::new(&fc, s, &ls, d)
+            .unwrap()
+            .plan_head()
+            .unwrap();
+        rest.one_run()
+    };
+    assert_eq!(rest(&ids, &ids), (true, false), "layer-separate is no run");
+    let mut repeated = ids.clone();
+    repeated[0] = repeated[1];
+    assert!(!rest(&repeated, &ids).0, "a block read twice");
+    let holed: Vec<usize> = ids.iter().map(|&i| if i == 8 { 60 } else { i }).collect();
+    assert!(!rest(&holed, &ids).0, "a hole");
 }
 
 #[test]
@@ -278,7 +354,7 @@ fn path_selection() {
 fn destination_pairs_are_ordered_checked_and_borrowed_when_in_order() {
     let collect = |p: &Pairs<'_>| {
         let mut v = Vec::new();
-        p.for_each(|d, s| v.push((d, s)));
+        p.for_each_in(0..p.end(), |d, s| v.push((d, s)));
         v
     };
     let dup = |r: Result<Pairs<'_>>, block| {
