@@ -271,18 +271,22 @@ impl GpuExecutor {
                 }
             }
             if let (Some(rest), None) = (rest, &error) {
-                let batches = rest.emit();
-                for batch in batches.iter().filter(|b| !b.ops.is_empty()) {
-                    match enqueue(batch, &mut methods) {
-                        Ok(c) => completions.push(c),
-                        Err(e) => {
-                            error = Some(e);
-                            break;
+                match rest.emit() {
+                    Ok(batches) => {
+                        for batch in batches.iter().filter(|b| !b.ops.is_empty()) {
+                            match enqueue(batch, &mut methods) {
+                                Ok(c) => completions.push(c),
+                                Err(e) => {
+                                    error = Some(e);
+                                    break;
+                                }
+                            }
                         }
+                        work.plan.append(batches);
+                        work.completion.set_ops(work.plan.op_count());
                     }
+                    Err(e) => error = Some(e),
                 }
-                work.plan.append(batches);
-                work.completion.set_ops(work.plan.op_count());
             }
             Task::Enqueued {
                 work,
@@ -293,11 +297,21 @@ impl GpuExecutor {
         } else {
             // The worker runs it whole (after the pinning it waits for, or through bounce
             // buffers): plan the rest now.
-            if let Some(rest) = rest {
-                work.plan.append(rest.emit());
-                work.completion.set_ops(work.plan.op_count());
+            match rest.map(PlanRest::emit) {
+                Some(Ok(batches)) => {
+                    work.plan.append(batches);
+                    work.completion.set_ops(work.plan.op_count());
+                    Task::Staged { work, lanes }
+                }
+                // Nothing has moved: report the error through the handle.
+                Some(Err(e)) => Task::Enqueued {
+                    work,
+                    completions: Vec::new(),
+                    error: Some(e),
+                    lanes,
+                },
+                None => Task::Staged { work, lanes },
             }
-            Task::Staged { work, lanes }
         };
         // A submit fails only if the worker died: the copies already enqueued are waited for
         // here (each wait ends at the transfer's deadline); copies left to a stalled stream

@@ -1,6 +1,7 @@
 //! A block request, validated whole before any of it is planned, and its chunks emitted as
 //! merged copies: all at once ([`BlockRequest::plan`]), or its first eighth as a plan of its own
-//! and the rest afterwards ([`BlockRequest::plan_head`], [`PlanRest`]).
+//! and the rest afterwards ([`BlockRequest::plan_head`], [`PlanRest`]), each part planned as a
+//! request of its own.
 //!
 //! The second form is the GPU executor's: it starts the head's copies, then plans the rest while
 //! they run. On the H200 machine, planning a 65,536-chunk vLLM transfer and reading its list took
@@ -43,28 +44,34 @@ pub(crate) struct BlockRequest<'a> {
 
 /// The part of a request left to plan after its head ([`BlockRequest::plan_head`]).
 pub(crate) struct PlanRest<'a> {
-    request: BlockRequest<'a>,
-    positions: Range<usize>,
+    src: &'a BlockLayout,
+    dst: &'a BlockLayout,
+    src_ids: &'a [usize],
+    dst_ids: &'a [usize],
+    share: (usize, usize),
+    one_run: (bool, bool),
 }
 
 impl PlanRest<'_> {
-    /// How much of the request the head was, as `(part, whole)` (in pairs; about, for a request
-    /// for nearly every block, counted in destination blocks).
+    /// How much of the request the head was, as `(pairs, of pairs)`.
     pub(crate) fn head_share(&self) -> (usize, usize) {
-        (self.positions.start, self.positions.end)
+        self.share
     }
 
     /// Whether the whole request's source and destination ranges each tile one run of
-    /// addresses (what the head alone cannot tell: an onboard's head, listed in device order,
-    /// reads scattered blocks of a contiguous host buffer).
+    /// addresses (which its head alone may not show).
     pub(crate) fn one_run(&self) -> (bool, bool) {
-        let r = &self.request;
-        (one_run(r.src, r.src_ids), one_run(r.dst, r.dst_ids))
+        self.one_run
     }
 
     /// The rest's copies, merged, one list per pair of storage kinds (as the head's).
-    pub(crate) fn emit(self) -> Vec<CopyBatch> {
-        self.request.emit(self.positions)
+    ///
+    /// # Errors
+    /// None in practice: the whole request was validated, and these are some of its pairs; a
+    /// check that failed anyway is reported.
+    pub(crate) fn emit(self) -> Result<Vec<CopyBatch>> {
+        let rest = BlockRequest::new(self.src, self.src_ids, self.dst, self.dst_ids)?;
+        Ok(rest.emit(0..rest.pairs.end()))
     }
 }
 
@@ -161,33 +168,50 @@ impl<'a> BlockRequest<'a> {
     /// chunks or more, regions that need no copy checked against the others (only the whole
     /// list can be), and no file at either end (its executors take whole plans).
     pub(crate) fn plans_in_two(&self) -> bool {
-        let end = self.pairs.end();
-        let chunks = self.pairs.len_in(&(0..end)) * self.parts.len();
+        let chunks = self.src_ids.len() * self.parts.len();
         let (src, dst) = self.kinds();
         let disk = matches!(src, StorageKind::Disk(_)) || matches!(dst, StorageKind::Disk(_));
-        chunks >= HEAD_MIN_CHUNKS && end / HEAD_SHARE > 0 && !self.per_op_check && !disk
+        chunks >= HEAD_MIN_CHUNKS
+            && self.src_ids.len() / HEAD_SHARE > 0
+            && !self.per_op_check
+            && !disk
     }
 
     /// The plan of the request's first eighth (whose [`total_bytes`](TransferPlan::total_bytes)
-    /// are the whole request's) and what is left to plan. Meant for requests that
+    /// are the whole request's) and what is left to plan. The head is the first pairs as the
+    /// request lists them, planned as a request of its own: an engine lists an offload's or an
+    /// onboard's blocks in the order of its contiguous host buffer, so that each part's host side
+    /// is one run where the whole's is (the first eighth in destination order would read
+    /// scattered host blocks for an onboard). Meant for requests that
     /// [`plans_in_two`](Self::plans_in_two); any other is planned whole, with an empty rest.
     ///
     /// # Errors
-    /// Those of [`TransferPlan::blocks`] that only a plan's copies show (overlap, alignment),
-    /// which a request that plans in two does not check per copy.
+    /// None in practice (the whole request was validated, and the head is part of it); a check
+    /// that failed anyway is reported.
     pub(crate) fn plan_head(self) -> Result<(TransferPlan, PlanRest<'a>)> {
-        let end = self.pairs.end();
+        let n = self.src_ids.len();
         let cut = if self.plans_in_two() {
-            end / HEAD_SHARE
+            n / HEAD_SHARE
         } else {
-            end
+            n
         };
-        let plan = self.finish(self.emit(0..cut))?;
+        let one_run = (
+            one_run(self.src, self.src_ids),
+            one_run(self.dst, self.dst_ids),
+        );
+        let (src_ids, dst_ids) = (self.src_ids, self.dst_ids);
+        let head = BlockRequest::new(self.src, &src_ids[..cut], self.dst, &dst_ids[..cut])?;
+        let mut plan = head.plan()?;
+        plan.bytes = self.bytes;
         Ok((
             plan,
             PlanRest {
-                request: self,
-                positions: cut..end,
+                src: self.src,
+                dst: self.dst,
+                src_ids: &src_ids[cut..],
+                dst_ids: &dst_ids[cut..],
+                share: (cut, n),
+                one_run,
             },
         ))
     }

@@ -227,7 +227,7 @@ fn check_plan(
     if !two {
         proptest::prop_assert_eq!(head.op_count(), plan.op_count());
     }
-    head.append(rest.emit());
+    head.append(rest.emit().unwrap());
     proptest::prop_assert_eq!(&chunks_of(&head, chunk), &expected);
     proptest::prop_assert!(head.op_count() >= plan.op_count());
     Ok(())
