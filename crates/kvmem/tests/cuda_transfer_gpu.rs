@@ -66,9 +66,14 @@ fn large_requests_planned_in_two_parts_by_every_method() {
         (Tier::Device, Tier::Pinned),
         (Tier::Device, Tier::Device),
     ];
-    for (i, method) in [CopyMethod::Auto, CopyMethod::Kernel, CopyMethod::Staged, CopyMethod::Batched]
-        .into_iter()
-        .enumerate()
+    for (i, method) in [
+        CopyMethod::Auto,
+        CopyMethod::Kernel,
+        CopyMethod::Staged,
+        CopyMethod::Batched,
+    ]
+    .into_iter()
+    .enumerate()
     {
         let seed = 0xB100 + 100 * i as u64;
         every_layout_pair_of(&engine(method), &pairs, seed, 1, CaseSize::Large);

@@ -260,6 +260,12 @@ impl TransferEngine {
 
     /// Copies blocks `src_ids[i]` of `src` to blocks `dst_ids[i]` of `dst`.
     ///
+    /// Between pinned and device memory, a request of 4,096 chunks or more starts copying
+    /// before it is fully planned: it is validated whole, its first eighth (as listed) is planned
+    /// and its copies enqueued, and the rest is planned while they run and enqueued behind them,
+    /// all with the method the whole transfer takes. List an offload's or onboard's blocks in the
+    /// order of the contiguous host buffer, so that each part's host side is one run.
+    ///
     /// # Errors
     /// Everything [`TransferPlan::blocks`] and [`submit`](Self::submit) return, before any
     /// byte moves.

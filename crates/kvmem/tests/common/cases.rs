@@ -38,7 +38,13 @@ pub fn every_layout_pair_of(
             for dst_kind in LayoutKind::ALL {
                 for _ in 0..cases {
                     seed += 1;
-                    run_case(engine, (src_tier, dst_tier), (src_kind, dst_kind), seed, size);
+                    run_case(
+                        engine,
+                        (src_tier, dst_tier),
+                        (src_kind, dst_kind),
+                        seed,
+                        size,
+                    );
                 }
             }
         }
