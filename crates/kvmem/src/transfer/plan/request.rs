@@ -44,16 +44,30 @@ pub(crate) struct BlockRequest<'a> {
 
 /// The part of a request left to plan after its head ([`BlockRequest::plan_head`]).
 pub(crate) struct PlanRest<'a> {
-    src: &'a BlockLayout,
-    dst: &'a BlockLayout,
-    src_ids: &'a [usize],
-    dst_ids: &'a [usize],
+    rest: Rest<'a>,
     share: (usize, usize),
     one_run: (bool, bool),
 }
 
+/// What is left of a request after its head.
+enum Rest<'a> {
+    /// The pairs after the head's as the request lists them, a request of their own.
+    Listed {
+        src: &'a BlockLayout,
+        dst: &'a BlockLayout,
+        src_ids: &'a [usize],
+        dst_ids: &'a [usize],
+    },
+    /// The whole request's pairs at these positions (in destination order).
+    Positions {
+        request: BlockRequest<'a>,
+        positions: Range<usize>,
+    },
+}
+
 impl PlanRest<'_> {
-    /// How much of the request the head was, as `(pairs, of pairs)`.
+    /// How much of the request the head was, as `(part, whole)` (in pairs; about, for a request
+    /// for nearly every block split in destination order, counted in destination blocks).
     pub(crate) fn head_share(&self) -> (usize, usize) {
         self.share
     }
@@ -70,8 +84,18 @@ impl PlanRest<'_> {
     /// None in practice: the whole request was validated, and these are some of its pairs; a
     /// check that failed anyway is reported.
     pub(crate) fn emit(self) -> Result<Vec<CopyBatch>> {
-        let rest = BlockRequest::new(self.src, self.src_ids, self.dst, self.dst_ids)?;
-        Ok(rest.emit(0..rest.pairs.end()))
+        match self.rest {
+            Rest::Listed {
+                src,
+                dst,
+                src_ids,
+                dst_ids,
+            } => {
+                let rest = BlockRequest::new(src, src_ids, dst, dst_ids)?;
+                Ok(rest.emit(0..rest.pairs.end()))
+            }
+            Rest::Positions { request, positions } => Ok(request.emit(positions)),
+        }
     }
 }
 
@@ -178,39 +202,60 @@ impl<'a> BlockRequest<'a> {
     }
 
     /// The plan of the request's first eighth (whose [`total_bytes`](TransferPlan::total_bytes)
-    /// are the whole request's) and what is left to plan. The head is the first pairs as the
-    /// request lists them, planned as a request of its own: an engine lists an offload's or an
-    /// onboard's blocks in the order of its contiguous host buffer, so that each part's host side
-    /// is one run where the whole's is (the first eighth in destination order would read
-    /// scattered host blocks for an onboard). Meant for requests that
-    /// [`plans_in_two`](Self::plans_in_two); any other is planned whole, with an empty rest.
+    /// are the whole request's) and what is left to plan. When the source ids come in
+    /// ascending order, the head is the first pairs as listed, planned as a request of its own:
+    /// an onboard lists its blocks in the order of its contiguous host buffer, so each part's
+    /// host side is one run where the whole's is (the first eighth in destination order would
+    /// read scattered host blocks, whose staging must sort them and moves one DMA per block).
+    /// Otherwise it is the first eighth in destination order, read from the request's own pairs.
+    /// Meant for requests that [`plans_in_two`](Self::plans_in_two); any other is planned
+    /// whole, with an empty rest.
     ///
     /// # Errors
     /// None in practice (the whole request was validated, and the head is part of it); a check
     /// that failed anyway is reported.
     pub(crate) fn plan_head(self) -> Result<(TransferPlan, PlanRest<'a>)> {
-        let n = self.src_ids.len();
-        let cut = if self.plans_in_two() {
-            n / HEAD_SHARE
-        } else {
-            n
-        };
+        let in_two = self.plans_in_two();
         let one_run = (
             one_run(self.src, self.src_ids),
             one_run(self.dst, self.dst_ids),
         );
+        if !self.src_ids.is_sorted() {
+            let end = self.pairs.end();
+            let cut = if in_two { end / HEAD_SHARE } else { end };
+            let plan = self.finish(self.emit(0..cut))?;
+            let rest = Rest::Positions {
+                request: self,
+                positions: cut..end,
+            };
+            let share = (cut, end);
+            return Ok((
+                plan,
+                PlanRest {
+                    rest,
+                    share,
+                    one_run,
+                },
+            ));
+        }
+        let n = self.src_ids.len();
+        let cut = if in_two { n / HEAD_SHARE } else { n };
         let (src_ids, dst_ids) = (self.src_ids, self.dst_ids);
         let head = BlockRequest::new(self.src, &src_ids[..cut], self.dst, &dst_ids[..cut])?;
         let mut plan = head.plan()?;
         plan.bytes = self.bytes;
+        let rest = Rest::Listed {
+            src: self.src,
+            dst: self.dst,
+            src_ids: &src_ids[cut..],
+            dst_ids: &dst_ids[cut..],
+        };
+        let share = (cut, n);
         Ok((
             plan,
             PlanRest {
-                src: self.src,
-                dst: self.dst,
-                src_ids: &src_ids[cut..],
-                dst_ids: &dst_ids[cut..],
-                share: (cut, n),
+                rest,
+                share,
                 one_run,
             },
         ))

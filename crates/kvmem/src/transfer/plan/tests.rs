@@ -265,6 +265,8 @@ fn large_requests_plan_in_two_parts_of_every_kind_of_request() {
         (in_order.clone(), in_order.clone(), "in order"),
         (dense.clone(), dense.clone(), "bucketed"),
         (sparse.clone(), sparse.clone(), "sorted"),
+        // An onboard: sources in host order, destinations scattered (split as listed).
+        ((0..2048).collect(), dense.clone(), "listed"),
     ] {
         let request = BlockRequest::new(&src, &s_ids, &dst, &d_ids).unwrap();
         assert!(request.plans_in_two(), "{what}");
