@@ -1,6 +1,9 @@
 //! Unit tests of the gpu module.
 
+use super::super::plan::CopyOp;
 use super::*;
+use bounce::{bounce_copies, packed, slabs, stage_through_disk};
+use copies::device_copies;
 
 /// Staging moves file ranges into and out of a packed bounce buffer through the engine's
 /// disk backend (each backend in turn), no GPU needed: file → bounce in the slab's order,
