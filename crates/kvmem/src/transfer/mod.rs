@@ -276,18 +276,8 @@ impl TransferEngine {
         dst: &BlockLayout,
         dst_ids: &[usize],
     ) -> Result<TransferHandle> {
-        match planned(BlockRequest::new(src, src_ids, dst, dst_ids)?)? {
-            (plan, None) => self.submit(plan),
-            (head, Some(rest)) => {
-                self.check_supported(&head)?;
-                let path = head.path();
-                let limit = self.config.deadline_for(head.total_bytes());
-                // As in `submit`: if the executor cannot start, nothing has moved.
-                let (handle, work) = TransferHandle::new(head, limit);
-                self.with_gpu(path, |executor| executor.submit(work, Some(rest)))?;
-                Ok(handle)
-            }
-        }
+        let (plan, rest) = planned(BlockRequest::new(src, src_ids, dst, dst_ids)?)?;
+        self.submit_with(plan, rest)
     }
 
     /// [`copy_blocks`](Self::copy_blocks) ordered with another library's CUDA stream (an
@@ -504,6 +494,16 @@ impl TransferEngine {
     /// (for disk ↔ device transfers too: they are staged through the disk backend).
     /// Nothing has been copied when this returns an error.
     pub fn submit(&self, plan: TransferPlan) -> Result<TransferHandle> {
+        self.submit_with(plan, None)
+    }
+
+    /// [`submit`](Self::submit) of a plan, or of a request's head and its `rest` ([`planned`]
+    /// gives one only for a path the GPU executor enqueues at once).
+    fn submit_with(
+        &self,
+        plan: TransferPlan,
+        rest: Option<PlanRest<'_>>,
+    ) -> Result<TransferHandle> {
         self.check_supported(&plan)?;
         let path = plan.path();
         let limit = self.config.deadline_for(plan.total_bytes());
@@ -511,7 +511,7 @@ impl TransferEngine {
             // If the executor cannot start, `work` is dropped with the closure, and the error
             // returned: nothing has moved.
             let (handle, work) = TransferHandle::new(plan, limit);
-            self.with_gpu(path, |executor| executor.submit(work, None))?;
+            self.with_gpu(path, |executor| executor.submit(work, rest))?;
             return Ok(handle);
         }
         if path == TransferPath::HostToHost {
@@ -528,10 +528,7 @@ impl TransferEngine {
 /// run ([`BlockRequest::plan_head`]).
 fn planned(request: BlockRequest<'_>) -> Result<(TransferPlan, Option<PlanRest<'_>>)> {
     let (src, dst) = request.kinds();
-    if !gpu::enqueues_at_once(src, dst) {
-        return Ok((request.plan()?, None));
-    }
-    if !request.plans_in_two() {
+    if !gpu::enqueues_at_once(src, dst) || !request.plans_in_two() {
         return Ok((request.plan()?, None));
     }
     let (head, rest) = request.plan_head()?;

@@ -28,7 +28,7 @@ use super::handle::Work;
 use super::plan::{CopyBatch, PlanRest, TransferPath, TransferPlan};
 use super::worker::{Backend, Health, Worker};
 use crate::Completion;
-use crate::cuda::batch::{CopyCompletion, CopyMethod, CopyStream, Location};
+use crate::cuda::batch::{CopyCompletion, CopyMethod, CopyStream, DeviceCopy, Location};
 use crate::cuda::interop::Event;
 use crate::descriptor::{Buffer, MemoryDescriptor};
 use crate::error::{Error, Result, TransferError, UnsupportedError};
@@ -247,48 +247,48 @@ impl GpuExecutor {
             let share = rest.as_ref().map(|r| (r.head_share(), r.one_run()));
             let mut methods: Vec<((StorageKind, StorageKind), CopyMethod)> = Vec::new();
             let mut completions = Vec::new();
-            let mut error = None;
-            let mut enqueue = |batch: &CopyBatch, methods: &mut Vec<_>| {
-                let kinds = (batch.src_kind, batch.dst_kind);
-                let stream = device_of(kinds.0, kinds.1)
-                    .and_then(|ordinal| lanes.stream(&self.streams, ordinal, deadline))?;
-                let method = match (methods.iter().find(|(k, _)| *k == kinds), share) {
-                    (Some(&(_, m)), _) => m,
-                    (None, Some(share)) => {
-                        let m = whole_method(&stream, batch, (&cuts, self.method), share)?;
-                        methods.push((kinds, m));
-                        m
-                    }
-                    (None, None) => self.method,
-                };
-                self.enqueue_direct(&stream, batch, &cuts, (method, deadline))
-            };
-            for batch in work.plan.batches() {
-                match enqueue(batch, &mut methods) {
-                    Ok(c) => completions.push(c),
-                    Err(e) => {
-                        error = Some(e);
-                        break;
-                    }
-                }
-            }
-            if let (Some(rest), None) = (rest, &error) {
-                match rest.emit() {
-                    Ok(batches) => {
-                        for batch in batches.iter().filter(|b| !b.ops.is_empty()) {
-                            match enqueue(batch, &mut methods) {
-                                Ok(c) => completions.push(c),
-                                Err(e) => {
-                                    error = Some(e);
-                                    break;
-                                }
-                            }
+            // Each list on its device's stream, with the method chosen once per pair of kinds
+            // (for a head, the whole transfer's); stops at the first error.
+            let mut enqueue_all = |batches: &[CopyBatch]| -> Result<()> {
+                for batch in batches.iter().filter(|b| !b.ops.is_empty()) {
+                    let kinds = (batch.src_kind, batch.dst_kind);
+                    let stream = device_of(kinds.0, kinds.1)
+                        .and_then(|ordinal| lanes.stream(&self.streams, ordinal, deadline))?;
+                    let copies = device_copies(&batch.ops, kinds.0, kinds.1, &cuts.split);
+                    let method = match (methods.iter().find(|(k, _)| *k == kinds), share) {
+                        (Some(&(_, m)), _) => m,
+                        (None, Some(share)) => {
+                            let m = whole_method(
+                                &stream,
+                                (&copies, kinds),
+                                (&cuts, self.method),
+                                share,
+                            )?;
+                            methods.push((kinds, m));
+                            m
                         }
+                        (None, None) => self.method,
+                    };
+                    completions.push(self.enqueue_direct(
+                        &stream,
+                        (&copies, kinds),
+                        &cuts,
+                        (method, deadline),
+                    )?);
+                }
+                Ok(())
+            };
+            let mut error = enqueue_all(work.plan.batches()).err();
+            if let (Some(rest), None) = (rest, &error) {
+                error = rest
+                    .emit()
+                    .and_then(|batches| {
+                        let enqueued = enqueue_all(&batches);
                         work.plan.append(batches);
                         work.completion.set_ops(work.plan.op_count());
-                    }
-                    Err(e) => error = Some(e),
-                }
+                        enqueued
+                    })
+                    .err();
             }
             Task::Enqueued {
                 work,
@@ -369,33 +369,30 @@ impl GpuExecutor {
     fn enqueue_direct(
         &self,
         stream: &CopyStream,
-        batch: &CopyBatch,
+        (copies, (src, dst)): (&[DeviceCopy], (StorageKind, StorageKind)),
         cuts: &Cuts,
         (method, deadline): (CopyMethod, Instant),
     ) -> Result<CopyCompletion> {
-        let (src, dst) = (batch.src_kind, batch.dst_kind);
-        let copies = device_copies(&batch.ops, src, dst, &cuts.split);
         // SAFETY: the plan validated every range against the buffers it keeps alive; the plan
         // travels with the completion to the worker, which drops it only after waiting (or,
         // when the copies outlive the deadline, after the handle quarantined its buffers);
         // pinned memory is device-mapped; destinations are pairwise disjoint and disjoint from
         // sources; no copy crosses a registration cut (`device_copies` split them there).
-        unsafe { copy_within(stream, &copies, method, (src, dst), &cuts.joins) }
+        unsafe { copy_within(stream, copies, method, (src, dst), &cuts.joins) }
             .map(|c| c.until(deadline))
     }
 }
 
-/// The method a transfer whose head is `batch` takes with the executor's `method`, among the
-/// joins `cuts` allows ([`CopyStream::settle_whole`]): `share` is `(part, whole)` of the
-/// request the head is, and whether the whole request's source and destination each are one run.
+/// The method a transfer whose head's copies from `src` to `dst` are `copies` takes with the
+/// executor's `method`, among the joins `cuts` allows ([`CopyStream::settle_whole`]): `share`
+/// is `(part, whole)` of the request the head is, and whether the whole request's source and
+/// destination each are one run.
 fn whole_method(
     stream: &CopyStream,
-    batch: &CopyBatch,
+    (copies, (src, dst)): (&[DeviceCopy], (StorageKind, StorageKind)),
     (cuts, method): (&Cuts, CopyMethod),
     (share, (src_run, dst_run)): ((usize, usize), (bool, bool)),
 ) -> Result<CopyMethod> {
-    let (src, dst) = (batch.src_kind, batch.dst_kind);
-    let copies = device_copies(&batch.ops, src, dst, &cuts.split);
     let (from, to) = (location(src), location(dst));
     // The host side `Shape` looks at: the destination's when it is the host's.
     let host_one_run = if to == Location::Host {
@@ -405,7 +402,7 @@ fn whole_method(
     };
     stream.settle_whole(
         method,
-        &copies,
+        copies,
         (from, to),
         &cuts.joins,
         (share, host_one_run),
